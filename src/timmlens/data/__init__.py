@@ -1,0 +1,30 @@
+"""Images in, model batches out; heatmaps back onto the original photos."""
+
+from .geometry import ImageGeometry, heatmap_to_original
+from .preprocess import (
+    ImageInput,
+    ImagesInput,
+    PreparedBatch,
+    data_config,
+    denormalize,
+    eval_transform,
+    model_device,
+    prepare_images,
+    timm_model_of,
+    transform_geometry,
+)
+
+__all__ = [
+    "ImageGeometry",
+    "ImageInput",
+    "ImagesInput",
+    "PreparedBatch",
+    "data_config",
+    "denormalize",
+    "eval_transform",
+    "heatmap_to_original",
+    "model_device",
+    "prepare_images",
+    "timm_model_of",
+    "transform_geometry",
+]

@@ -1,0 +1,220 @@
+"""Turn any image input into a model batch with the model's own timm data config.
+
+Accepted inputs (one, or a list/tuple of them):
+    PIL images; file paths; numpy arrays HW, HWC (uint8 0-255 or float 0-1, 1/3/4
+    channels); torch tensors CHW or BCHW, taken as already preprocessed model input.
+
+Grayscale and RGBA become RGB. The resize/crop geometry of each image is kept so a
+heatmap can be mapped back onto the original photo.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import timm.data
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+from torchvision import transforms as T
+
+from ..errors import ImageInputError
+from .geometry import ImageGeometry, keep_ratio_size, shorter_side_size
+
+ImageInput = Union[Image.Image, str, os.PathLike, np.ndarray, torch.Tensor]
+ImagesInput = Union[ImageInput, Sequence[ImageInput]]
+
+
+@dataclass
+class PreparedBatch:
+    """A model-ready batch and what is needed to draw its explanations on the photos.
+
+    Attributes:
+        tensor: ``(B, C, H, W)`` normalised input on the model's device.
+        originals: per image, the RGB original (``None`` for tensor inputs).
+        geometries: per image, how the original became the input.
+        single: whether the caller passed one image (results are then unbatched).
+    """
+
+    tensor: torch.Tensor
+    originals: list[Image.Image | None]
+    geometries: list[ImageGeometry]
+    single: bool
+
+    def __len__(self) -> int:
+        return self.tensor.shape[0]
+
+
+def timm_model_of(model: nn.Module) -> nn.Module:
+    """The timm model inside an ``ImageClassifier`` (or the model itself)."""
+    backbone = getattr(model, "backbone", None)
+    return backbone if isinstance(backbone, nn.Module) else model
+
+
+def model_device(model: nn.Module) -> torch.device:
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    tensor = next(model.parameters(), None)
+    return tensor.dtype if tensor is not None and tensor.is_floating_point() else torch.float32
+
+
+def data_config(model: nn.Module) -> dict[str, Any]:
+    """The model's timm data config: input size, interpolation, mean, std, crop."""
+    return timm.data.resolve_data_config({}, model=timm_model_of(model))
+
+
+def eval_transform(model: nn.Module) -> T.Compose:
+    return timm.data.create_transform(**data_config(model), is_training=False)
+
+
+def _to_pil(image: ImageInput, index: int) -> Image.Image:
+    where = f"image {index}"
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise ImageInputError(f"{where}: file '{path}' does not exist.")
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                image = opened.copy()
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ImageInputError(
+                f"{where}: '{path}' is not an image file PIL can read ({exc}). "
+                f"Expected a JPEG, PNG, BMP, WebP, ... file."
+            ) from exc
+    elif isinstance(image, np.ndarray):
+        image = _array_to_pil(image, where)
+    if not isinstance(image, Image.Image):
+        raise ImageInputError(
+            f"{where}: unsupported type {type(image).__name__}; expected a PIL image, a path, "
+            f"a numpy HWC array or a CHW/BCHW tensor."
+        )
+    if image.width == 0 or image.height == 0:
+        raise ImageInputError(f"{where}: the image is empty ({image.width}x{image.height}).")
+    if image.mode == "RGBA" or image.mode == "LA" or (image.mode == "P" and "transparency" in image.info):
+        # Composite on white: RGBA->RGB by dropping alpha would show hidden pixels.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def _array_to_pil(array: np.ndarray, where: str) -> Image.Image:
+    if array.size == 0:
+        raise ImageInputError(f"{where}: the array is empty (shape {array.shape}).")
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ImageInputError(
+            f"{where}: numpy array of shape {array.shape} is not an image; expected HW "
+            f"(grayscale) or HWC with 1, 3 or 4 channels (channels last)."
+        )
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ImageInputError(f"{where}: numpy dtype {array.dtype} unsupported; use uint8 or float.")
+        if not np.isfinite(array).all():
+            raise ImageInputError(f"{where}: the array contains NaN or inf.")
+        if array.min() < 0 or array.max() > 1:
+            raise ImageInputError(
+                f"{where}: float arrays must hold values in [0, 1], got "
+                f"[{array.min():.3g}, {array.max():.3g}]; convert to uint8 or divide by 255."
+            )
+        array = np.round(array * 255).astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def transform_geometry(transform: T.Compose, height: int, width: int) -> ImageGeometry:
+    """Follow the resize/crop steps of a timm eval transform for a ``height x width`` image."""
+    geometry = ImageGeometry.identity(height, width)
+    for step in getattr(transform, "transforms", [transform]):
+        _, _, crop_h, crop_w = geometry.crop_box
+        if isinstance(step, T.Resize):
+            size = step.size
+            if isinstance(size, int) or len(size) == 1:
+                size = size if isinstance(size, int) else size[0]
+                geometry = geometry.resized(*shorter_side_size(crop_h, crop_w, size, step.max_size))
+            else:
+                geometry = geometry.resized(*size)
+        elif isinstance(step, timm.data.ResizeKeepRatio):
+            geometry = geometry.resized(*keep_ratio_size(crop_h, crop_w, step.size, step.longest))
+        elif isinstance(step, (T.CenterCrop, timm.data.transforms.CenterCropOrPad)):
+            geometry = geometry.center_cropped(*step.size)
+    return geometry
+
+
+def _check_tensor(tensor: torch.Tensor, channels: int) -> torch.Tensor:
+    if tensor.ndim == 3:
+        tensor = tensor[None]
+    if tensor.ndim != 4:
+        raise ImageInputError(
+            f"tensor input of shape {tuple(tensor.shape)} has {tensor.ndim} dimensions; expected "
+            f"a preprocessed CHW image or BCHW batch (pass PIL images or paths to preprocess)."
+        )
+    if tensor.shape[1] != channels:
+        raise ImageInputError(
+            f"tensor input of shape {tuple(tensor.shape)} has {tensor.shape[1]} channels, the "
+            f"model expects {channels}; tensors must be channels-first (B, C, H, W)."
+        )
+    if tensor.shape[0] == 0 or tensor.shape[2] == 0 or tensor.shape[3] == 0:
+        raise ImageInputError(f"tensor input of shape {tuple(tensor.shape)} is empty.")
+    if not tensor.is_floating_point():
+        raise ImageInputError(
+            f"tensor input has dtype {tensor.dtype}; expected a float, normalised model input. "
+            f"Pass uint8 pictures as numpy HWC arrays or PIL images to preprocess them."
+        )
+    if not torch.isfinite(tensor).all():
+        raise ImageInputError("tensor input contains NaN or inf values.")
+    return tensor
+
+
+def prepare_images(images: ImagesInput, model: nn.Module) -> PreparedBatch:
+    """Preprocess ``images`` for ``model`` and put them on its device.
+
+    Returns:
+        A :class:`PreparedBatch` with ``tensor`` of shape ``(B, C, H, W)``.
+    """
+    device, dtype = model_device(model), model_dtype(model)
+    channels = int(data_config(model)["input_size"][0])
+    if isinstance(images, torch.Tensor):
+        tensor = _check_tensor(images, channels)
+        _, _, h, w = tensor.shape
+        return PreparedBatch(
+            tensor.to(device=device, dtype=dtype),
+            [None] * tensor.shape[0],
+            [ImageGeometry.identity(h, w)] * tensor.shape[0],
+            single=images.ndim == 3,
+        )
+    single = not isinstance(images, (list, tuple))
+    items = [images] if single else list(images)
+    if not items:
+        raise ImageInputError("no images given; expected one image or a non-empty list.")
+    if any(isinstance(item, torch.Tensor) for item in items):
+        tensors = [_check_tensor(item, channels) for item in items]
+        if len({t.shape[1:] for t in tensors}) != 1:
+            raise ImageInputError("tensor inputs in one list must share one (C, H, W) shape.")
+        return prepare_images(torch.cat(tensors), model)
+    transform = eval_transform(model)
+    originals = [_to_pil(item, i) for i, item in enumerate(items)]
+    tensor = torch.stack([transform(image) for image in originals])
+    geometries = [transform_geometry(transform, image.height, image.width) for image in originals]
+    return PreparedBatch(
+        tensor.to(device=device, dtype=dtype), list(originals), geometries, single=single
+    )
+
+
+def denormalize(tensor: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Undo the model's mean/std normalisation: ``(B, C, H, W)`` -> pixel values in [0, 1]."""
+    config = data_config(model)
+    mean = torch.tensor(config["mean"], device=tensor.device, dtype=tensor.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(config["std"], device=tensor.device, dtype=tensor.dtype).view(1, -1, 1, 1)
+    return (tensor * std + mean).clamp(0, 1)

@@ -1,0 +1,36 @@
+"""Exceptions raised by timmlens.
+
+Every message says what was wrong, what was expected, and what to try. The classes
+subclass the built-in exception a caller would naturally catch (``ValueError``,
+``FileNotFoundError``, ...), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class TimmLensError(Exception):
+    """Base class of every error timmlens raises on purpose."""
+
+
+class ModelLoadError(TimmLensError, ValueError):
+    """A model spec could not be turned into a model (unknown name, bad weights, ...)."""
+
+
+class WeightsMismatchError(ModelLoadError):
+    """A checkpoint does not fit the architecture it was loaded into."""
+
+
+class HubUnavailableError(ModelLoadError, ConnectionError):
+    """A ``hf-hub:`` model is neither cached locally nor downloadable right now."""
+
+
+class ImageInputError(TimmLensError, ValueError):
+    """An image input cannot be turned into a model batch."""
+
+
+class LayerResolutionError(TimmLensError, ValueError):
+    """A target layer name or module cannot be used for the requested method."""
+
+
+class UnsupportedModelError(TimmLensError, ValueError):
+    """A method does not apply to this model family (e.g. attention rollout on a CNN)."""

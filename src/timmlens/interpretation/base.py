@@ -1,0 +1,91 @@
+"""The calling convention every explainer shares.
+
+``explainer(images, target_class=None)`` -> heatmap: ``(H, W)`` for one image,
+``(B, H, W)`` for a batch, in model-input coordinates, on the model's device.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._model_state import explaining
+from ..data import ImagesInput, PreparedBatch, prepare_images
+from ._targets import TargetInput, validate_targets
+
+
+def num_outputs(model: nn.Module) -> int:
+    """Number of classes of ``model`` (``ImageClassifier`` or a bare timm model)."""
+    for owner in (model, getattr(model, "backbone", None)):
+        count = getattr(owner, "num_classes", None)
+        if isinstance(count, int) and count > 0:
+            return count
+    raise ValueError(f"{type(model).__name__} has no positive num_classes attribute; "
+                     f"wrap it in timmlens.ImageClassifier.")
+
+
+def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Per-map min-max normalisation to [0, 1]: ``(B, H, W)`` -> ``(B, H, W)``.
+
+    A constant map becomes all zeros (there is nothing to rank).
+    """
+    flat = maps.flatten(1)
+    low = flat.min(dim=1).values.view(-1, 1, 1)
+    span = (flat.max(dim=1).values - flat.min(dim=1).values).view(-1, 1, 1)
+    return torch.where(span > eps, (maps - low) / span.clamp_min(eps), torch.zeros_like(maps))
+
+
+class Explainer(ABC):
+    """Base class: preprocessing, target checks and model-state hygiene in one place.
+
+    Subclasses implement :meth:`attribute` on a preprocessed batch.
+    """
+
+    #: short method name used in figures, tables and the CLI
+    name: str = "explainer"
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}.")
+        self.model = model
+        #: the classes explained by the last call, ``(B,)``
+        self.last_targets: torch.Tensor | None = None
+
+    def __call__(self, images: ImagesInput, target_class: TargetInput = None, **kwargs: Any) -> torch.Tensor:
+        return self.explain(images, target_class=target_class, **kwargs)
+
+    def explain(self, images: ImagesInput, target_class: TargetInput = None, **kwargs: Any) -> torch.Tensor:
+        """Heatmap(s) for ``images``: ``(H, W)`` for one image, ``(B, H, W)`` for a batch.
+
+        Args:
+            images: PIL image, path, numpy array, CHW/BCHW tensor, or a list of them.
+            target_class: class to explain: one int for all images, one per image, or
+                ``None`` for each image's predicted class.
+        """
+        batch = self.prepare(images)
+        maps = self.explain_batch(batch.tensor, target_class, **kwargs)
+        return maps[0] if batch.single else maps
+
+    def prepare(self, images: ImagesInput) -> PreparedBatch:
+        return prepare_images(images, self.model)
+
+    def explain_batch(
+        self, inputs: torch.Tensor, target_class: TargetInput = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """Heatmaps ``(B, H, W)`` for a preprocessed batch ``(B, C, H, W)``."""
+        targets = validate_targets(target_class, inputs.shape[0], num_outputs(self.model))
+        if not torch.isfinite(inputs).all():
+            raise ValueError("inputs contain NaN or inf; explanations of them would be NaN.")
+        with explaining(self.model):
+            return self.attribute(inputs, targets, **kwargs)
+
+    @abstractmethod
+    def attribute(self, inputs: torch.Tensor, targets: list[int] | None, **kwargs: Any) -> torch.Tensor:
+        """Heatmaps ``(B, H, W)`` for inputs ``(B, C, H, W)`` and validated targets.
+
+        ``targets`` is ``None`` for the predicted classes. Implementations set
+        ``self.last_targets``.
+        """

