@@ -1,5 +1,6 @@
 """timmlens: explanations for timm image classifiers, on top of Captum."""
 
+from .adapters import describe, get_adapter
 from .data import prepare_images
 from .errors import (
     HubUnavailableError,
@@ -24,6 +25,8 @@ __all__ = [
     "TimmLensError",
     "UnsupportedModelError",
     "WeightsMismatchError",
+    "describe",
+    "get_adapter",
     "__version__",
     "load_model",
     "prepare_images",

@@ -2,6 +2,7 @@
 
 from .geometry import ImageGeometry, heatmap_to_original
 from .preprocess import (
+    model_dtype,
     ImageInput,
     ImagesInput,
     PreparedBatch,
@@ -24,6 +25,7 @@ __all__ = [
     "eval_transform",
     "heatmap_to_original",
     "model_device",
+    "model_dtype",
     "prepare_images",
     "timm_model_of",
     "transform_geometry",

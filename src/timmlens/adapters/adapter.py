@@ -1,0 +1,307 @@
+"""Per-family facts about a timm model: where CAM looks, what layers output, attention.
+
+timm already knows most of this: ``feature_info`` names the module at each reduction
+point, ``num_prefix_tokens`` and ``patch_embed.grid_size`` describe token layouts,
+``output_fmt`` says NHWC. The adapter reads those first; the few family overrides
+below each carry a one-line reason.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+from torch import nn
+
+from ..data import timm_model_of
+from ..errors import LayerResolutionError
+from .layout import Layout, token_layout
+
+LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
+
+# Modules that come after global pooling: a CAM there has no spatial extent.
+_POST_POOL_NAMES = ("head", "fc", "classifier", "global_pool", "head_drop", "fc_norm", "pre_logits")
+# timm modules whose ``forward`` computes attention probabilities we can capture.
+_GLOBAL_ATTENTION_FAMILIES = (
+    "vision_transformer", "deit", "eva", "beit", "cait", "vision_transformer_relpos", "xcit",
+)
+
+
+@dataclass(frozen=True)
+class ResolvedLayer:
+    """A layer of the user's model: its full dotted name and the module."""
+
+    name: str
+    module: nn.Module = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class AttentionBlock:
+    """One global self-attention module of a ViT-like model."""
+
+    name: str
+    module: nn.Module = field(repr=False, compare=False)
+
+
+def _family_of(model: nn.Module) -> str:
+    return type(model).__module__.rsplit(".", 1)[-1]
+
+
+class ModelAdapter:
+    """Everything timmlens needs to know about where to look inside ``model``.
+
+    Args:
+        model: an ``ImageClassifier`` (names start with ``backbone.``) or a bare timm model.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.timm_model = timm_model_of(model)
+        self.prefix = "backbone." if self.timm_model is not model else ""
+        self.family = _family_of(self.timm_model)
+        self.architecture = str(
+            getattr(self.timm_model, "pretrained_cfg", {}).get("architecture")
+            or type(self.timm_model).__name__
+        )
+
+    # ---------------------------------------------------------------- names
+    @cached_property
+    def module_names(self) -> dict[nn.Module, str]:
+        names: dict[nn.Module, str] = {}
+        for name, module in self.model.named_modules():
+            names.setdefault(module, name)
+        return names
+
+    def _full_name(self, timm_name: str) -> str:
+        return f"{self.prefix}{timm_name}" if timm_name else self.prefix.rstrip(".")
+
+    @cached_property
+    def feature_stages(self) -> list[str]:
+        """Full names of the modules at timm's ``feature_info`` reduction points."""
+        info = getattr(self.timm_model, "feature_info", None) or []
+        names = []
+        for entry in info:
+            module_name = entry.get("module") if isinstance(entry, dict) else None
+            if module_name and self._exists(module_name):
+                names.append(self._full_name(module_name))
+        return names
+
+    def _exists(self, timm_name: str) -> bool:
+        try:
+            self.timm_model.get_submodule(timm_name)
+        except AttributeError:
+            return False
+        return True
+
+    # ------------------------------------------------------- token geometry
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Class, distillation and register tokens before the patch tokens."""
+        return int(getattr(self.timm_model, "num_prefix_tokens", 0) or 0)
+
+    @property
+    def patch_grid(self) -> tuple[int, int] | None:
+        embed = getattr(self.timm_model, "patch_embed", None)
+        grid = getattr(embed, "grid_size", None)
+        return (int(grid[0]), int(grid[1])) if grid is not None else None
+
+    @property
+    def is_channels_last(self) -> bool:
+        return str(getattr(self.timm_model, "output_fmt", "NCHW")) == "NHWC"
+
+    @property
+    def uses_class_token_pooling(self) -> bool:
+        return getattr(self.timm_model, "global_pool", None) == "token" and self.num_prefix_tokens > 0
+
+    # -------------------------------------------------------- default layer
+    @cached_property
+    def default_layer_reason(self) -> str:
+        return self._default_layer()[1]
+
+    @cached_property
+    def default_layer(self) -> str:
+        """Full name of the layer CAM methods use when none is given."""
+        return self._default_layer()[0]
+
+    def _default_layer(self) -> tuple[str, str]:
+        blocks = getattr(self.timm_model, "blocks", None)
+        if self.uses_class_token_pooling and isinstance(blocks, nn.Sequential) and len(blocks):
+            last = len(blocks) - 1
+            if hasattr(blocks[last], "norm1"):
+                return (
+                    self._full_name(f"blocks.{last}.norm1"),
+                    "class-token pooling: the last block's patch tokens get no gradient, "
+                    "so CAM taps the input of its attention",
+                )
+        if self.family == "efficientnet" and self._exists("conv_head"):
+            return (
+                self._full_name("conv_head"),
+                "EfficientNet's 1x1 head conv (the recipes' layer) sees the most channels "
+                "before pooling",
+            )
+        if self.feature_stages:
+            return self.feature_stages[-1], "the last stage in timm's feature_info"
+        raise LayerResolutionError(
+            f"{self.architecture}: timm gives no feature_info for this model, so there is no "
+            f"default CAM layer. Pass target_layer= with a layer that outputs a spatial map; "
+            f"timmlens.describe(model) lists the candidates."
+        )
+
+    @property
+    def recommended_layers(self) -> list[str]:
+        """Good CAM layers, latest first: the default, then timm's stages."""
+        try:
+            default = [self.default_layer]
+        except LayerResolutionError:
+            default = []
+        stages = [name for name in reversed(self.feature_stages) if name not in default]
+        return default + stages
+
+    # ------------------------------------------------------ user overrides
+    def resolve_layers(self, target: LayerSpec = None) -> list[ResolvedLayer]:
+        """Resolve ``target_layer`` (name, module, list of them, or ``None``) to layers.
+
+        Raises:
+            LayerResolutionError: unknown name (closest names listed), a module that is
+                not part of the model, or a layer after global pooling.
+        """
+        if target is None:
+            target = self.default_layer
+        items = [target] if isinstance(target, (str, nn.Module)) else list(target)
+        if not items:
+            raise LayerResolutionError("target_layer is an empty list; give at least one layer.")
+        return [self._resolve_one(item) for item in items]
+
+    def _resolve_one(self, item: str | nn.Module) -> ResolvedLayer:
+        if isinstance(item, nn.Module):
+            name = self.module_names.get(item)
+            if name is None:
+                raise LayerResolutionError(
+                    f"The module {type(item).__name__} passed as target_layer is not part of "
+                    f"this model. Pass a module of the model itself or its dotted name."
+                )
+            return self._checked(ResolvedLayer(name, item))
+        if not isinstance(item, str):
+            raise LayerResolutionError(
+                f"target_layer must be a dotted name, a module or a list of them, "
+                f"got {type(item).__name__}."
+            )
+        candidates = [item]
+        if self.prefix and not item.startswith(self.prefix):
+            candidates.append(self.prefix + item)  # "layer4" means "backbone.layer4"
+        if not self.prefix and item.startswith("backbone."):
+            candidates.append(item.removeprefix("backbone."))  # recipe names on a bare model
+        for name in candidates:
+            name = name.replace("[", ".").replace("]", "")  # blocks[-1] -> blocks.-1
+            name = self._normalise_negative_indices(name)
+            try:
+                return self._checked(ResolvedLayer(name, self.model.get_submodule(name)))
+            except AttributeError:
+                continue
+        close = difflib.get_close_matches(item, [n for n in self.module_names.values() if n], n=5)
+        raise LayerResolutionError(
+            f"No layer named '{item}' in {self.architecture}."
+            + (f" Closest names: {', '.join(close)}." if close else "")
+            + f" Recommended CAM layers for this family: {', '.join(self.recommended_layers[:4])}."
+        )
+
+    def _normalise_negative_indices(self, name: str) -> str:
+        parts, module = [], self.model
+        for part in name.split("."):
+            if part.lstrip("-").isdigit() and int(part) < 0 and hasattr(module, "__len__"):
+                part = str(len(module) + int(part))
+            parts.append(part)
+            module = getattr(module, "_modules", {}).get(part, module)
+        return ".".join(parts)
+
+    def _checked(self, layer: ResolvedLayer) -> ResolvedLayer:
+        leaf = layer.name.rsplit(".", 1)[-1]
+        if leaf in _POST_POOL_NAMES:
+            raise LayerResolutionError(
+                f"Layer '{layer.name}' comes after global pooling (or is the classifier), so "
+                f"its output has no spatial extent to show. Use a layer before pooling, e.g. "
+                f"{', '.join(self.recommended_layers[:3])}."
+            )
+        return layer
+
+    # ------------------------------------------------------------ layouts
+    def layout_for(
+        self, output: torch.Tensor, input_hw: tuple[int, int] | None, layer: nn.Module
+    ) -> Layout:
+        """The :class:`Layout` of a live layer output (see :mod:`.layout`)."""
+        name = self.module_names.get(layer, type(layer).__name__)
+        if output.ndim == 4:
+            # Convolutions output NCHW even inside channels-last families.
+            if self.is_channels_last and not isinstance(layer, nn.Conv2d):
+                return Layout("NHWC", (output.shape[1], output.shape[2]))
+            return Layout("NCHW", (output.shape[2], output.shape[3]))
+        if output.ndim == 3:
+            return token_layout(output.shape[1], self._grid_hint(input_hw, layer),
+                                self.num_prefix_tokens, name)
+        raise LayerResolutionError(
+            f"Layer '{name}' outputs shape {tuple(output.shape)}, which has no spatial grid "
+            f"(it comes after pooling?). Use a layer before pooling, e.g. "
+            f"{', '.join(self.recommended_layers[:3])}."
+        )
+
+    def _grid_hint(self, input_hw: tuple[int, int] | None, layer: nn.Module) -> tuple[int, int] | None:
+        embed = getattr(self.timm_model, "patch_embed", None)
+        if input_hw is not None and embed is not None and hasattr(embed, "dynamic_feat_size"):
+            try:
+                grid = embed.dynamic_feat_size(input_hw)
+                return int(grid[0]), int(grid[1])
+            except (TypeError, AttributeError):
+                pass
+        if self.patch_grid is not None:
+            return self.patch_grid
+        reduction = self._reduction_of(layer)
+        if input_hw is not None and reduction:
+            return (-(-input_hw[0] // reduction), -(-input_hw[1] // reduction))
+        return None
+
+    def _reduction_of(self, layer: nn.Module) -> int | None:
+        info = getattr(self.timm_model, "feature_info", None) or []
+        name = self.module_names.get(layer, "").removeprefix(self.prefix)
+        for entry in info:
+            if isinstance(entry, dict) and name.startswith(str(entry.get("module"))):
+                return int(entry["reduction"])
+        return int(info[-1]["reduction"]) if info and isinstance(info[-1], dict) else None
+
+    # ----------------------------------------------------------- attention
+    @cached_property
+    def attention_blocks(self) -> list[AttentionBlock]:
+        """Global self-attention modules (in order), empty for CNNs and windowed models."""
+        if self.family not in _GLOBAL_ATTENTION_FAMILIES and not self._looks_like_vit():
+            return []
+        blocks = []
+        for name, module in self.model.named_modules():
+            if hasattr(module, "fused_attn") and hasattr(module, "attn_drop") and name.endswith(".attn"):
+                blocks.append(AttentionBlock(name, module))
+        return blocks
+
+    def _looks_like_vit(self) -> bool:
+        return self.num_prefix_tokens > 0 and isinstance(getattr(self.timm_model, "blocks", None), nn.Sequential)
+
+    @property
+    def attention_unavailable_reason(self) -> str | None:
+        """Why attention maps do not apply to this model, or ``None`` when they do."""
+        if self.attention_blocks:
+            return None
+        if self.is_channels_last or "swin" in self.family:
+            kind = "windowed attention (no token sees all others)"
+        elif hasattr(self.timm_model, "blocks") or hasattr(self.timm_model, "stages"):
+            kind = "no global self-attention with a class token"
+        else:
+            kind = "no attention layers"
+        return (
+            f"{self.architecture} ({self.family}) has {kind}, so attention maps and rollout do "
+            f"not apply. Use GradCAM (timmlens.interpretation.GradCAM) instead."
+        )
+
+
+def get_adapter(model: nn.Module) -> ModelAdapter:
+    """The :class:`ModelAdapter` of ``model`` (``ImageClassifier`` or bare timm model)."""
+    return ModelAdapter(model)
