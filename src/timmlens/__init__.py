@@ -25,9 +25,9 @@ __all__ = [
     "TimmLensError",
     "UnsupportedModelError",
     "WeightsMismatchError",
+    "__version__",
     "describe",
     "get_adapter",
-    "__version__",
     "load_model",
     "prepare_images",
 ]

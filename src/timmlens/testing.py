@@ -27,7 +27,12 @@ def make_explainable(model: nn.Module, seed: int = 0) -> nn.Module:
         leaf = name.rsplit(".", 1)[-1]
         module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
         is_norm = isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm))
-        if leaf == "gamma" or (leaf == "weight" and is_norm) or "layer_scale" in name or leaf == "scale":
+        if (
+            leaf == "gamma"
+            or (leaf == "weight" and is_norm)
+            or "layer_scale" in name
+            or leaf == "scale"
+        ):
             param.copy_(draw(param.shape, 0.5, 1.5).to(param))
         elif leaf == "bias" and is_norm:
             param.copy_(draw(param.shape, -0.1, 0.1).to(param))

@@ -26,7 +26,13 @@ LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
 _POST_POOL_NAMES = ("head", "fc", "classifier", "global_pool", "head_drop", "fc_norm", "pre_logits")
 # timm modules whose ``forward`` computes attention probabilities we can capture.
 _GLOBAL_ATTENTION_FAMILIES = (
-    "vision_transformer", "deit", "eva", "beit", "cait", "vision_transformer_relpos", "xcit",
+    "vision_transformer",
+    "deit",
+    "eva",
+    "beit",
+    "cait",
+    "vision_transformer_relpos",
+    "xcit",
 )
 
 
@@ -114,7 +120,9 @@ class ModelAdapter:
 
     @property
     def uses_class_token_pooling(self) -> bool:
-        return getattr(self.timm_model, "global_pool", None) == "token" and self.num_prefix_tokens > 0
+        return (
+            getattr(self.timm_model, "global_pool", None) == "token" and self.num_prefix_tokens > 0
+        )
 
     # -------------------------------------------------------- default layer
     @cached_property
@@ -239,15 +247,18 @@ class ModelAdapter:
                 return Layout("NHWC", (output.shape[1], output.shape[2]))
             return Layout("NCHW", (output.shape[2], output.shape[3]))
         if output.ndim == 3:
-            return token_layout(output.shape[1], self._grid_hint(input_hw, layer),
-                                self.num_prefix_tokens, name)
+            return token_layout(
+                output.shape[1], self._grid_hint(input_hw, layer), self.num_prefix_tokens, name
+            )
         raise LayerResolutionError(
             f"Layer '{name}' outputs shape {tuple(output.shape)}, which has no spatial grid "
             f"(it comes after pooling?). Use a layer before pooling, e.g. "
             f"{', '.join(self.recommended_layers[:3])}."
         )
 
-    def _grid_hint(self, input_hw: tuple[int, int] | None, layer: nn.Module) -> tuple[int, int] | None:
+    def _grid_hint(
+        self, input_hw: tuple[int, int] | None, layer: nn.Module
+    ) -> tuple[int, int] | None:
         embed = getattr(self.timm_model, "patch_embed", None)
         if input_hw is not None and embed is not None and hasattr(embed, "dynamic_feat_size"):
             try:
@@ -278,12 +289,18 @@ class ModelAdapter:
             return []
         blocks = []
         for name, module in self.model.named_modules():
-            if hasattr(module, "fused_attn") and hasattr(module, "attn_drop") and name.endswith(".attn"):
+            if (
+                hasattr(module, "fused_attn")
+                and hasattr(module, "attn_drop")
+                and name.endswith(".attn")
+            ):
                 blocks.append(AttentionBlock(name, module))
         return blocks
 
     def _looks_like_vit(self) -> bool:
-        return self.num_prefix_tokens > 0 and isinstance(getattr(self.timm_model, "blocks", None), nn.Sequential)
+        return self.num_prefix_tokens > 0 and isinstance(
+            getattr(self.timm_model, "blocks", None), nn.Sequential
+        )
 
     @property
     def attention_unavailable_reason(self) -> str | None:

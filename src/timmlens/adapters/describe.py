@@ -32,8 +32,10 @@ class ModelDescription:
 
     def __str__(self) -> str:
         attention = (
-            f"{len(self.attention_blocks)} ({self.attention_blocks[0]} .. {self.attention_blocks[-1]})"
-            if self.attention_blocks else f"none - {self.attention_note}"
+            f"{len(self.attention_blocks)} "
+            f"({self.attention_blocks[0]} .. {self.attention_blocks[-1]})"
+            if self.attention_blocks
+            else f"none - {self.attention_note}"
         )
         rows = [
             ("architecture", self.architecture),
@@ -58,7 +60,10 @@ def probe_layout(model: nn.Module, layer_name: str, input_size: tuple[int, int, 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), spatial_tap(model, layer.module, layer.name, adapter.layout_for) as view:
+        with (
+            torch.no_grad(),
+            spatial_tap(model, layer.module, layer.name, adapter.layout_for) as view,
+        ):
             model(probe)
     finally:
         model.train(was_training)
@@ -78,12 +83,19 @@ def describe(model: nn.Module, print_it: bool = True) -> ModelDescription:
         layout = probe_layout(model, default, input_size)  # type: ignore[arg-type]
         layout_text = layout.kind + (
             f" (prefix {layout.num_prefix_tokens} + {layout.grid[0]}x{layout.grid[1]} patches)"
-            if layout.kind == "tokens" else ""
+            if layout.kind == "tokens"
+            else ""
         )
         grid: tuple[int, int] | None = layout.grid
         prefix = layout.num_prefix_tokens if layout.kind == "tokens" else adapter.num_prefix_tokens
     except LayerResolutionError as exc:
-        default, reason, layout_text, grid, prefix = None, str(exc), "unknown", None, adapter.num_prefix_tokens
+        default, reason, layout_text, grid, prefix = (
+            None,
+            str(exc),
+            "unknown",
+            None,
+            adapter.num_prefix_tokens,
+        )
     description = ModelDescription(
         architecture=adapter.architecture,
         family=adapter.family,

@@ -38,7 +38,7 @@ class Layout:
             return output
         if self.kind == "NHWC":
             return output.permute(0, 3, 1, 2)
-        patches = output[:, self.num_prefix_tokens:]
+        patches = output[:, self.num_prefix_tokens :]
         batch, _, channels = patches.shape
         return patches.transpose(1, 2).reshape(batch, channels, *self.grid)
 

@@ -2,7 +2,6 @@
 
 from .geometry import ImageGeometry, heatmap_to_original
 from .preprocess import (
-    model_dtype,
     ImageInput,
     ImagesInput,
     PreparedBatch,
@@ -10,6 +9,7 @@ from .preprocess import (
     denormalize,
     eval_transform,
     model_device,
+    model_dtype,
     prepare_images,
     timm_model_of,
     transform_geometry,

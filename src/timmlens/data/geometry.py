@@ -49,12 +49,16 @@ class ImageGeometry:
         """The geometry after a centre crop (or pad) of the current view to ``height x width``."""
         top, left, crop_h, crop_w = self.crop_box
         # torchvision's CenterCrop rounds the offsets this way.
-        new_top = top + int(round((crop_h - height) / 2.0))
-        new_left = left + int(round((crop_w - width) / 2.0))
-        return ImageGeometry(self.original_size, self.resized_size, (new_top, new_left, height, width))
+        new_top = top + round((crop_h - height) / 2.0)
+        new_left = left + round((crop_w - width) / 2.0)
+        return ImageGeometry(
+            self.original_size, self.resized_size, (new_top, new_left, height, width)
+        )
 
 
-def shorter_side_size(height: int, width: int, size: int, max_size: int | None = None) -> tuple[int, int]:
+def shorter_side_size(
+    height: int, width: int, size: int, max_size: int | None = None
+) -> tuple[int, int]:
     """torchvision's ``Resize(int)`` output size: the shorter side becomes ``size``."""
     short, long = (height, width) if height <= width else (width, height)
     new_short, new_long = size, int(size * long / short)
@@ -63,7 +67,9 @@ def shorter_side_size(height: int, width: int, size: int, max_size: int | None =
     return (new_short, new_long) if height <= width else (new_long, new_short)
 
 
-def keep_ratio_size(height: int, width: int, target: tuple[int, int], longest: float) -> tuple[int, int]:
+def keep_ratio_size(
+    height: int, width: int, target: tuple[int, int], longest: float
+) -> tuple[int, int]:
     """timm's ``ResizeKeepRatio`` output size (no random scaling, eval mode)."""
     ratio_h, ratio_w = height / target[0], width / target[1]
     ratio = max(ratio_h, ratio_w) * longest + min(ratio_h, ratio_w) * (1.0 - longest)
@@ -77,16 +83,19 @@ def heatmap_to_original(heatmap: torch.Tensor, geometry: ImageGeometry) -> torch
     which matplotlib and plotly draw as transparent.
     """
     if heatmap.ndim != 2:
-        raise ValueError(f"heatmap_to_original expects one (H, W) heatmap, got {tuple(heatmap.shape)}.")
+        raise ValueError(
+            f"heatmap_to_original expects one (H, W) heatmap, got {tuple(heatmap.shape)}."
+        )
     top, left, crop_h, crop_w = geometry.crop_box
     res_h, res_w = geometry.resized_size
-    crop = F.interpolate(heatmap[None, None].float(), size=(crop_h, crop_w), mode="bilinear",
-                         align_corners=False)[0, 0]
+    crop = F.interpolate(
+        heatmap[None, None].float(), size=(crop_h, crop_w), mode="bilinear", align_corners=False
+    )[0, 0]
     canvas = torch.full((res_h, res_w), math.nan, dtype=crop.dtype, device=crop.device)
     y0, x0 = max(top, 0), max(left, 0)
     y1, x1 = min(top + crop_h, res_h), min(left + crop_w, res_w)
     if y1 > y0 and x1 > x0:
-        canvas[y0:y1, x0:x1] = crop[y0 - top:y1 - top, x0 - left:x1 - left]
+        canvas[y0:y1, x0:x1] = crop[y0 - top : y1 - top, x0 - left : x1 - left]
     if (res_h, res_w) == geometry.original_size:
         return canvas
     valid = (~canvas.isnan()).float()

@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import timm.data
@@ -26,8 +26,8 @@ from torchvision import transforms as T
 from ..errors import ImageInputError
 from .geometry import ImageGeometry, keep_ratio_size, shorter_side_size
 
-ImageInput = Union[Image.Image, str, os.PathLike, np.ndarray, torch.Tensor]
-ImagesInput = Union[ImageInput, Sequence[ImageInput]]
+ImageInput = Image.Image | str | os.PathLike | np.ndarray | torch.Tensor
+ImagesInput = ImageInput | Sequence[ImageInput]
 
 
 @dataclass
@@ -101,7 +101,11 @@ def _to_pil(image: ImageInput, index: int) -> Image.Image:
         )
     if image.width == 0 or image.height == 0:
         raise ImageInputError(f"{where}: the image is empty ({image.width}x{image.height}).")
-    if image.mode == "RGBA" or image.mode == "LA" or (image.mode == "P" and "transparency" in image.info):
+    if (
+        image.mode == "RGBA"
+        or image.mode == "LA"
+        or (image.mode == "P" and "transparency" in image.info)
+    ):
         # Composite on white: RGBA->RGB by dropping alpha would show hidden pixels.
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -121,7 +125,9 @@ def _array_to_pil(array: np.ndarray, where: str) -> Image.Image:
         )
     if array.dtype != np.uint8:
         if not np.issubdtype(array.dtype, np.floating):
-            raise ImageInputError(f"{where}: numpy dtype {array.dtype} unsupported; use uint8 or float.")
+            raise ImageInputError(
+                f"{where}: numpy dtype {array.dtype} unsupported; use uint8 or float."
+            )
         if not np.isfinite(array).all():
             raise ImageInputError(f"{where}: the array contains NaN or inf.")
         if array.min() < 0 or array.max() > 1:

@@ -9,7 +9,9 @@ import torch
 TargetInput = int | Sequence[int] | torch.Tensor | None
 
 
-def validate_targets(target_class: TargetInput, batch_size: int, num_classes: int) -> list[int] | None:
+def validate_targets(
+    target_class: TargetInput, batch_size: int, num_classes: int
+) -> list[int] | None:
     """Check ``target_class`` for a batch; ``None`` means "the predicted class".
 
     Returns:
@@ -47,9 +49,7 @@ def validate_targets(target_class: TargetInput, batch_size: int, num_classes: in
     return targets
 
 
-def resolve_targets(
-    target_class: TargetInput, logits: torch.Tensor
-) -> torch.Tensor:
+def resolve_targets(target_class: TargetInput, logits: torch.Tensor) -> torch.Tensor:
     """Class index per image as a ``(B,)`` long tensor on the logits' device.
 
     ``None`` picks each image's predicted class (argmax of ``logits``).

