@@ -69,8 +69,18 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 
 
 def data_config(model: nn.Module) -> dict[str, Any]:
-    """The model's timm data config: input size, interpolation, mean, std, crop."""
-    return timm.data.resolve_data_config({}, model=timm_model_of(model))
+    """The model's timm data config: input size, interpolation, mean, std, crop.
+
+    A model built with another fixed ``img_size`` than its pretrained config (a ViT
+    created with ``img_size=384``) must be fed that size, so it wins over the config.
+    """
+    timm_model = timm_model_of(model)
+    config = timm.data.resolve_data_config({}, model=timm_model)
+    embed = getattr(timm_model, "patch_embed", None)
+    img_size = getattr(embed, "img_size", None)
+    if img_size is not None and getattr(embed, "strict_img_size", False):
+        config["input_size"] = (config["input_size"][0], *(int(v) for v in img_size))
+    return config
 
 
 def eval_transform(model: nn.Module) -> T.Compose:

@@ -73,6 +73,9 @@ class ImageClassifier(nn.Module):
             model = backbone
             self.spec = type(backbone).__name__
         else:
+            if weights is not None and num_classes is not None:
+                # A fine-tuned checkpoint carries its own head: build the model to fit it.
+                timm_kwargs.setdefault("num_classes", num_classes)
             model = create_timm_model(
                 backbone,
                 weights=weights,
