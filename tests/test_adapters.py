@@ -96,7 +96,7 @@ def test_layer_errors_are_helpful():
         LayerResolutionError, match=r"No layer named 'layer5'.*Closest names: .*layer"
     ):
         adapter.resolve_layers("layer5")
-    with pytest.raises(LayerResolutionError, match="Recommended CAM layers.*layer4"):
+    with pytest.raises(LayerResolutionError, match=r"Recommended CAM layers.*layer4"):
         adapter.resolve_layers("nonsense")
     with pytest.raises(LayerResolutionError, match="after global pooling"):
         adapter.resolve_layers("fc")

@@ -84,7 +84,7 @@ def test_heatmap_to_original_undoes_resize_and_crop(real_model, photos):
     back = heatmap_to_original(heatmap, geometry)
     assert back.shape == (300, 451)
     assert math.isnan(float(back[150, 5])) and math.isnan(float(back[150, 445]))
-    top, left, crop_h, crop_w = geometry.crop_box
+    _, left, _, _ = geometry.crop_box
     scale = 300 / geometry.resized_size[0]
     hot_x = int((left + 40) * scale)
     cold_x = int((left + 180) * scale)

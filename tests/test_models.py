@@ -92,7 +92,7 @@ def test_random_weights_and_new_head_are_warned():
 
 
 def test_unknown_architecture_suggests_close_names():
-    with pytest.raises(ModelLoadError, match="Did you mean: .*resnet18"):
+    with pytest.raises(ModelLoadError, match=r"Did you mean: .*resnet18"):
         load_model("resnet18x")
 
 
@@ -138,7 +138,7 @@ def test_weights_file_errors(tmp_path):
         load_model("test_resnet", weights=corrupt)
     with pytest.raises(ModelLoadError, match="name its architecture"):
         load_model(str(weights))
-    with pytest.raises(ModelLoadError, match="no config.json"):
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
         load_model(tmp_path)
 
 
@@ -195,7 +195,7 @@ def test_hf_hub_missing_offline_fails_fast_with_advice(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     start = time.perf_counter()
     with pytest.raises(
-        HubUnavailableError, match="resnet18.a1_in1k.*HF_HUB_OFFLINE.*copy a folder"
+        HubUnavailableError, match=r"resnet18.a1_in1k.*HF_HUB_OFFLINE.*copy a folder"
     ):
         load_model("hf-hub:timm/resnet18.a1_in1k", cache_dir=tmp_path)
     assert time.perf_counter() - start < 5
