@@ -1,0 +1,140 @@
+"""The ``timmlens`` command: explain images, evaluate a dataset, describe a model.
+
+User errors (bad model spec, missing file, unknown method) print one line and exit
+with status 2; the logic lives in the library, the CLI only parses and reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import TimmLensError
+from .interpretation.registry import METHODS
+
+EXIT_USER_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="timmlens", description="Explanations for timm image classifiers."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    explain = commands.add_parser(
+        "explain",
+        help="explain images and save overlays",
+        description="Explain images with one method and save figures.",
+    )
+    explain.add_argument("images", nargs="+", help="image files")
+    explain.add_argument(
+        "--model",
+        default="bundled:efficientnet_lite0",
+        help="timm name, hf-hub: id, local folder, or bundled:efficientnet_lite0",
+    )
+    explain.add_argument("--method", default="gradcam", choices=sorted(METHODS))
+    explain.add_argument(
+        "--target", type=int, default=None, help="class to explain (default: the predicted class)"
+    )
+    explain.add_argument("--layer", default=None, help="target layer for CAM methods")
+    explain.add_argument("--out", default="outputs/explain", help="output folder")
+    explain.add_argument("--html", action="store_true", help="also write interactive HTML")
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="explain and score a dataset",
+        description="Explain and score every image of a folder; writes rows and a summary.",
+    )
+    evaluate.add_argument("data", help="image folder (integer-named sub-folders give labels)")
+    evaluate.add_argument("--model", default="bundled:efficientnet_lite0")
+    evaluate.add_argument("--methods", nargs="+", default=["gradcam"], choices=sorted(METHODS))
+    evaluate.add_argument(
+        "--metrics",
+        nargs="+",
+        default=["insertion", "deletion"],
+        choices=["insertion", "deletion", "sensitivity"],
+    )
+    evaluate.add_argument("--out", default="results", help="output folder")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="insertion/deletion steps (default: RISE, 224 pixels per step)",
+    )
+    evaluate.add_argument("--format", default="jsonl", choices=["jsonl", "csv"])
+    evaluate.add_argument("--no-resume", action="store_true", help="start the rows file afresh")
+
+    layers = commands.add_parser(
+        "layers",
+        help="describe a model's layers and layouts",
+        description="Print what the adapter knows about a model.",
+    )
+    layers.add_argument("model", help="model spec")
+    return parser
+
+
+def _load(spec: str):
+    from .models import load_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        return load_model(spec)
+
+
+def _run_explain(args: argparse.Namespace) -> None:
+    from .interpretation.registry import create_explainer
+    from .viz.commands import save_explanations
+
+    model = _load(args.model)
+    options = {"target_layer": args.layer} if args.layer else {}
+    explainer = create_explainer(args.method, model, **options)
+    for path in save_explanations(
+        model, explainer, args.images, args.target, Path(args.out), html=args.html
+    ):
+        print(path)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate
+
+    model = _load(args.model)
+    options = {"steps": args.steps} if args.steps else {}
+    summary = evaluate(
+        model,
+        args.data,
+        methods=args.methods,
+        metrics=args.metrics,
+        out=args.out,
+        batch_size=args.batch_size,
+        rows_format=args.format,
+        resume=not args.no_resume,
+        metric_options=options,
+    )
+    print(summary)
+    print(f"rows: {summary.rows_path}\nsummary: {summary.summary_path}")
+
+
+def _run_layers(args: argparse.Namespace) -> None:
+    from .adapters import describe
+
+    describe(_load(args.model))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    run = {"explain": _run_explain, "evaluate": _run_evaluate, "layers": _run_layers}
+    try:
+        run[args.command](args)
+    except (TimmLensError, ValueError, FileNotFoundError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"timmlens {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
