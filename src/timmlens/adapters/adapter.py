@@ -30,10 +30,13 @@ _GLOBAL_ATTENTION_FAMILIES = (
     "deit",
     "eva",
     "beit",
-    "cait",
     "vision_transformer_relpos",
-    "xcit",
 )
+# ViT-like families whose attention cannot be rolled out from the class token, and why.
+_NO_ROLLOUT_FAMILIES = {
+    "cait": "class attention only in its last blocks (the patch blocks have no class token)",
+    "xcit": "cross-covariance attention between channels, not between tokens",
+}
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,8 @@ class ModelAdapter:
     @cached_property
     def attention_blocks(self) -> list[AttentionBlock]:
         """Global self-attention modules (in order), empty for CNNs and windowed models."""
+        if self.family in _NO_ROLLOUT_FAMILIES:
+            return []
         if self.family not in _GLOBAL_ATTENTION_FAMILIES and not self._looks_like_vit():
             return []
         blocks = []
@@ -307,7 +312,9 @@ class ModelAdapter:
         """Why attention maps do not apply to this model, or ``None`` when they do."""
         if self.attention_blocks:
             return None
-        if self.is_channels_last or "swin" in self.family:
+        if self.family in _NO_ROLLOUT_FAMILIES:
+            kind = _NO_ROLLOUT_FAMILIES[self.family]
+        elif self.is_channels_last or "swin" in self.family:
             kind = "windowed attention (no token sees all others)"
         elif hasattr(self.timm_model, "blocks") or hasattr(self.timm_model, "stages"):
             kind = "no global self-attention with a class token"

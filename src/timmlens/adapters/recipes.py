@@ -1,0 +1,126 @@
+"""Per-architecture recipes, generated from the adapters so the docs cannot drift.
+
+``docs/recipes.md`` is :func:`recipes_markdown` written out (``make docs`` does it; a
+test fails when the file and the adapters disagree).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import timm
+import torch
+
+from .describe import ModelDescription, describe
+
+# (family title, example architecture, tip). The facts in each row come from the adapter.
+RECIPE_MODELS: list[tuple[str, str, str]] = [
+    ("ResNet", "resnet50", "layer3 gives finer, less class-specific maps than layer4."),
+    ("ResNeXt", "resnext50_32x4d", "Same stages as ResNet; the recipes' layer4 is the default."),
+    (
+        "EfficientNet",
+        "efficientnet_b0",
+        "conv_head sees 1280 channels at 1/32 resolution; blocks.5 doubles the resolution.",
+    ),
+    (
+        "MobileNetV3",
+        "mobilenetv3_large_100",
+        "Its conv_head runs after global pooling (a 1x1 map): CAM uses the last block instead.",
+    ),
+    ("RegNet", "regnety_002", "Stages are s1..s4; s4 is the last before pooling."),
+    ("ConvNeXt", "convnext_tiny", "stages.3 is 1/32 resolution; stages.2 for finer maps."),
+    ("DenseNet", "densenet121", "features.norm5 is the last normalised feature map."),
+    (
+        "ViT",
+        "vit_small_patch16_224",
+        "Class-token pooling: CAM taps blocks[-1].norm1; rollout or class-specific rollout "
+        "show the attention path.",
+    ),
+    (
+        "DeiT (distilled)",
+        "deit_tiny_distilled_patch16_224",
+        "Two prefix tokens (class, distillation); rollout can read either token's row.",
+    ),
+    (
+        "ViT with registers",
+        "vit_small_patch14_reg4_dinov2",
+        "Four register tokens are dropped with the class token before reshaping to the grid.",
+    ),
+    (
+        "EVA-02",
+        "eva02_tiny_patch14_224",
+        "Average pooling: the last block's patch tokens get gradients, so CAM taps it.",
+    ),
+    ("BEiT", "beit_base_patch16_224", "Average pooling with fc_norm; rollout applies."),
+    (
+        "Swin",
+        "swin_tiny_patch4_window7_224",
+        "NHWC stages and windowed attention: use GradCAM (no global rollout).",
+    ),
+]
+
+METHODS_ALL = "GradCAM, GradCAM++, Integrated Gradients, SmoothGrad"
+
+
+def describe_architecture(name: str) -> ModelDescription:
+    """The adapter's description of ``name`` built with random weights (no download)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        model = timm.create_model(name, pretrained=False).eval()
+    return describe(model, print_it=False)
+
+
+def recipes_markdown() -> str:
+    """The recipes page: one row per family with its default layer, layout and methods."""
+    lines = [
+        "# Recipes per architecture",
+        "",
+        "Generated from timmlens' adapters by `timmlens.adapters.recipes.recipes_markdown()` "
+        "(`make docs`); do not edit by hand. Layer names are those of a bare timm model; "
+        "in an `ImageClassifier` they start with `backbone.` (both forms are accepted).",
+        "",
+        "| family | example | default CAM layer | layout | prefix tokens | methods | tip |",
+        "| --- | --- | --- | --- | ---: | --- | --- |",
+    ]
+    for title, architecture, tip in RECIPE_MODELS:
+        facts = describe_architecture(architecture)
+        methods = METHODS_ALL + (", attention maps & rollout" if facts.attention_blocks else "")
+        layout = facts.layout.split(" (")[0]
+        lines.append(
+            f"| {title} | `{architecture}` | `{facts.default_layer}` | {layout} | "
+            f"{facts.num_prefix_tokens} | {methods} | {tip} |"
+        )
+    lines += [
+        "",
+        "Why the default layer: timm's `feature_info` names the last stage of nearly every "
+        "family and is used as is; the overrides are ViTs with class-token pooling (the last "
+        "block's patch tokens get no gradient, so CAM taps `blocks[-1].norm1`) and "
+        "EfficientNet (`conv_head`, the layer the usual recipes name). Every timm family is "
+        "swept in [zoo coverage](zoo_coverage.md).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m timmlens.adapters.recipes PATH [--check]``: write or verify the page."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description="Generate the recipes page from the adapters.")
+    parser.add_argument("path", type=Path)
+    parser.add_argument("--check", action="store_true", help="fail if PATH is out of date")
+    args = parser.parse_args(argv)
+    text = recipes_markdown()
+    if args.check:
+        if not args.path.exists() or args.path.read_text() != text:
+            print(f"{args.path} is out of date with the adapters; run `make docs`.")
+            return 1
+        return 0
+    args.path.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

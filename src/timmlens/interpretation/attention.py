@@ -1,0 +1,412 @@
+"""Attention maps, attention rollout and class-specific rollout for ViT-like models.
+
+The attention probabilities are captured from timm's own attention modules (see
+:mod:`timmlens.adapters.attention_capture`): fused attention is switched off for the
+call, ``attn_drop`` is hooked, and everything is restored afterwards.
+
+**Attention rollout** (Abnar & Zuidema, 2020, "Quantifying Attention Flow in
+Transformers"): for each block ``l`` from ``start_layer`` on,
+
+1. fuse the heads of ``A_l`` ``(B, heads, N, N)`` -> ``(B, N, N)`` (mean, max or min);
+2. optionally discard the lowest ``discard_ratio`` fraction of the fused matrix of
+   *each image* (set to 0), never the prefix tokens' attention to themselves;
+3. ``Ã_l = 0.5 A_l + 0.5 I`` (the residual connection), rows renormalised to sum to 1;
+
+then ``R = Ã_L ... Ã_start`` and the heatmap is the class token's row of ``R`` over the
+patch tokens (class, distillation and register tokens removed), reshaped to the patch
+grid, bilinearly upsampled to the input size and min-max normalised to [0, 1]. Only the
+one row is needed, so it is computed as ``e_cls Ã_L ... Ã_start`` with vector-matrix
+products: ``O(L N^2)`` per image instead of ``O(L N^3)``.
+
+**Class-specific rollout** (gradient-weighted, after Chefer et al., 2021, "Transformer
+Interpretability Beyond Attention Visualization", and vit-explain's ``grad_rollout``):
+with a ``target_class``, each block's attention is replaced by ``(dy_c/dA_l ⊙ A_l)^+``,
+the elementwise product with the gradient of the target logit, negatives clamped *per
+head* (Chefer's order; vit-explain averages heads before clamping), heads then fused
+with ``head_fusion`` (mean by default), before steps 2-3 above. One forward and one
+backward pass; the gradients are taken with ``torch.autograd.grad`` on the captured
+probabilities, so no parameter ``.grad`` is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, overload
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._model_state import explaining
+from ..adapters import get_adapter
+from ..adapters.attention_capture import capture_attention, token_indices
+from ..adapters.layout import token_layout
+from ..data import ImagesInput
+from ..errors import UnsupportedModelError
+from ._targets import TargetInput
+from .base import Explainer, normalize_maps, num_outputs
+
+HeadFusion = Literal["mean", "max", "min"]
+TokenName = Literal["class", "distillation"]
+HeadSelect = int | Literal["mean", "max", "min"] | None
+
+_HEAD_FUSIONS = ("mean", "max", "min")
+
+
+# ------------------------------------------------------------------ maths
+def fuse_heads(attn: torch.Tensor, head_fusion: HeadFusion = "mean", dim: int = 1) -> torch.Tensor:
+    """Fuse the heads dimension ``dim``: ``(B, heads, N, N)`` -> ``(B, N, N)`` by default."""
+    if head_fusion == "mean":
+        return attn.mean(dim=dim)
+    if head_fusion == "max":
+        return attn.amax(dim=dim)
+    if head_fusion == "min":
+        return attn.amin(dim=dim)
+    raise ValueError(f"head_fusion must be one of {_HEAD_FUSIONS}, got {head_fusion!r}.")
+
+
+def discard_lowest(attn: torch.Tensor, ratio: float, num_prefix_tokens: int) -> torch.Tensor:
+    """Zero the lowest ``ratio`` fraction of each image's fused attention matrix.
+
+    Per matrix, as in Abnar & Zuidema and vit-explain, but for every image of the batch.
+    The prefix tokens' self-attention entries (``A[i, i]`` for ``i < num_prefix_tokens``:
+    class -> class, distillation -> distillation, register -> register) are protected:
+    ``k = int(ratio * (N * N - num_prefix_tokens))`` of the other entries are dropped.
+
+    Args:
+        attn: ``(B, N, N)`` fused attention.
+        ratio: fraction in ``[0, 1)``.
+        num_prefix_tokens: how many leading tokens have their diagonal entry protected.
+
+    Returns:
+        ``(B, N, N)``, a new tensor.
+    """
+    batch, tokens, _ = attn.shape
+    protected = torch.zeros(tokens, tokens, dtype=torch.bool, device=attn.device)
+    diagonal = torch.arange(min(num_prefix_tokens, tokens), device=attn.device)
+    protected[diagonal, diagonal] = True
+    protected = protected.flatten()
+    free = tokens * tokens - diagonal.numel()
+    count = int(ratio * free)
+    flat = attn.reshape(batch, -1)
+    if count <= 0:
+        return flat.clone().view_as(attn)
+    # topk is cheapest for small k: select whichever side of the split is smaller.
+    if count <= free - count:
+        lowest = flat.masked_fill(protected, float("inf")).topk(count, dim=1, largest=False)
+        return flat.scatter(1, lowest.indices, 0.0).view_as(attn)
+    kept = flat.masked_fill(protected, float("-inf")).topk(free - count, dim=1).indices
+    keep = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, kept, True) | protected
+    return (flat * keep).view_as(attn)
+
+
+def rollout_rows(fused: Sequence[torch.Tensor], token_index: int) -> torch.Tensor:
+    """Row ``token_index`` of the rollout ``Ã_L ... Ã_1`` of fused attentions.
+
+    Args:
+        fused: per block, in forward order, ``(B, N, N)`` non-negative fused attention.
+        token_index: the row to read (0 for the class token).
+
+    Returns:
+        ``(B, N)``: how much of each input token flows into ``token_index`` at the top.
+    """
+    first = fused[0]
+    batch, tokens, _ = first.shape
+    eye = torch.eye(tokens, dtype=first.dtype, device=first.device)
+    row = torch.zeros(batch, 1, tokens, dtype=first.dtype, device=first.device)
+    row[:, 0, token_index] = 1.0
+    for attn in reversed(fused):
+        mixed = 0.5 * attn + 0.5 * eye
+        mixed = mixed / mixed.sum(dim=-1, keepdim=True)
+        row = torch.bmm(row, mixed)
+    return row[:, 0]
+
+
+# ----------------------------------------------------------- maps result
+@dataclass(frozen=True, eq=False)
+class AttentionMaps(Sequence[torch.Tensor]):
+    """The attention probabilities of every block for a batch (or one image).
+
+    Indexing gives one block's probabilities: ``(B, heads, N, N)`` for a batch,
+    ``(heads, N, N)`` for a single image; ``len()`` is the number of blocks. Tokens are
+    ordered as in the model: ``num_prefix_tokens`` prefix tokens (class, then
+    distillation or registers) followed by the ``grid[0] * grid[1]`` patches, row-major.
+
+    Attributes:
+        batched_maps: per block, ``(B, heads, N, N)`` (always with the batch dimension).
+        layer_names: the attention modules' dotted names.
+        grid: the patch grid ``(h, w)``.
+        num_prefix_tokens: ``N - h * w``.
+        token_indices: positions of the named tokens, e.g. ``{"class": 0}``.
+        batched: ``False`` when one image was passed (results drop the batch dimension).
+    """
+
+    batched_maps: tuple[torch.Tensor, ...]
+    layer_names: tuple[str, ...]
+    grid: tuple[int, int]
+    num_prefix_tokens: int
+    token_indices: Mapping[str, int]
+    batched: bool = True
+
+    def __len__(self) -> int:
+        return len(self.batched_maps)
+
+    @overload
+    def __getitem__(self, index: int) -> torch.Tensor: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[torch.Tensor]: ...
+
+    def __getitem__(self, index: int | slice) -> torch.Tensor | Sequence[torch.Tensor]:
+        if isinstance(index, slice):
+            return tuple(self._unbatch(m) for m in self.batched_maps[index])
+        return self._unbatch(self.batched_maps[index])
+
+    def _unbatch(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self.batched else tensor[0]
+
+    def stack(self) -> torch.Tensor:
+        """All blocks at once: ``(B, L, heads, N, N)`` (``(L, heads, N, N)`` unbatched)."""
+        return self._unbatch(torch.stack(self.batched_maps, dim=1))
+
+    def cls_to_patches(
+        self, layer: int | None = None, head: HeadSelect = None, token: TokenName = "class"
+    ) -> torch.Tensor:
+        """The class token's attention to the patches, on the patch grid.
+
+        Args:
+            layer: one block (negative counts from the end), or ``None`` for all.
+            head: one head's index, ``"mean"``/``"max"``/``"min"`` over heads, or
+                ``None`` to keep every head.
+            token: ``"class"``, or ``"distillation"`` for a distilled DeiT's second token.
+
+        Returns:
+            ``(B, L, heads, h, w)``; the ``L`` dimension is absent when ``layer`` is given,
+            ``heads`` when ``head`` is given, ``B`` for a single image. Prefix tokens are
+            removed, so values do not sum to 1.
+        """
+        if token not in self.token_indices:
+            raise ValueError(
+                f"token {token!r} is not in this model; available: "
+                f"{', '.join(self.token_indices) or 'none (no class token)'}."
+            )
+        maps = self.batched_maps[layer] if layer is not None else torch.stack(self.batched_maps, 1)
+        rows = maps[..., self.token_indices[token], self.num_prefix_tokens :]
+        patches = rows.reshape(*rows.shape[:-1], *self.grid)
+        head_dim = patches.ndim - 3
+        if isinstance(head, int):
+            patches = patches.select(head_dim, head)
+        elif head is not None:
+            patches = fuse_heads(patches, head, dim=head_dim)
+        return self._unbatch(patches)
+
+
+# -------------------------------------------------------------- explainer
+class AttentionVisualizer(Explainer):
+    """Attention maps and (class-specific) attention rollout of a ViT-like timm model.
+
+    Works for every family whose blocks use global token self-attention through timm's
+    attention modules: ViT, DeiT (also distilled), DeiT-III, BEiT, EVA, register-token
+    ViTs. As an :class:`Explainer`, ``visualizer(images, target_class=None)`` returns the
+    plain rollout (class-agnostic; ``last_targets`` holds the predicted classes) and
+    ``visualizer(images, target_class=c)`` the class-specific rollout for ``c``; extra
+    keyword arguments are those of :meth:`attention_rollout`.
+
+    Args:
+        model: an ``ImageClassifier`` or a bare timm model.
+
+    Raises:
+        UnsupportedModelError: the model has no global self-attention (CNNs, Swin); the
+            message says why and suggests GradCAM.
+    """
+
+    name = "attention_rollout"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.adapter = get_adapter(model)
+        reason = self.adapter.attention_unavailable_reason
+        if reason is not None:
+            raise UnsupportedModelError(reason)
+        self.blocks = self.adapter.attention_blocks
+        self.token_indices = token_indices(self.adapter.timm_model)
+
+    # ------------------------------------------------------------ public
+    def get_attention_maps(self, images: ImagesInput) -> AttentionMaps:
+        """Every block's attention probabilities for ``images``.
+
+        Returns:
+            :class:`AttentionMaps`: ``maps[l]`` is ``(B, heads, N, N)`` for a batch and
+            ``(heads, N, N)`` for one image; each row sums to 1.
+        """
+        batch = self.prepare(images)
+        inputs = batch.tensor
+        if not torch.isfinite(inputs).all():
+            raise ValueError("inputs contain NaN or inf; their attention would be NaN.")
+        with explaining(self.model), torch.no_grad(), capture_attention(self.blocks) as capture:
+            self.model(inputs)
+            maps = capture.maps()
+        grid, prefix = self._token_geometry(inputs, maps[0].shape[-1])
+        return AttentionMaps(
+            batched_maps=tuple(m.detach() for m in maps),
+            layer_names=tuple(block.name for block in self.blocks),
+            grid=grid,
+            num_prefix_tokens=prefix,
+            token_indices=dict(self.token_indices),
+            batched=not batch.single,
+        )
+
+    def attention_rollout(
+        self,
+        images: ImagesInput,
+        head_fusion: HeadFusion = "mean",
+        discard_ratio: float = 0.0,
+        start_layer: int = 0,
+        target_class: TargetInput = None,
+        token: TokenName = "class",
+    ) -> torch.Tensor:
+        """Attention rollout heatmap(s) in [0, 1] at input resolution.
+
+        Args:
+            images: anything :func:`timmlens.data.prepare_images` accepts.
+            head_fusion: how heads are fused per block: ``"mean"``, ``"max"``, ``"min"``.
+            discard_ratio: fraction in ``[0, 1)`` of each image's lowest fused attentions
+                set to zero per block (the prefix tokens' self-attention is kept).
+            start_layer: first block rolled out (negative counts from the end).
+            target_class: ``None`` for the plain, class-agnostic rollout; a class (one
+                int, or one per image) for the gradient-weighted class-specific rollout.
+            token: whose row is read: ``"class"``, or ``"distillation"`` (distilled DeiT).
+
+        Returns:
+            ``(H, W)`` for one image, ``(B, H, W)`` for a batch, on the model's device.
+        """
+        return self.explain(
+            images,
+            target_class=target_class,
+            head_fusion=head_fusion,
+            discard_ratio=discard_ratio,
+            start_layer=start_layer,
+            token=token,
+        )
+
+    def explain_batch(
+        self, inputs: torch.Tensor, target_class: TargetInput = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """Rollout heatmaps ``(B, H, W)`` for a preprocessed batch ``(B, C, H, W)``.
+
+        The plain rollout (``target_class=None``) needs no classifier, so it also works on
+        headless backbones (``num_classes=0``, e.g. DINOv2); a target needs a head.
+        """
+        if target_class is None and not self._has_head():
+            if not torch.isfinite(inputs).all():
+                raise ValueError("inputs contain NaN or inf; explanations of them would be NaN.")
+            with explaining(self.model):
+                return self.attribute(inputs, None, **kwargs)
+        return super().explain_batch(inputs, target_class, **kwargs)
+
+    def attribute(
+        self,
+        inputs: torch.Tensor,
+        targets: list[int] | None,
+        head_fusion: HeadFusion = "mean",
+        discard_ratio: float = 0.0,
+        start_layer: int = 0,
+        token: TokenName = "class",
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Rollout heatmaps ``(B, H, W)`` for inputs ``(B, C, H, W)``.
+
+        Plain rollout for ``targets=None``, class-specific rollout otherwise.
+        """
+        if kwargs:
+            raise TypeError(
+                f"unexpected argument(s) {', '.join(kwargs)}; AttentionVisualizer accepts "
+                f"head_fusion, discard_ratio, start_layer and token."
+            )
+        if head_fusion not in _HEAD_FUSIONS:
+            raise ValueError(f"head_fusion must be one of {_HEAD_FUSIONS}, got {head_fusion!r}.")
+        if not 0.0 <= float(discard_ratio) < 1.0:
+            raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio!r}.")
+        token_index = self._token_index(token)
+        start = self._start_index(start_layer)
+
+        with capture_attention(self.blocks) as capture:
+            if targets is None:
+                with torch.no_grad():
+                    logits = self.model(inputs)
+                    maps = capture.maps()
+                self.last_targets = logits.argmax(dim=1) if self._has_head() else None
+                weighted = [fuse_heads(m.float(), head_fusion) for m in maps[start:]]
+            else:
+                chosen = torch.tensor(targets, device=inputs.device, dtype=torch.long)
+                with torch.enable_grad():
+                    tracked = inputs.detach().requires_grad_(True)
+                    logits = self.model(tracked)
+                    maps = capture.maps()[start:]
+                    score = logits.gather(1, chosen[:, None]).sum()
+                    grads = torch.autograd.grad(score, maps, allow_unused=True)
+                self.last_targets = chosen
+                weighted = [
+                    fuse_heads(
+                        (m.detach().float() * (g.float() if g is not None else 0.0)).clamp_min(0),
+                        head_fusion,
+                    )
+                    for m, g in zip(maps, grads, strict=True)
+                ]
+
+        grid, prefix = self._token_geometry(inputs, weighted[0].shape[-1])
+        if token_index >= prefix:
+            raise UnsupportedModelError(
+                f"{self.adapter.architecture}: the {token} token (position {token_index}) is not "
+                f"among the {prefix} prefix tokens of its {weighted[0].shape[-1]}-token "
+                f"sequence, so there is no {token} row to read."
+            )
+        if discard_ratio > 0:
+            weighted = [discard_lowest(w, float(discard_ratio), prefix) for w in weighted]
+        rows = rollout_rows(weighted, token_index)
+        patches = rows[:, prefix:].reshape(-1, 1, *grid)
+        maps_hw = F.interpolate(
+            patches, size=inputs.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return normalize_maps(maps_hw[:, 0])
+
+    # ----------------------------------------------------------- helpers
+    def _token_index(self, token: str) -> int:
+        if token not in ("class", "distillation"):
+            raise ValueError(f"token must be 'class' or 'distillation', got {token!r}.")
+        if token not in self.token_indices:
+            what = "distillation token (only distilled DeiT has one)"
+            if token == "class":
+                what = "class token (global-average-pooled ViT?)"
+            raise UnsupportedModelError(
+                f"{self.adapter.architecture} has no {what}, so its {token}-token rollout is "
+                f"undefined. Use token='class' where available, or GradCAM "
+                f"(timmlens.interpretation.GradCAM)."
+            )
+        return self.token_indices[token]
+
+    def _has_head(self) -> bool:
+        try:
+            num_outputs(self.model)
+        except ValueError:
+            return False
+        return True
+
+    def _start_index(self, start_layer: int) -> int:
+        count = len(self.blocks)
+        if isinstance(start_layer, bool) or not isinstance(start_layer, int):
+            raise ValueError(f"start_layer must be an int, got {type(start_layer).__name__}.")
+        if not -count <= start_layer < count:
+            raise ValueError(
+                f"start_layer {start_layer} is out of range for {count} attention blocks "
+                f"(valid: {-count}..{count - 1})."
+            )
+        return start_layer % count
+
+    def _token_geometry(self, inputs: torch.Tensor, num_tokens: int) -> tuple[tuple[int, int], int]:
+        """Patch grid ``(h, w)`` and prefix-token count of an ``N``-token sequence."""
+        block = self.blocks[0]
+        hint = self.adapter._grid_hint((inputs.shape[-2], inputs.shape[-1]), block.module)
+        layout = token_layout(num_tokens, hint, self.adapter.num_prefix_tokens, block.name)
+        return layout.grid, layout.num_prefix_tokens
