@@ -82,8 +82,12 @@ class TargetScore(torch.nn.Module):
             chosen = logits.detach().argmax(dim=1)
         else:
             chosen = torch.tensor(self.targets, device=logits.device, dtype=torch.long)
-            # Captum may expand the batch (IG steps, noise samples): repeat targets per copy.
             if logits.shape[0] != chosen.shape[0]:
-                chosen = chosen.repeat_interleave(logits.shape[0] // chosen.shape[0])
+                # Captum expands batches in method-specific orders (IG: step-major); a fixed
+                # target list cannot know which row is which image, so refuse.
+                raise ValueError(
+                    f"TargetScore got {logits.shape[0]} rows for {chosen.shape[0]} targets; "
+                    f"pass targets through Captum's additional_forward_args instead."
+                )
         self.last_targets = chosen
         return logits.gather(1, chosen[:, None])[:, 0]
