@@ -78,22 +78,42 @@ def smallest_architecture(family: str) -> tuple[str, int] | None:
 
 
 def build_at_smallest_input(name: str) -> tuple[torch.nn.Module, int]:
-    """The model and the smallest square input from INPUT_SIZES it runs on."""
+    """The model and the smallest square input from INPUT_SIZES it runs on.
+
+    Variable-size models are built once and probed at each size; fixed-size ones
+    (ViT-likes) are rebuilt with ``img_size=`` only when no size fits as built.
+    """
     errors = []
+
+    def create(**kwargs) -> torch.nn.Module:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.manual_seed(0)
+            return timm.create_model(name, pretrained=False, **kwargs).eval()
+
+    def runs(model: torch.nn.Module, size: int) -> bool:
+        try:
+            with torch.no_grad():
+                model(torch.randn(1, 3, size, size))
+            return True
+        except Timeout:
+            raise
+        except Exception as exc:
+            errors.append(f"{size}: {exc}")
+            return False
+
+    model = create()
     for size in INPUT_SIZES:
-        for kwargs in ({}, {"img_size": size}):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    torch.manual_seed(0)
-                    model = timm.create_model(name, pretrained=False, **kwargs).eval()
-                    with torch.no_grad():
-                        model(torch.randn(1, 3, size, size))
-                return make_explainable(model), size
-            except Timeout:
-                raise
-            except Exception as exc:
-                errors.append(f"{size}{'+img_size' if kwargs else ''}: {exc}")
+        if runs(model, size):
+            return make_explainable(model), size
+    for size in INPUT_SIZES:
+        try:
+            resized = create(img_size=size)
+        except TypeError as exc:
+            errors.append(str(exc))
+            break
+        if runs(resized, size):
+            return make_explainable(resized), size
     raise RuntimeError("no input size worked; " + errors[-1][:200])
 
 
@@ -135,7 +155,8 @@ def sweep_family(family: str, timeout_s: int) -> FamilyResult:
         result.resolved = True
         result.gradcam_ok, result.reason = check_gradcam(model, result.input_size)
     except Exception as exc:  # recorded, the sweep goes on
-        result.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        result.reason = f"{type(exc).__name__}: {first_line[:160]}"
         if "-v" in sys.argv:
             traceback.print_exc()
     finally:

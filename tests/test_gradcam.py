@@ -431,3 +431,13 @@ def test_bad_layers_fail_at_construction() -> None:
     with pytest.raises(ValueError, match="interpolate"):
         GradCAM(model, interpolate="cubic")  # type: ignore[arg-type]
     assert "layer4" in repr(GradCAM(model))
+
+
+def test_a_layer_off_the_forward_path_gets_a_clear_error() -> None:
+    from timmlens import LayerResolutionError
+
+    model = timm.create_model("test_resnet").eval()
+    model.unused = torch.nn.Conv2d(3, 3, 1)
+    with pytest.raises(LayerResolutionError, match="did not run in the model's forward pass"):
+        GradCAM(model, target_layer="unused")(torch.randn(1, 3, 64, 64))
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())

@@ -67,7 +67,11 @@ def probe_layout(model: nn.Module, layer_name: str, input_size: tuple[int, int, 
             model(probe)
     finally:
         model.train(was_training)
-    assert view.layout is not None
+    if view.layout is None:
+        raise LayerResolutionError(
+            f"Layer '{layer.name}' did not run in the model's forward pass, so it cannot be "
+            f"tapped. Pick a layer on the forward path; describe(model) lists the stages."
+        )
     return view.layout
 
 

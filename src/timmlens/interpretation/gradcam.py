@@ -38,6 +38,7 @@ from torch import nn
 from .._model_state import explaining
 from ..adapters import LayerSpec, ResolvedLayer, SpatialView, get_adapter, spatial_tap
 from ..data import ImagesInput
+from ..errors import LayerResolutionError
 from ._targets import TargetInput, TargetScore, validate_targets
 from .base import Explainer, normalize_maps, num_outputs
 
@@ -222,7 +223,17 @@ class _LayerCAM(Explainer):
                 )
                 for layer in self.layers
             ]
-            maps = self._layer_maps_from_views(score, inputs, views)
+            try:
+                maps = self._layer_maps_from_views(score, inputs, views)
+            except AssertionError as exc:  # Captum's "hook did not obtain any outputs"
+                silent = [view.layer_name for view in views if view.layout is None]
+                if not silent:
+                    raise
+                raise LayerResolutionError(
+                    f"Layer(s) {', '.join(silent)} did not run in the model's forward pass, so "
+                    f"they cannot be explained. Pick layers on the forward path, e.g. "
+                    f"{', '.join(self.adapter.recommended_layers[:3])}."
+                ) from exc
         self.last_targets = score.last_targets
         return [m.detach() for m in maps]
 
