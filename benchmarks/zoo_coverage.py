@@ -33,7 +33,8 @@ from timmlens.testing import make_explainable
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "zoo_coverage.json"
 TABLE = ROOT / "docs" / "zoo_coverage.md"
-INPUT_SIZES = (64, 96, 128, 160, 192, 224, 256)
+# From 128 up: at 64 px a stride-32 (or 64) layer is 2x2 (1x1), too coarse to judge a map.
+INPUT_SIZES = (128, 160, 192, 224, 256)
 
 
 @dataclass
@@ -89,7 +90,12 @@ def build_at_smallest_input(name: str) -> tuple[torch.nn.Module, int]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.manual_seed(0)
-            return timm.create_model(name, pretrained=False, **kwargs).eval()
+            model = timm.create_model(name, pretrained=False, **kwargs).eval()
+            if getattr(model, "num_classes", 1) == 0:
+                # Headless feature extractors (DINOv3, SAM2, ...): a head to explain.
+                torch.manual_seed(0)
+                model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
+            return model.eval()
 
     def runs(model: torch.nn.Module, size: int) -> bool:
         try:

@@ -120,3 +120,40 @@ def test_describe_reports_the_facts(capsys):
     assert description.grid == (4, 4) and description.layout.startswith("tokens")
     assert len(description.attention_blocks) == 12
     assert "blocks.11.norm1" in printed and "prefix tokens     : 2" in printed
+
+
+class _TupleStage(torch.nn.Module):
+    """A stage returning (features, extras), as PiT and EfficientViM stages do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y, y.mean()
+
+
+class _TupleNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stages = torch.nn.ModuleList([_TupleStage()])
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        for stage in self.stages:
+            x, extra = stage(x)
+        return self.head(x.mean((2, 3))) + extra
+
+
+def test_tuple_outputs_and_module_lists():
+    model = _TupleNet().eval()
+    adapter = get_adapter(model)
+    assert adapter.default_layer == "stages.0", "a ModuleList is never called: its last element"
+    x = torch.randn(2, 3, 8, 8)
+    layer = adapter.resolve_layers()[0]
+    with torch.no_grad():
+        plain = model(x)
+        with spatial_tap(model, layer.module, layer.name, adapter.layout_for) as view:
+            tapped = model(x)
+    assert torch.equal(plain, tapped) and view.layout.kind == "NCHW" and view.layout.grid == (8, 8)

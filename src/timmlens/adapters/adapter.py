@@ -154,12 +154,28 @@ class ModelAdapter:
                 "before pooling",
             )
         if self.feature_stages:
-            return self.feature_stages[-1], "the last stage in timm's feature_info"
+            return self._last_called(
+                self.feature_stages[-1]
+            ), "the last stage in timm's feature_info"
+        for container in ("blocks", "stages", "layers"):
+            module = getattr(self.timm_model, container, None)
+            if isinstance(module, (nn.Sequential, nn.ModuleList)) and len(module):
+                return (
+                    self._last_called(self._full_name(container)),
+                    f"no feature_info: the last of the model's {container}",
+                )
         raise LayerResolutionError(
             f"{self.architecture}: timm gives no feature_info for this model, so there is no "
             f"default CAM layer. Pass target_layer= with a layer that outputs a spatial map; "
             f"timmlens.describe(model) lists the candidates."
         )
+
+    def _last_called(self, name: str) -> str:
+        """``name``, or its last element while it is a ``ModuleList`` (never called itself)."""
+        module = self.model.get_submodule(name)
+        while isinstance(module, nn.ModuleList) and len(module):
+            name, module = f"{name}.{len(module) - 1}", module[len(module) - 1]
+        return name
 
     @property
     def recommended_layers(self) -> list[str]:

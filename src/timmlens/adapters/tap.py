@@ -27,6 +27,17 @@ class SpatialView(nn.Identity):
         self.layout: Layout | None = None
 
 
+def _first_spatial_index(output: Any) -> int | None:
+    """-1 for a tensor, the index of the first 3-D/4-D tensor in a tuple/list, else None."""
+    if isinstance(output, torch.Tensor):
+        return -1
+    if isinstance(output, (tuple, list)):
+        for index, item in enumerate(output):
+            if isinstance(item, torch.Tensor) and item.ndim in (3, 4):
+                return index
+    return None
+
+
 @contextmanager
 def spatial_tap(
     root: nn.Module,
@@ -53,15 +64,23 @@ def spatial_tap(
             input_hw[:] = [tuple(args[0].shape[-2:])]
 
     def reshape_output(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
-        if not isinstance(output, torch.Tensor):
+        # Some stages return (features, extras) tuples or lists of branches: tap the first
+        # tensor with a spatial layout and hand the rest through untouched.
+        index = _first_spatial_index(output)
+        if index is None:
             raise LayerResolutionError(
-                f"Layer '{layer_name}' returns {type(output).__name__}, not a tensor; pick a "
-                f"layer (or its sub-module) that returns one feature map."
+                f"Layer '{layer_name}' returns {type(output).__name__} without a feature-map "
+                f"tensor; pick a layer (or its sub-module) that returns one feature map."
             )
-        layout = layout_for(output, input_hw[0] if input_hw else None, layer)
+        tensor = output if index < 0 else output[index]
+        layout = layout_for(tensor, input_hw[0] if input_hw else None, layer)
         view.layout = layout
-        spatial = view(layout.to_nchw(output))
-        return layout.from_nchw(spatial, output)
+        tapped = layout.from_nchw(view(layout.to_nchw(tensor)), tensor)
+        if index < 0:
+            return tapped
+        items = list(output)
+        items[index] = tapped
+        return type(output)(items) if isinstance(output, list) else tuple(items)
 
     handles = [
         root.register_forward_pre_hook(record_input),

@@ -234,6 +234,16 @@ class _LayerCAM(Explainer):
                     f"they cannot be explained. Pick layers on the forward path, e.g. "
                     f"{', '.join(self.adapter.recommended_layers[:3])}."
                 ) from exc
+            except RuntimeError as exc:
+                if "does not require grad" not in str(exc):
+                    raise
+                raise LayerResolutionError(
+                    f"The class score does not depend on the output of "
+                    f"{', '.join(self.layer_names)} (the classifier reads other tokens or "
+                    f"features, e.g. a class token pooled after this layer), so it has no "
+                    f"gradient to weight. Pick an earlier layer, e.g. the input of the last "
+                    f"block (its norm1) or {', '.join(self.adapter.recommended_layers[1:3])}."
+                ) from exc
         self.last_targets = score.last_targets
         return [m.detach() for m in maps]
 
