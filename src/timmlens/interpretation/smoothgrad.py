@@ -107,7 +107,9 @@ class SmoothGrad(Explainer):
             chunk from ``memory_budget_bytes`` (see
             :class:`~timmlens.interpretation.IntegratedGradients` for the rule).
         seed: seed of the noise (and of random IG baselines).
-        n_steps, method, baseline: the IG settings when ``base="ig"``.
+        n_steps: IG integration steps when ``base="ig"``.
+        method: IG quadrature rule when ``base="ig"``.
+        baseline: IG baseline when ``base="ig"``.
         memory_budget_bytes: budget for automatic chunking; ``None``: half the free CUDA
             memory, 2 GiB elsewhere.
         signed: heatmaps keep polarity (sum over channels, scaled to [-1, 1]); meaningful
