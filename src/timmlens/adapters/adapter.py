@@ -123,9 +123,21 @@ class ModelAdapter:
 
     @property
     def uses_class_token_pooling(self) -> bool:
-        return (
-            getattr(self.timm_model, "global_pool", None) == "token" and self.num_prefix_tokens > 0
+        has_class_token = self.num_prefix_tokens > 0 or any(
+            name.startswith("cls_token") for name, _ in self.timm_model.named_parameters()
         )
+        return getattr(self.timm_model, "global_pool", None) == "token" and has_class_token
+
+    def _last_norm1(self) -> str | None:
+        """The last ``norm1`` (a block's pre-attention norm) inside the last stage."""
+        stages = self.feature_stages or [self._full_name("blocks")]
+        last_stage = stages[-1]
+        names = [
+            name
+            for name in self.module_names.values()
+            if name.startswith(f"{last_stage}.") and name.endswith("norm1")
+        ]
+        return names[-1] if names else None
 
     # -------------------------------------------------------- default layer
     @cached_property
@@ -138,12 +150,11 @@ class ModelAdapter:
         return self._default_layer()[0]
 
     def _default_layer(self) -> tuple[str, str]:
-        blocks = getattr(self.timm_model, "blocks", None)
-        if self.uses_class_token_pooling and isinstance(blocks, nn.Sequential) and len(blocks):
-            last = len(blocks) - 1
-            if hasattr(blocks[last], "norm1"):
+        if self.uses_class_token_pooling:
+            norm1 = self._last_norm1()
+            if norm1 is not None:
                 return (
-                    self._full_name(f"blocks.{last}.norm1"),
+                    norm1,
                     "class-token pooling: the last block's patch tokens get no gradient, "
                     "so CAM taps the input of its attention",
                 )
@@ -267,7 +278,7 @@ class ModelAdapter:
             return Layout("NCHW", (output.shape[2], output.shape[3]))
         if output.ndim == 3:
             return token_layout(
-                output.shape[1], self._grid_hint(input_hw, layer), self.num_prefix_tokens, name
+                output.shape[1], self.grid_hints(input_hw, layer), self.num_prefix_tokens, name
             )
         raise LayerResolutionError(
             f"Layer '{name}' outputs shape {tuple(output.shape)}, which has no spatial grid "
@@ -275,22 +286,25 @@ class ModelAdapter:
             f"{', '.join(self.recommended_layers[:3])}."
         )
 
-    def _grid_hint(
+    def grid_hints(
         self, input_hw: tuple[int, int] | None, layer: nn.Module
-    ) -> tuple[int, int] | None:
+    ) -> list[tuple[int, int]]:
+        """Candidate patch grids for a token layer, most specific first."""
+        hints: list[tuple[int, int]] = []
         embed = getattr(self.timm_model, "patch_embed", None)
         if input_hw is not None and embed is not None and hasattr(embed, "dynamic_feat_size"):
             try:
                 grid = embed.dynamic_feat_size(input_hw)
-                return int(grid[0]), int(grid[1])
+                hints.append((int(grid[0]), int(grid[1])))
             except (TypeError, AttributeError):
                 pass
         if self.patch_grid is not None:
-            return self.patch_grid
+            hints.append(self.patch_grid)
         reduction = self._reduction_of(layer)
         if input_hw is not None and reduction:
-            return (-(-input_hw[0] // reduction), -(-input_hw[1] // reduction))
-        return None
+            # Hierarchical token models (PiT, ...) shrink the grid stage by stage.
+            hints.append((-(-input_hw[0] // reduction), -(-input_hw[1] // reduction)))
+        return hints
 
     def _reduction_of(self, layer: nn.Module) -> int | None:
         info = getattr(self.timm_model, "feature_info", None) or []

@@ -8,6 +8,7 @@ NCHW (CNNs), NHWC (Swin, MambaOut, ...) or tokens ``(B, N, C)`` whose first
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,6 +17,8 @@ import torch
 from ..errors import LayerResolutionError
 
 LayoutKind = Literal["NCHW", "NHWC", "tokens"]
+# Class + distillation + up to 16 register tokens; more means the grid guess was wrong.
+MAX_PREFIX_TOKENS = 18
 
 
 @dataclass(frozen=True)
@@ -56,25 +59,28 @@ class Layout:
 
 def token_layout(
     num_tokens: int,
-    grid_hint: tuple[int, int] | None,
+    grid_hints: Sequence[tuple[int, int]],
     prefix_hint: int,
     layer_name: str,
 ) -> Layout:
     """Split ``num_tokens`` into prefix tokens and a patch grid.
 
-    The grid comes from the model (patch embedding or input size / reduction) when it
-    fits; otherwise the patch count after ``prefix_hint`` tokens must be a square.
+    The first grid from the model (patch embedding, input size / reduction) that leaves a
+    small non-negative number of prefix tokens wins; otherwise the patches must form a
+    square after ``prefix_hint`` (or the fewest possible) prefix tokens.
     """
-    if grid_hint is not None:
-        prefix = num_tokens - grid_hint[0] * grid_hint[1]
-        if prefix >= 0:
-            return Layout("tokens", grid_hint, prefix)
-    patches = num_tokens - prefix_hint
-    side = math.isqrt(max(patches, 0))
-    if patches > 0 and side * side == patches:
-        return Layout("tokens", (side, side), prefix_hint)
+    for grid in grid_hints:
+        prefix = num_tokens - grid[0] * grid[1]
+        if 0 <= prefix <= MAX_PREFIX_TOKENS:
+            return Layout("tokens", grid, prefix)
+    for prefix in (prefix_hint, *range(MAX_PREFIX_TOKENS + 1)):
+        patches = num_tokens - prefix
+        side = math.isqrt(max(patches, 0))
+        if patches > 0 and side * side == patches:
+            return Layout("tokens", (side, side), prefix)
     raise LayerResolutionError(
         f"Layer '{layer_name}' outputs {num_tokens} tokens, which do not form a patch grid "
-        f"(expected grid {grid_hint} plus prefix tokens, or {prefix_hint} prefix tokens and a "
-        f"square grid). Pick a layer whose output is spatial, e.g. one of the model's blocks."
+        f"(expected one of the grids {list(grid_hints)} plus prefix tokens, or {prefix_hint} "
+        f"prefix tokens and a square grid). Pick a layer whose output is spatial, e.g. one of "
+        f"the model's blocks."
     )

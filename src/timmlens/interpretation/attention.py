@@ -407,6 +407,6 @@ class AttentionVisualizer(Explainer):
     def _token_geometry(self, inputs: torch.Tensor, num_tokens: int) -> tuple[tuple[int, int], int]:
         """Patch grid ``(h, w)`` and prefix-token count of an ``N``-token sequence."""
         block = self.blocks[0]
-        hint = self.adapter._grid_hint((inputs.shape[-2], inputs.shape[-1]), block.module)
-        layout = token_layout(num_tokens, hint, self.adapter.num_prefix_tokens, block.name)
+        hints = self.adapter.grid_hints((inputs.shape[-2], inputs.shape[-1]), block.module)
+        layout = token_layout(num_tokens, hints, self.adapter.num_prefix_tokens, block.name)
         return layout.grid, layout.num_prefix_tokens

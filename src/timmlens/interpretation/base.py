@@ -24,8 +24,9 @@ def num_outputs(model: nn.Module) -> int:
         if isinstance(count, int) and count > 0:
             return count
     raise ValueError(
-        f"{type(model).__name__} has no positive num_classes attribute; "
-        f"wrap it in timmlens.ImageClassifier."
+        f"{type(model).__name__} has no classifier (num_classes is 0 or missing), so there "
+        f"is no class score to explain. Give it a head: ImageClassifier(spec, num_classes=N) "
+        f"or timm.create_model(name, num_classes=N)."
     )
 
 
