@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch is pinned only here, to the build this machine ships on disk; pyproject keeps a lower bound.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint bench docs clean-venv
+.PHONY: demo test lint bench docs docs-check clean-venv chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,18 +24,43 @@ $(VENV)/.dev-stamp: pyproject.toml $(VENV)/.base-stamp
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
+# --random-weights: hub models that cannot be downloaded (offline) still run, untrained and
+# labelled "random weights" in every title; with internet they get their real weights.
 demo: $(VENV)/.base-stamp
-	$(BIN)/python examples/huggingface/hf_interpretation.py
+	$(BIN)/python examples/huggingface/hf_interpretation.py --random-weights
 
 lint: $(VENV)/.dev-stamp
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
 
-test: $(VENV)/.dev-stamp lint
+# Headless Chromium for tests/test_interactive_html.py (skipped without it); best effort.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+		(command -v apt-get >/dev/null 2>&1 && apt-get update -qq && apt-get install -y -qq chromium) || \
+		echo "chromium is not installed: the browser test of the interactive HTML will be skipped"
+
+test: $(VENV)/.dev-stamp lint chromium
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.dev-stamp
-	$(BIN)/python -m pytest benchmarks -q --benchmark-only --benchmark-json=benchmarks/results/latest.json
+	mkdir -p benchmarks/results
+	$(BIN)/python -m pytest benchmarks -q -s --benchmark-group-by=group \
+		--benchmark-json=benchmarks/results/latest.json
+	$(BIN)/python benchmarks/report.py benchmarks/results/latest.json
+
+$(VENV)/.docs-stamp: pyproject.toml $(VENV)/.base-stamp
+	$(BIN)/pip install --quiet -e ".[docs]"
+	touch $@
+
+# Regenerates the recipes page from the adapters, then builds the site strictly.
+docs: $(VENV)/.docs-stamp
+	$(BIN)/python -m timmlens.adapters.recipes docs/recipes.md
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# CI: the recipes page must match the adapters, and the site must build strictly.
+docs-check: $(VENV)/.docs-stamp
+	$(BIN)/python -m timmlens.adapters.recipes docs/recipes.md --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean-venv:
 	rm -rf $(VENV)

@@ -86,16 +86,38 @@ def _load(spec: str):
 
 
 def _run_explain(args: argparse.Namespace) -> None:
-    from .interpretation.registry import create_explainer
-    from .viz.commands import save_explanations
+    from .interpretation.quick import quick_explain
 
     model = _load(args.model)
-    options = {"target_layer": args.layer} if args.layer else {}
-    explainer = create_explainer(args.method, model, **options)
-    for path in save_explanations(
-        model, explainer, args.images, args.target, Path(args.out), html=args.html
-    ):
-        print(path)
+    options = {"target_layer": args.layer} if args.layer else None
+    out = Path(args.out)
+    for image in args.images:
+        stem = f"{Path(image).stem}_{args.method}"
+        result = quick_explain(
+            model,
+            image,
+            save_path=out / f"{stem}.png",
+            method=args.method,
+            target_class=args.target,
+            method_options=options,
+        )
+        print(
+            f"{image}: {result.target_name} ({result.target_probability:.1%}) -> "
+            f"{result.figure_path}"
+        )
+        if args.html:
+            from .viz.interactive import explanation_html
+
+            page = explanation_html(
+                out / f"{stem}.html",
+                result.image,
+                {args.method: result.heatmap},
+                result.geometry,
+                label=result.target_name,
+                probability=result.target_probability,
+                model_name=args.model,
+            )
+            print(f"{image}: interactive -> {page}")
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:

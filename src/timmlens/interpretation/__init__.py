@@ -1,5 +1,37 @@
 """Explanation methods: GradCAM, GradCAM++, Integrated Gradients, SmoothGrad, attention."""
 
+from .attention import AttentionMaps, AttentionVisualizer
 from .base import Explainer, normalize_maps
+from .gradcam import GradCAM, GradCAMPlusPlus
+from .integrated_gradients import IGResult, IntegratedGradients
+from .quick import (
+    ArchitectureComparison,
+    ExplanationResult,
+    MethodComparison,
+    compare_architectures,
+    compare_methods,
+    quick_explain,
+)
+from .registry import available_methods, create_explainer, method_names
+from .smoothgrad import SmoothGrad
 
-__all__ = ["Explainer", "normalize_maps"]
+__all__ = [
+    "ArchitectureComparison",
+    "AttentionMaps",
+    "AttentionVisualizer",
+    "Explainer",
+    "ExplanationResult",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "IGResult",
+    "IntegratedGradients",
+    "MethodComparison",
+    "SmoothGrad",
+    "available_methods",
+    "compare_architectures",
+    "compare_methods",
+    "create_explainer",
+    "method_names",
+    "normalize_maps",
+    "quick_explain",
+]

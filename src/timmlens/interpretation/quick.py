@@ -1,0 +1,543 @@
+"""One-line explanations and side-by-side comparisons, with figures saved on the way.
+
+* :func:`quick_explain` - predict, explain the predicted class with the best method for
+  the family (see :func:`~timmlens.interpretation.registry.default_method`), save a figure.
+* :func:`compare_methods` - several methods on one image and one model.
+* :func:`compare_architectures` - one method on one image across several models.
+
+Heatmaps in the results are ``(H, W)`` CPU tensors in model-input coordinates (feed
+them to any metric); the figures draw them on the original photo.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from .._model_state import explaining
+from ..data import ImageGeometry, ImagesInput, denormalize, prepare_images
+from ..data.preprocess import timm_model_of
+from ..viz.labels import class_label, explanation_title
+from ..viz.static import plot_architectures, plot_curves, plot_methods, plot_overlay, save_figure
+from .base import num_outputs
+from .registry import create_explainer, default_method, layer_of, resolve_method, supports
+
+PathLike = str | os.PathLike[str]
+#: curve steps used for insertion/deletion in the comparisons (the metrics default is 224)
+COMPARISON_METRIC_STEPS = 32
+
+
+# ----------------------------------------------------------------- results
+@dataclass
+class ExplanationResult:
+    """What :func:`quick_explain` found.
+
+    Attributes:
+        predicted_class: the model's top class.
+        class_name: its name (ImageNet name for 1000-class models, else ``"class N"``).
+        probability: its softmax probability.
+        target_class: the class explained (the predicted one unless ``target_class`` given).
+        target_name: the explained class's name.
+        target_probability: the explained class's probability.
+        heatmap: ``(H, W)`` float CPU tensor in [0, 1], model-input coordinates.
+        method: the registry name of the method used (``"gradcam"``, ``"rollout"``, ...).
+        layer: the tapped layer of CAM methods, else ``None``.
+        figure_path: where the figure was saved (``None`` if not saved).
+        geometry: how the photo became the model input (maps ``heatmap`` back onto it).
+        image: the original photo (a ``(3, H, W)`` tensor in [0, 1] for tensor inputs).
+        figure: the matplotlib figure.
+    """
+
+    predicted_class: int
+    class_name: str
+    probability: float
+    target_class: int
+    target_name: str
+    target_probability: float
+    heatmap: torch.Tensor = field(repr=False)
+    method: str
+    layer: str | None
+    figure_path: Path | None
+    geometry: ImageGeometry = field(repr=False)
+    image: Any = field(repr=False)
+    figure: Figure | None = field(default=None, repr=False)
+
+
+@dataclass
+class MethodComparison:
+    """What :func:`compare_methods` found.
+
+    Attributes:
+        heatmaps: method name -> ``(H, W)`` CPU heatmap in model-input coordinates.
+        metrics: method name -> ``{"insertion": MetricResult, "deletion": MetricResult}``
+            (empty unless ``with_metrics``).
+        layers: method name -> tapped layer (CAM methods) or ``None``.
+        figure, figure_path: the overlay grid and where it was saved.
+        curves_figure, curves_path: the insertion/deletion curves (with metrics).
+    """
+
+    predicted_class: int
+    class_name: str
+    probability: float
+    target_class: int
+    target_name: str
+    target_probability: float
+    heatmaps: dict[str, torch.Tensor] = field(repr=False)
+    layers: dict[str, str | None]
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    figure: Figure | None = field(default=None, repr=False)
+    figure_path: Path | None = None
+    curves_figure: Figure | None = field(default=None, repr=False)
+    curves_path: Path | None = None
+    geometry: ImageGeometry | None = field(default=None, repr=False)
+    image: Any = field(default=None, repr=False)
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per method: ``{"method", "layer", "insertion", "deletion"}`` (floats or NaN)."""
+        rows = []
+        for name in self.heatmaps:
+            scores = self.metrics.get(name, {})
+            rows.append(
+                {
+                    "method": name,
+                    "layer": self.layers.get(name),
+                    **{k: float(scores[k]) if k in scores else float("nan") for k in _CURVES},
+                }
+            )
+        return rows
+
+
+@dataclass
+class ModelExplanation:
+    """One model's entry in an :class:`ArchitectureComparison`."""
+
+    model: str
+    predicted_class: int
+    class_name: str
+    probability: float
+    target_class: int
+    target_name: str
+    target_probability: float
+    heatmap: torch.Tensor = field(repr=False)
+    method: str
+    layer: str | None
+    geometry: ImageGeometry = field(repr=False)
+    note: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class ArchitectureComparison:
+    """What :func:`compare_architectures` found: one :class:`ModelExplanation` per model."""
+
+    entries: list[ModelExplanation]
+    figure: Figure | None = field(default=None, repr=False)
+    figure_path: Path | None = None
+    curves_figure: Figure | None = field(default=None, repr=False)
+    curves_path: Path | None = None
+
+    @property
+    def heatmaps(self) -> dict[str, torch.Tensor]:
+        """Model name -> ``(H, W)`` heatmap (each in its own model's input coordinates)."""
+        return {entry.model: entry.heatmap for entry in self.entries}
+
+
+_CURVES = ("insertion", "deletion")
+
+
+# ----------------------------------------------------------------- helpers
+@dataclass
+class _Prediction:
+    tensor: torch.Tensor  # (1, C, H, W) model input
+    picture: Any  # the original photo, or (3, H, W) tensor in [0, 1]
+    geometry: ImageGeometry
+    probabilities: torch.Tensor  # (num_classes,) on CPU
+
+    @property
+    def predicted(self) -> int:
+        return int(self.probabilities.argmax())
+
+
+def _predict(model: nn.Module, image: ImagesInput) -> _Prediction:
+    """Preprocess one image and run one no-grad forward."""
+    batch = prepare_images(image, model)
+    if len(batch) != 1:
+        raise ValueError(
+            f"expected one image, got a batch of {len(batch)}; explain images one at a time "
+            f"here, or use an explainer (GradCAM(model)(images)) for batches."
+        )
+    with explaining(model), torch.no_grad():
+        logits = model(batch.tensor)
+    picture = batch.originals[0]
+    if picture is None:
+        picture = denormalize(batch.tensor, model)[0].cpu()
+    return _Prediction(
+        batch.tensor, picture, batch.geometries[0], logits[0].float().softmax(-1).cpu()
+    )
+
+
+def model_class_names(model: nn.Module) -> Sequence[str] | None:
+    """Class names the model carries itself (``pretrained_cfg["label_names"]``), if any."""
+    names = getattr(timm_model_of(model), "pretrained_cfg", {}) or {}
+    labels = names.get("label_names") if isinstance(names, Mapping) else None
+    if labels and len(labels) == num_outputs(model):
+        return list(labels)
+    return None
+
+
+def class_name_of(model: nn.Module, index: int) -> str:
+    """The name of class ``index`` for ``model`` (see :func:`timmlens.viz.class_label`)."""
+    return class_label(index, num_outputs(model), model_class_names(model))
+
+
+def model_name_of(model: nn.Module) -> str:
+    """A short name for figures: the spec of an ``ImageClassifier``, else the architecture."""
+    spec = getattr(model, "spec", None)
+    if isinstance(spec, str) and spec:
+        return spec
+    cfg = getattr(timm_model_of(model), "pretrained_cfg", {}) or {}
+    return str(cfg.get("architecture") or type(timm_model_of(model)).__name__)
+
+
+def _resolve_target(prediction: _Prediction, target_class: int | None, model: nn.Module) -> int:
+    if target_class is None:
+        return prediction.predicted
+    if isinstance(target_class, bool) or not isinstance(target_class, int):
+        raise ValueError(f"target_class must be an int or None, got {target_class!r}.")
+    count = num_outputs(model)
+    if not 0 <= target_class < count:
+        raise ValueError(
+            f"target_class {target_class} is out of range: valid classes are 0..{count - 1}."
+        )
+    return target_class
+
+
+def _explain(
+    model: nn.Module,
+    method: str,
+    inputs: torch.Tensor,
+    target: int,
+    options: Mapping[str, Any] | None,
+) -> tuple[torch.Tensor, str | None]:
+    """``(heatmap (H, W) on CPU, layer)`` of one registered method for one target."""
+    explainer = create_explainer(method, model, **dict(options or {}))
+    heatmap = explainer(inputs, target_class=target)
+    if heatmap.ndim == 3:
+        heatmap = heatmap[0]
+    return heatmap.detach().float().cpu(), layer_of(explainer)
+
+
+def _curve_metrics(
+    model: nn.Module, inputs: torch.Tensor, heatmap: torch.Tensor, target: int, steps: int
+) -> dict[str, Any]:
+    """``{"insertion": MetricResult, "deletion": MetricResult}`` in one stream of chunks."""
+    from .metrics import ExplanationMetrics
+
+    metrics = ExplanationMetrics(model, steps=steps)
+    if hasattr(metrics, "curves"):
+        return dict(metrics.curves(inputs, heatmap, target_class=target))
+    return {
+        "insertion": metrics.insertion(inputs, heatmap, target_class=target),
+        "deletion": metrics.deletion(inputs, heatmap, target_class=target),
+    }
+
+
+def _heading(model: nn.Module, prediction: _Prediction, target: int) -> tuple[str, float]:
+    """The explained class's label (with the prediction when it differs) and probability."""
+    label = class_name_of(model, target)
+    if target != prediction.predicted:
+        top = class_name_of(model, prediction.predicted)
+        label = f"{label}; predicted {top} ({prediction.probabilities[prediction.predicted]:.1%})"
+    return label, float(prediction.probabilities[target])
+
+
+# ----------------------------------------------------------------- public
+def quick_explain(
+    model: nn.Module,
+    image: ImagesInput,
+    save_path: PathLike | None = "explanation.png",
+    method: str | None = None,
+    target_class: int | None = None,
+    *,
+    method_options: Mapping[str, Any] | None = None,
+    note: str | None = None,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+) -> ExplanationResult:
+    """Predict, explain, and save a figure, in one call.
+
+    Args:
+        model: an ``ImageClassifier`` or a bare timm model.
+        image: one image (PIL, path, ``HWC`` array, or a preprocessed ``CHW`` tensor).
+        save_path: where to save the figure (``None``: do not save).
+        method: a registry name (``"gradcam"``, ``"gradcampp"``, ``"ig"``,
+            ``"smoothgrad"``, ``"rollout"``); ``None`` picks the family's best:
+            class-specific attention rollout for ViT-like models with global attention,
+            GradCAM at the family's default layer for every other model.
+        target_class: the class to explain; ``None`` explains the predicted class.
+        method_options: constructor options of the explainer (``{"target_layer": ...}``).
+        note: added to the title, e.g. ``"random weights"``.
+        cmap, alpha: colormap and opacity of the overlay.
+
+    Returns:
+        An :class:`ExplanationResult` (heatmap ``(H, W)`` in model-input coordinates).
+    """
+    name = resolve_method(method).name if method is not None else default_method(model)
+    prediction = _predict(model, image)
+    target = _resolve_target(prediction, target_class, model)
+    heatmap, layer = _explain(model, name, prediction.tensor, target, method_options)
+    label, probability = _heading(model, prediction, target)
+    method_text = resolve_method(name).title + (f" @ {layer}" if layer else "")
+    figure = plot_overlay(
+        prediction.picture,
+        heatmap,
+        prediction.geometry,
+        label=label,
+        probability=probability,
+        method=method_text,
+        note=note,
+        cmap=cmap,
+        alpha=alpha,
+    )
+    path = save_figure(figure, save_path) if save_path is not None else None
+    return ExplanationResult(
+        predicted_class=prediction.predicted,
+        class_name=class_name_of(model, prediction.predicted),
+        probability=float(prediction.probabilities[prediction.predicted]),
+        target_class=target,
+        target_name=class_name_of(model, target),
+        target_probability=probability,
+        heatmap=heatmap,
+        method=name,
+        layer=layer,
+        figure_path=path,
+        geometry=prediction.geometry,
+        image=prediction.picture,
+        figure=figure,
+    )
+
+
+def _curves_path(save_path: Path | None) -> Path | None:
+    if save_path is None:
+        return None
+    return save_path.with_name(f"{save_path.stem}_curves{save_path.suffix or '.png'}")
+
+
+def compare_methods(
+    model: nn.Module,
+    image: ImagesInput,
+    methods: Sequence[str] | None = None,
+    save_path: PathLike | None = None,
+    with_metrics: bool = False,
+    target_class: int | None = None,
+    *,
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
+    metric_steps: int = COMPARISON_METRIC_STEPS,
+    note: str | None = None,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+) -> MethodComparison:
+    """Several methods on one image, for the same class: one heatmap per method.
+
+    Args:
+        model: an ``ImageClassifier`` or a bare timm model.
+        image: one image.
+        methods: registry names; default every method that applies to the model
+            (``gradcam``, ``gradcampp``, ``ig``, ``smoothgrad``, plus ``rollout`` for ViTs).
+            Naming one that does not apply raises ``UnsupportedModelError``.
+        save_path: where to save the overlay grid; with metrics the curves go next to it
+            as ``<stem>_curves.png``.
+        with_metrics: also compute insertion and deletion AUCs (``metric_steps`` steps)
+            and plot their curves.
+        target_class: the class to explain; ``None``: the predicted class.
+        method_options: per method, constructor options, e.g. ``{"ig": {"n_steps": 16}}``.
+        note: added to the titles, e.g. ``"random weights"``.
+
+    Returns:
+        A :class:`MethodComparison`; ``heatmaps[name]`` is ``(H, W)`` on CPU.
+    """
+    names = [resolve_method(m).name for m in methods] if methods else None
+    if names is None:
+        names = [
+            m for m in ("gradcam", "gradcampp", "ig", "smoothgrad", "rollout") if supports(model, m)
+        ]
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise ValueError("no methods to compare; pass names such as ['gradcam', 'ig'].")
+    options = method_options or {}
+    prediction = _predict(model, image)
+    target = _resolve_target(prediction, target_class, model)
+    heatmaps: dict[str, torch.Tensor] = {}
+    layers: dict[str, str | None] = {}
+    for name in names:
+        heatmaps[name], layers[name] = _explain(
+            model, name, prediction.tensor, target, options.get(name)
+        )
+    metrics: dict[str, dict[str, Any]] = {}
+    if with_metrics:
+        for name, heatmap in heatmaps.items():
+            metrics[name] = _curve_metrics(model, prediction.tensor, heatmap, target, metric_steps)
+    label, probability = _heading(model, prediction, target)
+    titles = {name: resolve_method(name).title for name in names}
+    scores = {
+        titles[name]: f"ins {float(m['insertion']):.3f} / del {float(m['deletion']):.3f}"
+        for name, m in metrics.items()
+    }
+    figure = plot_methods(
+        prediction.picture,
+        {titles[name]: heatmaps[name] for name in names},
+        prediction.geometry,
+        label=f"{model_name_of(model)}: {label}",
+        probability=probability,
+        note=note,
+        scores=scores or None,
+        cmap=cmap,
+        alpha=alpha,
+    )
+    path = save_figure(figure, save_path) if save_path is not None else None
+    curves_figure = curves_path = None
+    if metrics:
+        curves_figure = plot_curves(
+            {titles[n]: m["insertion"] for n, m in metrics.items()},
+            {titles[n]: m["deletion"] for n, m in metrics.items()},
+            title=explanation_title(label, probability, model_name_of(model), note),
+        )
+        curves_path = _curves_path(path)
+        if curves_path is not None:
+            save_figure(curves_figure, curves_path)
+    return MethodComparison(
+        predicted_class=prediction.predicted,
+        class_name=class_name_of(model, prediction.predicted),
+        probability=float(prediction.probabilities[prediction.predicted]),
+        target_class=target,
+        target_name=class_name_of(model, target),
+        target_probability=probability,
+        heatmaps=heatmaps,
+        layers=layers,
+        metrics=metrics,
+        figure=figure,
+        figure_path=path,
+        curves_figure=curves_figure,
+        curves_path=curves_path,
+        geometry=prediction.geometry,
+        image=prediction.picture,
+    )
+
+
+def compare_architectures(
+    models: Sequence[nn.Module] | Mapping[str, nn.Module],
+    image: ImagesInput,
+    method: str | None = "gradcam",
+    save_path: PathLike | None = None,
+    with_metrics: bool = False,
+    target_class: int | None = None,
+    *,
+    notes: Mapping[str, str | None] | Sequence[str | None] | None = None,
+    method_options: Mapping[str, Any] | None = None,
+    metric_steps: int = COMPARISON_METRIC_STEPS,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+) -> ArchitectureComparison:
+    """One image through several models, each explained with the same method.
+
+    Args:
+        models: the models, or a mapping display name -> model (default names: the
+            ``ImageClassifier`` spec or the architecture).
+        image: one image.
+        method: a registry name used for every model (default ``"gradcam"``, so the maps
+            differ because the models do); ``None`` or ``"auto"`` gives each model its
+            family default (:func:`~timmlens.interpretation.registry.default_method`).
+        save_path: where to save the overlay grid (curves: ``<stem>_curves.png``).
+        with_metrics: also compute insertion and deletion AUCs per model.
+        target_class: one class for every model; ``None``: each model's predicted class.
+        notes: per model a note for its title (e.g. ``"random weights"``), by name or order.
+        method_options: constructor options of the explainer, for every model.
+
+    Returns:
+        An :class:`ArchitectureComparison`; each heatmap is ``(H, W)`` in its own model's
+        input coordinates (models crop differently; the figure undoes each crop).
+    """
+    named = dict(models) if isinstance(models, Mapping) else {}
+    if not isinstance(models, Mapping):
+        for model in models:
+            base = name = model_name_of(model)
+            suffix = 2
+            while name in named:
+                name, suffix = f"{base} #{suffix}", suffix + 1
+            named[name] = model
+    if not named:
+        raise ValueError("no models given; pass a list of models or {name: model}.")
+    if isinstance(notes, Mapping):
+        note_of = {name: notes.get(name) for name in named}
+    else:
+        listed = list(notes or [])
+        note_of = {name: listed[i] if i < len(listed) else None for i, name in enumerate(named)}
+    entries: list[ModelExplanation] = []
+    labels: list[str] = []
+    picture = None
+    for name, model in named.items():
+        chosen = default_method(model) if method in (None, "auto") else resolve_method(method).name
+        prediction = _predict(model, image)
+        picture = picture if picture is not None else prediction.picture
+        target = _resolve_target(prediction, target_class, model)
+        heatmap, layer = _explain(model, chosen, prediction.tensor, target, method_options)
+        metrics = (
+            _curve_metrics(model, prediction.tensor, heatmap, target, metric_steps)
+            if with_metrics
+            else {}
+        )
+        label, probability = _heading(model, prediction, target)
+        labels.append(label)
+        entries.append(
+            ModelExplanation(
+                model=name,
+                predicted_class=prediction.predicted,
+                class_name=class_name_of(model, prediction.predicted),
+                probability=float(prediction.probabilities[prediction.predicted]),
+                target_class=target,
+                target_name=class_name_of(model, target),
+                target_probability=probability,
+                heatmap=heatmap,
+                method=chosen,
+                layer=layer,
+                geometry=prediction.geometry,
+                note=note_of.get(name),
+                metrics=metrics,
+            )
+        )
+    panels = [
+        {
+            "model": entry.model,
+            "heatmap": entry.heatmap,
+            "geometry": entry.geometry,
+            "label": label,
+            "probability": entry.target_probability,
+            "method": resolve_method(entry.method).title,
+            "note": entry.note,
+        }
+        for entry, label in zip(entries, labels, strict=True)
+    ]
+    figure = plot_architectures(picture, panels, cmap=cmap, alpha=alpha)
+    path = save_figure(figure, save_path) if save_path is not None else None
+    curves_figure = curves_path = None
+    if with_metrics:
+
+        def tag(entry: ModelExplanation) -> str:
+            return f"{entry.model} [{entry.note}]" if entry.note else entry.model
+
+        curves_figure = plot_curves(
+            {tag(e): e.metrics["insertion"] for e in entries},
+            {tag(e): e.metrics["deletion"] for e in entries},
+            title="insertion / deletion per model",
+        )
+        curves_path = _curves_path(path)
+        if curves_path is not None:
+            save_figure(curves_figure, curves_path)
+    return ArchitectureComparison(entries, figure, path, curves_figure, curves_path)

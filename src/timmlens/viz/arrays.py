@@ -1,0 +1,105 @@
+"""Edges between tensors and pictures: originals as ``uint8`` arrays, heatmaps on them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data import ImageGeometry, heatmap_to_original
+
+HeatmapLike = torch.Tensor | np.ndarray
+PictureLike = Image.Image | np.ndarray | torch.Tensor
+
+
+def to_numpy(values: Any) -> np.ndarray:
+    """A tensor (any device, any dtype) or array-like as a ``float32`` numpy array."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().float().cpu().numpy()
+    return np.asarray(values, dtype=np.float32)
+
+
+def picture_array(image: PictureLike) -> np.ndarray:
+    """An RGB picture as ``(H, W, 3)`` ``uint8``.
+
+    Accepts PIL images (any mode), numpy ``HW``/``HWC`` arrays (``uint8``, or floats in
+    [0, 1]) and tensors ``(3, H, W)`` / ``(1, 3, H, W)`` of pixel values in [0, 1] (use
+    :func:`timmlens.data.denormalize` on a model input first).
+    """
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().float().cpu()
+        if tensor.ndim == 4 and tensor.shape[0] == 1:
+            tensor = tensor[0]
+        if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
+            raise ValueError(
+                f"a picture tensor must be (3, H, W) or (1, 3, H, W) pixel values in [0, 1], "
+                f"got {tuple(image.shape)}; denormalize model inputs first."
+            )
+        array = tensor.clamp(0, 1).permute(1, 2, 0).numpy()
+    else:
+        array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise ValueError(f"cannot show an array of shape {array.shape} as an RGB picture.")
+    array = array[..., :3]
+    if array.dtype != np.uint8:
+        array = np.round(np.clip(array.astype(np.float32), 0, 1) * 255).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def heatmap_on_picture(
+    heatmap: HeatmapLike, picture_size: tuple[int, int], geometry: ImageGeometry | None = None
+) -> np.ndarray:
+    """A model-input heatmap ``(H, W)`` drawn onto a picture of ``picture_size = (H0, W0)``.
+
+    With ``geometry`` (from :attr:`timmlens.data.PreparedBatch.geometries`) the resize and
+    crop are undone, so the map sits where the model looked and the cut-away border is NaN
+    (transparent in plots). Without it the heatmap is stretched over the whole picture.
+
+    Returns:
+        ``(H0, W0)`` ``float32`` array.
+    """
+    tensor = torch.as_tensor(to_numpy(heatmap))
+    if tensor.ndim == 3 and tensor.shape[0] == 1:
+        tensor = tensor[0]
+    if tensor.ndim != 2:
+        raise ValueError(
+            f"expected one (H, W) heatmap, got shape {tuple(tensor.shape)}; index a batch first."
+        )
+    height, width = tensor.shape
+    if geometry is None:
+        geometry = ImageGeometry(picture_size, (height, width), (0, 0, height, width))
+    elif tuple(geometry.original_size) != tuple(picture_size):
+        raise ValueError(
+            f"the geometry is for a {geometry.original_size} original, the picture is "
+            f"{picture_size}; pass the original photo the heatmap was computed from."
+        )
+    return heatmap_to_original(tensor, geometry).numpy().astype(np.float32)
+
+
+def value_range(heatmap: np.ndarray, percentile: float = 99.5) -> tuple[float, float]:
+    """Colour limits of a heatmap: ``(0, top)`` for non-negative maps, symmetric if signed.
+
+    ``top`` is the maximum (1 for normalised maps), except for sparse pixel-level maps
+    (Integrated Gradients, SmoothGrad) whose ``percentile``-th percentile is below half
+    the maximum: there it is that percentile, so a few extreme pixels saturate instead
+    of washing every other pixel out to the bottom colour.
+    """
+    finite = np.abs(heatmap[np.isfinite(heatmap)])
+    if finite.size == 0:
+        return 0.0, 1.0
+    peak = float(finite.max())
+    if peak <= 0:
+        return 0.0, 1.0
+    robust = float(np.percentile(finite, percentile))
+    top = robust if 0 < robust < 0.5 * peak else peak
+    if float(np.nanmin(heatmap)) < 0:
+        return -top, top
+    return 0.0, top

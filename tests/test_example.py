@@ -1,0 +1,74 @@
+"""The main example runs end to end (tiny random model, one photo) and labels random weights."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "huggingface" / "hf_interpretation.py"
+
+
+@pytest.fixture(scope="module")
+def example():
+    spec = importlib.util.spec_from_file_location("hf_interpretation", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def test_random_weights_models_are_skipped_unless_asked(example, capsys):
+    assert example.load("test_resnet", random_weights=False) is None
+    assert "pass --random-weights" in capsys.readouterr().out
+    loaded = example.load("test_resnet", random_weights=True)
+    assert loaded is not None and loaded.note == "random weights"
+    assert example.architecture_of("hf-hub:timm/resnet18.a1_in1k") == "resnet18"
+    assert example.architecture_of("hf-hub:someone/custom") is None
+
+
+def test_example_writes_every_kind_of_output(example, tmp_path, capsys, monkeypatch):
+    # The smallest settings: this checks the plumbing, not the quality of the numbers.
+    monkeypatch.setattr(
+        example, "METHOD_OPTIONS", {"ig": {"n_steps": 2}, "smoothgrad": {"n_samples": 2}}
+    )
+    monkeypatch.setattr(example, "CURVE_STEPS", 4)
+    monkeypatch.setattr(example, "SENSITIVITY_SAMPLES", 4)
+    out = tmp_path / "demo"
+    code = example.main(
+        ["--models", "test_vit", "--images", "chelsea", "--out", str(out), "--random-weights"]
+    )
+    assert code == 0
+    expected = [
+        "architectures/chelsea.png",
+        "heatmaps/test_vit.png",
+        "quick/test_vit.png",
+        "methods/test_vit.png",
+        "methods/test_vit_curves.png",
+        "attention/test_vit_blocks.png",
+        "attention/test_vit_rollout.png",
+        "interactive/test_vit.html",
+        "metrics.csv",
+        "metrics.md",
+    ]
+    for name in expected:
+        assert (out / name).is_file(), name
+    with (out / "metrics.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["method"] for row in rows} == {
+        "GradCAM",
+        "GradCAM++",
+        "Integrated Gradients",
+        "SmoothGrad",
+        "Attention rollout",
+    }
+    assert all(row["weights"] == "random weights" for row in rows)
+    assert "random weights" in (out / "interactive" / "test_vit.html").read_text(encoding="utf-8")
+    printed = capsys.readouterr().out
+    assert "metrics.csv" in printed and "| model |" in printed
