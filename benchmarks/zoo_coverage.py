@@ -213,17 +213,17 @@ def main() -> None:
         results.append(result)
         status = "ok " if result.gradcam_ok else ("res" if result.resolved else "---")
         print(
-            f"{status} {family:28s} {result.architecture:36s} {result.seconds:6.1f}s {result.reason}",
+            f"{status} {family:28s} {result.architecture:36s} {result.seconds:6.1f}s "
+            f"{result.reason}",
             flush=True,
         )
     if not args.families:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps([asdict(r) for r in results], indent=1))
         write_table(results)
-    print(
-        f"resolved {sum(r.resolved for r in results)} / gradcam {sum(r.gradcam_ok for r in results)}"
-        f" / total {len(results)}"
-    )
+    resolved = sum(r.resolved for r in results)
+    working = sum(r.gradcam_ok for r in results)
+    print(f"resolved {resolved} / gradcam {working} / total {len(results)}")
 
 
 if __name__ == "__main__":

@@ -112,13 +112,13 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(
         SETUP
-        + textwrap.dedent(f"""
+        + textwrap.dedent("""
         import sys
         from timmlens.evaluation import evaluate
         model, dataset = setup()
         summary = evaluate(model, dataset, methods=["gradcam"],
                            metrics=["insertion", "deletion", "sensitivity"],
-                           out=sys.argv[1], batch_size=1, metric_options={{"steps": 8}},
+                           out=sys.argv[1], batch_size=1, metric_options={"steps": 8},
                            progress=False)
         import torch.distributed as dist
         print("RANK", dist.get_rank() if dist.is_initialized() else 0, summary.n_images)
