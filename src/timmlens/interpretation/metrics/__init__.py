@@ -1,0 +1,35 @@
+"""Quantitative evaluation of explanations, batched on the model's device.
+
+* insertion / deletion curves (RISE, Petsiuk et al., BMVC 2018),
+* sensitivity-n (Ancona et al., ICLR 2018),
+* max-sensitivity and infidelity through Captum (Yeh et al., NeurIPS 2019).
+
+Example::
+
+    metrics = ExplanationMetrics(model)
+    insertion = metrics.insertion(image, heatmap, target_class=0)  # higher is better
+    deletion = metrics.deletion(image, heatmap, target_class=0)    # lower is better
+    print(f"{insertion:.4f} {deletion:.4f}")
+"""
+
+from ._inputs import TiedHeatmapWarning, prepare_heatmaps
+from .curves import DEFAULT_STEPS, make_substrate, pixel_ranks, step_counts, trapezoid_auc
+from .evaluator import ExplanationMetrics
+from .results import MetricResult
+from .sensitivity import patch_features, pearson, random_subsets, subset_size
+
+__all__ = [
+    "DEFAULT_STEPS",
+    "ExplanationMetrics",
+    "MetricResult",
+    "TiedHeatmapWarning",
+    "make_substrate",
+    "patch_features",
+    "pearson",
+    "pixel_ranks",
+    "prepare_heatmaps",
+    "random_subsets",
+    "step_counts",
+    "subset_size",
+    "trapezoid_auc",
+]

@@ -1,0 +1,180 @@
+"""Explainer-level metrics computed by Captum: max-sensitivity and infidelity (Yeh et al. 2019).
+
+Both perturb the *normalised* model input. Image-sized defaults are given as fractions
+of the pixel range, so they mean the same for every model: a pixel range of 1 (pixels
+in [0, 1]) is ``1 / std_c`` in channel ``c`` of the normalised input (about 4.4 for the
+ImageNet std). Noise is drawn from a seeded CPU ``torch.Generator`` (reproducible on
+every device; the global RNG is never touched) and moved to the model's device.
+
+* **max-sensitivity** (:func:`captum.metrics.sensitivity_max`): the largest relative
+  change ``||E(x') - E(x)|| / ||E(x)||`` of the heatmap over ``n_perturb_samples``
+  inputs ``x'`` drawn uniformly from the L-infinity ball of radius ``radius`` x pixel
+  range around ``x``. Default radius 0.02 (Captum's default, here scaled to the pixel
+  range): about 5 grey levels of 255, a change no viewer would notice and which should
+  not change an explanation. Lower is better.
+* **infidelity** (:func:`captum.metrics.infidelity`): the mean squared error between the
+  heatmap's prediction of an output change, ``sum(E(x) * I)``, and the actual change
+  ``f(x) - f(x - I)`` for Gaussian noise ``I`` with standard deviation ``noise`` x pixel
+  range. Default 0.02, the same ~5 grey levels: above 8-bit quantisation
+  (1/255 = 0.004), so the perturbation is one a real photo could carry, and small
+  enough for the output to respond almost linearly. The heatmap ``(B, H, W)`` gives
+  each pixel one value, shared by its channels (its dot product with ``I`` sums the
+  noise over channels). ``normalize=True`` (default) rescales the heatmap by its
+  optimal factor first (Yeh et al., Eq. 3), because timmlens heatmaps are normalised
+  and their scale means nothing. Lower is better.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import captum.metrics
+import torch
+from torch import nn
+
+from ...data import data_config
+
+
+@runtime_checkable
+class SupportsExplainBatch(Protocol):
+    """Anything with ``explain_batch(inputs (B, C, H, W), target_class) -> (B, H, W)``."""
+
+    def explain_batch(self, inputs: torch.Tensor, target_class: Any = None) -> torch.Tensor: ...
+
+
+def pixel_range(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Normalised-input span of the [0, 1] pixel range per channel: ``(1, C, 1, 1)``."""
+    std = torch.as_tensor(data_config(model)["std"], dtype=inputs.dtype, device=inputs.device)
+    if std.numel() not in (1, inputs.shape[1]):
+        std = std[:1]
+    return (1.0 / std).view(1, -1, 1, 1).expand(1, inputs.shape[1], 1, 1)
+
+
+def explain_with_grad(
+    explainer: SupportsExplainBatch, inputs: torch.Tensor, targets: list[int]
+) -> torch.Tensor:
+    """``explainer``'s heatmaps ``(B, H, W)``, detached, with autograd enabled.
+
+    Captum's metrics run their explanation function under ``torch.no_grad``; gradient
+    methods need autograd back on.
+    """
+    with torch.enable_grad():
+        maps = explainer.explain_batch(inputs, targets)
+    if not isinstance(maps, torch.Tensor) or maps.ndim != 3 or maps.shape[0] != inputs.shape[0]:
+        shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+        raise ValueError(
+            f"{type(explainer).__name__}.explain_batch returned {shape} for a batch of "
+            f"{inputs.shape[0]}; expected heatmaps of shape (B, H, W)."
+        )
+    return maps.detach()
+
+
+def max_sensitivity(
+    model: nn.Module,
+    explainer: SupportsExplainBatch,
+    inputs: torch.Tensor,
+    targets: list[int],
+    *,
+    n_perturb_samples: int = 10,
+    radius: float = 0.02,
+    norm_ord: str | float = "fro",
+    max_examples_per_batch: int | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Max-sensitivity of ``explainer`` per image: ``(B, C, H, W)`` -> ``(B,)`` float64 CPU.
+
+    Args:
+        radius: L-infinity radius as a fraction of the pixel range (default 0.02).
+        n_perturb_samples: perturbed inputs per image (default 10, Captum's).
+        norm_ord: norm of the heatmap difference (default Frobenius).
+        max_examples_per_batch: perturbed inputs explained per call (default: the batch).
+        seed: seed of the noise generator.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    scale = pixel_range(model, inputs) * radius
+
+    def perturb(batch: torch.Tensor) -> torch.Tensor:
+        noise = torch.rand(batch.shape, generator=generator, dtype=torch.float32) * 2 - 1
+        return batch + noise.to(batch) * scale
+
+    def explain(
+        batch: torch.Tensor | tuple[torch.Tensor, ...], target: list[int]
+    ) -> tuple[torch.Tensor]:
+        # Captum iterates over the result as a tuple of per-input explanations.
+        batch = batch[0] if isinstance(batch, tuple) else batch
+        return (explain_with_grad(explainer, batch, list(target)),)
+
+    values = captum.metrics.sensitivity_max(
+        explain,
+        inputs,
+        perturb_func=perturb,
+        n_perturb_samples=n_perturb_samples,
+        norm_ord=norm_ord,
+        max_examples_per_batch=_captum_batch(max_examples_per_batch, inputs, n_perturb_samples),
+        target=list(targets),
+    )
+    return values.detach().double().cpu().view(-1)
+
+
+def infidelity(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    heatmaps: torch.Tensor,
+    targets: list[int],
+    *,
+    score: str = "probability",
+    n_perturb_samples: int = 32,
+    noise: float = 0.02,
+    normalize: bool = True,
+    max_examples_per_batch: int | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Infidelity of heatmaps ``(B, H, W)`` for inputs ``(B, C, H, W)`` -> ``(B,)`` float64 CPU.
+
+    Args:
+        score: ``"probability"`` or ``"logit"``: the output ``f`` whose changes are predicted.
+        n_perturb_samples: noise draws per image (default 32).
+        noise: Gaussian standard deviation as a fraction of the pixel range (default 0.02).
+        normalize: rescale heatmaps by the optimal factor first (default ``True``).
+        max_examples_per_batch: perturbed inputs per forward (default: all).
+        seed: seed of the noise generator.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    scale = pixel_range(model, inputs) * noise
+
+    def perturb(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        draw = torch.randn(batch.shape, generator=generator, dtype=torch.float32)
+        perturbation = draw.to(batch) * scale
+        return perturbation, batch - perturbation
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        return class_scores(model(batch), score)  # Captum picks each row's target column
+
+    attributions = heatmaps.to(inputs)[:, None].expand_as(inputs)
+    values = captum.metrics.infidelity(
+        forward,
+        perturb,
+        inputs,
+        attributions,
+        target=list(targets),
+        n_perturb_samples=n_perturb_samples,
+        max_examples_per_batch=_captum_batch(max_examples_per_batch, inputs, n_perturb_samples),
+        normalize=normalize,
+    )
+    return values.detach().double().cpu().view(-1)
+
+
+def class_scores(logits: torch.Tensor, score: str) -> torch.Tensor:
+    """Scores of every class, ``(N, K)`` -> ``(N, K)`` float32: probabilities or logits."""
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise ValueError("the model must return (batch, num_classes) logits.")
+    logits = logits.float()
+    return logits.softmax(dim=1) if score == "probability" else logits
+
+
+def _captum_batch(limit: int | None, inputs: torch.Tensor, n_perturb_samples: int) -> int:
+    """Captum's ``max_examples_per_batch``: whole perturbation rounds of the batch, >= B."""
+    batch = inputs.shape[0]
+    if limit is None:
+        return batch * n_perturb_samples
+    return batch * min(max(limit // batch, 1), n_perturb_samples)

@@ -1,0 +1,632 @@
+"""``ExplanationMetrics``: insertion, deletion, sensitivity-n, max-sensitivity, infidelity."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..._model_state import explaining
+from ...data import ImagesInput, PreparedBatch, model_device, prepare_images
+from .._targets import TargetInput, validate_targets
+from ..base import num_outputs
+from . import captum_metrics
+from ._engine import (
+    SCORE_KINDS,
+    balanced_chunk,
+    default_budget,
+    estimate_sample_bytes,
+    score_jobs,
+    target_scores,
+)
+from ._inputs import HeatmapInput, prepare_heatmaps, warn_if_constant
+from .curves import (
+    SubstrateSpec,
+    check_step_options,
+    check_substrate,
+    make_substrate,
+    pixel_ranks,
+    step_counts,
+    trapezoid_auc,
+)
+from .results import MetricResult
+from .sensitivity import patch_features, pearson, random_subsets, subset_size
+
+CURVE_METRICS: tuple[str, ...] = ("insertion", "deletion")
+HEATMAP_METRICS: tuple[str, ...] = ("insertion", "deletion", "sensitivity", "infidelity")
+
+
+def _positive_int(name: str, value: object, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(
+            f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}."
+        )
+
+
+def _describe(spec: SubstrateSpec) -> Any:
+    if isinstance(spec, torch.Tensor):
+        return f"tensor{tuple(spec.shape)}"
+    if callable(spec) and not isinstance(spec, str):
+        return getattr(spec, "__name__", type(spec).__name__)
+    return spec
+
+
+class ExplanationMetrics:
+    """Quantitative checks of heatmaps for one model, batched on the model's device.
+
+    ``metrics.insertion(image, heatmap, target_class=0)`` and friends take one image or a
+    batch (anything :func:`timmlens.prepare_images` accepts) with heatmaps ``(H, W)`` or
+    ``(B, H, W)`` (tensor or numpy, any resolution: upsampled bilinearly to the model
+    input), and return a :class:`MetricResult`, which formats and compares like its
+    float value (the mean over images) and carries curves, per-image values and settings.
+    ``target_class=None`` scores each image's predicted class on the unperturbed image.
+
+    Perturbed inputs are composed on the model's device from one rank mask per image
+    and scored a chunk at a time in no-grad forwards (see ``_engine``); the model is
+    put in eval mode for the call and left exactly as found.
+
+    Args:
+        model: a classifier returning ``(B, num_classes)`` logits.
+        steps: curve steps, evenly spaced (``k_t = floor(t * H * W / steps)`` pixels at step
+            ``t``). Default ``None``: 224 steps (RISE's 224 pixels per step at 224x224), or
+            one pixel per step on inputs of fewer than 224 pixels.
+        pixels_per_step: instead of ``steps``, change this many pixels per step (RISE's
+            parameterisation: ``ceil(H * W / pixels_per_step)`` steps, the last one may
+            be smaller). Giving both is an error.
+        substrate: what deleted pixels become (deletion, and the removed subsets of
+            sensitivity-n). Default ``"zeros"``: zeros of the normalised input, the dataset's
+            mean colour, as in RISE. Also ``"blur"``, ``"mean"``, a number, a tensor
+            broadcastable to ``(B, C, H, W)`` or a callable ``inputs -> tensor``.
+        insertion_substrate: what insertion starts from. Default ``"blur"``: a Gaussian blur
+            of the image, as in RISE.
+        blur_kernel: blur kernel size, odd (default 11, RISE's).
+        blur_sigma: blur standard deviation in pixels (default 5.0, RISE's).
+        score: ``"probability"`` (default: softmax probability of the target, as RISE) or
+            ``"logit"`` (the raw target logit; Ancona et al.'s sensitivity-n uses it).
+        max_batch: at most this many perturbed images per forward. Default ``None``: the
+            chunk is set by ``memory_budget_bytes``.
+        memory_budget_bytes: memory one chunk may use, estimated per image by a probe
+            forward (see ``_engine.estimate_sample_bytes``). Default ``None``: a quarter of
+            the free memory on CUDA, 512 MiB elsewhere. Applies with ``max_batch`` only
+            when given explicitly (then both limits hold).
+        n_samples: random subsets per image for sensitivity-n (default 64).
+        sensitivity_n: features per subset: an int count, or a float fraction of them
+            (default 0.1: 10% of the features).
+        patch_size: sensitivity-n features are ``patch_size x patch_size`` patches (default
+            1: single pixels, as Ancona et al.).
+        seed: seed of every random draw (default 0); each call starts from it afresh.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        steps: int | None = None,
+        pixels_per_step: int | None = None,
+        substrate: SubstrateSpec = "zeros",
+        insertion_substrate: SubstrateSpec = "blur",
+        blur_kernel: int = 11,
+        blur_sigma: float = 5.0,
+        score: str = "probability",
+        max_batch: int | None = None,
+        memory_budget_bytes: int | None = None,
+        n_samples: int = 64,
+        sensitivity_n: int | float = 0.1,
+        patch_size: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}.")
+        check_step_options(steps, pixels_per_step)
+        check_substrate(substrate, "substrate")
+        check_substrate(insertion_substrate, "insertion_substrate")
+        _positive_int("blur_kernel", blur_kernel, allow_none=False)
+        if blur_kernel % 2 == 0:
+            raise ValueError(f"blur_kernel must be odd, got {blur_kernel}; try 11 (RISE's).")
+        if (
+            isinstance(blur_sigma, bool)
+            or not isinstance(blur_sigma, (int, float))
+            or not (blur_sigma > 0)
+        ):
+            raise ValueError(f"blur_sigma must be a positive number, got {blur_sigma!r}.")
+        if score not in SCORE_KINDS:
+            raise ValueError(f"score must be one of {SCORE_KINDS}, got {score!r}.")
+        _positive_int("max_batch", max_batch)
+        _positive_int("memory_budget_bytes", memory_budget_bytes)
+        _positive_int("n_samples", n_samples, allow_none=False)
+        if n_samples < 3:
+            raise ValueError(f"n_samples must be >= 3 for a correlation, got {n_samples}.")
+        _positive_int("patch_size", patch_size, allow_none=False)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}.")
+        self.model = model
+        self.steps = steps
+        self.pixels_per_step = pixels_per_step
+        self.substrate = substrate
+        self.insertion_substrate = insertion_substrate
+        self.blur_kernel = blur_kernel
+        self.blur_sigma = float(blur_sigma)
+        self.score = score
+        self.max_batch = max_batch
+        self.memory_budget_bytes = memory_budget_bytes
+        self.n_samples = n_samples
+        self.sensitivity_n = sensitivity_n
+        self.patch_size = patch_size
+        self.seed = seed
+        self._sample_bytes: dict[tuple[Any, ...], int] = {}
+        #: chunk size (perturbed images per forward) of the last call
+        self.last_chunk_size: int | None = None
+
+    # -- public metrics ----------------------------------------------------------------
+    def insertion(
+        self, image: ImagesInput, heatmap: HeatmapInput, target_class: TargetInput = None
+    ) -> MetricResult:
+        """Insertion AUC (higher is better): blurred image, original pixels put back.
+
+        Returns:
+            A :class:`MetricResult`; ``.curve`` is ``(x (T,), y (T,) or (B, T))``.
+        """
+        return self.curves(image, heatmap, target_class, metrics=("insertion",))["insertion"]
+
+    def deletion(
+        self, image: ImagesInput, heatmap: HeatmapInput, target_class: TargetInput = None
+    ) -> MetricResult:
+        """Deletion AUC (lower is better): the image, most salient pixels replaced first.
+
+        Returns:
+            A :class:`MetricResult`; ``.curve`` is ``(x (T,), y (T,) or (B, T))``.
+        """
+        return self.curves(image, heatmap, target_class, metrics=("deletion",))["deletion"]
+
+    def curves(
+        self,
+        image: ImagesInput,
+        heatmap: HeatmapInput,
+        target_class: TargetInput = None,
+        metrics: Sequence[str] = CURVE_METRICS,
+    ) -> dict[str, MetricResult]:
+        """Insertion and deletion in one stream of chunks: ``{"insertion": r, "deletion": r}``."""
+        kinds = self._check_names(metrics, CURVE_METRICS)
+        batch = self._prepare(image)
+        with explaining(self.model):
+            maps = self._heatmaps(heatmap, batch)
+            targets, original = self._targets(batch.tensor, target_class, need_scores=False)
+            return self._curves(batch, maps, targets, original, kinds)
+
+    def sensitivity(
+        self,
+        image: ImagesInput,
+        heatmap: HeatmapInput,
+        target_class: TargetInput = None,
+        *,
+        n: int | float | None = None,
+        patch_size: int | None = None,
+        n_samples: int | None = None,
+        seed: int | None = None,
+    ) -> MetricResult:
+        """Sensitivity-n (higher is better), per image, averaged over images.
+
+        Args:
+            n, patch_size, n_samples, seed: override the constructor's ``sensitivity_n``,
+                ``patch_size``, ``n_samples`` and ``seed`` for this call.
+
+        Returns:
+            A :class:`MetricResult` with ``details["heatmap_sums"]`` and
+            ``details["output_drops"]``, both ``(B, n_samples)``.
+        """
+        batch = self._prepare(image)
+        with explaining(self.model):
+            maps = self._heatmaps(heatmap, batch)
+            targets, original = self._targets(batch.tensor, target_class, need_scores=True)
+            return self._sensitivity(batch, maps, targets, original, n, patch_size, n_samples, seed)
+
+    def evaluate_all(
+        self,
+        image: ImagesInput,
+        heatmaps: Mapping[str, HeatmapInput],
+        target_class: TargetInput = None,
+        metrics: Sequence[str] = ("insertion", "deletion", "sensitivity"),
+    ) -> dict[str, dict[str, MetricResult]]:
+        """Several methods' heatmaps on the same images: ``{method: {metric: result}}``.
+
+        The images are prepared and the targets resolved once for all methods.
+        ``metrics`` may hold ``"insertion"``, ``"deletion"``, ``"sensitivity"`` and
+        ``"infidelity"``.
+        """
+        names = self._check_names(metrics, HEATMAP_METRICS)
+        if not isinstance(heatmaps, Mapping) or not heatmaps:
+            raise ValueError(
+                "heatmaps must be a non-empty mapping {method name: heatmap}, e.g. "
+                "{'gradcam': heatmap}."
+            )
+        batch = self._prepare(image)
+        results: dict[str, dict[str, MetricResult]] = {}
+        with explaining(self.model):
+            maps = {
+                method: self._heatmaps(value, batch, name=f"heatmaps[{method!r}]")
+                for method, value in heatmaps.items()
+            }
+            targets, original = self._targets(batch.tensor, target_class, need_scores=True)
+            for method, method_maps in maps.items():
+                kinds = tuple(name for name in CURVE_METRICS if name in names)
+                row = self._curves(batch, method_maps, targets, original, kinds) if kinds else {}
+                if "sensitivity" in names:
+                    row["sensitivity"] = self._sensitivity(batch, method_maps, targets, original)
+                if "infidelity" in names:
+                    row["infidelity"] = self._infidelity(batch, method_maps, targets)
+                results[method] = {name: row[name] for name in names}
+        return results
+
+    def max_sensitivity(
+        self,
+        explainer: captum_metrics.SupportsExplainBatch,
+        image: ImagesInput,
+        target_class: TargetInput = None,
+        *,
+        n_perturb_samples: int = 10,
+        radius: float = 0.02,
+        norm_ord: str | float = "fro",
+        seed: int | None = None,
+    ) -> MetricResult:
+        """Max-sensitivity of an explainer, by :func:`captum.metrics.sensitivity_max` (lower is
+        better).
+
+        The largest relative heatmap change over ``n_perturb_samples`` (default 10) inputs
+        drawn uniformly within ``radius`` (default 0.02 of the pixel range, ~5 grey
+        levels) of the image in L-infinity; see :mod:`.captum_metrics`. Targets are fixed
+        to the unperturbed image's (predicted) class. The explainer runs on at most
+        ``max_batch`` perturbed images per call (default: one per image).
+
+        Args:
+            explainer: a timmlens ``Explainer`` or anything with
+                ``explain_batch(inputs (B, C, H, W), target_class) -> (B, H, W)``.
+        """
+        if not isinstance(explainer, captum_metrics.SupportsExplainBatch):
+            raise ValueError(
+                f"max_sensitivity needs an explainer with explain_batch(inputs, target_class), "
+                f"got {type(explainer).__name__}; e.g. timmlens.interpretation.GradCAM(model)."
+            )
+        _positive_int("n_perturb_samples", n_perturb_samples, allow_none=False)
+        if not radius > 0:
+            raise ValueError(f"radius must be positive, got {radius!r}.")
+        batch = self._prepare(image)
+        with explaining(self.model):
+            targets, _ = self._targets(batch.tensor, target_class, need_scores=False)
+            values = captum_metrics.max_sensitivity(
+                self.model,
+                explainer,
+                batch.tensor,
+                targets.tolist(),
+                n_perturb_samples=n_perturb_samples,
+                radius=float(radius),
+                norm_ord=norm_ord,
+                max_examples_per_batch=self.max_batch or len(batch),
+                seed=self.seed if seed is None else seed,
+            )
+        settings = {
+            "n_perturb_samples": n_perturb_samples,
+            "radius": radius,
+            "norm_ord": norm_ord,
+            "seed": self.seed if seed is None else seed,
+        }
+        return MetricResult(
+            "max-sensitivity", values, targets.cpu(), False, settings, single=batch.single
+        )
+
+    def infidelity(
+        self,
+        explainer_or_heatmap: captum_metrics.SupportsExplainBatch | HeatmapInput,
+        image: ImagesInput,
+        target_class: TargetInput = None,
+        *,
+        n_perturb_samples: int = 32,
+        noise: float = 0.02,
+        normalize: bool = True,
+        seed: int | None = None,
+    ) -> MetricResult:
+        """Infidelity via :func:`captum.metrics.infidelity` (lower is better).
+
+        Gaussian input noise of ``noise`` (default 0.02) x the pixel range,
+        ``n_perturb_samples`` (default 32) draws per image, heatmaps rescaled optimally
+        when ``normalize`` (default); see :mod:`.captum_metrics` for the reasoning.
+
+        Args:
+            explainer_or_heatmap: an explainer (see :meth:`max_sensitivity`), or heatmaps
+                ``(H, W)`` / ``(B, H, W)`` as for :meth:`insertion`.
+        """
+        _positive_int("n_perturb_samples", n_perturb_samples, allow_none=False)
+        if not noise > 0:
+            raise ValueError(f"noise must be positive, got {noise!r}.")
+        batch = self._prepare(image)
+        with explaining(self.model):
+            targets, _ = self._targets(batch.tensor, target_class, need_scores=False)
+            if isinstance(explainer_or_heatmap, captum_metrics.SupportsExplainBatch):
+                maps = captum_metrics.explain_with_grad(
+                    explainer_or_heatmap, batch.tensor, targets.tolist()
+                )
+                maps = self._heatmaps(maps, batch)
+            else:
+                maps = self._heatmaps(explainer_or_heatmap, batch)
+            return self._infidelity(batch, maps, targets, n_perturb_samples, noise, normalize, seed)
+
+    # -- internals ---------------------------------------------------------------------
+    @staticmethod
+    def _check_names(names: Sequence[str], allowed: tuple[str, ...]) -> tuple[str, ...]:
+        names = (names,) if isinstance(names, str) else tuple(names)
+        unknown = [name for name in names if name not in allowed]
+        if unknown or not names:
+            raise ValueError(f"unknown metric(s) {unknown}; choose from {allowed}.")
+        return names
+
+    def _prepare(self, image: ImagesInput | PreparedBatch) -> PreparedBatch:
+        return image if isinstance(image, PreparedBatch) else prepare_images(image, self.model)
+
+    def _heatmaps(
+        self, heatmap: HeatmapInput, batch: PreparedBatch, name: str = "heatmap"
+    ) -> torch.Tensor:
+        height, width = batch.tensor.shape[-2:]
+        maps = prepare_heatmaps(heatmap, len(batch), (height, width), batch.tensor.device, name)
+        warn_if_constant(maps, name)
+        return maps
+
+    def chunk_size(self, inputs: torch.Tensor, n_jobs: int) -> int:
+        """Perturbed images per forward for ``n_jobs`` copies of inputs ``(B, C, H, W)``.
+
+        ``max_batch`` if given (capped by ``memory_budget_bytes`` if that is given too),
+        else the memory budget divided by the probe estimate per image; then balanced so
+        the chunks have equal sizes.
+        """
+        limit = self.max_batch
+        if limit is None or self.memory_budget_bytes is not None:
+            budget = self.memory_budget_bytes or default_budget(inputs.device)
+            key = (tuple(inputs.shape[1:]), inputs.dtype, inputs.device)
+            if key not in self._sample_bytes:
+                self._sample_bytes[key] = estimate_sample_bytes(self.model, inputs[:1])
+            by_budget = max(1, budget // self._sample_bytes[key])
+            limit = by_budget if limit is None else min(limit, by_budget)
+        chunk = balanced_chunk(limit, n_jobs)
+        self.last_chunk_size = chunk
+        return chunk
+
+    @torch.no_grad()
+    def _targets(
+        self, inputs: torch.Tensor, target_class: TargetInput, need_scores: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Targets ``(B,)`` long on device, and the unperturbed scores ``(B,)`` if computed.
+
+        The unperturbed images are scored only for ``target_class=None`` or ``need_scores``.
+        """
+        size = inputs.shape[0]
+        try:
+            classes: int | None = num_outputs(self.model)
+        except ValueError:
+            classes = None
+        targets = None
+        if target_class is not None and classes is not None:
+            targets = validate_targets(target_class, size, classes)
+            if not need_scores:
+                return torch.tensor(targets, device=inputs.device, dtype=torch.long), None
+        chunk = self.chunk_size(inputs, size)
+        logits = torch.cat([self.model(inputs[lo : lo + chunk]) for lo in range(0, size, chunk)])
+        if targets is None:
+            targets = validate_targets(target_class, size, logits.shape[1])
+        resolved = (
+            logits.argmax(dim=1)
+            if targets is None
+            else torch.tensor(targets, device=logits.device, dtype=torch.long)
+        )
+        return resolved, target_scores(logits, resolved, self.score)
+
+    def _curves(
+        self,
+        batch: PreparedBatch,
+        maps: torch.Tensor,
+        targets: torch.Tensor,
+        original: torch.Tensor | None,
+        kinds: tuple[str, ...],
+    ) -> dict[str, MetricResult]:
+        """Curves of ``kinds`` for inputs ``(B, C, H, W)`` and heatmaps ``(B, H, W)``.
+
+        Image pair ``g = k * B + b`` is curve ``kinds[k]`` of image ``b``. Points equal to
+        the unperturbed image (deletion's first, insertion's last) reuse ``original``
+        scores when they are known.
+        """
+        inputs = batch.tensor
+        size, _, height, width = inputs.shape
+        counts = step_counts(height * width, self.steps, self.pixels_per_step)
+        points = counts.numel()
+        ranks = pixel_ranks(maps)
+        starts, finishes, known = [], [], []
+        for kind in kinds:
+            if kind == "deletion":
+                starts.append(inputs)
+                finishes.append(self._substrate(self.substrate, inputs))
+                known.append(0)
+            else:
+                starts.append(self._substrate(self.insertion_substrate, inputs))
+                finishes.append(inputs)
+                known.append(points - 1)
+        start, finish = torch.cat(starts), torch.cat(finishes)
+        groups = len(kinds) * size
+        job_group = torch.arange(groups).repeat_interleave(points)
+        job_step = torch.arange(points).repeat(groups)
+        known_step = torch.tensor(known).repeat_interleave(size)
+        if original is not None:
+            keep = job_step != known_step[job_group]
+            job_group, job_step = job_group[keep], job_step[keep]
+        job_count = counts.to(device=inputs.device, dtype=torch.int32)[job_step.to(inputs.device)]
+        job_targets = targets[(job_group % size).to(inputs.device)]
+
+        def mask_fn(group: int, lo: int, hi: int) -> torch.Tensor:
+            return ranks[group % size][None, :] < job_count[lo:hi, None]
+
+        chunk = self.chunk_size(inputs, job_group.numel())
+        scores = score_jobs(
+            self.model, start, finish, job_group, job_targets, mask_fn, chunk, self.score
+        )
+        curves = torch.empty(groups, points, dtype=torch.float32)
+        curves[job_group, job_step] = scores.cpu()
+        if original is not None:
+            curves[torch.arange(groups), known_step] = original.cpu().repeat(len(kinds))
+        x = counts.double() / (height * width)
+        results = {}
+        for k, kind in enumerate(kinds):
+            y = curves[k * size : (k + 1) * size]
+            settings: dict[str, Any] = {
+                "steps": points - 1,
+                "pixels_per_step": self.pixels_per_step,
+                "input_size": (height, width),
+                "score": self.score,
+                "chunk_size": chunk,
+            }
+            if kind == "deletion":
+                settings["substrate"] = _describe(self.substrate)
+            else:
+                settings["start"] = _describe(self.insertion_substrate)
+                if self.insertion_substrate == "blur":
+                    settings["blur"] = (self.blur_kernel, self.blur_sigma)
+            results[kind] = MetricResult(
+                kind,
+                trapezoid_auc(x, y),
+                targets.cpu(),
+                kind == "insertion",
+                settings,
+                x=x,
+                y=y,
+                single=batch.single,
+            )
+        return results
+
+    def _sensitivity(
+        self,
+        batch: PreparedBatch,
+        maps: torch.Tensor,
+        targets: torch.Tensor,
+        original: torch.Tensor,
+        n: int | float | None = None,
+        patch_size: int | None = None,
+        n_samples: int | None = None,
+        seed: int | None = None,
+    ) -> MetricResult:
+        """Sensitivity-n for inputs ``(B, C, H, W)``, heatmaps ``(B, H, W)``, scores ``(B,)``."""
+        n = self.sensitivity_n if n is None else n
+        patch_size = self.patch_size if patch_size is None else patch_size
+        n_samples = self.n_samples if n_samples is None else n_samples
+        seed = self.seed if seed is None else seed
+        _positive_int("patch_size", patch_size, allow_none=False)
+        _positive_int("n_samples", n_samples, allow_none=False)
+        if n_samples < 3:
+            raise ValueError(f"n_samples must be >= 3 for a correlation, got {n_samples}.")
+        inputs = batch.tensor
+        size, _, height, width = inputs.shape
+        features, num_features = patch_features(height, width, patch_size)
+        count = subset_size(n, num_features)
+        subsets = random_subsets(
+            size, n_samples, num_features, count, torch.Generator().manual_seed(seed)
+        )
+        feature_maps = torch.zeros(size, num_features, dtype=torch.float64).index_add_(
+            1, features, maps.flatten(1).double().cpu()
+        )
+        sums = torch.bmm(subsets.double(), feature_maps[:, :, None])[..., 0]
+
+        device = inputs.device
+        flat_subsets = subsets.flatten(0, 1).to(device)
+        pixel_features = features.to(device)
+
+        def mask_fn(_group: int, lo: int, hi: int) -> torch.Tensor:
+            chunk_subsets = flat_subsets[lo:hi]
+            return chunk_subsets if patch_size == 1 else chunk_subsets[:, pixel_features]
+
+        job_group = torch.arange(size).repeat_interleave(n_samples)
+        chunk = self.chunk_size(inputs, job_group.numel())
+        scores = score_jobs(
+            self.model,
+            inputs,
+            self._substrate(self.substrate, inputs),
+            job_group,
+            targets[job_group.to(device)],
+            mask_fn,
+            chunk,
+            self.score,
+        )
+        drops = (original[:, None] - scores.view(size, n_samples)).double().cpu()
+        correlation = pearson(sums, drops)
+        undefined = torch.isnan(correlation).nonzero().flatten().tolist()
+        if undefined:
+            warnings.warn(
+                f"sensitivity-n is undefined (NaN) for image(s) {undefined}: the heatmap sums or "
+                f"the output drops do not vary across subsets. Such images are left out of the "
+                f"mean.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        settings = {
+            "n": count,
+            "patch_size": patch_size,
+            "n_samples": n_samples,
+            "seed": seed,
+            "substrate": _describe(self.substrate),
+            "score": self.score,
+            "chunk_size": chunk,
+        }
+        return MetricResult(
+            "sensitivity-n",
+            correlation,
+            targets.cpu(),
+            True,
+            settings,
+            details={"heatmap_sums": sums, "output_drops": drops},
+            single=batch.single,
+        )
+
+    def _infidelity(
+        self,
+        batch: PreparedBatch,
+        maps: torch.Tensor,
+        targets: torch.Tensor,
+        n_perturb_samples: int = 32,
+        noise: float = 0.02,
+        normalize: bool = True,
+        seed: int | None = None,
+    ) -> MetricResult:
+        inputs = batch.tensor
+        seed = self.seed if seed is None else seed
+        chunk = self.chunk_size(inputs, len(batch) * n_perturb_samples)
+        values = captum_metrics.infidelity(
+            self.model,
+            inputs,
+            maps,
+            targets.tolist(),
+            score=self.score,
+            n_perturb_samples=n_perturb_samples,
+            noise=float(noise),
+            normalize=normalize,
+            max_examples_per_batch=chunk,
+            seed=seed,
+        )
+        settings = {
+            "n_perturb_samples": n_perturb_samples,
+            "noise": noise,
+            "normalize": normalize,
+            "seed": seed,
+            "score": self.score,
+        }
+        return MetricResult(
+            "infidelity", values, targets.cpu(), False, settings, single=batch.single
+        )
+
+    def _substrate(self, spec: SubstrateSpec, inputs: torch.Tensor) -> torch.Tensor:
+        return make_substrate(spec, inputs, self.blur_kernel, self.blur_sigma)
+
+    def __repr__(self) -> str:
+        return (
+            f"ExplanationMetrics(model={type(self.model).__name__}, steps={self.steps}, "
+            f"pixels_per_step={self.pixels_per_step}, substrate={_describe(self.substrate)!r}, "
+            f"insertion_substrate={_describe(self.insertion_substrate)!r}, score={self.score!r}, "
+            f"device={model_device(self.model)})"
+        )

@@ -1,0 +1,92 @@
+"""Sensitivity-n (Ancona et al., ICLR 2018): does the heatmap predict the output drops?
+
+For ``n_samples`` random subsets ``S`` of ``n`` features (pixels, or ``p x p`` patches),
+sensitivity-n is the Pearson correlation, over the subsets, between the sum of the
+heatmap over ``S`` and the drop of the target score ``f(x) - f(x with S set to the
+substrate)``. An explanation whose values add up to the effect of removing the
+pixels scores 1; higher is better. Subsets are drawn from a seeded ``torch.Generator``
+(the global RNG is never touched).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def patch_features(height: int, width: int, patch_size: int) -> tuple[torch.Tensor, int]:
+    """Feature index of every pixel for a ``patch_size`` grid anchored at the top left.
+
+    Returns:
+        ``(H*W,)`` CPU long, row-major pixel -> row-major patch index, and the number of
+        patches. Border patches are smaller when ``patch_size`` does not divide H or W.
+    """
+    columns = math.ceil(width / patch_size)
+    rows = torch.arange(height) // patch_size
+    cols = torch.arange(width) // patch_size
+    features = (rows[:, None] * columns + cols[None, :]).flatten()
+    return features, math.ceil(height / patch_size) * columns
+
+
+def subset_size(n: int | float, num_features: int) -> int:
+    """Features per subset: an int ``n`` as given, a float in (0, 1) as that fraction.
+
+    Raises:
+        ValueError: outside ``1 .. num_features - 1`` (a subset of all features has the
+            same heatmap sum every time, so the correlation is undefined).
+    """
+    if num_features < 2:
+        raise ValueError(
+            f"sensitivity-n needs at least 2 features, the input has {num_features}; use a "
+            f"smaller patch_size."
+        )
+    if isinstance(n, bool) or not isinstance(n, (int, float)):
+        raise ValueError(f"n must be an int count or a float fraction in (0, 1), got {n!r}.")
+    if isinstance(n, float):
+        if not 0.0 < n < 1.0:
+            raise ValueError(
+                f"a float n is a fraction of the {num_features} features and must lie in (0, 1), "
+                f"got {n}; pass an int for a count."
+            )
+        n = min(max(1, round(n * num_features)), num_features - 1)
+    if not 1 <= n < num_features:
+        raise ValueError(
+            f"n={n} features per subset is outside 1..{num_features - 1} (the input has "
+            f"{num_features} features of the chosen patch size)."
+        )
+    return n
+
+
+def random_subsets(
+    num_images: int, n_samples: int, num_features: int, n: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Random subsets of exactly ``n`` of ``num_features`` features, drawn image by image.
+
+    For each image in turn, ``torch.rand(n_samples, num_features, generator=generator)``
+    is drawn on the CPU and each row's ``n`` largest entries form its subset, so the
+    subsets depend only on the generator's seed, never on the device or chunking.
+
+    Returns:
+        ``(num_images, n_samples, num_features)`` CPU bool.
+    """
+    masks = torch.zeros(num_images, n_samples, num_features, dtype=torch.bool)
+    for image in range(num_images):
+        noise = torch.rand(n_samples, num_features, generator=generator)
+        masks[image].scatter_(1, noise.topk(n, dim=1).indices, True)
+    return masks
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-9) -> torch.Tensor:
+    """Row-wise Pearson correlation: ``(B, S)``, ``(B, S)`` -> ``(B,)`` float64.
+
+    NaN where either row is constant up to rounding (spread below ``rtol`` of its
+    magnitude): the correlation is then undefined.
+    """
+    a, b = a.double(), b.double()
+    a_centred = a - a.mean(dim=1, keepdim=True)
+    b_centred = b - b.mean(dim=1, keepdim=True)
+    a_norm, b_norm = a_centred.norm(dim=1), b_centred.norm(dim=1)
+    corr = (a_centred * b_centred).sum(dim=1) / (a_norm * b_norm).clamp_min(1e-300)
+    undefined = (a_norm <= rtol * a.norm(dim=1)) | (b_norm <= rtol * b.norm(dim=1))
+    return torch.where(undefined, torch.full_like(corr, math.nan), corr.clamp(-1.0, 1.0))
