@@ -212,8 +212,13 @@ class ExplanationMetrics:
         """Sensitivity-n (higher is better), per image, averaged over images.
 
         Args:
-            n, patch_size, n_samples, seed: override the constructor's ``sensitivity_n``,
-                ``patch_size``, ``n_samples`` and ``seed`` for this call.
+            image: one image or a batch (anything ``prepare_images`` accepts).
+            heatmap: ``(H, W)`` or ``(B, H, W)``, any resolution.
+            target_class: int, one per image, or ``None`` for the predicted class.
+            n: overrides the constructor's ``sensitivity_n`` for this call.
+            patch_size: overrides the constructor's ``patch_size``.
+            n_samples: overrides the constructor's ``n_samples``.
+            seed: overrides the constructor's ``seed``.
 
         Returns:
             A :class:`MetricResult` with ``details["heatmap_sums"]`` and
