@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import torch
-import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 from torch import nn
 
@@ -151,22 +151,18 @@ def samples_per_chunk(bytes_per_sample: int, budget_bytes: int) -> int:
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with reflect padding: ``(B, C, H, W)`` -> ``(B, C, H, W)``.
+    """Gaussian blur with reflect padding (torchvision): ``(B, C, H, W)`` -> same shape.
 
     The kernel spans ``+-3 sigma`` (odd size), cut to ``2 * min(H, W) - 1`` so reflect
     padding stays valid. Blur and per-channel normalisation commute (the kernel sums to
     one), so normalised inputs may be blurred directly.
     """
-    _, channels, height, width = images.shape
+    height, width = images.shape[-2:]
     radius = min(math.ceil(3 * sigma), min(height, width) - 1)
     if sigma <= 0 or radius < 1:
         return images.clone()
-    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).to(images.dtype)
-    padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
-    rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-    return F.conv2d(rows, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    size = 2 * radius + 1
+    return TF.gaussian_blur(images, [size, size], [sigma, sigma])
 
 
 def _normalization(model: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
