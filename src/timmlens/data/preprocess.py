@@ -228,9 +228,15 @@ def prepare_images(images: ImagesInput, model: nn.Module) -> PreparedBatch:
     )
 
 
+def normalization(model: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's mean and std as ``(1, C, 1, 1)`` tensors on ``like``'s device and dtype."""
+    config = data_config(model)
+    mean = torch.tensor(config["mean"], device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(config["std"], device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+    return mean, std
+
+
 def denormalize(tensor: torch.Tensor, model: nn.Module) -> torch.Tensor:
     """Undo the model's mean/std normalisation: ``(B, C, H, W)`` -> pixel values in [0, 1]."""
-    config = data_config(model)
-    mean = torch.tensor(config["mean"], device=tensor.device, dtype=tensor.dtype).view(1, -1, 1, 1)
-    std = torch.tensor(config["std"], device=tensor.device, dtype=tensor.dtype).view(1, -1, 1, 1)
+    mean, std = normalization(model, tensor)
     return (tensor * std + mean).clamp(0, 1)

@@ -24,7 +24,7 @@ import torchvision.transforms.functional as TF
 from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 from torch import nn
 
-from ..data import ImagesInput, data_config
+from ..data import ImagesInput, normalization
 from ._targets import TargetInput
 from .base import Explainer, normalize_maps
 
@@ -165,14 +165,6 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return TF.gaussian_blur(images, [size, size], [sigma, sigma])
 
 
-def _normalization(model: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's mean and std as ``(1, C, 1, 1)`` tensors on ``like``'s device and dtype."""
-    config = data_config(model)
-    mean = torch.tensor(config["mean"], device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
-    std = torch.tensor(config["std"], device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
-    return mean, std
-
-
 def validate_baseline(baseline: Any) -> BaselineSpec:
     """Check a baseline spec at construction time (names and tensor ranks)."""
     if isinstance(baseline, torch.Tensor):
@@ -234,7 +226,7 @@ def make_baseline(
     if baseline == "blur":
         sigma = min(inputs.shape[-2:]) * BLUR_SIGMA_FRACTION
         return gaussian_blur(inputs.detach(), sigma)
-    mean, std = _normalization(model, inputs)
+    mean, std = normalization(model, inputs)
     one = (1, *inputs.shape[1:])
     if baseline == "black":
         pixels = torch.zeros(one, device=inputs.device, dtype=inputs.dtype)
