@@ -249,6 +249,20 @@ def _curve_metrics(
     }
 
 
+def _class_fields(
+    model: nn.Module, prediction: _Prediction, target: int, probability: float
+) -> dict[str, Any]:
+    """The predicted and explained classes, as every result dataclass names them."""
+    return {
+        "predicted_class": prediction.predicted,
+        "class_name": class_name_of(model, prediction.predicted),
+        "probability": float(prediction.probabilities[prediction.predicted]),
+        "target_class": target,
+        "target_name": class_name_of(model, target),
+        "target_probability": probability,
+    }
+
+
 def _heading(model: nn.Module, prediction: _Prediction, target: int) -> tuple[str, float]:
     """The explained class's label (with the prediction when it differs) and probability."""
     label = class_name_of(model, target)
@@ -308,12 +322,7 @@ def quick_explain(
     )
     path = save_figure(figure, save_path) if save_path is not None else None
     return ExplanationResult(
-        predicted_class=prediction.predicted,
-        class_name=class_name_of(model, prediction.predicted),
-        probability=float(prediction.probabilities[prediction.predicted]),
-        target_class=target,
-        target_name=class_name_of(model, target),
-        target_probability=probability,
+        **_class_fields(model, prediction, target, probability),
         heatmap=heatmap,
         method=name,
         layer=layer,
@@ -413,12 +422,7 @@ def compare_methods(
         if curves_path is not None:
             save_figure(curves_figure, curves_path)
     return MethodComparison(
-        predicted_class=prediction.predicted,
-        class_name=class_name_of(model, prediction.predicted),
-        probability=float(prediction.probabilities[prediction.predicted]),
-        target_class=target,
-        target_name=class_name_of(model, target),
-        target_probability=probability,
+        **_class_fields(model, prediction, target, probability),
         heatmaps=heatmaps,
         layers=layers,
         metrics=metrics,
@@ -498,12 +502,7 @@ def compare_architectures(
         entries.append(
             ModelExplanation(
                 model=name,
-                predicted_class=prediction.predicted,
-                class_name=class_name_of(model, prediction.predicted),
-                probability=float(prediction.probabilities[prediction.predicted]),
-                target_class=target,
-                target_name=class_name_of(model, target),
-                target_probability=probability,
+                **_class_fields(model, prediction, target, probability),
                 heatmap=heatmap,
                 method=chosen,
                 layer=layer,
