@@ -2,6 +2,7 @@
 
 from .adapters import describe, get_adapter
 from .data import prepare_images
+from .evaluation import evaluate
 from .errors import (
     HubUnavailableError,
     ImageInputError,
@@ -27,6 +28,7 @@ __all__ = [
     "WeightsMismatchError",
     "__version__",
     "describe",
+    "evaluate",
     "get_adapter",
     "load_model",
     "prepare_images",
