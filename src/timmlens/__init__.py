@@ -2,7 +2,6 @@
 
 from .adapters import describe, get_adapter
 from .data import prepare_images
-from .evaluation import evaluate
 from .errors import (
     HubUnavailableError,
     ImageInputError,
@@ -12,6 +11,7 @@ from .errors import (
     UnsupportedModelError,
     WeightsMismatchError,
 )
+from .evaluation import evaluate
 from .models import BUNDLED_SPEC, ImageClassifier, load_model
 
 __version__ = "0.1.0"
