@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
-import timm
 import torch
 from PIL import Image
 
 from timmlens import ImageClassifier
 from timmlens.data import data_config
 from timmlens.interpretation import IntegratedGradients, SmoothGrad
-from timmlens.testing import make_explainable
+from timmlens.testing import explainable_model
 
 
 def _model(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(seed)
-        model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
-    return make_explainable(model, seed=seed)
+    return explainable_model(name, seed=seed, num_classes=10, **kwargs)
 
 
 @pytest.fixture(scope="module")

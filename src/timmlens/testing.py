@@ -39,3 +39,17 @@ def make_explainable(model: nn.Module, seed: int = 0) -> nn.Module:
         elif isinstance(module, nn.Linear) and leaf == "weight" and param.abs().max() == 0:
             param.copy_((draw(param.shape, -1, 1) / param.shape[1] ** 0.5).to(param))
     return model.eval()
+
+
+def explainable_model(name: str, seed: int = 0, **timm_kwargs: object) -> nn.Module:
+    """``timm.create_model(name)`` with random weights (seeded, warnings silenced), made
+    explainable by :func:`make_explainable`; ``timm_kwargs`` go to ``create_model``."""
+    import warnings
+
+    import timm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(seed)
+        model = timm.create_model(name, pretrained=False, **timm_kwargs)
+    return make_explainable(model, seed=seed)
