@@ -1,4 +1,4 @@
-"""Shared fixtures: real weights and photos (offline), tiny explainable timm models."""
+"""Shared fixtures: the bundled real model and scikit-image photos, offline."""
 
 from __future__ import annotations
 
