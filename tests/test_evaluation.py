@@ -129,7 +129,7 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        "--master_port=29533",
+        "--standalone",
         str(script),
         str(tmp_path / "dist"),
     ]
