@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..data import prepare_images
 from ..interpretation.base import Explainer
+from ..interpretation.metrics.evaluator import CURVE_METRICS
 from ..interpretation.registry import create_explainer, resolve_method
 from .distributed import (
     broadcast_from_rank0,
@@ -64,10 +65,16 @@ def _rows_for_batch(
     rows = []
     for name, explainer in explainers.items():
         heatmaps = explainer.explain_batch(batch.tensor, targets)
-        scores = {
-            metric: getattr(scorer, metric)(batch.tensor, heatmaps, targets).per_image.tolist()
-            for metric in metric_names
-        }
+        # Insertion and deletion share one pass over the perturbation chunks.
+        curve_names = [m for m in metric_names if m in CURVE_METRICS]
+        results = (
+            dict(scorer.curves(batch.tensor, heatmaps, targets, metrics=curve_names))
+            if curve_names
+            else {}
+        )
+        if "sensitivity" in metric_names:
+            results["sensitivity"] = scorer.sensitivity(batch.tensor, heatmaps, targets)
+        scores = {metric: results[metric].per_image.tolist() for metric in metric_names}
         for i, sample in enumerate(samples):
             row = {
                 "id": sample.id,
