@@ -36,8 +36,8 @@ COMPARISON_METRIC_STEPS = 32
 
 # ----------------------------------------------------------------- results
 @dataclass
-class ExplanationResult:
-    """What :func:`quick_explain` found.
+class ClassPrediction:
+    """The predicted and the explained class, as every result below carries them.
 
     Attributes:
         predicted_class: the model's top class.
@@ -46,6 +46,21 @@ class ExplanationResult:
         target_class: the class explained (the predicted one unless ``target_class`` given).
         target_name: the explained class's name.
         target_probability: the explained class's probability.
+    """
+
+    predicted_class: int
+    class_name: str
+    probability: float
+    target_class: int
+    target_name: str
+    target_probability: float
+
+
+@dataclass
+class ExplanationResult(ClassPrediction):
+    """What :func:`quick_explain` found (the classes: see :class:`ClassPrediction`).
+
+    Attributes:
         heatmap: ``(H, W)`` float CPU tensor in [0, 1], model-input coordinates.
         method: the registry name of the method used (``"gradcam"``, ``"rollout"``, ...).
         layer: the tapped layer of CAM methods, else ``None``.
@@ -55,12 +70,6 @@ class ExplanationResult:
         figure: the matplotlib figure.
     """
 
-    predicted_class: int
-    class_name: str
-    probability: float
-    target_class: int
-    target_name: str
-    target_probability: float
     heatmap: torch.Tensor = field(repr=False)
     method: str
     layer: str | None
@@ -71,7 +80,7 @@ class ExplanationResult:
 
 
 @dataclass
-class MethodComparison:
+class MethodComparison(ClassPrediction):
     """What :func:`compare_methods` found.
 
     Attributes:
@@ -83,12 +92,6 @@ class MethodComparison:
         curves_figure, curves_path: the insertion/deletion curves (with metrics).
     """
 
-    predicted_class: int
-    class_name: str
-    probability: float
-    target_class: int
-    target_name: str
-    target_probability: float
     heatmaps: dict[str, torch.Tensor] = field(repr=False)
     layers: dict[str, str | None]
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
@@ -115,16 +118,10 @@ class MethodComparison:
 
 
 @dataclass
-class ModelExplanation:
+class ModelExplanation(ClassPrediction):
     """One model's entry in an :class:`ArchitectureComparison`."""
 
     model: str
-    predicted_class: int
-    class_name: str
-    probability: float
-    target_class: int
-    target_name: str
-    target_probability: float
     heatmap: torch.Tensor = field(repr=False)
     method: str
     layer: str | None
