@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .._model_state import explaining
 from ..data import data_config, model_device, model_dtype
 from ..errors import LayerResolutionError
 from .adapter import get_adapter
@@ -57,16 +58,13 @@ def probe_layout(model: nn.Module, layer_name: str, input_size: tuple[int, int, 
     adapter = get_adapter(model)
     layer = adapter.resolve_layers(layer_name)[0]
     probe = torch.zeros(1, *input_size, device=model_device(model), dtype=model_dtype(model))
-    was_training = model.training
-    model.eval()
-    try:
-        with (
-            torch.no_grad(),
-            spatial_tap(model, layer.module, layer.name, adapter.layout_for) as view,
-        ):
-            model(probe)
-    finally:
-        model.train(was_training)
+    # explaining() restores every module's own mode, not just the root's.
+    with (
+        explaining(model),
+        torch.no_grad(),
+        spatial_tap(model, layer.module, layer.name, adapter.layout_for) as view,
+    ):
+        model(probe)
     if view.layout is None:
         raise LayerResolutionError(
             f"Layer '{layer.name}' did not run in the model's forward pass, so it cannot be "
