@@ -1,0 +1,1 @@
+"""Answers built from explanations: error reports, layer hierarchies, sanity checks."""
