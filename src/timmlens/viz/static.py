@@ -254,6 +254,43 @@ def plot_architectures(
     return plot_grid(panels, ncols=ncols, suptitle=suptitle, cmap=cmap, alpha=alpha)
 
 
+def plot_layers(
+    hierarchy: Any,
+    *,
+    images: Sequence[int] | None = None,
+    note: str | None = None,
+    cmap: str = DEFAULT_CMAP,
+    alpha: float = DEFAULT_ALPHA,
+    panel_size: float = 2.4,
+) -> Figure:
+    """A layer hierarchy as a grid: one row per image, the photo then early to late layers.
+
+    Args:
+        hierarchy: a :class:`timmlens.analysis.LayerHierarchy` (from ``explain_layers``).
+        images: which images of the batch to show (default all).
+        note: added to the title, e.g. ``"random weights"``.
+    """
+    rows = list(range(hierarchy.heatmaps.shape[1])) if images is None else list(images)
+    panels = []
+    for i in rows:
+        picture, geometry = hierarchy.pictures[i], hierarchy.geometries[i]
+        head = explanation_title(hierarchy.labels[i], float(hierarchy.probabilities[i]))
+        panels.append(OverlayPanel(picture, None, None, head))
+        for layer, (h, w), maps in zip(
+            hierarchy.layers, hierarchy.grid_sizes, hierarchy.heatmaps, strict=True
+        ):
+            panels.append(OverlayPanel(picture, maps[i], geometry, f"{layer}\n{h}x{w}"))
+    suptitle = explanation_title(None, None, f"{hierarchy.method}, early to late layers", note)
+    return plot_grid(
+        panels,
+        ncols=len(hierarchy.layers) + 1,
+        suptitle=suptitle,
+        cmap=cmap,
+        alpha=alpha,
+        panel_size=panel_size,
+    )
+
+
 def _curve_arrays(result: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(x (T,), y (T,))`` of a curve metric result (the mean curve over a batch)."""
     x, y = result.curve

@@ -2,7 +2,8 @@
 
 * insertion / deletion curves (RISE, Petsiuk et al., BMVC 2018),
 * sensitivity-n (Ancona et al., ICLR 2018),
-* max-sensitivity and infidelity through Captum (Yeh et al., NeurIPS 2019).
+* max-sensitivity and infidelity through Captum (Yeh et al., NeurIPS 2019),
+* the pointing game on boxes or masks (Zhang et al., ECCV 2016).
 
 Example::
 
@@ -15,6 +16,7 @@ Example::
 from ._inputs import TiedHeatmapWarning, prepare_heatmaps
 from .curves import DEFAULT_STEPS, make_substrate, pixel_ranks, step_counts, trapezoid_auc
 from .evaluator import ExplanationMetrics
+from .pointing import PointingResult, pointing_game
 from .results import MetricResult
 from .sensitivity import patch_features, pearson, random_subsets, subset_size
 
@@ -22,11 +24,13 @@ __all__ = [
     "DEFAULT_STEPS",
     "ExplanationMetrics",
     "MetricResult",
+    "PointingResult",
     "TiedHeatmapWarning",
     "make_substrate",
     "patch_features",
     "pearson",
     "pixel_ranks",
+    "pointing_game",
     "prepare_heatmaps",
     "random_subsets",
     "step_counts",
