@@ -48,6 +48,7 @@ def test_example_writes_every_kind_of_output(example, tmp_path, capsys, monkeypa
     expected = [
         "architectures/chelsea.png",
         "heatmaps/test_vit.png",
+        "layers/test_vit.png",
         "quick/test_vit.png",
         "methods/test_vit.png",
         "methods/test_vit_curves.png",

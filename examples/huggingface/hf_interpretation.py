@@ -10,6 +10,7 @@ What it writes to ``--out`` (default ``outputs/demo/``, git-ignored):
 
 * ``architectures/<image>.png`` - GradCAM of every model on each image, side by side;
 * ``heatmaps/<model>.png`` - one model's GradCAM on every image;
+* ``layers/<model>.png`` - GradCAM at every stage, early to late (``explain_layers``);
 * ``quick/<model>.png`` - ``quick_explain`` (the family's best method) on the first image;
 * ``methods/<model>.png`` and ``methods/<model>_curves.png`` - GradCAM, GradCAM++,
   Integrated Gradients, SmoothGrad (and attention rollout for ViTs) on the first image,
@@ -52,7 +53,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from timmlens import ImageClassifier, get_adapter, load_model, prepare_images
+from timmlens import ImageClassifier, explain_layers, get_adapter, load_model, prepare_images
 from timmlens.errors import HubUnavailableError, ModelLoadError
 from timmlens.interpretation import (
     AttentionVisualizer,
@@ -64,7 +65,13 @@ from timmlens.interpretation.metrics import ExplanationMetrics
 from timmlens.interpretation.registry import available_methods, resolve_method
 from timmlens.models import RandomWeightsWarning
 from timmlens.testing import make_explainable
-from timmlens.viz import plot_attention_maps, plot_images, plot_rollout, save_figure
+from timmlens.viz import (
+    plot_attention_maps,
+    plot_images,
+    plot_layers,
+    plot_rollout,
+    save_figure,
+)
 from timmlens.viz.interactive import explanation_html
 
 DEFAULT_MODELS = (
@@ -207,6 +214,13 @@ def architectures_stage(models: list[Model], photos: list[Photo], out: Path) -> 
             note=m.note,
         )
         save_figure(figure, out / "heatmaps" / f"{m.slug}.png")
+
+
+def layers_stage(models: list[Model], photos: list[Photo], out: Path) -> None:
+    """GradCAM at every stage of each model, one row per image: later layers localise better."""
+    for m in tqdm(models, desc="layers", unit="model"):
+        hierarchy = explain_layers(m.model, [p.image for p in photos[:2]])
+        save_figure(plot_layers(hierarchy, note=m.note), out / "layers" / f"{m.slug}.png")
 
 
 def methods_stage(models: list[Model], photo: Photo, out: Path) -> list[dict[str, Any]]:
@@ -361,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     args.out.mkdir(parents=True, exist_ok=True)
     architectures_stage(models, photos, args.out)
+    layers_stage(models, photos, args.out)
     rows = methods_stage(models, photos[0], args.out)
     print("\n" + write_table(rows, args.out))
     list_outputs(args.out)

@@ -1,6 +1,7 @@
 """timmlens: explanations for timm image classifiers, on top of Captum."""
 
 from .adapters import describe, get_adapter
+from .analysis import explain_layers
 from .data import prepare_images
 from .errors import (
     HubUnavailableError,
@@ -29,6 +30,7 @@ __all__ = [
     "__version__",
     "describe",
     "evaluate",
+    "explain_layers",
     "get_adapter",
     "load_model",
     "prepare_images",
