@@ -2,20 +2,39 @@
 
 Every source becomes a list-like of :class:`Sample` (id, image, label) so the
 evaluator can shard it across ranks and resume by id.
+
+Folder labels come from the name of the folder that holds each image. Without a
+:class:`LabelResolver` only integer names are labels (``root/281/cat.jpg`` -> 281) and
+any other name means "no label" (what :func:`timmlens.evaluate` does). With one
+(:func:`label_resolver_for` a model), folders may also be named by class name: the
+model's own ``label_names``, or for 1000-class ImageNet models an ImageNet description,
+any of its comma-separated synonyms, or its WordNet id; an unknown name is an error that
+lists the closest class names.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import TimmLensError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+IMAGENET_NUM_CLASSES = 1000
+_WNID = re.compile(r"^n\d{8}$")
+
+
+class LabelNameError(TimmLensError, ValueError):
+    """A folder (or dataset label) name that is not a class of the model, or names several."""
 
 
 @dataclass(frozen=True)
@@ -33,14 +52,166 @@ class Sample:
     label: int | None
 
 
+def normalize_class_name(name: str) -> str:
+    """The key class names are matched by: lower case, ``_`` as space, single spaces."""
+    return " ".join(str(name).replace("_", " ").split()).lower()
+
+
+class LabelResolver:
+    """Class names (as folder names or dataset labels) -> class indices of one model.
+
+    A name resolves, in this order, as: an integer ``0..num_classes-1``; one of the model's
+    own ``class_names``; and for 1000-class models (``imagenet=True``) an ImageNet WordNet
+    id (``n02123045``), a full ImageNet description (``"tabby, tabby cat"``), its first
+    synonym (``"tabby"``, the name figures show) or any other synonym (``"tabby cat"``).
+    Names match case-insensitively, with ``_`` for spaces. A name that fits several classes
+    at the first level it matches (ImageNet has two classes called ``"crane"``) is an error
+    that says which and how to name them apart.
+
+    Args:
+        num_classes: the model's number of outputs.
+        class_names: the model's own class names (``pretrained_cfg["label_names"]``).
+        imagenet: also accept ImageNet names; default: when ``num_classes == 1000``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        imagenet: bool | None = None,
+    ) -> None:
+        self.num_classes = int(num_classes)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.imagenet = (
+            self.num_classes == IMAGENET_NUM_CLASSES if imagenet is None else bool(imagenet)
+        )
+        # Levels of names, first match wins: key -> the class indices it names.
+        self._levels: list[dict[str, list[int]]] = []
+        self._wnids: dict[int, str] = {}
+        if self.class_names:
+            self._levels.append(_index(enumerate(self.class_names)))
+        if self.imagenet:
+            from timm.data import ImageNetInfo
+
+            info = ImageNetInfo()
+            count = min(info.num_classes(), self.num_classes)
+            descriptions = [info.index_to_description(i) for i in range(count)]
+            synonyms = [[s for s in d.split(",") if s.strip()] for d in descriptions]
+            self._wnids = {i: info.index_to_label_name(i) for i in range(count)}
+            self._levels += [
+                _index(self._wnids.items()),
+                _index(enumerate(descriptions)),
+                _index((i, names[0]) for i, names in enumerate(synonyms)),
+                _index((i, name) for i, names in enumerate(synonyms) for name in names),
+            ]
+
+    def __call__(self, name: str | int) -> int:
+        return self.resolve(name)
+
+    def resolve(self, name: str | int, where: str = "label") -> int:
+        """The class index ``name`` stands for.
+
+        Args:
+            name: an integer (or its text) or a class name.
+            where: what carries the name, for the error message (``"folder 'a/b'"``).
+
+        Raises:
+            LabelNameError: an unknown or ambiguous name, or an index out of range.
+        """
+        if isinstance(name, bool):
+            raise LabelNameError(f"{where}: a label must be a class index or name, got {name}.")
+        text = str(name).strip()
+        if isinstance(name, int) or text.isdigit():
+            index = int(text)
+            if not 0 <= index < self.num_classes:
+                raise LabelNameError(
+                    f"{where}: class {index} is out of range: the model has {self.num_classes} "
+                    f"classes (0..{self.num_classes - 1})."
+                )
+            return index
+        key = normalize_class_name(text)
+        for level in self._levels:
+            indices = level.get(key)
+            if indices and len(indices) == 1:
+                return indices[0]
+            if indices:
+                raise LabelNameError(self._ambiguous(text, indices, where))
+        raise LabelNameError(self._unknown(text, key, where))
+
+    def expected(self) -> str:
+        """What names this resolver accepts, in one sentence for error messages."""
+        parts = [f"class indices 0..{self.num_classes - 1}"]
+        if self.class_names:
+            shown = ", ".join(repr(n) for n in self.class_names[:5])
+            more = f", ... ({len(self.class_names)} in all)" if len(self.class_names) > 5 else ""
+            parts.append(f"the model's class names ({shown}{more})")
+        if self.imagenet:
+            parts.append(
+                "ImageNet class names or any of their synonyms (e.g. 'tabby', 'tiger cat', "
+                "'tabby cat'; case-insensitive, '_' for spaces) or WordNet ids (e.g. 'n02123045')"
+            )
+        return "expected " + ", ".join(parts[:-1]) + (" or " if len(parts) > 1 else "") + parts[-1]
+
+    def _ambiguous(self, text: str, indices: list[int], where: str) -> str:
+        options = []
+        for index in sorted(set(indices)):
+            wnid = self._wnids.get(index)
+            options.append(f"{index}" + (f" ({wnid})" if wnid else ""))
+        return (
+            f"{where}: '{text}' names {len(set(indices))} classes: {', '.join(options)}; "
+            f"name the folder by class index" + (" or WordNet id" if self.imagenet else "") + "."
+        )
+
+    def _unknown(self, text: str, key: str, where: str) -> str:
+        candidates: dict[str, int] = {}
+        for level in self._levels:
+            for name, indices in level.items():
+                candidates.setdefault(name, indices[0])
+        close = difflib.get_close_matches(key, list(candidates), n=5, cutoff=0.6)
+        hint = (
+            " Close matches: " + ", ".join(f"'{n}' ({candidates[n]})" for n in close) + "."
+            if close
+            else ""
+        )
+        return (
+            f"{where}: '{text}' is not a class of this model.{hint} {self.expected().capitalize()}."
+        )
+
+
+def _index(pairs: Any) -> dict[str, list[int]]:
+    """``(index, name)`` pairs -> normalised name -> the indices it names (no repeats)."""
+    table: dict[str, list[int]] = {}
+    for index, name in pairs:
+        key = normalize_class_name(name)
+        if key and index not in table.setdefault(key, []):
+            table[key].append(index)
+    return table
+
+
+def label_resolver_for(model: nn.Module) -> LabelResolver:
+    """The :class:`LabelResolver` of ``model``: its class count, own names, ImageNet names."""
+    from ..interpretation.base import num_outputs
+    from ..interpretation.quick import model_class_names
+
+    return LabelResolver(num_outputs(model), model_class_names(model))
+
+
 class ImageFolderSource(Sequence[Sample]):
     """Image files under ``root`` (recursively, sorted).
 
-    Labels: a file in a sub-folder named by an integer (``root/281/cat.jpg``) gets that
-    class index; other files get no label and are explained for their prediction.
+    Labels come from the name of the folder holding each file. Without ``labels`` a
+    folder named by an integer (``root/281/cat.jpg``) gives that class index and other
+    files get no label (they are explained for their prediction). With a
+    :class:`LabelResolver` every sub-folder must name a class (index, class name, synonym
+    or WordNet id) and an unknown name fails here, before any image is read; files
+    directly in ``root`` have no label.
+
+    Args:
+        root: the image folder.
+        labels: how folder names become classes (see :func:`label_resolver_for`).
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], labels: LabelResolver | None = None) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"Image folder '{self.root}' does not exist.")
@@ -51,24 +222,45 @@ class ImageFolderSource(Sequence[Sample]):
             raise ValueError(
                 f"No image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under '{self.root}'."
             )
+        self.resolver = labels
+        self._folder_labels: dict[Path, int | None] = {}
+        for folder in sorted({p.parent for p in self.files}):
+            self._folder_labels[folder] = self._folder_label(folder)
+
+    def _folder_label(self, folder: Path) -> int | None:
+        if folder == self.root:
+            return None
+        if self.resolver is None:
+            return int(folder.name) if folder.name.isdigit() else None
+        where = f"folder '{folder.relative_to(self.root).as_posix()}'"
+        return self.resolver.resolve(folder.name, where=where)
+
+    @property
+    def labels(self) -> list[int | None]:
+        """The label of every file, in order (no image is read)."""
+        return [self._folder_labels[p.parent] for p in self.files]
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
         path = self.files[index]
-        parent = path.parent.name
-        label = int(parent) if path.parent != self.root and parent.isdigit() else None
+        label = self._folder_labels[path.parent]
         return Sample(path.relative_to(self.root).as_posix(), path, label)
 
 
 class DatasetSource(Sequence[Sample]):
-    """A map-style torch ``Dataset`` yielding ``image`` or ``(image, label)``."""
+    """A map-style torch ``Dataset`` yielding ``image`` or ``(image, label)``.
 
-    def __init__(self, dataset: Dataset) -> None:
+    Labels may be ints, 0-d tensors or ``None``; with a :class:`LabelResolver` also
+    class names (strings).
+    """
+
+    def __init__(self, dataset: Dataset, labels: LabelResolver | None = None) -> None:
         if not hasattr(dataset, "__len__"):
             raise TypeError("evaluate needs a map-style Dataset with __len__ (or a folder).")
         self.dataset = dataset
+        self.resolver = labels
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -78,17 +270,25 @@ class DatasetSource(Sequence[Sample]):
         image, label = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
         if isinstance(label, torch.Tensor):
             label = int(label.item())
+        if label is not None and self.resolver is not None:
+            label = self.resolver.resolve(label, where=f"dataset item {index}")
         return Sample(str(index), image, None if label is None else int(label))
 
 
-def as_source(data: Any) -> Sequence[Sample]:
-    """An image folder path, a ``Dataset`` or a ``DataLoader`` (its dataset) as samples."""
+def as_source(data: Any, labels: LabelResolver | None = None) -> Sequence[Sample]:
+    """An image folder path, a ``Dataset`` or a ``DataLoader`` (its dataset) as samples.
+
+    Args:
+        data: the images.
+        labels: how class names become indices (folders named by class, string labels);
+            ``None`` keeps integer labels only.
+    """
     if isinstance(data, (str, os.PathLike)):
-        return ImageFolderSource(data)
+        return ImageFolderSource(data, labels)
     if isinstance(data, DataLoader):
-        return DatasetSource(data.dataset)
+        return DatasetSource(data.dataset, labels)
     if isinstance(data, Dataset):
-        return DatasetSource(data)
+        return DatasetSource(data, labels)
     raise TypeError(
         f"data must be an image folder path, a torch Dataset or a DataLoader, "
         f"got {type(data).__name__}."

@@ -238,12 +238,7 @@ def _curve_metrics(
     from .metrics import ExplanationMetrics
 
     metrics = ExplanationMetrics(model, steps=steps)
-    if hasattr(metrics, "curves"):
-        return dict(metrics.curves(inputs, heatmap, target_class=target))
-    return {
-        "insertion": metrics.insertion(inputs, heatmap, target_class=target),
-        "deletion": metrics.deletion(inputs, heatmap, target_class=target),
-    }
+    return dict(metrics.curves(inputs, heatmap, target_class=target))
 
 
 def _class_fields(
