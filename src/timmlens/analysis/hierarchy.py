@@ -15,7 +15,6 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .._model_state import explaining
 from ..adapters import get_adapter
 from ..data import ImageGeometry, ImagesInput, denormalize, prepare_images
 from ..errors import LayerResolutionError
@@ -160,8 +159,8 @@ def explain_layers(
     targets = explainer.last_targets
     size = (int(batch.tensor.shape[-2]), int(batch.tensor.shape[-1]))
     heatmaps = torch.stack([normalize_maps(upsample_maps(m, size)) for m in raw_maps])
-    with explaining(model), torch.no_grad():
-        logits = model(batch.tensor)
+    # The logits of the CAM's own forward pass: no second forward for the probabilities.
+    logits = explainer.last_logits
     probabilities = logits.float().softmax(-1).gather(1, targets.view(-1, 1).to(logits.device))
     pictures = [
         original if original is not None else denormalize(batch.tensor[i : i + 1], model)[0]

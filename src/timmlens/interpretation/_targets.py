@@ -67,7 +67,8 @@ class TargetScore(torch.nn.Module):
     With ``targets=None`` each image's predicted class is used, chosen inside the same
     forward pass: the argmax is piecewise constant, so the gradient of the selected
     logit is exactly the gradient for the predicted class, at the cost of one forward.
-    The classes used by the last call are kept in ``last_targets``.
+    The classes used by the last call are kept in ``last_targets``, its logits
+    (detached) in ``last_logits``.
     """
 
     def __init__(self, model: torch.nn.Module, targets: list[int] | None) -> None:
@@ -75,6 +76,7 @@ class TargetScore(torch.nn.Module):
         self.model = model
         self.targets = targets
         self.last_targets: torch.Tensor | None = None
+        self.last_logits: torch.Tensor | None = None
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         logits = self.model(inputs)
@@ -90,4 +92,5 @@ class TargetScore(torch.nn.Module):
                     f"pass targets through Captum's additional_forward_args instead."
                 )
         self.last_targets = chosen
+        self.last_logits = logits.detach()
         return logits.gather(1, chosen[:, None])[:, 0]

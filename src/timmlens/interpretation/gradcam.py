@@ -144,6 +144,8 @@ class _LayerCAM(Explainer):
         self.relu = relu
         self.normalize = normalize
         self.interpolate: InterpolationMode = interpolate
+        #: ``(B, num_classes)`` logits of the last call's forward pass, detached
+        self.last_logits: torch.Tensor | None = None
 
     def __repr__(self) -> str:
         layers = ", ".join(layer.name for layer in self.layers)
@@ -245,6 +247,7 @@ class _LayerCAM(Explainer):
                     f"block (its norm1) or {', '.join(self.adapter.recommended_layers[1:3])}."
                 ) from exc
         self.last_targets = score.last_targets
+        self.last_logits = score.last_logits
         return [m.detach() for m in maps]
 
     def _layer_maps_from_views(
