@@ -1,7 +1,7 @@
 """timmlens: explanations for timm image classifiers, on top of Captum."""
 
 from .adapters import describe, get_adapter
-from .analysis import explain_layers
+from .analysis import data_randomization_test, explain_layers, parameter_randomization_test
 from .data import prepare_images
 from .errors import (
     HubUnavailableError,
@@ -28,10 +28,12 @@ __all__ = [
     "UnsupportedModelError",
     "WeightsMismatchError",
     "__version__",
+    "data_randomization_test",
     "describe",
     "evaluate",
     "explain_layers",
     "get_adapter",
     "load_model",
+    "parameter_randomization_test",
     "prepare_images",
 ]

@@ -11,6 +11,7 @@ from typing import Any
 
 from .arrays import heatmap_on_picture, picture_array
 from .labels import class_label, explanation_title, imagenet_class_names
+from .sanity_plots import plot_randomization
 from .static import (
     OverlayPanel,
     draw_overlay,
@@ -47,6 +48,7 @@ __all__ = [
     "plot_layers",
     "plot_methods",
     "plot_overlay",
+    "plot_randomization",
     "plot_rollout",
     "save_figure",
     "write_html",

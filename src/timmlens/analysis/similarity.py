@@ -1,0 +1,192 @@
+"""How alike two explanations are: per-image similarity of two batches of heatmaps.
+
+The metrics of Adebayo et al., "Sanity Checks for Saliency Maps" (NeurIPS 2018):
+
+* **Spearman rank correlation** of the flattened maps (``spearman``), and of their
+  absolute values (``spearman_abs``; for unsigned maps, such as GradCAM or IG with
+  ``signed=False``, both are the same);
+* **SSIM** (structural similarity) of the maps min-max normalised to ``[0, 1]``.
+
+Every function takes two batches ``(B, H, W)`` on any device and returns one value per
+image, ``(B,)``, on the inputs' device.
+
+Conventions, stated once:
+
+* **Ties** (GradCAM maps have many exact zeros) get the average of the ranks they span,
+  as :func:`scipy.stats.spearmanr` does; Spearman's rho is then Pearson's correlation of
+  these average ranks. The ranks are computed here, exactly (``int64``), batched:
+  ``torchmetrics.functional.spearman_corrcoef`` averages ties too, but sums the ranks of
+  a tie group in ``int32``, which overflows once a group exceeds 65,535 pixels (e.g. 60 %
+  zeros of a 384 x 384 map) and then returns wrong values; it also returns 0 for a
+  constant map. The correlation of the ranks is ``torchmetrics.functional.
+  pearson_corrcoef``. Agreement with ``spearman_corrcoef`` (where it is right) and with
+  scipy is tested.
+* **A constant map** (all pixels equal, e.g. an all-zero GradCAM) has no ranking, so its
+  Spearman correlation with anything is undefined: the result is ``NaN`` for that image
+  (never 0, never a warning). Aggregate with ``torch.nanmean`` and count the ``NaN``s.
+* **SSIM** is ``torchmetrics.functional.structural_similarity_index_measure`` with a
+  Gaussian window (``sigma = 1.5``, 11 x 11), ``data_range = 1``, ``K1 = 0.01``,
+  ``K2 = 0.03``, on maps min-max normalised per image. The mean is taken over the pixels
+  whose window lies inside the map, i.e. a 5-pixel border is left out, as in Wang et
+  al.'s reference code and ``skimage.metrics.structural_similarity`` (which Adebayo et
+  al. used). torchmetrics' own mean also averages the border, where its windows reach
+  into reflect padding; that number differs slightly from the reference, so it is not
+  used. A constant map normalises to all zeros (:func:`~timmlens.interpretation.base.
+  normalize_maps`): two constant maps have SSIM 1, a constant and a structured map a low
+  SSIM. Maps must be at least 11 x 11 pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.functional.image import structural_similarity_index_measure
+from torchmetrics.functional.regression import pearson_corrcoef
+
+from ..interpretation.base import normalize_maps
+
+#: SSIM window: Gaussian with this sigma, 11 x 11 (torchmetrics' and skimage's rule
+#: ``2 * int(3.5 * sigma + 0.5) + 1``).
+SSIM_SIGMA = 1.5
+SSIM_KERNEL_SIZE = 11
+#: Pixels left out at each border when averaging the SSIM map.
+SSIM_BORDER = (SSIM_KERNEL_SIZE - 1) // 2
+
+METRICS: tuple[str, ...] = ("spearman", "spearman_abs", "ssim")
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate two heatmap batches and return them as ``(B, H, W)`` tensors."""
+    for name, maps in (("reference", a), ("other", b)):
+        if not isinstance(maps, torch.Tensor):
+            raise TypeError(f"{name} heatmaps must be a torch tensor, got {type(maps).__name__}.")
+        if maps.ndim != 3:
+            raise ValueError(
+                f"{name} heatmaps have shape {tuple(maps.shape)}; expected a batch (B, H, W) "
+                f"(use maps[None] for one (H, W) map)."
+            )
+    if a.shape != b.shape:
+        raise ValueError(
+            f"heatmap batches differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}; compare "
+            f"maps of the same images at the same input size."
+        )
+    if a.shape[0] == 0 or a.shape[1] == 0 or a.shape[2] == 0:
+        raise ValueError(f"heatmap batches of shape {tuple(a.shape)} are empty.")
+    if a.device != b.device:
+        raise ValueError(f"heatmaps on different devices: {a.device} and {b.device}.")
+    for name, maps in (("reference", a), ("other", b)):
+        if not torch.isfinite(maps).all():
+            raise ValueError(f"{name} heatmaps contain NaN or inf; similarity is undefined.")
+    return a, b
+
+
+def _float_dtype(device: torch.device) -> torch.dtype:
+    # float64 where the device has it (MPS does not).
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Ranks along the last dimension, ties averaged: ``(B, N)`` -> ``(B, N)`` (1-based).
+
+    Equal values get the mean of the ranks they span, like ``scipy.stats.rankdata``
+    (``method="average"``): ``[0, 0, 5, 2]`` -> ``[1.5, 1.5, 4, 3]``. Exact for any
+    ``N`` (positions are ``int64``); the result is float64 (float32 on MPS).
+    """
+    n = values.shape[-1]
+    sorted_values, order = values.sort(dim=-1)
+    positions = torch.arange(n, device=values.device).expand_as(order)
+    # A tie group runs from its first position (where the value changes) to its last.
+    starts_group = torch.ones_like(order, dtype=torch.bool)
+    starts_group[..., 1:] = sorted_values[..., 1:] != sorted_values[..., :-1]
+    ends_group = torch.ones_like(order, dtype=torch.bool)
+    ends_group[..., :-1] = starts_group[..., 1:]
+    first = torch.where(starts_group, positions, 0).cummax(dim=-1).values
+    last = torch.where(ends_group, positions, n).flip(-1).cummin(dim=-1).values.flip(-1)
+    mean_rank = (first + last).to(_float_dtype(values.device)) / 2 + 1
+    return torch.empty_like(mean_rank).scatter_(-1, order, mean_rank)
+
+
+def _is_constant(flat: torch.Tensor) -> torch.Tensor:
+    """``(B, N)`` -> ``(B,)`` bool: every entry of the row equals the first."""
+    return (flat == flat[:, :1]).all(dim=1)
+
+
+def spearman_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation of two heatmap batches, per image.
+
+    Args:
+        a: ``(B, H, W)`` reference maps.
+        b: ``(B, H, W)`` maps to compare, same shape and device.
+
+    Returns:
+        ``(B,)`` float32 in ``[-1, 1]`` on the inputs' device; ``NaN`` where either map
+        is constant (no ranking to correlate). Ties get average ranks.
+    """
+    a, b = _check_pair(a, b)
+    flat_a, flat_b = a.flatten(1), b.flatten(1)
+    constant = _is_constant(flat_a) | _is_constant(flat_b)
+    result = torch.full((a.shape[0],), float("nan"), device=a.device, dtype=torch.float32)
+    keep = ~constant
+    if keep.any():
+        ranks_a = average_ranks(flat_a[keep])
+        ranks_b = average_ranks(flat_b[keep])
+        rho = pearson_corrcoef(ranks_a.T, ranks_b.T)  # (N, K) columns are images
+        result[keep] = rho.reshape(-1).clamp(-1, 1).to(torch.float32)
+    return result
+
+
+def ssim_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Structural similarity of two heatmap batches, per image.
+
+    Each map is min-max normalised to ``[0, 1]`` first (a constant map becomes zeros);
+    then SSIM with an 11 x 11 Gaussian window (sigma 1.5), ``data_range=1``, averaged
+    over the pixels at least 5 from the border (see the module docstring).
+
+    Args:
+        a: ``(B, H, W)`` reference maps, ``H, W >= 11``.
+        b: ``(B, H, W)`` maps to compare.
+
+    Returns:
+        ``(B,)`` float32 on the inputs' device; 1 for identical maps.
+    """
+    a, b = _check_pair(a, b)
+    height, width = a.shape[-2:]
+    if height < SSIM_KERNEL_SIZE or width < SSIM_KERNEL_SIZE:
+        raise ValueError(
+            f"SSIM needs maps of at least {SSIM_KERNEL_SIZE} x {SSIM_KERNEL_SIZE} pixels (its "
+            f"Gaussian window), got {height} x {width}; compare maps at the input resolution."
+        )
+    norm_a = normalize_maps(a.float())[:, None]
+    norm_b = normalize_maps(b.float())[:, None]
+    _, full = structural_similarity_index_measure(
+        norm_a,
+        norm_b,
+        gaussian_kernel=True,
+        sigma=SSIM_SIGMA,
+        kernel_size=SSIM_KERNEL_SIZE,
+        data_range=1.0,
+        k1=0.01,
+        k2=0.03,
+        reduction="none",
+        return_full_image=True,
+    )
+    inner = full[..., SSIM_BORDER : height - SSIM_BORDER, SSIM_BORDER : width - SSIM_BORDER]
+    return inner.flatten(1).mean(dim=1).to(torch.float32)
+
+
+def map_similarity(reference: torch.Tensor, other: torch.Tensor) -> dict[str, torch.Tensor]:
+    """All similarity metrics of two heatmap batches, per image.
+
+    Args:
+        reference: ``(B, H, W)`` maps, e.g. of the original model.
+        other: ``(B, H, W)`` maps, e.g. of a randomised model; same shape and device.
+
+    Returns:
+        ``{"spearman": (B,), "spearman_abs": (B,), "ssim": (B,)}`` float32 tensors on the
+        inputs' device. Spearman values are ``NaN`` where a map is constant.
+    """
+    reference, other = _check_pair(reference, other)
+    return {
+        "spearman": spearman_per_image(reference, other),
+        "spearman_abs": spearman_per_image(reference.abs(), other.abs()),
+        "ssim": ssim_per_image(reference, other),
+    }
