@@ -13,7 +13,13 @@ from timmlens.cli import main
 
 
 def test_help_for_every_command(capsys):
-    for argv in (["--help"], ["explain", "--help"], ["evaluate", "--help"], ["layers", "--help"]):
+    for argv in (
+        ["--help"],
+        ["explain", "--help"],
+        ["evaluate", "--help"],
+        ["report", "--help"],
+        ["layers", "--help"],
+    ):
         with pytest.raises(SystemExit) as stop:
             main(argv)
         assert stop.value.code == 0

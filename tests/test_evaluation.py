@@ -121,7 +121,10 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
                            out=sys.argv[1], batch_size=1, metric_options={"steps": 8},
                            progress=False)
         import torch.distributed as dist
-        print("RANK", dist.get_rank() if dist.is_initialized() else 0, summary.n_images)
+        print("RANK", dist.get_rank() if dist.is_initialized() else 0, summary.n_images,
+              flush=True)
+        if dist.is_initialized():  # exiting with a live gloo group can abort (SIGABRT)
+            dist.destroy_process_group()
     """)
     )
     env_cmd = [

@@ -1,7 +1,12 @@
 """timmlens: explanations for timm image classifiers, on top of Captum."""
 
 from .adapters import describe, get_adapter
-from .analysis import data_randomization_test, explain_layers, parameter_randomization_test
+from .analysis import (
+    data_randomization_test,
+    error_report,
+    explain_layers,
+    parameter_randomization_test,
+)
 from .data import prepare_images
 from .errors import (
     HubUnavailableError,
@@ -30,6 +35,7 @@ __all__ = [
     "__version__",
     "data_randomization_test",
     "describe",
+    "error_report",
     "evaluate",
     "explain_layers",
     "get_adapter",

@@ -1,4 +1,4 @@
-"""The ``timmlens`` command: explain images, evaluate a dataset, describe a model.
+"""The ``timmlens`` command: explain images, evaluate a dataset, report errors, describe a model.
 
 User errors (bad model spec, missing file, unknown method) print one line and exit
 with status 2; the logic lives in the library, the CLI only parses and reports.
@@ -67,6 +67,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--format", default="jsonl", choices=["jsonl", "csv"])
     evaluate.add_argument("--no-resume", action="store_true", help="start the rows file afresh")
+
+    report = commands.add_parser(
+        "report",
+        help="error analysis of labelled images (HTML + JSON)",
+        description=(
+            "Predict every labelled image, find the errors, explain each for the predicted "
+            "and the true class, and write one self-contained HTML report and a JSON summary."
+        ),
+    )
+    report.add_argument(
+        "data",
+        help="image folder whose sub-folders name the classes (index, class name, "
+        "WordNet id); files directly in it have no label and are skipped",
+    )
+    report.add_argument("--model", default="bundled:efficientnet_lite0")
+    report.add_argument("--out", default="report.html", help="HTML file (JSON written next to it)")
+    report.add_argument("--method", default="gradcam", choices=sorted(METHODS))
+    report.add_argument("--batch-size", type=int, default=8)
+    report.add_argument(
+        "--max-examples", type=int, default=100, help="errors drawn in the gallery (JSON: all)"
+    )
+    report.add_argument(
+        "--top-pairs", type=int, default=10, help="rows of the confusion-pair table"
+    )
 
     layers = commands.add_parser(
         "layers",
@@ -140,6 +164,23 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     print(f"rows: {summary.rows_path}\nsummary: {summary.summary_path}")
 
 
+def _run_report(args: argparse.Namespace) -> None:
+    from .analysis.error_report import error_report
+
+    model = _load(args.model)
+    result = error_report(
+        model,
+        args.data,
+        args.out,
+        method=args.method,
+        batch_size=args.batch_size,
+        max_examples=args.max_examples,
+        top_pairs=args.top_pairs,
+    )
+    print(result)
+    print(f"html: {result.html_path}\njson: {result.json_path}")
+
+
 def _run_layers(args: argparse.Namespace) -> None:
     from .adapters import describe
 
@@ -148,7 +189,12 @@ def _run_layers(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    run = {"explain": _run_explain, "evaluate": _run_evaluate, "layers": _run_layers}
+    run = {
+        "explain": _run_explain,
+        "evaluate": _run_evaluate,
+        "report": _run_report,
+        "layers": _run_layers,
+    }
     try:
         run[args.command](args)
     except (TimmLensError, ValueError, FileNotFoundError) as exc:

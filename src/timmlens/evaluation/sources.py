@@ -139,7 +139,7 @@ class LabelResolver:
         raise LabelNameError(self._unknown(text, key, where))
 
     def expected(self) -> str:
-        """What names this resolver accepts, in one sentence for error messages."""
+        """What names this resolver accepts, as the end of a sentence ("Expected ...")."""
         parts = [f"class indices 0..{self.num_classes - 1}"]
         if self.class_names:
             shown = ", ".join(repr(n) for n in self.class_names[:5])
@@ -147,10 +147,11 @@ class LabelResolver:
             parts.append(f"the model's class names ({shown}{more})")
         if self.imagenet:
             parts.append(
-                "ImageNet class names or any of their synonyms (e.g. 'tabby', 'tiger cat', "
-                "'tabby cat'; case-insensitive, '_' for spaces) or WordNet ids (e.g. 'n02123045')"
+                "ImageNet class names or synonyms (e.g. 'tabby', 'tabby cat', 'tiger cat'; "
+                "case-insensitive, '_' for spaces)"
             )
-        return "expected " + ", ".join(parts[:-1]) + (" or " if len(parts) > 1 else "") + parts[-1]
+            parts.append("WordNet ids (e.g. 'n02123045')")
+        return ", ".join(parts[:-1]) + (", or " if len(parts) > 1 else "") + parts[-1]
 
     def _ambiguous(self, text: str, indices: list[int], where: str) -> str:
         options = []
@@ -159,7 +160,7 @@ class LabelResolver:
             options.append(f"{index}" + (f" ({wnid})" if wnid else ""))
         return (
             f"{where}: '{text}' names {len(set(indices))} classes: {', '.join(options)}; "
-            f"name the folder by class index" + (" or WordNet id" if self.imagenet else "") + "."
+            f"use the class index" + (" or WordNet id" if self.imagenet else "") + " instead."
         )
 
     def _unknown(self, text: str, key: str, where: str) -> str:
@@ -173,9 +174,7 @@ class LabelResolver:
             if close
             else ""
         )
-        return (
-            f"{where}: '{text}' is not a class of this model.{hint} {self.expected().capitalize()}."
-        )
+        return f"{where}: '{text}' is not a class of this model.{hint} Expected {self.expected()}."
 
 
 def _index(pairs: Any) -> dict[str, list[int]]:
