@@ -1,9 +1,10 @@
-"""The main example runs end to end (tiny random model, one photo) and labels random weights."""
+"""The examples run end to end (tiny settings) and label random weights."""
 
 from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -73,3 +74,40 @@ def test_example_writes_every_kind_of_output(example, tmp_path, capsys, monkeypa
     assert "random weights" in (out / "interactive" / "test_vit.html").read_text(encoding="utf-8")
     printed = capsys.readouterr().out
     assert "metrics.csv" in printed and "| model |" in printed
+
+
+TRUST = Path(__file__).parents[1] / "examples" / "debugging" / "trust_checks.py"
+
+
+@pytest.fixture(scope="module")
+def trust_example():
+    spec = importlib.util.spec_from_file_location("trust_checks", TRUST)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def test_trust_example_writes_report_layers_and_sanity(trust_example, tmp_path, monkeypatch):
+    # Two units and two IG steps: this checks the plumbing, the real run is in the docs.
+    monkeypatch.setattr(trust_example, "SANITY_LAYERS", ["head", "backbone.blocks.6"])
+    out = tmp_path / "trust"
+    code = trust_example.main(["--out", str(out), "--vit", "test_vit", "--ig-steps", "2"])
+    assert code == 0
+    for name in [
+        "report.html",
+        "report.json",
+        "layers/efficientnet_lite0.png",
+        "layers/test_vit.png",
+        "sanity/randomization.txt",
+        "sanity/gradcam.png",
+        "sanity/ig.png",
+    ]:
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert summary["counts"]["images"] == 12 and summary["counts"]["errors"] > 0
+    table = (out / "sanity" / "randomization.txt").read_text(encoding="utf-8")
+    assert "backbone.blocks.6" in table and "ig" in table
