@@ -11,6 +11,7 @@ from .data import prepare_images
 from .errors import (
     HubUnavailableError,
     ImageInputError,
+    LabelNameError,
     LayerResolutionError,
     ModelLoadError,
     TimmLensError,
@@ -27,6 +28,7 @@ __all__ = [
     "HubUnavailableError",
     "ImageClassifier",
     "ImageInputError",
+    "LabelNameError",
     "LayerResolutionError",
     "ModelLoadError",
     "TimmLensError",

@@ -34,3 +34,7 @@ class LayerResolutionError(TimmLensError, ValueError):
 
 class UnsupportedModelError(TimmLensError, ValueError):
     """A method does not apply to this model family (e.g. attention rollout on a CNN)."""
+
+
+class LabelNameError(TimmLensError, ValueError):
+    """A folder or dataset label that names no class of the model, or several."""

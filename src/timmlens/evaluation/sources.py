@@ -26,15 +26,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import TimmLensError
+from ..errors import LabelNameError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 IMAGENET_NUM_CLASSES = 1000
 _WNID = re.compile(r"^n\d{8}$")
-
-
-class LabelNameError(TimmLensError, ValueError):
-    """A folder (or dataset label) name that is not a class of the model, or names several."""
 
 
 @dataclass(frozen=True)
