@@ -440,3 +440,12 @@ def test_plot_randomization(cascade, photos):
     assert len(fig.axes[0].get_lines()) == 2
     with pytest.raises(ValueError, match="no method 'rollout'"):
         plot_randomization(cascade, method="rollout")
+
+
+def test_chance_level_is_the_similarity_of_different_images(cascade):
+    method = cascade.methods[0]
+    original = cascade.original[method]
+    expected = torch.nanmean(map_similarity(original, original.roll(1, dims=0))["ssim"])
+    assert cascade.chance(method, "ssim") == pytest.approx(float(expected))
+    assert -1 <= cascade.chance(method) <= 1
+    assert "chance level" in cascade.summary()

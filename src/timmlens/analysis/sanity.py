@@ -252,8 +252,23 @@ class RandomizationResult:
             )
         return math.isnan(last) or last <= reference - margin
 
+    def chance(self, method: str, metric: str = "spearman") -> float:
+        """Similarity of unrelated maps: each image's original map against the next image's.
+
+        The floor the curves are read against: maps of different images share only what
+        the method and architecture impose on every map (a centre bias, border effects),
+        so randomised maps that sink to this level kept nothing image-specific. Mean over
+        the ``B`` pairs (image ``i`` with image ``i + 1``, cyclically); NaN for one image.
+        """
+        self._check(method, metric)
+        original = self.original[method]
+        if original.shape[0] < 2:
+            return math.nan
+        shifted = original.roll(1, dims=0)
+        return float(_nanmean(map_similarity(original, shifted)[metric], dim=0))
+
     def summary(self) -> str:
-        """A text table of :meth:`table` with a verdict per method."""
+        """A text table of :meth:`table` with the chance level and a verdict per method."""
         mode = "cascading" if self.cascading else "independent"
         head = (
             f"Model parameter randomisation ({mode}), {self.targets.numel()} image(s), "
@@ -263,7 +278,8 @@ class RandomizationResult:
         verdicts = [
             f"{method}: Spearman {'falls' if self.falls(method) else 'does NOT fall'}, "
             f"SSIM {'falls' if self.falls(method, 'ssim') else 'does NOT fall'} "
-            f"(rule: last step <= step 0 - 0.5)"
+            f"(rule: last step <= step 0 - 0.5); chance level (maps of different images): "
+            f"Spearman {self.chance(method):.3f}, SSIM {self.chance(method, 'ssim'):.3f}"
             for method in self.methods
             if not math.isnan(float(self.mean(method)[0]))
         ]
