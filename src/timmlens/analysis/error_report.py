@@ -357,7 +357,8 @@ def explain_errors(
     Args:
         explainer: any explainer (``GradCAM(model)``, ...).
         inputs: ``(E, C, H, W)`` preprocessed error images.
-        predicted, true: ``E`` class indices each.
+        predicted: ``E`` predicted class indices.
+        true: ``E`` true class indices.
 
     Returns:
         ``(predicted_maps (E, H, W), true_maps (E, H, W))`` on the model's device.
