@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from typing import Any
 
 import numpy as np
@@ -103,3 +105,25 @@ def value_range(heatmap: np.ndarray, percentile: float = 99.5) -> tuple[float, f
     if float(np.nanmin(heatmap)) < 0:
         return -top, top
     return 0.0, top
+
+
+def scaled_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """``(height, width)`` shrunk (never enlarged) so the long side is at most ``max_side``."""
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def downscaled(picture: np.ndarray, max_side: int) -> np.ndarray:
+    """An ``(h, w, 3)`` uint8 picture resized (Lanczos) to :func:`scaled_size`."""
+    height, width = scaled_size(*picture.shape[:2], max_side)
+    if (height, width) == picture.shape[:2]:
+        return picture
+    resized = Image.fromarray(picture).resize((width, height), Image.Resampling.LANCZOS)
+    return np.asarray(resized)
+
+
+def jpeg_data_uri(picture: np.ndarray, quality: int = 90) -> str:
+    """An ``(h, w, 3)`` uint8 picture as a ``data:image/jpeg;base64,...`` URI."""
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -13,19 +13,25 @@ plotly is an optional dependency: ``pip install "timmlens[interactive]"``.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ..data import ImageGeometry
-from .arrays import HeatmapLike, PictureLike, heatmap_on_picture, picture_array, value_range
+from .arrays import (
+    HeatmapLike,
+    PictureLike,
+    downscaled,
+    heatmap_on_picture,
+    jpeg_data_uri,
+    picture_array,
+    scaled_size,
+    value_range,
+)
 from .labels import explanation_title
 
 COLORSCALES = ("Jet", "Viridis", "Inferno", "Hot", "Greys", "RdBu")
@@ -89,22 +95,6 @@ def _template_safe(text: str) -> str:
 
 
 # ------------------------------------------------------------------ pictures
-def _scaled_size(height: int, width: int, max_side: int) -> tuple[int, int]:
-    scale = min(1.0, max_side / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def _image_source(picture: np.ndarray, max_side: int) -> str:
-    """The photo as a JPEG data URI (quality 90), at most ``max_side`` pixels on its long side."""
-    image = Image.fromarray(picture)
-    height, width = _scaled_size(*picture.shape[:2], max_side)
-    if (height, width) != picture.shape[:2]:
-        image = image.resize((width, height), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _sample(grid: np.ndarray, height: int, width: int) -> np.ndarray:
     """Nearest-neighbour sample of ``grid`` ``(H0, W0)`` -> ``(height, width)`` (NaN kept)."""
     rows = np.minimum(
@@ -125,12 +115,12 @@ def _pixel_axis(count: int, full: int) -> dict[str, float]:
 def _base_figure(picture: np.ndarray, max_image_side: int) -> Any:
     go = require_plotly()
     height, width = picture.shape[:2]
-    shown_h, shown_w = _scaled_size(height, width, max_image_side)
+    shown_h, shown_w = scaled_size(height, width, max_image_side)
     xs, ys = _pixel_axis(shown_w, width), _pixel_axis(shown_h, height)
     fig = go.Figure()
     fig.add_trace(
         go.Image(
-            source=_image_source(picture, max_image_side),
+            source=jpeg_data_uri(downscaled(picture, max_image_side), quality=90),
             x0=xs["start"],
             dx=xs["step"],
             y0=ys["start"],
@@ -164,7 +154,7 @@ def _heat_trace(
     finite = full[np.isfinite(full)]
     if stretch and finite.size and float(finite.max()) > float(finite.min()):
         zmin, zmax = float(finite.min()), float(finite.max())
-    small = _sample(full, *_scaled_size(height, width, max_side)).astype(np.float32)
+    small = _sample(full, *scaled_size(height, width, max_side)).astype(np.float32)
     xs, ys = _pixel_axis(small.shape[1], width), _pixel_axis(small.shape[0], height)
     return go.Heatmap(
         z=np.round(small, 4),

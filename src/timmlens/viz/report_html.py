@@ -15,19 +15,24 @@ pictures as arrays and heatmaps in model-input coordinates.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import io
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
-from PIL import Image
 
 from ..data import ImageGeometry
-from .arrays import HeatmapLike, PictureLike, heatmap_on_picture, picture_array, value_range
+from .arrays import (
+    HeatmapLike,
+    PictureLike,
+    downscaled,
+    heatmap_on_picture,
+    jpeg_data_uri,
+    picture_array,
+    value_range,
+)
 from .interactive import escape
 from .labels import format_probability
 
@@ -82,15 +87,9 @@ def display_picture(
     Returns:
         ``(picture (h, w, 3) uint8, geometry or None)``.
     """
-    picture = picture_array(image)
-    height, width = picture.shape[:2]
-    scale = min(1.0, max_side / max(height, width))
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    if size != (height, width):
-        small = Image.fromarray(picture).resize((size[1], size[0]), Image.Resampling.LANCZOS)
-        picture = np.asarray(small)
+    picture = downscaled(picture_array(image), max_side)
     if geometry is not None:
-        geometry = dataclasses.replace(geometry, original_size=size)
+        geometry = dataclasses.replace(geometry, original_size=picture.shape[:2])
     return picture, geometry
 
 
@@ -123,17 +122,11 @@ def overlay_array(
     return np.round(out).clip(0, 255).astype(np.uint8)
 
 
-def jpeg_data_uri(picture: np.ndarray, quality: int = JPEG_QUALITY) -> str:
-    """An ``(h, w, 3)`` uint8 picture as a ``data:image/jpeg;base64,...`` URI."""
-    buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _figure(picture: np.ndarray, caption: str, css: str, alt: str) -> str:
     height, width = picture.shape[:2]
+    source = jpeg_data_uri(picture, JPEG_QUALITY)
     return (
-        f'<figure><img src="{jpeg_data_uri(picture)}" width="{width}" height="{height}" '
+        f'<figure><img src="{source}" width="{width}" height="{height}" '
         f'alt="{escape(alt)}"><figcaption class="{css}">{escape(caption)}</figcaption></figure>'
     )
 
