@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .._model_state import explaining
-from ..data import denormalize, prepare_images
+from ..data import picture_of, prepare_images
 from ..evaluation.distributed import (
     broadcast_from_rank0,
     gather_to_rank0,
@@ -390,9 +390,7 @@ def _cards(
     predicted_maps, true_maps = predicted_maps.detach().cpu(), true_maps.detach().cpu()
     out = []
     for k, error in enumerate(errors):
-        picture = batch.originals[k]
-        if picture is None:  # a tensor input: show the model's view of it
-            picture = denormalize(batch.tensor[k : k + 1], model)[0].cpu()
+        picture = picture_of(batch, k, model)
         card = {
             "id": error["id"],
             "html": render_card(

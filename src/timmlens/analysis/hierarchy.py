@@ -16,15 +16,17 @@ import torch
 from torch import nn
 
 from ..adapters import get_adapter
-from ..data import ImageGeometry, ImagesInput, denormalize, prepare_images
+from ..data import ImageGeometry, ImagesInput, picture_of, prepare_images
 from ..errors import LayerResolutionError
 from ..interpretation._targets import TargetInput
 from ..interpretation.base import normalize_maps
-from ..interpretation.gradcam import GradCAM, GradCAMPlusPlus, upsample_maps
+from ..interpretation.gradcam import upsample_maps
 from ..interpretation.quick import class_name_of
+from ..interpretation.registry import create_explainer, resolve_method
 
 CamMethod = Literal["gradcam", "gradcam++"]
-_CAM_CLASSES = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "gradcampp": GradCAMPlusPlus}
+#: Registry names of the methods that explain a layer.
+_CAM_METHODS = ("gradcam", "gradcampp")
 
 
 @dataclass
@@ -144,8 +146,7 @@ def explain_layers(
     Returns:
         A :class:`LayerHierarchy`; ``heatmaps`` is ``(L, B, H, W)``, each map in [0, 1].
     """
-    cam_class = _CAM_CLASSES.get(method.lower())
-    if cam_class is None:
+    if resolve_method(method).name not in _CAM_METHODS:
         raise ValueError(
             f"explain_layers supports the CAM methods gradcam and gradcam++, got {method!r}; "
             f"other methods explain the input pixels, not a layer."
@@ -153,7 +154,7 @@ def explain_layers(
     names = list(layers) if layers is not None else hierarchy_layers(model)
     if not names:
         raise ValueError("layers is empty: give at least one layer, or None for the stages.")
-    explainer = cam_class(model, target_layer=names)
+    explainer = create_explainer(method, model, target_layer=names)
     batch = prepare_images(images, model)
     raw_maps = explainer.attribute_layers(batch.tensor, target_class)
     targets = explainer.last_targets
@@ -162,10 +163,6 @@ def explain_layers(
     # The logits of the CAM's own forward pass: no second forward for the probabilities.
     logits = explainer.last_logits
     probabilities = logits.float().softmax(-1).gather(1, targets.view(-1, 1).to(logits.device))
-    pictures = [
-        original if original is not None else denormalize(batch.tensor[i : i + 1], model)[0]
-        for i, original in enumerate(batch.originals)
-    ]
     return LayerHierarchy(
         layers=explainer.layer_names,
         grid_sizes=[(int(m.shape[-2]), int(m.shape[-1])) for m in raw_maps],
@@ -175,7 +172,7 @@ def explain_layers(
         labels=[class_name_of(model, int(t)) for t in targets],
         probabilities=probabilities[:, 0].cpu(),
         method=explainer.name,
-        pictures=[p.cpu() if isinstance(p, torch.Tensor) else p for p in pictures],
+        pictures=[picture_of(batch, i, model) for i in range(len(batch))],
         geometries=list(batch.geometries),
         single=batch.single,
     )

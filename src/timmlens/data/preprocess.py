@@ -240,3 +240,12 @@ def denormalize(tensor: torch.Tensor, model: nn.Module) -> torch.Tensor:
     """Undo the model's mean/std normalisation: ``(B, C, H, W)`` -> pixel values in [0, 1]."""
     mean, std = normalization(model, tensor)
     return (tensor * std + mean).clamp(0, 1)
+
+
+def picture_of(batch: PreparedBatch, index: int, model: nn.Module) -> Image.Image | torch.Tensor:
+    """What to draw image ``index``'s heatmap on: its original photo, or for a tensor input
+    (which has none) the model's view of it, a ``(3, H, W)`` CPU tensor in [0, 1]."""
+    original = batch.originals[index]
+    if original is not None:
+        return original
+    return denormalize(batch.tensor[index : index + 1], model)[0].cpu()

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from .._model_state import explaining
-from ..data import ImageGeometry, ImagesInput, denormalize, prepare_images
+from ..data import ImageGeometry, ImagesInput, picture_of, prepare_images
 from ..data.preprocess import timm_model_of
 from ..viz.labels import class_label, explanation_title
 from ..viz.static import plot_architectures, plot_curves, plot_methods, plot_overlay, save_figure
@@ -172,11 +172,11 @@ def _predict(model: nn.Module, image: ImagesInput) -> _Prediction:
         )
     with explaining(model), torch.no_grad():
         logits = model(batch.tensor)
-    picture = batch.originals[0]
-    if picture is None:
-        picture = denormalize(batch.tensor, model)[0].cpu()
     return _Prediction(
-        batch.tensor, picture, batch.geometries[0], logits[0].float().softmax(-1).cpu()
+        batch.tensor,
+        picture_of(batch, 0, model),
+        batch.geometries[0],
+        logits[0].float().softmax(-1).cpu(),
     )
 
 
