@@ -27,9 +27,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import LabelNameError
+from ..viz.labels import IMAGENET_NUM_CLASSES, imagenet_class_names
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
-IMAGENET_NUM_CLASSES = 1000
 _WNID = re.compile(r"^n\d{8}$")
 
 
@@ -90,8 +90,8 @@ class LabelResolver:
             from timm.data import ImageNetInfo
 
             info = ImageNetInfo()
-            count = min(info.num_classes(), self.num_classes)
-            descriptions = [info.index_to_description(i) for i in range(count)]
+            descriptions = imagenet_class_names()[: self.num_classes]
+            count = len(descriptions)
             synonyms = [[s for s in d.split(",") if s.strip()] for d in descriptions]
             self._wnids = {i: info.index_to_label_name(i) for i in range(count)}
             self._levels += [
