@@ -1,5 +1,6 @@
 """timmlens: explanations for timm image classifiers, on top of Captum."""
 
+from ._model_state import model_lock
 from .adapters import describe, get_adapter
 from .analysis import (
     data_randomization_test,
@@ -9,11 +10,15 @@ from .analysis import (
 )
 from .data import prepare_images
 from .errors import (
+    DistributedRunError,
+    GradientsDisabledError,
     HubUnavailableError,
     ImageInputError,
     LabelNameError,
     LayerResolutionError,
     ModelLoadError,
+    OutputPathError,
+    RunMismatchError,
     TimmLensError,
     UnsupportedModelError,
     WeightsMismatchError,
@@ -25,12 +30,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BUNDLED_SPEC",
+    "DistributedRunError",
+    "GradientsDisabledError",
     "HubUnavailableError",
     "ImageClassifier",
     "ImageInputError",
     "LabelNameError",
     "LayerResolutionError",
     "ModelLoadError",
+    "OutputPathError",
+    "RunMismatchError",
     "TimmLensError",
     "UnsupportedModelError",
     "WeightsMismatchError",
@@ -42,6 +51,7 @@ __all__ = [
     "explain_layers",
     "get_adapter",
     "load_model",
+    "model_lock",
     "parameter_randomization_test",
     "prepare_images",
 ]

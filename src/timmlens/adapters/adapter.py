@@ -208,7 +208,17 @@ class ModelAdapter:
         """
         if target is None:
             target = self.default_layer
-        items = [target] if isinstance(target, (str, nn.Module)) else list(target)
+        if isinstance(target, (str, nn.Module)):
+            items = [target]
+        elif isinstance(target, (list, tuple)):
+            items = list(target)
+        else:
+            raise LayerResolutionError(
+                f"target_layer must be a dotted name, a module of the model, a list of them, "
+                f"or None for the family's default; got {type(target).__name__} {target!r}. "
+                f"Recommended CAM layers for this family: "
+                f"{', '.join(self.recommended_layers[:4])}."
+            )
         if not items:
             raise LayerResolutionError("target_layer is an empty list; give at least one layer.")
         return [self._resolve_one(item) for item in items]

@@ -390,7 +390,7 @@ def parameter_randomization_test(
     parsed = _methods(model, methods, method_options)
     batch = prepare_images(images, model)
     inputs = batch.tensor
-    validated = validate_targets(target_class, inputs.shape[0], num_outputs(model))
+    validated = validate_targets(target_class, inputs.shape[0], num_outputs(model), model)
     targets = validated if validated is not None else _predicted(model, inputs)
     units = cascade_units(model, layers, inputs[:1])
 
@@ -476,7 +476,7 @@ def data_randomization_test(
     sides = []
     for which in (model, random_label_model):
         inputs = prepare_images(images, which).tensor
-        validated = validate_targets(target_class, inputs.shape[0], num_outputs(which))
+        validated = validate_targets(target_class, inputs.shape[0], num_outputs(which), which)
         targets = validated if validated is not None else _predicted(which, inputs)
         maps = {
             m.label: _explain(create_explainer(m.name or "", which, **m.options), inputs, targets)

@@ -3,50 +3,97 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral
 
+import numpy as np
 import torch
+from torch import nn
 
-TargetInput = int | Sequence[int] | torch.Tensor | None
+#: a class index (Python or numpy integer), a class name, one of them per image
+#: (list, 1-d integer tensor or array), or ``None`` for each image's predicted class
+TargetInput = int | str | Sequence[int | str] | torch.Tensor | np.ndarray | None
+
+
+def _is_index(value: object) -> bool:
+    """Python and numpy integers (``argmax`` returns ``np.int64``), but not ``bool``."""
+    return isinstance(value, Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _class_name_resolver(model: nn.Module | None, name: str) -> int:
+    """The class index ``name`` stands for in ``model``'s own class names (or ImageNet's)."""
+    if model is None:
+        raise ValueError(
+            f"target_class {name!r} is a class name, but only class indices can be checked "
+            f"here; pass the class index instead."
+        )
+    from ..evaluation.sources import label_resolver_for  # the one class-name matcher
+
+    return label_resolver_for(model).resolve(name, where="target_class")
 
 
 def validate_targets(
-    target_class: TargetInput, batch_size: int, num_classes: int
+    target_class: TargetInput,
+    batch_size: int,
+    num_classes: int,
+    model: nn.Module | None = None,
 ) -> list[int] | None:
     """Check ``target_class`` for a batch; ``None`` means "the predicted class".
+
+    Class names (``"tabby"``, a WordNet id, one of the model's ``label_names``) are
+    resolved through ``model``'s names, as folder names are in :func:`timmlens.evaluate`.
 
     Returns:
         One class index per image, or ``None``.
 
     Raises:
-        ValueError: a class outside ``[0, num_classes)`` or a list of the wrong length.
+        ValueError: a class outside ``[0, num_classes)``, a list of the wrong length, or
+            a name that is not a class of ``model`` (:class:`~timmlens.LabelNameError`).
     """
     if target_class is None:
         return None
-    if isinstance(target_class, torch.Tensor):
-        if target_class.ndim > 1 or target_class.is_floating_point():
+    if isinstance(target_class, (torch.Tensor, np.ndarray)):
+        kind = target_class.dtype
+        floating = (
+            target_class.is_floating_point()
+            if isinstance(target_class, torch.Tensor)
+            else not np.issubdtype(kind, np.integer)
+        )
+        if target_class.ndim > 1 or floating:
             raise ValueError(
-                f"target_class tensor must be a 0-d or 1-d integer tensor, got "
-                f"{tuple(target_class.shape)} {target_class.dtype}."
+                f"target_class {type(target_class).__name__} must be 0-d or 1-d of integers, "
+                f"got shape {tuple(target_class.shape)} of {kind}."
             )
         target_class = target_class.tolist()
-    if isinstance(target_class, bool) or not isinstance(target_class, (int, Sequence)):
+    if isinstance(target_class, str) or _is_index(target_class):
+        targets: list[object] = [target_class] * batch_size
+    elif isinstance(target_class, Sequence):
+        targets = list(target_class)
+    else:
         raise ValueError(
-            f"target_class must be an int, a list of ints (one per image) or None, got "
-            f"{type(target_class).__name__}."
+            f"target_class must be a class index, a class name, a list of them (one per "
+            f"image) or None, got {type(target_class).__name__}."
         )
-    targets = [target_class] * batch_size if isinstance(target_class, int) else list(target_class)
     if len(targets) != batch_size:
         raise ValueError(
             f"target_class has {len(targets)} entries for a batch of {batch_size} images; give "
-            f"one int for all, one per image, or None for the predicted classes."
+            f"one class for all, one per image, or None for the predicted classes."
         )
+    indices = []
     for target in targets:
-        if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < num_classes:
+        if isinstance(target, str):
+            target = _class_name_resolver(model, target)
+        if not _is_index(target):
             raise ValueError(
-                f"target_class {target!r} is out of range: valid classes are 0..{num_classes - 1} "
-                f"(the model has {num_classes} outputs)."
+                f"target_class entries must be class indices or names, got "
+                f"{type(target).__name__} {target!r}."
             )
-    return targets
+        if not 0 <= int(target) < num_classes:
+            raise ValueError(
+                f"target_class {int(target)} is out of range: valid classes are "
+                f"0..{num_classes - 1} (the model has {num_classes} outputs)."
+            )
+        indices.append(int(target))
+    return indices
 
 
 def resolve_targets(target_class: TargetInput, logits: torch.Tensor) -> torch.Tensor:

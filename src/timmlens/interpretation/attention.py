@@ -38,14 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._model_state import explaining
 from ..adapters import get_adapter
 from ..adapters.attention_capture import capture_attention, token_indices
 from ..adapters.layout import token_layout
 from ..data import ImagesInput
 from ..errors import UnsupportedModelError
-from ._targets import TargetInput
-from .base import Explainer, normalize_maps, num_outputs
+from ._targets import TargetInput, validate_targets
+from .base import Explainer, explanation_call, normalize_maps, num_outputs
 
 HeadFusion = Literal["mean", "max", "min"]
 TokenName = Literal["class", "distillation"]
@@ -242,9 +241,11 @@ class AttentionVisualizer(Explainer):
         """
         batch = self.prepare(images)
         inputs = batch.tensor
-        if not torch.isfinite(inputs).all():
-            raise ValueError("inputs contain NaN or inf; their attention would be NaN.")
-        with explaining(self.model), torch.no_grad(), capture_attention(self.blocks) as capture:
+        with (
+            explanation_call(self.model, inputs, "attention maps", needs_gradients=False),
+            torch.no_grad(),
+            capture_attention(self.blocks) as capture,
+        ):
             self.model(inputs)
             maps = capture.maps()
         grid, prefix = self._token_geometry(inputs, maps[0].shape[-1])
@@ -295,15 +296,18 @@ class AttentionVisualizer(Explainer):
     ) -> torch.Tensor:
         """Rollout heatmaps ``(B, H, W)`` for a preprocessed batch ``(B, C, H, W)``.
 
-        The plain rollout (``target_class=None``) needs no classifier, so it also works on
-        headless backbones (``num_classes=0``, e.g. DINOv2); a target needs a head.
+        The plain rollout (``target_class=None``) needs no classifier and no gradients, so
+        it also works on headless backbones (``num_classes=0``, e.g. DINOv2) and under
+        ``torch.inference_mode()``; a target needs a head and gradients.
         """
-        if target_class is None and not self._has_head():
-            if not torch.isfinite(inputs).all():
-                raise ValueError("inputs contain NaN or inf; explanations of them would be NaN.")
-            with explaining(self.model):
-                return self.attribute(inputs, None, **kwargs)
-        return super().explain_batch(inputs, target_class, **kwargs)
+        targets = None
+        if target_class is not None:
+            targets = validate_targets(
+                target_class, inputs.shape[0], num_outputs(self.model), self.model
+            )
+        what = "class-specific attention rollout" if targets else "attention rollout"
+        with explanation_call(self.model, inputs, what, needs_gradients=targets is not None):
+            return self.attribute(inputs, targets, **kwargs)
 
     def attribute(
         self,

@@ -7,14 +7,34 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._model_state import explaining
-from ..data import ImagesInput, PreparedBatch, prepare_images
+from .._model_state import explaining, require_gradients
+from ..data import ImagesInput, PreparedBatch, data_config, prepare_images
+from ..errors import ImageInputError, UnsupportedModelError
 from ._targets import TargetInput, validate_targets
+
+#: Captum's assertion when a hooked layer never ran; every other AssertionError raised
+#: during an explanation comes from the model's own input checks.
+CAPTUM_SILENT_LAYER = "did not obtain any outputs"
+
+
+def declares_num_classes(model: nn.Module) -> bool:
+    """Whether ``model`` (or its timm backbone) states its class count, as timm models do.
+
+    Any other ``nn.Module`` returning logits is taken at its word; a timm model with
+    ``num_classes=0`` (headless: its output is pooled features) is not a classifier.
+    """
+    return any(
+        isinstance(getattr(owner, "num_classes", None), int)
+        for owner in (model, getattr(model, "backbone", None))
+        if owner is not None
+    )
 
 
 def num_outputs(model: nn.Module) -> int:
@@ -23,11 +43,42 @@ def num_outputs(model: nn.Module) -> int:
         count = getattr(owner, "num_classes", None)
         if isinstance(count, int) and count > 0:
             return count
-    raise ValueError(
+    raise UnsupportedModelError(
         f"{type(model).__name__} has no classifier (num_classes is 0 or missing), so there "
         f"is no class score to explain. Give it a head: ImageClassifier(spec, num_classes=N) "
         f"or timm.create_model(name, num_classes=N)."
     )
+
+
+@contextmanager
+def explanation_call(
+    model: nn.Module, inputs: torch.Tensor, what: str, needs_gradients: bool = True
+) -> Iterator[None]:
+    """The guard around every explanation of ``inputs`` ``(B, C, H, W)`` by ``model``.
+
+    Refuses NaN/inf inputs and (for gradient methods) ``torch.inference_mode()``, holds
+    :func:`~timmlens._model_state.explaining` (per-model lock, eval mode, state
+    restored), and turns the model's own input-size assertions (a ViT fed a size that
+    is not a multiple of its patch size) into an :class:`ImageInputError` naming the size.
+    """
+    if not torch.isfinite(inputs).all():
+        raise ValueError("inputs contain NaN or inf; explanations of them would be NaN.")
+    if needs_gradients:
+        require_gradients(what)
+    with explaining(model):
+        try:
+            yield
+        except AssertionError as exc:
+            if CAPTUM_SILENT_LAYER in str(exc):
+                raise
+            height, width = inputs.shape[-2:]
+            expected = data_config(model).get("input_size", (None, "?", "?"))
+            raise ImageInputError(
+                f"The model rejected an input of {height}x{width} pixels: {exc} Its data config "
+                f"gives {expected[1]}x{expected[2]}. Pass images (PIL, paths, "
+                f"arrays), which timmlens resizes, or resize tensors with "
+                f"timmlens.prepare_images."
+            ) from exc
 
 
 def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -49,6 +100,8 @@ class Explainer(ABC):
 
     #: short method name used in figures, tables and the CLI
     name: str = "explainer"
+    #: whether :meth:`attribute` takes gradients (refused under ``torch.inference_mode``)
+    needs_gradients: bool = True
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
@@ -83,10 +136,10 @@ class Explainer(ABC):
         self, inputs: torch.Tensor, target_class: TargetInput = None, **kwargs: Any
     ) -> torch.Tensor:
         """Heatmaps ``(B, H, W)`` for a preprocessed batch ``(B, C, H, W)``."""
-        targets = validate_targets(target_class, inputs.shape[0], num_outputs(self.model))
-        if not torch.isfinite(inputs).all():
-            raise ValueError("inputs contain NaN or inf; explanations of them would be NaN.")
-        with explaining(self.model):
+        targets = validate_targets(
+            target_class, inputs.shape[0], num_outputs(self.model), self.model
+        )
+        with explanation_call(self.model, inputs, type(self).__name__, self.needs_gradients):
             return self.attribute(inputs, targets, **kwargs)
 
     @abstractmethod

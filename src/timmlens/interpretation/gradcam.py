@@ -35,12 +35,11 @@ from captum._utils.gradient import compute_layer_gradients_and_eval
 from captum.attr import LayerGradCam
 from torch import nn
 
-from .._model_state import explaining
 from ..adapters import LayerSpec, ResolvedLayer, SpatialView, get_adapter, spatial_tap
 from ..data import ImagesInput
 from ..errors import LayerResolutionError
 from ._targets import TargetInput, TargetScore, validate_targets
-from .base import Explainer, normalize_maps, num_outputs
+from .base import CAPTUM_SILENT_LAYER, Explainer, explanation_call, normalize_maps, num_outputs
 
 InterpolationMode = Literal["bilinear", "bicubic", "nearest", "area"]
 _INTERPOLATION_MODES = ("bilinear", "bicubic", "nearest", "area")
@@ -188,10 +187,10 @@ class _LayerCAM(Explainer):
         one image. Same inputs and targets as :meth:`explain`; sets ``last_targets``.
         """
         inputs = self.prepare(images).tensor
-        targets = validate_targets(target_class, inputs.shape[0], num_outputs(self.model))
-        if not torch.isfinite(inputs).all():
-            raise ValueError("inputs contain NaN or inf; explanations of them would be NaN.")
-        with explaining(self.model):
+        targets = validate_targets(
+            target_class, inputs.shape[0], num_outputs(self.model), self.model
+        )
+        with explanation_call(self.model, inputs, type(self).__name__):
             return self._layer_maps(inputs, targets)
 
     def attribute_layer(
@@ -227,10 +226,10 @@ class _LayerCAM(Explainer):
             ]
             try:
                 maps = self._layer_maps_from_views(score, inputs, views)
-            except AssertionError as exc:  # Captum's "hook did not obtain any outputs"
+            except AssertionError as exc:
                 silent = [view.layer_name for view in views if view.layout is None]
-                if not silent:
-                    raise
+                if not silent or CAPTUM_SILENT_LAYER not in str(exc):
+                    raise  # the model's own input checks: explanation_call reports them
                 raise LayerResolutionError(
                     f"Layer(s) {', '.join(silent)} did not run in the model's forward pass, so "
                     f"they cannot be explained. Pick layers on the forward path, e.g. "

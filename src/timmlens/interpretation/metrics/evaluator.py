@@ -12,7 +12,7 @@ from torch import nn
 from ..._model_state import explaining
 from ...data import ImagesInput, PreparedBatch, model_device, prepare_images
 from .._targets import TargetInput, validate_targets
-from ..base import num_outputs
+from ..base import declares_num_classes, num_outputs
 from . import captum_metrics
 from ._engine import (
     SCORE_KINDS,
@@ -122,6 +122,8 @@ class ExplanationMetrics:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}.")
+        if declares_num_classes(model):
+            num_outputs(model)  # a headless timm model: no class score to perturb
         check_step_options(steps, pixels_per_step)
         check_substrate(substrate, "substrate")
         check_substrate(insertion_substrate, "insertion_substrate")
@@ -413,13 +415,13 @@ class ExplanationMetrics:
             classes = None
         targets = None
         if target_class is not None and classes is not None:
-            targets = validate_targets(target_class, size, classes)
+            targets = validate_targets(target_class, size, classes, self.model)
             if not need_scores:
                 return torch.tensor(targets, device=inputs.device, dtype=torch.long), None
         chunk = self.chunk_size(inputs, size)
         logits = torch.cat([self.model(inputs[lo : lo + chunk]) for lo in range(0, size, chunk)])
         if targets is None:
-            targets = validate_targets(target_class, size, logits.shape[1])
+            targets = validate_targets(target_class, size, logits.shape[1], self.model)
         resolved = (
             logits.argmax(dim=1)
             if targets is None
