@@ -157,3 +157,15 @@ def test_metrics_still_accept_a_plain_logit_module() -> None:
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4)).eval()
     result = ExplanationMetrics(model, steps=4).deletion(torch.randn(1, 3, 8, 8), torch.rand(8, 8))
     assert np.isfinite(float(result))
+
+
+def test_quick_explain_takes_class_names_and_numpy_indices(cnn) -> None:
+    from timmlens.interpretation import quick_explain
+
+    picture = np.random.default_rng(0).integers(0, 256, (80, 90, 3), dtype=np.uint8)
+    named = quick_explain(cnn, picture, save_path=None, target_class="tabby")
+    indexed = quick_explain(cnn, picture, save_path=None, target_class=np.int64(281))
+    assert named.target_class == indexed.target_class == 281
+    assert torch.allclose(named.heatmap, indexed.heatmap)
+    with pytest.raises(LabelNameError, match="tabbby"):
+        quick_explain(cnn, picture, save_path=None, target_class="tabbby")

@@ -26,6 +26,7 @@ from ..data import ImageGeometry, ImagesInput, picture_of, prepare_images
 from ..data.preprocess import timm_model_of
 from ..viz.labels import class_label, explanation_title
 from ..viz.static import plot_architectures, plot_curves, plot_methods, plot_overlay, save_figure
+from ._targets import validate_targets
 from .base import num_outputs
 from .registry import create_explainer, default_method, layer_of, resolve_method, supports
 
@@ -203,17 +204,12 @@ def model_name_of(model: nn.Module) -> str:
     return str(cfg.get("architecture") or type(timm_model_of(model)).__name__)
 
 
-def _resolve_target(prediction: _Prediction, target_class: int | None, model: nn.Module) -> int:
-    if target_class is None:
-        return prediction.predicted
-    if isinstance(target_class, bool) or not isinstance(target_class, int):
-        raise ValueError(f"target_class must be an int or None, got {target_class!r}.")
-    count = num_outputs(model)
-    if not 0 <= target_class < count:
-        raise ValueError(
-            f"target_class {target_class} is out of range: valid classes are 0..{count - 1}."
-        )
-    return target_class
+def _resolve_target(
+    prediction: _Prediction, target_class: int | str | None, model: nn.Module
+) -> int:
+    """The class to explain: the prediction, or ``target_class`` (an index or a class name)."""
+    targets = validate_targets(target_class, 1, num_outputs(model), model)
+    return prediction.predicted if targets is None else targets[0]
 
 
 def _explain(
@@ -270,7 +266,7 @@ def quick_explain(
     image: ImagesInput,
     save_path: PathLike | None = "explanation.png",
     method: str | None = None,
-    target_class: int | None = None,
+    target_class: int | str | None = None,
     *,
     method_options: Mapping[str, Any] | None = None,
     note: str | None = None,
@@ -287,7 +283,8 @@ def quick_explain(
             ``"smoothgrad"``, ``"rollout"``); ``None`` picks the family's best:
             class-specific attention rollout for ViT-like models with global attention,
             GradCAM at the family's default layer for every other model.
-        target_class: the class to explain; ``None`` explains the predicted class.
+        target_class: the class to explain (an index or a class name such as ``"tabby"``);
+            ``None`` explains the predicted class.
         method_options: constructor options of the explainer (``{"target_layer": ...}``).
         note: added to the title, e.g. ``"random weights"``.
         cmap, alpha: colormap and opacity of the overlay.
@@ -337,7 +334,7 @@ def compare_methods(
     methods: Sequence[str] | None = None,
     save_path: PathLike | None = None,
     with_metrics: bool = False,
-    target_class: int | None = None,
+    target_class: int | str | None = None,
     *,
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     metric_steps: int = COMPARISON_METRIC_STEPS,
@@ -433,7 +430,7 @@ def compare_architectures(
     method: str | None = "gradcam",
     save_path: PathLike | None = None,
     with_metrics: bool = False,
-    target_class: int | None = None,
+    target_class: int | str | None = None,
     *,
     notes: Mapping[str, str | None] | Sequence[str | None] | None = None,
     method_options: Mapping[str, Any] | None = None,
