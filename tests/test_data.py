@@ -11,7 +11,13 @@ import torch
 from PIL import Image
 
 from timmlens import ImageInputError, prepare_images
-from timmlens.data import data_config, denormalize, eval_transform, heatmap_to_original
+from timmlens.data import (
+    ImageScalingWarning,
+    data_config,
+    denormalize,
+    eval_transform,
+    heatmap_to_original,
+)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +117,7 @@ def test_bad_inputs_get_clear_errors(resnet, tmp_path):
         prepare_images(torch.full((3, 8, 8), float("nan")), resnet)
     with pytest.raises(ImageInputError, match="channels last"):
         prepare_images(np.zeros((3, 32, 32), np.uint8), resnet)
-    with pytest.raises(ImageInputError, match=r"\[0, 1\]"):
+    with pytest.warns(ImageScalingWarning, match=r"\[7, 7\].*min-max"):
         prepare_images(np.full((8, 8, 3), 7.0), resnet)
     with pytest.raises(ImageInputError, match="no images"):
         prepare_images([], resnet)

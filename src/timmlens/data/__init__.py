@@ -1,6 +1,7 @@
 """Images in, model batches out; heatmaps back onto the original photos."""
 
 from .geometry import ImageGeometry, heatmap_to_original
+from .pixels import ImageScalingWarning
 from .preprocess import (
     ImageInput,
     ImagesInput,
@@ -20,6 +21,7 @@ from .preprocess import (
 __all__ = [
     "ImageGeometry",
     "ImageInput",
+    "ImageScalingWarning",
     "ImagesInput",
     "PreparedBatch",
     "data_config",

@@ -1,10 +1,13 @@
 """Turn any image input into a model batch with the model's own timm data config.
 
-Accepted inputs (one, or a list/tuple of them):
-    PIL images; file paths; numpy arrays HW, HWC (uint8 0-255 or float 0-1, 1/3/4
-    channels); torch tensors CHW or BCHW, taken as already preprocessed model input.
+Accepted inputs (one, or a list/tuple of them; pictures and tensors are not mixed):
+    PIL images of any mode (8/16/32-bit, float, palette, CMYK, LAB, ...); file paths;
+    numpy arrays HW or HWC with 1-4 channels (bool, integer or float); torch tensors CHW
+    or BCHW, taken as already preprocessed model input.
 
-Grayscale and RGBA become RGB. The resize/crop geometry of each image is kept so a
+Pictures become 8-bit RGB by the scaling rule of :mod:`timmlens.data.pixels` (16-bit by
+65535, float 0-1 as is, anything else min-max with an ``ImageScalingWarning``; NaN or
+inf is an ``ImageInputError``). The resize/crop geometry of each image is kept so a
 heatmap can be mapped back onto the original photo.
 """
 
@@ -25,6 +28,7 @@ from torchvision import transforms as T
 
 from ..errors import ImageInputError
 from .geometry import ImageGeometry, keep_ratio_size, shorter_side_size
+from .pixels import array_to_pil, pil_to_rgb
 
 ImageInput = Image.Image | str | os.PathLike | np.ndarray | torch.Tensor
 ImagesInput = ImageInput | Sequence[ImageInput]
@@ -90,20 +94,9 @@ def eval_transform(model: nn.Module) -> T.Compose:
 def _to_pil(image: ImageInput, index: int) -> Image.Image:
     where = f"image {index}"
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise ImageInputError(f"{where}: file '{path}' does not exist.")
-        try:
-            with Image.open(path) as opened:
-                opened.load()
-                image = opened.copy()
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ImageInputError(
-                f"{where}: '{path}' is not an image file PIL can read ({exc}). "
-                f"Expected a JPEG, PNG, BMP, WebP, ... file."
-            ) from exc
+        image = _open(Path(image), where)
     elif isinstance(image, np.ndarray):
-        image = _array_to_pil(image, where)
+        image = array_to_pil(image, where)
     if not isinstance(image, Image.Image):
         raise ImageInputError(
             f"{where}: unsupported type {type(image).__name__}; expected a PIL image, a path, "
@@ -111,42 +104,34 @@ def _to_pil(image: ImageInput, index: int) -> Image.Image:
         )
     if image.width == 0 or image.height == 0:
         raise ImageInputError(f"{where}: the image is empty ({image.width}x{image.height}).")
-    if (
-        image.mode == "RGBA"
-        or image.mode == "LA"
-        or (image.mode == "P" and "transparency" in image.info)
-    ):
-        # Composite on white: RGBA->RGB by dropping alpha would show hidden pixels.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
+    return pil_to_rgb(image, where)
 
 
-def _array_to_pil(array: np.ndarray, where: str) -> Image.Image:
-    if array.size == 0:
-        raise ImageInputError(f"{where}: the array is empty (shape {array.shape}).")
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+def _open(path: Path, where: str) -> Image.Image:
+    if path.is_dir():
         raise ImageInputError(
-            f"{where}: numpy array of shape {array.shape} is not an image; expected HW "
-            f"(grayscale) or HWC with 1, 3 or 4 channels (channels last)."
+            f"{where}: '{path}' is a directory, not an image file; pass its image files, or "
+            f"use timmlens.evaluate() / error_report() (CLI: timmlens evaluate / report) "
+            f"for a folder."
         )
-    if array.dtype != np.uint8:
-        if not np.issubdtype(array.dtype, np.floating):
-            raise ImageInputError(
-                f"{where}: numpy dtype {array.dtype} unsupported; use uint8 or float."
-            )
-        if not np.isfinite(array).all():
-            raise ImageInputError(f"{where}: the array contains NaN or inf.")
-        if array.min() < 0 or array.max() > 1:
-            raise ImageInputError(
-                f"{where}: float arrays must hold values in [0, 1], got "
-                f"[{array.min():.3g}, {array.max():.3g}]; convert to uint8 or divide by 255."
-            )
-        array = np.round(array * 255).astype(np.uint8)
-    return Image.fromarray(array)
+    if not path.exists():
+        raise ImageInputError(f"{where}: file '{path}' does not exist.")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return opened.copy()
+    except Image.DecompressionBombError as exc:
+        reason = str(exc).rstrip(".")
+        raise ImageInputError(
+            f"{where}: PIL refuses to open '{path}' as a possible decompression bomb ({reason}). "
+            f"If you trust the file, raise the limit first: PIL.Image.MAX_IMAGE_PIXELS = "
+            f"<pixels> (None switches the check off)."
+        ) from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageInputError(
+            f"{where}: '{path}' is not an image file PIL can read ({exc}). "
+            f"Expected a JPEG, PNG, BMP, WebP, ... file."
+        ) from exc
 
 
 def transform_geometry(transform: T.Compose, height: int, width: int) -> ImageGeometry:
@@ -196,6 +181,13 @@ def _check_tensor(tensor: torch.Tensor, channels: int) -> torch.Tensor:
 def prepare_images(images: ImagesInput, model: nn.Module) -> PreparedBatch:
     """Preprocess ``images`` for ``model`` and put them on its device.
 
+    Pictures of any mode or depth become 8-bit RGB by the rule of :mod:`timmlens.data.pixels`
+    (16-bit / 65535, float 0-1 as is, else min-max with an ``ImageScalingWarning``).
+
+    Raises:
+        ImageInputError: an input that is no image (NaN/inf pixels, a directory, a possible
+            decompression bomb, a list mixing pictures and tensors, ...).
+
     Returns:
         A :class:`PreparedBatch` with ``tensor`` of shape ``(B, C, H, W)``.
     """
@@ -214,7 +206,10 @@ def prepare_images(images: ImagesInput, model: nn.Module) -> PreparedBatch:
     items = [images] if single else list(images)
     if not items:
         raise ImageInputError("no images given; expected one image or a non-empty list.")
-    if any(isinstance(item, torch.Tensor) for item in items):
+    is_tensor = [isinstance(item, torch.Tensor) for item in items]
+    if any(is_tensor):
+        if not all(is_tensor):
+            raise ImageInputError(_mixed_list_message(items))
         tensors = [_check_tensor(item, channels) for item in items]
         if len({t.shape[1:] for t in tensors}) != 1:
             raise ImageInputError("tensor inputs in one list must share one (C, H, W) shape.")
@@ -225,6 +220,16 @@ def prepare_images(images: ImagesInput, model: nn.Module) -> PreparedBatch:
     geometries = [transform_geometry(transform, image.height, image.width) for image in originals]
     return PreparedBatch(
         tensor.to(device=device, dtype=dtype), list(originals), geometries, single=single
+    )
+
+
+def _mixed_list_message(items: list[Any]) -> str:
+    kinds = ", ".join(sorted({type(item).__name__ for item in items}))
+    return (
+        f"the list of images mixes tensors with other inputs ({kinds}); a list must hold "
+        f"only pictures (paths, PIL images, numpy arrays) or only preprocessed tensors. "
+        f"Preprocess the pictures first (prepare_images(pictures, model).tensor) and "
+        f"concatenate, or explain the two kinds in separate calls."
     )
 
 
