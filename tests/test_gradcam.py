@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from functools import cache
 
@@ -162,7 +161,7 @@ def test_default_layer_and_tap_leave_logits_unchanged(family: str) -> None:
 
 def test_image_classifier_with_recipe_layer_names() -> None:
     bare = make_explainable(timm.create_model("test_resnet", num_classes=10))
-    model = ImageClassifier(copy.deepcopy(bare))  # its classifier moves to model.head
+    model = ImageClassifier(bare)  # wraps bare as it is: its classifier stays in place
     inputs = family_input("resnet", batch=2)
     explainer = GradCAM(model, target_layer="backbone.layer4")
     assert explainer.layer_names == ["backbone.layer4"]

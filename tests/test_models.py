@@ -50,6 +50,7 @@ def test_bundled_model_is_timm_tf_efficientnet_lite0(real_model):
     assert real_model.backbone.pretrained_cfg["architecture"] == "tf_efficientnet_lite0"
     assert real_model.num_classes == 1000 and not real_model.has_new_head
     assert isinstance(real_model.head, torch.nn.Linear)
+    assert real_model.head is real_model.backbone.classifier
     cfg = timmlens.data.data_config(real_model)
     assert cfg["mean"] == (0.5, 0.5, 0.5) and cfg["std"] == (0.5, 0.5, 0.5)
 
@@ -67,7 +68,7 @@ def test_positional_conversion_refuses_any_shape_mismatch():
         convert_positional_state_dict(source, model)
 
 
-def test_image_classifier_splits_backbone_and_head_without_changing_logits():
+def test_image_classifier_keeps_the_head_inside_the_unchanged_timm_model():
     torch.manual_seed(0)
     timm_model = timm.create_model("test_resnet").eval()
     x = torch.randn(2, 3, 32, 32)
@@ -75,8 +76,9 @@ def test_image_classifier_splits_backbone_and_head_without_changing_logits():
         expected = timm_model(x)
     wrapped = ImageClassifier(backbone=timm_model)
     with torch.no_grad():
-        assert torch.allclose(wrapped(x), expected, atol=1e-6)
-    assert isinstance(wrapped.head, torch.nn.Linear)
+        assert torch.equal(wrapped(x), expected)
+        assert torch.equal(timm_model(x), expected)
+    assert wrapped.head is timm_model.fc and isinstance(timm_model.fc, torch.nn.Linear)
     assert wrapped.get_submodule("backbone.layer4") is timm_model.layer4
 
 
@@ -85,7 +87,7 @@ def test_random_weights_and_new_head_are_warned():
         model = ImageClassifier(backbone="test_resnet")
     assert model.num_classes == model.pretrained_num_classes
     with pytest.warns(UntrainedHeadWarning, match="untrained"):
-        model = ImageClassifier(backbone=timm.create_model("test_resnet"), num_classes=10)
+        model = ImageClassifier(backbone=timm.create_model("test_resnet").eval(), num_classes=10)
     assert model.num_classes == 10 and model.head.out_features == 10
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)

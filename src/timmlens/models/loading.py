@@ -22,11 +22,15 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError, WeightsMismatchError
-from .bundled import BUNDLED_SPEC, create_bundled_model
+from .bundled import BUNDLED_PREFIX, check_bundled_spec, create_bundled_model
+from .hf_config import read_model_config
 from .hub import WEIGHT_FILES, resolve_hub_folder
 
 HUB_PREFIX = "hf-hub:"
 PathLike = str | os.PathLike[str]
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".bin", ".pt")
+# What timm raises while building a model from a config it accepted.
+_BUILD_ERRORS = (RuntimeError, TypeError, ValueError, KeyError, AttributeError, AssertionError)
 
 
 class RandomWeightsWarning(UserWarning):
@@ -52,6 +56,8 @@ def _check_architecture(name: str) -> str:
 def read_weights_file(path: PathLike) -> dict[str, torch.Tensor]:
     """State dict from a .safetensors file, or a .pth/.bin/.pt file without unpickling code."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelLoadError(_directory_as_weights(path))
     if not path.is_file():
         raise ModelLoadError(f"Weights file '{path}' does not exist.")
     try:
@@ -74,6 +80,20 @@ def read_weights_file(path: PathLike) -> dict[str, torch.Tensor]:
     ):
         raise ModelLoadError(f"'{path}' does not hold a state dict of tensors.")
     return {k.removeprefix("module."): v for k, v in checkpoint.items()}
+
+
+def _directory_as_weights(path: Path) -> str:
+    inside = sorted(p.name for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    if (path / "config.json").is_file():
+        hint = f"to load this HF-layout folder pass it as the spec: load_model('{path}')"
+    elif inside:
+        hint = f"it holds {', '.join(inside[:5])}: pass one, e.g. weights='{path / inside[0]}'"
+    else:
+        hint = "to load a HF-layout folder (config.json + model.safetensors) pass it as the spec"
+    return (
+        f"weights='{path}' is a directory; weights= expects a file "
+        f"({'/'.join(WEIGHT_SUFFIXES)}); {hint}."
+    )
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -108,11 +128,19 @@ def _from_folder(folder: Path, **kwargs: Any) -> nn.Module:
     weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
     if weights is None:
         raise ModelLoadError(f"'{folder}' has a config.json but none of {', '.join(WEIGHT_FILES)}.")
+    config_file = folder / "config.json"
+    architecture = str(read_model_config(config_file)["architecture"])
+    if not timm.is_model(architecture):
+        raise ModelLoadError(
+            f"{config_file}: field 'architecture' is '{architecture}', which is not a timm "
+            f"architecture.{_suggest_architectures(architecture)} Fix the field or re-create "
+            f"the folder with timm.models.save_for_hf."
+        )
     try:
         model = timm.create_model(f"local-dir:{folder}", pretrained=False, **kwargs)
-    except RuntimeError as exc:
+    except _BUILD_ERRORS as exc:
         raise ModelLoadError(
-            f"Cannot build the model described by {folder / 'config.json'}: {exc}"
+            f"Cannot build the model described by {config_file}: {type(exc).__name__}: {exc}"
         ) from exc
     load_weights(model, read_weights_file(weights), str(weights))
     return model
@@ -136,7 +164,8 @@ def create_timm_model(
         timm_kwargs: passed to ``timm.create_model`` (``img_size=``, ``drop_rate=``, ...).
     """
     spec_str = os.fspath(spec)
-    if spec_str == BUNDLED_SPEC:
+    if spec_str.startswith(BUNDLED_PREFIX):
+        check_bundled_spec(spec_str)
         return create_bundled_model()
     if spec_str.startswith(HUB_PREFIX):
         folder = resolve_hub_folder(spec_str[len(HUB_PREFIX) :], cache_dir=cache_dir)
@@ -144,7 +173,7 @@ def create_timm_model(
     path = Path(spec_str).expanduser()
     if path.is_dir():
         return _from_folder(path, **timm_kwargs).eval()
-    if path.suffix in {".safetensors", ".pth", ".bin", ".pt"} or path.is_file():
+    if path.suffix in WEIGHT_SUFFIXES or path.is_file():
         raise ModelLoadError(
             f"'{spec_str}' is a weights file; name its architecture too: "
             f"load_model('resnet18', weights='{spec_str}')."
