@@ -83,6 +83,7 @@ def test_layers(capsys):
         (["layers", "resnet18x"], "Unknown timm architecture 'resnet18x'"),
         (["explain", "missing.png", "--model", "test_resnet"], "does not exist"),
         (["explain", "IMG", "--model", "test_resnet", "--target", "5000"], "out of range"),
+        (["explain", "IMG", "--model", "test_resnet", "--target", "tabbby"], "Close matches"),
         (["evaluate", "no-such-folder", "--model", "test_resnet"], "does not exist"),
     ],
 )

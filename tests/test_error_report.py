@@ -438,7 +438,7 @@ def test_cli_report(tmp_path, photos, capsys):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--max-examples", "-1"], "max_examples must be >= 0"),
+        (["--max-examples", "-1"], "argument --max-examples: expected an integer >= 0, got '-1'"),
         (["--method", "rollout"], "rollout"),
         ([], "folder 'tabbby': 'tabbby' is not a class of this model. Close matches: 'tabby'"),
     ],
@@ -446,7 +446,10 @@ def test_cli_report(tmp_path, photos, capsys):
 def test_cli_user_errors_are_one_line_with_status_2(tmp_path, photos, capsys, extra, message):
     pairs = [("tabby", "chelsea")] if extra else [("tabbby", "chelsea")]
     data = _folder(tmp_path, photos, pairs)
-    code = main(["report", str(data), "--model", "test_resnet", "--out", str(tmp_path), *extra])
+    try:
+        code = main(["report", str(data), "--model", "test_resnet", "--out", str(tmp_path), *extra])
+    except SystemExit as stop:  # argparse refuses a bad option value before anything runs
+        code = stop.code
     assert code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "report: error" in line]
     assert len(errors) == 1 and message in errors[0]
@@ -482,13 +485,16 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, photos):
     script.write_text(
         SETUP
         + textwrap.dedent("""
-        import sys
+        import json, sys
+        from pathlib import Path
         import torch.distributed as dist
         from timmlens.analysis.error_report import error_report
         report = error_report(setup(), sys.argv[1], sys.argv[2], batch_size=2,
                               max_examples=4, progress=False)
         rank = dist.get_rank() if dist.is_initialized() else 0
-        print("RANK", rank, report.n_labelled, report.n_errors, len(report.shown), flush=True)
+        # One file per rank: prints of two ranks to one pipe can interleave mid-line.
+        counts = [report.n_labelled, report.n_errors, len(report.shown)]
+        Path(sys.argv[3], f"rank{rank}.json").write_text(json.dumps(counts))
         if dist.is_initialized():  # exiting with a live gloo group can abort (SIGABRT)
             dist.destroy_process_group()
     """)
@@ -503,6 +509,7 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, photos):
             str(script),
             str(data),
             str(tmp_path / "dist" / "report.html"),
+            str(tmp_path),
         ],
         capture_output=True,
         text=True,
@@ -523,8 +530,9 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, photos):
         )
     finally:
         torch.set_num_threads(threads)
-    line = f"{single.n_labelled} {single.n_errors} {len(single.shown)}"
-    assert f"RANK 0 {line}" in done.stdout and f"RANK 1 {line}" in done.stdout
+    counts = [single.n_labelled, single.n_errors, len(single.shown)]
+    for rank in range(2):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == counts
     assert single.n_labelled == 8 and single.n_errors >= 1
     dist_json = json.loads((tmp_path / "dist" / "report.json").read_text())
     single_json = json.loads((tmp_path / "single" / "report.json").read_text())

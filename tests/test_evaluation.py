@@ -9,8 +9,8 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from torch.utils.data import TensorDataset
 
 from timmlens.evaluation import evaluate
 from timmlens.evaluation.summary import summarise, t_critical_975
@@ -64,8 +64,10 @@ def test_rows_and_summary(tmp_path):
 
 def test_resume_skips_rows_already_written(tmp_path):
     model, dataset = setup()  # noqa: F821
-    evaluate(model, torch.utils.data.Subset(dataset, range(4)), out=tmp_path, **OPTIONS)
-    first = (tmp_path / "rows.jsonl").read_text()
+    evaluate(model, dataset, out=tmp_path, **OPTIONS)
+    # A run stopped after 4 images: its first 4 rows (the resume must be the same run).
+    first = "".join((tmp_path / "rows.jsonl").read_text().splitlines(keepends=True)[:4])
+    (tmp_path / "rows.jsonl").write_text(first)
     calls = []
     hook = model.register_forward_hook(lambda _m, args, _o: calls.append(args[0].shape[0]))
     try:
@@ -121,8 +123,10 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
                            out=sys.argv[1], batch_size=1, metric_options={"steps": 8},
                            progress=False)
         import torch.distributed as dist
-        print("RANK", dist.get_rank() if dist.is_initialized() else 0, summary.n_images,
-              flush=True)
+        # One file per rank: prints of two ranks to one pipe can interleave mid-line.
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        with open(f"{sys.argv[1]}.rank{rank}", "w") as file:
+            file.write(str(summary.n_images))
         if dist.is_initialized():  # exiting with a live gloo group can abort (SIGABRT)
             dist.destroy_process_group()
     """)
@@ -138,7 +142,8 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     ]
     done = subprocess.run(env_cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "RANK 0 7" in done.stdout and "RANK 1 7" in done.stdout
+    ranks = [(tmp_path / f"dist.rank{rank}").read_text() for rank in range(2)]
+    assert ranks == ["7", "7"]
     single = subprocess.run(
         [sys.executable, str(script), str(tmp_path / "single")],
         capture_output=True,
@@ -157,3 +162,13 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     single_summary = json.loads((tmp_path / "single" / "summary.json").read_text())
     dist_summary.pop("rows"), single_summary.pop("rows")
     assert repr(dist_summary) == repr(single_summary)
+
+
+def test_unlabelled_tensor_dataset_explains_the_predictions(tmp_path):
+    model, dataset = setup()  # noqa: F821
+    images = dataset.tensors[0][:3]
+    summary = evaluate(model, TensorDataset(images), metrics=["deletion"], out=tmp_path, **OPTIONS)
+    rows = _rows(tmp_path / "rows.jsonl")
+    assert summary.n_images == 3 and [row["label"] for row in rows] == [None] * 3
+    predicted = model.eval()(images).argmax(dim=1).tolist()
+    assert [row["target"] for row in rows] == predicted

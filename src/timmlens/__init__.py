@@ -8,7 +8,7 @@ from .analysis import (
     explain_layers,
     parameter_randomization_test,
 )
-from .data import prepare_images
+from .data import ImageScalingWarning, prepare_images
 from .errors import (
     DistributedRunError,
     GradientsDisabledError,
@@ -35,6 +35,7 @@ __all__ = [
     "HubUnavailableError",
     "ImageClassifier",
     "ImageInputError",
+    "ImageScalingWarning",
     "LabelNameError",
     "LayerResolutionError",
     "ModelLoadError",

@@ -1,7 +1,9 @@
 """The ``timmlens`` command: explain images, evaluate a dataset, report errors, describe a model.
 
-User errors (bad model spec, missing file, unknown method) print one line and exit
-with status 2; the logic lives in the library, the CLI only parses and reports.
+User errors (bad model spec, missing file, unknown method, bad option value, an output
+path that cannot be written) print one line and exit with status 2; output paths are
+checked before a model is loaded. The logic lives in the library, the CLI only parses
+and reports.
 """
 
 from __future__ import annotations
@@ -9,19 +11,52 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
+from ._outputs import ensure_writable_dir
 from .errors import TimmLensError
 from .interpretation.registry import METHODS
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
+def _integer(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        # ArgumentTypeError's message is shown as it is, after the option's name.
+        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got '{text}'")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _integer(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _integer(text, 0)
+
+
+def _class_arg(text: str) -> int | str:
+    """A class index (``281``) or a class name (``tabby``), resolved against the model later."""
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="timmlens", description="Explanations for timm image classifiers."
-    )
+    parser = _Parser(prog="timmlens", description="Explanations for timm image classifiers.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     explain = commands.add_parser(
@@ -37,7 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--method", default="gradcam", choices=sorted(METHODS))
     explain.add_argument(
-        "--target", type=int, default=None, help="class to explain (default: the predicted class)"
+        "--target",
+        type=_class_arg,
+        default=None,
+        help="class to explain, an index or a name such as tabby (default: the predicted class)",
     )
     explain.add_argument("--layer", default=None, help="target layer for CAM methods")
     explain.add_argument("--out", default="outputs/explain", help="output folder")
@@ -58,15 +96,28 @@ def _parser() -> argparse.ArgumentParser:
         choices=["insertion", "deletion", "sensitivity"],
     )
     evaluate.add_argument("--out", default="results", help="output folder")
-    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--batch-size", type=_positive_int, default=8)
     evaluate.add_argument(
         "--steps",
-        type=int,
+        type=_positive_int,
         default=None,
         help="insertion/deletion steps (default: RISE, 224 pixels per step)",
     )
     evaluate.add_argument("--format", default="jsonl", choices=["jsonl", "csv"])
-    evaluate.add_argument("--no-resume", action="store_true", help="start the rows file afresh")
+    evaluate.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard the rows and run identity already in --out and start afresh "
+        "(by default a run resumes rows of the same model, options and images, and stops "
+        "if --out holds another run's)",
+    )
+    evaluate.add_argument("--no-resume", action="store_true", help="the same as --overwrite")
+    evaluate.add_argument(
+        "--on-error",
+        default="skip",
+        choices=["skip", "fail"],
+        help="an unreadable image: skip it with a warning (counted in the summary) or stop",
+    )
 
     report = commands.add_parser(
         "report",
@@ -84,12 +135,15 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--model", default="bundled:efficientnet_lite0")
     report.add_argument("--out", default="report.html", help="HTML file (JSON written next to it)")
     report.add_argument("--method", default="gradcam", choices=sorted(METHODS))
-    report.add_argument("--batch-size", type=int, default=8)
+    report.add_argument("--batch-size", type=_positive_int, default=8)
     report.add_argument(
-        "--max-examples", type=int, default=100, help="errors drawn in the gallery (JSON: all)"
+        "--max-examples",
+        type=_non_negative_int,
+        default=100,
+        help="errors drawn in the gallery (JSON: all)",
     )
     report.add_argument(
-        "--top-pairs", type=int, default=10, help="rows of the confusion-pair table"
+        "--top-pairs", type=_non_negative_int, default=10, help="rows of the confusion-pair table"
     )
 
     layers = commands.add_parser(
@@ -109,14 +163,35 @@ def _load(spec: str):
         return load_model(spec)
 
 
+def output_stems(images: Sequence[str]) -> list[str]:
+    """One distinct file stem per image, in order: its own stem unless another has it too.
+
+    ``a/cat.jpg b/cat.png`` -> ``cat-1``, ``cat-2``; the same path given twice gets two
+    numbers as well. Stems are compared case-insensitively (``Cat`` and ``cat`` are one
+    file on macOS and Windows), and a number never repeats another image's stem.
+    """
+    stems = [Path(image).stem for image in images]
+    counts = Counter(stem.casefold() for stem in stems)
+    taken = {stem.casefold() for stem in stems if counts[stem.casefold()] == 1}
+    names = []
+    for stem in stems:
+        name, number = stem, 0
+        while counts[stem.casefold()] > 1 and (number == 0 or name.casefold() in taken):
+            number += 1
+            name = f"{stem}-{number}"
+        taken.add(name.casefold())
+        names.append(name)
+    return names
+
+
 def _run_explain(args: argparse.Namespace) -> None:
     from .interpretation.quick import quick_explain
 
     model = _load(args.model)
     options = {"target_layer": args.layer} if args.layer else None
     out = Path(args.out)
-    for image in args.images:
-        stem = f"{Path(image).stem}_{args.method}"
+    for image, name in zip(args.images, output_stems(args.images), strict=True):
+        stem = f"{name}_{args.method}"
         result = quick_explain(
             model,
             image,
@@ -149,17 +224,28 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
     model = _load(args.model)
     options = {"steps": args.steps} if args.steps else {}
-    summary = evaluate(
-        model,
-        args.data,
-        methods=args.methods,
-        metrics=args.metrics,
-        out=args.out,
-        batch_size=args.batch_size,
-        rows_format=args.format,
-        resume=not args.no_resume,
-        metric_options=options,
-    )
+    try:
+        summary = evaluate(
+            model,
+            args.data,
+            methods=args.methods,
+            metrics=args.metrics,
+            out=args.out,
+            batch_size=args.batch_size,
+            rows_format=args.format,
+            overwrite=args.overwrite or args.no_resume,
+            on_error=args.on_error,
+            metric_options=options,
+        )
+    except KeyboardInterrupt:
+        from .evaluation.summary import count_rows
+
+        # Rows are appended per batch: what finished is on disk and a rerun resumes it.
+        rows = Path(args.out) / f"rows.{args.format}"
+        kept = count_rows(rows)
+        raise KeyboardInterrupt(
+            f"{kept} row{'' if kept == 1 else 's'} kept in {rows}, rerun the same command to resume"
+        ) from None
     print(summary)
     print(f"rows: {summary.rows_path}\nsummary: {summary.summary_path}")
 
@@ -187,6 +273,24 @@ def _run_layers(args: argparse.Namespace) -> None:
     describe(_load(args.model))
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Fail on an unwritable ``--out`` now, not after the model ran on the first batch."""
+    if args.command in ("explain", "evaluate"):
+        ensure_writable_dir(args.out, "--out folder")
+    elif args.command == "report":
+        from .analysis.error_report import check_output
+
+        check_output(args.out)
+
+
+def _leave_process_group() -> None:
+    """Under torchrun: leave the group before exiting (exiting in it can abort, SIGABRT)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     run = {
@@ -196,11 +300,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "layers": _run_layers,
     }
     try:
+        _check_outputs(args)
         run[args.command](args)
     except (TimmLensError, ValueError, FileNotFoundError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"timmlens {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, not a traceback
+        detail = f"; {exc}" if str(exc) else ""
+        print(f"timmlens {args.command}: interrupted{detail}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        _leave_process_group()
     return 0
 
 

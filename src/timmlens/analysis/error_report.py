@@ -32,9 +32,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .._model_state import explaining
+from .._outputs import ensure_writable_file
 from ..data import picture_of, prepare_images
 from ..evaluation.distributed import (
     broadcast_from_rank0,
+    fail_together,
     gather_to_rank0,
     init_from_environment,
     rank_and_world,
@@ -426,6 +428,19 @@ def _output_paths(out: str | os.PathLike[str]) -> tuple[Path, Path]:
     return path, path.with_suffix(".json")
 
 
+def check_output(out: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """The HTML and JSON paths of ``out``, checked writable before anything is computed.
+
+    Raises:
+        OutputPathError: a file where the folder should be, a folder where a file should
+            be, or a place this process cannot write in.
+    """
+    html_path, json_path = _output_paths(out)
+    ensure_writable_file(html_path, "report file")
+    ensure_writable_file(json_path, "report JSON file")
+    return html_path, json_path
+
+
 def _explainer(
     model: nn.Module, method: str | Explainer, options: Mapping[str, Any] | None
 ) -> Explainer:
@@ -485,6 +500,9 @@ def error_report(
     Raises:
         ValueError: no image has a label; a folder or label names no class of the model
             (the message lists close matches); bad arguments.
+        OutputPathError: ``out`` cannot be written (checked before anything is computed).
+        DistributedRunError: under ``torchrun``, on the ranks that did not fail when
+            another did (every rank stops, with the failing rank's message).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
@@ -494,6 +512,10 @@ def error_report(
         raise ValueError(f"top_pairs must be >= 0 or None, got {top_pairs}.")
     init_from_environment()
     rank, world = rank_and_world()
+    html_path, json_path = _output_paths(out)
+    with fail_together("the output check"):
+        if rank == 0:  # the only rank that writes
+            check_output(out)
     explainer = _explainer(model, method, method_options)
     method_name = resolve_method(method).name if isinstance(method, str) else explainer.name
     num_classes = num_outputs(model)
@@ -508,29 +530,30 @@ def error_report(
             f"no image under '{source.root}' has a label: put them in sub-folders named by "
             f"class (index, class name or WordNet id); files directly in the folder have none."
         )
-    html_path, json_path = _output_paths(out)
 
     # Pass 1: predict every image (each rank its shard), analyse on rank 0.
     mine = shard(range(len(source)), rank, world)
     rows: list[dict[str, Any]] = []
     show = progress and rank == 0
-    with tqdm(total=len(mine), desc="predict", unit="img", disable=not show) as bar:
+    bar = tqdm(total=len(mine), desc="predict", unit="img", disable=not show)
+    with bar, fail_together("predict"):
         for start in range(0, len(mine), batch_size):
             chunk = mine[start : start + batch_size]
             rows += _predict(model, [(i, source[i]) for i in chunk])
             bar.update(len(chunk))
     gathered = gather_to_rank0(rows)
     outcome: ErrorReport | str | None = None
-    if rank == 0:
-        head = {
-            "model": model_name_of(model),
-            "method": method_name,
-            "data": _describe_data(data),
-        }
-        try:
-            outcome = _analyse(gathered or [], num_classes, name, head)
-        except ValueError as exc:
-            outcome = str(exc)
+    with fail_together("the analysis"):
+        if rank == 0:
+            head = {
+                "model": model_name_of(model),
+                "method": method_name,
+                "data": _describe_data(data),
+            }
+            try:
+                outcome = _analyse(gathered or [], num_classes, name, head)
+            except ValueError as exc:  # a user error: every rank raises it as it is
+                outcome = str(exc)
     outcome = broadcast_from_rank0(outcome)
     if isinstance(outcome, str):
         raise ValueError(outcome)
@@ -545,7 +568,8 @@ def error_report(
     positions = broadcast_from_rank0([index_of[i] for i in report.shown] if rank == 0 else None)
     my_errors = shard(list(zip(report.shown, positions, strict=True)), rank, world)
     cards: list[dict[str, Any]] = []
-    with tqdm(total=len(my_errors), desc="explain", unit="err", disable=not show) as bar:
+    bar = tqdm(total=len(my_errors), desc="explain", unit="err", disable=not show)
+    with bar, fail_together("explain"):
         for start in range(0, len(my_errors), batch_size):
             chunk = my_errors[start : start + batch_size]
             cards += _cards(
@@ -558,18 +582,32 @@ def error_report(
             )
             bar.update(len(chunk))
     all_cards = gather_to_rank0(cards)
-    if rank == 0:
-        report.html_path, report.json_path = html_path, json_path
-        if keep_heatmaps:
-            report.heatmaps = {card["id"]: card["maps"] for card in all_cards or []}
-        summary = report.to_dict()
-        page = render_report(
-            summary,
-            groups,
-            {card["id"]: card["html"] for card in all_cards or []},
-            top_pairs=top_pairs,
-        )
-        html_path.parent.mkdir(parents=True, exist_ok=True)
-        html_path.write_text(page, encoding="utf-8")
-        json_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    with fail_together("writing the report"):
+        if rank == 0:
+            _write(report, groups, all_cards or [], html_path, json_path, top_pairs, keep_heatmaps)
     return broadcast_from_rank0(report if rank == 0 else None)
+
+
+def _write(
+    report: ErrorReport,
+    groups: list[dict[str, Any]],
+    all_cards: list[dict[str, Any]],
+    html_path: Path,
+    json_path: Path,
+    top_pairs: int | None,
+    keep_heatmaps: bool,
+) -> None:
+    """Rank 0: the HTML page and the JSON summary, and their paths on ``report``."""
+    report.html_path, report.json_path = html_path, json_path
+    if keep_heatmaps:
+        report.heatmaps = {card["id"]: card["maps"] for card in all_cards}
+    summary = report.to_dict()
+    page = render_report(
+        summary,
+        groups,
+        {card["id"]: card["html"] for card in all_cards},
+        top_pairs=top_pairs,
+    )
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    html_path.write_text(page, encoding="utf-8")
+    json_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")

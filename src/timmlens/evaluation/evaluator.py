@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,21 +13,39 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._model_state import explaining
 from ..data import prepare_images
-from ..interpretation.base import Explainer
+from ..errors import ImageInputError
+from ..interpretation.base import Explainer, num_outputs
 from ..interpretation.metrics.evaluator import CURVE_METRICS
 from ..interpretation.registry import create_explainer, resolve_method
 from .distributed import (
     broadcast_from_rank0,
+    fail_together,
     gather_to_rank0,
     init_from_environment,
     rank_and_world,
     shard,
 )
-from .sources import Sample, as_source
+from .run_identity import (
+    RUN_FILE,
+    build_identity,
+    check_resumable,
+    merged,
+    method_identity,
+    read_identity,
+    write_identity,
+)
+from .sources import DatasetSource, Sample, as_source
 from .summary import EvaluationSummary, RowStore, build_summary
 
 METRICS = ("insertion", "deletion", "sensitivity")
+ROW_FORMATS = ("jsonl", "csv")
+ON_ERROR = ("skip", "fail")
+#: what a dataset item or image file that cannot be read raises (PIL: OSError subclasses)
+_UNREADABLE = (OSError, ImageInputError)
+#: marks a gathered entry as "this image was skipped" rather than a row
+_SKIPPED = "_skipped"
 
 
 def _metric_name(name: str) -> str:
@@ -38,42 +57,81 @@ def _metric_name(name: str) -> str:
 
 def _explainers(
     model: nn.Module, methods: Sequence[str | Explainer], options: Mapping[str, Mapping[str, Any]]
-) -> dict[str, Explainer]:
+) -> tuple[dict[str, Explainer], dict[str, dict[str, Any]]]:
+    """The explainers by name, and each one's identity (class and options)."""
     explainers: dict[str, Explainer] = {}
+    identities: dict[str, dict[str, Any]] = {}
     for method in methods:
         if isinstance(method, Explainer):
             explainers[method.name] = method
+            identities[method.name] = method_identity(method, None, from_name=False)
         else:
             name = resolve_method(method).name
             explainers[name] = create_explainer(name, model, **options.get(name, {}))
-    return explainers
+            identities[name] = method_identity(explainers[name], options.get(name), True)
+    return explainers, identities
+
+
+def _sample_id(samples: Sequence[Sample], index: int) -> str:
+    # A dataset's ids are its indices: no need to load the item (and its image) for it.
+    return str(index) if isinstance(samples, DatasetSource) else samples[index].id
+
+
+def _load_batch(
+    model: nn.Module, samples: Sequence[Sample], indices: Sequence[int], on_error: str
+) -> tuple[list[Sample], torch.Tensor | None, dict[str, str]]:
+    """The readable samples, their batch ``(B, C, H, W)`` and the unreadable ids -> reason."""
+    good: list[Sample] = []
+    tensors: list[torch.Tensor] = []
+    skipped: dict[str, str] = {}
+    for index in indices:
+        sample = None
+        try:
+            sample = samples[index]
+            tensors.append(prepare_images([sample.image], model).tensor)
+        except _UNREADABLE as exc:
+            image_id = sample.id if sample is not None else _sample_id(samples, index)
+            reason = str(exc).strip().splitlines()[0].removeprefix("image 0: ")
+            if on_error == "fail":
+                raise ImageInputError(
+                    f"image '{image_id}' cannot be read: {reason} Fix or remove it, or skip "
+                    f"unreadable images with --on-error skip (on_error='skip')."
+                ) from exc
+            warnings.warn(
+                f"evaluate: skipped image '{image_id}': {reason}", RuntimeWarning, stacklevel=4
+            )
+            skipped[image_id] = reason
+            continue
+        good.append(sample)
+    return good, (torch.cat(tensors) if tensors else None), skipped
 
 
 def _rows_for_batch(
     model: nn.Module,
     samples: list[Sample],
+    inputs: torch.Tensor,
     explainers: dict[str, Explainer],
     metric_names: list[str],
     scorer: Any,
 ) -> list[dict[str, Any]]:
-    batch = prepare_images([s.image for s in samples], model)
-    with torch.no_grad():
-        predicted = model(batch.tensor).argmax(dim=1).tolist()
+    # explaining(): eval mode, so a model handed over in train mode predicts without dropout.
+    with explaining(model), torch.no_grad():
+        predicted = model(inputs).argmax(dim=1).tolist()
     targets = [
         s.label if s.label is not None else p for s, p in zip(samples, predicted, strict=True)
     ]
     rows = []
     for name, explainer in explainers.items():
-        heatmaps = explainer.explain_batch(batch.tensor, targets)
+        heatmaps = explainer.explain_batch(inputs, targets)
         # Insertion and deletion share one pass over the perturbation chunks.
         curve_names = [m for m in metric_names if m in CURVE_METRICS]
         results = (
-            dict(scorer.curves(batch.tensor, heatmaps, targets, metrics=curve_names))
+            dict(scorer.curves(inputs, heatmaps, targets, metrics=curve_names))
             if curve_names
             else {}
         )
         if "sensitivity" in metric_names:
-            results["sensitivity"] = scorer.sensitivity(batch.tensor, heatmaps, targets)
+            results["sensitivity"] = scorer.sensitivity(inputs, heatmaps, targets)
         scores = {metric: results[metric].per_image.tolist() for metric in metric_names}
         for i, sample in enumerate(samples):
             row = {
@@ -88,6 +146,121 @@ def _rows_for_batch(
     return rows
 
 
+def _open_output(
+    out_dir: Path,
+    store: RowStore,
+    identity: dict[str, Any],
+    metric_names: list[str],
+    fresh: bool,
+) -> tuple[dict[str, Any], dict[tuple[str, str], dict[str, Any]]]:
+    """Check ``out_dir`` can take this run's rows; the identity it records and its rows.
+
+    Runs on rank 0 only. ``fresh`` discards earlier rows and identity first.
+    """
+    siblings = [out_dir / f"rows.{fmt}" for fmt in ROW_FORMATS]
+    if fresh:
+        for path in [*siblings, out_dir / RUN_FILE]:
+            path.unlink(missing_ok=True)
+    store.repair()
+    rows = store.read()
+    holds_rows = bool(rows) or any(
+        p != store.path and p.exists() and p.stat().st_size > 0 for p in siblings
+    )
+    old = read_identity(out_dir) if holds_rows else None
+    if holds_rows:
+        check_resumable(out_dir, old, identity)
+    recorded = merged(old, identity)
+    store.widen(metric_names)
+    write_identity(out_dir, recorded)
+    return recorded, {(row["id"], row["method"]): row for row in rows}
+
+
+def _open_output_on_all_ranks(
+    rank: int, open_output: Any, metric_names: list[str]
+) -> tuple[dict[str, Any] | None, dict[tuple[str, str], dict[str, Any]], set[tuple[str, str]]]:
+    """Rank 0 opens the output; every rank learns the rows done, or raises with rank 0.
+
+    A row is done when it has every requested metric; the others are computed (again).
+    """
+    recorded: dict[str, Any] | None = None
+    existing: dict[tuple[str, str], dict[str, Any]] = {}
+    complete: set[tuple[str, str]] | None = None
+    with fail_together("opening the output folder"):
+        if rank == 0:
+            recorded, existing = open_output()
+            complete = {key for key, row in existing.items() if all(m in row for m in metric_names)}
+    return recorded, existing, broadcast_from_rank0(complete)
+
+
+def _record(
+    gathered: list[dict[str, Any]],
+    existing: dict[tuple[str, str], dict[str, Any]],
+    skipped: dict[str, str],
+    store: RowStore,
+) -> bool:
+    """Append one round's rows (rank 0); note skipped ids. Whether a row was replaced."""
+    replaced = False
+    new_rows = []
+    for row in gathered:
+        if _SKIPPED in row:
+            skipped[row["id"]] = row[_SKIPPED]
+            continue
+        key = (row["id"], row["method"])
+        replaced = replaced or key in existing
+        # A row computed again for a new metric keeps the metrics it had.
+        existing[key] = {**existing.get(key, {}), **row}
+        new_rows.append(existing[key])
+    store.append(new_rows)
+    return replaced
+
+
+def _run_pending(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    pending: list[int],
+    explainers: dict[str, Explainer],
+    metric_names: list[str],
+    scorer: Any,
+    store: RowStore,
+    existing: dict[tuple[str, str], dict[str, Any]],
+    complete: set[tuple[str, str]],
+    batch_size: int,
+    on_error: str,
+    progress: bool,
+) -> tuple[dict[str, str], bool]:
+    """Compute the pending images' rows round by round; rank 0 appends them to ``store``.
+
+    ``existing`` (rank 0) is updated in place. Returns the skipped ids -> reason (rank 0)
+    and whether a row was replaced (then the file holds a key twice).
+    """
+    rank, world = rank_and_world()
+    mine = shard(pending, rank, world)
+    # Every rank runs the same number of rounds (gathers), a short or skipped batch included.
+    rounds = math.ceil(math.ceil(len(pending) / world) / batch_size) if pending else 0
+    skipped: dict[str, str] = {}
+    replaced = False
+    with tqdm(total=len(pending), desc="evaluate", unit="img", disable=not progress) as bar:
+        for round_index in range(rounds):
+            indices = mine[round_index * batch_size : (round_index + 1) * batch_size]
+            with fail_together("explaining and scoring"):
+                chunk, inputs, unreadable = _load_batch(model, samples, indices, on_error)
+                rows = (
+                    _rows_for_batch(model, chunk, inputs, explainers, metric_names, scorer)
+                    if inputs is not None
+                    else []
+                )
+            rows = [r for r in rows if (r["id"], r["method"]) not in complete]
+            rows += [{"id": key, _SKIPPED: reason} for key, reason in unreadable.items()]
+            gathered = gather_to_rank0(rows)
+            # Rank 0 writes while the others wait in the next round's check: a failed write
+            # (disk full) must stop them too, not leave them waiting.
+            with fail_together("writing rows"):
+                if gathered is not None:
+                    replaced |= _record(gathered, existing, skipped, store)
+                    bar.update(len({row["id"] for row in gathered}))
+    return skipped, replaced
+
+
 def evaluate(
     model: nn.Module,
     data: Any,
@@ -98,6 +271,8 @@ def evaluate(
     batch_size: int = 8,
     rows_format: str = "jsonl",
     resume: bool = True,
+    overwrite: bool = False,
+    on_error: str = "skip",
     progress: bool = True,
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     metric_options: Mapping[str, Any] | None = None,
@@ -106,9 +281,22 @@ def evaluate(
 
     Targets are the labels when the data has them, else each image's prediction.
     Rows (one per image and method) are appended to ``out/rows.jsonl`` (or ``.csv``)
-    as batches finish, so a run that stopped resumes where it was (``resume=True``
-    skips image/method pairs already written). The summary (mean and 95% CI per
-    method and metric) goes to ``out/summary.json`` and is returned.
+    as batches finish, so a run that stopped resumes where it was. The summary (mean
+    and 95% CI per method and metric, the run identity, the skipped images) goes to
+    ``out/summary.json`` (strict JSON: ``null`` for NaN) and is returned.
+
+    **Run identity.** ``out/run.json`` records what made the rows: the model (spec or
+    class, SHA-256 of its state dict, preprocessing), each method's class and options,
+    the metric options (defaults filled in; ``max_batch``/``memory_budget_bytes`` left
+    out, they change only speed), the timmlens version and the image list (count, ids;
+    for a folder also file sizes and labels). A run resumes only rows of the same
+    identity; otherwise it raises :class:`~timmlens.errors.RunMismatchError` naming what
+    differs. New methods and new metrics are a resume: a row lacking a requested metric
+    is computed again (its other metrics kept). A CSV file's columns are fixed by its
+    header; a new metric rewrites the file, atomically, with the wider header first.
+
+    **Crash safety.** A last line cut by a kill is dropped with a warning naming the file
+    and line, and computed again. ``KeyboardInterrupt`` leaves every finished batch's rows.
 
     Under ``torchrun`` each rank takes every ``world``-th pending image; rank 0
     gathers the rows after every round and writes them, so the files are those of a
@@ -119,50 +307,73 @@ def evaluate(
         data: an image folder (integer-named sub-folders give labels), a map-style
             ``Dataset`` yielding ``image`` or ``(image, label)``, or a ``DataLoader``.
         methods: method names (``gradcam``, ``gradcampp``, ``ig``, ``smoothgrad``,
-            ``rollout``) or explainer instances.
+            ``rollout``) or explainer instances (then only their class is in the identity).
         metrics: ``insertion``, ``deletion``, ``sensitivity`` (sensitivity-n).
         out: output folder.
         batch_size: images per explanation batch (per rank).
         rows_format: ``"jsonl"`` or ``"csv"``.
+        resume: ``False`` is ``overwrite=True`` (the name older code used).
+        overwrite: discard the rows and identity already in ``out`` and start afresh.
+        on_error: an image that cannot be read (a broken file, a dataset item raising
+            ``OSError``): ``"skip"`` (default) warns, leaves it out and lists it in the
+            summary; ``"fail"`` raises :class:`~timmlens.errors.ImageInputError`.
         method_options: constructor options per method name, e.g. ``{"ig": {"n_steps": 16}}``.
         metric_options: options for ``ExplanationMetrics`` (e.g. ``{"steps": 50}``).
+
+    Raises:
+        RunMismatchError: ``out`` holds rows of another run (one line: what differs).
+        RowsFileError: a rows line before the last is damaged (names file and line).
     """
     from ..interpretation.metrics import ExplanationMetrics
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if rows_format not in ROW_FORMATS:
+        raise ValueError(f"rows_format must be one of {ROW_FORMATS}, got {rows_format!r}.")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}.")
     init_from_environment()
-    rank, world = rank_and_world()
-    metric_names = [_metric_name(m) for m in metrics]
-    explainers = _explainers(model, methods, method_options or {})
+    rank = rank_and_world()[0]
+    metric_names = list(dict.fromkeys(_metric_name(m) for m in metrics))
+    explainers, method_ids = _explainers(model, methods, method_options or {})
     scorer = ExplanationMetrics(model, **dict(metric_options or {}))
-    samples = as_source(data)
+    samples = as_source(data, num_classes=num_outputs(model))
     out_dir = Path(out)
     store = RowStore(out_dir / f"rows.{rows_format}", metric_names)
-    if not resume and rank == 0 and store.path.exists():
-        store.path.unlink()
-    done = broadcast_from_rank0(store.done() if rank == 0 else None)
+
+    def open_output() -> tuple[dict[str, Any], dict[tuple[str, str], dict[str, Any]]]:
+        identity = build_identity(
+            model, method_ids, metric_names, dict(metric_options or {}), samples
+        )
+        return _open_output(out_dir, store, identity, metric_names, overwrite or not resume)
+
+    recorded, existing, complete = _open_output_on_all_ranks(rank, open_output, metric_names)
     pending = [
         i
         for i in range(len(samples))
-        if any((samples[i].id, name) not in done for name in explainers)
+        if any((_sample_id(samples, i), name) not in complete for name in explainers)
     ]
-    mine = shard(pending, rank, world)
-    rounds = math.ceil(math.ceil(len(pending) / world) / batch_size) if pending else 0
-    bar = tqdm(total=len(pending), desc="evaluate", unit="img", disable=not progress or rank != 0)
-    for round_index in range(rounds):
-        chunk = [
-            samples[i] for i in mine[round_index * batch_size : (round_index + 1) * batch_size]
-        ]
-        rows = _rows_for_batch(model, chunk, explainers, metric_names, scorer) if chunk else []
-        rows = [r for r in rows if (r["id"], r["method"]) not in done]
-        gathered = gather_to_rank0(rows)
-        if gathered is not None:
-            store.append(gathered)
-            bar.update(len({row["id"] for row in gathered}))
-    bar.close()
+    skipped, replaced = _run_pending(
+        model,
+        samples,
+        pending,
+        explainers,
+        metric_names,
+        scorer,
+        store,
+        existing,
+        complete,
+        batch_size,
+        on_error,
+        progress and rank == 0,
+    )
     summary = None
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        summary = build_summary(store.read(), metric_names, store.path, out_dir / "summary.json")
+    with fail_together("writing the summary"):
+        if rank == 0:
+            if replaced or store.had_duplicates:
+                store.rewrite(list(existing.values()))  # one line per (id, method) again
+            rows = [row for row in existing.values() if row["method"] in explainers]
+            summary = build_summary(
+                rows, metric_names, store.path, out_dir / "summary.json", recorded, skipped
+            )
     return broadcast_from_rank0(summary)

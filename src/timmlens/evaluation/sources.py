@@ -31,6 +31,8 @@ from ..viz.labels import IMAGENET_NUM_CLASSES, imagenet_class_names
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 _WNID = re.compile(r"^n\d{8}$")
+#: a class index as text; a sign is allowed so that "-1" reads as a (bad) index, not a name
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ class LabelResolver:
         if isinstance(name, bool):
             raise LabelNameError(f"{where}: a label must be a class index or name, got {name}.")
         text = str(name).strip()
-        if isinstance(name, int) or text.isdigit():
+        if isinstance(name, int) or _INTEGER.match(text):
             index = int(text)
             if not 0 <= index < self.num_classes:
                 raise LabelNameError(
@@ -198,15 +200,24 @@ class ImageFolderSource(Sequence[Sample]):
     folder named by an integer (``root/281/cat.jpg``) gives that class index and other
     files get no label (they are explained for their prediction). With a
     :class:`LabelResolver` every sub-folder must name a class (index, class name, synonym
-    or WordNet id) and an unknown name fails here, before any image is read; files
-    directly in ``root`` have no label.
+    or WordNet id); files directly in ``root`` have no label. Either way every folder is
+    checked here, before any image is read: folders named by an index out of range
+    (``5000/`` for 1000 classes, ``-1/``) fail together in one message, then an unknown
+    class name fails.
 
     Args:
         root: the image folder.
         labels: how folder names become classes (see :func:`label_resolver_for`).
+        num_classes: the model's class count, to check index folders against without
+            ``labels`` (``None``: only negative indices are caught).
     """
 
-    def __init__(self, root: str | os.PathLike[str], labels: LabelResolver | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        labels: LabelResolver | None = None,
+        num_classes: int | None = None,
+    ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"Image folder '{self.root}' does not exist.")
@@ -218,15 +229,43 @@ class ImageFolderSource(Sequence[Sample]):
                 f"No image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under '{self.root}'."
             )
         self.resolver = labels
+        self.num_classes = labels.num_classes if labels is not None else num_classes
+        folders = sorted({p.parent for p in self.files})
+        self._check_index_folders(folders)
         self._folder_labels: dict[Path, int | None] = {}
-        for folder in sorted({p.parent for p in self.files}):
+        for folder in folders:
             self._folder_labels[folder] = self._folder_label(folder)
+
+    def _check_index_folders(self, folders: list[Path]) -> None:
+        """Every folder named by an out-of-range index, in one error, before any image."""
+        limit = self.num_classes
+
+        def out_of_range(name: str) -> bool:
+            if not _INTEGER.match(name):
+                return False
+            return int(name) < 0 or (limit is not None and int(name) >= limit)
+
+        bad = [
+            folder.relative_to(self.root).as_posix()
+            for folder in folders
+            if folder != self.root and out_of_range(folder.name)
+        ]
+        if not bad:
+            return
+        shown = ", ".join(f"'{name}'" for name in bad[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        valid = f"0..{limit - 1} (the model has {limit} classes)" if limit else "0 or more"
+        raise LabelNameError(
+            f"class folder{'s' if len(bad) > 1 else ''} {shown}{more} under '{self.root}': "
+            f"index out of range; a folder named by a class index must be {valid}. Rename "
+            f"or remove {'them' if len(bad) > 1 else 'it'}."
+        )
 
     def _folder_label(self, folder: Path) -> int | None:
         if folder == self.root:
             return None
         if self.resolver is None:
-            return int(folder.name) if folder.name.isdigit() else None
+            return int(folder.name) if _INTEGER.match(folder.name) else None
         where = f"folder '{folder.relative_to(self.root).as_posix()}'"
         return self.resolver.resolve(folder.name, where=where)
 
@@ -262,7 +301,11 @@ class DatasetSource(Sequence[Sample]):
 
     def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
         item = self.dataset[index]
-        image, label = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
+        if isinstance(item, (tuple, list)):
+            # (image,) from TensorDataset(images); (image, label, ...) from labelled sets.
+            image, label = item[0], (item[1] if len(item) > 1 else None)
+        else:
+            image, label = item, None
         if isinstance(label, torch.Tensor):
             label = int(label.item())
         if label is not None and self.resolver is not None:
@@ -270,16 +313,19 @@ class DatasetSource(Sequence[Sample]):
         return Sample(str(index), image, None if label is None else int(label))
 
 
-def as_source(data: Any, labels: LabelResolver | None = None) -> Sequence[Sample]:
+def as_source(
+    data: Any, labels: LabelResolver | None = None, num_classes: int | None = None
+) -> Sequence[Sample]:
     """An image folder path, a ``Dataset`` or a ``DataLoader`` (its dataset) as samples.
 
     Args:
         data: the images.
         labels: how class names become indices (folders named by class, string labels);
             ``None`` keeps integer labels only.
+        num_classes: without ``labels``, the class count index folders are checked against.
     """
     if isinstance(data, (str, os.PathLike)):
-        return ImageFolderSource(data, labels)
+        return ImageFolderSource(data, labels, num_classes)
     if isinstance(data, DataLoader):
         return DatasetSource(data.dataset, labels)
     if isinstance(data, Dataset):

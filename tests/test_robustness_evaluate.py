@@ -1,0 +1,232 @@
+"""evaluate / ``timmlens evaluate``: run identity on resume, crash-safe rows, clean stops."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from timmlens import errors
+from timmlens.cli import main
+from timmlens.evaluation import evaluate
+from timmlens.testing import make_explainable
+
+STEPS = {"steps": 4}
+QUIET = {"progress": False}
+
+
+def _model(seed: int = 0, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return make_explainable(timm.create_model("test_resnet", num_classes=10, **kwargs), seed=seed)
+
+
+def _folder(root, count: int = 4):
+    """``count`` small random PNGs, the first two in class folder ``3``."""
+    rng = np.random.default_rng(0)
+    (root / "3").mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        name = f"3/img{i}.png" if i < 2 else f"img{i}.png"
+        pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / name)
+    return root
+
+
+def _strict_json(text: str):
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _jsonl(path) -> list[dict]:
+    return [_strict_json(line) for line in path.read_text().splitlines()]
+
+
+def _run(model, data, out, **kwargs):
+    kwargs = {"metric_options": STEPS, **QUIET, **kwargs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant-heatmap warnings of the random model
+        return evaluate(model, data, out=out, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("change", "difference"),
+    [
+        ("model", r"model differs: ResNet \(sha256 \w{12}\) vs ResNet \(sha256 \w{12}\)"),
+        ("steps", "metric option steps: 4 vs 6"),
+        ("method options", "method gradcam option relu: True vs False"),
+        ("data", "image list differs: 4 vs 5 images"),
+    ],
+)
+def test_resume_of_another_run_stops_and_names_the_difference(tmp_path, change, difference):
+    model, data, out = _model(), _folder(tmp_path / "data"), tmp_path / "out"
+    _run(model, data, out)
+    rows_before = (out / "rows.jsonl").read_text()
+    second = {}
+    if change == "model":
+        model = _model(seed=1)
+    elif change == "steps":
+        second["metric_options"] = {"steps": 6}
+    elif change == "method options":
+        second["method_options"] = {"gradcam": {"relu": False}}
+    else:
+        _folder(data, count=5)
+    with pytest.raises(errors.RunMismatchError, match=difference) as caught:
+        _run(model, data, out, **second)
+    message = str(caught.value)
+    assert "\n" not in message and "--overwrite" in message and "--out" in message
+    assert (out / "rows.jsonl").read_text() == rows_before, "the earlier rows are untouched"
+
+    summary = _run(model, data, out, overwrite=True, **second)
+    assert summary.table["gradcam"]["insertion"].n == (5 if change == "data" else 4)
+    assert summary.identity == _strict_json((out / "run.json").read_text())
+
+
+def test_same_run_resumes_and_a_different_batch_size_is_the_same_run(tmp_path):
+    model, data, out = _model(), _folder(tmp_path / "data"), tmp_path / "out"
+    _run(model, data, out, batch_size=4)
+    summary = _run(model, data, out, batch_size=3, metric_options={**STEPS, "max_batch": 2})
+    assert summary.table["gradcam"]["insertion"].n == 4
+    assert len(_jsonl(out / "rows.jsonl")) == 4
+
+
+@pytest.mark.parametrize("rows_format", ["jsonl", "csv"])
+def test_metric_added_on_resume_is_computed_for_the_old_rows(tmp_path, rows_format):
+    model, data, out = _model(), _folder(tmp_path / "data"), tmp_path / "out"
+    first = _run(model, data, out, metrics=["insertion"], rows_format=rows_format)
+    summary = _run(model, data, out, metrics=["insertion", "deletion"], rows_format=rows_format)
+    for metric in ("insertion", "deletion"):
+        stat = summary.table["gradcam"][metric]
+        assert stat.n == 4 and np.isfinite(stat.mean) and np.isfinite(stat.ci95)
+    assert summary.table["gradcam"]["insertion"].mean == pytest.approx(
+        first.table["gradcam"]["insertion"].mean
+    )
+    path = out / f"rows.{rows_format}"
+    if rows_format == "csv":
+        with path.open(newline="") as handle:
+            table = list(csv.reader(handle))
+        assert table[0] == ["id", "method", "label", "predicted", "target", "insertion", "deletion"]
+        assert len(table) == 5 and all(len(line) == 7 for line in table)
+    else:
+        rows = _jsonl(path)
+        assert len(rows) == 4 and all({"insertion", "deletion"} <= set(row) for row in rows)
+
+
+@pytest.mark.parametrize("rows_format", ["jsonl", "csv"])
+@pytest.mark.parametrize("cut", ["mid-line", "newline only"])
+def test_a_last_line_cut_by_a_kill_is_dropped_with_a_warning(tmp_path, rows_format, cut):
+    model, data, out = _model(), _folder(tmp_path / "data"), tmp_path / "out"
+    _run(model, data, out, rows_format=rows_format)
+    path = out / f"rows.{rows_format}"
+    data_bytes = path.read_bytes()
+    path.write_bytes(data_bytes[:-12] if cut == "mid-line" else data_bytes[:-1])
+    line = 5 if rows_format == "csv" else 4  # the CSV header is line 1
+    with pytest.warns(RuntimeWarning, match=rf"rows\.{rows_format}:{line}: the last line is"):
+        summary = evaluate(
+            model, data, out=out, rows_format=rows_format, metric_options=STEPS, **QUIET
+        )
+    assert summary.table["gradcam"]["insertion"].n == 4
+    assert path.read_bytes().endswith(b"\n")
+    if rows_format == "jsonl":
+        assert len(_jsonl(path)) == 4
+    else:
+        with path.open(newline="") as handle:
+            table = list(csv.reader(handle))
+        assert len(table) == 5 and all(len(line) == 7 for line in table)
+    # and the file stays good for the next resume
+    assert _run(model, data, out, rows_format=rows_format).table["gradcam"]["deletion"].n == 4
+
+
+def test_summary_json_is_strict_and_records_the_run(tmp_path):
+    model, data, out = _model(), _folder(tmp_path / "data", count=1), tmp_path / "out"
+    summary = _run(model, data, out)
+    assert np.isnan(summary.table["gradcam"]["insertion"].ci95)  # one image: no interval
+    written = _strict_json((out / "summary.json").read_text())
+    assert written["methods"]["gradcam"]["insertion"]["ci95"] is None
+    assert written["run"]["model"]["sha256"] == summary.identity["model"]["sha256"]
+    assert written["run"]["metric_options"]["steps"] == 4
+    assert "run: model ResNet (sha256 " in str(summary)
+
+
+def test_unreadable_image_is_skipped_and_counted_or_fails_on_request(tmp_path):
+    model, data, out = _model(), _folder(tmp_path / "data"), tmp_path / "out"
+    (data / "3" / "broken.png").write_bytes(b"not a png")
+    with pytest.warns(RuntimeWarning, match=r"skipped image '3/broken\.png': .*broken\.png"):
+        summary = evaluate(model, data, out=out, metric_options=STEPS, **QUIET)
+    assert summary.n_images == 4 and list(summary.skipped) == ["3/broken.png"]
+    written = _strict_json((out / "summary.json").read_text())
+    assert written["skipped"] == 1 and written["skipped_images"][0]["id"] == "3/broken.png"
+    assert "skipped 1 unreadable image(s): 3/broken.png" in str(summary)
+
+    with pytest.raises(
+        errors.ImageInputError, match=r"image '3/broken\.png' cannot be read.*on-error"
+    ):
+        _run(model, data, tmp_path / "out2", on_error="fail")
+
+
+def test_a_model_in_train_mode_predicts_in_eval_mode(tmp_path):
+    model = _model(drop_rate=0.5)
+    images = torch.randn(6, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model.eval()(images).argmax(dim=1).tolist()
+    model.train()
+    dataset = torch.utils.data.TensorDataset(images, torch.arange(6))
+    _run(model, dataset, tmp_path, batch_size=6)
+    rows = sorted(_jsonl(tmp_path / "rows.jsonl"), key=lambda row: int(row["id"]))
+    assert [row["predicted"] for row in rows] == expected
+    assert model.training, "the model's mode is left as it was"
+
+
+def _cli(tmp_path, *extra):
+    _folder(tmp_path / "data")
+    torch.manual_seed(0)  # test_resnet without weights is drawn at random: the same draw
+    argv = ["evaluate", str(tmp_path / "data"), "--model", "test_resnet", "--steps", "4"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return main([*argv, "--out", str(tmp_path / "out"), *extra])
+        except KeyboardInterrupt:  # escaping main would stop pytest itself
+            return "KeyboardInterrupt escaped main()"
+
+
+def test_cli_ctrl_c_exits_130_with_one_line_and_keeps_rows(tmp_path, monkeypatch, capsys):
+    from timmlens.evaluation import evaluator
+
+    real = evaluator._rows_for_batch
+    calls = []
+
+    def interrupted_after_first_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluator, "_rows_for_batch", interrupted_after_first_batch)
+    assert _cli(tmp_path, "--batch-size", "2") == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    rows = tmp_path / "out" / "rows.jsonl"
+    assert err[-1] == (
+        f"timmlens evaluate: interrupted; 2 rows kept in {rows}, rerun the same command to resume"
+    )
+    assert len(_jsonl(rows)) == 2
+
+    monkeypatch.setattr(evaluator, "_rows_for_batch", real)
+    assert _cli(tmp_path, "--batch-size", "2") == 0
+    assert len(_jsonl(rows)) == 4
+    assert "4 images" in capsys.readouterr().out
+
+
+def test_cli_resume_of_another_run_is_one_line_with_status_2(tmp_path, capsys):
+    assert _cli(tmp_path) == 0
+    capsys.readouterr()
+    assert _cli(tmp_path, "--metrics", "deletion", "--steps", "6") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("timmlens evaluate: error: ")
+    assert "metric option steps: 4 vs 6" in err[0] and "--overwrite" in err[0]
+    assert _cli(tmp_path, "--steps", "6", "--overwrite") == 0
