@@ -230,3 +230,85 @@ def test_cli_resume_of_another_run_is_one_line_with_status_2(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("timmlens evaluate: error: ")
     assert "metric option steps: 4 vs 6" in err[0] and "--overwrite" in err[0]
     assert _cli(tmp_path, "--steps", "6", "--overwrite") == 0
+
+
+def test_explainer_instances_with_other_settings_are_another_run(tmp_path):
+    from timmlens.interpretation import GradCAM
+
+    model, data = _model(), _folder(tmp_path / "data")
+    _run(model, data, tmp_path / "out", methods=[GradCAM(model, target_layer="layer4")])
+    again = _run(model, data, tmp_path / "out", methods=[GradCAM(model, target_layer="layer4")])
+    assert again.n_images == 4  # the same settings resume
+    with pytest.raises(errors.RunMismatchError, match=r"method gradcam option layer_names"):
+        _run(model, data, tmp_path / "out", methods=[GradCAM(model, target_layer="layer3")])
+
+
+def test_resume_runs_only_the_methods_that_are_missing(tmp_path):
+    model, data = _model(), _folder(tmp_path / "data")
+    _run(model, data, tmp_path, methods=["gradcam"])
+    from timmlens.interpretation import GradCAM, GradCAMPlusPlus
+
+    calls = {"gradcam": 0, "gradcampp": 0}
+    originals = {cls: cls.explain_batch for cls in (GradCAM, GradCAMPlusPlus)}
+
+    def counting(cls, name):
+        def explain_batch(self, *args, **kwargs):
+            calls[name] += 1
+            return originals[cls](self, *args, **kwargs)
+
+        return explain_batch
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(GradCAM, "explain_batch", counting(GradCAM, "gradcam"))
+        patch.setattr(GradCAMPlusPlus, "explain_batch", counting(GradCAMPlusPlus, "gradcampp"))
+        summary = _run(model, data, tmp_path, methods=["gradcam", "gradcampp"])
+    assert calls == {"gradcam": 0, "gradcampp": 1}
+    assert summary.table["gradcampp"]["insertion"].n == 4
+
+
+class _BrokenItems(torch.utils.data.Dataset):
+    """Items 1 and 2 fail the way PIL and torchvision fail on damaged files."""
+
+    def __init__(self) -> None:
+        self.images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int):
+        if index == 1:
+            from PIL import Image
+
+            raise Image.DecompressionBombError("Image size (2e9 pixels) exceeds limit")
+        if index == 2:
+            raise RuntimeError("Invalid data found when processing input")
+        return self.images[index], index
+
+
+def test_dataset_items_that_fail_to_decode_are_skipped(tmp_path):
+    with pytest.warns(RuntimeWarning, match="skipped image"):
+        summary = evaluate(_model(), _BrokenItems(), out=tmp_path, metric_options=STEPS, **QUIET)
+    assert summary.n_images == 2 and sorted(summary.skipped) == ["1", "2"]
+
+
+def test_csv_cut_after_its_header_widens_on_resume(tmp_path):
+    model, data = _model(), _folder(tmp_path / "data")
+    _run(model, data, tmp_path, rows_format="csv", metrics=["insertion"])
+    path = tmp_path / "rows.csv"
+    header, first, *_ = path.read_text().splitlines(keepends=True)
+    path.write_text(header + first[:10])  # killed while writing the first row
+    with pytest.warns(RuntimeWarning, match=r"rows\.csv:2"):
+        evaluate(
+            model,
+            data,
+            out=tmp_path,
+            rows_format="csv",
+            metrics=["insertion", "deletion"],
+            metric_options=STEPS,
+            **QUIET,
+        )
+    lines = path.read_text().splitlines()
+    assert lines[0].split(",")[-2:] == ["insertion", "deletion"]
+    assert {len(line.split(",")) for line in lines} == {len(lines[0].split(","))}
+    again = _run(model, data, tmp_path, rows_format="csv", metrics=["insertion", "deletion"])
+    assert again.table["gradcam"]["deletion"].n == 4

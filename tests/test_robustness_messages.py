@@ -169,3 +169,8 @@ def test_quick_explain_takes_class_names_and_numpy_indices(cnn) -> None:
     assert torch.allclose(named.heatmap, indexed.heatmap)
     with pytest.raises(LabelNameError, match="tabbby"):
         quick_explain(cnn, picture, save_path=None, target_class="tabbby")
+
+
+def test_bytes_are_not_a_list_of_class_indices(cnn) -> None:
+    with pytest.raises(ValueError, match="got bytes"):
+        GradCAM(cnn)(inputs(), target_class=b"ab")

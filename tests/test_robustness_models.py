@@ -275,3 +275,18 @@ def test_unknown_bundled_spec_lists_the_bundled_specs(spec, hint):
     message = str(caught.value)
     assert f"Unknown bundled model '{spec}'" in message
     assert all(known in message for known in BUNDLED_SPECS)
+
+
+def test_checkpoints_of_the_old_wrapper_with_a_separate_head_still_load():
+    from timmlens.testing import explainable_model
+
+    source = ImageClassifier(explainable_model("test_resnet", seed=0))
+    old_layout = {
+        key.replace("backbone.fc.", "head.", 1): value for key, value in source.state_dict().items()
+    }
+    assert "head.weight" in old_layout and "backbone.fc.weight" not in old_layout
+    target = ImageClassifier(explainable_model("test_resnet", seed=1))
+    assert not torch.equal(target.head.weight, source.head.weight)
+    target.load_state_dict(old_layout)  # strict: every key placed
+    assert torch.equal(target.head.weight, source.head.weight)
+    assert torch.equal(target.backbone.fc.bias, source.backbone.fc.bias)

@@ -50,11 +50,6 @@ def _non_negative_int(text: str) -> int:
     return _integer(text, 0)
 
 
-def _class_arg(text: str) -> int | str:
-    """A class index (``281``) or a class name (``tabby``), resolved against the model later."""
-    return int(text) if text.lstrip("-").isdigit() else text
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="timmlens", description="Explanations for timm image classifiers.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -73,7 +68,6 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--method", default="gradcam", choices=sorted(METHODS))
     explain.add_argument(
         "--target",
-        type=_class_arg,
         default=None,
         help="class to explain, an index or a name such as tabby (default: the predicted class)",
     )

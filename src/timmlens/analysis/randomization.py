@@ -170,15 +170,15 @@ def execution_order(model: nn.Module, inputs: torch.Tensor | None = None) -> dic
 
         return record
 
-    try:
-        for name, module in model.named_modules():
-            if _has_parameters(module, recurse=False):
-                handles.append(module.register_forward_pre_hook(recorder(name)))
-        with explaining(model), torch.no_grad():
+    with explaining(model), torch.no_grad():  # the hooks must see this forward only
+        try:
+            for name, module in model.named_modules():
+                if _has_parameters(module, recurse=False):
+                    handles.append(module.register_forward_pre_hook(recorder(name)))
             model(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+        finally:
+            for handle in handles:
+                handle.remove()
     return order
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._model_state import explaining
+from .._model_state import explaining, model_lock
 from ..data import ImagesInput, prepare_images
 from ..interpretation._targets import TargetInput, validate_targets
 from ..interpretation.base import Explainer, num_outputs
@@ -114,7 +114,8 @@ def _copy_with_explainers(
     their resolved layers point into the copy.
     """
     instances = [m.instance for m in methods if m.instance is not None]
-    copied_model, *copied_instances = copy.deepcopy((model, *instances))
+    with model_lock(model):  # not mid-way through another thread's explanation
+        copied_model, *copied_instances = copy.deepcopy((model, *instances))
     remaining = iter(copied_instances)
     explainers = []
     for method in methods:

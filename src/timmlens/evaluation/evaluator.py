@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -42,8 +43,9 @@ from .summary import EvaluationSummary, RowStore, build_summary
 METRICS = ("insertion", "deletion", "sensitivity")
 ROW_FORMATS = ("jsonl", "csv")
 ON_ERROR = ("skip", "fail")
-#: what a dataset item or image file that cannot be read raises (PIL: OSError subclasses)
-_UNREADABLE = (OSError, ImageInputError)
+#: what a dataset item or image file that cannot be read raises (PIL: OSError subclasses
+#: and DecompressionBombError, a plain Exception)
+_UNREADABLE = (OSError, ImageInputError, Image.DecompressionBombError)
 #: marks a gathered entry as "this image was skipped" rather than a row
 _SKIPPED = "_skipped"
 
@@ -77,6 +79,14 @@ def _sample_id(samples: Sequence[Sample], index: int) -> str:
     return str(index) if isinstance(samples, DatasetSource) else samples[index].id
 
 
+def _read_item(samples: Sequence[Sample], index: int) -> Sample:
+    """``samples[index]``; a dataset's decoder failing on a broken file is unreadable too."""
+    try:
+        return samples[index]
+    except RuntimeError as exc:  # torchvision.io.decode_image on a damaged file
+        raise ImageInputError(str(exc).strip() or type(exc).__name__) from exc
+
+
 def _load_batch(
     model: nn.Module, samples: Sequence[Sample], indices: Sequence[int], on_error: str
 ) -> tuple[list[Sample], torch.Tensor | None, dict[str, str]]:
@@ -87,7 +97,7 @@ def _load_batch(
     for index in indices:
         sample = None
         try:
-            sample = samples[index]
+            sample = _read_item(samples, index)
             tensors.append(prepare_images([sample.image], model).tensor)
         except _UNREADABLE as exc:
             image_id = sample.id if sample is not None else _sample_id(samples, index)
@@ -113,35 +123,42 @@ def _rows_for_batch(
     explainers: dict[str, Explainer],
     metric_names: list[str],
     scorer: Any,
+    complete: set[tuple[str, str]],
 ) -> list[dict[str, Any]]:
+    """Rows of ``samples`` (inputs ``(B, C, H, W)``) for each method whose row is not yet
+    ``complete``; a method is run only on the images that still need it."""
     # explaining(): eval mode, so a model handed over in train mode predicts without dropout.
     with explaining(model), torch.no_grad():
         predicted = model(inputs).argmax(dim=1).tolist()
     targets = [
         s.label if s.label is not None else p for s, p in zip(samples, predicted, strict=True)
     ]
+    # Insertion and deletion share one pass over the perturbation chunks.
+    curve_names = [m for m in metric_names if m in CURVE_METRICS]
     rows = []
     for name, explainer in explainers.items():
-        heatmaps = explainer.explain_batch(inputs, targets)
-        # Insertion and deletion share one pass over the perturbation chunks.
-        curve_names = [m for m in metric_names if m in CURVE_METRICS]
+        needed = [i for i, sample in enumerate(samples) if (sample.id, name) not in complete]
+        if not needed:
+            continue
+        subset, subset_targets = inputs[needed], [targets[i] for i in needed]
+        heatmaps = explainer.explain_batch(subset, subset_targets)
         results = (
-            dict(scorer.curves(inputs, heatmaps, targets, metrics=curve_names))
+            dict(scorer.curves(subset, heatmaps, subset_targets, metrics=curve_names))
             if curve_names
             else {}
         )
         if "sensitivity" in metric_names:
-            results["sensitivity"] = scorer.sensitivity(inputs, heatmaps, targets)
+            results["sensitivity"] = scorer.sensitivity(subset, heatmaps, subset_targets)
         scores = {metric: results[metric].per_image.tolist() for metric in metric_names}
-        for i, sample in enumerate(samples):
+        for position, i in enumerate(needed):
             row = {
-                "id": sample.id,
+                "id": samples[i].id,
                 "method": name,
-                "label": sample.label,
+                "label": samples[i].label,
                 "predicted": predicted[i],
                 "target": targets[i],
             }
-            row.update({metric: scores[metric][i] for metric in metric_names})
+            row.update({metric: scores[metric][position] for metric in metric_names})
             rows.append(row)
     return rows
 
@@ -245,11 +262,12 @@ def _run_pending(
             with fail_together("explaining and scoring"):
                 chunk, inputs, unreadable = _load_batch(model, samples, indices, on_error)
                 rows = (
-                    _rows_for_batch(model, chunk, inputs, explainers, metric_names, scorer)
+                    _rows_for_batch(
+                        model, chunk, inputs, explainers, metric_names, scorer, complete
+                    )
                     if inputs is not None
                     else []
                 )
-            rows = [r for r in rows if (r["id"], r["method"]) not in complete]
             rows += [{"id": key, _SKIPPED: reason} for key, reason in unreadable.items()]
             gathered = gather_to_rank0(rows)
             # Rank 0 writes while the others wait in the next round's check: a failed write
@@ -307,7 +325,8 @@ def evaluate(
         data: an image folder (integer-named sub-folders give labels), a map-style
             ``Dataset`` yielding ``image`` or ``(image, label)``, or a ``DataLoader``.
         methods: method names (``gradcam``, ``gradcampp``, ``ig``, ``smoothgrad``,
-            ``rollout``) or explainer instances (then only their class is in the identity).
+            ``rollout``) or explainer instances (their class and the settings they hold
+            are in the identity).
         metrics: ``insertion``, ``deletion``, ``sensitivity`` (sensitivity-n).
         out: output folder.
         batch_size: images per explanation batch (per rank).

@@ -96,16 +96,39 @@ def _effective_options(function: Any, given: Mapping[str, Any], skip: int) -> di
     return jsonable(dict(sorted(options.items())))
 
 
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _instance_state(explainer: Explainer) -> dict[str, Any]:
+    """An explainer instance's settings as it holds them: plain public attributes, tensors
+    (hashed) and its resolved layers; its model and the results of its last call left out.
+    """
+    state: dict[str, Any] = {}
+    for key, value in sorted(vars(explainer).items()):
+        if key.startswith(("_", "last_")):
+            continue
+        plain_list = isinstance(value, (list, tuple)) and all(isinstance(v, _PLAIN) for v in value)
+        if isinstance(value, (*_PLAIN, torch.Tensor)) or plain_list:
+            state[key] = jsonable(value)
+    layer_names = getattr(explainer, "layer_names", None)
+    if layer_names is not None:
+        state["layer_names"] = list(layer_names)
+    return state
+
+
 def method_identity(
     explainer: Explainer, options: Mapping[str, Any] | None, from_name: bool
 ) -> dict[str, Any]:
-    """The explainer class and its construction options (``None``: an instance was given)."""
+    """The explainer class and its settings: for a name, its construction options with
+    defaults filled in; for an instance, the settings it holds (see ``_instance_state``).
+    """
     kind = type(explainer)
-    return {
-        "class": f"{kind.__module__}.{kind.__qualname__}",
-        # skip self and model
-        "options": _effective_options(kind.__init__, options or {}, 2) if from_name else None,
-    }
+    settings = (
+        _effective_options(kind.__init__, options or {}, 2)  # skip self and model
+        if from_name
+        else _instance_state(explainer)
+    )
+    return {"class": f"{kind.__module__}.{kind.__qualname__}", "options": settings}
 
 
 def metric_identity(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -135,6 +158,11 @@ def images_identity(samples: Sequence[Sample]) -> dict[str, Any]:
         kind = type(samples.dataset)
         source = f"{kind.__module__}.{kind.__qualname__}"
         content.update(source.encode())
+        # torchvision's ImageFolder / DatasetFolder know their files without reading them.
+        for attribute in ("root", "samples"):
+            value = getattr(samples.dataset, attribute, None)
+            if value is not None:
+                content.update(f"{attribute}={jsonable(value)!r}\n".encode())
     else:
         for sample in samples:
             ids.update(f"{sample.id}\n".encode())
@@ -230,10 +258,7 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 def _method_differences(name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     if old.get("class") != new.get("class"):
         return [f"method {name}: {old.get('class')} vs {new.get('class')}"]
-    old_options, new_options = old.get("options"), new.get("options")
-    if old_options is None or new_options is None:
-        # An explainer instance's options cannot be read back; its class must do.
-        return []
+    old_options, new_options = old.get("options") or {}, new.get("options") or {}
     return [
         f"method {name} option {key}: {old_options.get(key)} vs {new_options.get(key)}"
         for key in sorted(set(old_options) | set(new_options))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RowsFileError
+from .run_identity import jsonable
 
 ROW_KEYS = ("id", "method", "label", "predicted", "target")
 
@@ -76,7 +77,7 @@ class EvaluationSummary:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data (NaN as ``None``), as ``summary.json`` holds it."""
-        return strict_json_data(
+        return jsonable(
             {
                 "n_images": self.n_images,
                 "rows": str(self.rows_path),
@@ -123,17 +124,6 @@ def describe_identity(identity: dict[str, Any]) -> str:
         f"{images.get('count')} images (ids sha256 {str(images.get('ids_sha256'))[:12]}), "
         f"metric options {options or 'default'}, timmlens {identity.get('timmlens')}"
     )
-
-
-def strict_json_data(value: Any) -> Any:
-    """``value`` with every NaN or infinite float replaced by ``None`` (strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: strict_json_data(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json_data(v) for v in value]
-    return value
 
 
 class RowStore:
@@ -271,7 +261,8 @@ class RowStore:
         if not missing:
             return
         self.metrics += missing
-        if rows and self.path.suffix == ".csv":
+        # Also a header-only CSV (a kill cut its first row): its header must widen too.
+        if self.path.suffix == ".csv" and self.path.exists() and self.path.stat().st_size:
             self.rewrite(rows)
 
     def append(self, rows: Iterable[dict[str, Any]]) -> None:
@@ -293,7 +284,7 @@ class RowStore:
     def _format(self, rows: list[dict[str, Any]], header: bool) -> str:
         if self.path.suffix == ".jsonl":
             return "".join(
-                json.dumps(strict_json_data(row), allow_nan=False) + "\n" for row in rows
+                json.dumps(jsonable(row), allow_nan=False) + "\n" for row in rows
             )
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=self.columns, extrasaction="ignore")

@@ -21,10 +21,10 @@ def _is_index(value: object) -> bool:
 
 def _class_name_resolver(model: nn.Module | None, name: str) -> int:
     """The class index ``name`` stands for in ``model``'s own class names (or ImageNet's)."""
-    if model is None:
+    if model is None:  # a caller that has only a class count
         raise ValueError(
-            f"target_class {name!r} is a class name, but only class indices can be checked "
-            f"here; pass the class index instead."
+            f"target_class {name!r} is a class name, but no model was given to look it up "
+            f"in; pass the class index instead."
         )
     from ..evaluation.sources import label_resolver_for  # the one class-name matcher
 
@@ -66,7 +66,7 @@ def validate_targets(
         target_class = target_class.tolist()
     if isinstance(target_class, str) or _is_index(target_class):
         targets: list[object] = [target_class] * batch_size
-    elif isinstance(target_class, Sequence):
+    elif isinstance(target_class, Sequence) and not isinstance(target_class, (bytes, bytearray)):
         targets = list(target_class)
     else:
         raise ValueError(
@@ -94,18 +94,6 @@ def validate_targets(
             )
         indices.append(int(target))
     return indices
-
-
-def resolve_targets(target_class: TargetInput, logits: torch.Tensor) -> torch.Tensor:
-    """Class index per image as a ``(B,)`` long tensor on the logits' device.
-
-    ``None`` picks each image's predicted class (argmax of ``logits``).
-    """
-    batch_size, num_classes = logits.shape
-    targets = validate_targets(target_class, batch_size, num_classes)
-    if targets is None:
-        return logits.argmax(dim=1)
-    return torch.tensor(targets, device=logits.device, dtype=torch.long)
 
 
 class TargetScore(torch.nn.Module):

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,9 +21,32 @@ from ..data import ImagesInput, PreparedBatch, data_config, prepare_images
 from ..errors import ImageInputError, UnsupportedModelError
 from ._targets import TargetInput, validate_targets
 
-#: Captum's assertion when a hooked layer never ran; every other AssertionError raised
-#: during an explanation comes from the model's own input checks.
+#: Captum's assertion when a hooked layer never ran.
 CAPTUM_SILENT_LAYER = "did not obtain any outputs"
+#: Packages whose assertions are not the model's own input checks (found without
+#: importing them).
+_NOT_THE_MODEL = tuple(
+    os.path.dirname(os.path.abspath(spec.origin)) + os.sep
+    for spec in map(importlib.util.find_spec, ("timmlens", "captum"))
+    if spec is not None and spec.origin is not None
+)
+
+
+def _raised_by_the_model(error: AssertionError) -> bool:
+    """Whether ``error`` comes from the model's code (timm's ``_assert`` input checks)."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    if frame is None:
+        return False
+    filename = os.path.abspath(frame.tb_frame.f_code.co_filename)
+    return not filename.startswith(_NOT_THE_MODEL)
+
+
+def _declared_class_counts(model: nn.Module) -> list[object]:
+    """``num_classes`` of ``model`` and of its timm backbone (``ImageClassifier``), if set."""
+    owners = (model, getattr(model, "backbone", None))
+    return [getattr(owner, "num_classes", None) for owner in owners if owner is not None]
 
 
 def declares_num_classes(model: nn.Module) -> bool:
@@ -30,18 +55,13 @@ def declares_num_classes(model: nn.Module) -> bool:
     Any other ``nn.Module`` returning logits is taken at its word; a timm model with
     ``num_classes=0`` (headless: its output is pooled features) is not a classifier.
     """
-    return any(
-        isinstance(getattr(owner, "num_classes", None), int)
-        for owner in (model, getattr(model, "backbone", None))
-        if owner is not None
-    )
+    return any(isinstance(count, int) for count in _declared_class_counts(model))
 
 
 def num_outputs(model: nn.Module) -> int:
     """Number of classes of ``model`` (``ImageClassifier`` or a bare timm model)."""
-    for owner in (model, getattr(model, "backbone", None)):
-        count = getattr(owner, "num_classes", None)
-        if isinstance(count, int) and count > 0:
+    for count in _declared_class_counts(model):
+        if isinstance(count, int) and not isinstance(count, bool) and count > 0:
             return count
     raise UnsupportedModelError(
         f"{type(model).__name__} has no classifier (num_classes is 0 or missing), so there "
@@ -58,8 +78,8 @@ def explanation_call(
 
     Refuses NaN/inf inputs and (for gradient methods) ``torch.inference_mode()``, holds
     :func:`~timmlens._model_state.explaining` (per-model lock, eval mode, state
-    restored), and turns the model's own input-size assertions (a ViT fed a size that
-    is not a multiple of its patch size) into an :class:`ImageInputError` naming the size.
+    restored), and turns the model's own input assertions (a ViT fed a size that is not
+    a multiple of its patch size) into an :class:`ImageInputError` naming the size.
     """
     if not torch.isfinite(inputs).all():
         raise ValueError("inputs contain NaN or inf; explanations of them would be NaN.")
@@ -69,15 +89,14 @@ def explanation_call(
         try:
             yield
         except AssertionError as exc:
-            if CAPTUM_SILENT_LAYER in str(exc):
+            if not _raised_by_the_model(exc):
                 raise
             height, width = inputs.shape[-2:]
             expected = data_config(model).get("input_size", (None, "?", "?"))
             raise ImageInputError(
-                f"The model rejected an input of {height}x{width} pixels: {exc} Its data config "
-                f"gives {expected[1]}x{expected[2]}. Pass images (PIL, paths, "
-                f"arrays), which timmlens resizes, or resize tensors with "
-                f"timmlens.prepare_images."
+                f"The model's input check failed for {height}x{width} pixels: {exc} Its data "
+                f"config gives {expected[1]}x{expected[2]}. Pass images (PIL, paths, arrays), "
+                f"which timmlens resizes, or resize tensors with timmlens.prepare_images."
             ) from exc
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._model_state import model_lock
 from .loading import PathLike, create_timm_model
 
 
@@ -93,12 +94,13 @@ class ImageClassifier(nn.Module):
     def _with_new_head(self, model: nn.Module, num_classes: int, *, copied: bool) -> nn.Module:
         """``model`` (or, for a user's module, a deep copy) with a new ``num_classes`` head."""
         if copied:
-            model = copy.deepcopy(model)
-        existing = set(map(id, model.modules()))
+            with model_lock(model):  # not mid-way through another thread's explanation
+                model = copy.deepcopy(model)
+        existing = set(model.modules())
         model.reset_classifier(num_classes)
         # Some timm versions and models leave the new head (and pool) in training mode.
         for module in model.modules():
-            if id(module) not in existing:
+            if module not in existing:
                 module.training = model.training
         note = (
             " Your model is left unchanged; the wrapper holds a copy with a new head."
@@ -140,6 +142,19 @@ class ImageClassifier(nn.Module):
                 "leaves the model passed in unchanged."
             )
         super().__setattr__(name, value)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # timmlens 0.1 kept the classifier beside the backbone ("head.weight"); its
+        # checkpoints load into the classifier's place inside the backbone.
+        classifier = next(
+            (name for name, module in self.backbone.named_modules() if module is self.head), None
+        )
+        old_prefix = f"{prefix}head."
+        if classifier:
+            for key in [k for k in state_dict if k.startswith(old_prefix)]:
+                new_key = f"{prefix}backbone.{classifier}.{key.removeprefix(old_prefix)}"
+                state_dict.setdefault(new_key, state_dict.pop(key))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @property
     def has_new_head(self) -> bool:

@@ -18,6 +18,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..._model_state import explaining
+
 ScoreKind = Literal["probability", "logit"]
 SCORE_KINDS: tuple[str, ...] = ("probability", "logit")
 
@@ -74,12 +76,13 @@ def estimate_sample_bytes(model: nn.Module, sample: torch.Tensor) -> int:
         peak = max(peak, _nbytes(args) + _nbytes(output))
 
     leaves = [module for module in model.modules() if next(module.children(), None) is None]
-    handles = [leaf.register_forward_hook(record) for leaf in leaves]
-    try:
-        model(sample)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with explaining(model):  # eval mode, and no other thread's forward fires these hooks
+        handles = [leaf.register_forward_hook(record) for leaf in leaves]
+        try:
+            model(sample)
+        finally:
+            for handle in handles:
+                handle.remove()
     composite = _nbytes(sample)
     if peak == 0:  # no leaf modules to watch: assume a CNN-like blow-up of the input
         peak = 8 * composite
