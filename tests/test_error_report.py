@@ -24,7 +24,7 @@ from timmlens.evaluation.sources import (
     as_source,
     label_resolver_for,
 )
-from timmlens.interpretation.gradcam import GradCAM
+from timmlens.interpretation.cam import GradCAM
 from timmlens.testing import explainable_model
 
 SCRIPT = "<script>alert(1)</script>"

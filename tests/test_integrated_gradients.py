@@ -10,7 +10,7 @@ from PIL import Image
 from timmlens import ImageClassifier
 from timmlens.data import data_config, denormalize
 from timmlens.interpretation import IGResult, IntegratedGradients
-from timmlens.interpretation.integrated_gradients import gaussian_blur, make_baseline
+from timmlens.interpretation.input.integrated_gradients import gaussian_blur, make_baseline
 from timmlens.testing import explainable_model
 
 

@@ -20,7 +20,7 @@ from ..data import ImageGeometry, ImagesInput, picture_of, prepare_images
 from ..errors import LayerResolutionError
 from ..interpretation._targets import TargetInput
 from ..interpretation.base import normalize_maps
-from ..interpretation.gradcam import upsample_maps
+from ..interpretation.cam.gradcam import upsample_maps
 from ..interpretation.quick import class_name_of
 from ..interpretation.registry import create_explainer, resolve_method
 

@@ -283,9 +283,7 @@ class RowStore:
 
     def _format(self, rows: list[dict[str, Any]], header: bool) -> str:
         if self.path.suffix == ".jsonl":
-            return "".join(
-                json.dumps(jsonable(row), allow_nan=False) + "\n" for row in rows
-            )
+            return "".join(json.dumps(jsonable(row), allow_nan=False) + "\n" for row in rows)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=self.columns, extrasaction="ignore")
         if header:

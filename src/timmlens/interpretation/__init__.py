@@ -2,8 +2,8 @@
 
 from .attention import AttentionMaps, AttentionVisualizer
 from .base import Explainer, normalize_maps
-from .gradcam import GradCAM, GradCAMPlusPlus
-from .integrated_gradients import IGResult, IntegratedGradients
+from .cam import GradCAM, GradCAMPlusPlus
+from .input import IGResult, IntegratedGradients, SmoothGrad
 from .quick import (
     ArchitectureComparison,
     ExplanationResult,
@@ -13,7 +13,6 @@ from .quick import (
     quick_explain,
 )
 from .registry import available_methods, create_explainer, method_names
-from .smoothgrad import SmoothGrad
 
 __all__ = [
     "ArchitectureComparison",

@@ -57,25 +57,25 @@ class MethodSpec:
 
 
 def _gradcam(model: nn.Module, **options: Any) -> Explainer:
-    from .gradcam import GradCAM
+    from .cam import GradCAM
 
     return GradCAM(model, **options)
 
 
 def _gradcampp(model: nn.Module, **options: Any) -> Explainer:
-    from .gradcam import GradCAMPlusPlus
+    from .cam import GradCAMPlusPlus
 
     return GradCAMPlusPlus(model, **options)
 
 
 def _ig(model: nn.Module, **options: Any) -> Explainer:
-    from .integrated_gradients import IntegratedGradients
+    from .input import IntegratedGradients
 
     return IntegratedGradients(model, **options)
 
 
 def _smoothgrad(model: nn.Module, **options: Any) -> Explainer:
-    from .smoothgrad import SmoothGrad
+    from .input import SmoothGrad
 
     return SmoothGrad(model, **options)
 

@@ -24,9 +24,9 @@ import torchvision.transforms.functional as TF
 from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 from torch import nn
 
-from ..data import ImagesInput, normalization
-from ._targets import TargetInput
-from .base import Explainer, normalize_maps
+from ...data import ImagesInput, normalization
+from .._targets import TargetInput
+from ..base import Explainer, normalize_maps
 
 BaselineName = Literal["black", "blur", "noise", "uniform"]
 BaselineSpec = BaselineName | torch.Tensor

@@ -35,11 +35,11 @@ from captum._utils.gradient import compute_layer_gradients_and_eval
 from captum.attr import LayerGradCam
 from torch import nn
 
-from ..adapters import LayerSpec, ResolvedLayer, SpatialView, get_adapter, spatial_tap
-from ..data import ImagesInput
-from ..errors import LayerResolutionError
-from ._targets import TargetInput, TargetScore, validate_targets
-from .base import CAPTUM_SILENT_LAYER, Explainer, explanation_call, normalize_maps, num_outputs
+from ...adapters import LayerSpec, ResolvedLayer, SpatialView, get_adapter, spatial_tap
+from ...data import ImagesInput
+from ...errors import LayerResolutionError
+from .._targets import TargetInput, TargetScore, validate_targets
+from ..base import CAPTUM_SILENT_LAYER, Explainer, explanation_call, normalize_maps, num_outputs
 
 InterpolationMode = Literal["bilinear", "bicubic", "nearest", "area"]
 _INTERPOLATION_MODES = ("bilinear", "bicubic", "nearest", "area")

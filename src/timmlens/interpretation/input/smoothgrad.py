@@ -21,7 +21,7 @@ from captum.attr import GradientAttribution, NoiseTunnel, Saliency
 from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 from torch import nn
 
-from .base import Explainer
+from ..base import Explainer
 from .integrated_gradients import (
     IG_METHODS,
     BaselineSpec,

@@ -38,13 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapters import get_adapter
-from ..adapters.attention_capture import capture_attention, token_indices
-from ..adapters.layout import token_layout
-from ..data import ImagesInput
-from ..errors import UnsupportedModelError
-from ._targets import TargetInput, validate_targets
-from .base import Explainer, explanation_call, normalize_maps, num_outputs
+from ...adapters import get_adapter
+from ...adapters.attention_capture import capture_attention, token_indices
+from ...adapters.layout import token_layout
+from ...data import ImagesInput
+from ...errors import UnsupportedModelError
+from .._targets import TargetInput, validate_targets
+from ..base import Explainer, explanation_call, normalize_maps, num_outputs
 
 HeadFusion = Literal["mean", "max", "min"]
 TokenName = Literal["class", "distillation"]

@@ -1,0 +1,5 @@
+"""Attention methods: captured attention probabilities, maps and rollout."""
+
+from .rollout import AttentionMaps, AttentionVisualizer
+
+__all__ = ["AttentionMaps", "AttentionVisualizer"]

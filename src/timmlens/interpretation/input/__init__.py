@@ -1,0 +1,6 @@
+"""Input attribution: Captum's engines on the input pixels (Integrated Gradients, SmoothGrad)."""
+
+from .integrated_gradients import IGResult, IntegratedGradients
+from .smoothgrad import SmoothGrad
+
+__all__ = ["IGResult", "IntegratedGradients", "SmoothGrad"]
