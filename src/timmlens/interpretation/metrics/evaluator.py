@@ -13,15 +13,15 @@ from ..._model_state import explaining
 from ...data import ImagesInput, PreparedBatch, model_device, prepare_images
 from .._targets import TargetInput, validate_targets
 from ..base import declares_num_classes, num_outputs
-from . import captum_metrics
-from ._engine import (
+from ..scoring import (
     SCORE_KINDS,
     balanced_chunk,
     default_budget,
     estimate_sample_bytes,
-    score_jobs,
     target_scores,
 )
+from . import captum_metrics
+from ._engine import score_jobs
 from ._inputs import HeatmapInput, prepare_heatmaps, warn_if_constant
 from .curves import (
     SubstrateSpec,
@@ -91,7 +91,7 @@ class ExplanationMetrics:
         max_batch: at most this many perturbed images per forward. Default ``None``: the
             chunk is set by ``memory_budget_bytes``.
         memory_budget_bytes: memory one chunk may use, estimated per image by a probe
-            forward (see ``_engine.estimate_sample_bytes``). Default ``None``: a quarter of
+            forward (see ``scoring.estimate_sample_bytes``). Default ``None``: a quarter of
             the free memory on CUDA, 512 MiB elsewhere. Applies with ``max_batch`` only
             when given explicitly (then both limits hold).
         n_samples: random subsets per image for sensitivity-n (default 64).
