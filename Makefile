@@ -52,14 +52,18 @@ $(VENV)/.docs-stamp: pyproject.toml $(VENV)/.base-stamp
 	$(BIN)/pip install --quiet -e ".[docs]"
 	touch $@
 
-# Regenerates the recipes page from the adapters, then builds the site strictly.
+# Regenerates the recipes and methods pages (adapters, method registry), then builds
+# the site strictly.
 docs: $(VENV)/.docs-stamp
 	$(BIN)/python -m timmlens.adapters.recipes docs/recipes.md
+	$(BIN)/python -m timmlens.interpretation.registry docs/methods/index.md
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
-# CI: the recipes page must match the adapters, and the site must build strictly.
+# CI: the recipes and methods pages must match the adapters and the method registry,
+# and the site must build strictly.
 docs-check: $(VENV)/.docs-stamp
 	$(BIN)/python -m timmlens.adapters.recipes docs/recipes.md --check
+	$(BIN)/python -m timmlens.interpretation.registry docs/methods/index.md --check
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean-venv:

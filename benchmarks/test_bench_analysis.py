@@ -13,18 +13,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import cache
 
-import pytest
 import timm
 import torch
 from torch import nn
 
+from _harness import print_summary, timed
 from timmlens.analysis import explain_layers, hierarchy_layers
 from timmlens.interpretation import GradCAM
 from timmlens.testing import make_explainable
 
 GROUP = "layers-resnet18-b8-224-cpu"
 BATCH, SIDE = 8, 224
-MEANS: dict[str, float] = {}
+REFERENCE = "forward+backward"
 
 
 @cache
@@ -35,10 +35,7 @@ def model_and_batch() -> tuple[nn.Module, torch.Tensor]:
 
 
 def run(benchmark, label: str, role: str, fn: Callable[[], object]) -> None:
-    benchmark.group = GROUP
-    benchmark.extra_info.update({"images": BATCH, "role": role, "method": label})
-    benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)
-    MEANS[label] = benchmark.stats.stats.mean
+    timed(benchmark, GROUP, label, fn, images=BATCH, role=role, method=label)
 
 
 def test_forward(benchmark) -> None:
@@ -60,7 +57,7 @@ def test_forward_backward(benchmark) -> None:
         (grad,) = torch.autograd.grad(logits.max(dim=1).values.sum(), inputs)
         return grad
 
-    run(benchmark, "forward+backward", "limit", forward_backward)
+    run(benchmark, REFERENCE, "limit", forward_backward)
 
 
 def test_explain_layers_one_pass(benchmark) -> None:
@@ -81,9 +78,4 @@ def test_gradcam_per_layer_loop(benchmark) -> None:
 
 def test_summary() -> None:
     """Print mean times relative to one forward+backward (run with -s)."""
-    limit = MEANS.get("forward+backward")
-    if limit is None:
-        pytest.skip("the forward+backward benchmark did not run")
-    print(f"\n{'entry':<32}{'mean (s)':>10}{'x fwd+bwd':>12}")
-    for label, mean in MEANS.items():
-        print(f"{label:<32}{mean:>10.3f}{mean / limit:>12.2f}")
+    print_summary(GROUP, REFERENCE, images=BATCH)

@@ -16,17 +16,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import cache
 
-import pytest
 import timm
 import torch
 from torch import nn
 
+from _harness import print_summary, timed
 from timmlens.interpretation import AttentionVisualizer
 
 GROUP = "attention-vit_tiny-b8-224-cpu"
 BATCH, SIDE = 8, 224
-MEANS: dict[str, float] = {}
-MINS: dict[str, float] = {}
+REFERENCE = "forward (no grad, fused)"
 
 
 @cache
@@ -37,11 +36,7 @@ def model_and_batch() -> tuple[nn.Module, torch.Tensor]:
 
 
 def run(benchmark, label: str, fn: Callable[[], object]) -> None:
-    benchmark.group = GROUP
-    benchmark.extra_info["images"] = BATCH
-    benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)
-    MEANS[label] = benchmark.stats.stats.mean
-    MINS[label] = benchmark.stats.stats.min
+    timed(benchmark, GROUP, label, fn, images=BATCH)
 
 
 def test_forward_fused(benchmark) -> None:
@@ -51,7 +46,7 @@ def test_forward_fused(benchmark) -> None:
         with torch.no_grad():
             return model(batch)
 
-    run(benchmark, "forward (no grad, fused)", forward)
+    run(benchmark, REFERENCE, forward)
 
 
 def test_rollout(benchmark) -> None:
@@ -91,13 +86,4 @@ def test_summary() -> None:
 
     On a shared machine the min of the rounds is the steadier of the two ratios.
     """
-    label = "forward (no grad, fused)"
-    if label not in MEANS:
-        pytest.skip("the forward benchmark did not run")
-    forward, forward_min = MEANS[label], MINS[label]
-    print(f"\n{'method':<28}{'mean (s)':>10}{'images/s':>10}{'x fwd mean':>12}{'x fwd min':>11}")
-    for name, mean in MEANS.items():
-        print(
-            f"{name:<28}{mean:>10.3f}{BATCH / mean:>10.1f}{mean / forward:>12.2f}"
-            f"{MINS[name] / forward_min:>11.2f}"
-        )
+    print_summary(GROUP, REFERENCE, images=BATCH)

@@ -8,7 +8,7 @@ weighted sum over steps. Run with::
 
     pytest benchmarks/test_bench_integrated_gradients.py --benchmark-group-by=group -s
 
-The last test prints both mean times and their ratio (target: ours <= 1.15x the limit).
+The last test prints both times and their ratio (target: ours <= 1.15x the limit).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import timm
 import torch
 from torch import nn
 
+from _harness import print_summary, timed
 from timmlens.data import data_config
 from timmlens.interpretation import IntegratedGradients
 from timmlens.testing import make_explainable
@@ -28,7 +29,7 @@ from timmlens.testing import make_explainable
 GROUP = "integrated-gradients-resnet18-b4-128"
 BATCH, SIDE, STEPS = 4, 128, 32
 TARGETS = [1, 200, 404, 999]
-MEANS: dict[str, float] = {}
+REFERENCE = "limit: fwd+bwd by hand"
 
 
 @cache
@@ -43,10 +44,7 @@ def model_and_batch() -> tuple[nn.Module, torch.Tensor]:
 
 
 def run(benchmark, label: str, fn: Callable[[], object]) -> None:
-    benchmark.group = GROUP
-    benchmark.extra_info.update(images=BATCH, n_steps=STEPS, side=SIDE)
-    benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=0)
-    MEANS[label] = benchmark.stats.stats.mean
+    timed(benchmark, GROUP, label, fn, warmup_rounds=0, images=BATCH, n_steps=STEPS, side=SIDE)
 
 
 def by_hand(model: nn.Module, inputs: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
@@ -70,7 +68,7 @@ def test_limit_forward_backward_by_hand(benchmark) -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        run(benchmark, "limit: fwd+bwd by hand", lambda: by_hand(model, batch, baseline))
+        run(benchmark, REFERENCE, lambda: by_hand(model, batch, baseline))
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -83,12 +81,5 @@ def test_timmlens_integrated_gradients(benchmark) -> None:
 
 
 def test_report_ratio() -> None:
-    limit = MEANS.get("limit: fwd+bwd by hand")
-    ours = MEANS.get("timmlens IntegratedGradients")
-    if limit is None or ours is None:
-        return
-    print(f"\nIG {BATCH}x{SIDE}px, {STEPS} steps, resnet18:")
-    print(f"  limit (fwd+bwd by hand)      {limit:8.3f} s")
-    print(
-        f"  timmlens IntegratedGradients {ours:8.3f} s   ratio {ours / limit:.3f}x (target <= 1.15)"
-    )
+    """Print ours against the limit (run with -s; target: <= 1.15x)."""
+    print_summary(GROUP, REFERENCE, images=BATCH)

@@ -22,14 +22,9 @@ import timm
 import torch
 from torch import nn
 
+from _harness import timed
 from timmlens.adapters import get_adapter
-from timmlens.interpretation import (
-    AttentionVisualizer,
-    GradCAM,
-    GradCAMPlusPlus,
-    IntegratedGradients,
-    SmoothGrad,
-)
+from timmlens.interpretation.registry import as_explainer, methods, supports
 from timmlens.testing import make_explainable
 
 BATCH = 4
@@ -42,6 +37,8 @@ ARCHITECTURES = {
     "swin": "swin_tiny_patch4_window7_224",
 }
 IG_STEPS, SG_SAMPLES = 16, 8
+#: constructor options per method; every other registered method runs at its defaults
+OPTIONS = {"ig": {"n_steps": IG_STEPS}, "smoothgrad": {"n_samples": SG_SAMPLES}}
 
 
 @cache
@@ -57,9 +54,18 @@ def setup(family: str) -> tuple[nn.Module, torch.Tensor, list[int]]:
 
 
 def measure(benchmark, family: str, role: str, method: str, fn: Callable[[], object]) -> None:
-    benchmark.group = f"{family} ({ARCHITECTURES[family]}, batch {BATCH}, 224px)"
-    benchmark.extra_info.update(role=role, method=method, family=family, images=BATCH)
-    benchmark.pedantic(fn, rounds=2, iterations=1, warmup_rounds=1)
+    group = f"{family} ({ARCHITECTURES[family]}, batch {BATCH}, 224px)"
+    timed(
+        benchmark,
+        group,
+        method,
+        fn,
+        rounds=2,
+        role=role,
+        method=method,
+        family=family,
+        images=BATCH,
+    )
 
 
 FAMILIES = list(ARCHITECTURES)
@@ -90,19 +96,13 @@ def test_limit_forward_backward(benchmark, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("method", ["gradcam", "gradcampp", "ig", "smoothgrad", "rollout"])
+@pytest.mark.parametrize("method", methods())
 def test_timmlens(benchmark, family, method):
     model, inputs, targets = setup(family)
-    if method == "rollout" and not get_adapter(model).attention_blocks:
-        pytest.skip("rollout applies to global-attention ViTs only")
-    explainer = {
-        "gradcam": lambda: GradCAM(model),
-        "gradcampp": lambda: GradCAMPlusPlus(model),
-        "ig": lambda: IntegratedGradients(model, n_steps=IG_STEPS),
-        "smoothgrad": lambda: SmoothGrad(model, n_samples=SG_SAMPLES),
-        "rollout": lambda: AttentionVisualizer(model),
-    }[method]()
-    if method == "rollout":
+    if not supports(model, method):
+        pytest.skip(f"{method} does not apply to {ARCHITECTURES[family]}")
+    explainer = as_explainer(method, model, **OPTIONS.get(method, {}))
+    if method == "rollout":  # the plain rollout, the entry the table has always shown
         measure(benchmark, family, "ours", method, lambda: explainer.attention_rollout(inputs))
     else:
         measure(benchmark, family, "ours", method, lambda: explainer(inputs, targets))

@@ -1,4 +1,4 @@
-"""Shared fixtures: the bundled real model and scikit-image photos, offline."""
+"""Shared fixtures: the bundled real model, scikit-image photos, tiny random models; offline."""
 
 from __future__ import annotations
 
@@ -16,6 +16,22 @@ def real_model():
     from timmlens import load_model
 
     return load_model("bundled:efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def small() -> torch.nn.Module:
+    """timm's ``test_resnet``, 10 classes, random weights made explainable (seed 0)."""
+    from timmlens.testing import explainable_model
+
+    return explainable_model("test_resnet", seed=0, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def vit() -> torch.nn.Module:
+    """timm's ``test_vit`` at 32x32, 10 classes, random weights made explainable (seed 0)."""
+    from timmlens.testing import explainable_model
+
+    return explainable_model("test_vit", seed=0, num_classes=10, img_size=32)
 
 
 @pytest.fixture(scope="session")

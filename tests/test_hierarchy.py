@@ -106,7 +106,7 @@ def test_explicit_layers_and_errors(cnn, images):
     hierarchy = explain_layers(cnn, images, layers=["layer1", "layer2"])
     assert hierarchy.layers == ["layer1", "layer2"]
     assert hierarchy.heatmap("layer2", 1).shape == (64, 64)
-    with pytest.raises(ValueError, match="gradcam and gradcam\\+\\+"):
+    with pytest.raises(ValueError, match="layer methods gradcam, gradcampp"):
         explain_layers(cnn, images, method="ig")
     with pytest.raises(ValueError, match="layers is empty"):
         explain_layers(cnn, images, layers=[])

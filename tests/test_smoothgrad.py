@@ -16,16 +16,6 @@ def _model(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
     return explainable_model(name, seed=seed, num_classes=10, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def small() -> torch.nn.Module:
-    return _model("test_resnet")
-
-
-@pytest.fixture(scope="module")
-def vit() -> torch.nn.Module:
-    return _model("test_vit", img_size=32)
-
-
 def _inputs(batch: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 

@@ -1,13 +1,15 @@
-"""timmlens: explanations for timm image classifiers, on top of Captum."""
+"""timmlens: explanations for timm image classifiers, on top of Captum.
 
+``import timmlens`` costs little more than ``import torch, timm``: the analyses and the
+evaluation (which need the methods, Captum and, for reports, matplotlib) are imported
+on first use (PEP 562), and so are the subpackages' own exports.
+"""
+
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 from ._model_state import model_lock
 from .adapters import describe, get_adapter
-from .analysis import (
-    data_randomization_test,
-    error_report,
-    explain_layers,
-    parameter_randomization_test,
-)
 from .data import ImageScalingWarning, prepare_images
 from .errors import (
     DistributedRunError,
@@ -23,10 +25,26 @@ from .errors import (
     UnsupportedModelError,
     WeightsMismatchError,
 )
-from .evaluation import evaluate
 from .models import BUNDLED_SPEC, ImageClassifier, load_model
 
+if TYPE_CHECKING:
+    from .analysis import (
+        data_randomization_test,
+        error_report,
+        explain_layers,
+        parameter_randomization_test,
+    )
+    from .evaluation import evaluate
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "data_randomization_test": ".analysis",
+    "error_report": ".analysis",
+    "evaluate": ".evaluation",
+    "explain_layers": ".analysis",
+    "parameter_randomization_test": ".analysis",
+}
 
 __all__ = [
     "BUNDLED_SPEC",
@@ -56,3 +74,5 @@ __all__ = [
     "parameter_randomization_test",
     "prepare_images",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from ._outputs import ensure_writable_dir
 from .errors import TimmLensError
-from .interpretation.registry import METHODS
+from .interpretation.registry import METHODS, layer_methods, methods
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -50,7 +50,15 @@ def _non_negative_int(text: str) -> int:
     return _integer(text, 0)
 
 
+def _methods_help(default: str) -> str:
+    """One line per registered method: its name and summary (registry order)."""
+    lines = "; ".join(f"{name}: {METHODS[name].summary}" for name in methods())
+    return f"explanation method (default: {default}) - {lines}"
+
+
 def _parser() -> argparse.ArgumentParser:
+    from .interpretation.metrics.registry import metrics as heatmap_metrics
+
     parser = _Parser(prog="timmlens", description="Explanations for timm image classifiers.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -65,13 +73,20 @@ def _parser() -> argparse.ArgumentParser:
         default="bundled:efficientnet_lite0",
         help="timm name, hf-hub: id, local folder, or bundled:efficientnet_lite0",
     )
-    explain.add_argument("--method", default="gradcam", choices=sorted(METHODS))
+    explain.add_argument(
+        "--method", default="gradcam", choices=sorted(METHODS), help=_methods_help("gradcam")
+    )
     explain.add_argument(
         "--target",
         default=None,
         help="class to explain, an index or a name such as tabby (default: the predicted class)",
     )
-    explain.add_argument("--layer", default=None, help="target layer for CAM methods")
+    explain.add_argument(
+        "--layer",
+        default=None,
+        help=f"target layer of the layer methods ({', '.join(layer_methods())}); "
+        f"default: the family's layer",
+    )
     explain.add_argument("--out", default="outputs/explain", help="output folder")
     explain.add_argument("--html", action="store_true", help="also write interactive HTML")
 
@@ -82,12 +97,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("data", help="image folder (integer-named sub-folders give labels)")
     evaluate.add_argument("--model", default="bundled:efficientnet_lite0")
-    evaluate.add_argument("--methods", nargs="+", default=["gradcam"], choices=sorted(METHODS))
+    evaluate.add_argument(
+        "--methods",
+        nargs="+",
+        default=["gradcam"],
+        choices=sorted(METHODS),
+        help=_methods_help("gradcam"),
+    )
     evaluate.add_argument(
         "--metrics",
         nargs="+",
         default=["insertion", "deletion"],
-        choices=["insertion", "deletion", "sensitivity"],
+        choices=heatmap_metrics("heatmap"),
+        help="metrics from the registry (timmlens.interpretation.metrics.metrics())",
     )
     evaluate.add_argument("--out", default="results", help="output folder")
     evaluate.add_argument("--batch-size", type=_positive_int, default=8)
@@ -128,7 +150,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--model", default="bundled:efficientnet_lite0")
     report.add_argument("--out", default="report.html", help="HTML file (JSON written next to it)")
-    report.add_argument("--method", default="gradcam", choices=sorted(METHODS))
+    report.add_argument(
+        "--method", default="gradcam", choices=sorted(METHODS), help=_methods_help("gradcam")
+    )
     report.add_argument("--batch-size", type=_positive_int, default=8)
     report.add_argument(
         "--max-examples",
@@ -179,8 +203,13 @@ def output_stems(images: Sequence[str]) -> list[str]:
 
 
 def _run_explain(args: argparse.Namespace) -> None:
-    from .interpretation.quick import quick_explain
+    from .quick import quick_explain
 
+    if args.layer and not METHODS[args.method].uses_layer:
+        raise ValueError(
+            f"--layer applies to the layer methods ({', '.join(layer_methods())}); "
+            f"{args.method} explains the input, so drop --layer or pick one of those."
+        )
     model = _load(args.model)
     options = {"target_layer": args.layer} if args.layer else None
     out = Path(args.out)

@@ -59,7 +59,12 @@ RECIPE_MODELS: list[tuple[str, str, str]] = [
     ),
 ]
 
-METHODS_ALL = "GradCAM, GradCAM++, Integrated Gradients, SmoothGrad"
+
+def _methods_for_every_model() -> str:
+    """Titles of the registered methods that apply to every family (all but attention)."""
+    from ..interpretation.registry import METHODS
+
+    return ", ".join(spec.title for spec in METHODS.values() if not spec.needs_attention)
 
 
 def describe_architecture(name: str) -> ModelDescription:
@@ -83,9 +88,10 @@ def recipes_markdown() -> str:
         "| family | example | default CAM layer | layout | prefix tokens | methods | tip |",
         "| --- | --- | --- | --- | ---: | --- | --- |",
     ]
+    every_model = _methods_for_every_model()
     for title, architecture, tip in RECIPE_MODELS:
         facts = describe_architecture(architecture)
-        methods = METHODS_ALL + (", attention maps & rollout" if facts.attention_blocks else "")
+        methods = every_model + (", attention maps & rollout" if facts.attention_blocks else "")
         layout = facts.layout.split(" (")[0]
         lines.append(
             f"| {title} | `{architecture}` | `{facts.default_layer}` | {layout} | "

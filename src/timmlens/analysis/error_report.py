@@ -31,7 +31,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .._model_state import explaining
 from .._outputs import ensure_writable_file
 from ..data import picture_of, prepare_images
 from ..evaluation.distributed import (
@@ -43,9 +42,9 @@ from ..evaluation.distributed import (
     shard,
 )
 from ..evaluation.sources import ImageFolderSource, Sample, as_source, label_resolver_for
-from ..interpretation.base import Explainer, num_outputs
-from ..interpretation.quick import model_class_names, model_name_of
-from ..interpretation.registry import create_explainer, resolve_method
+from ..interpretation.base import Explainer, num_outputs, predict
+from ..interpretation.registry import as_explainer, resolve_method
+from ..naming import model_class_names, model_name_of
 from ..viz.labels import class_label
 from ..viz.report_html import CARD_IMAGE_SIDE, render_card, render_report
 
@@ -224,8 +223,7 @@ def _predict(model: nn.Module, samples: list[tuple[int, Sample]]) -> list[dict[s
     if not labelled:
         return rows
     batch = prepare_images([s.image for _, s in labelled], model)
-    with explaining(model), torch.no_grad():
-        logits = model(batch.tensor).float()
+    logits = predict(model, batch.tensor).float()
     labels = torch.tensor([s.label for _, s in labelled], device=logits.device)
     probabilities = logits.softmax(dim=1)
     predicted = logits.argmax(dim=1)
@@ -444,11 +442,9 @@ def check_output(out: str | os.PathLike[str]) -> tuple[Path, Path]:
 def _explainer(
     model: nn.Module, method: str | Explainer, options: Mapping[str, Any] | None
 ) -> Explainer:
-    if isinstance(method, Explainer):
-        if options:
-            raise ValueError("method_options apply to a method name, not an explainer instance.")
-        return method
-    return create_explainer(resolve_method(method).name, model, **dict(options or {}))
+    if isinstance(method, Explainer) and options:
+        raise ValueError("method_options apply to a method name, not an explainer instance.")
+    return as_explainer(method, model, **dict(options or {}))
 
 
 def error_report(
@@ -485,8 +481,8 @@ def error_report(
             ``(image, label)`` (label an int, a class name or ``None``), or a ``DataLoader``.
             Images without a label are skipped and counted.
         out: the HTML file (``.html``), or a folder to write ``report.html`` in.
-        method: explanation method name (``gradcam``, ``gradcampp``, ``ig``, ...) or an
-            explainer instance.
+        method: a registry name (any of :func:`~timmlens.interpretation.registry.methods`,
+            e.g. ``gradcam``, ``ig``) or an explainer instance.
         batch_size: images per prediction batch, errors per explanation batch (per rank;
             an explanation batch holds each error twice).
         max_examples: errors drawn in the gallery, most frequent pairs first (``None``:

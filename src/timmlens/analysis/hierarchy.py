@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,13 +20,12 @@ from ..data import ImageGeometry, ImagesInput, picture_of, prepare_images
 from ..errors import LayerResolutionError
 from ..interpretation._targets import TargetInput
 from ..interpretation.base import normalize_maps
-from ..interpretation.cam.gradcam import upsample_maps
-from ..interpretation.quick import class_name_of
-from ..interpretation.registry import create_explainer, resolve_method
+from ..interpretation.cam.engine import upsample_maps
+from ..interpretation.registry import create_explainer, layer_methods, resolve_method
+from ..naming import class_name_of
 
-CamMethod = Literal["gradcam", "gradcam++"]
-#: Registry names of the methods that explain a layer.
-_CAM_METHODS = ("gradcam", "gradcampp")
+#: A registry name of a method that taps a layer (``uses_layer``), such as ``"gradcam"``.
+CamMethod = str
 
 
 @dataclass
@@ -43,7 +42,7 @@ class LayerHierarchy:
         targets: ``(B,)`` the class explained for each image.
         labels: per image, the explained class's name.
         probabilities: ``(B,)`` the model's softmax probability of each target.
-        method: ``"gradcam"`` or ``"gradcam++"``.
+        method: the registry name of the layer method (``"gradcam"``, ``"gradcampp"``, ...).
         pictures: per image, the original photo (or the de-normalised input).
         geometries: per image, how the photo became the model input.
         single: whether one image was passed.
@@ -141,27 +140,28 @@ def explain_layers(
             image's prediction. The same class is explained at every layer.
         layers: the layers to show (names or modules, early to late); default
             :func:`hierarchy_layers`.
-        method: ``"gradcam"`` or ``"gradcam++"``.
+        method: a method that taps a layer (``uses_layer`` in the registry:
+            :func:`~timmlens.interpretation.registry.layer_methods`); aliases accepted.
 
     Returns:
         A :class:`LayerHierarchy`; ``heatmaps`` is ``(L, B, H, W)``, each map in [0, 1].
     """
-    if resolve_method(method).name not in _CAM_METHODS:
+    if not resolve_method(method).uses_layer:
         raise ValueError(
-            f"explain_layers supports the CAM methods gradcam and gradcam++, got {method!r}; "
-            f"other methods explain the input pixels, not a layer."
+            f"explain_layers supports the layer methods {', '.join(layer_methods())}, got "
+            f"{method!r}; other methods explain the input pixels, not a layer."
         )
     names = list(layers) if layers is not None else hierarchy_layers(model)
     if not names:
         raise ValueError("layers is empty: give at least one layer, or None for the stages.")
     explainer = create_explainer(method, model, target_layer=names)
     batch = prepare_images(images, model)
-    raw_maps = explainer.attribute_layers(batch.tensor, target_class)
-    targets = explainer.last_targets
+    result = explainer.explain_full(batch.tensor, target_class)
+    raw_maps, targets = list(result.extras["layer_maps"]), result.targets
     size = (int(batch.tensor.shape[-2]), int(batch.tensor.shape[-1]))
     heatmaps = torch.stack([normalize_maps(upsample_maps(m, size)) for m in raw_maps])
     # The logits of the CAM's own forward pass: no second forward for the probabilities.
-    logits = explainer.last_logits
+    logits = result.logits
     probabilities = logits.float().softmax(-1).gather(1, targets.view(-1, 1).to(logits.device))
     return LayerHierarchy(
         layers=explainer.layer_names,

@@ -28,10 +28,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._model_state import explaining, model_lock
+from .._model_state import model_lock
 from ..data import ImagesInput, prepare_images
 from ..interpretation._targets import TargetInput, validate_targets
-from ..interpretation.base import Explainer, num_outputs
+from ..interpretation.base import Explainer, num_outputs, predict
 from ..interpretation.registry import create_explainer, layer_of, resolve_method
 from .randomization import RandomizationUnit, cascade_units, randomize_unit
 from .similarity import METRICS, map_similarity
@@ -138,8 +138,7 @@ def _explain(explainer: Explainer, inputs: torch.Tensor, targets: list[int]) -> 
 
 
 def _predicted(model: nn.Module, inputs: torch.Tensor) -> list[int]:
-    with explaining(model), torch.no_grad():
-        return model(inputs).argmax(dim=1).tolist()
+    return predict(model, inputs).argmax(dim=1).tolist()
 
 
 # --------------------------------------------------------------------------------------
@@ -370,9 +369,10 @@ def parameter_randomization_test(
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
         images: anything :func:`~timmlens.data.prepare_images` accepts.
-        methods: registry names (``"gradcam"``, ``"gradcampp"``, ``"ig"``,
-            ``"smoothgrad"``, ``"rollout"``) and/or :class:`Explainer` instances built on
-            ``model`` (they are deep-copied together with it).
+        methods: registry names (any of
+            :func:`~timmlens.interpretation.registry.methods`, e.g. ``"gradcam"``,
+            ``"ig"``) and/or :class:`Explainer` instances built on ``model`` (they are
+            deep-copied together with it).
         target_class: class(es) to explain; ``None``: each image's class as predicted by
             the *original* model, kept fixed at every step.
         cascading: ``True``: randomise cumulatively from the top (one copy for the whole

@@ -39,8 +39,6 @@ Conventions, stated once:
 from __future__ import annotations
 
 import torch
-from torchmetrics.functional.image import structural_similarity_index_measure
-from torchmetrics.functional.regression import pearson_corrcoef
 
 from ..interpretation.base import normalize_maps
 
@@ -121,6 +119,9 @@ def spearman_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         ``(B,)`` float32 in ``[-1, 1]`` on the inputs' device; ``NaN`` where either map
         is constant (no ranking to correlate). Ties get average ranks.
     """
+    # torchmetrics (and the scipy it loads) costs about a second: import it on first use.
+    from torchmetrics.functional.regression import pearson_corrcoef
+
     a, b = _check_pair(a, b)
     flat_a, flat_b = a.flatten(1), b.flatten(1)
     constant = _is_constant(flat_a) | _is_constant(flat_b)
@@ -148,6 +149,8 @@ def ssim_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(B,)`` float32 on the inputs' device; 1 for identical maps.
     """
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     a, b = _check_pair(a, b)
     height, width = a.shape[-2:]
     if height < SSIM_KERNEL_SIZE or width < SSIM_KERNEL_SIZE:

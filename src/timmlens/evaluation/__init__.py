@@ -1,8 +1,30 @@
-"""Dataset-level evaluation, on one process or under torchrun."""
+"""Dataset-level evaluation, on one process or under torchrun.
 
-from .evaluator import METRICS, evaluate
-from .sources import DatasetSource, ImageFolderSource, Sample, as_source
-from .summary import EvaluationSummary, Statistic
+Names are imported on first use (PEP 562): the evaluator pulls in the methods and the
+metrics, which ``import timmlens`` should not pay for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .evaluator import METRICS, evaluate
+    from .sources import DatasetSource, ImageFolderSource, Sample, as_source
+    from .summary import EvaluationSummary, Statistic
+
+_EXPORTS = {
+    "METRICS": ".evaluator",
+    "DatasetSource": ".sources",
+    "EvaluationSummary": ".summary",
+    "ImageFolderSource": ".sources",
+    "Sample": ".sources",
+    "Statistic": ".summary",
+    "as_source": ".sources",
+    "evaluate": ".evaluator",
+}
 
 __all__ = [
     "METRICS",
@@ -14,3 +36,5 @@ __all__ = [
     "as_source",
     "evaluate",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

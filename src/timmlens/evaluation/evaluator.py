@@ -14,12 +14,12 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._model_state import explaining
 from ..data import prepare_images
 from ..errors import ImageInputError
-from ..interpretation.base import Explainer, num_outputs
-from ..interpretation.metrics.evaluator import CURVE_METRICS
-from ..interpretation.registry import create_explainer, resolve_method
+from ..interpretation.base import Explainer, num_outputs, predict
+from ..interpretation.metrics.registry import metrics as registered_metrics
+from ..interpretation.metrics.registry import resolve_metric
+from ..interpretation.registry import as_explainer, resolve_method
 from .distributed import (
     broadcast_from_rank0,
     fail_together,
@@ -40,7 +40,8 @@ from .run_identity import (
 from .sources import DatasetSource, Sample, as_source
 from .summary import EvaluationSummary, RowStore, build_summary
 
-METRICS = ("insertion", "deletion", "sensitivity")
+#: The heatmap metrics registered at import; :func:`_metric_name` asks the registry live.
+METRICS = tuple(registered_metrics("heatmap"))
 ROW_FORMATS = ("jsonl", "csv")
 ON_ERROR = ("skip", "fail")
 #: what a dataset item or image file that cannot be read raises (PIL: OSError subclasses
@@ -51,10 +52,7 @@ _SKIPPED = "_skipped"
 
 
 def _metric_name(name: str) -> str:
-    key = name.strip().lower().replace("-n", "").replace("sensitivity_n", "sensitivity")
-    if key not in METRICS:
-        raise ValueError(f"Unknown metric '{name}'. Available: {', '.join(METRICS)}.")
-    return key
+    return resolve_metric(name, needs="heatmap").name
 
 
 def _explainers(
@@ -64,13 +62,11 @@ def _explainers(
     explainers: dict[str, Explainer] = {}
     identities: dict[str, dict[str, Any]] = {}
     for method in methods:
-        if isinstance(method, Explainer):
-            explainers[method.name] = method
-            identities[method.name] = method_identity(method, None, from_name=False)
-        else:
-            name = resolve_method(method).name
-            explainers[name] = create_explainer(name, model, **options.get(name, {}))
-            identities[name] = method_identity(explainers[name], options.get(name), True)
+        from_name = not isinstance(method, Explainer)
+        name = resolve_method(method).name if from_name else method.name
+        given = options.get(name) if from_name else None
+        explainers[name] = as_explainer(method, model, **(given or {}))
+        identities[name] = method_identity(explainers[name], given, from_name)
     return explainers, identities
 
 
@@ -127,14 +123,11 @@ def _rows_for_batch(
 ) -> list[dict[str, Any]]:
     """Rows of ``samples`` (inputs ``(B, C, H, W)``) for each method whose row is not yet
     ``complete``; a method is run only on the images that still need it."""
-    # explaining(): eval mode, so a model handed over in train mode predicts without dropout.
-    with explaining(model), torch.no_grad():
-        predicted = model(inputs).argmax(dim=1).tolist()
+    # Eval mode: a model handed over in train mode predicts without dropout.
+    predicted = predict(model, inputs).argmax(dim=1).tolist()
     targets = [
         s.label if s.label is not None else p for s, p in zip(samples, predicted, strict=True)
     ]
-    # Insertion and deletion share one pass over the perturbation chunks.
-    curve_names = [m for m in metric_names if m in CURVE_METRICS]
     rows = []
     for name, explainer in explainers.items():
         needed = [i for i, sample in enumerate(samples) if (sample.id, name) not in complete]
@@ -142,13 +135,8 @@ def _rows_for_batch(
             continue
         subset, subset_targets = inputs[needed], [targets[i] for i in needed]
         heatmaps = explainer.explain_batch(subset, subset_targets)
-        results = (
-            dict(scorer.curves(subset, heatmaps, subset_targets, metrics=curve_names))
-            if curve_names
-            else {}
-        )
-        if "sensitivity" in metric_names:
-            results["sensitivity"] = scorer.sensitivity(subset, heatmaps, subset_targets)
+        # any registered heatmap metric; insertion and deletion share one pass of chunks
+        results = scorer.compute(subset, heatmaps, subset_targets, metrics=metric_names)
         scores = {metric: results[metric].per_image.tolist() for metric in metric_names}
         for position, i in enumerate(needed):
             row = {
@@ -324,9 +312,10 @@ def evaluate(
         model: an ``ImageClassifier`` or timm model (on the device to use).
         data: an image folder (integer-named sub-folders give labels), a map-style
             ``Dataset`` yielding ``image`` or ``(image, label)``, or a ``DataLoader``.
-        methods: method names (``gradcam``, ``gradcampp``, ``ig``, ``smoothgrad``,
-            ``rollout``) or explainer instances (their class and the settings they hold
-            are in the identity).
+        methods: registry names (any of :func:`~timmlens.interpretation.registry.methods`,
+            e.g. ``gradcam``, ``ig``; aliases accepted) or explainer instances (their class
+            and the settings they hold are in the identity). Rows are keyed by the
+            registry name, an instance's too.
         metrics: ``insertion``, ``deletion``, ``sensitivity`` (sensitivity-n).
         out: output folder.
         batch_size: images per explanation batch (per rank).

@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,7 +188,7 @@ def _index(pairs: Any) -> dict[str, list[int]]:
 def label_resolver_for(model: nn.Module) -> LabelResolver:
     """The :class:`LabelResolver` of ``model``: its class count, own names, ImageNet names."""
     from ..interpretation.base import num_outputs
-    from ..interpretation.quick import model_class_names
+    from ..naming import model_class_names
 
     return LabelResolver(num_outputs(model), model_class_names(model))
 
@@ -334,8 +334,3 @@ def as_source(
         f"data must be an image folder path, a torch Dataset or a DataLoader, "
         f"got {type(data).__name__}."
     )
-
-
-def batches(samples: Sequence[Sample], indices: Sequence[int], size: int) -> Iterator[list[Sample]]:
-    for start in range(0, len(indices), size):
-        yield [samples[i] for i in indices[start : start + size]]

@@ -1,18 +1,61 @@
-"""Explanation methods: GradCAM, GradCAM++, Integrated Gradients, SmoothGrad, attention."""
+"""Explanation methods: GradCAM, GradCAM++, Integrated Gradients, SmoothGrad, attention.
 
-from .attention import AttentionMaps, AttentionVisualizer
-from .base import Explainer, normalize_maps
-from .cam import GradCAM, GradCAMPlusPlus
-from .input import IGResult, IntegratedGradients, SmoothGrad
-from .quick import (
-    ArchitectureComparison,
-    ExplanationResult,
-    MethodComparison,
-    compare_architectures,
-    compare_methods,
-    quick_explain,
-)
-from .registry import available_methods, create_explainer, method_names
+Names are imported on first use (PEP 562), so ``import timmlens`` loads no Captum.
+``quick_explain`` and the comparisons draw figures; they live in :mod:`timmlens.quick`,
+above the methods, and are re-exported here because users know them from here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from ..quick import (
+        ArchitectureComparison,
+        ExplanationResult,
+        MethodComparison,
+        compare_architectures,
+        compare_methods,
+        quick_explain,
+    )
+    from .attention import AttentionMaps, AttentionVisualizer
+    from .base import Explainer, normalize_maps
+    from .cam import GradCAM, GradCAMPlusPlus
+    from .input import IGResult, IntegratedGradients, SmoothGrad
+    from .registry import (
+        as_explainer,
+        available_methods,
+        create_explainer,
+        method_names,
+        methods,
+        register_method,
+    )
+
+_EXPORTS = {
+    "ArchitectureComparison": "timmlens.quick",
+    "AttentionMaps": ".attention",
+    "AttentionVisualizer": ".attention",
+    "Explainer": ".base",
+    "ExplanationResult": "timmlens.quick",
+    "GradCAM": ".cam",
+    "GradCAMPlusPlus": ".cam",
+    "IGResult": ".input",
+    "IntegratedGradients": ".input",
+    "MethodComparison": "timmlens.quick",
+    "SmoothGrad": ".input",
+    "as_explainer": ".registry",
+    "available_methods": ".registry",
+    "compare_architectures": "timmlens.quick",
+    "compare_methods": "timmlens.quick",
+    "create_explainer": ".registry",
+    "method_names": ".registry",
+    "methods": ".registry",
+    "normalize_maps": ".base",
+    "quick_explain": "timmlens.quick",
+    "register_method": ".registry",
+}
 
 __all__ = [
     "ArchitectureComparison",
@@ -26,11 +69,16 @@ __all__ = [
     "IntegratedGradients",
     "MethodComparison",
     "SmoothGrad",
+    "as_explainer",
     "available_methods",
     "compare_architectures",
     "compare_methods",
     "create_explainer",
     "method_names",
+    "methods",
     "normalize_maps",
     "quick_explain",
+    "register_method",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .scoring import ScoreKind, target_scores
+
 #: a class index (Python or numpy integer), a class name, one of them per image
 #: (list, 1-d integer tensor or array), or ``None`` for each image's predicted class
 TargetInput = int | str | Sequence[int | str] | torch.Tensor | np.ndarray | None
@@ -96,36 +98,33 @@ def validate_targets(
     return indices
 
 
-class TargetScore(torch.nn.Module):
-    """``model``'s logit for each image's target class: ``(B, C, H, W)`` -> ``(B,)``.
+class TargetScore(nn.Module):
+    """``model``'s score for each row's target class: ``(N, C, H, W), (N,)`` -> ``(N,)``.
 
-    With ``targets=None`` each image's predicted class is used, chosen inside the same
-    forward pass: the argmax is piecewise constant, so the gradient of the selected
-    logit is exactly the gradient for the predicted class, at the cost of one forward.
-    The classes used by the last call are kept in ``last_targets``, its logits
-    (detached) in ``last_logits``.
+    The one module form of :func:`~timmlens.interpretation.scoring.target_scores`, for
+    Captum. Targets travel as a forward argument (Captum's ``additional_forward_args``),
+    so Captum expands them alongside the inputs whatever its expansion order
+    (step-major for IG, sample-major for ``NoiseTunnel``). With ``targets=None`` each
+    row's predicted class is used, chosen inside the same forward pass: the argmax is
+    piecewise constant, so the gradient of the selected logit is exactly the gradient
+    for the predicted class, at the cost of one forward.
+
+    The module is made per call: :attr:`seen` holds the classes and detached logits of
+    its latest forward, for the call that owns it.
     """
 
-    def __init__(self, model: torch.nn.Module, targets: list[int] | None) -> None:
+    def __init__(self, model: nn.Module, kind: ScoreKind = "logit") -> None:
         super().__init__()
         self.model = model
-        self.targets = targets
-        self.last_targets: torch.Tensor | None = None
-        self.last_logits: torch.Tensor | None = None
+        self.kind = kind
+        #: ``((N,) classes, (N, K) logits)`` of the latest forward, detached
+        self.seen: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.model(inputs)
-        if self.targets is None:
+        if targets is None:
             chosen = logits.detach().argmax(dim=1)
         else:
-            chosen = torch.tensor(self.targets, device=logits.device, dtype=torch.long)
-            if logits.shape[0] != chosen.shape[0]:
-                # Captum expands batches in method-specific orders (IG: step-major); a fixed
-                # target list cannot know which row is which image, so refuse.
-                raise ValueError(
-                    f"TargetScore got {logits.shape[0]} rows for {chosen.shape[0]} targets; "
-                    f"pass targets through Captum's additional_forward_args instead."
-                )
-        self.last_targets = chosen
-        self.last_logits = logits.detach()
-        return logits.gather(1, chosen[:, None])[:, 0]
+            chosen = targets.to(device=logits.device, dtype=torch.long).view(-1)
+        self.seen = (chosen, logits.detach())
+        return target_scores(logits, chosen, self.kind)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import importlib.util
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -111,10 +112,46 @@ def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return torch.where(span > eps, (maps - low) / span.clamp_min(eps), torch.zeros_like(maps))
 
 
+@dataclass(frozen=True, eq=False)
+class Explanation:
+    """Everything one explanation call computed, always batched (``B`` images).
+
+    Attributes:
+        heatmap: ``(B, H, W)`` the maps :meth:`Explainer.explain` returns.
+        targets: ``(B,)`` long, the explained classes (``None`` only where no class was
+            involved: the plain attention rollout of a headless model).
+        logits: ``(B, K)`` the model's logits for the inputs, detached, where the method
+            ran a clean forward pass anyway (``None`` otherwise).
+        attributions: the method's raw output before it became a heatmap: Captum's
+            ``(B, C, H, W)`` input attributions, a one-layer CAM's ``(B, h, w)`` map,
+            rollout's ``(B, N)`` token relevance; ``None`` where there is no single one.
+        extras: method-specific values (e.g. ``"layer_maps"`` of CAMs).
+    """
+
+    heatmap: torch.Tensor
+    targets: torch.Tensor | None
+    logits: torch.Tensor | None = None
+    attributions: torch.Tensor | None = None
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+def predict(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The model's logits for ``inputs`` ``(B, C, H, W)`` -> ``(B, K)``: eval mode, no grad.
+
+    Inside :func:`~timmlens._model_state.explaining`, so a model in train mode predicts
+    without dropout and is left as found.
+    """
+    with explaining(model), torch.no_grad():
+        return model(inputs)
+
+
 class Explainer(ABC):
     """Base class: preprocessing, target checks and model-state hygiene in one place.
 
-    Subclasses implement :meth:`attribute` on a preprocessed batch.
+    Subclasses implement :meth:`attribute` on a preprocessed batch and return an
+    :class:`Explanation`; :meth:`explain` gives its heatmaps, :meth:`explain_full` all of it.
+    Results are returned, never kept for the next call to read (the ``last_*`` properties
+    only mirror the latest result for interactive use; they are racy under threads).
     """
 
     #: short method name used in figures, tables and the CLI
@@ -126,8 +163,7 @@ class Explainer(ABC):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}.")
         self.model = model
-        #: the classes explained by the last call, ``(B,)``
-        self.last_targets: torch.Tensor | None = None
+        self._latest: Explanation | None = None
 
     def __call__(
         self, images: ImagesInput, target_class: TargetInput = None, **kwargs: Any
@@ -148,6 +184,12 @@ class Explainer(ABC):
         maps = self.explain_batch(batch.tensor, target_class, **kwargs)
         return maps[0] if batch.single else maps
 
+    def explain_full(
+        self, images: ImagesInput, target_class: TargetInput = None, **kwargs: Any
+    ) -> Explanation:
+        """The whole :class:`Explanation` of ``images`` (always batched, also for one image)."""
+        return self.explain_batch_full(self.prepare(images).tensor, target_class, **kwargs)
+
     def prepare(self, images: ImagesInput) -> PreparedBatch:
         return prepare_images(images, self.model)
 
@@ -155,18 +197,59 @@ class Explainer(ABC):
         self, inputs: torch.Tensor, target_class: TargetInput = None, **kwargs: Any
     ) -> torch.Tensor:
         """Heatmaps ``(B, H, W)`` for a preprocessed batch ``(B, C, H, W)``."""
-        targets = validate_targets(
-            target_class, inputs.shape[0], num_outputs(self.model), self.model
-        )
-        with explanation_call(self.model, inputs, type(self).__name__, self.needs_gradients):
-            return self.attribute(inputs, targets, **kwargs)
+        return self.explain_batch_full(inputs, target_class, **kwargs).heatmap
+
+    def explain_batch_full(
+        self, inputs: torch.Tensor, target_class: TargetInput = None, **kwargs: Any
+    ) -> Explanation:
+        """The :class:`Explanation` of a preprocessed batch ``(B, C, H, W)``.
+
+        The one path of every explainer: resolve the targets, enter the guard
+        (:func:`explanation_call`), :meth:`attribute`.
+        """
+        targets = self.resolve_targets(target_class, inputs)
+        needs_gradients = self.gradients_needed(targets)
+        with explanation_call(self.model, inputs, self.describe(targets), needs_gradients):
+            result = self.attribute(inputs, targets, **kwargs)
+        self._latest = result
+        return result
+
+    def resolve_targets(self, target_class: TargetInput, inputs: torch.Tensor) -> list[int] | None:
+        """One class index per image of ``inputs``, or ``None`` for the predicted classes."""
+        return validate_targets(target_class, inputs.shape[0], num_outputs(self.model), self.model)
+
+    def gradients_needed(self, targets: list[int] | None) -> bool:
+        """Whether explaining ``targets`` takes gradients (see :attr:`needs_gradients`)."""
+        del targets
+        return self.needs_gradients
+
+    def describe(self, targets: list[int] | None) -> str:
+        """What this call is, for messages."""
+        del targets
+        return type(self).__name__
 
     @abstractmethod
     def attribute(
         self, inputs: torch.Tensor, targets: list[int] | None, **kwargs: Any
-    ) -> torch.Tensor:
-        """Heatmaps ``(B, H, W)`` for inputs ``(B, C, H, W)`` and validated targets.
+    ) -> Explanation:
+        """The explanation of inputs ``(B, C, H, W)`` for validated ``targets``.
 
-        ``targets`` is ``None`` for the predicted classes. Implementations set
-        ``self.last_targets``.
+        ``targets`` is ``None`` for the predicted classes. Runs inside the guard.
         """
+
+    # Read-only views of the latest result, for interactive use and old callers; code
+    # that needs a call's targets or logits takes them from the returned Explanation.
+    @property
+    def last_targets(self) -> torch.Tensor | None:
+        """``(B,)`` classes explained by the latest call (see :meth:`explain_full`)."""
+        return None if self._latest is None else self._latest.targets
+
+    @property
+    def last_logits(self) -> torch.Tensor | None:
+        """``(B, K)`` logits of the latest call, where it computed them."""
+        return None if self._latest is None else self._latest.logits
+
+    @property
+    def last_attributions(self) -> torch.Tensor | None:
+        """Raw attributions of the latest call (:attr:`Explanation.attributions`)."""
+        return None if self._latest is None else self._latest.attributions

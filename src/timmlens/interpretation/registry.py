@@ -1,32 +1,42 @@
-"""Explanation methods by name: one place that turns ``"gradcam"`` into an explainer.
+"""Explanation methods by name: one registry, filled by ``@register_method`` at the class.
 
-Used by :func:`~timmlens.interpretation.quick_explain`, the comparisons and the
-``timmlens`` command line. Each entry builds an :class:`~timmlens.interpretation.Explainer`
-whose call is ``explainer(images, target_class) -> (H, W) | (B, H, W)``.
+Every explainer class registers itself where it is defined, in the way of timm's
+``register_model``::
 
-=============  =======================================================  ============
-name           explainer                                                applies to
-=============  =======================================================  ============
-gradcam        :class:`GradCAM` (``target_layer=``; family default)     every model
-gradcampp      :class:`GradCAMPlusPlus` (``target_layer=``)             every model
-ig             :class:`IntegratedGradients` (``n_steps=``, ...)         every model
-smoothgrad     :class:`SmoothGrad` (``n_samples=``, ``noise_level=``)   every model
-rollout        :class:`AttentionVisualizer`: class-specific rollout     global-attention
-               when called with a target, plain rollout without         ViTs (ViT, DeiT,
-                                                                        BEiT, EVA)
-=============  =======================================================  ============
+    @register_method(
+        "gradcam",
+        title="GradCAM",
+        kind="cam",
+        summary="gradient-weighted class activation map of one layer (fast, coarse)",
+        paper="Selvaraju et al., ICCV 2017",
+        formula="ReLU(sum_k w_k A_k), w_k = mean_ij dy/dA_kij",
+        cost="1 forward + 1 backward (to the layer)",
+    )
+    class GradCAM(Explainer): ...
 
-Aliases: ``"gradcam++"`` -> ``gradcampp``, ``"integrated_gradients"`` -> ``ig``,
-``"attention"``/``"attention_rollout"`` -> ``rollout``. Explainer modules are imported
-on first use.
+and everything that lists methods reads it: :func:`methods` (``quick_explain``,
+``compare_methods``, ``evaluate``, the sanity checks, the error report, the CLI's
+choices) and the generated docs page (``python -m timmlens.interpretation.registry
+docs/methods/index.md``). The registry name is the one name of a method everywhere: the
+explainer's ``name``, result rows, figure keys, the CLI. Aliases (``"gradcam++"``,
+``"integrated_gradients"``, ``"attention_rollout"``) are accepted only by
+:func:`resolve_method` and :func:`as_explainer`, at the edge.
+
+The built-in method modules are imported on the first query, not when this module is
+imported, so ``import timmlens`` does not pay for them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+import importlib
+import inspect
+import itertools
+import pkgutil
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -34,144 +44,317 @@ from ..adapters import get_adapter
 from ..errors import UnsupportedModelError
 from .base import Explainer
 
+#: The three engines, in registry order: layer maps, input attribution, attention.
+KINDS: tuple[str, ...] = ("cam", "input", "attention")
+#: What each kind applies to, unless the method says otherwise.
+_DEFAULT_APPLIES_TO = {
+    "cam": "every model",
+    "input": "every model",
+    "attention": "global-attention ViTs (ViT, DeiT, BEiT, EVA)",
+}
+#: Packages whose import registers the built-in methods, one per kind.
+_BUILTIN_PACKAGE = __package__ or "timmlens.interpretation"
+
+ExplainerType = TypeVar("ExplainerType", bound=type[Explainer])
+
 
 @dataclass(frozen=True)
 class MethodSpec:
     """A registered method.
 
     Attributes:
-        name: the registry name (``"gradcam"``).
+        name: the registry name (``"gradcam"``), also the explainer's ``name``.
         title: how figures and tables name it (``"GradCAM"``).
-        factory: ``factory(model, **options) -> Explainer``.
-        needs_attention: only for models with global self-attention blocks.
-        uses_layer: the method taps a layer (``target_layer=`` option, ``layer_names``).
-        summary: one line for ``--help`` and docs.
+        kind: its engine: ``"cam"`` (a layer's map), ``"input"`` (input attribution) or
+            ``"attention"`` (captured attention; needs global self-attention blocks).
+        cls: the explainer class; ``cls(model, **options)`` builds it.
+        aliases: other spellings :func:`resolve_method` accepts.
+        summary: one line for ``--help`` and the docs.
+        paper: where the method comes from.
+        formula: the map it computes, in one line.
+        cost: forwards and backwards per batch.
+        applies_to: the model families it applies to, in words.
+        uses_layer: the method taps a layer (``target_layer=`` option, ``layer_names``);
+            :func:`~timmlens.analysis.explain_layers` and the CLI's ``--layer`` take these.
     """
 
     name: str
     title: str
-    factory: Callable[..., Explainer]
-    needs_attention: bool = False
-    uses_layer: bool = False
+    kind: str
+    cls: type[Explainer]
+    aliases: tuple[str, ...] = ()
     summary: str = ""
+    paper: str = ""
+    formula: str = ""
+    cost: str = ""
+    applies_to: str = ""
+    uses_layer: bool = False
+    builtin: bool = field(default=False, repr=False)
+    order: int = field(default=0, repr=False, compare=False)
+
+    @property
+    def needs_attention(self) -> bool:
+        """Only for models with global self-attention blocks."""
+        return self.kind == "attention"
+
+    @property
+    def factory(self) -> Callable[..., Explainer]:
+        """``factory(model, **options) -> Explainer`` (the class itself)."""
+        return self.cls
+
+    def options(self) -> dict[str, inspect.Parameter]:
+        """The constructor's options after ``model``, by name."""
+        parameters = list(inspect.signature(self.cls.__init__).parameters.values())[2:]
+        return {p.name: p for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+    def unavailable_reason(self, model: nn.Module) -> str | None:
+        """Why this method does not apply to ``model``, or ``None`` when it does."""
+        if self.needs_attention:
+            return get_adapter(model).attention_unavailable_reason
+        return None
 
 
-def _gradcam(model: nn.Module, **options: Any) -> Explainer:
-    from .cam import GradCAM
-
-    return GradCAM(model, **options)
-
-
-def _gradcampp(model: nn.Module, **options: Any) -> Explainer:
-    from .cam import GradCAMPlusPlus
-
-    return GradCAMPlusPlus(model, **options)
+_SPECS: dict[str, MethodSpec] = {}
+_ALIASES: dict[str, str] = {}
+_COUNTER = itertools.count()
+_loaded = False
 
 
-def _ig(model: nn.Module, **options: Any) -> Explainer:
-    from .input import IntegratedGradients
-
-    return IntegratedGradients(model, **options)
+def _key(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
 
 
-def _smoothgrad(model: nn.Module, **options: Any) -> Explainer:
-    from .input import SmoothGrad
+def _load_builtin_methods() -> None:
+    """Import the method packages and their modules once, which runs their decorators.
 
-    return SmoothGrad(model, **options)
+    Every public module of ``cam/``, ``input/`` and ``attention/`` is imported, so a new
+    method file there registers itself without an edit elsewhere.
+    """
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True  # before importing: a method module that queries must not recurse
+    try:
+        for kind in KINDS:
+            package = importlib.import_module(f"{_BUILTIN_PACKAGE}.{kind}")
+            for module in pkgutil.iter_modules(package.__path__):
+                if not module.name.startswith("_"):
+                    importlib.import_module(f"{package.__name__}.{module.name}")
+    except BaseException:
+        _loaded = False
+        raise
 
 
-def _rollout(model: nn.Module, **options: Any) -> Explainer:
-    from .attention import AttentionVisualizer
+def register_method(
+    name: str,
+    *,
+    title: str,
+    kind: str,
+    aliases: tuple[str, ...] = (),
+    summary: str = "",
+    paper: str = "",
+    formula: str = "",
+    cost: str = "",
+    applies_to: str | None = None,
+    uses_layer: bool | None = None,
+) -> Callable[[ExplainerType], ExplainerType]:
+    """Class decorator: register an :class:`Explainer` subclass as method ``name``.
 
-    if options:
-        raise TypeError(
-            f"rollout takes no construction options, got {sorted(options)}; pass head_fusion, "
-            f"discard_ratio or start_layer to the call."
+    Sets ``cls.name = name``, so results, rows and figures use the registry name.
+
+    Args:
+        name: the canonical name: lower case, no spaces (``"gradcampp"``).
+        title: the display name (``"GradCAM++"``).
+        kind: ``"cam"``, ``"input"`` or ``"attention"`` (see :class:`MethodSpec`).
+        aliases: other accepted spellings (matched case-insensitively, ``-`` as ``_``).
+        summary, paper, formula, cost: one line each, for ``--help`` and the docs.
+        applies_to: the families it applies to, in words (default by ``kind``).
+        uses_layer: it taps a layer and takes ``target_layer=`` (default: ``kind == "cam"``).
+
+    Raises:
+        ValueError: a bad name or kind, or a name or alias another method already has.
+    """
+    if kind not in KINDS:
+        raise ValueError(
+            f"kind={kind!r} for method '{name}' is not an engine; use one of {', '.join(KINDS)}."
         )
-    return AttentionVisualizer(model)
+    if not isinstance(name, str) or _key(name) != name or not name.isidentifier():
+        raise ValueError(
+            f"method name {name!r} must be lower case letters, digits and underscores "
+            f"(e.g. 'gradcampp'); put other spellings in aliases=."
+        )
+
+    def decorate(cls: ExplainerType) -> ExplainerType:
+        if not (isinstance(cls, type) and issubclass(cls, Explainer)):
+            raise TypeError(
+                f"@register_method('{name}') decorates an Explainer subclass, got {cls!r}."
+            )
+        spec = MethodSpec(
+            name=name,
+            title=title,
+            kind=kind,
+            cls=cls,
+            aliases=tuple(_key(alias) for alias in aliases),
+            summary=summary,
+            paper=paper,
+            formula=formula,
+            cost=cost,
+            applies_to=applies_to or _DEFAULT_APPLIES_TO[kind],
+            uses_layer=kind == "cam" if uses_layer is None else uses_layer,
+            builtin=cls.__module__.startswith(f"{_BUILTIN_PACKAGE}."),
+            order=next(_COUNTER),
+        )
+        _add(spec)
+        cls.name = name
+        return cls
+
+    return decorate
 
 
-METHODS: dict[str, MethodSpec] = {
-    spec.name: spec
-    for spec in (
-        MethodSpec(
-            "gradcam",
-            "GradCAM",
-            _gradcam,
-            uses_layer=True,
-            summary="gradient-weighted class activation map of one layer (fast, coarse)",
-        ),
-        MethodSpec(
-            "gradcampp",
-            "GradCAM++",
-            _gradcampp,
-            uses_layer=True,
-            summary="GradCAM with higher-order weights (better for several objects)",
-        ),
-        MethodSpec(
-            "ig",
-            "Integrated Gradients",
-            _ig,
-            summary="path integral of input gradients from a baseline (pixel-level, any model)",
-        ),
-        MethodSpec(
-            "smoothgrad",
-            "SmoothGrad",
-            _smoothgrad,
-            summary="input gradients averaged over noisy copies (pixel-level, any model)",
-        ),
-        MethodSpec(
-            "rollout",
-            "Attention rollout",
-            _rollout,
-            needs_attention=True,
-            summary="attention flow through the blocks, class-specific with a target (ViTs)",
-        ),
-    )
-}
-
-ALIASES: dict[str, str] = {
-    "gradcam++": "gradcampp",
-    "gradcam_plusplus": "gradcampp",
-    "gradcamplusplus": "gradcampp",
-    "integrated_gradients": "ig",
-    "integratedgradients": "ig",
-    "attention": "rollout",
-    "attention_rollout": "rollout",
-}
+def _same_class(a: type, b: type) -> bool:
+    # A module reloaded (importlib.reload, notebooks) registers a new class object.
+    return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
 
 
-def method_names() -> list[str]:
-    """The registered method names, in registry order."""
-    return list(METHODS)
+def _add(spec: MethodSpec) -> None:
+    old = _SPECS.get(spec.name)
+    if old is not None and not _same_class(old.cls, spec.cls):
+        raise ValueError(
+            f"method '{spec.name}' is already registered by {old.cls.__qualname__}; pick "
+            f"another name, or unregister_method('{spec.name}') first."
+        )
+    if old is not None:
+        _remove(spec.name)
+    for alias in spec.aliases:
+        owner = _SPECS.get(alias) or _SPECS.get(_ALIASES.get(alias, ""))
+        if owner is not None and owner.name != spec.name:
+            raise ValueError(
+                f"alias '{alias}' of method '{spec.name}' already names method "
+                f"'{owner.name}'; drop it from aliases=."
+            )
+    if spec.name in _ALIASES:
+        raise ValueError(
+            f"method name '{spec.name}' is an alias of '{_ALIASES[spec.name]}'; pick another."
+        )
+    _SPECS[spec.name] = spec
+    _ALIASES.update(dict.fromkeys(spec.aliases, spec.name))
+
+
+def _remove(name: str) -> MethodSpec:
+    spec = _SPECS.pop(name)
+    for alias in spec.aliases:
+        _ALIASES.pop(alias, None)
+    return spec
+
+
+def unregister_method(name: str) -> MethodSpec:
+    """Remove method ``name`` (the canonical name) from the registry; returns its spec."""
+    _load_builtin_methods()
+    if name not in _SPECS:
+        raise KeyError(f"no method '{name}' is registered; registered: {', '.join(_SPECS)}.")
+    return _remove(name)
+
+
+@contextlib.contextmanager
+def scoped_registry() -> Iterator[None]:
+    """Methods registered (or unregistered) inside the block are undone at its end.
+
+    For tests and experiments: register a toy method, use it everywhere, leave no trace.
+    """
+    _load_builtin_methods()
+    specs, aliases = dict(_SPECS), dict(_ALIASES)
+    try:
+        yield
+    finally:
+        _SPECS.clear()
+        _SPECS.update(specs)
+        _ALIASES.clear()
+        _ALIASES.update(aliases)
+
+
+def _specs() -> list[MethodSpec]:
+    """Every spec in registry order: by kind, built-ins before others, then registration."""
+    _load_builtin_methods()
+    return sorted(_SPECS.values(), key=lambda s: (KINDS.index(s.kind), not s.builtin, s.order))
+
+
+class _Methods(Mapping[str, MethodSpec]):
+    """A read-only view ``name -> MethodSpec`` that fills the registry on first use."""
+
+    def __getitem__(self, name: str) -> MethodSpec:
+        _load_builtin_methods()
+        return _SPECS[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([spec.name for spec in _specs()])
+
+    def __len__(self) -> int:
+        _load_builtin_methods()
+        return len(_SPECS)
+
+    def __repr__(self) -> str:
+        return f"METHODS({', '.join(self)})"
+
+
+#: Every registered method by name, in registry order (a live, read-only view).
+METHODS: Mapping[str, MethodSpec] = _Methods()
 
 
 def resolve_method(name: str) -> MethodSpec:
     """The :class:`MethodSpec` for ``name`` (case-insensitive, aliases accepted).
 
     Raises:
+        TypeError: ``name`` is not a string.
         ValueError: an unknown name; the message lists the methods and the closest match.
     """
     if not isinstance(name, str):
         raise TypeError(f"method must be a name such as 'gradcam', got {type(name).__name__}.")
-    key = name.strip().lower().replace("-", "_")
-    key = ALIASES.get(key, key)
-    if key in METHODS:
-        return METHODS[key]
-    close = difflib.get_close_matches(key, [*METHODS, *ALIASES], n=1)
-    hint = f" Did you mean '{ALIASES.get(close[0], close[0])}'?" if close else ""
-    raise ValueError(f"unknown method '{name}'; available: {', '.join(METHODS)}.{hint}")
+    _load_builtin_methods()
+    key = _key(name)
+    key = _ALIASES.get(key, key)
+    if key in _SPECS:
+        return _SPECS[key]
+    names = [spec.name for spec in _specs()]
+    close = difflib.get_close_matches(key, [*names, *_ALIASES], n=1)
+    hint = f" Did you mean '{_ALIASES.get(close[0], close[0])}'?" if close else ""
+    raise ValueError(f"unknown method '{name}'; available: {', '.join(names)}.{hint}")
 
 
 def supports(model: nn.Module, name: str) -> bool:
-    """Whether method ``name`` applies to ``model`` (rollout needs global attention)."""
-    spec = resolve_method(name)
-    return not spec.needs_attention or bool(get_adapter(model).attention_blocks)
+    """Whether method ``name`` applies to ``model`` (attention methods need global attention)."""
+    return resolve_method(name).unavailable_reason(model) is None
+
+
+def methods(kind: str | None = None, model: nn.Module | None = None) -> list[str]:
+    """Registered method names in registry order, of one ``kind`` and/or applying to ``model``.
+
+    Args:
+        kind: ``"cam"``, ``"input"``, ``"attention"`` or ``None`` for all.
+        model: keep only the methods that apply to it (``None``: all).
+    """
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not an engine; use one of {', '.join(KINDS)}.")
+    return [
+        spec.name
+        for spec in _specs()
+        if (kind is None or spec.kind == kind)
+        and (model is None or spec.unavailable_reason(model) is None)
+    ]
 
 
 def available_methods(model: nn.Module | None = None) -> list[str]:
-    """Registered methods, or those that apply to ``model``."""
-    return [name for name in METHODS if model is None or supports(model, name)]
+    """Registered methods, or those that apply to ``model`` (``methods(model=model)``)."""
+    return methods(model=model)
+
+
+def method_names() -> list[str]:
+    """The registered method names, in registry order."""
+    return methods()
+
+
+def layer_methods() -> list[str]:
+    """The methods that tap a layer and take ``target_layer=`` (``uses_layer``)."""
+    return [spec.name for spec in _specs() if spec.uses_layer]
 
 
 def default_method(model: nn.Module) -> str:
@@ -185,28 +368,154 @@ def default_method(model: nn.Module) -> str:
     return "rollout" if get_adapter(model).attention_blocks else "gradcam"
 
 
+def _check_options(spec: MethodSpec, options: Mapping[str, Any]) -> None:
+    """Unknown constructor options fail with the method's options listed."""
+    parameters = inspect.signature(spec.cls.__init__).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    known = spec.options()
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        takes = ", ".join(known) if known else "no options"
+        hint = (
+            f" target_layer applies to the layer methods ({', '.join(layer_methods())}) only."
+            if "target_layer" in unknown
+            else " Call options (such as a rollout's head_fusion) go to the call, not here."
+        )
+        raise TypeError(
+            f"method '{spec.name}' got unknown option(s) {', '.join(unknown)}; it takes: "
+            f"{takes}.{hint}"
+        )
+
+
 def create_explainer(name: str, model: nn.Module, **options: Any) -> Explainer:
     """Build the explainer registered as ``name`` for ``model``.
 
     Args:
-        name: a registered name or alias (see the module docstring).
+        name: a registered name or alias (see :func:`methods`).
         model: an ``ImageClassifier`` or a bare timm model.
         options: constructor arguments of the explainer (``target_layer=`` for the CAM
             methods, ``n_steps=`` for IG, ``n_samples=`` for SmoothGrad, ...).
 
     Raises:
         ValueError: unknown method name.
+        TypeError: an option the method does not take.
         UnsupportedModelError: the method does not apply to this model.
     """
     spec = resolve_method(name)
-    if spec.needs_attention:
-        reason = get_adapter(model).attention_unavailable_reason
-        if reason is not None:
-            raise UnsupportedModelError(reason)
-    return spec.factory(model, **options)
+    reason = spec.unavailable_reason(model)
+    if reason is not None:
+        raise UnsupportedModelError(reason)
+    _check_options(spec, options)
+    return spec.cls(model, **options)
+
+
+def as_explainer(method: str | Explainer, model: nn.Module, **options: Any) -> Explainer:
+    """An :class:`Explainer` for ``method``: an instance passes through, a name is built.
+
+    Args:
+        method: a registered name or alias, or an :class:`Explainer` instance.
+        model: the model a name is built for.
+        options: constructor options for a name; none for an instance.
+
+    Raises:
+        ValueError: options given with an instance, or an unknown name.
+        TypeError: neither a name nor an explainer, or an unknown option.
+        UnsupportedModelError: the method does not apply to this model.
+    """
+    if isinstance(method, Explainer):
+        if options:
+            raise ValueError(
+                f"options ({', '.join(sorted(options))}) apply to a method name, not an "
+                f"explainer instance; build the {type(method).__name__} with them instead."
+            )
+        return method
+    if not isinstance(method, str):
+        raise TypeError(
+            f"method must be a name such as 'gradcam' or an Explainer instance, got "
+            f"{type(method).__name__}."
+        )
+    return create_explainer(method, model, **options)
 
 
 def layer_of(explainer: Explainer) -> str | None:
     """The tapped layer(s) of a CAM explainer as one string, ``None`` for other methods."""
     names = getattr(explainer, "layer_names", None)
     return ", ".join(names) if names else None
+
+
+# ------------------------------------------------------------------ docs page
+def _default_text(parameter: inspect.Parameter) -> str:
+    if parameter.default is inspect.Parameter.empty:
+        return f"`{parameter.name}`"
+    return f"`{parameter.name}={parameter.default!r}`"
+
+
+def methods_markdown() -> str:
+    """The methods page: one section per registered method, from the registry alone."""
+    specs = _specs()
+    lines = [
+        "# Methods at a glance",
+        "",
+        "Generated from the method registry by "
+        "`python -m timmlens.interpretation.registry docs/methods/index.md` (`make docs`); "
+        "do not edit by hand. The name is what `create_explainer`, `quick_explain(method=)`, "
+        "`compare_methods`, `evaluate` and the CLI's `--method` take, and what result rows "
+        "and figures are keyed by; aliases are accepted as input only.",
+        "",
+        "| name | title | kind | applies to | cost per batch | summary |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for spec in specs:
+        lines.append(
+            f"| `{spec.name}` | {spec.title} | {spec.kind} | {spec.applies_to} | "
+            f"{spec.cost or '-'} | {spec.summary or '-'} |"
+        )
+    for spec in specs:
+        options = ", ".join(_default_text(p) for p in spec.options().values()) or "none"
+        aliases = ", ".join(f"`{a}`" for a in spec.aliases) or "none"
+        lines += [
+            "",
+            f"## `{spec.name}`: {spec.title}",
+            "",
+            spec.summary or "",
+            "",
+            f"- **class:** `{spec.cls.__module__}.{spec.cls.__qualname__}`",
+            f"- **kind:** {spec.kind}" + (" (taps a layer: `target_layer=`)" * spec.uses_layer),
+            f"- **paper:** {spec.paper or '-'}",
+            f"- **formula:** `{spec.formula}`" if spec.formula else "- **formula:** -",
+            f"- **cost:** {spec.cost or '-'}",
+            f"- **applies to:** {spec.applies_to}",
+            f"- **aliases:** {aliases}",
+            f"- **options:** {options}",
+        ]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m timmlens.interpretation.registry PATH [--check]``: write or verify the page."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description="Generate the methods page from the registry.")
+    parser.add_argument("path", type=Path)
+    parser.add_argument("--check", action="store_true", help="fail if PATH is out of date")
+    args = parser.parse_args(argv)
+    text = methods_markdown()
+    if args.check:
+        if not args.path.exists() or args.path.read_text(encoding="utf-8") != text:
+            print(f"{args.path} is out of date with the method registry; run `make docs`.")
+            return 1
+        return 0
+    args.path.parent.mkdir(parents=True, exist_ok=True)
+    args.path.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    # Under ``python -m`` this file is ``__main__``, a second copy of the module: the
+    # decorators fill the registry of the imported one, so run that one's main.
+    from timmlens.interpretation.registry import main as _main
+
+    raise SystemExit(_main())

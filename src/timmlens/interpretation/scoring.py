@@ -21,13 +21,43 @@ from .._model_state import explaining
 ScoreKind = Literal["probability", "logit"]
 SCORE_KINDS: tuple[str, ...] = ("probability", "logit")
 
-#: Default memory budget for one chunk off CUDA (CPU, MPS, ...): 512 MiB.
-DEFAULT_BUDGET_BYTES = 512 * 2**20
-#: Default share of the free CUDA memory one chunk may use: a quarter.
-CUDA_FREE_FRACTION = 0.25
+#: What one chunk runs: ``"forward"`` (inference-mode scoring: metrics, perturbation CAMs,
+#: RISE) or ``"backward"`` (forward + backward: Integrated Gradients, SmoothGrad).
+MemoryKind = Literal["forward", "backward"]
+MEMORY_KINDS: tuple[str, ...] = ("forward", "backward")
 
-#: ``make_inputs(lo, hi)`` -> ``(hi - lo, C, H, W)``: the inputs of jobs ``lo:hi``.
+# The two kinds' defaults differ because their per-input estimates differ, not their
+# needs. The forward probe (:func:`estimate_sample_bytes`) measures the *transient*
+# peak of one leaf module, so what it leaves out (the allocator's cache and
+# fragmentation, the composed chunk, the caller's own tensors) gets a wide margin: a
+# quarter of free CUDA memory. The backward probe (IG's ``forward_with_activation_bytes``
+# x ``ACTIVATION_BYTES_FACTOR``) already sums every activation autograd keeps, a full
+# account of the chunk, so it may take half. Off CUDA the free memory cannot be asked.
+#: Forward-only chunks: share of the free CUDA memory (a quarter).
+FORWARD_CUDA_FREE_FRACTION = 0.25
+#: Forward-only chunks off CUDA (CPU, MPS, ...): 512 MiB.
+FORWARD_BUDGET_BYTES = 512 * 2**20
+#: Forward + backward chunks: share of the free CUDA memory (a half).
+BACKWARD_CUDA_FREE_FRACTION = 0.5
+#: Forward + backward chunks off CUDA: 2 GiB.
+BACKWARD_BUDGET_BYTES = 2 * 2**30
+
+#: ``kind -> (share of free CUDA memory, bytes off CUDA)``.
+MEMORY_DEFAULTS: dict[str, tuple[float, int]] = {
+    "forward": (FORWARD_CUDA_FREE_FRACTION, FORWARD_BUDGET_BYTES),
+    "backward": (BACKWARD_CUDA_FREE_FRACTION, BACKWARD_BUDGET_BYTES),
+}
+#: Former names of the forward defaults.
+DEFAULT_BUDGET_BYTES = FORWARD_BUDGET_BYTES
+CUDA_FREE_FRACTION = FORWARD_CUDA_FREE_FRACTION
+
+#: ``make_inputs(lo, hi)`` -> ``(hi - lo, C, H, W)``: the inputs of jobs ``lo:hi``. A
+#: perturbation is any such callable; :func:`masked_perturbation` builds the common one.
 JobInputs = Callable[[int, int], torch.Tensor]
+#: ``mask_fn(group, lo, hi)`` -> ``(hi - lo, H * W)`` mask of jobs ``lo:hi``, which all use
+#: image pair ``group``: bool (``True`` takes the pixel from ``finish``) or float weights
+#: (``0``: ``start``, ``1``: ``finish``, blended linearly in between).
+MaskFn = Callable[[int, int, int], torch.Tensor]
 
 
 def target_scores(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
@@ -86,12 +116,33 @@ def estimate_sample_bytes(model: nn.Module, sample: torch.Tensor) -> int:
     return 2 * peak + 2 * composite + 5 * sample.shape[-1] * sample.shape[-2]
 
 
-def default_budget(device: torch.device) -> int:
-    """Bytes one chunk may use: a quarter of free CUDA memory, else 512 MiB."""
+def memory_budget(
+    device: torch.device, kind: MemoryKind = "forward", budget_bytes: int | None = None
+) -> int:
+    """Bytes one chunk may use: the one memory probe every chunked engine reads.
+
+    An explicit ``budget_bytes`` wins. Otherwise, on CUDA a share of the memory free
+    right now (``"forward"``: a quarter, ``"backward"``: a half), elsewhere a fixed
+    amount (``"forward"``: 512 MiB, ``"backward"``: 2 GiB); see :data:`MEMORY_DEFAULTS`
+    for why they differ. Always at least 1.
+    """
+    if budget_bytes is not None:
+        return budget_bytes
+    if kind not in MEMORY_DEFAULTS:
+        raise ValueError(
+            f"memory kind must be one of {MEMORY_KINDS}, got {kind!r}; use 'forward' for "
+            f"inference-only chunks and 'backward' for chunks that also take gradients."
+        )
+    fraction, off_cuda = MEMORY_DEFAULTS[kind]
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return max(int(free * CUDA_FREE_FRACTION), 1)
-    return DEFAULT_BUDGET_BYTES
+        return max(int(free * fraction), 1)
+    return off_cuda
+
+
+def default_budget(device: torch.device) -> int:
+    """Bytes one forward-only chunk may use: ``memory_budget(device, "forward")``."""
+    return memory_budget(device, "forward")
 
 
 def balanced_chunk(limit: int, n_jobs: int) -> int:
@@ -154,3 +205,78 @@ def score_in_chunks(
             hi = min(lo + chunk, n_jobs)
             scores[lo:hi] = target_scores(model(make_inputs(lo, hi)), targets[lo:hi], kind)
     return scores
+
+
+def compose(
+    start: torch.Tensor,
+    finish: torch.Tensor,
+    groups: torch.Tensor,
+    offset: int,
+    mask_fn: MaskFn,
+) -> torch.Tensor:
+    """Perturbed inputs for one chunk of jobs.
+
+    Args:
+        start: ``(G, C, H, W)`` image pairs' "off" images (mask ``False`` / 0).
+        finish: ``(G, C, H, W)`` image pairs' "on" images (mask ``True`` / 1).
+        groups: ``(J,)`` CPU long, the pair of each job in the chunk (sorted runs).
+        offset: index of the chunk's first job in the whole job list.
+        mask_fn: see :data:`MaskFn`.
+
+    Returns:
+        ``(J, C, H, W)`` on ``start``'s device. A bool mask selects exactly (no arithmetic,
+        so a curve's endpoints are the images themselves); float weights blend,
+        ``start + w * (finish - start)`` (ScoreCAM's and RISE's soft masks).
+    """
+    _, channels, height, width = start.shape
+    out = start.new_empty((groups.numel(), channels, height, width))
+    values, counts = torch.unique_consecutive(groups, return_counts=True)
+    lo = 0
+    # one run per image pair in the chunk: a handful of Python iterations, not one per job
+    for group, count in zip(values.tolist(), counts.tolist(), strict=True):
+        hi = lo + count
+        mask = mask_fn(group, offset + lo, offset + hi).view(count, 1, height, width)
+        if mask.dtype == torch.bool:
+            torch.where(mask, finish[group], start[group], out=out[lo:hi])
+        else:
+            torch.lerp(start[group], finish[group], mask.to(start.dtype), out=out[lo:hi])
+        lo = hi
+    return out
+
+
+def masked_perturbation(
+    start: torch.Tensor, finish: torch.Tensor, groups: torch.Tensor, mask_fn: MaskFn
+) -> JobInputs:
+    """The perturbation "job ``j`` is ``finish`` where its mask is set, ``start`` elsewhere".
+
+    Args:
+        start, finish: ``(G, C, H, W)`` on the model's device (deletion: the images and
+            the substrate; insertion: the blurred images and the images).
+        groups: ``(J,)`` CPU long, the image pair of each job, in runs.
+        mask_fn: see :data:`MaskFn`.
+
+    Returns:
+        ``make_inputs(lo, hi)`` for :func:`score_in_chunks`. A perturbation whose values
+        depend on the mask (ROAD's noisy linear imputation) is another such builder; the
+        engine needs nothing else.
+    """
+
+    def make_inputs(lo: int, hi: int) -> torch.Tensor:
+        return compose(start, finish, groups[lo:hi], lo, mask_fn)
+
+    return make_inputs
+
+
+def score_jobs(
+    model: nn.Module,
+    start: torch.Tensor,
+    finish: torch.Tensor,
+    job_groups: torch.Tensor,
+    job_targets: torch.Tensor,
+    mask_fn: MaskFn,
+    chunk: int,
+    kind: str = "probability",
+) -> torch.Tensor:
+    """:func:`score_in_chunks` of :func:`masked_perturbation`: ``(J,)`` float32 scores."""
+    make_inputs = masked_perturbation(start, finish, job_groups, mask_fn)
+    return score_in_chunks(model, make_inputs, job_targets, chunk, kind)

@@ -1,33 +1,61 @@
 """Pictures of explanations: matplotlib figures and interactive HTML. Never runs a model.
 
 Static figures (:mod:`timmlens.viz.static`) need only matplotlib; interactive HTML
-(:mod:`timmlens.viz.interactive`) needs plotly (``pip install "timmlens[interactive]"``)
-and is imported on first use.
+(:mod:`timmlens.viz.interactive`) needs plotly (``pip install "timmlens[interactive]"``).
+Every name is imported on first use (PEP 562), so importing this package (or
+:mod:`timmlens.viz.labels`) loads neither matplotlib nor plotly.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .arrays import heatmap_on_picture, picture_array
-from .labels import class_label, explanation_title, imagenet_class_names
-from .sanity_plots import plot_randomization
-from .static import (
-    OverlayPanel,
-    draw_overlay,
-    plot_architectures,
-    plot_attention_maps,
-    plot_curves,
-    plot_grid,
-    plot_images,
-    plot_layers,
-    plot_methods,
-    plot_overlay,
-    plot_rollout,
-    save_figure,
-)
+from .._lazy import lazy_exports
 
-_INTERACTIVE = ("attention_figure", "explanation_figure", "explanation_html", "write_html")
+if TYPE_CHECKING:
+    from .arrays import heatmap_on_picture, picture_array
+    from .interactive import attention_figure, explanation_figure, explanation_html, write_html
+    from .labels import class_label, explanation_title, imagenet_class_names
+    from .sanity_plots import plot_randomization
+    from .static import (
+        OverlayPanel,
+        draw_overlay,
+        plot_architectures,
+        plot_attention_maps,
+        plot_curves,
+        plot_grid,
+        plot_images,
+        plot_layers,
+        plot_methods,
+        plot_overlay,
+        plot_rollout,
+        save_figure,
+    )
+
+_EXPORTS = {
+    "OverlayPanel": ".static",
+    "attention_figure": ".interactive",
+    "class_label": ".labels",
+    "draw_overlay": ".static",
+    "explanation_figure": ".interactive",
+    "explanation_html": ".interactive",
+    "explanation_title": ".labels",
+    "heatmap_on_picture": ".arrays",
+    "imagenet_class_names": ".labels",
+    "picture_array": ".arrays",
+    "plot_architectures": ".static",
+    "plot_attention_maps": ".static",
+    "plot_curves": ".static",
+    "plot_grid": ".static",
+    "plot_images": ".static",
+    "plot_layers": ".static",
+    "plot_methods": ".static",
+    "plot_overlay": ".static",
+    "plot_randomization": ".sanity_plots",
+    "plot_rollout": ".static",
+    "save_figure": ".static",
+    "write_html": ".interactive",
+}
 
 __all__ = [
     "OverlayPanel",
@@ -54,11 +82,4 @@ __all__ = [
     "write_html",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    # plotly is optional: import the interactive module only when it is asked for.
-    if name in _INTERACTIVE:
-        from . import interactive
-
-        return getattr(interactive, name)
-    raise AttributeError(f"module 'timmlens.viz' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

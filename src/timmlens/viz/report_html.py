@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from matplotlib import colormaps
 
 from ..data import ImageGeometry
 from .arrays import (
@@ -112,6 +111,8 @@ def overlay_array(
         heatmap: ``(H, W)`` in model-input coordinates.
         geometry: how the photo became the model input, sized for ``picture``.
     """
+    from matplotlib import colormaps  # on first use: the report module loads without it
+
     on_picture = heatmap_on_picture(heatmap, picture.shape[:2], geometry)
     low, high = value_range(on_picture)
     finite = np.isfinite(on_picture)

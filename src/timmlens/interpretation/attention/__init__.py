@@ -1,5 +1,6 @@
 """Attention methods: captured attention probabilities, maps and rollout."""
 
+from .engine import AttentionExplainer, AttentionTrace
 from .rollout import AttentionMaps, AttentionVisualizer
 
-__all__ = ["AttentionMaps", "AttentionVisualizer"]
+__all__ = ["AttentionExplainer", "AttentionMaps", "AttentionTrace", "AttentionVisualizer"]

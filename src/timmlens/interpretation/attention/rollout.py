@@ -35,16 +35,13 @@ from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from ...adapters import get_adapter
-from ...adapters.attention_capture import capture_attention, token_indices
-from ...adapters.layout import token_layout
 from ...data import ImagesInput
 from ...errors import UnsupportedModelError
-from .._targets import TargetInput, validate_targets
-from ..base import Explainer, explanation_call, normalize_maps, num_outputs
+from .._targets import TargetInput
+from ..base import explanation_call
+from ..registry import register_method
+from .engine import AttentionExplainer, AttentionTrace
 
 HeadFusion = Literal["mean", "max", "min"]
 TokenName = Literal["class", "distillation"]
@@ -202,13 +199,24 @@ class AttentionMaps(Sequence[torch.Tensor]):
 
 
 # -------------------------------------------------------------- explainer
-class AttentionVisualizer(Explainer):
+@register_method(
+    "rollout",
+    title="Attention rollout",
+    kind="attention",
+    aliases=("attention", "attention_rollout"),
+    summary="attention flow through the blocks, class-specific with a target (ViTs)",
+    paper="Abnar & Zuidema, ACL 2020; class-specific: Chefer et al., CVPR 2021",
+    formula="class-token row of prod_l (I + fuse_heads(A_l)) / 2; "
+    "with a target A_l -> (dy/dA_l * A_l)^+ per head",
+    cost="1 forward (plain); 1 forward + 1 backward with a target",
+)
+class AttentionVisualizer(AttentionExplainer):
     """Attention maps and (class-specific) attention rollout of a ViT-like timm model.
 
     Works for every family whose blocks use global token self-attention through timm's
     attention modules: ViT, DeiT (also distilled), DeiT-III, BEiT, EVA, register-token
     ViTs. As an :class:`Explainer`, ``visualizer(images, target_class=None)`` returns the
-    plain rollout (class-agnostic; ``last_targets`` holds the predicted classes) and
+    plain rollout (class-agnostic; :meth:`explain_full` gives the predicted classes) and
     ``visualizer(images, target_class=c)`` the class-specific rollout for ``c``; extra
     keyword arguments are those of :meth:`attention_rollout`.
 
@@ -220,16 +228,7 @@ class AttentionVisualizer(Explainer):
             message says why and suggests GradCAM.
     """
 
-    name = "attention_rollout"
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
-        self.adapter = get_adapter(model)
-        reason = self.adapter.attention_unavailable_reason
-        if reason is not None:
-            raise UnsupportedModelError(reason)
-        self.blocks = self.adapter.attention_blocks
-        self.token_indices = token_indices(self.adapter.timm_model)
+    name = "rollout"  # set by @register_method
 
     # ------------------------------------------------------------ public
     def get_attention_maps(self, images: ImagesInput) -> AttentionMaps:
@@ -240,21 +239,14 @@ class AttentionVisualizer(Explainer):
             ``(heads, N, N)`` for one image; each row sums to 1.
         """
         batch = self.prepare(images)
-        inputs = batch.tensor
-        with (
-            explanation_call(self.model, inputs, "attention maps", needs_gradients=False),
-            torch.no_grad(),
-            capture_attention(self.blocks) as capture,
-        ):
-            self.model(inputs)
-            maps = capture.maps()
-        grid, prefix = self._token_geometry(inputs, maps[0].shape[-1])
+        with explanation_call(self.model, batch.tensor, "attention maps", needs_gradients=False):
+            trace = self.trace(batch.tensor, None)
         return AttentionMaps(
-            batched_maps=tuple(m.detach() for m in maps),
-            layer_names=tuple(block.name for block in self.blocks),
-            grid=grid,
-            num_prefix_tokens=prefix,
-            token_indices=dict(self.token_indices),
+            batched_maps=trace.maps,
+            layer_names=trace.layer_names,
+            grid=trace.grid,
+            num_prefix_tokens=trace.num_prefix_tokens,
+            token_indices=trace.token_indices,
             batched=not batch.single,
         )
 
@@ -291,38 +283,19 @@ class AttentionVisualizer(Explainer):
             token=token,
         )
 
-    def explain_batch(
-        self, inputs: torch.Tensor, target_class: TargetInput = None, **kwargs: Any
-    ) -> torch.Tensor:
-        """Rollout heatmaps ``(B, H, W)`` for a preprocessed batch ``(B, C, H, W)``.
+    def describe(self, targets: list[int] | None) -> str:
+        return "class-specific attention rollout" if targets else "attention rollout"
 
-        The plain rollout (``target_class=None``) needs no classifier and no gradients, so
-        it also works on headless backbones (``num_classes=0``, e.g. DINOv2) and under
-        ``torch.inference_mode()``; a target needs a head and gradients.
-        """
-        targets = None
-        if target_class is not None:
-            targets = validate_targets(
-                target_class, inputs.shape[0], num_outputs(self.model), self.model
-            )
-        what = "class-specific attention rollout" if targets else "attention rollout"
-        with explanation_call(self.model, inputs, what, needs_gradients=targets is not None):
-            return self.attribute(inputs, targets, **kwargs)
-
-    def attribute(
+    def relevance(
         self,
-        inputs: torch.Tensor,
-        targets: list[int] | None,
+        trace: AttentionTrace,
         head_fusion: HeadFusion = "mean",
         discard_ratio: float = 0.0,
         start_layer: int = 0,
         token: TokenName = "class",
         **kwargs: Any,
     ) -> torch.Tensor:
-        """Rollout heatmaps ``(B, H, W)`` for inputs ``(B, C, H, W)``.
-
-        Plain rollout for ``targets=None``, class-specific rollout otherwise.
-        """
+        """The rollout row ``(B, N)`` of ``token``: plain, or class-specific with gradients."""
         if kwargs:
             raise TypeError(
                 f"unexpected argument(s) {', '.join(kwargs)}; AttentionVisualizer accepts "
@@ -334,46 +307,26 @@ class AttentionVisualizer(Explainer):
             raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio!r}.")
         token_index = self._token_index(token)
         start = self._start_index(start_layer)
-
-        with capture_attention(self.blocks) as capture:
-            if targets is None:
-                with torch.no_grad():
-                    logits = self.model(inputs)
-                    maps = capture.maps()
-                self.last_targets = logits.argmax(dim=1) if self._has_head() else None
-                weighted = [fuse_heads(m.float(), head_fusion) for m in maps[start:]]
-            else:
-                chosen = torch.tensor(targets, device=inputs.device, dtype=torch.long)
-                with torch.enable_grad():
-                    tracked = inputs.detach().requires_grad_(True)
-                    logits = self.model(tracked)
-                    maps = capture.maps()[start:]
-                    score = logits.gather(1, chosen[:, None]).sum()
-                    grads = torch.autograd.grad(score, maps, allow_unused=True)
-                self.last_targets = chosen
-                weighted = [
-                    fuse_heads(
-                        (m.detach().float() * (g.float() if g is not None else 0.0)).clamp_min(0),
-                        head_fusion,
-                    )
-                    for m, g in zip(maps, grads, strict=True)
-                ]
-
-        grid, prefix = self._token_geometry(inputs, weighted[0].shape[-1])
+        maps = trace.maps[start:]
+        if trace.gradients is None:
+            weighted = [fuse_heads(m.float(), head_fusion) for m in maps]
+        else:
+            weighted = [
+                fuse_heads(
+                    (m.float() * (g.float() if g is not None else 0.0)).clamp_min(0), head_fusion
+                )
+                for m, g in zip(maps, trace.gradients[start:], strict=True)
+            ]
+        prefix, tokens = trace.num_prefix_tokens, weighted[0].shape[-1]
         if token_index >= prefix:
             raise UnsupportedModelError(
                 f"{self.adapter.architecture}: the {token} token (position {token_index}) is not "
-                f"among the {prefix} prefix tokens of its {weighted[0].shape[-1]}-token "
+                f"among the {prefix} prefix tokens of its {tokens}-token "
                 f"sequence, so there is no {token} row to read."
             )
         if discard_ratio > 0:
             weighted = [discard_lowest(w, float(discard_ratio), prefix) for w in weighted]
-        rows = rollout_rows(weighted, token_index)
-        patches = rows[:, prefix:].reshape(-1, 1, *grid)
-        maps_hw = F.interpolate(
-            patches, size=inputs.shape[-2:], mode="bilinear", align_corners=False
-        )
-        return normalize_maps(maps_hw[:, 0])
+        return rollout_rows(weighted, token_index)
 
     # ----------------------------------------------------------- helpers
     def _token_index(self, token: str) -> int:
@@ -390,13 +343,6 @@ class AttentionVisualizer(Explainer):
             )
         return self.token_indices[token]
 
-    def _has_head(self) -> bool:
-        try:
-            num_outputs(self.model)
-        except ValueError:
-            return False
-        return True
-
     def _start_index(self, start_layer: int) -> int:
         count = len(self.blocks)
         if isinstance(start_layer, bool) or not isinstance(start_layer, int):
@@ -407,10 +353,3 @@ class AttentionVisualizer(Explainer):
                 f"(valid: {-count}..{count - 1})."
             )
         return start_layer % count
-
-    def _token_geometry(self, inputs: torch.Tensor, num_tokens: int) -> tuple[tuple[int, int], int]:
-        """Patch grid ``(h, w)`` and prefix-token count of an ``N``-token sequence."""
-        block = self.blocks[0]
-        hints = self.adapter.grid_hints((inputs.shape[-2], inputs.shape[-1]), block.module)
-        layout = token_layout(num_tokens, hints, self.adapter.num_prefix_tokens, block.name)
-        return layout.grid, layout.num_prefix_tokens

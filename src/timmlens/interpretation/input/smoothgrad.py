@@ -14,28 +14,16 @@ batch, whatever ``nt_samples_batch_size``.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any, Literal, get_args
 
 import torch
-from captum.attr import GradientAttribution, NoiseTunnel, Saliency
-from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 from torch import nn
 
-from ..base import Explainer
-from .integrated_gradients import (
-    IG_METHODS,
-    BaselineSpec,
-    IGMethod,
-    TargetLogit,
-    _check_budget,
-    _check_positive_int,
-    attribution_heatmap,
-    forward_with_activation_bytes,
-    make_baseline,
-    resolve_memory_budget,
-    samples_per_chunk,
-    validate_baseline,
-)
+from ..base import Explanation
+from ..registry import register_method
+from .engine import BaselineSpec, CaptumInputExplainer, check_positive_int
+from .integrated_gradients import IG_METHODS, IGMethod
 
 NTType = Literal["smoothgrad", "smoothgrad_sq", "vargrad"]
 SmoothGradBase = Literal["saliency", "ig"]
@@ -44,45 +32,49 @@ NT_TYPES: tuple[str, ...] = get_args(NTType)
 SMOOTHGRAD_BASES: tuple[str, ...] = get_args(SmoothGradBase)
 
 
-class RangeNoiseTunnel(NoiseTunnel):
-    """Captum's ``NoiseTunnel`` with per-image noise scale and reproducible draws.
+def range_noise_tunnel(inner: Any, generator: torch.Generator) -> Any:
+    """Captum's ``NoiseTunnel`` over ``inner`` with per-image noise scale and reproducible draws.
 
     ``stdevs`` must be a one-element tuple holding a ``(B,)`` tensor of per-image
     standard deviations. Noise for sample ``j`` is ``stdevs[b] * N_j`` where ``N_j`` is
-    the ``j``-th ``(C, H, W)`` draw of :attr:`generator`: draws happen sample by sample in
-    order, so chunking (``nt_samples_batch_size``) does not change them. Call
-    :meth:`reseed` before each ``attribute``.
+    the ``j``-th ``(C, H, W)`` draw of ``generator``: draws happen sample by sample in
+    order, so chunking (``nt_samples_batch_size``) does not change them. Made per call,
+    with a freshly seeded generator, so calls share no state.
     """
+    return _range_noise_tunnel_class()(inner, generator)
 
-    def __init__(self, attribution_method: GradientAttribution) -> None:
-        super().__init__(attribution_method)
-        self.generator: torch.Generator | None = None
 
-    def reseed(self, device: torch.device, seed: int) -> None:
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+@cache
+def _range_noise_tunnel_class() -> type:
+    from captum.attr import NoiseTunnel  # Captum loads on first use
 
-    def _add_noise_to_inputs(  # type: ignore[override]
-        self,
-        nt_samples_partition: int,
-        inputs: tuple[torch.Tensor, ...],
-        stdevs: tuple[torch.Tensor, ...],
-    ) -> tuple[torch.Tensor, ...]:
-        if self.generator is None:
-            raise RuntimeError("RangeNoiseTunnel.reseed(device, seed) must be called first.")
-        noisy = []
-        for x, stdev in zip(inputs, stdevs, strict=True):
-            batch, *rest = x.shape
-            draws = torch.stack(
-                [
-                    torch.randn(rest, generator=self.generator, device=x.device)
-                    for _ in range(nt_samples_partition)
-                ]
-            ).to(x.dtype)  # (k, C, H, W)
-            scale = stdev.to(device=x.device, dtype=x.dtype).view(batch, 1, *[1] * len(rest))
-            noise = (scale * draws.unsqueeze(0)).reshape(batch * nt_samples_partition, *rest)
-            sample = x.repeat_interleave(nt_samples_partition, dim=0) + noise
-            noisy.append(sample.requires_grad_() if self.is_gradient_method else sample)
-        return tuple(noisy)
+    class RangeNoiseTunnel(NoiseTunnel):
+        def __init__(self, inner: Any, generator: torch.Generator) -> None:
+            super().__init__(inner)
+            self.generator = generator
+
+        def _add_noise_to_inputs(  # type: ignore[override]
+            self,
+            nt_samples_partition: int,
+            inputs: tuple[torch.Tensor, ...],
+            stdevs: tuple[torch.Tensor, ...],
+        ) -> tuple[torch.Tensor, ...]:
+            noisy = []
+            for x, stdev in zip(inputs, stdevs, strict=True):
+                batch, *rest = x.shape
+                draws = torch.stack(
+                    [
+                        torch.randn(rest, generator=self.generator, device=x.device)
+                        for _ in range(nt_samples_partition)
+                    ]
+                ).to(x.dtype)  # (k, C, H, W)
+                scale = stdev.to(device=x.device, dtype=x.dtype).view(batch, 1, *[1] * len(rest))
+                noise = (scale * draws.unsqueeze(0)).reshape(batch * nt_samples_partition, *rest)
+                sample = x.repeat_interleave(nt_samples_partition, dim=0) + noise
+                noisy.append(sample.requires_grad_() if self.is_gradient_method else sample)
+            return tuple(noisy)
+
+    return RangeNoiseTunnel
 
 
 def noise_stdevs(inputs: torch.Tensor, noise_level: float) -> torch.Tensor:
@@ -91,7 +83,16 @@ def noise_stdevs(inputs: torch.Tensor, noise_level: float) -> torch.Tensor:
     return noise_level * (flat.amax(dim=1) - flat.amin(dim=1))
 
 
-class SmoothGrad(Explainer):
+@register_method(
+    "smoothgrad",
+    title="SmoothGrad",
+    kind="input",
+    summary="input gradients averaged over noisy copies (pixel-level, any model)",
+    paper="Smilkov et al., SmoothGrad: removing noise by adding noise, 2017",
+    formula="mean_j dy/dx(x + N(0, (noise_level * range(x))^2))",
+    cost="n_samples forwards + n_samples backwards (n_samples=25; x n_steps with base='ig')",
+)
+class SmoothGrad(CaptumInputExplainer):
     """SmoothGrad / SmoothGrad² / VarGrad over input gradients or Integrated Gradients.
 
     Args:
@@ -122,10 +123,10 @@ class SmoothGrad(Explainer):
 
     Shapes:
         ``explainer(images, target_class)``: ``(H, W)`` for one image, ``(B, H, W)`` for
-        a batch; :attr:`last_attributions` holds the raw ``(B, C, H, W)`` attributions.
+        a batch; :meth:`explain_full` also gives the raw ``(B, C, H, W)`` attributions.
     """
 
-    name = "smoothgrad"
+    name = "smoothgrad"  # set by @register_method
 
     def __init__(
         self,
@@ -143,7 +144,13 @@ class SmoothGrad(Explainer):
         memory_budget_bytes: int | None = None,
         signed: bool = False,
     ) -> None:
-        super().__init__(model)
+        super().__init__(
+            model,
+            baseline=baseline,
+            memory_budget_bytes=memory_budget_bytes,
+            signed=signed,
+            seed=seed,
+        )
         if nt_type not in NT_TYPES:
             raise ValueError(
                 f"unknown nt_type {nt_type!r}; expected one of {', '.join(NT_TYPES)}. "
@@ -156,7 +163,7 @@ class SmoothGrad(Explainer):
             )
         self.nt_type: NTType = nt_type
         self.base: SmoothGradBase = base
-        self.n_samples = _check_positive_int(n_samples, "n_samples", "Try 25 (Smilkov et al.).")
+        self.n_samples = check_positive_int(n_samples, "n_samples", "Try 25 (Smilkov et al.).")
         if (
             isinstance(noise_level, bool)
             or not isinstance(noise_level, (int, float))
@@ -169,44 +176,33 @@ class SmoothGrad(Explainer):
             )
         self.noise_level = float(noise_level)
         if nt_samples_batch_size is not None:
-            _check_positive_int(
+            check_positive_int(
                 nt_samples_batch_size, "nt_samples_batch_size", "Or None to size it from memory."
             )
         self.nt_samples_batch_size = nt_samples_batch_size
-        self.seed = int(seed)
-        self.n_steps = _check_positive_int(n_steps, "n_steps", "Try 16 for SmoothGrad over IG.")
+        self.n_steps = check_positive_int(n_steps, "n_steps", "Try 16 for SmoothGrad over IG.")
         if method not in IG_METHODS:
             raise ValueError(
                 f"unknown IG method {method!r}; expected one of {', '.join(IG_METHODS)}."
             )
         self.method: IGMethod = method
-        self.baseline = validate_baseline(baseline)
-        self.memory_budget_bytes = _check_budget(memory_budget_bytes)
-        self.signed = bool(signed)
-        self.forward_func = TargetLogit(model)
-        inner: GradientAttribution = (
-            Saliency(self.forward_func)
-            if base == "saliency"
-            else CaptumIntegratedGradients(self.forward_func)
+
+    def captum_method(self, forward_func: nn.Module, device: torch.device) -> Any:
+        from captum.attr import IntegratedGradients, Saliency
+
+        inner = (
+            Saliency(forward_func) if self.base == "saliency" else IntegratedGradients(forward_func)
         )
-        self._tunnel = RangeNoiseTunnel(inner)
-        #: raw ``(B, C, H, W)`` attributions of the last call
-        self.last_attributions: torch.Tensor | None = None
+        return range_noise_tunnel(inner, torch.Generator(device=device).manual_seed(self.seed))
 
     def _chunking(
-        self, bytes_per_sample: int | None, batch_size: int, device: torch.device
+        self, inputs: torch.Tensor, bytes_per_sample: int | None
     ) -> tuple[int, int | None]:
-        """``(nt_samples_batch_size, IG internal_batch_size)`` that fit the memory budget.
-
-        ``bytes_per_sample`` (from :func:`forward_with_activation_bytes`) may be ``None``
-        only for ``base="saliency"`` with an explicit ``nt_samples_batch_size``.
-        """
-        if bytes_per_sample is None:
-            assert self.nt_samples_batch_size is not None and self.base == "saliency"
+        """``(nt_samples_batch_size, IG internal_batch_size)`` that fit the memory budget."""
+        if self.nt_samples_batch_size is not None and self.base == "saliency":
             return self.nt_samples_batch_size, None
-        capacity = samples_per_chunk(
-            bytes_per_sample, resolve_memory_budget(device, self.memory_budget_bytes)
-        )
+        capacity = self.capacity(inputs, bytes_per_sample)
+        batch_size = inputs.shape[0]
         steps = self.n_steps if self.base == "ig" else 1
         per_chunk = self.nt_samples_batch_size or min(
             self.n_samples, max(1, capacity // (batch_size * steps))
@@ -218,41 +214,29 @@ class SmoothGrad(Explainer):
 
     def attribute(
         self, inputs: torch.Tensor, targets: list[int] | None, **kwargs: Any
-    ) -> torch.Tensor:
-        """Heatmaps ``(B, H, W)`` for preprocessed ``inputs`` ``(B, C, H, W)``."""
+    ) -> Explanation:
+        """The explanation of preprocessed ``inputs`` ``(B, C, H, W)``."""
         if kwargs:
             raise TypeError(f"unexpected arguments for SmoothGrad: {sorted(kwargs)}.")
         inputs = inputs.detach()
-        batch_size = inputs.shape[0]
-        bytes_per_sample: int | None = None
-        if targets is None:
-            # The predicted class of the clean image, not of each noisy copy.
-            logits, bytes_per_sample = forward_with_activation_bytes(self.model, inputs)
-            target_t = logits.argmax(dim=1)
-        else:
-            target_t = torch.tensor(targets, device=inputs.device, dtype=torch.long)
-        self.last_targets = target_t
-        if bytes_per_sample is None and (self.nt_samples_batch_size is None or self.base == "ig"):
-            _, bytes_per_sample = forward_with_activation_bytes(self.model, inputs[:1])
-        per_chunk, internal = self._chunking(bytes_per_sample, batch_size, inputs.device)
-
-        extra: dict[str, Any] = {}
-        if self.base == "saliency":
-            extra["abs"] = False
-        else:
-            extra["baselines"] = make_baseline(self.baseline, inputs, self.model, self.seed)
-            extra["n_steps"] = self.n_steps
-            extra["method"] = self.method
-            extra["internal_batch_size"] = internal
-        self._tunnel.reseed(inputs.device, self.seed)
-        attributions = self._tunnel.attribute(
+        # The predicted class of the clean image, not of each noisy copy.
+        chosen, logits, bytes_per_sample = self.targets_for(inputs, targets)
+        per_chunk, internal = self._chunking(inputs, bytes_per_sample)
+        extra: dict[str, Any] = {"abs": False}
+        if self.base == "ig":
+            extra = {
+                "baselines": self.baselines_for(inputs),
+                "n_steps": self.n_steps,
+                "method": self.method,
+                "internal_batch_size": internal,
+            }
+        attributions = self.run(
             inputs,
+            chosen,
             nt_type=self.nt_type,
             nt_samples=self.n_samples,
             nt_samples_batch_size=per_chunk,
             stdevs=(noise_stdevs(inputs, self.noise_level),),
-            additional_forward_args=(target_t,),
             **extra,
         )
-        self.last_attributions = attributions.detach()
-        return attribution_heatmap(self.last_attributions, self.signed)
+        return self.explanation(attributions, chosen, logits)

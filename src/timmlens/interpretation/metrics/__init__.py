@@ -5,6 +5,10 @@
 * max-sensitivity and infidelity through Captum (Yeh et al., NeurIPS 2019),
 * the pointing game on boxes or masks (Zhang et al., ECCV 2016).
 
+Each metric is registered by name (:func:`register_metric`, listed by :func:`metrics`);
+:class:`ExplanationMetrics` is the front that prepares images, heatmaps and targets and
+runs them.
+
 Example::
 
     metrics = ExplanationMetrics(model)
@@ -14,26 +18,46 @@ Example::
 """
 
 from ._inputs import TiedHeatmapWarning, prepare_heatmaps
-from .curves import DEFAULT_STEPS, make_substrate, pixel_ranks, step_counts, trapezoid_auc
+from .context import MetricContext
+from .curves import CURVE_METRICS, DEFAULT_STEPS, pixel_ranks, step_counts, trapezoid_auc
 from .evaluator import ExplanationMetrics
 from .pointing import PointingResult, pointing_game
+from .registry import (
+    Metric,
+    MetricSpec,
+    metrics,
+    register_metric,
+    resolve_metric,
+    scoped_metric_registry,
+    unregister_metric,
+)
 from .results import MetricResult
 from .sensitivity import patch_features, pearson, random_subsets, subset_size
+from .substrates import make_substrate
 
 __all__ = [
+    "CURVE_METRICS",
     "DEFAULT_STEPS",
     "ExplanationMetrics",
+    "Metric",
+    "MetricContext",
     "MetricResult",
+    "MetricSpec",
     "PointingResult",
     "TiedHeatmapWarning",
     "make_substrate",
+    "metrics",
     "patch_features",
     "pearson",
     "pixel_ranks",
     "pointing_game",
     "prepare_heatmaps",
     "random_subsets",
+    "register_metric",
+    "resolve_metric",
+    "scoped_metric_registry",
     "step_counts",
     "subset_size",
     "trapezoid_auc",
+    "unregister_metric",
 ]

@@ -11,6 +11,23 @@ import torch.nn.functional as F
 HeatmapInput = torch.Tensor | np.ndarray
 
 
+def positive_int(name: str, value: object, allow_none: bool = True) -> None:
+    """Raise unless ``value`` is a positive int (or ``None`` when ``allow_none``)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(
+            f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}."
+        )
+
+
+def check_n_samples(n_samples: object) -> None:
+    """Sensitivity-n's subsets per image: a positive int, at least 3 for a correlation."""
+    positive_int("n_samples", n_samples, allow_none=False)
+    if n_samples < 3:  # type: ignore[operator]
+        raise ValueError(f"n_samples must be >= 3 for a correlation, got {n_samples}.")
+
+
 class TiedHeatmapWarning(UserWarning):
     """A heatmap is constant: its pixel ranking is only the tie-breaking rule."""
 

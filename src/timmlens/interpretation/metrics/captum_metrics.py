@@ -28,11 +28,14 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-import captum.metrics
 import torch
 from torch import nn
 
 from ...data import data_config
+from ..scoring import target_scores
+from .context import MetricContext
+from .registry import register_metric
+from .results import MetricResult
 
 
 @runtime_checkable
@@ -104,7 +107,9 @@ def max_sensitivity(
         batch = batch[0] if isinstance(batch, tuple) else batch
         return (explain_with_grad(explainer, batch, list(target)),)
 
-    values = captum.metrics.sensitivity_max(
+    from captum.metrics import sensitivity_max  # loaded on first use: Captum is heavy
+
+    values = sensitivity_max(
         explain,
         inputs,
         perturb_func=perturb,
@@ -147,29 +152,24 @@ def infidelity(
         perturbation = draw.to(batch) * scale
         return perturbation, batch - perturbation
 
-    def forward(batch: torch.Tensor) -> torch.Tensor:
-        return class_scores(model(batch), score)  # Captum picks each row's target column
+    def forward(batch: torch.Tensor, batch_targets: torch.Tensor) -> torch.Tensor:
+        return target_scores(model(batch), batch_targets, score)
 
     attributions = heatmaps.to(inputs)[:, None].expand_as(inputs)
-    values = captum.metrics.infidelity(
+    from captum.metrics import infidelity as captum_infidelity
+
+    values = captum_infidelity(
         forward,
         perturb,
         inputs,
         attributions,
-        target=list(targets),
+        # the targets travel with the inputs: Captum expands both per perturbation alike
+        additional_forward_args=(torch.tensor(targets, device=inputs.device),),
         n_perturb_samples=n_perturb_samples,
         max_examples_per_batch=_captum_batch(max_examples_per_batch, inputs, n_perturb_samples),
         normalize=normalize,
     )
     return values.detach().double().cpu().view(-1)
-
-
-def class_scores(logits: torch.Tensor, score: str) -> torch.Tensor:
-    """Scores of every class, ``(N, K)`` -> ``(N, K)`` float32: probabilities or logits."""
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-        raise ValueError("the model must return (batch, num_classes) logits.")
-    logits = logits.float()
-    return logits.softmax(dim=1) if score == "probability" else logits
 
 
 def _captum_batch(limit: int | None, inputs: torch.Tensor, n_perturb_samples: int) -> int:
@@ -178,3 +178,70 @@ def _captum_batch(limit: int | None, inputs: torch.Tensor, n_perturb_samples: in
     if limit is None:
         return batch * n_perturb_samples
     return batch * min(max(limit // batch, 1), n_perturb_samples)
+
+
+@register_metric(
+    "max-sensitivity",
+    aliases=("max_sensitivity", "sensitivity_max"),
+    higher_is_better=False,
+    needs="explainer",
+    summary="largest relative heatmap change under imperceptible input noise",
+    reference="Yeh et al., NeurIPS 2019",
+)
+class MaxSensitivity:
+    """Options: ``n_perturb_samples`` (10), ``radius`` (0.02), ``norm_ord`` ("fro"), ``seed``."""
+
+    def compute(self, context: MetricContext) -> MetricResult:
+        options = context.options
+        settings = {
+            "n_perturb_samples": options.get("n_perturb_samples", 10),
+            "radius": options.get("radius", 0.02),
+            "norm_ord": options.get("norm_ord", "fro"),
+            "seed": context.option("seed"),
+        }
+        values = max_sensitivity(
+            context.model,
+            context.explainer,
+            context.inputs,
+            context.targets.tolist(),
+            n_perturb_samples=settings["n_perturb_samples"],
+            radius=float(settings["radius"]),
+            norm_ord=settings["norm_ord"],
+            max_examples_per_batch=context.owner.max_batch or len(context.targets),
+            seed=settings["seed"],
+        )
+        return context.result("max-sensitivity", values, False, settings)
+
+
+@register_metric(
+    "infidelity",
+    higher_is_better=False,
+    summary="squared error of the heatmap's prediction of output changes under input noise",
+    reference="Yeh et al., NeurIPS 2019",
+)
+class Infidelity:
+    """Options: ``n_perturb_samples`` (32), ``noise`` (0.02), ``normalize`` (True), ``seed``."""
+
+    def compute(self, context: MetricContext) -> MetricResult:
+        options = context.options
+        n_perturb_samples = options.get("n_perturb_samples", 32)
+        settings = {
+            "n_perturb_samples": n_perturb_samples,
+            "noise": options.get("noise", 0.02),
+            "normalize": options.get("normalize", True),
+            "seed": context.option("seed"),
+            "score": context.score,
+        }
+        values = infidelity(
+            context.model,
+            context.inputs,
+            context.heatmaps,
+            context.targets.tolist(),
+            score=context.score,
+            n_perturb_samples=n_perturb_samples,
+            noise=float(settings["noise"]),
+            normalize=settings["normalize"],
+            max_examples_per_batch=context.chunk_size(len(context.targets) * n_perturb_samples),
+            seed=settings["seed"],
+        )
+        return context.result("infidelity", values, False, settings)

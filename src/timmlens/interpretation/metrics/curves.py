@@ -16,16 +16,26 @@ fraction changed, in [0, 1], and the AUC is the trapezoid rule over ``(x, y)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from typing import Any
 
 import torch
-from torchvision.transforms import functional as TF
+
+from ..scoring import masked_perturbation
+from .context import MetricContext
+from .registry import register_metric
+from .results import MetricResult
+from .substrates import (  # noqa: F401 - re-exported: they lived here before
+    SUBSTRATE_NAMES,
+    SubstrateSpec,
+    check_substrate,
+    describe,
+    make_substrate,
+)
 
 #: Default number of steps: 224, i.e. RISE's 224 pixels per step at 224 x 224.
 DEFAULT_STEPS = 224
-
-SubstrateSpec = str | float | int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
-SUBSTRATE_NAMES: tuple[str, ...] = ("zeros", "blur", "mean")
+#: The curve metrics, computed together in one stream of chunks when asked together.
+CURVE_METRICS: tuple[str, ...] = ("insertion", "deletion")
 
 
 def pixel_ranks(heatmaps: torch.Tensor) -> torch.Tensor:
@@ -91,62 +101,114 @@ def step_counts(
     return torch.arange(steps + 1) * num_pixels // steps
 
 
-def check_substrate(spec: SubstrateSpec, name: str) -> None:
-    """Validate a substrate spec's type (its shape is checked against the input later)."""
-    if isinstance(spec, str):
-        if spec not in SUBSTRATE_NAMES:
-            raise ValueError(
-                f"{name}={spec!r} is not a known substrate; use one of {SUBSTRATE_NAMES}, a "
-                f"number, a tensor broadcastable to (B, C, H, W), or a callable inputs -> tensor."
-            )
-    elif isinstance(spec, bool) or not (
-        isinstance(spec, (int, float, torch.Tensor)) or callable(spec)
-    ):
-        raise ValueError(
-            f"{name} must be one of {SUBSTRATE_NAMES}, a number, a tensor or a callable; got "
-            f"{type(spec).__name__}."
-        )
-
-
-def make_substrate(
-    spec: SubstrateSpec, inputs: torch.Tensor, blur_kernel: int = 11, blur_sigma: float = 5.0
-) -> torch.Tensor:
-    """The replacement images for ``inputs`` ``(B, C, H, W)`` -> ``(B, C, H, W)``.
-
-    Args:
-        spec: ``"zeros"`` (zeros of the normalised model input, i.e. the dataset's mean
-            colour: RISE's deletion substrate); ``"blur"`` (Gaussian blur, ``blur_kernel``
-            x ``blur_kernel``, ``blur_sigma``, reflect padding: RISE's insertion start);
-            ``"mean"`` (each image's per-channel mean); a number (a constant); a tensor
-            broadcastable to ``inputs``; or a callable ``inputs -> tensor``.
-        inputs: normalised model input on the model's device.
-    """
-    if isinstance(spec, str):
-        if spec == "zeros":
-            return torch.zeros_like(inputs)
-        if spec == "blur":
-            return TF.gaussian_blur(inputs, [blur_kernel, blur_kernel], [blur_sigma, blur_sigma])
-        return inputs.mean(dim=(2, 3), keepdim=True).expand_as(inputs).contiguous()
-    if isinstance(spec, (int, float)):
-        return torch.full_like(inputs, float(spec))
-    substrate = spec(inputs) if callable(spec) and not isinstance(spec, torch.Tensor) else spec
-    if not isinstance(substrate, torch.Tensor):
-        raise ValueError(
-            f"the substrate callable returned {type(substrate).__name__}; it must return a tensor "
-            f"broadcastable to the input {tuple(inputs.shape)}."
-        )
-    try:
-        substrate = torch.broadcast_to(substrate.to(inputs), inputs.shape)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"substrate of shape {tuple(substrate.shape)} does not broadcast to the model input "
-            f"{tuple(inputs.shape)}; give (C, H, W), (1, C, H, W), (B, C, H, W) or (C, 1, 1)."
-        ) from exc
-    if not torch.isfinite(substrate).all():
-        raise ValueError("the substrate contains NaN or inf.")
-    return substrate.contiguous()
-
-
 def trapezoid_auc(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Area under each curve: x ``(T,)``, y ``(B, T)`` -> ``(B,)`` float64 (trapezoid rule)."""
     return torch.trapezoid(y.double(), x.double(), dim=-1)
+
+
+def curve_results(context: MetricContext, kinds: tuple[str, ...]) -> dict[str, MetricResult]:
+    """Curves of ``kinds`` for the context's inputs ``(B, C, H, W)`` and heatmaps ``(B, H, W)``.
+
+    Image pair ``g = k * B + b`` is curve ``kinds[k]`` of image ``b``. Points equal to
+    the unperturbed image (deletion's first, insertion's last) reuse the unperturbed
+    scores when resolving the targets computed them (``context.known_scores``).
+    """
+    owner, inputs, maps = context.owner, context.inputs, context.heatmaps
+    size, _, height, width = inputs.shape
+    counts = step_counts(height * width, owner.steps, owner.pixels_per_step)
+    points = counts.numel()
+    ranks = pixel_ranks(maps)
+    starts, finishes, known = [], [], []
+    for kind in kinds:
+        if kind == "deletion":
+            starts.append(inputs)
+            finishes.append(context.substrate(owner.substrate))
+            known.append(0)
+        else:
+            starts.append(context.substrate(owner.insertion_substrate))
+            finishes.append(inputs)
+            known.append(points - 1)
+    groups = len(kinds) * size
+    job_group = torch.arange(groups).repeat_interleave(points)
+    job_step = torch.arange(points).repeat(groups)
+    known_step = torch.tensor(known).repeat_interleave(size)
+    original = context.known_scores
+    if original is not None:
+        keep = job_step != known_step[job_group]
+        job_group, job_step = job_group[keep], job_step[keep]
+    job_count = counts.to(device=inputs.device, dtype=torch.int32)[job_step.to(inputs.device)]
+
+    def mask_fn(group: int, lo: int, hi: int) -> torch.Tensor:
+        return ranks[group % size][None, :] < job_count[lo:hi, None]
+
+    make_inputs = masked_perturbation(torch.cat(starts), torch.cat(finishes), job_group, mask_fn)
+    targets = context.targets[(job_group % size).to(inputs.device)]
+    scores, chunk = context.score_jobs(make_inputs, targets)
+    curves = torch.empty(groups, points, dtype=torch.float32)
+    curves[job_group, job_step] = scores.cpu()
+    if original is not None:
+        curves[torch.arange(groups), known_step] = original.cpu().repeat(len(kinds))
+    x = counts.double() / (height * width)
+    results = {}
+    for k, kind in enumerate(kinds):
+        y = curves[k * size : (k + 1) * size]
+        results[kind] = context.result(
+            kind,
+            trapezoid_auc(x, y),
+            kind == "insertion",
+            _settings(owner, kind, points, chunk, (height, width)),
+            x=x,
+            y=y,
+        )
+    return results
+
+
+def _settings(
+    owner: Any, kind: str, points: int, chunk: int, size: tuple[int, int]
+) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "steps": points - 1,
+        "pixels_per_step": owner.pixels_per_step,
+        "input_size": size,
+        "score": owner.score,
+        "chunk_size": chunk,
+    }
+    if kind == "deletion":
+        settings["substrate"] = describe(owner.substrate)
+    else:
+        settings["start"] = describe(owner.insertion_substrate)
+        if owner.insertion_substrate == "blur":
+            settings["blur"] = (owner.blur_kernel, owner.blur_sigma)
+    return settings
+
+
+class _Curve:
+    """Insertion or deletion; the curve metrics asked of one batch share one stream of chunks."""
+
+    name: str
+
+    def compute(self, context: MetricContext) -> MetricResult:
+        kinds = tuple(name for name in context.requested if name in CURVE_METRICS)
+        if self.name not in kinds:
+            kinds = (self.name,)
+        return context.cached(f"curves{kinds}", lambda: curve_results(context, kinds))[self.name]
+
+
+@register_metric(
+    "insertion",
+    higher_is_better=True,
+    summary="AUC of the target score as pixels are restored, most salient first",
+    reference="Petsiuk et al., RISE, BMVC 2018",
+)
+class Insertion(_Curve):
+    """Insertion AUC: a blurred image, the original pixels put back most salient first."""
+
+
+@register_metric(
+    "deletion",
+    higher_is_better=False,
+    summary="AUC of the target score as pixels are removed, most salient first",
+    reference="Petsiuk et al., RISE, BMVC 2018",
+)
+class Deletion(_Curve):
+    """Deletion AUC: the image, its most salient pixels replaced by the substrate first."""

@@ -1,8 +1,14 @@
-"""``ExplanationMetrics``: insertion, deletion, sensitivity-n, max-sensitivity, infidelity."""
+"""``ExplanationMetrics``: the front over the metric registry.
+
+It checks the options, prepares images, heatmaps and targets once, and hands each
+metric a :class:`~.context.MetricContext`; the metrics themselves live in
+:mod:`.curves` (insertion, deletion), :mod:`.sensitivity` (sensitivity-n) and
+:mod:`.captum_metrics` (max-sensitivity, infidelity), registered by name in
+:mod:`.registry`.
+"""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,44 +22,25 @@ from ..base import declares_num_classes, num_outputs
 from ..scoring import (
     SCORE_KINDS,
     balanced_chunk,
-    default_budget,
     estimate_sample_bytes,
+    memory_budget,
     target_scores,
 )
-from . import captum_metrics
-from ._engine import score_jobs
-from ._inputs import HeatmapInput, prepare_heatmaps, warn_if_constant
-from .curves import (
-    SubstrateSpec,
-    check_step_options,
-    check_substrate,
-    make_substrate,
-    pixel_ranks,
-    step_counts,
-    trapezoid_auc,
+from . import captum_metrics, registry, sensitivity  # noqa: F401 - sensitivity registers
+from ._inputs import (
+    HeatmapInput,
+    check_n_samples,
+    positive_int,
+    prepare_heatmaps,
+    warn_if_constant,
 )
+from .context import MetricContext
+from .curves import CURVE_METRICS, check_step_options
 from .results import MetricResult
-from .sensitivity import patch_features, pearson, random_subsets, subset_size
+from .substrates import SubstrateSpec, check_substrate, describe
 
-CURVE_METRICS: tuple[str, ...] = ("insertion", "deletion")
-HEATMAP_METRICS: tuple[str, ...] = ("insertion", "deletion", "sensitivity", "infidelity")
-
-
-def _positive_int(name: str, value: object, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(
-            f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}."
-        )
-
-
-def _describe(spec: SubstrateSpec) -> Any:
-    if isinstance(spec, torch.Tensor):
-        return f"tensor{tuple(spec.shape)}"
-    if callable(spec) and not isinstance(spec, str):
-        return getattr(spec, "__name__", type(spec).__name__)
-    return spec
+#: The metrics of heatmaps when this module was imported; :func:`registry.metrics` is live.
+HEATMAP_METRICS: tuple[str, ...] = tuple(registry.metrics("heatmap"))
 
 
 class ExplanationMetrics:
@@ -127,7 +114,7 @@ class ExplanationMetrics:
         check_step_options(steps, pixels_per_step)
         check_substrate(substrate, "substrate")
         check_substrate(insertion_substrate, "insertion_substrate")
-        _positive_int("blur_kernel", blur_kernel, allow_none=False)
+        positive_int("blur_kernel", blur_kernel, allow_none=False)
         if blur_kernel % 2 == 0:
             raise ValueError(f"blur_kernel must be odd, got {blur_kernel}; try 11 (RISE's).")
         if (
@@ -138,12 +125,10 @@ class ExplanationMetrics:
             raise ValueError(f"blur_sigma must be a positive number, got {blur_sigma!r}.")
         if score not in SCORE_KINDS:
             raise ValueError(f"score must be one of {SCORE_KINDS}, got {score!r}.")
-        _positive_int("max_batch", max_batch)
-        _positive_int("memory_budget_bytes", memory_budget_bytes)
-        _positive_int("n_samples", n_samples, allow_none=False)
-        if n_samples < 3:
-            raise ValueError(f"n_samples must be >= 3 for a correlation, got {n_samples}.")
-        _positive_int("patch_size", patch_size, allow_none=False)
+        positive_int("max_batch", max_batch)
+        positive_int("memory_budget_bytes", memory_budget_bytes)
+        check_n_samples(n_samples)
+        positive_int("patch_size", patch_size, allow_none=False)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}.")
         self.model = model
@@ -193,12 +178,8 @@ class ExplanationMetrics:
         metrics: Sequence[str] = CURVE_METRICS,
     ) -> dict[str, MetricResult]:
         """Insertion and deletion in one stream of chunks: ``{"insertion": r, "deletion": r}``."""
-        kinds = self._check_names(metrics, CURVE_METRICS)
-        batch = self._prepare(image)
-        with explaining(self.model):
-            maps = self._heatmaps(heatmap, batch)
-            targets, original = self._targets(batch.tensor, target_class, need_scores=False)
-            return self._curves(batch, maps, targets, original, kinds)
+        names = self._check_names(metrics, CURVE_METRICS)
+        return self.compute(image, heatmap, target_class, metrics=names)
 
     def sensitivity(
         self,
@@ -226,11 +207,31 @@ class ExplanationMetrics:
             A :class:`MetricResult` with ``details["heatmap_sums"]`` and
             ``details["output_drops"]``, both ``(B, n_samples)``.
         """
+        options = {"n": n, "patch_size": patch_size, "n_samples": n_samples, "seed": seed}
         batch = self._prepare(image)
         with explaining(self.model):
             maps = self._heatmaps(heatmap, batch)
-            targets, original = self._targets(batch.tensor, target_class, need_scores=True)
-            return self._sensitivity(batch, maps, targets, original, n, patch_size, n_samples, seed)
+            context = self._context(batch, target_class, True, heatmaps=maps, options=options)
+            return registry.resolve_metric("sensitivity").run(context)
+
+    def compute(
+        self,
+        image: ImagesInput,
+        heatmap: HeatmapInput,
+        target_class: TargetInput = None,
+        metrics: Sequence[str] = CURVE_METRICS,
+    ) -> dict[str, MetricResult]:
+        """Any registered heatmap metrics of one set of heatmaps: ``{metric: result}``.
+
+        The unperturbed images are scored only when a metric needs it (or to resolve
+        ``target_class=None``); the curve metrics share one stream of chunks.
+        """
+        names = self._check_names(metrics, tuple(registry.metrics("heatmap")))
+        batch = self._prepare(image)
+        with explaining(self.model):
+            maps = self._heatmaps(heatmap, batch)
+            context = self._context(batch, target_class, False, heatmaps=maps, requested=names)
+            return self._run(context, names)
 
     def evaluate_all(
         self,
@@ -242,30 +243,38 @@ class ExplanationMetrics:
         """Several methods' heatmaps on the same images: ``{method: {metric: result}}``.
 
         The images are prepared and the targets resolved once for all methods.
-        ``metrics`` may hold ``"insertion"``, ``"deletion"``, ``"sensitivity"`` and
-        ``"infidelity"``.
+        ``metrics`` may hold any registered heatmap metric (:func:`registry.metrics`):
+        ``"insertion"``, ``"deletion"``, ``"sensitivity"``, ``"infidelity"``, ...
         """
-        names = self._check_names(metrics, HEATMAP_METRICS)
+        names = self._check_names(metrics, tuple(registry.metrics("heatmap")))
         if not isinstance(heatmaps, Mapping) or not heatmaps:
             raise ValueError(
                 "heatmaps must be a non-empty mapping {method name: heatmap}, e.g. "
                 "{'gradcam': heatmap}."
             )
         batch = self._prepare(image)
-        results: dict[str, dict[str, MetricResult]] = {}
+        # the curve metrics first, in their usual order: one stream of chunks for them
+        order = (
+            *(n for n in CURVE_METRICS if n in names),
+            *(n for n in names if n not in CURVE_METRICS),
+        )
         with explaining(self.model):
             maps = {
                 method: self._heatmaps(value, batch, name=f"heatmaps[{method!r}]")
                 for method, value in heatmaps.items()
             }
-            targets, original = self._targets(batch.tensor, target_class, need_scores=True)
+            shared = self._context(batch, target_class, True)
+            results: dict[str, dict[str, MetricResult]] = {}
             for method, method_maps in maps.items():
-                kinds = tuple(name for name in CURVE_METRICS if name in names)
-                row = self._curves(batch, method_maps, targets, original, kinds) if kinds else {}
-                if "sensitivity" in names:
-                    row["sensitivity"] = self._sensitivity(batch, method_maps, targets, original)
-                if "infidelity" in names:
-                    row["infidelity"] = self._infidelity(batch, method_maps, targets)
+                context = MetricContext(
+                    self,
+                    batch,
+                    shared.targets,
+                    method_maps,
+                    requested=order,
+                    known_scores=shared.known_scores,
+                )
+                row = self._run(context, order)
                 results[method] = {name: row[name] for name in names}
         return results
 
@@ -298,32 +307,21 @@ class ExplanationMetrics:
                 f"max_sensitivity needs an explainer with explain_batch(inputs, target_class), "
                 f"got {type(explainer).__name__}; e.g. timmlens.interpretation.GradCAM(model)."
             )
-        _positive_int("n_perturb_samples", n_perturb_samples, allow_none=False)
+        positive_int("n_perturb_samples", n_perturb_samples, allow_none=False)
         if not radius > 0:
             raise ValueError(f"radius must be positive, got {radius!r}.")
-        batch = self._prepare(image)
-        with explaining(self.model):
-            targets, _ = self._targets(batch.tensor, target_class, need_scores=False)
-            values = captum_metrics.max_sensitivity(
-                self.model,
-                explainer,
-                batch.tensor,
-                targets.tolist(),
-                n_perturb_samples=n_perturb_samples,
-                radius=float(radius),
-                norm_ord=norm_ord,
-                max_examples_per_batch=self.max_batch or len(batch),
-                seed=self.seed if seed is None else seed,
-            )
-        settings = {
+        options = {
             "n_perturb_samples": n_perturb_samples,
             "radius": radius,
             "norm_ord": norm_ord,
-            "seed": self.seed if seed is None else seed,
+            "seed": seed,
         }
-        return MetricResult(
-            "max-sensitivity", values, targets.cpu(), False, settings, single=batch.single
-        )
+        batch = self._prepare(image)
+        with explaining(self.model):
+            context = self._context(
+                batch, target_class, False, explainer=explainer, options=options
+            )
+            return registry.resolve_metric("max-sensitivity").run(context)
 
     def infidelity(
         self,
@@ -346,29 +344,59 @@ class ExplanationMetrics:
             explainer_or_heatmap: an explainer (see :meth:`max_sensitivity`), or heatmaps
                 ``(H, W)`` / ``(B, H, W)`` as for :meth:`insertion`.
         """
-        _positive_int("n_perturb_samples", n_perturb_samples, allow_none=False)
+        positive_int("n_perturb_samples", n_perturb_samples, allow_none=False)
         if not noise > 0:
             raise ValueError(f"noise must be positive, got {noise!r}.")
+        options = {
+            "n_perturb_samples": n_perturb_samples,
+            "noise": noise,
+            "normalize": normalize,
+            "seed": seed,
+        }
         batch = self._prepare(image)
         with explaining(self.model):
-            targets, _ = self._targets(batch.tensor, target_class, need_scores=False)
+            context = self._context(batch, target_class, False, options=options)
             if isinstance(explainer_or_heatmap, captum_metrics.SupportsExplainBatch):
                 maps = captum_metrics.explain_with_grad(
-                    explainer_or_heatmap, batch.tensor, targets.tolist()
+                    explainer_or_heatmap, batch.tensor, context.targets.tolist()
                 )
-                maps = self._heatmaps(maps, batch)
+                context.heatmaps = self._heatmaps(maps, batch)
             else:
-                maps = self._heatmaps(explainer_or_heatmap, batch)
-            return self._infidelity(batch, maps, targets, n_perturb_samples, noise, normalize, seed)
+                context.heatmaps = self._heatmaps(explainer_or_heatmap, batch)
+            return registry.resolve_metric("infidelity").run(context)
 
     # -- internals ---------------------------------------------------------------------
     @staticmethod
     def _check_names(names: Sequence[str], allowed: tuple[str, ...]) -> tuple[str, ...]:
+        """``names`` as registry names (aliases resolved), each one of ``allowed``."""
         names = (names,) if isinstance(names, str) else tuple(names)
-        unknown = [name for name in names if name not in allowed]
+        resolved, unknown = [], []
+        for name in names:
+            try:
+                key = registry.resolve_metric(name).name
+            except ValueError:
+                key = None
+            if key in allowed:
+                resolved.append(key)
+            else:
+                unknown.append(name)
         if unknown or not names:
             raise ValueError(f"unknown metric(s) {unknown}; choose from {allowed}.")
-        return names
+        return tuple(resolved)
+
+    def _run(self, context: MetricContext, names: Sequence[str]) -> dict[str, MetricResult]:
+        return {name: registry.resolve_metric(name).run(context) for name in names}
+
+    def _context(
+        self,
+        batch: PreparedBatch,
+        target_class: TargetInput,
+        need_scores: bool,
+        **fields: Any,
+    ) -> MetricContext:
+        """A context for ``batch`` with its targets (and unperturbed scores, if computed)."""
+        targets, scores = self._targets(batch.tensor, target_class, need_scores)
+        return MetricContext(self, batch, targets, known_scores=scores, **fields)
 
     def _prepare(self, image: ImagesInput | PreparedBatch) -> PreparedBatch:
         return image if isinstance(image, PreparedBatch) else prepare_images(image, self.model)
@@ -390,7 +418,7 @@ class ExplanationMetrics:
         """
         limit = self.max_batch
         if limit is None or self.memory_budget_bytes is not None:
-            budget = self.memory_budget_bytes or default_budget(inputs.device)
+            budget = memory_budget(inputs.device, "forward", self.memory_budget_bytes)
             key = (tuple(inputs.shape[1:]), inputs.dtype, inputs.device)
             if key not in self._sample_bytes:
                 self._sample_bytes[key] = estimate_sample_bytes(self.model, inputs[:1])
@@ -429,211 +457,10 @@ class ExplanationMetrics:
         )
         return resolved, target_scores(logits, resolved, self.score)
 
-    def _curves(
-        self,
-        batch: PreparedBatch,
-        maps: torch.Tensor,
-        targets: torch.Tensor,
-        original: torch.Tensor | None,
-        kinds: tuple[str, ...],
-    ) -> dict[str, MetricResult]:
-        """Curves of ``kinds`` for inputs ``(B, C, H, W)`` and heatmaps ``(B, H, W)``.
-
-        Image pair ``g = k * B + b`` is curve ``kinds[k]`` of image ``b``. Points equal to
-        the unperturbed image (deletion's first, insertion's last) reuse ``original``
-        scores when they are known.
-        """
-        inputs = batch.tensor
-        size, _, height, width = inputs.shape
-        counts = step_counts(height * width, self.steps, self.pixels_per_step)
-        points = counts.numel()
-        ranks = pixel_ranks(maps)
-        starts, finishes, known = [], [], []
-        for kind in kinds:
-            if kind == "deletion":
-                starts.append(inputs)
-                finishes.append(self._substrate(self.substrate, inputs))
-                known.append(0)
-            else:
-                starts.append(self._substrate(self.insertion_substrate, inputs))
-                finishes.append(inputs)
-                known.append(points - 1)
-        start, finish = torch.cat(starts), torch.cat(finishes)
-        groups = len(kinds) * size
-        job_group = torch.arange(groups).repeat_interleave(points)
-        job_step = torch.arange(points).repeat(groups)
-        known_step = torch.tensor(known).repeat_interleave(size)
-        if original is not None:
-            keep = job_step != known_step[job_group]
-            job_group, job_step = job_group[keep], job_step[keep]
-        job_count = counts.to(device=inputs.device, dtype=torch.int32)[job_step.to(inputs.device)]
-        job_targets = targets[(job_group % size).to(inputs.device)]
-
-        def mask_fn(group: int, lo: int, hi: int) -> torch.Tensor:
-            return ranks[group % size][None, :] < job_count[lo:hi, None]
-
-        chunk = self.chunk_size(inputs, job_group.numel())
-        scores = score_jobs(
-            self.model, start, finish, job_group, job_targets, mask_fn, chunk, self.score
-        )
-        curves = torch.empty(groups, points, dtype=torch.float32)
-        curves[job_group, job_step] = scores.cpu()
-        if original is not None:
-            curves[torch.arange(groups), known_step] = original.cpu().repeat(len(kinds))
-        x = counts.double() / (height * width)
-        results = {}
-        for k, kind in enumerate(kinds):
-            y = curves[k * size : (k + 1) * size]
-            settings: dict[str, Any] = {
-                "steps": points - 1,
-                "pixels_per_step": self.pixels_per_step,
-                "input_size": (height, width),
-                "score": self.score,
-                "chunk_size": chunk,
-            }
-            if kind == "deletion":
-                settings["substrate"] = _describe(self.substrate)
-            else:
-                settings["start"] = _describe(self.insertion_substrate)
-                if self.insertion_substrate == "blur":
-                    settings["blur"] = (self.blur_kernel, self.blur_sigma)
-            results[kind] = MetricResult(
-                kind,
-                trapezoid_auc(x, y),
-                targets.cpu(),
-                kind == "insertion",
-                settings,
-                x=x,
-                y=y,
-                single=batch.single,
-            )
-        return results
-
-    def _sensitivity(
-        self,
-        batch: PreparedBatch,
-        maps: torch.Tensor,
-        targets: torch.Tensor,
-        original: torch.Tensor,
-        n: int | float | None = None,
-        patch_size: int | None = None,
-        n_samples: int | None = None,
-        seed: int | None = None,
-    ) -> MetricResult:
-        """Sensitivity-n for inputs ``(B, C, H, W)``, heatmaps ``(B, H, W)``, scores ``(B,)``."""
-        n = self.sensitivity_n if n is None else n
-        patch_size = self.patch_size if patch_size is None else patch_size
-        n_samples = self.n_samples if n_samples is None else n_samples
-        seed = self.seed if seed is None else seed
-        _positive_int("patch_size", patch_size, allow_none=False)
-        _positive_int("n_samples", n_samples, allow_none=False)
-        if n_samples < 3:
-            raise ValueError(f"n_samples must be >= 3 for a correlation, got {n_samples}.")
-        inputs = batch.tensor
-        size, _, height, width = inputs.shape
-        features, num_features = patch_features(height, width, patch_size)
-        count = subset_size(n, num_features)
-        subsets = random_subsets(
-            size, n_samples, num_features, count, torch.Generator().manual_seed(seed)
-        )
-        feature_maps = torch.zeros(size, num_features, dtype=torch.float64).index_add_(
-            1, features, maps.flatten(1).double().cpu()
-        )
-        sums = torch.bmm(subsets.double(), feature_maps[:, :, None])[..., 0]
-
-        device = inputs.device
-        flat_subsets = subsets.flatten(0, 1).to(device)
-        pixel_features = features.to(device)
-
-        def mask_fn(_group: int, lo: int, hi: int) -> torch.Tensor:
-            chunk_subsets = flat_subsets[lo:hi]
-            return chunk_subsets if patch_size == 1 else chunk_subsets[:, pixel_features]
-
-        job_group = torch.arange(size).repeat_interleave(n_samples)
-        chunk = self.chunk_size(inputs, job_group.numel())
-        scores = score_jobs(
-            self.model,
-            inputs,
-            self._substrate(self.substrate, inputs),
-            job_group,
-            targets[job_group.to(device)],
-            mask_fn,
-            chunk,
-            self.score,
-        )
-        drops = (original[:, None] - scores.view(size, n_samples)).double().cpu()
-        correlation = pearson(sums, drops)
-        undefined = torch.isnan(correlation).nonzero().flatten().tolist()
-        if undefined:
-            warnings.warn(
-                f"sensitivity-n is undefined (NaN) for image(s) {undefined}: the heatmap sums or "
-                f"the output drops do not vary across subsets. Such images are left out of the "
-                f"mean.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        settings = {
-            "n": count,
-            "patch_size": patch_size,
-            "n_samples": n_samples,
-            "seed": seed,
-            "substrate": _describe(self.substrate),
-            "score": self.score,
-            "chunk_size": chunk,
-        }
-        return MetricResult(
-            "sensitivity-n",
-            correlation,
-            targets.cpu(),
-            True,
-            settings,
-            details={"heatmap_sums": sums, "output_drops": drops},
-            single=batch.single,
-        )
-
-    def _infidelity(
-        self,
-        batch: PreparedBatch,
-        maps: torch.Tensor,
-        targets: torch.Tensor,
-        n_perturb_samples: int = 32,
-        noise: float = 0.02,
-        normalize: bool = True,
-        seed: int | None = None,
-    ) -> MetricResult:
-        inputs = batch.tensor
-        seed = self.seed if seed is None else seed
-        chunk = self.chunk_size(inputs, len(batch) * n_perturb_samples)
-        values = captum_metrics.infidelity(
-            self.model,
-            inputs,
-            maps,
-            targets.tolist(),
-            score=self.score,
-            n_perturb_samples=n_perturb_samples,
-            noise=float(noise),
-            normalize=normalize,
-            max_examples_per_batch=chunk,
-            seed=seed,
-        )
-        settings = {
-            "n_perturb_samples": n_perturb_samples,
-            "noise": noise,
-            "normalize": normalize,
-            "seed": seed,
-            "score": self.score,
-        }
-        return MetricResult(
-            "infidelity", values, targets.cpu(), False, settings, single=batch.single
-        )
-
-    def _substrate(self, spec: SubstrateSpec, inputs: torch.Tensor) -> torch.Tensor:
-        return make_substrate(spec, inputs, self.blur_kernel, self.blur_sigma)
-
     def __repr__(self) -> str:
         return (
             f"ExplanationMetrics(model={type(self.model).__name__}, steps={self.steps}, "
-            f"pixels_per_step={self.pixels_per_step}, substrate={_describe(self.substrate)!r}, "
-            f"insertion_substrate={_describe(self.insertion_substrate)!r}, score={self.score!r}, "
+            f"pixels_per_step={self.pixels_per_step}, substrate={describe(self.substrate)!r}, "
+            f"insertion_substrate={describe(self.insertion_substrate)!r}, score={self.score!r}, "
             f"device={model_device(self.model)})"
         )

@@ -11,8 +11,16 @@ pixels scores 1; higher is better. Subsets are drawn from a seeded ``torch.Gener
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
+
+from ..scoring import masked_perturbation
+from ._inputs import check_n_samples, positive_int
+from .context import MetricContext
+from .registry import register_metric
+from .results import MetricResult
+from .substrates import describe
 
 
 def patch_features(height: int, width: int, patch_size: int) -> tuple[torch.Tensor, int]:
@@ -90,3 +98,74 @@ def pearson(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-9) -> torch.Tenso
     corr = (a_centred * b_centred).sum(dim=1) / (a_norm * b_norm).clamp_min(1e-300)
     undefined = (a_norm <= rtol * a.norm(dim=1)) | (b_norm <= rtol * b.norm(dim=1))
     return torch.where(undefined, torch.full_like(corr, math.nan), corr.clamp(-1.0, 1.0))
+
+
+@register_metric(
+    "sensitivity",
+    aliases=("sensitivity-n", "sensitivity_n"),
+    higher_is_better=True,
+    summary="correlation of heatmap sums with output drops over random pixel subsets",
+    reference="Ancona et al., ICLR 2018",
+)
+class SensitivityN:
+    """Sensitivity-n per image. Options: ``n``, ``patch_size``, ``n_samples``, ``seed``."""
+
+    def compute(self, context: MetricContext) -> MetricResult:
+        owner = context.owner
+        n = context.options.get("n")
+        n = owner.sensitivity_n if n is None else n
+        patch_size, n_samples = context.option("patch_size"), context.option("n_samples")
+        seed = context.option("seed")
+        positive_int("patch_size", patch_size, allow_none=False)
+        check_n_samples(n_samples)
+        inputs, maps = context.inputs, context.heatmaps
+        size, _, height, width = inputs.shape
+        features, num_features = patch_features(height, width, patch_size)
+        count = subset_size(n, num_features)
+        subsets = random_subsets(
+            size, n_samples, num_features, count, torch.Generator().manual_seed(seed)
+        )
+        feature_maps = torch.zeros(size, num_features, dtype=torch.float64).index_add_(
+            1, features, maps.flatten(1).double().cpu()
+        )
+        sums = torch.bmm(subsets.double(), feature_maps[:, :, None])[..., 0]
+        original = context.original_scores()
+
+        device = inputs.device
+        flat_subsets = subsets.flatten(0, 1).to(device)
+        pixel_features = features.to(device)
+
+        def mask_fn(_group: int, lo: int, hi: int) -> torch.Tensor:
+            chunk_subsets = flat_subsets[lo:hi]
+            return chunk_subsets if patch_size == 1 else chunk_subsets[:, pixel_features]
+
+        job_group = torch.arange(size).repeat_interleave(n_samples)
+        substrate = context.substrate(owner.substrate)
+        make_inputs = masked_perturbation(inputs, substrate, job_group, mask_fn)
+        scores, chunk = context.score_jobs(make_inputs, context.targets[job_group.to(device)])
+        drops = (original[:, None] - scores.view(size, n_samples)).double().cpu()
+        correlation = pearson(sums, drops)
+        _warn_undefined(correlation)
+        settings = {
+            "n": count,
+            "patch_size": patch_size,
+            "n_samples": n_samples,
+            "seed": seed,
+            "substrate": describe(owner.substrate),
+            "score": owner.score,
+            "chunk_size": chunk,
+        }
+        details = {"heatmap_sums": sums, "output_drops": drops}
+        return context.result("sensitivity-n", correlation, True, settings, details=details)
+
+
+def _warn_undefined(correlation: torch.Tensor) -> None:
+    undefined = torch.isnan(correlation).nonzero().flatten().tolist()
+    if undefined:
+        warnings.warn(
+            f"sensitivity-n is undefined (NaN) for image(s) {undefined}: the heatmap sums or "
+            f"the output drops do not vary across subsets. Such images are left out of the "
+            f"mean.",
+            RuntimeWarning,
+            stacklevel=5,
+        )

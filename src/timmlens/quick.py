@@ -7,6 +7,10 @@
 
 Heatmaps in the results are ``(H, W)`` CPU tensors in model-input coordinates (feed
 them to any metric); the figures draw them on the original photo.
+
+This module draws, so it sits above the methods (:mod:`timmlens.interpretation`) and
+loads matplotlib; ``timmlens.interpretation`` re-exports its functions lazily, so
+``import timmlens`` does not pay for matplotlib.
 """
 
 from __future__ import annotations
@@ -21,14 +25,19 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from .._model_state import explaining
-from ..data import ImageGeometry, ImagesInput, picture_of, prepare_images
-from ..data.preprocess import timm_model_of
-from ..viz.labels import class_label, explanation_title
-from ..viz.static import plot_architectures, plot_curves, plot_methods, plot_overlay, save_figure
-from ._targets import validate_targets
-from .base import num_outputs
-from .registry import create_explainer, default_method, layer_of, resolve_method, supports
+from .data import ImageGeometry, ImagesInput, picture_of, prepare_images
+from .interpretation._targets import validate_targets
+from .interpretation.base import num_outputs, predict
+from .interpretation.registry import (
+    available_methods,
+    create_explainer,
+    default_method,
+    layer_of,
+    resolve_method,
+)
+from .naming import class_name_of, model_name_of
+from .viz.labels import explanation_title
+from .viz.static import plot_architectures, plot_curves, plot_methods, plot_overlay, save_figure
 
 PathLike = str | os.PathLike[str]
 #: curve steps used for insertion/deletion in the comparisons (the metrics default is 224)
@@ -171,37 +180,13 @@ def _predict(model: nn.Module, image: ImagesInput) -> _Prediction:
             f"expected one image, got a batch of {len(batch)}; explain images one at a time "
             f"here, or use an explainer (GradCAM(model)(images)) for batches."
         )
-    with explaining(model), torch.no_grad():
-        logits = model(batch.tensor)
+    logits = predict(model, batch.tensor)
     return _Prediction(
         batch.tensor,
         picture_of(batch, 0, model),
         batch.geometries[0],
         logits[0].float().softmax(-1).cpu(),
     )
-
-
-def model_class_names(model: nn.Module) -> Sequence[str] | None:
-    """Class names the model carries itself (``pretrained_cfg["label_names"]``), if any."""
-    names = getattr(timm_model_of(model), "pretrained_cfg", {}) or {}
-    labels = names.get("label_names") if isinstance(names, Mapping) else None
-    if labels and len(labels) == num_outputs(model):
-        return list(labels)
-    return None
-
-
-def class_name_of(model: nn.Module, index: int) -> str:
-    """The name of class ``index`` for ``model`` (see :func:`timmlens.viz.class_label`)."""
-    return class_label(index, num_outputs(model), model_class_names(model))
-
-
-def model_name_of(model: nn.Module) -> str:
-    """A short name for figures: the spec of an ``ImageClassifier``, else the architecture."""
-    spec = getattr(model, "spec", None)
-    if isinstance(spec, str) and spec:
-        return spec
-    cfg = getattr(timm_model_of(model), "pretrained_cfg", {}) or {}
-    return str(cfg.get("architecture") or type(timm_model_of(model)).__name__)
 
 
 def _resolve_target(
@@ -231,7 +216,7 @@ def _curve_metrics(
     model: nn.Module, inputs: torch.Tensor, heatmap: torch.Tensor, target: int, steps: int
 ) -> dict[str, Any]:
     """``{"insertion": MetricResult, "deletion": MetricResult}`` in one stream of chunks."""
-    from .metrics import ExplanationMetrics
+    from .interpretation.metrics import ExplanationMetrics
 
     metrics = ExplanationMetrics(model, steps=steps)
     return dict(metrics.curves(inputs, heatmap, target_class=target))
@@ -347,8 +332,10 @@ def compare_methods(
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
         image: one image.
-        methods: registry names; default every method that applies to the model
-            (``gradcam``, ``gradcampp``, ``ig``, ``smoothgrad``, plus ``rollout`` for ViTs).
+        methods: registry names; default every registered method that applies to the
+            model, in registry order (:func:`~timmlens.interpretation.registry.methods`
+            with ``model=``: ``gradcam``, ``gradcampp``, ``ig``, ``smoothgrad``, plus
+            ``rollout`` for ViTs, and any method registered since).
             Naming one that does not apply raises ``UnsupportedModelError``.
         save_path: where to save the overlay grid; with metrics the curves go next to it
             as ``<stem>_curves.png``.
@@ -363,9 +350,7 @@ def compare_methods(
     """
     names = [resolve_method(m).name for m in methods] if methods else None
     if names is None:
-        names = [
-            m for m in ("gradcam", "gradcampp", "ig", "smoothgrad", "rollout") if supports(model, m)
-        ]
+        names = available_methods(model)
     names = list(dict.fromkeys(names))
     if not names:
         raise ValueError("no methods to compare; pass names such as ['gradcam', 'ig'].")

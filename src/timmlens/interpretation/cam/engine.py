@@ -1,0 +1,355 @@
+"""The CAM engine: one layer's activations (and gradients) in, a class activation map out.
+
+Every CAM method is a small subclass of :class:`CAMExplainer` with one hook:
+
+* :meth:`CAMExplainer.channel_weights` ``(ctx) -> (B, C)``: the map is
+  ``ReLU(sum_k w_k A_k)`` (GradCAM, GradCAM++), or
+* :meth:`CAMExplainer.cam` ``(ctx) -> (B, h, w)``: the map itself, before the ReLU
+  (HiResCAM, LayerCAM, EigenCAM),
+
+and ``needs_gradients = False`` for methods that use none (then no backward runs). The
+:class:`CamContext` a hook gets carries activations, gradients, inputs, targets and
+:meth:`CamContext.score_masked` for perturbation CAMs (ScoreCAM, AblationCAM).
+
+How a call runs:
+
+1. the target layer(s) are resolved by the model's adapter when the explainer is built
+   (a bad name fails there, with the closest names);
+2. during a call each layer is seen through a *spatial tap*, a pass-through module that
+   presents its output as ``(B, C, h, w)`` whatever the family's layout (NCHW for CNNs,
+   NHWC for Swin, tokens with class/distillation tokens for ViT and DeiT);
+3. one forward of :class:`~timmlens.interpretation._targets.TargetScore` (the target
+   logit per image; the predicted class is picked inside the same forward) and, for
+   gradient methods, one backward give every layer's activations ``A`` and gradients
+   ``g = d score / d A``, through Captum;
+4. the method's hook gives the map ``(B, h, w)`` at the layer's resolution;
+5. maps are upsampled to the input's ``H x W`` and min-max normalised per image.
+
+Cost: parameters are frozen during the call and the input is detached, so Captum's
+``requires_grad`` on the tapped activation is the only entry into the autograd graph:
+the forward records nothing before the layer and the backward stops there. A batch of
+``B`` images with one target each is one forward and one (short) backward, with no
+Python loop over images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...adapters import LayerSpec, ResolvedLayer, SpatialView, get_adapter, spatial_tap
+from ...data import ImagesInput
+from ...errors import LayerResolutionError
+from .._targets import TargetInput, TargetScore
+from ..base import CAPTUM_SILENT_LAYER, Explainer, Explanation, normalize_maps
+from ..scoring import JobInputs, ScoreKind, chunk_size_for, score_in_chunks
+
+InterpolationMode = Literal["bilinear", "bicubic", "nearest", "area"]
+_INTERPOLATION_MODES = ("bilinear", "bicubic", "nearest", "area")
+
+
+def upsample_maps(
+    maps: torch.Tensor, size: tuple[int, int], mode: InterpolationMode = "bilinear"
+) -> torch.Tensor:
+    """Resize layer-resolution maps to the input size: ``(B, h, w)`` -> ``(B, H, W)``."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    align = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    return F.interpolate(maps[:, None], size=size, mode=mode, **align)[:, 0]
+
+
+def weighted_sum(weights: torch.Tensor, activations: torch.Tensor, relu: bool) -> torch.Tensor:
+    """The CAM of channel weights: ``(B, C)``, ``(B, C, h, w)`` -> ``(B, h, w)``.
+
+    ``ReLU(sum_k w_k A_k)`` (without the ReLU when ``relu=False``).
+    """
+    cam = torch.einsum("bc,bchw->bhw", weights, activations)
+    return cam.clamp_min(0) if relu else cam
+
+
+@dataclass(frozen=True, eq=False)
+class CamContext:
+    """What a CAM method sees of one layer for one batch.
+
+    Attributes:
+        activations: ``(B, C, h, w)`` the layer's output ``A`` (detached).
+        gradients: ``(B, C, h, w)`` ``d score / d A`` of each image's target score, or
+            ``None`` for methods with ``needs_gradients = False``.
+        inputs: ``(B, C_in, H, W)`` the preprocessed inputs.
+        targets: ``(B,)`` long, the explained classes.
+        layer_name: the layer's dotted name.
+        model: the classifier (in eval mode, parameters frozen, for the call).
+    """
+
+    activations: torch.Tensor
+    gradients: torch.Tensor | None
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    layer_name: str
+    model: nn.Module
+
+    def score_masked(
+        self,
+        inputs: torch.Tensor | JobInputs,
+        targets: torch.Tensor | None = None,
+        kind: ScoreKind = "logit",
+        max_batch: int | None = None,
+    ) -> torch.Tensor:
+        """Target scores of many (masked) inputs in memory-bounded, no-grad chunks.
+
+        Args:
+            inputs: ``(N, C_in, H, W)``, or ``make(lo, hi)`` building inputs ``lo:hi``
+                on the fly (then ``targets`` gives ``N``).
+            targets: ``(N,)`` class per input; ``None``: each image's target repeated
+                for ``N / B`` consecutive inputs (image-major order).
+            kind: ``"logit"`` or ``"probability"`` (softmax).
+            max_batch: inputs per forward; ``None`` sizes chunks from free memory.
+
+        Returns:
+            ``(N,)`` float32 scores.
+        """
+        if targets is None:
+            if not isinstance(inputs, torch.Tensor) or inputs.shape[0] % self.targets.numel():
+                count = inputs.shape[0] if isinstance(inputs, torch.Tensor) else "a function of"
+                raise ValueError(
+                    f"score_masked got {count} inputs for {self.targets.numel()} images; pass "
+                    f"targets (N,), or inputs whose count is a multiple of the batch, "
+                    f"image-major."
+                )
+            targets = self.targets.repeat_interleave(inputs.shape[0] // self.targets.numel())
+        make = inputs if callable(inputs) else lambda lo, hi: inputs[lo:hi]
+        sample = make(0, 1)
+        chunk = chunk_size_for(self.model, sample, targets.numel(), max_batch=max_batch)
+        return score_in_chunks(self.model, make, targets.to(sample.device), chunk, kind)
+
+
+class CAMExplainer(Explainer):
+    """The engine of CAM methods on one or several layers (see the module docstring).
+
+    Subclasses give :meth:`channel_weights` or :meth:`cam`, and set
+    :attr:`needs_gradients` to ``False`` if they use no gradients.
+
+    Args:
+        model: an ``ImageClassifier`` or a bare timm model.
+        target_layer: dotted name (``"backbone.layer4"``; ``"layer4"`` works too), module,
+            or a list of them; ``None`` takes the adapter's default layer for the family.
+            Resolved here, so a bad name fails at construction.
+        relu: keep only the positive evidence, ``ReLU(map)``.
+        normalize: min-max normalise each heatmap to ``[0, 1]``; ``False`` gives raw maps
+            (upsampled, with the model's gradient scale).
+        interpolate: upsampling mode to the input size: ``"bilinear"`` (default),
+            ``"bicubic"``, ``"nearest"`` or ``"area"``.
+
+    With several layers each layer's upsampled map is min-max normalised (layers differ in
+    scale) and the maps are averaged; ``normalize`` then applies to the average. All
+    layers are taken from the same forward (and backward) pass. The full result
+    (:meth:`explain_full`) keeps every layer's raw map in ``extras["layer_maps"]``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: LayerSpec = None,
+        relu: bool = True,
+        normalize: bool = True,
+        interpolate: InterpolationMode = "bilinear",
+    ) -> None:
+        super().__init__(model)
+        if interpolate not in _INTERPOLATION_MODES:
+            raise ValueError(
+                f"interpolate={interpolate!r} is not supported; use one of "
+                f"{', '.join(_INTERPOLATION_MODES)}."
+            )
+        self.adapter = get_adapter(model)
+        self.layers: list[ResolvedLayer] = self.adapter.resolve_layers(target_layer)
+        self.relu = relu
+        self.normalize = normalize
+        self.interpolate: InterpolationMode = interpolate
+
+    def __repr__(self) -> str:
+        layers = ", ".join(layer.name for layer in self.layers)
+        return (
+            f"{type(self).__name__}(layers=[{layers}], relu={self.relu}, "
+            f"normalize={self.normalize}, interpolate={self.interpolate!r})"
+        )
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Full dotted names of the explained layers."""
+        return [layer.name for layer in self.layers]
+
+    # ------------------------------------------------------------- hooks
+    def channel_weights(self, ctx: CamContext) -> torch.Tensor:
+        """Channel weights ``(B, C)``; the map is ``sum_k w_k A_k``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} defines neither channel_weights nor cam; a CAM method "
+            f"gives channel_weights(ctx) -> (B, C) or cam(ctx) -> (B, h, w)."
+        )
+
+    def cam(self, ctx: CamContext) -> torch.Tensor:
+        """The map ``(B, h, w)`` at the layer's resolution, before the ReLU."""
+        return weighted_sum(self.channel_weights(ctx), ctx.activations, relu=False)
+
+    # -------------------------------------------------------------- engine
+    def attribute(
+        self, inputs: torch.Tensor, targets: list[int] | None, **kwargs: Any
+    ) -> Explanation:
+        """The explanation of ``inputs`` ``(B, C, H, W)`` (see the module docstring)."""
+        if kwargs:
+            raise TypeError(f"unexpected arguments for {type(self).__name__}: {sorted(kwargs)}")
+        layer_maps, (chosen, logits) = self._layer_maps(inputs, targets)
+        size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+        maps = [upsample_maps(m, size, self.interpolate) for m in layer_maps]
+        if len(maps) == 1:
+            heatmap = maps[0]
+        else:
+            heatmap = torch.stack([normalize_maps(m) for m in maps]).mean(dim=0)
+        return Explanation(
+            heatmap=normalize_maps(heatmap) if self.normalize else heatmap,
+            targets=chosen,
+            logits=logits,
+            attributions=layer_maps[0] if len(layer_maps) == 1 else None,
+            extras={"layer_maps": layer_maps},
+        )
+
+    def attribute_layers(
+        self, images: ImagesInput, target_class: TargetInput = None
+    ) -> list[torch.Tensor]:
+        """Raw maps at each layer's own resolution: one ``(B, h_l, w_l)`` per layer.
+
+        No upsampling, no normalisation (``relu`` still applies); always batched, also for
+        one image. Same inputs and targets as :meth:`explain`; :meth:`explain_full` gives
+        them with the targets and logits (``extras["layer_maps"]``).
+        """
+        return list(self.explain_full(images, target_class).extras["layer_maps"])
+
+    def attribute_layer(
+        self, images: ImagesInput, target_class: TargetInput = None
+    ) -> torch.Tensor:
+        """Raw map ``(B, h, w)`` at the layer's resolution (single-layer explainers).
+
+        See :meth:`attribute_layers`; this is its only entry for one layer.
+        """
+        if len(self.layers) != 1:
+            raise ValueError(
+                f"{type(self).__name__} explains {len(self.layers)} layers "
+                f"({', '.join(self.layer_names)}); use attribute_layers() for one map per layer."
+            )
+        return self.attribute_layers(images, target_class)[0]
+
+    def _layer_maps(
+        self, inputs: torch.Tensor, targets: list[int] | None
+    ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """Taps every layer, runs the method once, removes the taps.
+
+        Returns one ``(B, h, w)`` map per layer and the ``(B,)`` classes and ``(B, K)``
+        logits of the forward pass. Runs inside the explanation guard (frozen parameters).
+        """
+        # A detached, non-inference input keeps the autograd graph to what follows the layer.
+        inputs = inputs.detach()
+        if inputs.is_inference():
+            inputs = inputs.clone()
+        score = TargetScore(self.model)
+        chosen = None if targets is None else torch.tensor(targets, device=inputs.device)
+        with ExitStack() as taps, torch.no_grad():  # Captum re-enables grad for its pass
+            views = [
+                taps.enter_context(
+                    spatial_tap(self.model, layer.module, layer.name, self.adapter.layout_for)
+                )
+                for layer in self.layers
+            ]
+            try:
+                maps = self.maps_from_views(score, inputs, chosen, views)
+            except AssertionError as exc:
+                silent = [view.layer_name for view in views if view.layout is None]
+                if not silent or CAPTUM_SILENT_LAYER not in str(exc):
+                    raise  # the model's own input checks: explanation_call reports them
+                raise LayerResolutionError(
+                    f"Layer(s) {', '.join(silent)} did not run in the model's forward pass, so "
+                    f"they cannot be explained. Pick layers on the forward path, e.g. "
+                    f"{', '.join(self.adapter.recommended_layers[:3])}."
+                ) from exc
+            except RuntimeError as exc:
+                if "does not require grad" not in str(exc):
+                    raise
+                raise LayerResolutionError(
+                    f"The class score does not depend on the output of "
+                    f"{', '.join(self.layer_names)} (the classifier reads other tokens or "
+                    f"features, e.g. a class token pooled after this layer), so it has no "
+                    f"gradient to weight. Pick an earlier layer, e.g. the input of the last "
+                    f"block (its norm1) or {', '.join(self.adapter.recommended_layers[1:3])}."
+                ) from exc
+        assert score.seen is not None  # the forward above ran
+        return [m.detach() for m in maps], score.seen
+
+    def maps_from_views(
+        self,
+        score: TargetScore,
+        inputs: torch.Tensor,
+        targets: torch.Tensor | None,
+        views: Sequence[SpatialView],
+    ) -> list[torch.Tensor]:
+        """One ``(B, h, w)`` map per tapped layer: contexts from one pass, then the hook."""
+        maps = []
+        for ctx in self.contexts(score, inputs, targets, views):
+            cam = self.cam(ctx)
+            maps.append(cam.clamp_min(0) if self.relu else cam)
+        return maps
+
+    def contexts(
+        self,
+        score: TargetScore,
+        inputs: torch.Tensor,
+        targets: torch.Tensor | None,
+        views: Sequence[SpatialView],
+    ) -> list[CamContext]:
+        """A :class:`CamContext` per view from one forward (and one backward if needed)."""
+        forward_args = None if targets is None else (targets,)
+        if self.needs_gradients:
+            from captum._utils.gradient import compute_layer_gradients_and_eval
+
+            grads, acts = compute_layer_gradients_and_eval(
+                score, list(views), inputs, additional_forward_args=forward_args
+            )
+            pairs = [(a.detach(), g) for (g,), (a,) in zip(grads, acts, strict=True)]
+        else:
+            pairs = [(a, None) for a in _forward_outputs(score, inputs, forward_args, views)]
+        assert score.seen is not None
+        return [
+            CamContext(acts, grads, inputs, score.seen[0], view.layer_name, self.model)
+            for (acts, grads), view in zip(pairs, views, strict=True)
+        ]
+
+
+def _forward_outputs(
+    score: TargetScore,
+    inputs: torch.Tensor,
+    forward_args: tuple[torch.Tensor, ...] | None,
+    views: Sequence[SpatialView],
+) -> list[torch.Tensor]:
+    """Every view's output ``(B, C, h, w)`` from one no-grad forward (no backward)."""
+    outputs: dict[int, torch.Tensor] = {}
+
+    def keeper(index: int) -> Any:
+        def keep(_module: nn.Module, _args: Any, output: torch.Tensor) -> None:
+            outputs[index] = output.detach()
+
+        return keep
+
+    handles = [view.register_forward_hook(keeper(i)) for i, view in enumerate(views)]
+    try:
+        with torch.no_grad():
+            score(inputs, *(forward_args or ()))
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [view.layer_name for i, view in enumerate(views) if i not in outputs]
+    if missing:
+        raise AssertionError(f"{CAPTUM_SILENT_LAYER}: {', '.join(missing)}")
+    return [outputs[i] for i in range(len(views))]

@@ -1,0 +1,124 @@
+"""What a metric sees: one prepared batch, its heatmaps and targets, and the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+from torch import nn
+
+from ...data import PreparedBatch
+from ..scoring import JobInputs, score_in_chunks, target_scores
+from .results import MetricResult
+from .substrates import SubstrateSpec, make_substrate
+
+if TYPE_CHECKING:
+    from .captum_metrics import SupportsExplainBatch
+    from .evaluator import ExplanationMetrics
+
+Cached = TypeVar("Cached")
+
+
+@dataclass
+class MetricContext:
+    """One batch to score, built by :class:`ExplanationMetrics` for every metric it runs.
+
+    Attributes:
+        owner: the ``ExplanationMetrics`` whose settings apply (steps, substrate, score,
+            seed, chunking).
+        batch: the prepared images; ``inputs`` ``(B, C, H, W)`` on the model's device.
+        targets: ``(B,)`` long on the model's device, the class scored per image.
+        heatmaps: ``(B, H, W)`` float32 at the input resolution (``None`` for a metric
+            that needs an explainer).
+        explainer: the explainer (``needs="explainer"`` metrics), else ``None``.
+        requested: every metric this batch is scored with, so one metric can compute
+            others alongside (insertion and deletion share one stream of chunks).
+        options: per-call settings (``n_samples=``, ``radius=``, ...) over the owner's.
+        known_scores: the unperturbed images' target scores ``(B,)``, when resolving
+            the targets already computed them.
+    """
+
+    owner: ExplanationMetrics
+    batch: PreparedBatch
+    targets: torch.Tensor
+    heatmaps: torch.Tensor | None = None
+    explainer: SupportsExplainBatch | None = None
+    requested: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+    known_scores: torch.Tensor | None = None
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.owner.model
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        """``(B, C, H, W)`` normalised model input on the model's device."""
+        return self.batch.tensor
+
+    @property
+    def score(self) -> str:
+        """What is scored: ``"probability"`` or ``"logit"``."""
+        return self.owner.score
+
+    def option(self, name: str, default: Any = None) -> Any:
+        """The per-call ``options[name]`` unless ``None``, else the owner's attribute, else
+        ``default``."""
+        value = self.options.get(name)
+        return value if value is not None else getattr(self.owner, name, default)
+
+    def original_scores(self) -> torch.Tensor:
+        """Target scores of the unperturbed images ``(B,)``, computed once on first use."""
+        if self.known_scores is not None:
+            return self.known_scores
+        return self.cached("original_scores", self._score_originals)
+
+    def _score_originals(self) -> torch.Tensor:
+        inputs = self.inputs
+        chunk = self.chunk_size(inputs.shape[0])
+        with torch.no_grad():
+            logits = torch.cat(
+                [self.model(inputs[lo : lo + chunk]) for lo in range(0, inputs.shape[0], chunk)]
+            )
+        return target_scores(logits, self.targets, self.score)
+
+    def chunk_size(self, n_jobs: int) -> int:
+        """Perturbed inputs per forward for ``n_jobs`` of them (``owner.chunk_size``)."""
+        return self.owner.chunk_size(self.inputs, n_jobs)
+
+    def score_jobs(self, make_inputs: JobInputs, job_targets: torch.Tensor) -> tuple[Any, int]:
+        """Scores ``(J,)`` of the jobs ``make_inputs`` builds, and the chunk size used."""
+        chunk = self.chunk_size(job_targets.numel())
+        return score_in_chunks(self.model, make_inputs, job_targets, chunk, self.score), chunk
+
+    def substrate(self, spec: SubstrateSpec) -> torch.Tensor:
+        """The replacement images ``(B, C, H, W)`` for ``spec`` (see :func:`make_substrate`)."""
+        return make_substrate(spec, self.inputs, self.owner.blur_kernel, self.owner.blur_sigma)
+
+    def cached(self, key: str, build: Callable[[], Cached]) -> Cached:
+        """``build()`` once per context: work that several metrics of one batch share."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def result(
+        self,
+        name: str,
+        values: torch.Tensor,
+        higher_is_better: bool,
+        settings: Mapping[str, Any],
+        **extra: Any,
+    ) -> MetricResult:
+        """A :class:`MetricResult` of per-image ``values`` ``(B,)`` for this batch's targets."""
+        return MetricResult(
+            name,
+            values.detach().double().cpu(),
+            self.targets.cpu(),
+            higher_is_better,
+            settings,
+            single=self.batch.single,
+            **extra,
+        )
