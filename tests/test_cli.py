@@ -105,3 +105,14 @@ def test_user_errors_are_one_line_with_status_2(tmp_path, argv, message):
         if "Warning" not in line and line.strip() and not line.startswith("  ")
     ]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in done.stderr
+
+
+def test_method_aliases_are_accepted_at_the_edge_and_become_canonical():
+    from timmlens.cli import _parser
+
+    parser = _parser()
+    assert parser.parse_args(["explain", "x.png", "--method", "gradcam++"]).method == "gradcampp"
+    evaluate = parser.parse_args(["evaluate", "d", "--methods", "integrated_gradients", "gradcam"])
+    assert evaluate.methods == ["ig", "gradcam"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["explain", "x.png", "--method", "gradcamm"])

@@ -204,3 +204,25 @@ def test_the_registry_fills_itself_on_first_query_only():
     ).stdout.split()
     # No method module before the first query; filling the registry loads no Captum.
     assert out == ["False", "True", "False"]
+
+
+def test_a_user_method_registered_before_any_query_clashes_at_its_own_class():
+    # In a fresh process nothing has queried the registry yet: the clash with the
+    # built-in alias must be reported at the user's decorator, and the registry must
+    # keep working for everyone afterwards.
+    code = (
+        "from timmlens.interpretation.registry import register_method, methods\n"
+        "from timmlens.interpretation.base import Explainer\n"
+        "try:\n"
+        "    @register_method('toycam', title='Toy', kind='cam', aliases=('ig',))\n"
+        "    class Toy(Explainer):\n"
+        "        def attribute(self, inputs, targets, **kwargs): ...\n"
+        "except ValueError as error:\n"
+        "    print('clash:', error)\n"
+        "print(methods())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert "clash:" in out and "'ig'" in out
+    assert out.strip().splitlines()[-1] == repr(BUILTIN)

@@ -22,7 +22,6 @@ from timmlens.interpretation.metrics import (
 from timmlens.interpretation.scoring import (
     BACKWARD_BUDGET_BYTES,
     FORWARD_BUDGET_BYTES,
-    default_budget,
     masked_perturbation,
     memory_budget,
     score_in_chunks,
@@ -161,7 +160,7 @@ def test_masked_perturbation_selects_exactly_and_blends_soft_masks(images):
 
 def test_one_memory_probe_two_defaults():
     cpu = torch.device("cpu")
-    assert memory_budget(cpu) == default_budget(cpu) == FORWARD_BUDGET_BYTES == 512 * 2**20
+    assert memory_budget(cpu) == FORWARD_BUDGET_BYTES == 512 * 2**20
     assert memory_budget(cpu, "backward") == BACKWARD_BUDGET_BYTES == 2 * 2**30
     assert memory_budget(cpu, "backward", budget_bytes=1234) == 1234
     with pytest.raises(ValueError, match="'forward' for inference-only"):

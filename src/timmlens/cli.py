@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from ._outputs import ensure_writable_dir
 from .errors import TimmLensError
-from .interpretation.registry import METHODS, layer_methods, methods
+from .interpretation.registry import METHODS, layer_methods, methods, resolve_method
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -50,6 +50,15 @@ def _non_negative_int(text: str) -> int:
     return _integer(text, 0)
 
 
+def _method_name(text: str) -> str:
+    """A method's canonical name for an alias (``gradcam++`` -> ``gradcampp``); argparse
+    then checks it against the choices (an unknown name is returned as given)."""
+    try:
+        return resolve_method(text).name
+    except (TypeError, ValueError):
+        return text
+
+
 def _methods_help(default: str) -> str:
     """One line per registered method: its name and summary (registry order)."""
     lines = "; ".join(f"{name}: {METHODS[name].summary}" for name in methods())
@@ -74,7 +83,11 @@ def _parser() -> argparse.ArgumentParser:
         help="timm name, hf-hub: id, local folder, or bundled:efficientnet_lite0",
     )
     explain.add_argument(
-        "--method", default="gradcam", choices=sorted(METHODS), help=_methods_help("gradcam")
+        "--method",
+        default="gradcam",
+        type=_method_name,
+        choices=sorted(METHODS),
+        help=_methods_help("gradcam"),
     )
     explain.add_argument(
         "--target",
@@ -101,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         "--methods",
         nargs="+",
         default=["gradcam"],
+        type=_method_name,
         choices=sorted(METHODS),
         help=_methods_help("gradcam"),
     )
@@ -151,7 +165,11 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--model", default="bundled:efficientnet_lite0")
     report.add_argument("--out", default="report.html", help="HTML file (JSON written next to it)")
     report.add_argument(
-        "--method", default="gradcam", choices=sorted(METHODS), help=_methods_help("gradcam")
+        "--method",
+        default="gradcam",
+        type=_method_name,
+        choices=sorted(METHODS),
+        help=_methods_help("gradcam"),
     )
     report.add_argument("--batch-size", type=_positive_int, default=8)
     report.add_argument(

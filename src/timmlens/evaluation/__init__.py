@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from .evaluator import METRICS, evaluate
+    from .evaluator import evaluate
     from .sources import DatasetSource, ImageFolderSource, Sample, as_source
     from .summary import EvaluationSummary, Statistic
 
 _EXPORTS = {
-    "METRICS": ".evaluator",
     "DatasetSource": ".sources",
     "EvaluationSummary": ".summary",
     "ImageFolderSource": ".sources",
@@ -27,7 +26,6 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "METRICS",
     "DatasetSource",
     "EvaluationSummary",
     "ImageFolderSource",

@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 from ..data import prepare_images
 from ..errors import ImageInputError
 from ..interpretation.base import Explainer, num_outputs, predict
-from ..interpretation.metrics.registry import metrics as registered_metrics
 from ..interpretation.metrics.registry import resolve_metric
 from ..interpretation.registry import as_explainer, resolve_method
 from .distributed import (
@@ -41,7 +40,6 @@ from .sources import DatasetSource, Sample, as_source
 from .summary import EvaluationSummary, RowStore, build_summary
 
 #: The heatmap metrics registered at import; :func:`_metric_name` asks the registry live.
-METRICS = tuple(registered_metrics("heatmap"))
 ROW_FORMATS = ("jsonl", "csv")
 ON_ERROR = ("skip", "fail")
 #: what a dataset item or image file that cannot be read raises (PIL: OSError subclasses
@@ -316,7 +314,9 @@ def evaluate(
             e.g. ``gradcam``, ``ig``; aliases accepted) or explainer instances (their class
             and the settings they hold are in the identity). Rows are keyed by the
             registry name, an instance's too.
-        metrics: ``insertion``, ``deletion``, ``sensitivity`` (sensitivity-n).
+        metrics: names from the metric registry
+            (``timmlens.interpretation.metrics.metrics("heatmap")``: ``insertion``,
+            ``deletion``, ``sensitivity`` (sensitivity-n), ``infidelity``, and any you register).
         out: output folder.
         batch_size: images per explanation batch (per rank).
         rows_format: ``"jsonl"`` or ``"csv"``.

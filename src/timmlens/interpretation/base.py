@@ -237,8 +237,9 @@ class Explainer(ABC):
         ``targets`` is ``None`` for the predicted classes. Runs inside the guard.
         """
 
-    # Read-only views of the latest result, for interactive use and old callers; code
-    # that needs a call's targets or logits takes them from the returned Explanation.
+    # Deprecated read-only views of the latest result, kept for interactive use and old
+    # callers. With threads sharing an explainer they may show another thread's call:
+    # code that needs a call's targets or logits takes them from explain_full().
     @property
     def last_targets(self) -> torch.Tensor | None:
         """``(B,)`` classes explained by the latest call (see :meth:`explain_full`)."""

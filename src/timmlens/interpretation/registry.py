@@ -167,7 +167,10 @@ def register_method(
         title: the display name (``"GradCAM++"``).
         kind: ``"cam"``, ``"input"`` or ``"attention"`` (see :class:`MethodSpec`).
         aliases: other accepted spellings (matched case-insensitively, ``-`` as ``_``).
-        summary, paper, formula, cost: one line each, for ``--help`` and the docs.
+        summary: one line for ``--help`` and the docs.
+        paper: the reference (authors, title, venue, year).
+        formula: the map it computes, in one line.
+        cost: forwards and backwards per batch, in words.
         applies_to: the families it applies to, in words (default by ``kind``).
         uses_layer: it taps a layer and takes ``target_layer=`` (default: ``kind == "cam"``).
 
@@ -189,6 +192,11 @@ def register_method(
             raise TypeError(
                 f"@register_method('{name}') decorates an Explainer subclass, got {cls!r}."
             )
+        builtin = cls.__module__.startswith(f"{_BUILTIN_PACKAGE}.")
+        if not builtin:
+            # A clash with a built-in name or alias must surface here, at the user's class,
+            # not later at the first query (which would then fail for every method).
+            _load_builtin_methods()
         spec = MethodSpec(
             name=name,
             title=title,
@@ -201,7 +209,7 @@ def register_method(
             cost=cost,
             applies_to=applies_to or _DEFAULT_APPLIES_TO[kind],
             uses_layer=kind == "cam" if uses_layer is None else uses_layer,
-            builtin=cls.__module__.startswith(f"{_BUILTIN_PACKAGE}."),
+            builtin=builtin,
             order=next(_COUNTER),
         )
         _add(spec)

@@ -47,9 +47,6 @@ MEMORY_DEFAULTS: dict[str, tuple[float, int]] = {
     "forward": (FORWARD_CUDA_FREE_FRACTION, FORWARD_BUDGET_BYTES),
     "backward": (BACKWARD_CUDA_FREE_FRACTION, BACKWARD_BUDGET_BYTES),
 }
-#: Former names of the forward defaults.
-DEFAULT_BUDGET_BYTES = FORWARD_BUDGET_BYTES
-CUDA_FREE_FRACTION = FORWARD_CUDA_FREE_FRACTION
 
 #: ``make_inputs(lo, hi)`` -> ``(hi - lo, C, H, W)``: the inputs of jobs ``lo:hi``. A
 #: perturbation is any such callable; :func:`masked_perturbation` builds the common one.
@@ -140,11 +137,6 @@ def memory_budget(
     return off_cuda
 
 
-def default_budget(device: torch.device) -> int:
-    """Bytes one forward-only chunk may use: ``memory_budget(device, "forward")``."""
-    return memory_budget(device, "forward")
-
-
 def balanced_chunk(limit: int, n_jobs: int) -> int:
     """Largest chunk <= ``limit`` that splits ``n_jobs`` into as few, equal-sized chunks.
 
@@ -161,17 +153,20 @@ def chunk_size_for(
     n_jobs: int,
     max_batch: int | None = None,
     memory_budget_bytes: int | None = None,
+    sample_bytes: int | None = None,
 ) -> int:
     """Jobs per forward for ``n_jobs`` inputs shaped like ``sample`` ``(1, C, H, W)``.
 
     ``max_batch`` if given (capped by ``memory_budget_bytes`` if that is given too),
-    else the budget (:func:`default_budget` when ``None``) divided by the probe
-    estimate per input; then balanced so the chunks have equal sizes.
+    else the forward budget (:func:`memory_budget`) divided by the probe estimate per
+    input (``sample_bytes`` when the caller has it cached, else
+    :func:`estimate_sample_bytes`); then balanced so the chunks have equal sizes.
     """
     limit = max_batch
     if limit is None or memory_budget_bytes is not None:
-        budget = memory_budget_bytes or default_budget(sample.device)
-        by_budget = max(1, budget // estimate_sample_bytes(model, sample))
+        budget = memory_budget(sample.device, "forward", memory_budget_bytes)
+        per_input = sample_bytes or estimate_sample_bytes(model, sample)
+        by_budget = max(1, budget // per_input)
         limit = by_budget if limit is None else min(limit, by_budget)
     return balanced_chunk(limit, n_jobs)
 
@@ -265,18 +260,3 @@ def masked_perturbation(
         return compose(start, finish, groups[lo:hi], lo, mask_fn)
 
     return make_inputs
-
-
-def score_jobs(
-    model: nn.Module,
-    start: torch.Tensor,
-    finish: torch.Tensor,
-    job_groups: torch.Tensor,
-    job_targets: torch.Tensor,
-    mask_fn: MaskFn,
-    chunk: int,
-    kind: str = "probability",
-) -> torch.Tensor:
-    """:func:`score_in_chunks` of :func:`masked_perturbation`: ``(J,)`` float32 scores."""
-    make_inputs = masked_perturbation(start, finish, job_groups, mask_fn)
-    return score_in_chunks(model, make_inputs, job_targets, chunk, kind)

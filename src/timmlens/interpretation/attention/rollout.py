@@ -228,7 +228,7 @@ class AttentionVisualizer(AttentionExplainer):
             message says why and suggests GradCAM.
     """
 
-    name = "rollout"  # set by @register_method
+
 
     # ------------------------------------------------------------ public
     def get_attention_maps(self, images: ImagesInput) -> AttentionMaps:

@@ -100,7 +100,7 @@ class GradCAM(CAMExplainer):
     the heatmap is the average of the per-layer min-max-normalised maps.
     """
 
-    name = "gradcam"  # set by @register_method
+
 
     def channel_weights(self, ctx: CamContext) -> torch.Tensor:
         assert ctx.gradients is not None
@@ -149,7 +149,7 @@ class GradCAMPlusPlus(CAMExplainer):
     Args: as :class:`GradCAM`.
     """
 
-    name = "gradcampp"  # set by @register_method
+
 
     def channel_weights(self, ctx: CamContext) -> torch.Tensor:
         assert ctx.gradients is not None

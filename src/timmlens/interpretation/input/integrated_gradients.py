@@ -108,7 +108,7 @@ class IntegratedGradients(CaptumInputExplainer):
         a batch. :meth:`attribute_full`: an :class:`IGResult` (always batched).
     """
 
-    name = "ig"  # set by @register_method
+
 
     def __init__(
         self,

@@ -126,7 +126,7 @@ class SmoothGrad(CaptumInputExplainer):
         a batch; :meth:`explain_full` also gives the raw ``(B, C, H, W)`` attributions.
     """
 
-    name = "smoothgrad"  # set by @register_method
+
 
     def __init__(
         self,

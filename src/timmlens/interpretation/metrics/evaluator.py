@@ -21,9 +21,8 @@ from .._targets import TargetInput, validate_targets
 from ..base import declares_num_classes, num_outputs
 from ..scoring import (
     SCORE_KINDS,
-    balanced_chunk,
+    chunk_size_for,
     estimate_sample_bytes,
-    memory_budget,
     target_scores,
 )
 from . import captum_metrics, registry, sensitivity  # noqa: F401 - sensitivity registers
@@ -54,8 +53,9 @@ class ExplanationMetrics:
     ``target_class=None`` scores each image's predicted class on the unperturbed image.
 
     Perturbed inputs are composed on the model's device from one rank mask per image
-    and scored a chunk at a time in no-grad forwards (see ``_engine``); the model is
-    put in eval mode for the call and left exactly as found.
+    and scored a chunk at a time in no-grad forwards
+    (:func:`~timmlens.interpretation.scoring.score_in_chunks`); the model is put in eval
+    mode for the call and left exactly as found.
 
     Args:
         model: a classifier returning ``(B, num_classes)`` logits.
@@ -416,15 +416,18 @@ class ExplanationMetrics:
         else the memory budget divided by the probe estimate per image; then balanced so
         the chunks have equal sizes.
         """
-        limit = self.max_batch
-        if limit is None or self.memory_budget_bytes is not None:
-            budget = memory_budget(inputs.device, "forward", self.memory_budget_bytes)
-            key = (tuple(inputs.shape[1:]), inputs.dtype, inputs.device)
-            if key not in self._sample_bytes:
-                self._sample_bytes[key] = estimate_sample_bytes(self.model, inputs[:1])
-            by_budget = max(1, budget // self._sample_bytes[key])
-            limit = by_budget if limit is None else min(limit, by_budget)
-        chunk = balanced_chunk(limit, n_jobs)
+        key = (tuple(inputs.shape[1:]), inputs.dtype, inputs.device)
+        probe_needed = self.max_batch is None or self.memory_budget_bytes is not None
+        if probe_needed and key not in self._sample_bytes:  # one probe per input shape
+            self._sample_bytes[key] = estimate_sample_bytes(self.model, inputs[:1])
+        chunk = chunk_size_for(
+            self.model,
+            inputs[:1],
+            n_jobs,
+            self.max_batch,
+            self.memory_budget_bytes,
+            sample_bytes=self._sample_bytes.get(key),
+        )
         self.last_chunk_size = chunk
         return chunk
 
