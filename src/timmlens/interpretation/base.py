@@ -135,14 +135,15 @@ class Explanation:
     extras: Mapping[str, Any] = field(default_factory=dict)
 
 
-def predict(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+def predict(model: nn.Module, inputs: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """The model's logits for ``inputs`` ``(B, C, H, W)`` -> ``(B, K)``: eval mode, no grad.
 
     Inside :func:`~timmlens._model_state.explaining`, so a model in train mode predicts
-    without dropout and is left as found.
+    without dropout and is left as found. ``chunk`` bounds the images per forward.
     """
+    step = chunk or max(1, inputs.shape[0])
     with explaining(model), torch.no_grad():
-        return model(inputs)
+        return torch.cat([model(inputs[lo : lo + step]) for lo in range(0, inputs.shape[0], step)])
 
 
 class Explainer(ABC):

@@ -228,8 +228,6 @@ class AttentionVisualizer(AttentionExplainer):
             message says why and suggests GradCAM.
     """
 
-
-
     # ------------------------------------------------------------ public
     def get_attention_maps(self, images: ImagesInput) -> AttentionMaps:
         """Every block's attention probabilities for ``images``.

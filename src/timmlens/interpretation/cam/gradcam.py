@@ -100,8 +100,6 @@ class GradCAM(CAMExplainer):
     the heatmap is the average of the per-layer min-max-normalised maps.
     """
 
-
-
     def channel_weights(self, ctx: CamContext) -> torch.Tensor:
         assert ctx.gradients is not None
         return gradcam_weights(ctx.activations, ctx.gradients)
@@ -148,8 +146,6 @@ class GradCAMPlusPlus(CAMExplainer):
 
     Args: as :class:`GradCAM`.
     """
-
-
 
     def channel_weights(self, ctx: CamContext) -> torch.Tensor:
         assert ctx.gradients is not None

@@ -108,8 +108,6 @@ class IntegratedGradients(CaptumInputExplainer):
         a batch. :meth:`attribute_full`: an :class:`IGResult` (always batched).
     """
 
-
-
     def __init__(
         self,
         model: nn.Module,

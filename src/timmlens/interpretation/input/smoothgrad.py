@@ -126,8 +126,6 @@ class SmoothGrad(CaptumInputExplainer):
         a batch; :meth:`explain_full` also gives the raw ``(B, C, H, W)`` attributions.
     """
 
-
-
     def __init__(
         self,
         model: nn.Module,

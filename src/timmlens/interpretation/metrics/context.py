@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ...data import PreparedBatch
+from ..base import predict
 from ..scoring import JobInputs, score_in_chunks, target_scores
 from .results import MetricResult
 from .substrates import SubstrateSpec, make_substrate
@@ -77,12 +78,7 @@ class MetricContext:
         return self.cached("original_scores", self._score_originals)
 
     def _score_originals(self) -> torch.Tensor:
-        inputs = self.inputs
-        chunk = self.chunk_size(inputs.shape[0])
-        with torch.no_grad():
-            logits = torch.cat(
-                [self.model(inputs[lo : lo + chunk]) for lo in range(0, inputs.shape[0], chunk)]
-            )
+        logits = predict(self.model, self.inputs, self.chunk_size(self.inputs.shape[0]))
         return target_scores(logits, self.targets, self.score)
 
     def chunk_size(self, n_jobs: int) -> int:

@@ -18,7 +18,7 @@ from torch import nn
 from ..._model_state import explaining
 from ...data import ImagesInput, PreparedBatch, model_device, prepare_images
 from .._targets import TargetInput, validate_targets
-from ..base import declares_num_classes, num_outputs
+from ..base import declares_num_classes, num_outputs, predict
 from ..scoring import (
     SCORE_KINDS,
     chunk_size_for,
@@ -449,8 +449,7 @@ class ExplanationMetrics:
             targets = validate_targets(target_class, size, classes, self.model)
             if not need_scores:
                 return torch.tensor(targets, device=inputs.device, dtype=torch.long), None
-        chunk = self.chunk_size(inputs, size)
-        logits = torch.cat([self.model(inputs[lo : lo + chunk]) for lo in range(0, size, chunk)])
+        logits = predict(self.model, inputs, self.chunk_size(inputs, size))
         if targets is None:
             targets = validate_targets(target_class, size, logits.shape[1], self.model)
         resolved = (
