@@ -23,6 +23,7 @@ from timmlens.interpretation.registry import (
     as_explainer,
     available_methods,
     create_explainer,
+    default_comparison,
     layer_methods,
     methods,
     methods_markdown,
@@ -33,7 +34,15 @@ from timmlens.interpretation.registry import (
 )
 
 DOCS_PAGE = Path(__file__).parents[1] / "docs" / "methods" / "index.md"
-BUILTIN = ["gradcam", "gradcampp", "ig", "smoothgrad", "rollout"]
+CAM = ["gradcam", "gradcampp", "scorecam", "ablationcam", "hirescam", "xgradcam", "layercam"]
+CAM += ["eigencam", "eigengradcam", "randomcam"]
+INPUT = ["ig", "smoothgrad", "saliency", "inputxgradient", "guidedbackprop", "deconvolution"]
+INPUT += ["guidedgradcam", "deeplift", "deepliftshap", "gradientshap", "lrp", "occlusion"]
+INPUT += ["featureablation", "shapley", "kernelshap", "lime", "rise"]
+ATTENTION = ["rollout", "chefer", "legrad"]
+BUILTIN = CAM + INPUT + ATTENTION
+#: what compare_methods runs when no methods are named
+COMPARED = ["gradcam", "gradcampp", "ig", "smoothgrad", "rollout"]
 
 
 def _toy_saliency_class() -> type[Explainer]:
@@ -73,10 +82,11 @@ def _cli_choices(command: str, option: str) -> list[str]:
 
 def test_builtin_methods_in_registry_order_with_their_canonical_names(small, vit):
     assert methods() == BUILTIN and list(METHODS) == BUILTIN
-    assert methods(kind="cam") == layer_methods() == ["gradcam", "gradcampp"]
-    assert methods(kind="input") == ["ig", "smoothgrad"]
-    assert methods(model=small) == available_methods(small) == BUILTIN[:-1]
-    assert methods(kind="attention", model=vit) == ["rollout"]
+    assert methods(kind="cam") == CAM and layer_methods() == [*CAM, "guidedgradcam"]
+    assert methods(kind="input") == INPUT
+    assert methods(model=small) == available_methods(small) == CAM + INPUT
+    assert methods(kind="attention", model=vit) == ATTENTION
+    assert default_comparison(small) == COMPARED[:-1] and default_comparison(vit) == COMPARED
     for name in BUILTIN:
         spec = METHODS[name]
         assert spec.cls.name == name, "the explainer names itself as the registry does"
@@ -135,7 +145,7 @@ def test_a_registered_toy_method_appears_everywhere(small, tmp_path):
     with scoped_registry():
         toy = _toy_saliency_class()
         # The registry, its kinds and applicability, aliases at the edge.
-        assert methods()[-2:] == ["toy_saliency", "rollout"]  # grouped with its engine
+        assert methods()[-4:] == ["toy_saliency", *ATTENTION]  # grouped with its engine
         assert "toy_saliency" in methods(kind="input", model=small)
         assert resolve_method("Toy-Grad").cls is toy and toy.name == "toy_saliency"
         # The CLI: choices of every command and the --method help.
@@ -144,11 +154,12 @@ def test_a_registered_toy_method_appears_everywhere(small, tmp_path):
         assert "toy_saliency" in _cli_choices("report", "--method")
         help_text = " ".join(_cli_command("explain").format_help().split())
         assert "toy_saliency: largest absolute input gradient over the channels" in help_text
-        # compare_methods: the default list is every method that applies to the model.
+        # compare_methods: a registered method is in its default list (compared_by_default).
         photo = torch.rand(3, 32, 32)
         options = {"ig": {"n_steps": 2}, "smoothgrad": {"n_samples": 2}}
         comparison = compare_methods(small, photo, save_path=None, method_options=options)
-        assert list(comparison.heatmaps) == methods(model=small)
+        assert list(comparison.heatmaps) == default_comparison(small)
+        assert list(comparison.heatmaps)[-1] == "toy_saliency"
         assert comparison.heatmaps["toy_saliency"].shape == (32, 32)
         # evaluate: rows keyed by the registry name.
         images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -29,8 +29,8 @@ from .data import ImageGeometry, ImagesInput, picture_of, prepare_images
 from .interpretation._targets import validate_targets
 from .interpretation.base import num_outputs, predict
 from .interpretation.registry import (
-    available_methods,
     create_explainer,
+    default_comparison,
     default_method,
     layer_of,
     resolve_method,
@@ -332,10 +332,11 @@ def compare_methods(
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
         image: one image.
-        methods: registry names; default every registered method that applies to the
-            model, in registry order (:func:`~timmlens.interpretation.registry.methods`
-            with ``model=``: ``gradcam``, ``gradcampp``, ``ig``, ``smoothgrad``, plus
-            ``rollout`` for ViTs, and any method registered since).
+        methods: registry names; default the registered methods that apply to the model
+            and are ``compared_by_default``, in registry order
+            (:func:`~timmlens.interpretation.registry.default_comparison`: ``gradcam``,
+            ``gradcampp``, ``ig``, ``smoothgrad``, plus ``rollout`` for ViTs, and any method
+            you register; slow or specialised built-ins run only when named).
             Naming one that does not apply raises ``UnsupportedModelError``.
         save_path: where to save the overlay grid; with metrics the curves go next to it
             as ``<stem>_curves.png``.
@@ -350,7 +351,7 @@ def compare_methods(
     """
     names = [resolve_method(m).name for m in methods] if methods else None
     if names is None:
-        names = available_methods(model)
+        names = default_comparison(model)
     names = list(dict.fromkeys(names))
     if not names:
         raise ValueError("no methods to compare; pass names such as ['gradcam', 'ig'].")

@@ -159,6 +159,8 @@ class Explainer(ABC):
     name: str = "explainer"
     #: whether :meth:`attribute` takes gradients (refused under ``torch.inference_mode``)
     needs_gradients: bool = True
+    #: the map ignores the target class by design (EigenCAM): same map for every class
+    class_agnostic: bool = False
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):

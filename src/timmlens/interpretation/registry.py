@@ -76,6 +76,8 @@ class MethodSpec:
         applies_to: the model families it applies to, in words.
         uses_layer: the method taps a layer (``target_layer=`` option, ``layer_names``);
             :func:`~timmlens.analysis.explain_layers` and the CLI's ``--layer`` take these.
+        compared_by_default: :func:`~timmlens.quick.compare_methods` runs it when no
+            methods are named (slow or specialised methods run only when named).
     """
 
     name: str
@@ -89,6 +91,7 @@ class MethodSpec:
     cost: str = ""
     applies_to: str = ""
     uses_layer: bool = False
+    compared_by_default: bool = True
     builtin: bool = field(default=False, repr=False)
     order: int = field(default=0, repr=False, compare=False)
 
@@ -111,7 +114,9 @@ class MethodSpec:
         """Why this method does not apply to ``model``, or ``None`` when it does."""
         if self.needs_attention:
             return get_adapter(model).attention_unavailable_reason
-        return None
+        # A method may refuse families on its own terms (LRP, DeepLift: module coverage).
+        check = getattr(self.cls, "unavailable_reason", None)
+        return check(model) if callable(check) else None
 
 
 _SPECS: dict[str, MethodSpec] = {}
@@ -157,6 +162,7 @@ def register_method(
     cost: str = "",
     applies_to: str | None = None,
     uses_layer: bool | None = None,
+    compared_by_default: bool = True,
 ) -> Callable[[ExplainerType], ExplainerType]:
     """Class decorator: register an :class:`Explainer` subclass as method ``name``.
 
@@ -173,6 +179,8 @@ def register_method(
         cost: forwards and backwards per batch, in words.
         applies_to: the families it applies to, in words (default by ``kind``).
         uses_layer: it taps a layer and takes ``target_layer=`` (default: ``kind == "cam"``).
+        compared_by_default: run by :func:`~timmlens.quick.compare_methods` when no methods
+            are named (``False`` for slow or specialised methods).
 
     Raises:
         ValueError: a bad name or kind, or a name or alias another method already has.
@@ -209,6 +217,7 @@ def register_method(
             cost=cost,
             applies_to=applies_to or _DEFAULT_APPLIES_TO[kind],
             uses_layer=kind == "cam" if uses_layer is None else uses_layer,
+            compared_by_default=compared_by_default,
             builtin=builtin,
             order=next(_COUNTER),
         )
@@ -360,6 +369,12 @@ def method_names() -> list[str]:
     return methods()
 
 
+def default_comparison(model: nn.Module) -> list[str]:
+    """The methods :func:`~timmlens.quick.compare_methods` runs on ``model`` by default:
+    those registered with ``compared_by_default`` that apply to it, in registry order."""
+    return [name for name in methods(model=model) if resolve_method(name).compared_by_default]
+
+
 def layer_methods() -> list[str]:
     """The methods that tap a layer and take ``target_layer=`` (``uses_layer``)."""
     return [spec.name for spec in _specs() if spec.uses_layer]
@@ -413,7 +428,7 @@ def create_explainer(name: str, model: nn.Module, **options: Any) -> Explainer:
     spec = resolve_method(name)
     reason = spec.unavailable_reason(model)
     if reason is not None:
-        raise UnsupportedModelError(reason)
+        raise UnsupportedModelError(f"{spec.name}: {reason}")
     _check_options(spec, options)
     return spec.cls(model, **options)
 
@@ -496,6 +511,8 @@ def methods_markdown() -> str:
             f"- **applies to:** {spec.applies_to}",
             f"- **aliases:** {aliases}",
             f"- **options:** {options}",
+            "- **in `compare_methods` by default:** "
+            + ("yes" if spec.compared_by_default else "no (name it)"),
         ]
     lines.append("")
     return "\n".join(lines)

@@ -74,12 +74,16 @@ class AttentionExplainer(Explainer):
             message says why and suggests GradCAM.
     """
 
+    #: the method needs a class: without ``target_class``, each image's predicted class
+    #: is explained (taken from the same forward pass that is differentiated)
+    needs_target: bool = False
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         self.adapter = get_adapter(model)
         reason = self.adapter.attention_unavailable_reason
         if reason is not None:
-            raise UnsupportedModelError(reason)
+            raise UnsupportedModelError(f"{self.name}: {reason}")
         self.blocks = self.adapter.attention_blocks
         self.token_indices = token_indices(self.adapter.timm_model)
 
@@ -92,11 +96,13 @@ class AttentionExplainer(Explainer):
     def resolve_targets(self, target_class: TargetInput, inputs: torch.Tensor) -> list[int] | None:
         """A target needs a classifier; ``None`` (class-agnostic) does not."""
         if target_class is None:
+            if self.needs_target:
+                num_outputs(self.model)  # a headless model has no class to explain: say so
             return None
         return validate_targets(target_class, inputs.shape[0], num_outputs(self.model), self.model)
 
     def gradients_needed(self, targets: list[int] | None) -> bool:
-        return targets is not None
+        return targets is not None or self.needs_target
 
     def attribute(
         self, inputs: torch.Tensor, targets: list[int] | None, **options: Any
@@ -116,22 +122,27 @@ class AttentionExplainer(Explainer):
     def trace(self, inputs: torch.Tensor, targets: list[int] | None) -> AttentionTrace:
         """Capture every block's attention for ``inputs`` ``(B, C, H, W)``.
 
-        ``targets=None``: one no-grad forward. A target per image: one forward and one
+        ``targets=None``: one no-grad forward (unless :attr:`needs_target`: then the
+        predicted classes are differentiated). A target per image: one forward and one
         backward of the target logits, taken with ``torch.autograd.grad`` on the captured
         probabilities, so no parameter ``.grad`` is touched. Runs inside the guard.
         """
         has_head = targets is not None or self._has_head()
         with capture_attention(self.blocks) as capture:
-            if targets is None:
+            if targets is None and not self.needs_target:
                 logits = predict(self.model, inputs)
                 maps = capture.maps()
                 chosen = logits.argmax(dim=1) if has_head else None
                 gradients = None
             else:
-                chosen = torch.tensor(targets, device=inputs.device, dtype=torch.long)
                 with torch.enable_grad():
                     logits = self.model(inputs.detach().requires_grad_(True))
                     maps = capture.maps()
+                    chosen = (
+                        logits.detach().argmax(dim=1)
+                        if targets is None
+                        else torch.tensor(targets, device=inputs.device, dtype=torch.long)
+                    )
                     score = target_scores(logits, chosen, "logit").sum()
                     gradients = torch.autograd.grad(score, maps, allow_unused=True)
         grid, prefix = self._token_geometry(inputs, maps[0].shape[-1])

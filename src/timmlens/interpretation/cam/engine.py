@@ -338,7 +338,8 @@ def _forward_outputs(
 
     def keeper(index: int) -> Any:
         def keep(_module: nn.Module, _args: Any, output: torch.Tensor) -> None:
-            outputs[index] = output.detach()
+            # a copy: what follows may work in place on it (a residual block's ``x += ...``)
+            outputs[index] = output.detach().clone()
 
         return keep
 

@@ -322,6 +322,16 @@ class CaptumInputExplainer(Explainer):
             attributions=attributions,
         )
 
+    def attributions(self, images: Any, target_class: Any = None) -> torch.Tensor:
+        """Captum's raw attributions ``(B, C, H, W)`` for ``images`` (always batched).
+
+        The same as Captum's ``attribute`` on ``TargetScore(model)`` with this
+        explainer's settings; :meth:`explain_full` gives them with heatmaps and targets.
+        """
+        result = self.explain_full(images, target_class).attributions
+        assert result is not None  # every Captum input method returns them
+        return result
+
     # ----------------------------------------------------------- default
     def attribute(
         self, inputs: torch.Tensor, targets: list[int] | None, **kwargs: Any

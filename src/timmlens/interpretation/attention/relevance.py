@@ -1,0 +1,207 @@
+"""Gradient-based transformer relevance: Chefer et al.'s generic rule and LeGrad.
+
+Both differentiate the captured attention probabilities ``A_l`` ``(B, heads, N, N)`` of
+every global self-attention block (see :mod:`.engine`) and explain a class: the given
+one, or each image's predicted class.
+
+**chefer** (Chefer, Gur & Wolf, ICCV 2021, "Generic Attention-model Explainability for
+Interpreting Bi-Modal and Encoder-Decoder Transformers", rule (5)-(6)): ``R = I``; for
+every block ``l`` in forward order, ``Ā_l = mean_heads((dy/dA_l * A_l)^+)`` and
+``R = R + Ā_l R``. The relevance is the class token's row of ``R``; the engine keeps the
+patch tokens (distillation and register tokens are dropped). Only the one row is needed,
+so it is computed as ``e_cls (I + Ā_L) ... (I + Ā_1)`` with vector-matrix products. One
+forward and one backward pass.
+
+**legrad** (Bousselham et al., 2024, "LeGrad: An Explainability Method for Vision
+Transformers via Feature Formation Sensitivity"): every block's output tokens ``Z_l`` go
+through the model's own final norm and head, ``s_l = head(norm(Z_l))[y]``, and the map is
+``sum_l mean_{heads, queries} (ds_l/dA_l)^+``, read at the patch tokens (keys). The
+attention values are not multiplied in.
+
+``ds_l/dA_l`` only involves block ``l`` and the head, so all of them come from *one*
+backward pass: during the forward, each block after the first gets a detached copy of
+its input (same value, so the forward is unchanged), which cuts the paths from ``A_l``
+through later blocks; the logits are then replaced by ``s_L + sum_{l<L} (s_l -
+stop_grad(s_l))``, which has the logits' value and the gradient ``sum_l ds_l``. Each
+block is back-propagated once: one forward, ``L`` cheap head evaluations, one backward.
+
+Differences from torchcam's ``LeGrad`` (tested side by side in ``tests/test_relevance.py``):
+torchcam averages the blocks instead of summing them (the same map after min-max
+normalisation) and, by default, scores the *mean* of the tokens, as in the authors' CLIP
+code; here the intermediate tokens are pooled by the model's own head (the class token
+for ViT and DeiT, the average where the model averages), which is the paper's
+"classifier applied to the intermediate tokens". With the same projection both agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...errors import UnsupportedModelError
+from ..registry import register_method
+from .engine import AttentionExplainer, AttentionTrace
+
+_APPLIES_TO = "global-attention ViTs (ViT, DeiT incl. distilled, BEiT, EVA, register ViTs)"
+
+
+def _no_options(method: str, options: dict[str, Any]) -> None:
+    if options:
+        raise TypeError(f"unexpected argument(s) {', '.join(options)}; {method} takes none.")
+
+
+@register_method(
+    "chefer",
+    title="Chefer relevance",
+    kind="attention",
+    compared_by_default=False,
+    aliases=("chefer2021", "generic_attention"),
+    summary="gradient-weighted attention relevance accumulated over the blocks (ViTs)",
+    paper="Chefer, Gur & Wolf, ICCV 2021 (Generic Attention-model Explainability)",
+    formula="class-token row of R, R = I; R += mean_heads((dy/dA_l * A_l)^+) R for each block",
+    cost="1 forward + 1 backward",
+    applies_to=_APPLIES_TO + " with a class token",
+)
+class CheferRelevance(AttentionExplainer):
+    """Chefer et al.'s relevance rule for ViT-like timm models (see the module docstring).
+
+    Args:
+        model: an ``ImageClassifier`` or a bare timm model with a classification head.
+
+    Raises:
+        UnsupportedModelError: no global self-attention (CNNs, Swin), or no class token.
+    """
+
+    needs_target = True
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        if "class" not in self.token_indices:
+            raise UnsupportedModelError(
+                f"chefer: {self.adapter.architecture} ({self.adapter.family}) has no class "
+                f"token (globally pooled?), so there is no class-token row of the relevance "
+                f"to read. Use legrad, which reads the model's own head, or GradCAM."
+            )
+
+    def describe(self, targets: list[int] | None) -> str:
+        return "Chefer relevance"
+
+    def relevance(self, trace: AttentionTrace, **options: Any) -> torch.Tensor:
+        """The class-token row ``(B, N)`` of ``R = prod_l (I + Ā_l)``."""
+        _no_options("chefer", options)
+        assert trace.gradients is not None  # needs_target: the engine always differentiates
+        first = trace.maps[0]
+        batch, _, tokens, _ = first.shape
+        row = torch.zeros(batch, 1, tokens, dtype=torch.float32, device=first.device)
+        row[:, 0, self.token_indices["class"]] = 1.0
+        for attn, grad in zip(reversed(trace.maps), reversed(trace.gradients), strict=True):
+            if grad is None:  # a block the target does not reach adds nothing
+                continue
+            weighted = (grad.float() * attn.float()).clamp_min(0).mean(dim=1)
+            row = row + torch.bmm(row, weighted)
+        return row[:, 0]
+
+
+@register_method(
+    "legrad",
+    title="LeGrad",
+    kind="attention",
+    compared_by_default=False,
+    summary="positive gradients of each block's own class score w.r.t. its attention (ViTs)",
+    paper="Bousselham et al., 2024 (LeGrad, arXiv:2404.03214)",
+    formula="sum_l mean_{heads, queries} (ds_l/dA_l)^+, s_l = head(norm(Z_l))[y]",
+    cost="1 forward + 1 backward (+ the head on every block's tokens)",
+    applies_to=_APPLIES_TO,
+)
+class LeGrad(AttentionExplainer):
+    """LeGrad for ViT-like timm models (see the module docstring).
+
+    Args:
+        model: an ``ImageClassifier`` or a bare timm model with a classification head.
+
+    Raises:
+        UnsupportedModelError: no global self-attention (CNNs, Swin), or attention modules
+            that are not one per block of ``blocks`` followed by ``norm`` and the head.
+    """
+
+    needs_target = True
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.residual_blocks = self._residual_blocks()
+
+    def describe(self, targets: list[int] | None) -> str:
+        return "LeGrad"
+
+    def relevance(self, trace: AttentionTrace, **options: Any) -> torch.Tensor:
+        """``(B, N)``: positive gradients averaged over heads and queries, summed over blocks."""
+        _no_options("legrad", options)
+        assert trace.gradients is not None  # needs_target: the engine always differentiates
+        first = trace.maps[0]
+        total = torch.zeros(first.shape[0], first.shape[-1], device=first.device)
+        for grad in trace.gradients:
+            if grad is not None:
+                total = total + grad.float().clamp_min(0).mean(dim=(1, 2))
+        return total
+
+    def trace(self, inputs: torch.Tensor, targets: list[int] | None) -> AttentionTrace:
+        """The engine's trace, with each block's own score folded into the logits."""
+        with self._block_scores():
+            return super().trace(inputs, targets)
+
+    # ----------------------------------------------------------- helpers
+    def _residual_blocks(self) -> list[nn.Module]:
+        """The block around each attention module: ``timm_model.blocks``, in order."""
+        timm_model = self.adapter.timm_model
+        blocks = getattr(timm_model, "blocks", None)
+        parents = [self.model.get_submodule(b.name.rpartition(".")[0]) for b in self.blocks]
+        usable = (
+            isinstance(blocks, (nn.Sequential, nn.ModuleList))
+            and [id(m) for m in blocks] == [id(m) for m in parents]
+            and isinstance(getattr(timm_model, "norm", None), nn.Module)
+            and callable(getattr(timm_model, "forward_head", None))
+        )
+        if not usable:
+            raise UnsupportedModelError(
+                f"legrad: {self.adapter.architecture} ({self.adapter.family}) does not run its "
+                f"attention modules as one per block of its `blocks` followed by `norm` "
+                f"and `forward_head`, so the per-block class scores LeGrad differentiates cannot "
+                f"be formed. Use chefer or rollout, or GradCAM."
+            )
+        return parents
+
+    @contextmanager
+    def _block_scores(self) -> Iterator[None]:
+        """Hooks for one forward: cut the paths between blocks, add ``s_l - sg(s_l)``."""
+        timm_model = self.adapter.timm_model
+        outputs: list[torch.Tensor] = []
+
+        def cut(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            # Same value; a fresh leaf, so ds_l/dA_l stays inside block l and the head.
+            if args:
+                return (args[0].detach().requires_grad_(True), *args[1:]), kwargs
+            return args, {**kwargs, "x": kwargs["x"].detach().requires_grad_(True)}
+
+        def record(_module: nn.Module, _args: Any, output: torch.Tensor) -> None:
+            outputs.append(output)
+
+        def add_scores(_module: nn.Module, _args: Any, logits: torch.Tensor) -> torch.Tensor:
+            if not torch.is_grad_enabled():
+                return logits
+            for tokens in outputs:
+                scores = timm_model.forward_head(timm_model.norm(tokens))
+                logits = logits + (scores - scores.detach())
+            return logits
+
+        with ExitStack() as stack:
+            for index, block in enumerate(self.residual_blocks):
+                if index > 0:
+                    stack.callback(block.register_forward_pre_hook(cut, with_kwargs=True).remove)
+                if index < len(self.residual_blocks) - 1:
+                    stack.callback(block.register_forward_hook(record).remove)
+            stack.callback(timm_model.register_forward_hook(add_scores).remove)
+            yield

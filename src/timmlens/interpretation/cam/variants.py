@@ -1,0 +1,302 @@
+"""CAM variants beside GradCAM: HiResCAM, XGradCAM, LayerCAM, EigenCAM, EigenGradCAM, RandomCAM.
+
+Each is a small class on :class:`~timmlens.interpretation.cam.engine.CAMExplainer`: a
+channel-weight rule ``(A, g) -> w`` ``(B, C)`` (XGradCAM, RandomCAM) or a map rule
+``(A, g) -> (B, h, w)`` (the others). ``A`` is the layer output seen as ``(B, C, h, w)``
+and ``g`` the gradient of each image's target logit; the engine applies the ReLU,
+upsamples and normalises (see :mod:`timmlens.interpretation.cam.engine`).
+
+Each formula is checked against pytorch-grad-cam's class of the same name in
+``tests/test_cam_variants.py``; where the two differ on purpose (XGradCAM's ``eps``, the
+sign of the principal component) the function's docstring says which side follows the
+paper.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...adapters import LayerSpec
+from ..registry import register_method
+from .engine import CamContext, CAMExplainer, InterpolationMode
+
+__all__ = [
+    "EigenCAM",
+    "EigenGradCAM",
+    "HiResCAM",
+    "LayerCAM",
+    "RandomCAM",
+    "XGradCAM",
+    "first_principal_component",
+    "randomcam_weights",
+    "xgradcam_weights",
+]
+
+_GRADIENT_COST = "1 forward + 1 backward (down to the layer)"
+
+
+def xgradcam_weights(
+    activations: torch.Tensor, gradients: torch.Tensor, eps: float = 0.0
+) -> torch.Tensor:
+    """XGradCAM channel weights (Fu et al. 2020, eq. 11): -> ``(B, C)``.
+
+    ``w_k = sum_ij (A_kij / sum_ab A_kab) * g_kij``, with ``w_k = 0`` where
+    ``sum_ab A_kab + eps`` is 0 (a channel that is zero everywhere after a ReLU).
+
+    The default ``eps=0`` follows the paper. pytorch-grad-cam adds ``eps=1e-7`` to the
+    denominator; pass it to reproduce their weights exactly. The two differ only where a
+    channel's activations sum to about ``1e-7`` or less, which happens on signed layers
+    (a ViT block's ``norm1``) whose values cancel; there the paper's weight is large, as
+    its formula says.
+
+    Args:
+        activations: ``(B, C, h, w)`` layer output ``A``.
+        gradients: ``(B, C, h, w)`` gradient ``g`` of each image's target score.
+        eps: added to the per-channel activation sum.
+    """
+    denominator = activations.sum(dim=(2, 3), keepdim=True) + eps
+    nonzero = denominator != 0
+    share = torch.where(nonzero, activations / torch.where(nonzero, denominator, 1), 0)
+    return (share * gradients).sum(dim=(2, 3))
+
+
+def first_principal_component(features: torch.Tensor) -> torch.Tensor:
+    """Each image's features projected on their first principal component: -> ``(B, h, w)``.
+
+    The features of one image are read as ``h * w`` samples of ``C`` variables, centred
+    over the samples, and projected on the first right-singular vector ``v`` of that
+    ``(h*w, C)`` matrix, as pytorch-grad-cam's ``get_2d_projection`` does.
+
+    Sign convention: ``v`` and ``-v`` are both first singular vectors, and SVD routines
+    return either (pytorch-grad-cam keeps whatever numpy's LAPACK returns, so after its
+    ReLU a map can come out nearly empty, or inverted). Here the sign is chosen so that
+    ``sum_k v_k >= 0``, which is the same as the map correlating non-negatively with the
+    channel mean of the features (``<X v, X 1> = s_1^2 (v . 1)`` for the centred matrix
+    ``X``): the map points where the features are high on balance. For EigenCAM that is
+    the mean activation; for EigenGradCAM, HiResCAM's map ``sum_k g_k A_k`` (evidence for
+    the class). The result is therefore ``+-`` pytorch-grad-cam's projection, per image.
+
+    Args:
+        features: ``(B, C, h, w)``; half precision is computed in float32 (SVD needs it).
+
+    Returns:
+        ``(B, h, w)`` in the features' dtype (float32 for half-precision features).
+    """
+    batch, _, height, width = features.shape
+    if features.dtype in (torch.float16, torch.bfloat16):
+        features = features.float()
+    samples = features.flatten(2).transpose(1, 2)  # (B, h*w, C)
+    centred = samples - samples.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    component = vh[:, 0]  # (B, C)
+    sign = torch.where(component.sum(dim=1, keepdim=True) < 0, -1.0, 1.0).to(component)
+    projection = torch.einsum("bnc,bc->bn", centred, component * sign)
+    return projection.reshape(batch, height, width)
+
+
+def randomcam_weights(
+    targets: torch.Tensor, channels: int, seed: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """RandomCAM's channel weights, uniform in ``[-1, 1]``: ``(B,)`` targets -> ``(B, C)``.
+
+    The weights of an image depend only on ``(seed, its target class)``: each class draws
+    from its own ``torch.Generator`` seeded from the pair (numpy's ``SeedSequence`` mixes
+    them), so the global RNG is untouched, a batch equals its images one by one, and
+    different classes get different random maps (a baseline that still answers "which
+    class"). pytorch-grad-cam draws ``np.random.uniform(-1, 1, (B, C))`` from the global
+    numpy RNG instead: the same distribution, not the same numbers.
+
+    Returns:
+        ``(B, C)`` weights on ``targets``' device.
+    """
+    rows = {}
+    for target in targets.unique().tolist():
+        state = np.random.SeedSequence([seed, target]).generate_state(2, dtype=np.uint32)
+        generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        rows[target] = torch.rand(channels, generator=generator, dtype=torch.float64) * 2 - 1
+    weights = torch.stack([rows[target] for target in targets.tolist()])
+    return weights.to(device=targets.device, dtype=dtype)
+
+
+@register_method(
+    "hirescam",
+    title="HiResCAM",
+    kind="cam",
+    compared_by_default=False,
+    summary="element-wise gradient x activation summed over channels (faithful to the score)",
+    paper="Draelos & Carin, Use HiResCAM instead of Grad-CAM for faithful explanations of "
+    "convolutional neural networks, arXiv 2011.08891, 2020",
+    formula="ReLU(sum_k g_k * A_k) (element-wise, no spatial averaging)",
+    cost=_GRADIENT_COST,
+)
+class HiResCAM(CAMExplainer):
+    """HiResCAM (Draelos & Carin 2020): ``ReLU(sum_k g_k * A_k)``, element-wise.
+
+    GradCAM without the spatial mean of the gradients: for a head that is a global
+    average pool and a linear layer the map sums (times ``h*w``) to the target logit less
+    its bias. Same as pytorch-grad-cam's ``HiResCAM``.
+
+    Args: as :class:`~timmlens.interpretation.cam.gradcam.GradCAM`.
+    """
+
+    def cam(self, ctx: CamContext) -> torch.Tensor:
+        assert ctx.gradients is not None
+        return (ctx.gradients * ctx.activations).sum(dim=1)
+
+
+@register_method(
+    "xgradcam",
+    title="XGradCAM",
+    kind="cam",
+    compared_by_default=False,
+    summary="GradCAM with activation-weighted gradient averages (axiom-based)",
+    paper="Fu et al., Axiom-based Grad-CAM: Towards Accurate Visualization and Explanation "
+    "of CNNs, BMVC 2020",
+    formula="ReLU(sum_k w_k A_k), w_k = sum_ij (A_kij / sum_ab A_kab) g_kij",
+    cost=_GRADIENT_COST,
+)
+class XGradCAM(CAMExplainer):
+    """XGradCAM (Fu et al. 2020): weights ``w_k = sum_ij (A_kij / sum_ab A_kab) g_kij``.
+
+    See :func:`xgradcam_weights` for the zero-sum channels and pytorch-grad-cam's ``eps``
+    (not added here, as in the paper).
+
+    Args: as :class:`~timmlens.interpretation.cam.gradcam.GradCAM`.
+    """
+
+    def channel_weights(self, ctx: CamContext) -> torch.Tensor:
+        assert ctx.gradients is not None
+        return xgradcam_weights(ctx.activations, ctx.gradients)
+
+
+@register_method(
+    "layercam",
+    title="LayerCAM",
+    kind="cam",
+    compared_by_default=False,
+    summary="positive gradients weight each activation in place (finer maps on early layers)",
+    paper="Jiang et al., LayerCAM: Exploring Hierarchical Class Activation Maps for "
+    "Localization, IEEE TIP 2021",
+    formula="ReLU(sum_k ReLU(g_k) * A_k)",
+    cost=_GRADIENT_COST,
+)
+class LayerCAM(CAMExplainer):
+    """LayerCAM (Jiang et al. 2021): ``ReLU(sum_k ReLU(g_k) * A_k)``, element-wise.
+
+    Same as pytorch-grad-cam's ``LayerCAM``. The paper fuses several layers after scaling
+    shallow ones with ``tanh``; here several layers are fused as for every CAM method
+    (each upsampled map min-max normalised, then averaged).
+
+    Args: as :class:`~timmlens.interpretation.cam.gradcam.GradCAM`.
+    """
+
+    def cam(self, ctx: CamContext) -> torch.Tensor:
+        assert ctx.gradients is not None
+        return (ctx.gradients.clamp_min(0) * ctx.activations).sum(dim=1)
+
+
+@register_method(
+    "eigencam",
+    title="EigenCAM",
+    kind="cam",
+    compared_by_default=False,
+    summary="first principal component of the layer's activations (class-agnostic, no gradients)",
+    paper="Muhammad & Yeasin, Eigen-CAM: Class Activation Map using Principal Components, "
+    "IJCNN 2020",
+    formula="ReLU(A_c v_1), v_1 = first right-singular vector of the centred (h*w, C) "
+    "activations A_c, signed so that sum(v_1) >= 0",
+    cost="1 forward (no backward) + one SVD of (h*w, C) per image",
+)
+class EigenCAM(CAMExplainer):
+    """EigenCAM (Muhammad & Yeasin 2020): the activations' first principal component.
+
+    No gradients and no class: the map is the same for every target (the contract's
+    class check is replaced by that, see :attr:`class_agnostic`). See
+    :func:`first_principal_component` for the centring and the sign convention, which
+    fixes the sign pytorch-grad-cam leaves to the SVD routine.
+
+    Args: as :class:`~timmlens.interpretation.cam.gradcam.GradCAM`.
+    """
+
+    needs_gradients = False
+    class_agnostic = True
+
+    def cam(self, ctx: CamContext) -> torch.Tensor:
+        return first_principal_component(ctx.activations)
+
+
+@register_method(
+    "eigengradcam",
+    title="EigenGradCAM",
+    kind="cam",
+    compared_by_default=False,
+    summary="first principal component of gradient x activation (class-specific EigenCAM)",
+    paper="pytorch-grad-cam's variant of Eigen-CAM (Muhammad & Yeasin, IJCNN 2020) on g * A",
+    formula="ReLU(P_c v_1), P = g * A, v_1 = first right-singular vector of the centred "
+    "(h*w, C) P_c, signed so that sum(v_1) >= 0",
+    cost=_GRADIENT_COST + " + one SVD of (h*w, C) per image",
+)
+class EigenGradCAM(CAMExplainer):
+    """EigenGradCAM: the first principal component of ``g * A`` (element-wise).
+
+    pytorch-grad-cam's class-specific EigenCAM. With the sign convention of
+    :func:`first_principal_component` the map correlates non-negatively with HiResCAM's
+    ``sum_k g_k A_k``.
+
+    Args: as :class:`~timmlens.interpretation.cam.gradcam.GradCAM`.
+    """
+
+    def cam(self, ctx: CamContext) -> torch.Tensor:
+        assert ctx.gradients is not None
+        return first_principal_component(ctx.gradients * ctx.activations)
+
+
+@register_method(
+    "randomcam",
+    title="RandomCAM",
+    kind="cam",
+    compared_by_default=False,
+    summary="random channel weights: a seeded baseline for metrics to read against",
+    paper="pytorch-grad-cam's RandomCAM baseline (Gildenblat et al.)",
+    formula="ReLU(sum_k w_k A_k), w_k ~ U(-1, 1) seeded from (seed, target class)",
+    cost="1 forward (no backward)",
+)
+class RandomCAM(CAMExplainer):
+    """A seeded random baseline: ``ReLU(sum_k w_k A_k)`` with ``w_k ~ U(-1, 1)``.
+
+    Weights depend on ``(seed, target class)`` only (see :func:`randomcam_weights`):
+    repeatable, independent of the batch, different per class, and the global RNG is
+    left alone. No gradients are taken (pytorch-grad-cam's ``RandomCAM`` runs a backward
+    it does not use).
+
+    Args:
+        seed: the seed of the weights; other arguments as
+            :class:`~timmlens.interpretation.cam.gradcam.GradCAM`.
+    """
+
+    needs_gradients = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: LayerSpec = None,
+        relu: bool = True,
+        normalize: bool = True,
+        interpolate: InterpolationMode = "bilinear",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(model, target_layer, relu, normalize, interpolate)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(
+                f"RandomCAM's seed must be a non-negative int, got {seed!r}; e.g. seed=0."
+            )
+        self.seed = seed
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, seed={self.seed})"
+
+    def channel_weights(self, ctx: CamContext) -> torch.Tensor:
+        channels = ctx.activations.shape[1]
+        return randomcam_weights(ctx.targets, channels, self.seed, ctx.activations.dtype)
