@@ -202,7 +202,7 @@ def test_rule_methods_refuse_a_vit_naming_method_family_modules_and_alternative(
 def test_a_module_used_twice_is_refused_clearly():
     model = TinyCNN(reuse_relu=True)
     explainer = create_explainer("deeplift", model)
-    with pytest.raises(UnsupportedModelError, match=r"deeplift .* runs more than once"):
+    with pytest.raises(UnsupportedModelError, match=r"deeplift.* runs more than once"):
         explainer.attributions(torch.randn(1, 3, 32, 32), 1)
     assert not any(hasattr(m, "input") or hasattr(m, "output") for m in model.modules())
 

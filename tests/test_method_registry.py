@@ -36,13 +36,14 @@ from timmlens.interpretation.registry import (
 DOCS_PAGE = Path(__file__).parents[1] / "docs" / "methods" / "index.md"
 CAM = ["gradcam", "gradcampp", "scorecam", "ablationcam", "hirescam", "xgradcam", "layercam"]
 CAM += ["eigencam", "eigengradcam", "randomcam"]
-INPUT = ["ig", "smoothgrad", "saliency", "inputxgradient", "guidedbackprop", "deconvolution"]
-INPUT += ["guidedgradcam", "deeplift", "deepliftshap", "gradientshap", "lrp", "occlusion"]
-INPUT += ["featureablation", "shapley", "kernelshap", "lime", "rise"]
-ATTENTION = ["rollout", "chefer", "legrad"]
+INPUT = ["saliency", "inputxgradient", "guidedbackprop", "deconvolution", "guidedgradcam"]
+INPUT += ["deeplift", "deepliftshap", "gradientshap", "lrp", "ig", "occlusion"]
+INPUT += ["featureablation", "shapley", "kernelshap", "lime", "rise", "smoothgrad"]
+ATTENTION = ["chefer", "legrad", "rollout"]
 BUILTIN = CAM + INPUT + ATTENTION
 #: what compare_methods runs when no methods are named
 COMPARED = ["gradcam", "gradcampp", "ig", "smoothgrad", "rollout"]
+#: built-ins are ordered by module and line within their engine, whatever was imported first
 
 
 def _toy_saliency_class() -> type[Explainer]:

@@ -34,6 +34,7 @@ import importlib
 import inspect
 import itertools
 import pkgutil
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -94,6 +95,7 @@ class MethodSpec:
     compared_by_default: bool = True
     builtin: bool = field(default=False, repr=False)
     order: int = field(default=0, repr=False, compare=False)
+    line: int = field(default=0, repr=False, compare=False)
 
     @property
     def needs_attention(self) -> bool:
@@ -195,6 +197,8 @@ def register_method(
             f"(e.g. 'gradcampp'); put other spellings in aliases=."
         )
 
+    line = sys._getframe(1).f_lineno  # where the decorator stands: a stable built-in order
+
     def decorate(cls: ExplainerType) -> ExplainerType:
         if not (isinstance(cls, type) and issubclass(cls, Explainer)):
             raise TypeError(
@@ -220,6 +224,7 @@ def register_method(
             compared_by_default=compared_by_default,
             builtin=builtin,
             order=next(_COUNTER),
+            line=line,
         )
         _add(spec)
         cls.name = name
@@ -289,10 +294,19 @@ def scoped_registry() -> Iterator[None]:
         _ALIASES.update(aliases)
 
 
+def _order(spec: MethodSpec) -> tuple[int, bool, str, int]:
+    # Built-ins by module and line, so the order never depends on which module a program
+    # happened to import first; other methods in the order they were registered.
+    if spec.builtin:
+        return (KINDS.index(spec.kind), False, spec.cls.__module__, spec.line)
+    return (KINDS.index(spec.kind), True, "", spec.order)
+
+
 def _specs() -> list[MethodSpec]:
-    """Every spec in registry order: by kind, built-ins before others, then registration."""
+    """Every spec in registry order: by kind; built-ins (by module and line) before others
+    (in registration order)."""
     _load_builtin_methods()
-    return sorted(_SPECS.values(), key=lambda s: (KINDS.index(s.kind), not s.builtin, s.order))
+    return sorted(_SPECS.values(), key=_order)
 
 
 class _Methods(Mapping[str, MethodSpec]):
