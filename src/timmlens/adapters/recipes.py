@@ -61,10 +61,15 @@ RECIPE_MODELS: list[tuple[str, str, str]] = [
 
 
 def _methods_for_every_model() -> str:
-    """Titles of the registered methods that apply to every family (all but attention)."""
+    """Titles of the first-choice methods (``compared_by_default``) for every family (all but
+    attention); the methods page and the matrix list the rest."""
     from ..interpretation.registry import METHODS
 
-    return ", ".join(spec.title for spec in METHODS.values() if not spec.needs_attention)
+    return ", ".join(
+        spec.title
+        for spec in METHODS.values()
+        if spec.compared_by_default and not spec.needs_attention
+    )
 
 
 def describe_architecture(name: str) -> ModelDescription:
@@ -83,7 +88,9 @@ def recipes_markdown() -> str:
         "",
         "Generated from timmlens' adapters by `timmlens.adapters.recipes.recipes_markdown()` "
         "(`make docs`); do not edit by hand. Layer names are those of a bare timm model; "
-        "in an `ImageClassifier` they start with `backbone.` (both forms are accepted).",
+        "in an `ImageClassifier` they start with `backbone.` (both forms are accepted). "
+        "The methods column names the first choices; [every method](methods/index.md) and "
+        "[where each works](methods/matrix.md) are listed on their own pages.",
         "",
         "| family | example | default CAM layer | layout | prefix tokens | methods | tip |",
         "| --- | --- | --- | --- | ---: | --- | --- |",
