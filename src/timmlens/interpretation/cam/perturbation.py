@@ -76,6 +76,25 @@ def ablation_weights(original: torch.Tensor, ablated: torch.Tensor) -> torch.Ten
     return (original - ablated) / torch.where(original == 0, 1, original)
 
 
+class _ScoredCAM(CAMExplainer):
+    """Shared by the CAMs that weight channels by scoring modified copies (no gradients):
+    the copies run in chunks of ``max_batch`` (``None``: sized from free memory)."""
+
+    needs_gradients = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: LayerSpec = None,
+        relu: bool = True,
+        normalize: bool = True,
+        interpolate: InterpolationMode = "bilinear",
+        max_batch: int | None = None,
+    ) -> None:
+        super().__init__(model, target_layer, relu, normalize, interpolate)
+        self.max_batch = max_batch
+
+
 @register_method(
     "scorecam",
     title="ScoreCAM",
@@ -87,7 +106,7 @@ def ablation_weights(original: torch.Tensor, ablated: torch.Tensor) -> torch.Ten
     formula="ReLU(sum_k w_k A_k), w = softmax_k(y(X * norm(up(A_k))))",
     cost="1 forward + C forwards of masked images per image (C channels), in chunks",
 )
-class ScoreCAM(CAMExplainer):
+class ScoreCAM(_ScoredCAM):
     """ScoreCAM (Wang et al. 2020): each channel, as a mask on the input, votes by score.
 
     For every channel ``k``, ``M_k = minmax(upsample(A_k))`` masks the preprocessed input
@@ -108,8 +127,6 @@ class ScoreCAM(CAMExplainer):
             ``UpsamplingBilinear2d`` (then the maps equal theirs).
     """
 
-    needs_gradients = False
-
     def __init__(
         self,
         model: nn.Module,
@@ -120,8 +137,7 @@ class ScoreCAM(CAMExplainer):
         max_batch: int | None = None,
         align_corners: bool = False,
     ) -> None:
-        super().__init__(model, target_layer, relu, normalize, interpolate)
-        self.max_batch = max_batch
+        super().__init__(model, target_layer, relu, normalize, interpolate, max_batch)
         self.align_corners = align_corners
 
     def channel_weights(self, ctx: CamContext) -> torch.Tensor:
@@ -152,7 +168,7 @@ class ScoreCAM(CAMExplainer):
     cost="1 forward + C ablated copies per image through the part after the layer "
     "(the head for a last stage; the whole network otherwise), in chunks",
 )
-class AblationCAM(CAMExplainer):
+class AblationCAM(_ScoredCAM):
     """AblationCAM (Desai & Ramaswamy 2020): the score drop when a channel is zeroed.
 
     ``y`` is the target logit, ``y_k`` the logit with channel ``k`` of the layer output
@@ -172,8 +188,6 @@ class AblationCAM(CAMExplainer):
         max_batch: ablated copies per forward; ``None`` sizes chunks from free memory.
     """
 
-    needs_gradients = False
-
     def __init__(
         self,
         model: nn.Module,
@@ -183,8 +197,7 @@ class AblationCAM(CAMExplainer):
         interpolate: InterpolationMode = "bilinear",
         max_batch: int | None = None,
     ) -> None:
-        super().__init__(model, target_layer, relu, normalize, interpolate)
-        self.max_batch = max_batch
+        super().__init__(model, target_layer, relu, normalize, interpolate, max_batch)
         #: ``"suffix"`` or ``"full"``: how the last call ran its ablated copies, per layer.
         self.last_paths: list[str] = []
 
