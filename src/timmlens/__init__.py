@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         parameter_randomization_test,
     )
     from .evaluation import evaluate
+    from .saving import load_explanation
 
 __version__ = "0.1.0"
 
@@ -43,6 +44,7 @@ _EXPORTS = {
     "error_report": ".analysis",
     "evaluate": ".evaluation",
     "explain_layers": ".analysis",
+    "load_explanation": ".saving",
     "parameter_randomization_test": ".analysis",
 }
 
@@ -69,6 +71,7 @@ __all__ = [
     "evaluate",
     "explain_layers",
     "get_adapter",
+    "load_explanation",
     "load_model",
     "model_lock",
     "parameter_randomization_test",

@@ -59,3 +59,7 @@ class OutputPathError(TimmLensError, ValueError):
 
 class DistributedRunError(TimmLensError, RuntimeError):
     """Another rank of a ``torchrun`` job failed; this rank stops with that rank's message."""
+
+
+class ExplanationFileError(TimmLensError, ValueError):
+    """A file given to ``load_explanation`` that is not a saved timmlens explanation."""

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from .data import ImageGeometry, ImagesInput, picture_of, prepare_images
+from .models.weights_status import WeightsStatus, weights_status, with_weights_note
 from .interpretation._targets import validate_targets
 from .interpretation.base import num_outputs, predict
 from .interpretation.registry import (
@@ -36,8 +37,16 @@ from .interpretation.registry import (
     resolve_method,
 )
 from .naming import class_name_of, model_name_of
-from .viz.labels import explanation_title
-from .viz.static import plot_architectures, plot_curves, plot_methods, plot_overlay, save_figure
+from .saving import figure_png, geometry_json, model_metadata, save_explanation
+from .viz.labels import class_heading, explanation_title
+from .viz.static import (
+    DEFAULT_DPI,
+    plot_architectures,
+    plot_curves,
+    plot_methods,
+    plot_overlay,
+    save_figure,
+)
 
 PathLike = str | os.PathLike[str]
 #: curve steps used for insertion/deletion in the comparisons (the metrics default is 224)
@@ -56,6 +65,9 @@ class ClassPrediction:
         target_class: the class explained (the predicted one unless ``target_class`` given).
         target_name: the explained class's name.
         target_probability: the explained class's probability.
+        probabilities: ``(K,)`` every class's softmax probability (CPU).
+        model_name: the model's spec or architecture.
+        weights: whether the model's weights are trained (:class:`WeightsStatus`).
     """
 
     predicted_class: int
@@ -64,6 +76,27 @@ class ClassPrediction:
     target_class: int
     target_name: str
     target_probability: float
+    probabilities: torch.Tensor | None = field(default=None, repr=False, kw_only=True)
+    model_name: str = field(default="", kw_only=True)
+    weights: WeightsStatus = field(default_factory=WeightsStatus, kw_only=True)
+
+    @property
+    def heading(self) -> str:
+        """``"tabby (87.3%)"``, or ``"target tabby (0.0%), predicted espresso (90.4%)"``."""
+        return class_heading(
+            self.target_name, self.target_probability, self.class_name, self.probability
+        )
+
+    def _class_metadata(self) -> dict[str, Any]:
+        return {
+            "target_class": self.target_class,
+            "target_name": self.target_name,
+            "target_probability": self.target_probability,
+            "predicted_class": self.predicted_class,
+            "class_name": self.class_name,
+            "probability": self.probability,
+            "heading": self.heading,
+        }
 
 
 @dataclass
@@ -88,6 +121,35 @@ class ExplanationResult(ClassPrediction):
     image: Any = field(repr=False)
     figure: Figure | None = field(default=None, repr=False)
 
+    def save(self, path: PathLike, *, image: bool = True) -> Path:
+        """Write the heatmap and what made it to ``path`` (``.npz``; see
+        :func:`timmlens.load_explanation`); ``image`` also stores the photo. Returns the path."""
+        metadata = {
+            "kind": "quick_explain",
+            "model": {**_model_fields(self), "num_classes": _count(self.probabilities)},
+            "method": self.method,
+            "title": resolve_method(self.method).title,
+            "layer": self.layer,
+            **self._class_metadata(),
+            "geometry": geometry_json(self.geometry),
+        }
+        return save_explanation(
+            path,
+            {self.method: self.heatmap},
+            metadata,
+            probabilities=self.probabilities,
+            image=self.image if image else None,
+        )
+
+    def save_figure(self, path: PathLike, dpi: int = DEFAULT_DPI) -> Path:
+        """Save the figure (format from the suffix: ``.png``, ``.pdf``, ``.svg``)."""
+        if self.figure is None:
+            raise ValueError("this result has no figure to save.")
+        return save_figure(self.figure, path, dpi=dpi)
+
+    def _repr_png_(self) -> bytes | None:
+        return figure_png(self.figure) if self.figure is not None else None
+
 
 @dataclass
 class MethodComparison(ClassPrediction):
@@ -111,6 +173,34 @@ class MethodComparison(ClassPrediction):
     curves_path: Path | None = None
     geometry: ImageGeometry | None = field(default=None, repr=False)
     image: Any = field(default=None, repr=False)
+
+    def save(self, path: PathLike, *, image: bool = True) -> Path:
+        """Write every method's heatmap, the scores and what made them to ``path`` (``.npz``;
+        see :func:`timmlens.load_explanation`). Returns the path."""
+        metadata = {
+            "kind": "compare_methods",
+            "model": {**_model_fields(self), "num_classes": _count(self.probabilities)},
+            "method": next(iter(self.heatmaps)),
+            "methods": list(self.heatmaps),
+            "layers": self.layers,
+            "layer": next(iter(self.layers.values()), None),
+            **self._class_metadata(),
+            "geometry": geometry_json(self.geometry),
+            "scores": {
+                name: {k: float(v) for k, v in m.items() if k in _CURVES}
+                for name, m in self.metrics.items()
+            },
+        }
+        return save_explanation(
+            path,
+            self.heatmaps,
+            metadata,
+            probabilities=self.probabilities,
+            image=self.image if image else None,
+        )
+
+    def _repr_png_(self) -> bytes | None:
+        return figure_png(self.figure) if self.figure is not None else None
 
     def table(self) -> list[dict[str, Any]]:
         """One row per method: ``{"method", "layer", "insertion", "deletion"}`` (floats or NaN)."""
@@ -155,8 +245,19 @@ class ArchitectureComparison:
         """Model name -> ``(H, W)`` heatmap (each in its own model's input coordinates)."""
         return {entry.model: entry.heatmap for entry in self.entries}
 
+    def _repr_png_(self) -> bytes | None:
+        return figure_png(self.figure) if self.figure is not None else None
+
 
 _CURVES = ("insertion", "deletion")
+
+
+def _model_fields(result: ClassPrediction) -> dict[str, Any]:
+    return {"name": result.model_name, "weights": result.weights.to_json()}
+
+
+def _count(probabilities: torch.Tensor | None) -> int | None:
+    return None if probabilities is None else int(probabilities.shape[-1])
 
 
 # ----------------------------------------------------------------- helpers
@@ -233,37 +334,49 @@ def _class_fields(
         "target_class": target,
         "target_name": class_name_of(model, target),
         "target_probability": probability,
+        "probabilities": prediction.probabilities,
+        "model_name": model_name_of(model),
+        "weights": weights_status(model),
     }
 
 
 def _heading(model: nn.Module, prediction: _Prediction, target: int) -> tuple[str, float]:
-    """The explained class's label (with the prediction when it differs) and probability."""
-    label = class_name_of(model, target)
-    if target != prediction.predicted:
-        top = class_name_of(model, prediction.predicted)
-        label = f"{label}; predicted {top} ({prediction.probabilities[prediction.predicted]:.1%})"
-    return label, float(prediction.probabilities[target])
+    """The explained class and, when it is another class, the prediction, each with its
+    own probability (``"target tabby (0.0%), predicted espresso (90.4%)"``); and the
+    explained class's probability."""
+    probability = float(prediction.probabilities[target])
+    predicted = prediction.predicted
+    label = class_heading(
+        class_name_of(model, target),
+        probability,
+        class_name_of(model, predicted),
+        float(prediction.probabilities[predicted]),
+    )
+    return label, probability
 
 
 # ----------------------------------------------------------------- public
 def quick_explain(
     model: nn.Module,
     image: ImagesInput,
-    save_path: PathLike | None = "explanation.png",
+    save_path: PathLike | None = None,
     method: str | None = None,
     target_class: int | str | None = None,
     *,
     method_options: Mapping[str, Any] | None = None,
     note: str | None = None,
-    cmap: str = "jet",
+    cmap: str | None = None,
     alpha: float = 0.5,
+    crop: str = "mark",
+    dpi: int = DEFAULT_DPI,
 ) -> ExplanationResult:
-    """Predict, explain, and save a figure, in one call.
+    """Predict, explain, and draw a figure, in one call; saved only when ``save_path`` is given.
 
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
         image: one image (PIL, path, ``HWC`` array, or a preprocessed ``CHW`` tensor).
-        save_path: where to save the figure (``None``: do not save).
+        save_path: where to save the figure (default ``None``: nothing is written); the
+            format follows the suffix (``.png``, ``.pdf``, ``.svg``; none: ``.png`` added).
         method: a registry name (``"gradcam"``, ``"gradcampp"``, ``"ig"``,
             ``"smoothgrad"``, ``"rollout"``); ``None`` picks the family's best:
             class-specific attention rollout for ViT-like models with global attention,
@@ -271,11 +384,17 @@ def quick_explain(
         target_class: the class to explain (an index or a class name such as ``"tabby"``);
             ``None`` explains the predicted class.
         method_options: constructor options of the explainer (``{"target_layer": ...}``).
-        note: added to the title, e.g. ``"random weights"``.
-        cmap, alpha: colormap and opacity of the overlay.
+        note: added to the title; a model with random weights or a new untrained head is
+            labelled so in any case (:func:`timmlens.models.weights_status`).
+        cmap: colormap (default ``"inferno"``, see :data:`timmlens.viz.static.DEFAULT_CMAP`).
+        alpha: opacity of the overlay.
+        crop: the part of the photo outside the model's crop: ``"mark"`` (hatched),
+            ``"only"`` (left out) or ``"plain"``.
+        dpi: resolution of the saved figure.
 
     Returns:
-        An :class:`ExplanationResult` (heatmap ``(H, W)`` in model-input coordinates).
+        An :class:`ExplanationResult` (heatmap ``(H, W)`` in model-input coordinates;
+        ``result.save(path)`` writes it to ``.npz``, ``result.figure`` is the figure).
     """
     name = resolve_method(method).name if method is not None else default_method(model)
     prediction = _predict(model, image)
@@ -288,13 +407,13 @@ def quick_explain(
         heatmap,
         prediction.geometry,
         label=label,
-        probability=probability,
         method=method_text,
-        note=note,
+        note=with_weights_note(model, note),
         cmap=cmap,
         alpha=alpha,
+        crop=crop,
     )
-    path = save_figure(figure, save_path) if save_path is not None else None
+    path = save_figure(figure, save_path, dpi=dpi) if save_path is not None else None
     return ExplanationResult(
         **_class_fields(model, prediction, target, probability),
         heatmap=heatmap,
@@ -324,8 +443,10 @@ def compare_methods(
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     metric_steps: int = COMPARISON_METRIC_STEPS,
     note: str | None = None,
-    cmap: str = "jet",
+    cmap: str | None = None,
     alpha: float = 0.5,
+    crop: str = "mark",
+    dpi: int = DEFAULT_DPI,
 ) -> MethodComparison:
     """Several methods on one image, for the same class: one heatmap per method.
 
@@ -344,7 +465,8 @@ def compare_methods(
             and plot their curves.
         target_class: the class to explain; ``None``: the predicted class.
         method_options: per method, constructor options, e.g. ``{"ig": {"n_steps": 16}}``.
-        note: added to the titles, e.g. ``"random weights"``.
+        note: added to the titles; random weights and untrained heads are labelled anyway.
+        cmap, alpha, crop, dpi: as for :func:`quick_explain`.
 
     Returns:
         A :class:`MethodComparison`; ``heatmaps[name]`` is ``(H, W)`` on CPU.
@@ -379,23 +501,25 @@ def compare_methods(
         {titles[name]: heatmaps[name] for name in names},
         prediction.geometry,
         label=f"{model_name_of(model)}: {label}",
-        probability=probability,
-        note=note,
+        note=with_weights_note(model, note),
         scores=scores or None,
         cmap=cmap,
         alpha=alpha,
+        crop=crop,
     )
-    path = save_figure(figure, save_path) if save_path is not None else None
+    path = save_figure(figure, save_path, dpi=dpi) if save_path is not None else None
     curves_figure = curves_path = None
     if metrics:
         curves_figure = plot_curves(
             {titles[n]: m["insertion"] for n, m in metrics.items()},
             {titles[n]: m["deletion"] for n, m in metrics.items()},
-            title=explanation_title(label, probability, model_name_of(model), note),
+            title=explanation_title(
+                f"{model_name_of(model)}: {label}", None, None, with_weights_note(model, note)
+            ),
         )
         curves_path = _curves_path(path)
         if curves_path is not None:
-            save_figure(curves_figure, curves_path)
+            save_figure(curves_figure, curves_path, dpi=dpi)
     return MethodComparison(
         **_class_fields(model, prediction, target, probability),
         heatmaps=heatmaps,
@@ -421,8 +545,10 @@ def compare_architectures(
     notes: Mapping[str, str | None] | Sequence[str | None] | None = None,
     method_options: Mapping[str, Any] | None = None,
     metric_steps: int = COMPARISON_METRIC_STEPS,
-    cmap: str = "jet",
+    cmap: str | None = None,
     alpha: float = 0.5,
+    crop: str = "mark",
+    dpi: int = DEFAULT_DPI,
 ) -> ArchitectureComparison:
     """One image through several models, each explained with the same method.
 
@@ -436,8 +562,10 @@ def compare_architectures(
         save_path: where to save the overlay grid (curves: ``<stem>_curves.png``).
         with_metrics: also compute insertion and deletion AUCs per model.
         target_class: one class for every model; ``None``: each model's predicted class.
-        notes: per model a note for its title (e.g. ``"random weights"``), by name or order.
+        notes: per model a note for its title, by name or order; models with random
+            weights or a new untrained head are labelled so in any case.
         method_options: constructor options of the explainer, for every model.
+        cmap, alpha, crop, dpi: as for :func:`quick_explain`.
 
     Returns:
         An :class:`ArchitectureComparison`; each heatmap is ``(H, W)`` in its own model's
@@ -482,7 +610,7 @@ def compare_architectures(
                 method=chosen,
                 layer=layer,
                 geometry=prediction.geometry,
-                note=note_of.get(name),
+                note=with_weights_note(model, note_of.get(name)),
                 metrics=metrics,
             )
         )
@@ -492,14 +620,13 @@ def compare_architectures(
             "heatmap": entry.heatmap,
             "geometry": entry.geometry,
             "label": label,
-            "probability": entry.target_probability,
             "method": resolve_method(entry.method).title,
             "note": entry.note,
         }
         for entry, label in zip(entries, labels, strict=True)
     ]
-    figure = plot_architectures(picture, panels, cmap=cmap, alpha=alpha)
-    path = save_figure(figure, save_path) if save_path is not None else None
+    figure = plot_architectures(picture, panels, cmap=cmap, alpha=alpha, crop=crop)
+    path = save_figure(figure, save_path, dpi=dpi) if save_path is not None else None
     curves_figure = curves_path = None
     if with_metrics:
 
@@ -513,5 +640,5 @@ def compare_architectures(
         )
         curves_path = _curves_path(path)
         if curves_path is not None:
-            save_figure(curves_figure, curves_path)
+            save_figure(curves_figure, curves_path, dpi=dpi)
     return ArchitectureComparison(entries, figure, path, curves_figure, curves_path)

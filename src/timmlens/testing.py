@@ -16,8 +16,11 @@ from torch import nn
 def make_explainable(model: nn.Module, seed: int = 0) -> nn.Module:
     """Re-draw norm affines, layer scales and linear heads of ``model`` in place (seeded).
 
-    Returns the same model, in eval mode, for chaining.
+    Returns the same model, in eval mode, for chaining, marked as having random weights
+    (:func:`timmlens.models.mark_random_weights`), so its figures say so.
     """
+    from .models.weights_status import mark_random_weights
+
     generator = torch.Generator().manual_seed(seed)
 
     def draw(shape: torch.Size, low: float, high: float) -> torch.Tensor:
@@ -38,7 +41,7 @@ def make_explainable(model: nn.Module, seed: int = 0) -> nn.Module:
             param.copy_(draw(param.shape, -0.1, 0.1).to(param))
         elif isinstance(module, nn.Linear) and leaf == "weight" and param.abs().max() == 0:
             param.copy_((draw(param.shape, -1, 1) / param.shape[1] ** 0.5).to(param))
-    return model.eval()
+    return mark_random_weights(model.eval())
 
 
 def explainable_model(name: str, seed: int = 0, **timm_kwargs: object) -> nn.Module:

@@ -22,6 +22,7 @@ from ..interpretation._targets import TargetInput
 from ..interpretation.base import normalize_maps
 from ..interpretation.cam.engine import upsample_maps
 from ..interpretation.registry import create_explainer, layer_methods, resolve_method
+from ..models.weights_status import weights_status
 from ..naming import class_name_of
 
 #: A registry name of a method that taps a layer (``uses_layer``), such as ``"gradcam"``.
@@ -46,6 +47,8 @@ class LayerHierarchy:
         pictures: per image, the original photo (or the de-normalised input).
         geometries: per image, how the photo became the model input.
         single: whether one image was passed.
+        note: the model's weights note (``"random weights"``, ...; ``None`` when trained),
+            shown in the figure's title.
     """
 
     layers: list[str]
@@ -59,6 +62,7 @@ class LayerHierarchy:
     pictures: list[Any] = field(repr=False)
     geometries: list[ImageGeometry] = field(repr=False)
     single: bool = False
+    note: str | None = None
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -175,4 +179,5 @@ def explain_layers(
         pictures=[picture_of(batch, i, model) for i in range(len(batch))],
         geometries=list(batch.geometries),
         single=batch.single,
+        note=weights_status(model).note,
     )

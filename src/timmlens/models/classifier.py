@@ -12,6 +12,7 @@ from torch import nn
 
 from .._model_state import model_lock
 from .loading import PathLike, create_timm_model
+from .weights_status import WeightsStatus, has_random_mark
 
 
 class UntrainedHeadWarning(UserWarning):
@@ -46,6 +47,9 @@ class ImageClassifier(nn.Module):
             another number creates a new, untrained head (warned); for a model passed
             in, that head sits on a copy of it.
         weights: a weights file for an architecture-name ``backbone``.
+        pretrained: for a timm name with a pretrained tag, whether to load its weights
+            (``False``: random weights); for a module passed in, ``False`` states that its
+            weights are random, so every figure says so (the module is not changed).
         timm_kwargs: passed to ``timm.create_model`` (e.g. ``img_size=64``).
 
     Shapes:
@@ -64,6 +68,8 @@ class ImageClassifier(nn.Module):
     ) -> None:
         super().__init__()
         user_module = isinstance(backbone, nn.Module)
+        # A module passed in is taken as trained unless the caller says otherwise.
+        self._declared_random = user_module and not pretrained
         if isinstance(backbone, nn.Module):
             model = backbone
             self.spec = type(backbone).__name__
@@ -160,8 +166,17 @@ class ImageClassifier(nn.Module):
     def has_new_head(self) -> bool:
         return self.num_classes != self.pretrained_num_classes
 
+    @property
+    def weights_status(self) -> WeightsStatus:
+        """Random weights, a new untrained head, or trained (read by every figure and file)."""
+        random = self._declared_random or has_random_mark(self) or has_random_mark(self.backbone)
+        return WeightsStatus(random, self.num_classes if self.has_new_head else None)
+
     def extra_repr(self) -> str:
-        return f"spec={self.spec!r}, num_classes={self.num_classes}"
+        note = self.weights_status.note
+        return f"spec={self.spec!r}, num_classes={self.num_classes}" + (
+            f", {note}" if note else ""
+        )
 
 
 def load_model(

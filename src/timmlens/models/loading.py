@@ -25,6 +25,7 @@ from ..errors import ModelLoadError, WeightsMismatchError
 from .bundled import BUNDLED_PREFIX, check_bundled_spec, create_bundled_model
 from .hf_config import read_model_config
 from .hub import WEIGHT_FILES, resolve_hub_folder
+from .weights_status import mark_random_weights
 
 HUB_PREFIX = "hf-hub:"
 PathLike = str | os.PathLike[str]
@@ -192,5 +193,6 @@ def create_timm_model(
             RandomWeightsWarning,
             stacklevel=3,
         )
-        return timm.create_model(architecture, pretrained=False, **timm_kwargs).eval()
+        model = timm.create_model(architecture, pretrained=False, **timm_kwargs).eval()
+        return mark_random_weights(model)  # titles, pages and file names say so
     return create_timm_model(f"{HUB_PREFIX}timm/{spec_str}", cache_dir=cache_dir, **timm_kwargs)

@@ -127,3 +127,14 @@ def jpeg_data_uri(picture: np.ndarray, quality: int = 90) -> str:
     buffer = io.BytesIO()
     Image.fromarray(picture).save(buffer, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def crop_on_picture(geometry: ImageGeometry) -> tuple[float, float, float, float]:
+    """The model input's crop box in original-photo pixels: ``(top, left, height, width)``.
+
+    It may extend past the photo where the preprocessing padded.
+    """
+    top, left, crop_h, crop_w = geometry.crop_box
+    sy = geometry.original_size[0] / geometry.resized_size[0]
+    sx = geometry.original_size[1] / geometry.resized_size[1]
+    return top * sy, left * sx, crop_h * sy, crop_w * sx

@@ -6,6 +6,7 @@ Nothing here runs a model: callers pass class indices, probabilities and counts.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -66,6 +67,48 @@ def explanation_title(
     if note:
         title = f"{title} [{note}]" if title else f"[{note}]"
     return title
+
+
+def class_heading(
+    target: str,
+    target_probability: float | None,
+    predicted: str | None = None,
+    predicted_probability: float | None = None,
+) -> str:
+    """The explained class, and the prediction when it is another class, each labelled.
+
+    ``"tabby (87.3%)"`` when the target is the prediction; else
+    ``"target tabby (0.0%), predicted espresso (90.4%)"``, never a probability that could
+    be read as the other class's.
+    """
+    own = explanation_title(target, target_probability)
+    if predicted is None or predicted == target:
+        return own
+    return f"target {own}, predicted {explanation_title(predicted, predicted_probability)}"
+
+
+#: where a title may break: after " - ", "; ", ", ", ": " and before " [" (never in a name)
+_BREAKS = re.compile(r"(?<= - )|(?<=; )|(?<=, )|(?<=: )|(?= \[)")
+
+
+def wrap_title(text: str, width: int) -> str:
+    """``text`` in lines of about ``width`` characters, broken only between its parts.
+
+    Class, model, method and layer names are never cut (``textwrap`` would break
+    ``"hf-hub:timm/vit_tiny_patch16_224"`` or ``"tiger cat"`` anywhere); a part longer
+    than ``width`` gets a line of its own.
+    """
+    lines: list[str] = []
+    for raw in text.splitlines() or [""]:
+        line = ""
+        for piece in (p for p in _BREAKS.split(raw) if p):
+            if line.strip() and len(line.rstrip()) + len(piece.rstrip()) > width:
+                lines.append(line.rstrip().removesuffix(" -"))  # the break separates
+                line = piece.lstrip()
+            else:
+                line += piece
+        lines.append(line.rstrip())
+    return "\n".join(lines)
 
 
 def mpl_text(text: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +26,48 @@ from ..data import ImageGeometry
 from .arrays import (
     HeatmapLike,
     PictureLike,
+    crop_on_picture,
     heatmap_on_picture,
     picture_array,
     to_numpy,
     value_range,
 )
-from .labels import explanation_title, mpl_text
+from .labels import explanation_title, mpl_text, wrap_title
 
-DEFAULT_CMAP = "jet"
+#: The default colormap of heatmaps, chosen on purpose: ``"inferno"`` is perceptually
+#: uniform (equal steps in relevance look like equal steps in colour, so the figure shows
+#: no edges the map does not have, unlike ``"jet"``), stays ordered in greyscale print and
+#: for colour-blind readers, and its bright end marks high relevance. Signed maps get
+#: :data:`DIVERGING_CMAP`, centred on 0. Every function takes ``cmap=`` to choose another.
+DEFAULT_CMAP = "inferno"
+DIVERGING_CMAP = "RdBu_r"
 DEFAULT_ALPHA = 0.5
+#: ``crop=``: how the part of the photo the preprocessing cut away is drawn. ``"mark"``:
+#: the whole photo, with that part hatched and the crop outlined; ``"only"``: just the
+#: crop the model saw; ``"plain"``: the whole photo, that part merely left uncoloured.
+CROP_MODES = ("mark", "only", "plain")
+COLORBAR_LABEL = "relevance"
+#: characters of a 9 pt title per inch of axes width (wrapping between parts only)
+_CHARS_PER_INCH = 11
+_OUTSIDE_CROP = {"facecolor": (0.15, 0.15, 0.15, 0.5), "edgecolor": (1, 1, 1, 0.45)}
+
+
+def _cmap_for(cmap: str | None, vmin: float) -> str:
+    return cmap or (DIVERGING_CMAP if vmin < 0 else DEFAULT_CMAP)
+
+
+def _check_crop(crop: str) -> None:
+    if crop not in CROP_MODES:
+        raise ValueError(f"crop must be one of {CROP_MODES}, got {crop!r}.")
+
+
+def scale_label(vmin: float, vmax: float, peak: float, base: str = COLORBAR_LABEL) -> str:
+    """What the colour scale shows: signed, or saturated above a percentile, or plain."""
+    if vmin < 0:
+        return f"{base} (signed; blue < 0 < red)"
+    if vmax < peak:
+        return f"{base} (top 0.5% saturated)"
+    return base
 
 
 @dataclass
@@ -55,36 +87,108 @@ class OverlayPanel:
     title: str = ""
 
 
+def _outside_crop(
+    geometry: ImageGeometry, size: tuple[int, int]
+) -> tuple[list[tuple[float, float, float, float]], tuple[float, float, float, float]] | None:
+    """Strips ``(x, y, w, h)`` of the photo outside the crop, and the crop box; None: no such part."""
+    top, left, crop_h, crop_w = crop_on_picture(geometry)
+    height, width = size
+    y0, x0 = max(top, 0.0), max(left, 0.0)
+    y1, x1 = min(top + crop_h, height), min(left + crop_w, width)
+    if y0 < 0.5 and x0 < 0.5 and y1 > height - 0.5 and x1 > width - 0.5:
+        return None
+    strips = [
+        (0, 0, width, y0),
+        (0, y1, width, height - y1),
+        (0, y0, x0, y1 - y0),
+        (x1, y0, width - x1, y1 - y0),
+    ]
+    # Pixel centres sit at integers: a pixel spans [i - 0.5, i + 0.5].
+    shifted = [(x - 0.5, y - 0.5, w, h) for x, y, w, h in strips if w > 0.5 and h > 0.5]
+    return shifted, (x0 - 0.5, y0 - 0.5, x1 - x0, y1 - y0)
+
+
+def _draw_crop(ax: Axes, geometry: ImageGeometry | None, size: tuple[int, int], crop: str) -> None:
+    """Hatch what the model did not see (``"mark"``) or zoom to what it saw (``"only"``)."""
+    if geometry is None or crop == "plain":
+        return
+    outside = _outside_crop(geometry, size)
+    if outside is None:
+        return
+    strips, (x, y, w, h) = outside
+    if crop == "only":
+        ax.set_xlim(x, x + w)
+        ax.set_ylim(y + h, y)
+        return
+    from matplotlib.patches import Rectangle
+
+    for sx, sy, sw, sh in strips:
+        ax.add_patch(Rectangle((sx, sy), sw, sh, hatch="//", linewidth=0, **_OUTSIDE_CROP))
+    ax.add_patch(
+        Rectangle((x, y), w, h, fill=False, edgecolor="white", linestyle="--", linewidth=1.0)
+    )
+
+
 def draw_overlay(
     ax: Axes,
     image: PictureLike,
     heatmap: HeatmapLike | None,
     geometry: ImageGeometry | None = None,
     *,
-    cmap: str = DEFAULT_CMAP,
+    cmap: str | None = None,
     alpha: float = DEFAULT_ALPHA,
     title: str = "",
     colorbar: bool = False,
+    colorbar_label: str | None = None,
+    crop: str = "mark",
 ) -> Any:
     """Draw ``heatmap`` over ``image`` on ``ax``; returns the heatmap's ``AxesImage`` (or None).
 
-    The axes show the original photo at its own size ``(H0, W0)``.
+    The axes show the original photo at its own size ``(H0, W0)``; ``crop`` (see
+    :data:`CROP_MODES`) says how the part outside the model's crop is drawn. The
+    returned image's label (``get_label()``) is its colour bar's label.
     """
+    _check_crop(crop)
     picture = picture_array(image)
     ax.imshow(picture)
     shown = None
     if heatmap is not None:
         on_picture = heatmap_on_picture(heatmap, picture.shape[:2], geometry)
         vmin, vmax = value_range(on_picture)
+        finite = on_picture[np.isfinite(on_picture)]
+        peak = float(np.abs(finite).max()) if finite.size else vmax
         shown = ax.imshow(
-            np.ma.masked_invalid(on_picture), cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax
+            np.ma.masked_invalid(on_picture),
+            cmap=_cmap_for(cmap, vmin),
+            alpha=alpha,
+            vmin=vmin,
+            vmax=vmax,
         )
+        shown.set_label(colorbar_label or scale_label(vmin, vmax, peak))
         if colorbar:
-            bar = ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, shrink=0.8)
-            bar.solids.set_alpha(1.0)  # the scale itself, not its blend with the photo
+            add_colorbar(shown, ax)
+    _draw_crop(ax, geometry, picture.shape[:2], crop)
     ax.set_title(mpl_text(title), fontsize=9)
     ax.set_axis_off()
     return shown
+
+
+def add_colorbar(shown: Any, axes: Axes | Sequence[Axes], label: str | None = None) -> Any:
+    """A labelled colour bar for ``shown`` (an ``AxesImage``) beside ``axes``."""
+    ax = axes if isinstance(axes, Axes) else list(axes)
+    bar = shown.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, shrink=0.8)
+    bar.solids.set_alpha(1.0)  # the scale itself, not its blend with the photo
+    bar.set_label(mpl_text(label or shown.get_label()), fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return bar
+
+
+def _panel_height(image: PictureLike, panel_width: float, titles: Sequence[str]) -> float:
+    """Inches for one row of panels: the photo at its aspect ratio plus its title lines."""
+    height, width = picture_array(image).shape[:2]
+    aspect = min(1.6, max(0.4, height / width))
+    lines = max((t.count("\n") + 1 for t in titles if t), default=0)
+    return panel_width * aspect + 0.18 * lines + 0.15
 
 
 def _grid_shape(count: int, ncols: int | None) -> tuple[int, int]:
@@ -92,34 +196,73 @@ def _grid_shape(count: int, ncols: int | None) -> tuple[int, int]:
     return math.ceil(count / ncols), ncols
 
 
+def _scale_of(shown: Any) -> tuple[Any, ...]:
+    return (*shown.get_clim(), shown.get_cmap().name, shown.get_label())
+
+
+def _colorbars(shown: list[tuple[Axes, Any]]) -> None:
+    """One colour bar for the whole grid when every map has the same scale, else one each."""
+    if not shown:
+        return
+    if len({_scale_of(image) for _, image in shown}) == 1:
+        add_colorbar(shown[0][1], [ax for ax, _ in shown])
+        return
+    for ax, image in shown:
+        add_colorbar(image, ax)
+
+
 def plot_grid(
     panels: Sequence[OverlayPanel],
     *,
     ncols: int | None = None,
     suptitle: str | None = None,
-    cmap: str = DEFAULT_CMAP,
+    cmap: str | None = None,
     alpha: float = DEFAULT_ALPHA,
     panel_size: float = 3.2,
+    colorbar: bool = True,
+    crop: str = "mark",
 ) -> Figure:
-    """Panels in a grid (``ncols`` per row, default all in one row); unused axes hidden."""
+    """Panels in a grid (``ncols`` per row, default all in one row); unused axes hidden.
+
+    With ``colorbar`` the heatmaps get one labelled colour bar when they share a scale,
+    else one each. Titles break only between their parts, never inside a name.
+    """
     if not panels:
         raise ValueError("nothing to plot: pass at least one panel.")
     rows, cols = _grid_shape(len(panels), ncols)
+    width = max(16, round(panel_size * _CHARS_PER_INCH))
+    titles = [wrap_title(panel.title, width) for panel in panels]
+    fig_width = panel_size * cols + 0.8
+    heading = wrap_title(suptitle, round(fig_width * _CHARS_PER_INCH * 0.85)) if suptitle else ""
     fig = Figure(
         layout="constrained",
-        figsize=(panel_size * cols, panel_size * rows + (0.5 if suptitle else 0.2)),
+        figsize=(
+            fig_width,
+            rows * _panel_height(panels[0].image, panel_size, titles)
+            + (0.25 * (heading.count("\n") + 1) if heading else 0.1),
+        ),
     )
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    width = max(16, round(panel_size * 11))  # characters that fit above a panel at 9 pt
-    for ax, panel in zip(axes, panels, strict=False):
-        title = "\n".join(textwrap.fill(line, width) for line in panel.title.splitlines())
-        draw_overlay(
-            ax, panel.image, panel.heatmap, panel.geometry, cmap=cmap, alpha=alpha, title=title
+    heat: list[tuple[Axes, Any]] = []
+    for ax, panel, title in zip(axes, panels, titles, strict=False):
+        shown = draw_overlay(
+            ax,
+            panel.image,
+            panel.heatmap,
+            panel.geometry,
+            cmap=cmap,
+            alpha=alpha,
+            title=title,
+            crop=crop,
         )
+        if shown is not None:
+            heat.append((ax, shown))
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    if suptitle:
-        fig.suptitle(mpl_text(suptitle), fontsize=11)
+    if colorbar:
+        _colorbars(heat)
+    if heading:
+        fig.suptitle(mpl_text(heading), fontsize=11)
     return fig
 
 
@@ -133,10 +276,12 @@ def plot_overlay(
     method: str | None = None,
     note: str | None = None,
     title: str | None = None,
-    cmap: str = DEFAULT_CMAP,
+    cmap: str | None = None,
     alpha: float = DEFAULT_ALPHA,
     show_original: bool = True,
     colorbar: bool = True,
+    colorbar_label: str | None = None,
+    crop: str = "mark",
 ) -> Figure:
     """The original photo and the heatmap over it (one figure, one or two axes).
 
@@ -145,19 +290,34 @@ def plot_overlay(
         heatmap: ``(H, W)`` in model-input coordinates.
         geometry: from ``prepare_images(...).geometries[i]``; maps the heatmap onto the photo.
         label, probability, method, note: compose the title,
-            e.g. ``"tiger cat (87.3%) - gradcam [random weights]"``; ``title`` replaces it.
-        cmap, alpha: colormap and opacity of the heatmap.
+            e.g. ``"tiger cat (87.3%) - GradCAM [random weights]"``; ``title`` replaces it.
+        cmap: colormap (default :data:`DEFAULT_CMAP`, :data:`DIVERGING_CMAP` for signed maps).
+        alpha: opacity of the heatmap.
         show_original: also show the bare photo on the left.
-        colorbar: draw a colour bar next to the overlay.
+        colorbar: draw a labelled colour bar next to the overlay.
+        crop: the part outside the model's crop: ``"mark"`` (hatched), ``"only"`` (left
+            out), ``"plain"`` (uncoloured); see :data:`CROP_MODES`.
     """
     text = title if title is not None else explanation_title(label, probability, method, note)
+    text = wrap_title(text, round(4.2 * _CHARS_PER_INCH))
     ncols = 2 if show_original else 1
-    fig = Figure(layout="constrained", figsize=(4.2 * ncols + 0.6, 4.4))
+    fig = Figure(
+        layout="constrained", figsize=(4.2 * ncols + 0.8, _panel_height(image, 4.2, [text]) + 0.1)
+    )
     axes = np.atleast_1d(fig.subplots(1, ncols)).ravel()
     if show_original:
-        draw_overlay(axes[0], image, None, title="original")
+        draw_overlay(axes[0], image, None, geometry, title="original", crop=crop)
     draw_overlay(
-        axes[-1], image, heatmap, geometry, cmap=cmap, alpha=alpha, title=text, colorbar=colorbar
+        axes[-1],
+        image,
+        heatmap,
+        geometry,
+        cmap=cmap,
+        alpha=alpha,
+        title=text,
+        colorbar=colorbar,
+        colorbar_label=colorbar_label,
+        crop=crop,
     )
     return fig
 
@@ -171,8 +331,9 @@ def plot_methods(
     probability: float | None = None,
     note: str | None = None,
     scores: Mapping[str, str] | None = None,
-    cmap: str = DEFAULT_CMAP,
+    cmap: str | None = None,
     alpha: float = DEFAULT_ALPHA,
+    crop: str = "mark",
     ncols: int | None = None,
 ) -> Figure:
     """Several methods on one image: the photo, then one overlay per method.
@@ -186,7 +347,8 @@ def plot_methods(
         extra = f"\n{scores[method]}" if scores and method in scores else ""
         panels.append(OverlayPanel(image, heatmap, geometry, f"{method}{extra}"))
     suptitle = explanation_title(label, probability, None, note)
-    return plot_grid(panels, ncols=ncols, suptitle=suptitle or None, cmap=cmap, alpha=alpha)
+    return plot_grid(panels, ncols=ncols, suptitle=suptitle or None, cmap=cmap, alpha=alpha, crop=crop
+    )
 
 
 def plot_images(
@@ -198,8 +360,9 @@ def plot_images(
     probabilities: Sequence[float | None] | None = None,
     method: str | None = None,
     note: str | None = None,
-    cmap: str = DEFAULT_CMAP,
+    cmap: str | None = None,
     alpha: float = DEFAULT_ALPHA,
+    crop: str = "mark",
     ncols: int | None = 4,
 ) -> Figure:
     """One method on several images: one overlay per image, titled with its class.
@@ -222,7 +385,8 @@ def plot_images(
         geometry = geometries[i] if geometries else None
         panels.append(OverlayPanel(images[i], maps[i], geometry, title))
     suptitle = explanation_title(None, None, method, note)
-    return plot_grid(panels, ncols=ncols, suptitle=suptitle or None, cmap=cmap, alpha=alpha)
+    return plot_grid(panels, ncols=ncols, suptitle=suptitle or None, cmap=cmap, alpha=alpha, crop=crop
+    )
 
 
 def plot_architectures(
@@ -230,8 +394,9 @@ def plot_architectures(
     results: Sequence[Mapping[str, Any]],
     *,
     suptitle: str | None = None,
-    cmap: str = DEFAULT_CMAP,
+    cmap: str | None = None,
     alpha: float = DEFAULT_ALPHA,
+    crop: str = "mark",
     ncols: int | None = None,
 ) -> Figure:
     """Several models on one image: one overlay per model.
@@ -251,7 +416,7 @@ def plot_architectures(
         panels.append(
             OverlayPanel(image, entry["heatmap"], entry.get("geometry"), f"{head}\n{body}")
         )
-    return plot_grid(panels, ncols=ncols, suptitle=suptitle, cmap=cmap, alpha=alpha)
+    return plot_grid(panels, ncols=ncols, suptitle=suptitle, cmap=cmap, alpha=alpha, crop=crop)
 
 
 def plot_layers(
@@ -259,8 +424,9 @@ def plot_layers(
     *,
     images: Sequence[int] | None = None,
     note: str | None = None,
-    cmap: str = DEFAULT_CMAP,
+    cmap: str | None = None,
     alpha: float = DEFAULT_ALPHA,
+    crop: str = "mark",
     panel_size: float = 2.4,
 ) -> Figure:
     """A layer hierarchy as a grid: one row per image, the photo then early to late layers.
@@ -268,7 +434,7 @@ def plot_layers(
     Args:
         hierarchy: a :class:`timmlens.analysis.LayerHierarchy` (from ``explain_layers``).
         images: which images of the batch to show (default all).
-        note: added to the title, e.g. ``"random weights"``.
+        note: added to the title (default the hierarchy's own, e.g. ``"random weights"``).
     """
     rows = list(range(hierarchy.heatmaps.shape[1])) if images is None else list(images)
     panels = []
@@ -280,6 +446,7 @@ def plot_layers(
             hierarchy.layers, hierarchy.grid_sizes, hierarchy.heatmaps, strict=True
         ):
             panels.append(OverlayPanel(picture, maps[i], geometry, f"{layer}\n{h}x{w}"))
+    note = note if note is not None else getattr(hierarchy, "note", None)
     suptitle = explanation_title(None, None, f"{hierarchy.method}, early to late layers", note)
     return plot_grid(
         panels,
@@ -287,6 +454,7 @@ def plot_layers(
         suptitle=suptitle,
         cmap=cmap,
         alpha=alpha,
+        crop=crop,
         panel_size=panel_size,
     )
 
@@ -354,6 +522,13 @@ def _attention_grid(maps: Any, token: str = "class") -> np.ndarray:
     return array
 
 
+def _uniform_level(maps: Any, grid: np.ndarray) -> float:
+    """Attention weight of a token under uniform attention: ``1 / N`` over all N tokens."""
+    patches = grid.shape[-2] * grid.shape[-1]
+    prefix = getattr(maps, "num_prefix_tokens", 0) or 0
+    return 1.0 / (patches + int(prefix))
+
+
 def plot_attention_maps(
     maps: Any,
     *,
@@ -362,6 +537,7 @@ def plot_attention_maps(
     token: str = "class",
     cmap: str = "viridis",
     title: str | None = None,
+    scale: str = "shared",
 ) -> Figure:
     """The class token's attention to the patches, per block (rows) and head (columns).
 
@@ -371,9 +547,17 @@ def plot_attention_maps(
         layers: which blocks to show (negative counts from the end); default all.
         max_heads: at most this many heads per row, then their mean in the last column.
         token: ``"class"`` or ``"distillation"`` (distilled DeiT).
+        cmap: colormap (sequential; attention weights are non-negative).
+        scale: ``"shared"`` (default): every map on one scale from 0 to the largest weight
+            shown, so near-uniform attention looks flat; ``"per_map"``: each map scaled to
+            its own maximum (shows structure in every map, also in noise: the title says so).
 
-    Each map is scaled to its own maximum (prefix tokens removed, so rows do not sum to 1).
+    The colour bar is labelled with the attention weight and marks the level of uniform
+    attention (1/N over all N tokens); the title states the range shown. Prefix tokens
+    are left out, so a row of the grid does not sum to 1.
     """
+    if scale not in ("shared", "per_map"):
+        raise ValueError(f"scale must be 'shared' or 'per_map', got {scale!r}.")
     grid = _attention_grid(maps, token)
     count = grid.shape[0]
     chosen = [i % count for i in (layers if layers is not None else range(count))]
@@ -381,25 +565,54 @@ def plot_attention_maps(
     shown_heads = min(heads, max_heads)
     with_mean = heads > 1
     cols = shown_heads + int(with_mean)
-    fig = Figure(layout="constrained", figsize=(1.6 * cols + 0.8, 1.6 * len(chosen) + 0.6))
-    axes = fig.subplots(len(chosen), cols, squeeze=False)
-    for row, layer in enumerate(chosen):
+    rows_of_panels = []
+    for layer in chosen:
         panels = [grid[layer, h] for h in range(shown_heads)]
         names = [f"head {h}" for h in range(shown_heads)]
         if with_mean:
             panels.append(grid[layer].mean(axis=0))
             names.append("mean")
+        rows_of_panels.append((layer, panels, names))
+    uniform = _uniform_level(maps, grid)
+    top = max(float(np.max(p)) for _, panels, _ in rows_of_panels for p in panels)
+    top = top if top > 0 else 1.0
+    fig = Figure(layout="constrained", figsize=(1.6 * cols + 1.4, 1.6 * len(chosen) + 0.9))
+    axes = fig.subplots(len(chosen), cols, squeeze=False)
+    image = None
+    for row, (layer, panels, names) in enumerate(rows_of_panels):
         for col, (panel, name) in enumerate(zip(panels, names, strict=True)):
             ax = axes[row, col]
-            ax.imshow(panel, cmap=cmap, interpolation="nearest")
+            if scale == "per_map":
+                peak = float(np.max(panel))
+                panel = panel / peak if peak > 0 else panel
+            image = ax.imshow(
+                panel,
+                cmap=cmap,
+                interpolation="nearest",
+                vmin=0.0,
+                vmax=1.0 if scale == "per_map" else top,
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(name, fontsize=8)
             if col == 0:
                 ax.set_ylabel(f"block {layer}", fontsize=8)
-    if title:
-        fig.suptitle(mpl_text(title), fontsize=10)
+    if scale == "per_map":
+        label = "attention / the map's own maximum"
+        stated = "each map scaled to its own maximum"
+    else:
+        label = f"attention weight ({token} token to patch)"
+        stated = f"one scale for all maps: 0 to {top:.3g}; uniform attention 1/N = {uniform:.3g}"
+    bar = fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.04, pad=0.02, shrink=0.9)
+    bar.set_label(mpl_text(label), fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    if scale == "shared" and uniform <= top:
+        bar.ax.axhline(uniform, color="white", linewidth=1.2, linestyle="--")
+        bar.ax.text(1.05, uniform, " 1/N", transform=bar.ax.get_yaxis_transform(), fontsize=6)
+    text = f"{title}\n{stated}" if title else stated
+    width = round((1.6 * cols + 1.4) * _CHARS_PER_INCH * 0.9)
+    fig.suptitle(mpl_text(wrap_title(text, width)), fontsize=9)
     return fig
 
 
@@ -411,8 +624,9 @@ def plot_rollout(
     label: str | None = None,
     probability: float | None = None,
     note: str | None = None,
-    cmap: str = DEFAULT_CMAP,
+    cmap: str | None = None,
     alpha: float = DEFAULT_ALPHA,
+    crop: str = "mark",
 ) -> Figure:
     """Attention rollout over the photo: the photo, then one overlay per rollout variant.
 
@@ -430,12 +644,44 @@ def plot_rollout(
         note=note,
         cmap=cmap,
         alpha=alpha,
+        crop=crop,
     )
 
 
-def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 110) -> Path:
-    """Write ``fig`` to ``path`` (format from the suffix; parent folders created)."""
+#: default resolution of saved raster figures (and of the pictures inside PDF/SVG files)
+DEFAULT_DPI = 150
+
+
+def figure_path(path: str | os.PathLike[str]) -> Path:
+    """The file a figure saved to ``path`` goes to: ``.png`` added when it has no suffix.
+
+    Raises:
+        OutputPathError: the suffix names no format matplotlib writes.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from ..errors import OutputPathError
+
     path = Path(path)
+    if not path.suffix:
+        return path.with_name(f"{path.name}.png")
+    formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        raise OutputPathError(
+            f"cannot save a figure as '{path}': '{path.suffix}' is not a figure format. Use "
+            f".png, .pdf or .svg (papers: .pdf or .svg; also {', '.join(sorted(formats))})."
+        )
+    return path
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = DEFAULT_DPI) -> Path:
+    """Write ``fig`` to ``path``; returns the path written.
+
+    The format follows the suffix (``.png``, ``.pdf``, ``.svg``, ...; none: ``.png`` is
+    added); ``dpi`` sets the resolution of raster files and of the heatmaps inside vector
+    ones. Parent folders are created.
+    """
+    path = figure_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path

@@ -1,0 +1,97 @@
+"""Whether a model's weights are trained: the one place titles, pages and file names ask.
+
+A model created with random weights (``load_model("resnet18")``, ``pretrained=False``,
+:func:`timmlens.testing.explainable_model`) carries a mark set where it was created;
+an :class:`~timmlens.models.ImageClassifier` adds whether it put a new, untrained head
+on top. Every figure title, HTML page, saved explanation and output file name reads
+:func:`weights_status`, so an untrained model is never shown as if it were real.
+
+A module you build yourself and pass in is taken as trained; say otherwise with
+``ImageClassifier(module, pretrained=False)`` or :func:`mark_random_weights`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+#: set on a timm module created with random weights (survives ``copy.deepcopy``)
+RANDOM_WEIGHTS_ATTRIBUTE = "_timmlens_random_weights"
+RANDOM_NOTE = "random weights"
+
+
+def mark_random_weights(module: nn.Module) -> nn.Module:
+    """Record that ``module``'s weights are random (untrained); returns it, unchanged otherwise."""
+    object.__setattr__(module, RANDOM_WEIGHTS_ATTRIBUTE, True)
+    return module
+
+
+def has_random_mark(module: Any) -> bool:
+    """Whether ``module`` was marked by :func:`mark_random_weights`."""
+    return bool(getattr(module, RANDOM_WEIGHTS_ATTRIBUTE, False))
+
+
+@dataclass(frozen=True)
+class WeightsStatus:
+    """What a model's outputs mean.
+
+    Attributes:
+        random: the model's weights are random: nothing it shows is about real images.
+        new_head: the class count of a new, untrained classifier head on trained
+            features (``None``: the model's own head).
+    """
+
+    random: bool = False
+    new_head: int | None = None
+
+    @property
+    def trained(self) -> bool:
+        """Trained weights and the model's own head: its predictions mean something."""
+        return not self.random and self.new_head is None
+
+    @property
+    def note(self) -> str | None:
+        """For titles and pages: ``"random weights"``, ``"untrained 10-class head"`` or None."""
+        if self.random:
+            return RANDOM_NOTE
+        if self.new_head is not None:
+            return f"untrained {self.new_head}-class head"
+        return None
+
+    @property
+    def tag(self) -> str:
+        """For file names: ``"random-weights"``, ``"untrained-head"`` or ``""``."""
+        if self.random:
+            return "random-weights"
+        return "untrained-head" if self.new_head is not None else ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pretrained": not self.random,
+            "random_weights": self.random,
+            "new_head": self.new_head,
+            "note": self.note,
+        }
+
+
+def weights_status(model: nn.Module) -> WeightsStatus:
+    """The :class:`WeightsStatus` of an ``ImageClassifier`` or a bare (timm) module."""
+    status = getattr(model, "weights_status", None)
+    if isinstance(status, WeightsStatus):
+        return status
+    return WeightsStatus(random=has_random_mark(model))
+
+
+def with_weights_note(model: nn.Module, note: str | None = None) -> str | None:
+    """``note`` with the model's weights note in front (once): ``"random weights; note"``."""
+    parts = [weights_status(model).note, note]
+    unique = list(dict.fromkeys(p for p in parts if p))
+    return "; ".join(unique) or None
+
+
+def file_tag(model: nn.Module) -> str:
+    """``"_random-weights"`` (etc.) to append to a file stem, or ``""`` for a trained model."""
+    tag = weights_status(model).tag
+    return f"_{tag}" if tag else ""
