@@ -143,6 +143,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--no-resume", action="store_true", help="the same as --overwrite")
     evaluate.add_argument(
+        "--save-maps",
+        action="store_true",
+        help="also keep every heatmap as OUT/maps/<method>/<image>.npz (read them with "
+        "timmlens.load_explanation)",
+    )
+    evaluate.add_argument(
         "--on-error",
         default="skip",
         choices=["skip", "fail"],
@@ -228,11 +234,13 @@ def _run_explain(args: argparse.Namespace) -> None:
             f"--layer applies to the layer methods ({', '.join(layer_methods())}); "
             f"{args.method} explains the input, so drop --layer or pick one of those."
         )
+    from .models.weights_status import file_tag
+
     model = _load(args.model)
     options = {"target_layer": args.layer} if args.layer else None
     out = Path(args.out)
     for image, name in zip(args.images, output_stems(args.images), strict=True):
-        stem = f"{name}_{args.method}"
+        stem = f"{name}_{args.method}{file_tag(model)}"  # "_random-weights" when untrained
         result = quick_explain(
             model,
             image,
@@ -241,10 +249,8 @@ def _run_explain(args: argparse.Namespace) -> None:
             target_class=args.target,
             method_options=options,
         )
-        print(
-            f"{image}: {result.target_name} ({result.target_probability:.1%}) -> "
-            f"{result.figure_path}"
-        )
+        note = f" [{result.weights.note}]" if result.weights.note else ""
+        print(f"{image}: {result.heading}{note} -> {result.figure_path}")
         if args.html:
             from .viz.interactive import explanation_html
 
@@ -253,8 +259,8 @@ def _run_explain(args: argparse.Namespace) -> None:
                 result.image,
                 {args.method: result.heatmap},
                 result.geometry,
-                label=result.target_name,
-                probability=result.target_probability,
+                label=result.heading,
+                note=result.weights.note,
                 model_name=args.model,
             )
             print(f"{image}: interactive -> {page}")
@@ -277,6 +283,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
             overwrite=args.overwrite or args.no_resume,
             on_error=args.on_error,
             metric_options=options,
+            save_maps=args.save_maps,
         )
     except KeyboardInterrupt:
         from .evaluation.summary import count_rows

@@ -26,7 +26,6 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from .data import ImageGeometry, ImagesInput, picture_of, prepare_images
-from .models.weights_status import WeightsStatus, weights_status, with_weights_note
 from .interpretation._targets import validate_targets
 from .interpretation.base import num_outputs, predict
 from .interpretation.registry import (
@@ -36,8 +35,9 @@ from .interpretation.registry import (
     layer_of,
     resolve_method,
 )
+from .models.weights_status import WeightsStatus, weights_status, with_weights_note
 from .naming import class_name_of, model_name_of
-from .saving import figure_png, geometry_json, model_metadata, save_explanation
+from .saving import figure_png, geometry_json, save_explanation
 from .viz.labels import class_heading, explanation_title
 from .viz.static import (
     DEFAULT_DPI,

@@ -184,8 +184,9 @@ class SavedExplanation:
         shapes = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in self.heatmaps.items())
         note = f" [{self.weights_note}]" if self.weights_note else ""
         return (
-            f"SavedExplanation({self.model}{note}, {self.metadata.get('heading') or self.target_name}"
-            f", heatmaps {{{shapes}}}, path={str(self.path)!r})"
+            f"SavedExplanation({self.model}{note}, "
+            f"{self.metadata.get('heading') or self.target_name or self.target_class}, "
+            f"heatmaps {{{shapes}}}, path={str(self.path)!r})"
         )
 
     @property
@@ -224,8 +225,12 @@ class SavedExplanation:
         return ((self.metadata.get("model") or {}).get("weights") or {}).get("note")
 
     @property
-    def geometry(self) -> ImageGeometry | None:
-        return geometry_from_json(self.metadata.get("geometry"))
+    def geometry(self) -> ImageGeometry | list[ImageGeometry | None] | None:
+        """How the photo became the model input (a list for a batch)."""
+        data = self.metadata.get("geometry")
+        if isinstance(data, list):
+            return [geometry_from_json(g) for g in data]
+        return geometry_from_json(data)
 
     def figure(self, **options: Any) -> Any:
         """The overlay figure again (photo needed: saved with ``image``), or the bare map."""
@@ -233,10 +238,11 @@ class SavedExplanation:
         from .viz.static import plot_overlay
 
         heading = self.metadata.get("heading") or self.target_name
+        heading = heading if isinstance(heading, str) else None
         method = self.metadata.get("title") or self.method
         title = explanation_title(heading, None, method, self.weights_note)
         heatmap = self.heatmap if self.heatmap.ndim == 2 else self.heatmap[0]
-        if self.image is None:
+        if self.image is None or isinstance(self.geometry, list):
             picture = np.zeros((*heatmap.shape, 3), dtype=np.uint8)
             return plot_overlay(picture, heatmap, title=title, show_original=False, **options)
         return plot_overlay(self.image, heatmap, self.geometry, title=title, **options)
@@ -268,8 +274,7 @@ def load_explanation(path: str | os.PathLike[str]) -> SavedExplanation:
             arrays = {name: archive[name] for name in archive.files}
     except (OSError, ValueError) as exc:
         raise ExplanationFileError(
-            f"'{path}' is not a saved explanation (an .npz archive written by result.save): "
-            f"{exc}"
+            f"'{path}' is not a saved explanation (an .npz archive written by result.save): {exc}"
         ) from exc
     if _METADATA not in arrays:
         raise ExplanationFileError(
@@ -297,3 +302,43 @@ def load_explanation(path: str | os.PathLike[str]) -> SavedExplanation:
         image=arrays.get(_IMAGE),
         path=path,
     )
+
+
+def save_batch_explanation(path: str | os.PathLike[str], explanation: Any) -> Path:
+    """Write an :class:`~timmlens.interpretation.base.Explanation` (``(B, H, W)`` maps)."""
+    context = dict(explanation.context)
+    geometries = context.pop("geometries", None)
+    targets = None if explanation.targets is None else explanation.targets.tolist()
+    probabilities = None
+    metadata: dict[str, Any] = {"kind": "explanation", **context, "target_class": targets}
+    if explanation.logits is not None:
+        probabilities = explanation.logits.detach().float().softmax(-1).cpu()
+        metadata["predicted_class"] = probabilities.argmax(-1).tolist()
+        if targets is not None:
+            rows = torch.arange(len(targets))
+            metadata["target_probability"] = probabilities[rows, targets].tolist()
+    if geometries is not None:
+        metadata["geometry"] = [geometry_json(g) for g in geometries]
+    name = context.get("method") or "heatmap"
+    return save_explanation(
+        path, {name: explanation.heatmap}, metadata, probabilities=probabilities
+    )
+
+
+def batch_figure(explanation: Any) -> Any:
+    """The heatmaps of a batch side by side (no photos: an Explanation keeps none)."""
+    from .viz.static import OverlayPanel, plot_grid
+
+    maps = explanation.heatmap.detach().float().cpu()
+    targets = [] if explanation.targets is None else explanation.targets.tolist()
+    panels = [
+        OverlayPanel(
+            np.zeros((*maps.shape[-2:], 3), dtype=np.uint8),
+            maps[i],
+            None,
+            f"image {i}" + (f", class {targets[i]}" if i < len(targets) else ""),
+        )
+        for i in range(maps.shape[0])
+    ]
+    method = explanation.context.get("method", "")
+    return plot_grid(panels, ncols=4, suptitle=method, alpha=1.0, panel_size=2.2)

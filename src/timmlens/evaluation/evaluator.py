@@ -6,7 +6,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -41,6 +41,8 @@ from .summary import EvaluationSummary, RowStore, build_summary
 
 #: The heatmap metrics registered at import; :func:`_metric_name` asks the registry live.
 ROW_FORMATS = ("jsonl", "csv")
+#: the folder of ``out`` that ``save_maps=True`` fills
+MAPS_DIR = "maps"
 ON_ERROR = ("skip", "fail")
 #: what a dataset item or image file that cannot be read raises (PIL: OSError subclasses
 #: and DecompressionBombError, a plain Exception)
@@ -81,18 +83,65 @@ def _read_item(samples: Sequence[Sample], index: int) -> Sample:
         raise ImageInputError(str(exc).strip() or type(exc).__name__) from exc
 
 
+def map_path(maps_dir: Path, method: str, image_id: str) -> Path:
+    """Where ``evaluate(save_maps=True)`` keeps one image's map: ``maps/<method>/<id>.npz``.
+
+    The id's folders are kept (``3/cat.jpg`` -> ``maps/gradcam/3/cat.jpg.npz``); ``..``
+    and absolute parts are dropped, so a map never lands outside ``maps_dir``.
+    """
+    parts = [p for p in PurePosixPath(image_id.replace("\\", "/")).parts if p not in ("/", "..")]
+    return maps_dir.joinpath(method, *parts[:-1], f"{parts[-1] if parts else '_'}.npz")
+
+
+def _save_maps(
+    maps_dir: Path,
+    name: str,
+    samples: list[Sample],
+    needed: list[int],
+    heatmaps: torch.Tensor,
+    context: dict[str, Any],
+) -> None:
+    """One ``.npz`` per image of ``needed`` (heatmap ``(H, W)`` + metadata), atomically."""
+    from ..saving import geometry_json, save_explanation
+
+    for position, i in enumerate(needed):
+        sample = samples[i]
+        probabilities = context["probabilities"][i]
+        save_explanation(
+            map_path(maps_dir, name, sample.id),
+            {name: heatmaps[position]},
+            {
+                "kind": "evaluate",
+                "id": sample.id,
+                "method": name,
+                "layer": context["layers"].get(name),
+                "model": context["model"],
+                "label": sample.label,
+                "target_class": context["targets"][i],
+                "target_probability": float(probabilities[context["targets"][i]]),
+                "predicted_class": context["predicted"][i],
+                "geometry": geometry_json(context["geometries"][i]),
+            },
+            probabilities=probabilities,
+        )
+
+
 def _load_batch(
     model: nn.Module, samples: Sequence[Sample], indices: Sequence[int], on_error: str
-) -> tuple[list[Sample], torch.Tensor | None, dict[str, str]]:
-    """The readable samples, their batch ``(B, C, H, W)`` and the unreadable ids -> reason."""
+) -> tuple[list[Sample], torch.Tensor | None, dict[str, str], list[Any]]:
+    """The readable samples, their batch ``(B, C, H, W)``, the unreadable ids -> reason and
+    the readable images' geometries."""
     good: list[Sample] = []
     tensors: list[torch.Tensor] = []
+    geometries: list[Any] = []
     skipped: dict[str, str] = {}
     for index in indices:
         sample = None
         try:
             sample = _read_item(samples, index)
-            tensors.append(prepare_images([sample.image], model).tensor)
+            prepared = prepare_images([sample.image], model)
+            tensors.append(prepared.tensor)
+            geometries.append(prepared.geometries[0])
         except _UNREADABLE as exc:
             image_id = sample.id if sample is not None else _sample_id(samples, index)
             reason = str(exc).strip().splitlines()[0].removeprefix("image 0: ")
@@ -107,7 +156,7 @@ def _load_batch(
             skipped[image_id] = reason
             continue
         good.append(sample)
-    return good, (torch.cat(tensors) if tensors else None), skipped
+    return good, (torch.cat(tensors) if tensors else None), skipped, geometries
 
 
 def _rows_for_batch(
@@ -118,11 +167,14 @@ def _rows_for_batch(
     metric_names: list[str],
     scorer: Any,
     complete: set[tuple[str, str]],
+    maps: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of ``samples`` (inputs ``(B, C, H, W)``) for each method whose row is not yet
-    ``complete``; a method is run only on the images that still need it."""
+    ``complete``; a method is run only on the images that still need it. With ``maps``
+    (``{"dir", "model", "layers", "geometries"}``) each heatmap is also saved."""
     # Eval mode: a model handed over in train mode predicts without dropout.
-    predicted = predict(model, inputs).argmax(dim=1).tolist()
+    logits = predict(model, inputs)
+    predicted = logits.argmax(dim=1).tolist()
     targets = [
         s.label if s.label is not None else p for s, p in zip(samples, predicted, strict=True)
     ]
@@ -133,6 +185,14 @@ def _rows_for_batch(
             continue
         subset, subset_targets = inputs[needed], [targets[i] for i in needed]
         heatmaps = explainer.explain_batch(subset, subset_targets)
+        if maps is not None:
+            context = {
+                **maps,
+                "probabilities": logits.float().softmax(-1).cpu(),
+                "targets": targets,
+                "predicted": predicted,
+            }
+            _save_maps(maps["dir"], name, samples, needed, heatmaps, context)
         # any registered heatmap metric; insertion and deletion share one pass of chunks
         results = scorer.compute(subset, heatmaps, subset_targets, metrics=metric_names)
         scores = {metric: results[metric].per_image.tolist() for metric in metric_names}
@@ -230,6 +290,7 @@ def _run_pending(
     batch_size: int,
     on_error: str,
     progress: bool,
+    maps: dict[str, Any] | None = None,
 ) -> tuple[dict[str, str], bool]:
     """Compute the pending images' rows round by round; rank 0 appends them to ``store``.
 
@@ -246,10 +307,13 @@ def _run_pending(
         for round_index in range(rounds):
             indices = mine[round_index * batch_size : (round_index + 1) * batch_size]
             with fail_together("explaining and scoring"):
-                chunk, inputs, unreadable = _load_batch(model, samples, indices, on_error)
+                chunk, inputs, unreadable, geometries = _load_batch(
+                    model, samples, indices, on_error
+                )
+                batch_maps = None if maps is None else {**maps, "geometries": geometries}
                 rows = (
                     _rows_for_batch(
-                        model, chunk, inputs, explainers, metric_names, scorer, complete
+                        model, chunk, inputs, explainers, metric_names, scorer, complete, batch_maps
                     )
                     if inputs is not None
                     else []
@@ -280,6 +344,7 @@ def evaluate(
     progress: bool = True,
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     metric_options: Mapping[str, Any] | None = None,
+    save_maps: bool = False,
 ) -> EvaluationSummary:
     """Explain and score every image of ``data`` with every method and metric.
 
@@ -327,6 +392,10 @@ def evaluate(
             summary; ``"fail"`` raises :class:`~timmlens.errors.ImageInputError`.
         method_options: constructor options per method name, e.g. ``{"ig": {"n_steps": 16}}``.
         metric_options: options for ``ExplanationMetrics`` (e.g. ``{"steps": 50}``).
+        save_maps: also keep every heatmap: ``out/maps/<method>/<image id>.npz`` (the
+            ``(H, W)`` map, probabilities, classes, geometry, model and weights status;
+            read with :func:`timmlens.load_explanation`). Each file is written atomically;
+            on resume a row whose map file is missing is computed again.
 
     Raises:
         RunMismatchError: ``out`` holds rows of another run (one line: what differs).
@@ -356,6 +425,18 @@ def evaluate(
         return _open_output(out_dir, store, identity, metric_names, overwrite or not resume)
 
     recorded, existing, complete = _open_output_on_all_ranks(rank, open_output, metric_names)
+    maps = None
+    if save_maps:
+        from ..interpretation.registry import layer_of
+        from ..saving import model_metadata
+
+        maps = {
+            "dir": out_dir / MAPS_DIR,
+            "model": model_metadata(model),
+            "layers": {name: layer_of(e) for name, e in explainers.items()},
+        }
+        # A row without its map (a run without save_maps, or killed between the two) is redone.
+        complete = {key for key in complete if map_path(maps["dir"], key[1], key[0]).is_file()}
     pending = [
         i
         for i in range(len(samples))
@@ -374,6 +455,7 @@ def evaluate(
         batch_size,
         on_error,
         progress and rank == 0,
+        maps,
     )
     summary = None
     with fail_together("writing the summary"):

@@ -11,7 +11,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -126,6 +126,9 @@ class Explanation:
             ``(B, C, H, W)`` input attributions, a one-layer CAM's ``(B, h, w)`` map,
             rollout's ``(B, N)`` token relevance; ``None`` where there is no single one.
         extras: method-specific values (e.g. ``"layer_maps"`` of CAMs).
+        context: what made it, filled in by the explainer: ``method``, ``layer``,
+            ``model`` (name, class count, weights status) and, for images given as
+            pictures, ``geometries``; :meth:`save` records it.
     """
 
     heatmap: torch.Tensor
@@ -133,6 +136,19 @@ class Explanation:
     logits: torch.Tensor | None = None
     attributions: torch.Tensor | None = None
     extras: Mapping[str, Any] = field(default_factory=dict)
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike[str]) -> Any:
+        """Write the heatmaps ``(B, H, W)``, targets, probabilities and :attr:`context` to
+        ``path`` (``.npz`` + JSON metadata, see :func:`timmlens.load_explanation`)."""
+        from ..saving import save_batch_explanation
+
+        return save_batch_explanation(path, self)
+
+    def _repr_png_(self) -> bytes:
+        from ..saving import batch_figure, figure_png
+
+        return figure_png(batch_figure(self))
 
 
 def predict(model: nn.Module, inputs: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
@@ -191,7 +207,9 @@ class Explainer(ABC):
         self, images: ImagesInput, target_class: TargetInput = None, **kwargs: Any
     ) -> Explanation:
         """The whole :class:`Explanation` of ``images`` (always batched, also for one image)."""
-        return self.explain_batch_full(self.prepare(images).tensor, target_class, **kwargs)
+        batch = self.prepare(images)
+        result = self.explain_batch_full(batch.tensor, target_class, **kwargs)
+        return replace(result, context={**result.context, "geometries": list(batch.geometries)})
 
     def prepare(self, images: ImagesInput) -> PreparedBatch:
         return prepare_images(images, self.model)
@@ -214,8 +232,20 @@ class Explainer(ABC):
         needs_gradients = self.gradients_needed(targets)
         with explanation_call(self.model, inputs, self.describe(targets), needs_gradients):
             result = self.attribute(inputs, targets, **kwargs)
+        result = replace(result, context={**self.context(), **result.context})
         self._latest = result
         return result
+
+    def context(self) -> dict[str, Any]:
+        """What makes this explainer's results: method, layer and model (saved with them)."""
+        from ..saving import model_metadata
+
+        names = getattr(self, "layer_names", None)
+        return {
+            "method": self.name,
+            "layer": ", ".join(names) if names else None,
+            "model": model_metadata(self.model),
+        }
 
     def resolve_targets(self, target_class: TargetInput, inputs: torch.Tensor) -> list[int] | None:
         """One class index per image of ``inputs``, or ``None`` for the predicted classes."""

@@ -174,9 +174,7 @@ class ImageClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         note = self.weights_status.note
-        return f"spec={self.spec!r}, num_classes={self.num_classes}" + (
-            f", {note}" if note else ""
-        )
+        return f"spec={self.spec!r}, num_classes={self.num_classes}" + (f", {note}" if note else "")
 
 
 def load_model(

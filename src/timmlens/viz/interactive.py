@@ -1,6 +1,9 @@
-"""Self-contained interactive HTML (plotly) of explanations; nothing here runs a model.
+"""Interactive figures of explanations; nothing here runs a model.
 
-The page works offline: plotly.js is embedded (``include_plotlyjs=True``). It shows the
+:func:`explanation_html` writes a small self-contained page without plotly
+(:mod:`timmlens.viz.html_page`, a few hundred kilobytes). The plotly figures
+(:func:`explanation_figure`, :func:`attention_figure`) are for notebooks, where plotly.js
+is already loaded; :func:`write_html` embeds plotly.js (4.8 MB) in the page it writes. They show the
 original photo with the heatmap over it; an opacity slider, a colormap menu, zoom and
 pan (drag, scroll, double-click to reset) and hover values; one button per method; for
 ViTs a second plot with a slider over the attention blocks.
@@ -32,13 +35,11 @@ from .arrays import (
     scaled_size,
     value_range,
 )
+from .html_page import ERRORS_ATTRIBUTE, READY_ATTRIBUTE, _sample
 from .labels import explanation_title
 
 COLORSCALES = ("Jet", "Viridis", "Inferno", "Hot", "Greys", "RdBu")
 OPACITY_STEPS = tuple(round(0.1 * i, 1) for i in range(11))
-#: the page sets these attributes on <html>: a marker per plotted figure, and JS errors
-READY_ATTRIBUTE = "data-timmlens-plotted"
-ERRORS_ATTRIBUTE = "data-timmlens-errors"
 
 _PAGE_HEAD = """<!DOCTYPE html>
 <html lang="en" {errors}="0" {ready}="0">
@@ -95,17 +96,6 @@ def _template_safe(text: str) -> str:
 
 
 # ------------------------------------------------------------------ pictures
-def _sample(grid: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour sample of ``grid`` ``(H0, W0)`` -> ``(height, width)`` (NaN kept)."""
-    rows = np.minimum(
-        ((np.arange(height) + 0.5) * grid.shape[0] / height).astype(int), grid.shape[0] - 1
-    )
-    cols = np.minimum(
-        ((np.arange(width) + 0.5) * grid.shape[1] / width).astype(int), grid.shape[1] - 1
-    )
-    return grid[np.ix_(rows, cols)]
-
-
 def _pixel_axis(count: int, full: int) -> dict[str, float]:
     """``x0``/``dx`` placing ``count`` cells over ``full`` original pixels (centres at i)."""
     step = full / count
@@ -421,6 +411,19 @@ def write_html(
     return path
 
 
+#: plotly colorscale names of older calls -> the page's colormaps
+_PAGE_COLORMAPS = {
+    "jet": "jet",
+    "viridis": "viridis",
+    "inferno": "inferno",
+    "greys": "gray",
+    "gray": "gray",
+    "rdbu": "RdBu_r",
+    "rdbu_r": "RdBu_r",
+    "magma": "magma",
+}
+
+
 def explanation_html(
     path: str | os.PathLike[str],
     image: PictureLike,
@@ -432,35 +435,63 @@ def explanation_html(
     probability: float | None = None,
     note: str | None = None,
     model_name: str | None = None,
-    colorscale: str = "Jet",
+    colorscale: str = "inferno",
     opacity: float = 0.5,
 ) -> Path:
-    """One page for one image: method overlays (buttons) and, for ViTs, attention per block.
+    """One small self-contained page for one image: method overlays (buttons) and, for
+    ViTs, attention per block (a slider). Needs no plotly (see :mod:`timmlens.viz.html_page`).
 
     Args:
         path: the ``.html`` file to write.
         image: the original photo.
         heatmaps: method name -> ``(H, W)`` heatmap in model-input coordinates.
-        geometry: how the photo became the model input.
-        attention: per block, the class token's attention ``(h, w)`` (see
-            :func:`attention_figure`); adds the second plot.
-        label, probability, note, model_name: shown in the titles (escaped).
+        geometry: how the photo became the model input (the cut-away part is hatched).
+        attention: per block, the class token's attention ``(h, w)`` (e.g.
+            ``AttentionMaps.cls_to_patches(head="mean")[l]``); adds the second view.
+        label, probability, note, model_name: shown in the titles (escaped); ``note``
+            such as ``"random weights"`` also heads the page.
+        colorscale: the default colormap (``inferno``, ``viridis``, ``magma``, ``jet``,
+            ``gray``, ``RdBu_r``; the menu offers them all).
+        opacity: the default opacity of the heatmap.
 
     Returns:
-        The path written.
+        The path written (a page of a few hundred kilobytes).
     """
+    from .html_page import PageView, write_page
+
+    if not heatmaps:
+        raise ValueError("no heatmaps given; pass {method name: (H, W) heatmap}.")
+    colormap = _PAGE_COLORMAPS.get(colorscale.lower(), "inferno")
     heading = explanation_title(label, probability, None, note)
-    figures = [
-        explanation_figure(
-            image, heatmaps, geometry, title=heading, colorscale=colorscale, opacity=opacity
+    views = [
+        PageView(
+            heading or "explanation",
+            {str(k): v for k, v in heatmaps.items()},
+            colormap=colormap,
+            opacity=opacity,
         )
     ]
     if attention is not None:
-        figures.append(attention_figure(image, attention, geometry))
+        blocks = (
+            dict(attention)
+            if isinstance(attention, Mapping)
+            else {f"block {i}": m for i, m in enumerate(attention)}
+        )
+        views.append(
+            PageView(
+                "class-token attention per block",
+                blocks,
+                control="slider",
+                colormap="viridis",
+                opacity=0.6,
+                label="attention weight",
+                max_side=112,
+            )
+        )
     page_title = " - ".join(t for t in (model_name, heading) if t) or "timmlens explanation"
     subtitle = (
         "Heatmaps are computed on the model input and mapped back onto the original photo; "
-        "an uncoloured border is what the preprocessing crop cut away. Drag to zoom, "
-        "double-click to reset, hover for values."
+        "the hatched border is what the preprocessing crop cut away (the model never saw "
+        "it). Wheel to zoom, drag to pan, double-click to reset, hover for values."
     )
-    return write_html(path, figures, title=page_title, subtitle=subtitle)
+    return write_page(path, image, views, geometry, title=page_title, subtitle=subtitle)

@@ -90,7 +90,7 @@ class OverlayPanel:
 def _outside_crop(
     geometry: ImageGeometry, size: tuple[int, int]
 ) -> tuple[list[tuple[float, float, float, float]], tuple[float, float, float, float]] | None:
-    """Strips ``(x, y, w, h)`` of the photo outside the crop, and the crop box; None: no such part."""
+    """Strips ``(x, y, w, h)`` of the photo outside the crop and the crop box (None: none)."""
     top, left, crop_h, crop_w = crop_on_picture(geometry)
     height, width = size
     y0, x0 = max(top, 0.0), max(left, 0.0)
@@ -347,7 +347,8 @@ def plot_methods(
         extra = f"\n{scores[method]}" if scores and method in scores else ""
         panels.append(OverlayPanel(image, heatmap, geometry, f"{method}{extra}"))
     suptitle = explanation_title(label, probability, None, note)
-    return plot_grid(panels, ncols=ncols, suptitle=suptitle or None, cmap=cmap, alpha=alpha, crop=crop
+    return plot_grid(
+        panels, ncols=ncols, suptitle=suptitle or None, cmap=cmap, alpha=alpha, crop=crop
     )
 
 
@@ -385,7 +386,8 @@ def plot_images(
         geometry = geometries[i] if geometries else None
         panels.append(OverlayPanel(images[i], maps[i], geometry, title))
     suptitle = explanation_title(None, None, method, note)
-    return plot_grid(panels, ncols=ncols, suptitle=suptitle or None, cmap=cmap, alpha=alpha, crop=crop
+    return plot_grid(
+        panels, ncols=ncols, suptitle=suptitle or None, cmap=cmap, alpha=alpha, crop=crop
     )
 
 
