@@ -30,6 +30,9 @@ def test_random_weights_models_are_skipped_unless_asked(example, capsys):
     assert "pass --random-weights" in capsys.readouterr().out
     loaded = example.load("test_resnet", random_weights=True)
     assert loaded is not None and loaded.note == "random weights"
+    # No pretrained tag in the names of an untrained model.
+    assert loaded.slug == "test_resnet_random-weights"
+    assert loaded.name == "test_resnet (random weights)"
     assert example.architecture_of("hf-hub:timm/resnet18.a1_in1k") == "resnet18"
     assert example.architecture_of("hf-hub:someone/custom") is None
 
@@ -46,16 +49,17 @@ def test_example_writes_every_kind_of_output(example, tmp_path, capsys, monkeypa
         ["--models", "test_vit", "--images", "chelsea", "--out", str(out), "--random-weights"]
     )
     assert code == 0
+    slug = "test_vit_random-weights"
     expected = [
         "architectures/chelsea.png",
-        "heatmaps/test_vit.png",
-        "layers/test_vit.png",
-        "quick/test_vit.png",
-        "methods/test_vit.png",
-        "methods/test_vit_curves.png",
-        "attention/test_vit_blocks.png",
-        "attention/test_vit_rollout.png",
-        "interactive/test_vit.html",
+        f"heatmaps/{slug}.png",
+        f"layers/{slug}.png",
+        f"quick/{slug}.png",
+        f"methods/{slug}.png",
+        f"methods/{slug}_curves.png",
+        f"attention/{slug}_blocks.png",
+        f"attention/{slug}_rollout.png",
+        f"interactive/{slug}.html",
         "metrics.csv",
         "metrics.md",
     ]
@@ -71,7 +75,7 @@ def test_example_writes_every_kind_of_output(example, tmp_path, capsys, monkeypa
         "Attention rollout",
     }
     assert all(row["weights"] == "random weights" for row in rows)
-    assert "random weights" in (out / "interactive" / "test_vit.html").read_text(encoding="utf-8")
+    assert "random weights" in (out / "interactive" / f"{slug}.html").read_text(encoding="utf-8")
     printed = capsys.readouterr().out
     assert "metrics.csv" in printed and "| model |" in printed
 
@@ -101,7 +105,7 @@ def test_trust_example_writes_report_layers_and_sanity(trust_example, tmp_path, 
         "report.html",
         "report.json",
         "layers/efficientnet_lite0.png",
-        "layers/test_vit.png",
+        "layers/test_vit_random-weights.png",  # untrained: said in the file name
         "sanity/randomization.txt",
         "sanity/gradcam.png",
         "sanity/ig.png",

