@@ -123,7 +123,10 @@ def test_pointing_game_per_layer(cnn, images):
 def test_plot_layers_grid(cnn, images):
     hierarchy = explain_layers(cnn, images)
     fig = plot_layers(hierarchy, note="random weights")
-    visible = [ax for ax in fig.axes if ax.get_visible()]
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    visible = [ax for ax in fig.axes if ax.get_visible() and ax not in bars]
     assert len(visible) == 2 * (len(hierarchy.layers) + 1)
+    # Every layer's map is min-max normalised: one shared, labelled colour bar.
+    assert len(bars) == 1 and bars[0].get_ylabel() == "relevance"
     assert visible[1].get_title().startswith(hierarchy.layers[0])
     assert "random weights" in fig._suptitle.get_text()

@@ -66,6 +66,11 @@ def photo() -> Image.Image:
     return Image.fromarray(np.clip(gradient * 0.7 + noise, 0, 255).astype(np.uint8))
 
 
+def _panels(fig: Figure) -> list:
+    """The figure's axes without its colour bars."""
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+
 def _axes_images(fig: Figure) -> list:
     return [image for ax in fig.axes for image in ax.get_images()]
 
@@ -105,13 +110,13 @@ def test_overlay_on_the_original_photo_with_class_and_probability(resnet, photo)
 def test_method_image_and_architecture_grids(photo):
     heatmaps = {"GradCAM": torch.rand(32, 32), "IG": torch.rand(32, 32)}
     fig = plot_methods(photo, heatmaps, label="class 3", probability=0.5, note="random weights")
-    assert [ax.get_title() for ax in fig.axes] == ["original", "GradCAM", "IG"]
+    assert [ax.get_title() for ax in _panels(fig)] == ["original", "GradCAM", "IG"]
     assert "class 3 (50.0%)" in fig._suptitle.get_text()
     assert "random weights" in fig._suptitle.get_text()
 
     fig = plot_images([photo] * 5, torch.rand(5, 16, 16), labels=["a $b$"] * 5, ncols=3)
-    assert sum(ax.get_visible() for ax in fig.axes) == 5
-    assert len(fig.axes) == 6
+    assert sum(ax.get_visible() for ax in _panels(fig)) == 5
+    assert len(_panels(fig)) == 6
 
     entries = [
         {"model": "m1", "heatmap": torch.rand(8, 8), "label": "cat", "probability": 0.2},
@@ -141,7 +146,7 @@ def test_curves_show_aucs():
 def test_attention_grid_layers_by_heads():
     maps = torch.rand(3, 4, 5, 5)  # (L, heads, h, w)
     fig = plot_attention_maps(maps, max_heads=2)
-    assert len(fig.axes) == 3 * 3  # 2 heads + the mean, per block
+    assert len(_panels(fig)) == 3 * 3  # 2 heads + the mean, per block
     assert fig.axes[0].get_title() == "head 0" and fig.axes[2].get_title() == "mean"
 
 
@@ -190,7 +195,7 @@ def test_compare_methods_one_heatmap_per_method(resnet, photo, tmp_path):
     assert list(comparison.heatmaps) == ["gradcam", "gradcampp", "ig", "smoothgrad"]
     size = prepare_images(photo, resnet).tensor.shape[-2:]
     assert all(h.shape == size for h in comparison.heatmaps.values())
-    assert len(comparison.figure.axes) == 5
+    assert len(_panels(comparison.figure)) == 5
     assert comparison.figure_path.is_file() and comparison.metrics == {}
 
 
