@@ -204,6 +204,7 @@ def test_json_summary_schema(tiny):
     summary = json.loads(report.json_path.read_text(encoding="utf-8"))
     assert set(summary) == {
         "model",
+        "weights",
         "method",
         "data",
         "num_classes",
@@ -217,6 +218,10 @@ def test_json_summary_schema(tiny):
         "html",
     }
     assert summary["method"] == "gradcam" and summary["model"] == "test_resnet"
+    # An untrained model's page says so in its title and heading.
+    assert summary["weights"] == "random weights"
+    page = report.html_path.read_text(encoding="utf-8")
+    assert "<title>Error analysis: test_resnet [random weights]</title>" in page
     assert summary["data"] == "Items, 7 items" and summary["html"] == "report.html"
     assert summary["counts"] == {
         "images": 7,

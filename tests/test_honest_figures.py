@@ -316,9 +316,7 @@ def test_cli_evaluate_save_maps(tmp_path, photo, capsys):
     data.mkdir()
     photo.save(data / "a.png")
     out = tmp_path / "run"
-    code = cli_main(
-        ["evaluate", str(data), "--model", "test_resnet", "--out", str(out), "--steps", "4"]
-        + ["--metrics", "insertion", "--save-maps"]
-    )
+    args = ["evaluate", str(data), "--model", "test_resnet", "--out", str(out), "--steps", "4"]
+    code = cli_main([*args, "--metrics", "insertion", "--save-maps"])
     assert code == 0, capsys.readouterr().err
     assert (out / "maps" / "gradcam" / "a.png.npz").is_file()

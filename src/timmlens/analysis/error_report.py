@@ -44,6 +44,7 @@ from ..evaluation.distributed import (
 from ..evaluation.sources import ImageFolderSource, Sample, as_source, label_resolver_for
 from ..interpretation.base import Explainer, num_outputs, predict
 from ..interpretation.registry import as_explainer, resolve_method
+from ..models.weights_status import weights_status
 from ..naming import model_class_names, model_name_of
 from ..viz.labels import class_label
 from ..viz.report_html import CARD_IMAGE_SIDE, render_card, render_report
@@ -142,6 +143,8 @@ class ErrorReport:
         html_path, json_path: the files written.
         heatmaps: with ``keep_heatmaps=True``, id -> ``(predicted-class map, true-class
             map)`` for the errors shown, ``(H, W)`` CPU tensors in model-input coordinates.
+        weights: the model's weights note (``"random weights"``, ...; ``None`` when
+            trained), shown in the page's title.
     """
 
     model: str
@@ -163,6 +166,7 @@ class ErrorReport:
     html_path: Path | None = None
     json_path: Path | None = None
     heatmaps: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+    weights: str | None = None
 
     @property
     def n_left_out(self) -> int:
@@ -173,6 +177,7 @@ class ErrorReport:
         """The JSON summary (also what the HTML page is rendered from)."""
         return {
             "model": self.model,
+            "weights": self.weights,
             "method": self.method,
             "data": self.data,
             "num_classes": self.num_classes,
@@ -543,6 +548,7 @@ def error_report(
         if rank == 0:
             head = {
                 "model": model_name_of(model),
+                "weights": weights_status(model).note,  # "random weights" heads the page
                 "method": method_name,
                 "data": _describe_data(data),
             }

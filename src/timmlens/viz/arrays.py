@@ -15,6 +15,14 @@ from ..data import ImageGeometry, heatmap_to_original
 HeatmapLike = torch.Tensor | np.ndarray
 PictureLike = Image.Image | np.ndarray | torch.Tensor
 
+#: The default colormap of heatmaps, chosen on purpose: ``"inferno"`` is perceptually
+#: uniform (equal steps in relevance look like equal steps in colour, so a figure shows no
+#: edges the map does not have, unlike ``"jet"``), stays ordered in greyscale print and for
+#: colour-blind readers, and its bright end marks high relevance. Signed maps get
+#: :data:`DIVERGING_CMAP`, centred on 0. Every figure function takes ``cmap=``.
+DEFAULT_CMAP = "inferno"
+DIVERGING_CMAP = "RdBu_r"
+
 
 def to_numpy(values: Any) -> np.ndarray:
     """A tensor (any device, any dtype) or array-like as a ``float32`` numpy array."""

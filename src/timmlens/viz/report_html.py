@@ -24,6 +24,7 @@ import numpy as np
 
 from ..data import ImageGeometry
 from .arrays import (
+    DEFAULT_CMAP,
     HeatmapLike,
     PictureLike,
     downscaled,
@@ -35,7 +36,6 @@ from .arrays import (
 from .interactive import escape
 from .labels import format_probability
 
-DEFAULT_CMAP = "jet"
 DEFAULT_ALPHA = 0.5
 #: long side of each picture on a card, in pixels
 CARD_IMAGE_SIDE = 256
@@ -201,6 +201,12 @@ def _percent(value: float | None) -> str:
     return f"{100 * float(value):.1f}%"
 
 
+def _model_heading(summary: dict[str, Any]) -> str:
+    """The model's name, with its weights note (``[random weights]``) when it has one."""
+    note = summary.get("weights")
+    return f"{summary['model']} [{note}]" if note else str(summary["model"])
+
+
 def _number(value: str, label: str) -> str:
     return f'<div class="number"><b>{escape(value)}</b><span>{escape(label)}</span></div>'
 
@@ -219,7 +225,7 @@ def _header(summary: Mapping[str, Any]) -> str:
     if counts["unlabelled"]:
         numbers.append(_number(str(counts["unlabelled"]), "skipped (no label)"))
     parts = [
-        f"<h1>Error analysis: {escape(summary['model'])}</h1>",
+        f"<h1>Error analysis: {escape(_model_heading(summary))}</h1>",
         f'<p class="note">data: <code>{escape(summary["data"])}</code> &middot; method: '
         f"{escape(summary['method'])} &middot; {int(summary['num_classes'])} classes</p>",
         f'<div class="numbers">{"".join(numbers)}</div>',
@@ -282,6 +288,22 @@ def _class_table(summary: Mapping[str, Any]) -> str:
     )
 
 
+def _colour_bar(cmap: str = DEFAULT_CMAP) -> str:
+    """The heatmaps' colour scale as a labelled CSS gradient (each map spans its own range)."""
+    from matplotlib import colormaps
+
+    stops = ", ".join(
+        "#" + bytes(round(c * 255) for c in colormaps[cmap](t)[:3]).hex()
+        for t in np.linspace(0, 1, 11)
+    )
+    return (
+        '<p class="note colour-bar">relevance: 0 '
+        f'<span style="display:inline-block;width:180px;height:12px;vertical-align:middle;'
+        f'border:1px solid #888;background:linear-gradient(to right, {stops})"></span> '
+        "high (each map on its own scale, from 0 to its maximum)</p>"
+    )
+
+
 def _gallery(
     summary: Mapping[str, Any], groups: Sequence[Mapping[str, Any]], cards: Mapping[str, str]
 ) -> str:
@@ -292,8 +314,9 @@ def _gallery(
         f'<p class="note">{gallery["shown"]} of {summary["counts"]["errors"]} error(s) shown, '
         f"grouped by confusion pair (most frequent first). Each card: the photo, the "
         f"{escape(summary['method'])} heatmap for the predicted class and the one for the "
-        f"true class (red: strongest evidence for that class; parts of the photo the model's "
-        f"crop cut away are left uncoloured).</p>"
+        f"true class (bright: strongest evidence for that class; parts of the photo the "
+        f"model's crop cut away are left uncoloured).</p>",
+        _colour_bar(),
     ]
     if gallery["left_out"]:
         parts.append(
@@ -343,7 +366,7 @@ def render_report(
         "<h2>Errors</h2>",
         _gallery(summary, groups, cards),
     ]
-    title = f"Error analysis: {summary['model']}"
+    title = f"Error analysis: {_model_heading(summary)}"
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"

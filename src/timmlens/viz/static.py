@@ -24,6 +24,8 @@ from matplotlib.figure import Figure
 
 from ..data import ImageGeometry
 from .arrays import (
+    DEFAULT_CMAP,
+    DIVERGING_CMAP,
     HeatmapLike,
     PictureLike,
     crop_on_picture,
@@ -34,13 +36,6 @@ from .arrays import (
 )
 from .labels import explanation_title, mpl_text, wrap_title
 
-#: The default colormap of heatmaps, chosen on purpose: ``"inferno"`` is perceptually
-#: uniform (equal steps in relevance look like equal steps in colour, so the figure shows
-#: no edges the map does not have, unlike ``"jet"``), stays ordered in greyscale print and
-#: for colour-blind readers, and its bright end marks high relevance. Signed maps get
-#: :data:`DIVERGING_CMAP`, centred on 0. Every function takes ``cmap=`` to choose another.
-DEFAULT_CMAP = "inferno"
-DIVERGING_CMAP = "RdBu_r"
 DEFAULT_ALPHA = 0.5
 #: ``crop=``: how the part of the photo the preprocessing cut away is drawn. ``"mark"``:
 #: the whole photo, with that part hatched and the crop outlined; ``"only"``: just the
