@@ -32,7 +32,7 @@ def test_random_weights_models_are_skipped_unless_asked(example, capsys):
     assert loaded is not None and loaded.note == "random weights"
     # No pretrained tag in the names of an untrained model.
     assert loaded.slug == "test_resnet_random-weights"
-    assert loaded.name == "test_resnet (random weights)"
+    assert loaded.name == "test_resnet"
     assert example.architecture_of("hf-hub:timm/resnet18.a1_in1k") == "resnet18"
     assert example.architecture_of("hf-hub:someone/custom") is None
 

@@ -173,7 +173,7 @@ def load(spec: str, random_weights: bool) -> Model | None:
     if not status.trained:
         # No pretrained tag in the names of an untrained model: "vit_tiny_..._random-weights".
         base = architecture_of(spec) or slug.split(".")[0]
-        name, slug = f"{base} ({status.note})", f"{base}{file_tag(model)}"
+        name, slug = base, f"{base}{file_tag(model)}"  # titles add the note themselves
     return Model(spec, name, slug, model, status.note)
 
 

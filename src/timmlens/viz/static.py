@@ -191,15 +191,20 @@ def _grid_shape(count: int, ncols: int | None) -> tuple[int, int]:
     return math.ceil(count / ncols), ncols
 
 
-def _scale_of(shown: Any) -> tuple[Any, ...]:
-    return (*shown.get_clim(), shown.get_cmap().name, shown.get_label())
-
-
 def _colorbars(shown: list[tuple[Axes, Any]]) -> None:
-    """One colour bar for the whole grid when every map has the same scale, else one each."""
+    """One colour bar for the whole grid when the maps can share a scale, else one each.
+
+    Maps share a scale when they have the same colormap, lower limit and label (e.g. the
+    normalised CAMs of every layer, whose peaks differ only by interpolation): they are
+    then drawn from that lower limit to the largest upper limit among them.
+    """
     if not shown:
         return
-    if len({_scale_of(image) for _, image in shown}) == 1:
+    kinds = {(im.get_cmap().name, im.get_clim()[0], im.get_label()) for _, im in shown}
+    if len(kinds) == 1:
+        top = max(im.get_clim()[1] for _, im in shown)
+        for _, image in shown:
+            image.set_clim(image.get_clim()[0], top)
         add_colorbar(shown[0][1], [ax for ax, _ in shown])
         return
     for ax, image in shown:
