@@ -59,3 +59,7 @@ class OutputPathError(TimmLensError, ValueError):
 
 class DistributedRunError(TimmLensError, RuntimeError):
     """Another rank of a ``torchrun`` job failed; this rank stops with that rank's message."""
+
+
+class MetricInputError(TimmLensError, ValueError):
+    """A metric setting or input it cannot use (percentiles out of range, NaN heatmaps, ...)."""
