@@ -25,7 +25,7 @@ from ..scoring import (
     estimate_sample_bytes,
     target_scores,
 )
-from . import captum_metrics, registry, sensitivity  # noqa: F401 - sensitivity registers
+from . import captum_metrics, confidence, registry, sensitivity  # noqa: F401 - they register
 from ._inputs import (
     HeatmapInput,
     check_n_samples,
@@ -33,6 +33,7 @@ from ._inputs import (
     prepare_heatmaps,
     warn_if_constant,
 )
+from .confidence import CONFIDENCE_METRICS, DEFAULT_AOPC_PATCH, DEFAULT_AOPC_STEPS
 from .context import MetricContext
 from .curves import CURVE_METRICS, check_step_options, check_tie_order
 from .road import (
@@ -92,6 +93,9 @@ class ExplanationMetrics:
             90), strictly increasing, each in (0, 100).
         road_noise: standard deviation of ROAD's imputation noise in normalised input
             units (default 0.01, the authors').
+        aopc_patch_size: AOPC's square regions, in pixels (default 9, Samek et al.'s).
+        aopc_steps: AOPC's perturbation steps ``L`` (default 100, Samek et al.'s; at most
+            the number of patches).
         score: ``"probability"`` (default: softmax probability of the target, as RISE) or
             ``"logit"`` (the raw target logit; Ancona et al.'s sensitivity-n uses it).
         max_batch: at most this many perturbed images per forward. Default ``None``: the
@@ -121,6 +125,8 @@ class ExplanationMetrics:
         tie_order: str = "row_major",
         road_percentiles: Sequence[float] = DEFAULT_PERCENTILES,
         road_noise: float = DEFAULT_NOISE,
+        aopc_patch_size: int = DEFAULT_AOPC_PATCH,
+        aopc_steps: int = DEFAULT_AOPC_STEPS,
         score: str = "probability",
         max_batch: int | None = None,
         memory_budget_bytes: int | None = None,
@@ -150,6 +156,8 @@ class ExplanationMetrics:
         check_tie_order(tie_order)
         road_percentiles = check_percentiles(road_percentiles)
         check_noise(road_noise)
+        positive_int("aopc_patch_size", aopc_patch_size, allow_none=False)
+        positive_int("aopc_steps", aopc_steps, allow_none=False)
         positive_int("max_batch", max_batch)
         positive_int("memory_budget_bytes", memory_budget_bytes)
         check_n_samples(n_samples)
@@ -166,6 +174,8 @@ class ExplanationMetrics:
         self.tie_order = tie_order
         self.road_percentiles = road_percentiles
         self.road_noise = float(road_noise)
+        self.aopc_patch_size = aopc_patch_size
+        self.aopc_steps = aopc_steps
         self.score = score
         self.max_batch = max_batch
         self.memory_budget_bytes = memory_budget_bytes
@@ -299,6 +309,57 @@ class ExplanationMetrics:
                 batch, target_class, False, heatmaps=maps, options=options, requested=(name,)
             )
             return registry.resolve_metric(name).run(context)
+
+    def confidence(
+        self, image: ImagesInput, heatmap: HeatmapInput, target_class: TargetInput = None
+    ) -> dict[str, MetricResult]:
+        """Average Drop and Increase in Confidence (Chattopadhay et al. 2018) from one
+        forward of ``image x normalised map`` per image (see :mod:`.confidence`).
+
+        Returns:
+            ``{"average_drop": r, "increase_in_confidence": r}``, both in percent; each
+            result's ``details`` hold ``"original_scores"`` and ``"masked_scores"`` ``(B,)``.
+        """
+        return self.compute(image, heatmap, target_class, metrics=CONFIDENCE_METRICS)
+
+    def average_drop(
+        self, image: ImagesInput, heatmap: HeatmapInput, target_class: TargetInput = None
+    ) -> MetricResult:
+        """Average Drop in % (lower is better): ``100 * max(0, Y - O) / Y`` averaged."""
+        return self.confidence(image, heatmap, target_class)["average_drop"]
+
+    def increase_in_confidence(
+        self, image: ImagesInput, heatmap: HeatmapInput, target_class: TargetInput = None
+    ) -> MetricResult:
+        """Increase in Confidence in % of images (higher is better): ``O > Y``."""
+        return self.confidence(image, heatmap, target_class)["increase_in_confidence"]
+
+    def aopc(
+        self,
+        image: ImagesInput,
+        heatmap: HeatmapInput,
+        target_class: TargetInput = None,
+        *,
+        patch_size: int | None = None,
+        steps: int | None = None,
+    ) -> MetricResult:
+        """AOPC (Samek et al. 2017, higher is better): the mean drop of the target score as
+        ``patch_size`` patches are removed, most relevant first, over ``steps + 1`` points.
+
+        Args:
+            patch_size: overrides the constructor's ``aopc_patch_size`` (default 9).
+            steps: overrides the constructor's ``aopc_steps`` (default 100).
+
+        Returns:
+            A :class:`MetricResult`; ``.curve`` is ``(x, y)``, x the patches removed
+            ``(L + 1,)``, y the target's score.
+        """
+        options = {"aopc_patch_size": patch_size, "aopc_steps": steps}
+        batch = self._prepare(image)
+        with explaining(self.model):
+            maps = self._heatmaps(heatmap, batch)
+            context = self._context(batch, target_class, False, heatmaps=maps, options=options)
+            return registry.resolve_metric("aopc").run(context)
 
     def compute(
         self,

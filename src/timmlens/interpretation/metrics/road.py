@@ -273,16 +273,12 @@ def road_results(context: MetricContext, orders: tuple[str, ...]) -> dict[str, M
             chosen = range(first - group * levels, last - group * levels)
             masks = removal_masks(ranks[image], [counts[t] for t in chosen], orders[order])
             generators = noise_generators(seed, image, orders[order], levels)
-            pieces.append(
-                impute(inputs[image], masks, noise, [generators[t] for t in chosen])
-            )
+            pieces.append(impute(inputs[image], masks, noise, [generators[t] for t in chosen]))
         return torch.cat(pieces).to(inputs.device, inputs.dtype)
 
     job_image = torch.arange(size).repeat_interleave(per_image).to(inputs.device)
     chunk = context.chunk_size(n_jobs)
-    scores = score_in_chunks(
-        context.model, make_inputs, context.targets[job_image], chunk, score
-    )
+    scores = score_in_chunks(context.model, make_inputs, context.targets[job_image], chunk, score)
     curves = scores.view(size, len(orders), levels).float().cpu()
     x = torch.tensor(percentiles, dtype=torch.float64) / 100
     results = {}
