@@ -19,12 +19,11 @@ import torch
 from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_rise_exact import _rise_curves, auc  # noqa: E402
-
-from timmlens import load_model  # noqa: E402
-from timmlens.data import prepare_images  # noqa: E402
-from timmlens.interpretation import GradCAM  # noqa: E402
-from timmlens.interpretation.metrics import ExplanationMetrics  # noqa: E402
+from test_rise_exact import _rise_curves, auc
+from timmlens import load_model
+from timmlens.data import prepare_images
+from timmlens.interpretation import GradCAM
+from timmlens.interpretation.metrics import ExplanationMetrics
 
 PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
 

@@ -35,20 +35,20 @@ from .registry import (
     unregister_metric,
 )
 from .results import MetricResult
-from .sensitivity import patch_features, pearson, random_subsets, subset_size
 from .road import DEFAULT_PERCENTILES, NEIGHBOUR_WEIGHTS, impute, neighbour_matrix
+from .sensitivity import patch_features, pearson, random_subsets, subset_size
 from .substrates import make_substrate, rise_blur, rise_kernel
 
 __all__ = [
     "CURVE_METRICS",
     "DEFAULT_PERCENTILES",
     "DEFAULT_STEPS",
+    "NEIGHBOUR_WEIGHTS",
     "ExplanationMetrics",
     "Metric",
     "MetricContext",
     "MetricResult",
     "MetricSpec",
-    "NEIGHBOUR_WEIGHTS",
     "PointingResult",
     "TiedHeatmapWarning",
     "impute",

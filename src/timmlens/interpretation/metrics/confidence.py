@@ -135,7 +135,7 @@ class AOPC:
         positive_int("aopc_patch_size", patch_size, allow_none=False)
         positive_int("aopc_steps", steps, allow_none=False)
         inputs = context.inputs
-        size, _, height, width = inputs.shape
+        size = inputs.shape[0]
         ranks, count = patch_ranks(context.heatmaps, patch_size, owner.tie_order)
         steps = min(steps, count)
         points = steps + 1

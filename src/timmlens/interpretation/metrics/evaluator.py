@@ -36,6 +36,7 @@ from ._inputs import (
 from .confidence import CONFIDENCE_METRICS, DEFAULT_AOPC_PATCH, DEFAULT_AOPC_STEPS
 from .context import MetricContext
 from .curves import CURVE_METRICS, check_step_options, check_tie_order
+from .results import MetricResult
 from .road import (
     DEFAULT_NOISE,
     DEFAULT_PERCENTILES,
@@ -43,7 +44,6 @@ from .road import (
     check_order,
     check_percentiles,
 )
-from .results import MetricResult
 from .substrates import SubstrateSpec, check_substrate, describe
 
 #: The metrics of heatmaps when this module was imported; :func:`registry.metrics` is live.
