@@ -45,7 +45,7 @@ def main(step: int) -> None:
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for b, name in enumerate(PHOTOS):
-        ref = _rise_curves(model, images[b : b + 1], heatmaps[b], stable=True)
+        ref = _rise_curves(model, images[b : b + 1], heatmaps[b], stable=True, step=step)
         cells = [name]
         for kind in ("insertion", "deletion"):
             curve = ours[kind].y[b].double().numpy()

@@ -101,7 +101,7 @@ def test_rise_kernel_is_scipy_gkern():
     assert rise_kernel(11, 5.0).sum().item() == pytest.approx(1.0, abs=1e-12)
 
 
-def _rise_curves(model, image, heatmap, stable):
+def _rise_curves(model, image, heatmap, stable, step=STEP):
     softmax_model = nn.Sequential(model, nn.Softmax(dim=1)).eval()
     kern = gkern(11, 5)
 
@@ -112,7 +112,7 @@ def _rise_curves(model, image, heatmap, stable):
     with torch.no_grad():
         for mode, name, substrate in (("ins", "insertion", blur), ("del", "deletion", None)):
             metric = CausalMetric(
-                softmax_model, mode, STEP, substrate or torch.zeros_like, 224 * 224, stable
+                softmax_model, mode, step, substrate or torch.zeros_like, 224 * 224, stable
             )
             curves[name] = metric.single_run(image.clone(), heatmap.numpy().copy())
     return curves
