@@ -28,6 +28,7 @@ from functools import partial
 import pytest
 import timm
 import torch
+
 from timmlens.interpretation.metrics import ExplanationMetrics, rise_blur
 from timmlens.testing import make_explainable
 

@@ -57,9 +57,7 @@ def ref_blur(image: torch.Tensor, kernel: int = 11, sigma: float = 5.0) -> torch
     delta = np.zeros((kernel, kernel))
     delta[kernel // 2, kernel // 2] = 1
     weights = ndimage.gaussian_filter(delta, sigma).astype(np.float32).astype(np.float64)
-    out = np.stack(
-        [ndimage.correlate(c, weights, mode="constant") for c in image.double().numpy()]
-    )
+    out = np.stack([ndimage.correlate(c, weights, mode="constant") for c in image.double().numpy()])
     return torch.from_numpy(out).float()
 
 

@@ -497,9 +497,7 @@ def parameter_randomization_test(
 
     by_seed = {
         label: {
-            metric: torch.stack(
-                [torch.stack([row[metric] for row in rows]) for rows in seed_rows]
-            )
+            metric: torch.stack([torch.stack([row[metric] for row in rows]) for rows in seed_rows])
             for metric in METRICS
         }
         for label, seed_rows in sims.items()
