@@ -99,7 +99,7 @@ def make_substrate(
             ``gkern(blur_kernel, blur_sigma)`` with zero padding, see :func:`rise_blur`);
             ``"blur_reflect"`` (torchvision's Gaussian blur, kernel truncated at
             ``blur_kernel`` with renormalised weights and reflect padding: timmlens'
-            insertion start before 0.2, up to 0.8 away from RISE's at the border);
+            earlier default insertion start, up to 0.8 away from RISE's at the border);
             ``"mean"`` (each image's per-channel mean); a number (a constant); a tensor
             broadcastable to ``inputs``; or a callable ``inputs -> tensor``.
         inputs: normalised model input on the model's device.
