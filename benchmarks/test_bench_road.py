@@ -7,6 +7,9 @@ probability. Run with::
 
     pytest benchmarks/test_bench_road.py --benchmark-group-by=group -s
 
+(``TIMMLENS_BENCH_ROAD_IMAGES=1`` runs one image instead of 4, for a quick look on a
+busy machine: every part scales with the images, so the ratios barely move.)
+
 **ROAD** (group ``ROAD``): MoRF and LeRF at 10, 20, ..., 90 % removed: 4 images x 2
 orders x 9 percentiles = 72 imputations and 72 scored images.
 
@@ -29,6 +32,7 @@ originals), ours against the same images through bare forwards.
 
 from __future__ import annotations
 
+import os
 from functools import cache
 
 import numpy as np
@@ -44,13 +48,13 @@ from timmlens.interpretation.metrics.confidence import normalised_maps, patch_ra
 from timmlens.interpretation.metrics.road import removal_masks, removed_counts
 from timmlens.testing import make_explainable
 
-IMAGES, SIDE = 4, 224
+IMAGES, SIDE = int(os.environ.get("TIMMLENS_BENCH_ROAD_IMAGES", "4")), 224
 PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
-TARGETS = [1, 2, 3, 4]
+TARGETS = [1, 2, 3, 4][:IMAGES]
 AOPC_STEPS = 25
 ROAD_GROUP = f"ROAD MoRF+LeRF resnet18 {IMAGES}x{SIDE}, 9 percentiles (CPU)"
 CONF_GROUP = f"confidence + AOPC resnet18 {IMAGES}x{SIDE} (CPU)"
-LIMIT = "forward limit (72 imputed images)"
+LIMIT = f"forward limit ({IMAGES * 18} imputed images)"
 OURS, OURS_IMPUTATION = "timmlens ROAD", "timmlens imputation"
 PEER, PEER_IMPUTATION = "pytorch-grad-cam ROAD", "pytorch-grad-cam imputation"
 
