@@ -3,6 +3,8 @@ classes (the ROAD authors' imputer and metrics it vendors) and plain loops."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -197,7 +199,7 @@ def test_aopc_matches_loop(small, images, heatmaps, patch, steps):
         assert result.per_image[b].item() == pytest.approx(value, abs=1e-6)
         np.testing.assert_allclose(result.y[b].numpy(), scores, atol=1e-6)
     # 40 px in 13 px patches: 4 x 4, the last row and column 1 px wide
-    assert result.settings["steps"] == min(steps, -((-SIZE // patch) ** 2))
+    assert result.settings["steps"] == min(steps, math.ceil(SIZE / patch) ** 2)
 
 
 # -- bad input -------------------------------------------------------------------------------
