@@ -28,9 +28,8 @@ from functools import partial
 import pytest
 import timm
 import torch
-from torchvision.transforms import functional as TF
 
-from timmlens.interpretation.metrics import ExplanationMetrics
+from timmlens.interpretation.metrics import ExplanationMetrics, rise_blur
 from timmlens.testing import make_explainable
 
 pytest.importorskip("pytest_benchmark")
@@ -82,7 +81,7 @@ def test_ours(benchmark, setup) -> None:
 def perturbed_inputs(images: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
     """The 408 perturbed images our curves score, built step by step: ``(408, 3, H, W)``."""
     maps = torch.nn.functional.interpolate(heatmaps[:, None], size=(SIZE, SIZE), mode="bilinear")
-    starts = {"deletion": images, "insertion": TF.gaussian_blur(images, [11, 11], [5.0, 5.0])}
+    starts = {"deletion": images, "insertion": rise_blur(images)}
     finishes = {"deletion": torch.zeros_like(images), "insertion": images}
     out = []
     for b in range(IMAGES):
@@ -116,7 +115,7 @@ def test_per_step_loop(benchmark, setup) -> None:
     """One forward per step per image, each perturbed image built when it is needed."""
     model, images, heatmaps = setup["model"], setup["images"], setup["heatmaps"]
     maps = torch.nn.functional.interpolate(heatmaps[:, None], size=(SIZE, SIZE), mode="bilinear")
-    starts = {"deletion": images, "insertion": TF.gaussian_blur(images, [11, 11], [5.0, 5.0])}
+    starts = {"deletion": images, "insertion": rise_blur(images)}
     finishes = {"deletion": torch.zeros_like(images), "insertion": images}
 
     def run() -> None:

@@ -48,8 +48,22 @@ def _centre_mass(context: MetricContext) -> torch.Tensor:
 
 
 def test_builtins_listed_with_directions_and_aliases():
-    assert metrics() == ["insertion", "deletion", "sensitivity", "infidelity", "max-sensitivity"]
-    assert metrics("heatmap") == ["insertion", "deletion", "sensitivity", "infidelity"]
+    faithfulness = ["road_morf", "road_lerf", "aopc", "average_drop", "increase_in_confidence"]
+    assert metrics() == [
+        "insertion",
+        "deletion",
+        "sensitivity",
+        "infidelity",
+        "max-sensitivity",
+        *faithfulness,
+    ]
+    assert metrics("heatmap") == [
+        "insertion",
+        "deletion",
+        "sensitivity",
+        "infidelity",
+        *faithfulness,
+    ]
     assert metrics("explainer") == ["max-sensitivity"]
     assert resolve_metric(" Sensitivity-N ").name == "sensitivity"
     assert resolve_metric("max_sensitivity").name == "max-sensitivity"

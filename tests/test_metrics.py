@@ -52,6 +52,16 @@ def ref_score(model, image: torch.Tensor, target: int, score: str) -> float:
 
 
 def ref_blur(image: torch.Tensor, kernel: int = 11, sigma: float = 5.0) -> torch.Tensor:
+    """RISE's start: scipy's Gaussian of a delta as the kernel, zero padding (scipy's
+    ``correlate`` with ``mode="constant"``; the kernel is symmetric)."""
+    delta = np.zeros((kernel, kernel))
+    delta[kernel // 2, kernel // 2] = 1
+    weights = ndimage.gaussian_filter(delta, sigma).astype(np.float32).astype(np.float64)
+    out = np.stack([ndimage.correlate(c, weights, mode="constant") for c in image.double().numpy()])
+    return torch.from_numpy(out).float()
+
+
+def ref_blur_reflect(image: torch.Tensor, kernel: int = 11, sigma: float = 5.0) -> torch.Tensor:
     """Gaussian blur with the kernel truncated at kernel//2 and mirrored borders."""
     radius = kernel // 2
     out = ndimage.gaussian_filter(
@@ -198,6 +208,26 @@ def test_curve_endpoints(model, images, heatmaps):
     blurred = ref_score(model, ref_blur(image), 3, "probability")
     assert insertion[0] == pytest.approx(blurred, abs=1e-5)
     assert insertion[-1] == pytest.approx(deletion[0], abs=1e-5)
+    old = ExplanationMetrics(model, steps=5, insertion_substrate="blur_reflect")
+    start = old.insertion(image, heat, target_class=3).curve[1][0].item()
+    assert start == pytest.approx(ref_score(model, ref_blur_reflect(image), 3, "probability"))
+
+
+def test_rise_blur_is_zero_padded_and_differs_from_blur_reflect(images):
+    from timmlens.interpretation.metrics import make_substrate, rise_kernel
+
+    rise = make_substrate("blur", images)
+    torch.testing.assert_close(rise[0], ref_blur(images[0]), atol=1e-5, rtol=0)
+    reflect = make_substrate("blur_reflect", images)
+    torch.testing.assert_close(reflect[0], ref_blur_reflect(images[0]), atol=1e-5, rtol=0)
+    # on a constant image: zero padding pulls the border towards 0 (the mean colour), the
+    # interior (5 px from the edge) keeps the value; reflect padding keeps it everywhere
+    ones = torch.ones(1, 3, SIZE, SIZE)
+    rise, reflect = make_substrate("blur", ones), make_substrate("blur_reflect", ones)
+    torch.testing.assert_close(reflect, ones)
+    torch.testing.assert_close(rise[..., 5:-5, 5:-5], ones[..., 5:-5, 5:-5])
+    assert rise[0, 0, 0, 0].item() == pytest.approx(float(rise_kernel()[5:, 5:].sum()), abs=1e-6)
+    assert rise[0, 0, 0, 0].item() < 0.4
 
 
 def test_result_behaves_like_a_float(model, images, heatmaps):

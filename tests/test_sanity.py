@@ -392,6 +392,43 @@ def test_target_class_is_kept_fixed(effnet, small_images):
     assert result.targets.tolist() == [1, 2]
 
 
+def test_seeds_report_mean_and_spread_over_seeds(effnet, small_images):
+    layers = ["classifier", "blocks.2"]
+    several = parameter_randomization_test(
+        effnet, small_images, "gradcam", layers=layers, seeds=(0, 3), progress=False
+    )
+    alone = [
+        parameter_randomization_test(
+            effnet, small_images, "gradcam", layers=layers, seed=s, progress=False
+        )
+        for s in (0, 3)
+    ]
+    assert several.seeds == (0, 3) and several.seed == 0
+    by_seed = several.seed_similarity["gradcam"]["ssim"]
+    assert by_seed.shape == (2, 3, 2)
+    for index, result in enumerate(alone):
+        torch.testing.assert_close(by_seed[index], result.similarity["gradcam"]["ssim"])
+    # first seed's rows and maps kept as the single-seed fields
+    torch.testing.assert_close(several.similarity["gradcam"]["ssim"], by_seed[0])
+    torch.testing.assert_close(several.randomized["gradcam"], alone[0].randomized["gradcam"])
+    seed_means = torch.stack([r.mean("gradcam", "ssim") for r in alone])
+    torch.testing.assert_close(several.seed_means("gradcam", "ssim"), seed_means)
+    torch.testing.assert_close(several.mean("gradcam", "ssim"), seed_means.mean(0))
+    spread = several.spread("gradcam", "ssim")
+    torch.testing.assert_close(spread["sd"], seed_means.std(0))
+    torch.testing.assert_close(spread["min"], by_seed.transpose(0, 1).flatten(1).min(1).values)
+    torch.testing.assert_close(spread["max"], by_seed.transpose(0, 1).flatten(1).max(1).values)
+    assert spread["sd"][0] == 0 and spread["sd"][2] > 0  # step 0 is seed-free
+    table = several.table()
+    assert table[2]["ssim_sd"] == pytest.approx(float(spread["sd"][2]))
+    assert "seed(s) 0, 3" in str(several) and "ssim_sd" in str(several)
+    assert "ssim_sd" not in alone[0].table()[0]
+    with pytest.raises(ValueError, match="repeat a seed"):
+        parameter_randomization_test(effnet, small_images, "gradcam", seeds=(1, 1))
+    with pytest.raises(ValueError, match=r"seeds must be int\(s\)"):
+        parameter_randomization_test(effnet, small_images, "gradcam", seeds=())
+
+
 def test_parameter_randomization_errors(effnet, small_images):
     with pytest.raises(ValueError, match="methods is empty"):
         parameter_randomization_test(effnet, small_images, [], progress=False)

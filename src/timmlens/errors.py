@@ -63,3 +63,7 @@ class DistributedRunError(TimmLensError, RuntimeError):
 
 class ExplanationFileError(TimmLensError, ValueError):
     """A file given to ``load_explanation`` that is not a saved timmlens explanation."""
+
+
+class MetricInputError(TimmLensError, ValueError):
+    """A metric setting or input it cannot use (percentiles out of range, NaN heatmaps, ...)."""

@@ -182,8 +182,15 @@ class RandomizationResult:
         randomized: method -> ``(steps, B, H, W)`` maps at each step (CPU).
         similarity: method -> metric (``"spearman"``, ``"spearman_abs"``, ``"ssim"``) ->
             ``(steps, B)`` similarity of each step's map with the original (CPU, NaN
-            where Spearman is undefined because a map is constant).
-        seed: the seed the units were drawn from.
+            where Spearman is undefined because a map is constant), for the first seed.
+        seed: the (first) seed the units were drawn from.
+        seeds: every seed the test ran with (``seeds=``); one cascade per seed.
+        seed_similarity: method -> metric -> ``(seeds, steps, B)``, every seed's
+            similarities (``similarity`` is its first row).
+
+    With several seeds, :meth:`mean`, :meth:`table` and :meth:`falls` average over the
+    seeds and images together, and :meth:`spread` says how far the seeds disagree: one
+    seed's randomised weights can leave a map more or less like the original by chance.
     """
 
     methods: tuple[str, ...]
@@ -195,6 +202,8 @@ class RandomizationResult:
     similarity: dict[str, dict[str, torch.Tensor]] = field(repr=False)
     seed: int = 0
     unit_details: tuple[RandomizationUnit, ...] = field(default=(), repr=False)
+    seeds: tuple[int, ...] = ()
+    seed_similarity: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @property
     def steps(self) -> tuple[str, ...]:
@@ -209,22 +218,61 @@ class RandomizationResult:
         if metric not in self.similarity[method]:
             raise KeyError(f"no metric '{metric}'; use one of {', '.join(METRICS)}.")
 
-    def mean(self, method: str, metric: str = "spearman") -> torch.Tensor:
-        """``(steps,)`` mean similarity over images (NaN entries left out)."""
+    def _by_seed(self, method: str, metric: str) -> torch.Tensor:
+        """``(seeds, steps, B)`` similarities (one seed row without ``seed_similarity``)."""
         self._check(method, metric)
-        return _nanmean(self.similarity[method][metric], dim=1)
+        if method in self.seed_similarity:
+            return self.seed_similarity[method][metric]
+        return self.similarity[method][metric][None]
+
+    def mean(self, method: str, metric: str = "spearman") -> torch.Tensor:
+        """``(steps,)`` mean similarity over images and seeds (NaN entries left out)."""
+        values = self._by_seed(method, metric)
+        return _nanmean(values.transpose(0, 1).flatten(1), dim=1)
+
+    def seed_means(self, method: str, metric: str = "spearman") -> torch.Tensor:
+        """``(seeds, steps)``: each seed's mean over images (NaN entries left out)."""
+        return _nanmean(self._by_seed(method, metric), dim=2)
+
+    def spread(self, method: str, metric: str = "spearman") -> dict[str, torch.Tensor]:
+        """How much the seeds disagree, per step: each ``(steps,)``.
+
+        ``"sd"``: standard deviation of the per-seed means over images (0 for one seed);
+        ``"min"`` / ``"max"``: the lowest and highest per-image value over every seed
+        and image (NaN left out).
+        """
+        values = self._by_seed(method, metric)
+        means = self.seed_means(method, metric)
+        count = (~torch.isnan(means)).sum(dim=0)
+        centred = torch.where(torch.isnan(means), 0.0, means - _nanmean(means.T, dim=1))
+        sd = (centred.pow(2).sum(dim=0) / (count - 1).clamp_min(1)).sqrt()
+        flat = values.transpose(0, 1).flatten(1)
+        finite = ~torch.isnan(flat)
+        low = torch.where(finite, flat, torch.inf).min(dim=1).values
+        high = torch.where(finite, flat, -torch.inf).max(dim=1).values
+        nothing = ~finite.any(dim=1)
+        return {
+            "sd": sd,
+            "min": torch.where(nothing, torch.nan, low),
+            "max": torch.where(nothing, torch.nan, high),
+        }
 
     def table(self) -> list[dict[str, Any]]:
         """One row per method and step: ``method, step, unit, spearman, spearman_abs, ssim``
-        (means over images, NaN left out) and ``undefined`` (images whose Spearman is NaN).
+        (means over images and seeds, NaN left out) and ``undefined`` (images whose
+        Spearman is NaN, counted over seeds). With several seeds also ``spearman_sd`` and
+        ``ssim_sd`` (standard deviation of the per-seed means, :meth:`spread`).
         """
         rows = []
+        several = len(self.seeds) > 1
         for method in self.methods:
             means = {metric: self.mean(method, metric) for metric in METRICS}
-            undefined = torch.isnan(self.similarity[method]["spearman"]).sum(dim=1)
+            spreads = {m: self.spread(method, m)["sd"] for m in ("spearman", "ssim") if several}
+            undefined = torch.isnan(self._by_seed(method, "spearman")).sum(dim=(0, 2))
             for step, unit in enumerate(self.steps):
                 row: dict[str, Any] = {"method": method, "step": step, "unit": unit}
                 row.update({metric: float(means[metric][step]) for metric in METRICS})
+                row.update({f"{m}_sd": float(sd[step]) for m, sd in spreads.items()})
                 row["undefined"] = int(undefined[step])
                 rows.append(row)
         return rows
@@ -270,11 +318,15 @@ class RandomizationResult:
     def summary(self) -> str:
         """A text table of :meth:`table` with the chance level and a verdict per method."""
         mode = "cascading" if self.cascading else "independent"
+        seeds = self.seeds or (self.seed,)
         head = (
             f"Model parameter randomisation ({mode}), {self.targets.numel()} image(s), "
-            f"{len(self.units)} units; similarity of each step's map with the original"
+            f"{len(self.units)} units, seed(s) {', '.join(map(str, seeds))}; similarity of "
+            f"each step's map with the original"
         )
-        body = _format_rows(self.table(), ("method", "step", "unit", *METRICS, "undefined"))
+        sd_columns = ("spearman_sd", "ssim_sd") if len(seeds) > 1 else ()
+        columns = ("method", "step", "unit", *METRICS, *sd_columns, "undefined")
+        body = _format_rows(self.table(), columns)
         verdicts = [
             f"{method}: Spearman {'falls' if self.falls(method) else 'does NOT fall'}, "
             f"SSIM {'falls' if self.falls(method, 'ssim') else 'does NOT fall'} "
@@ -355,6 +407,7 @@ def parameter_randomization_test(
     cascading: bool = True,
     layers: Sequence[str | nn.Module] | None = None,
     seed: int = 0,
+    seeds: Sequence[int] | None = None,
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool = True,
 ) -> RandomizationResult:
@@ -380,6 +433,11 @@ def parameter_randomization_test(
         layers: explicit units (module names, parameter names), in the order to use;
             ``None``: all units, top-down.
         seed: base seed of the re-initialisation (see :func:`randomize_unit`).
+        seeds: several base seeds instead of ``seed``: the whole test runs once per seed
+            and the result reports the mean over seeds and images and the spread
+            between seeds (:meth:`RandomizationResult.spread`). One seed can mislead:
+            on the bundled EfficientNet-Lite0 GradCAM's fully randomised Spearman is
+            0.59 with seed 0 alone (docs/sanity_checks.md).
         method_options: registry name -> constructor options, e.g.
             ``{"ig": {"n_steps": 32}}``.
         progress: show a tqdm progress bar.
@@ -388,6 +446,7 @@ def parameter_randomization_test(
         A :class:`RandomizationResult`; ``similarity[method][metric]`` is
         ``(len(units) + 1, B)``.
     """
+    seed_list = _check_seeds(seed if seeds is None else seeds, single=seeds is None)
     parsed = _methods(model, methods, method_options)
     batch = prepare_images(images, model)
     inputs = batch.tensor
@@ -403,31 +462,46 @@ def parameter_randomization_test(
         originals[method.label] = _explain(explainer, inputs, targets)
 
     steps: dict[str, list[torch.Tensor]] = {m.label: [] for m in parsed}
-    sims: dict[str, list[dict[str, torch.Tensor]]] = {m.label: [] for m in parsed}
+    sims: dict[str, list[list[dict[str, torch.Tensor]]]] = {m.label: [] for m in parsed}
 
-    def record(explainers: Sequence[Explainer]) -> None:
+    def record(explainers: Sequence[Explainer], first_seed: bool) -> None:
         for method, explainer in zip(parsed, explainers, strict=True):
             maps = _explain(explainer, inputs, targets)
-            sims[method.label].append(_similarity_rows(originals[method.label], maps))
-            steps[method.label].append(maps.cpu())
+            sims[method.label][-1].append(_similarity_rows(originals[method.label], maps))
+            if first_seed:  # maps of the first seed only: they are large
+                steps[method.label].append(maps.cpu())
 
     mode = "cascading" if cascading else "independent"
-    bar = tqdm(total=len(units) + 1, desc=f"randomisation ({mode})", disable=not progress)
+    bar = tqdm(
+        total=(len(units) + 1) * len(seed_list),
+        desc=f"randomisation ({mode})",
+        disable=not progress,
+    )
     try:
-        copied, explainers = _copy_with_explainers(model, parsed)
-        record(explainers)
-        bar.update()
-        for unit in units:
-            bar.set_postfix_str(unit.name, refresh=False)
-            if not cascading:
-                copied, explainers = _copy_with_explainers(model, parsed)
-            randomize_unit(copied, unit, seed=seed)
-            record(explainers)
+        for index, unit_seed in enumerate(seed_list):
+            for rows in sims.values():
+                rows.append([])
+            copied, explainers = _copy_with_explainers(model, parsed)
+            record(explainers, index == 0)
             bar.update()
+            for unit in units:
+                bar.set_postfix_str(f"seed {unit_seed}: {unit.name}", refresh=False)
+                if not cascading:
+                    copied, explainers = _copy_with_explainers(model, parsed)
+                randomize_unit(copied, unit, seed=unit_seed)
+                record(explainers, index == 0)
+                bar.update()
+            del copied, explainers
     finally:
         bar.close()
-    del copied, explainers
 
+    by_seed = {
+        label: {
+            metric: torch.stack([torch.stack([row[metric] for row in rows]) for rows in seed_rows])
+            for metric in METRICS
+        }
+        for label, seed_rows in sims.items()
+    }
     return RandomizationResult(
         methods=tuple(m.label for m in parsed),
         units=tuple(unit.name for unit in units),
@@ -436,12 +510,28 @@ def parameter_randomization_test(
         original={label: maps.cpu() for label, maps in originals.items()},
         randomized={label: torch.stack(maps) for label, maps in steps.items()},
         similarity={
-            label: {metric: torch.stack([row[metric] for row in rows]) for metric in METRICS}
-            for label, rows in sims.items()
+            label: {metric: values[0] for metric, values in metrics.items()}
+            for label, metrics in by_seed.items()
         },
-        seed=int(seed),
+        seed=seed_list[0],
         unit_details=tuple(units),
+        seeds=tuple(seed_list),
+        seed_similarity=by_seed if len(seed_list) > 1 else {},
     )
+
+
+def _check_seeds(seeds: int | Sequence[int], single: bool) -> list[int]:
+    """``seeds`` as a list of distinct ints (one for ``seed=``)."""
+    values = [seeds] if single else seeds
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ValueError(f"seeds must be a sequence of ints, e.g. seeds=(0, 1, 2); got {seeds!r}.")
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int)]
+    name = "seed" if single else "seeds"
+    if bad or not values:
+        raise ValueError(f"{name} must be int(s), e.g. seeds=(0, 1, 2); got {seeds!r}.")
+    if len(set(values)) != len(values):
+        raise ValueError(f"seeds {tuple(values)} repeat a seed; give distinct seeds.")
+    return [int(v) for v in values]
 
 
 def data_randomization_test(

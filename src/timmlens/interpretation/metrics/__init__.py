@@ -3,6 +3,9 @@
 * insertion / deletion curves (RISE, Petsiuk et al., BMVC 2018),
 * sensitivity-n (Ancona et al., ICLR 2018),
 * max-sensitivity and infidelity through Captum (Yeh et al., NeurIPS 2019),
+* ROAD, MoRF and LeRF with noisy linear imputation (Rong et al., ICML 2022),
+* Average Drop and Increase in Confidence (Chattopadhay et al., WACV 2018) and AOPC
+  (Samek et al., IEEE TNNLS 2017),
 * the pointing game on boxes or masks (Zhang et al., ECCV 2016).
 
 Each metric is registered by name (:func:`register_metric`, listed by :func:`metrics`);
@@ -32,12 +35,15 @@ from .registry import (
     unregister_metric,
 )
 from .results import MetricResult
+from .road import DEFAULT_PERCENTILES, NEIGHBOUR_WEIGHTS, impute, neighbour_matrix
 from .sensitivity import patch_features, pearson, random_subsets, subset_size
-from .substrates import make_substrate
+from .substrates import make_substrate, rise_blur, rise_kernel
 
 __all__ = [
     "CURVE_METRICS",
+    "DEFAULT_PERCENTILES",
     "DEFAULT_STEPS",
+    "NEIGHBOUR_WEIGHTS",
     "ExplanationMetrics",
     "Metric",
     "MetricContext",
@@ -45,8 +51,10 @@ __all__ = [
     "MetricSpec",
     "PointingResult",
     "TiedHeatmapWarning",
+    "impute",
     "make_substrate",
     "metrics",
+    "neighbour_matrix",
     "patch_features",
     "pearson",
     "pixel_ranks",
@@ -55,6 +63,8 @@ __all__ = [
     "random_subsets",
     "register_metric",
     "resolve_metric",
+    "rise_blur",
+    "rise_kernel",
     "scoped_metric_registry",
     "step_counts",
     "subset_size",

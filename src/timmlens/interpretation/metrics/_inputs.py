@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...errors import MetricInputError
+
 HeatmapInput = torch.Tensor | np.ndarray
 
 
@@ -53,7 +55,8 @@ def prepare_heatmaps(
         ``(B, H, W)`` float32 on ``device``, detached.
 
     Raises:
-        ValueError: wrong type, dimensions or count, empty, or NaN / inf values.
+        ValueError: wrong type, dimensions or count, or empty;
+            :class:`~timmlens.errors.MetricInputError` (a ``ValueError``) for NaN / inf values.
     """
     if isinstance(heatmap, np.ndarray):
         kind = heatmap.dtype.kind
@@ -88,7 +91,7 @@ def prepare_heatmaps(
     maps = maps.to(device=device, dtype=torch.float32)
     bad = ~torch.isfinite(maps)
     if bad.any():
-        raise ValueError(
+        raise MetricInputError(
             f"{name} contains {int(bad.sum())} NaN/inf value(s) (in image(s) "
             f"{sorted(set(bad.flatten(1).any(1).nonzero().flatten().tolist()))}); pixels cannot be "
             f"ranked. Fix the explanation, or replace them: torch.nan_to_num(heatmap, nan=0.0)."

@@ -6,8 +6,13 @@ Pixels are ranked once per image, most salient first. Step ``t`` of a curve chan
 * **Deletion** starts from the image and puts the deletion substrate (default: zeros of
   the model input, as in RISE) in place of the most salient pixels; a faithful heatmap
   makes the target score fall fast: lower AUC is better.
-* **Insertion** starts from a blurred copy (default: Gaussian, kernel 11, sigma 5) and
-  puts the original pixels back, most salient first; higher AUC is better.
+* **Insertion** starts from a blurred copy (default: RISE's own, ``gkern(11, 5)`` with zero
+  padding, see :func:`~.substrates.rise_blur`) and puts the original pixels back, most
+  salient first; higher AUC is better.
+
+With the defaults, at 224 x 224 and ``pixels_per_step=224`` (or the default 224 steps),
+both curves equal RISE's ``evaluation.py`` (``CausalMetric``) up to float rounding; ties
+in the heatmap follow ``tie_order`` (see :func:`pixel_ranks`).
 
 Curves have ``n_steps + 1`` points, from 0 pixels changed to all of them; ``x`` is the
 fraction changed, in [0, 1], and the AUC is the trapezoid rule over ``(x, y)``.
@@ -36,17 +41,41 @@ from .substrates import (  # noqa: F401 - re-exported: they lived here before
 DEFAULT_STEPS = 224
 #: The curve metrics, computed together in one stream of chunks when asked together.
 CURVE_METRICS: tuple[str, ...] = ("insertion", "deletion")
+#: How equal heatmap values are ordered (:func:`pixel_ranks`).
+TIE_ORDERS: tuple[str, ...] = ("row_major", "rise")
 
 
-def pixel_ranks(heatmaps: torch.Tensor) -> torch.Tensor:
+def check_tie_order(tie_order: object) -> None:
+    """Raise unless ``tie_order`` is one of :data:`TIE_ORDERS`."""
+    if tie_order not in TIE_ORDERS:
+        raise ValueError(
+            f"tie_order={tie_order!r} is not known; use 'row_major' (among equal values the "
+            f"top-left pixel first, the default) or 'rise' (the bottom-right pixel first, as "
+            f"RISE's reversed argsort)."
+        )
+
+
+def pixel_ranks(heatmaps: torch.Tensor, tie_order: str = "row_major") -> torch.Tensor:
     """Position of every pixel in its image's saliency order: ``(B, H, W)`` -> ``(B, H*W)``.
 
-    Rank 0 is the most salient pixel. Ties are broken by a stable sort: among equal
-    values the pixel with the lower row-major index (top-left first) ranks first.
+    Rank 0 is the most salient pixel. Equal values (GradCAM's zeros, upsampled plateaus)
+    are ordered by ``tie_order``:
+
+    * ``"row_major"`` (default): the pixel with the lower row-major index (top-left)
+      first, a stable descending sort;
+    * ``"rise"``: the pixel with the higher row-major index first, as RISE's
+      ``np.flip(np.argsort(saliency))``. numpy's default sort is unstable, so RISE's
+      own order among ties depends on numpy's build; this is the order it gives with a
+      stable sort, and equals RISE's exactly wherever the values are distinct.
+
     Returns int32 ranks on the heatmaps' device.
     """
+    check_tie_order(tie_order)
     flat = heatmaps.flatten(1)
-    order = torch.argsort(flat, dim=1, descending=True, stable=True)
+    if tie_order == "rise":
+        order = torch.argsort(flat, dim=1, stable=True).flip(1)
+    else:
+        order = torch.argsort(flat, dim=1, descending=True, stable=True)
     positions = torch.arange(flat.shape[1], device=flat.device, dtype=torch.int32)
     ranks = torch.empty(flat.shape, device=flat.device, dtype=torch.int32)
     ranks.scatter_(1, order, positions.expand_as(flat).contiguous())
@@ -117,7 +146,7 @@ def curve_results(context: MetricContext, kinds: tuple[str, ...]) -> dict[str, M
     size, _, height, width = inputs.shape
     counts = step_counts(height * width, owner.steps, owner.pixels_per_step)
     points = counts.numel()
-    ranks = pixel_ranks(maps)
+    ranks = pixel_ranks(maps, owner.tie_order)
     starts, finishes, known = [], [], []
     for kind in kinds:
         if kind == "deletion":
@@ -171,13 +200,14 @@ def _settings(
         "pixels_per_step": owner.pixels_per_step,
         "input_size": size,
         "score": owner.score,
+        "tie_order": owner.tie_order,
         "chunk_size": chunk,
     }
     if kind == "deletion":
         settings["substrate"] = describe(owner.substrate)
     else:
         settings["start"] = describe(owner.insertion_substrate)
-        if owner.insertion_substrate == "blur":
+        if owner.insertion_substrate in ("blur", "blur_reflect"):
             settings["blur"] = (owner.blur_kernel, owner.blur_sigma)
     return settings
 
@@ -201,7 +231,8 @@ class _Curve:
     reference="Petsiuk et al., RISE, BMVC 2018",
 )
 class Insertion(_Curve):
-    """Insertion AUC: a blurred image, the original pixels put back most salient first."""
+    """Insertion AUC: a blurred image (RISE's), the original pixels put back most salient
+    first."""
 
 
 @register_metric(

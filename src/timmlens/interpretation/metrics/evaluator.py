@@ -25,7 +25,7 @@ from ..scoring import (
     estimate_sample_bytes,
     target_scores,
 )
-from . import captum_metrics, registry, sensitivity  # noqa: F401 - sensitivity registers
+from . import captum_metrics, confidence, registry, sensitivity  # noqa: F401 - they register
 from ._inputs import (
     HeatmapInput,
     check_n_samples,
@@ -33,9 +33,17 @@ from ._inputs import (
     prepare_heatmaps,
     warn_if_constant,
 )
+from .confidence import CONFIDENCE_METRICS, DEFAULT_AOPC_PATCH, DEFAULT_AOPC_STEPS
 from .context import MetricContext
-from .curves import CURVE_METRICS, check_step_options
+from .curves import CURVE_METRICS, check_step_options, check_tie_order
 from .results import MetricResult
+from .road import (
+    DEFAULT_NOISE,
+    DEFAULT_PERCENTILES,
+    check_noise,
+    check_order,
+    check_percentiles,
+)
 from .substrates import SubstrateSpec, check_substrate, describe
 
 #: The metrics of heatmaps when this module was imported; :func:`registry.metrics` is live.
@@ -67,12 +75,27 @@ class ExplanationMetrics:
             be smaller). Giving both is an error.
         substrate: what deleted pixels become (deletion, and the removed subsets of
             sensitivity-n). Default ``"zeros"``: zeros of the normalised input, the dataset's
-            mean colour, as in RISE. Also ``"blur"``, ``"mean"``, a number, a tensor
-            broadcastable to ``(B, C, H, W)`` or a callable ``inputs -> tensor``.
-        insertion_substrate: what insertion starts from. Default ``"blur"``: a Gaussian blur
-            of the image, as in RISE.
+            mean colour, as in RISE. Also ``"blur"``, ``"blur_reflect"``, ``"mean"``, a
+            number, a tensor broadcastable to ``(B, C, H, W)`` or a callable
+            ``inputs -> tensor``.
+        insertion_substrate: what insertion starts from. Default ``"blur"``: RISE's blur
+            exactly, ``gkern(blur_kernel, blur_sigma)`` (scipy's Gaussian of a delta, tails
+            reflected into the window) applied with zero padding, so at 224x224 with 224
+            pixels per step insertion equals RISE's ``evaluation.py``. ``"blur_reflect"``
+            is torchvision's truncated Gaussian with reflect padding (timmlens' default
+            before; insertion AUCs differ by up to ~0.02).
         blur_kernel: blur kernel size, odd (default 11, RISE's).
         blur_sigma: blur standard deviation in pixels (default 5.0, RISE's).
+        tie_order: how equal heatmap values are ranked: ``"row_major"`` (default, top-left
+            pixel first) or ``"rise"`` (bottom-right first, RISE's reversed argsort); see
+            :func:`~.curves.pixel_ranks`. Applies to insertion, deletion and ROAD.
+        road_percentiles: ROAD's removal levels in percent of pixels (default 10, 20, ...,
+            90), strictly increasing, each in (0, 100).
+        road_noise: standard deviation of ROAD's imputation noise in normalised input
+            units (default 0.01, the authors').
+        aopc_patch_size: AOPC's square regions, in pixels (default 9, Samek et al.'s).
+        aopc_steps: AOPC's perturbation steps ``L`` (default 100, Samek et al.'s; at most
+            the number of patches).
         score: ``"probability"`` (default: softmax probability of the target, as RISE) or
             ``"logit"`` (the raw target logit; Ancona et al.'s sensitivity-n uses it).
         max_batch: at most this many perturbed images per forward. Default ``None``: the
@@ -99,6 +122,11 @@ class ExplanationMetrics:
         insertion_substrate: SubstrateSpec = "blur",
         blur_kernel: int = 11,
         blur_sigma: float = 5.0,
+        tie_order: str = "row_major",
+        road_percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+        road_noise: float = DEFAULT_NOISE,
+        aopc_patch_size: int = DEFAULT_AOPC_PATCH,
+        aopc_steps: int = DEFAULT_AOPC_STEPS,
         score: str = "probability",
         max_batch: int | None = None,
         memory_budget_bytes: int | None = None,
@@ -125,6 +153,11 @@ class ExplanationMetrics:
             raise ValueError(f"blur_sigma must be a positive number, got {blur_sigma!r}.")
         if score not in SCORE_KINDS:
             raise ValueError(f"score must be one of {SCORE_KINDS}, got {score!r}.")
+        check_tie_order(tie_order)
+        road_percentiles = check_percentiles(road_percentiles)
+        check_noise(road_noise)
+        positive_int("aopc_patch_size", aopc_patch_size, allow_none=False)
+        positive_int("aopc_steps", aopc_steps, allow_none=False)
         positive_int("max_batch", max_batch)
         positive_int("memory_budget_bytes", memory_budget_bytes)
         check_n_samples(n_samples)
@@ -138,6 +171,11 @@ class ExplanationMetrics:
         self.insertion_substrate = insertion_substrate
         self.blur_kernel = blur_kernel
         self.blur_sigma = float(blur_sigma)
+        self.tie_order = tie_order
+        self.road_percentiles = road_percentiles
+        self.road_noise = float(road_noise)
+        self.aopc_patch_size = aopc_patch_size
+        self.aopc_steps = aopc_steps
         self.score = score
         self.max_batch = max_batch
         self.memory_budget_bytes = memory_budget_bytes
@@ -213,6 +251,115 @@ class ExplanationMetrics:
             maps = self._heatmaps(heatmap, batch)
             context = self._context(batch, target_class, True, heatmaps=maps, options=options)
             return registry.resolve_metric("sensitivity").run(context)
+
+    def road(
+        self,
+        image: ImagesInput,
+        heatmap: HeatmapInput,
+        target_class: TargetInput = None,
+        order: str = "morf",
+        percentiles: Sequence[float] | None = None,
+        noise: float | None = None,
+        seed: int | None = None,
+        score: str | None = None,
+    ) -> MetricResult:
+        """ROAD (Rong et al., ICML 2022): the target's score with ``p`` % of the pixels
+        removed and filled by noisy linear imputation, at each percentile ``p``.
+
+        Args:
+            image: one image or a batch (anything ``prepare_images`` accepts).
+            heatmap: ``(H, W)`` or ``(B, H, W)``, any resolution; no NaN.
+            target_class: int, one per image, or ``None`` for the predicted class.
+            order: ``"morf"`` (most relevant first, lower is better) or ``"lerf"`` (least
+                relevant first, higher is better).
+            percentiles: share of pixels *removed*, in percent, strictly increasing in
+                (0, 100); default the constructor's ``road_percentiles`` (10, ..., 90).
+                (pytorch-grad-cam's ``percentile`` is the share kept: its MoRF at 80
+                is ours at 20.)
+            noise: imputation noise std in normalised input units (default the
+                constructor's ``road_noise``, 0.01); 0 gives the plain linear imputation.
+            seed: seed of the noise (default the constructor's ``seed``); the global
+                random state is never touched.
+            score: ``"probability"`` (or ``"prob"``) or ``"logit"``; default the
+                constructor's ``score``.
+
+        Returns:
+            A :class:`MetricResult` named ``road_morf`` / ``road_lerf``: ``.curve`` is
+            ``(x (P,), y (P,) or (B, P))``, x the fraction removed; the value is the mean
+            of the curve over percentiles.
+        """
+        check_order(order)
+        if score == "prob":
+            score = "probability"
+        if score is not None and score not in SCORE_KINDS:
+            raise ValueError(f"score must be one of {SCORE_KINDS} (or 'prob'), got {score!r}.")
+        if percentiles is not None:
+            percentiles = check_percentiles(percentiles)
+        if noise is not None:
+            check_noise(noise)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an int, got {seed!r}.")
+        options = {"road_percentiles": percentiles, "road_noise": noise, "seed": seed}
+        options["score"] = score
+        batch = self._prepare(image)
+        name = f"road_{order}"
+        with explaining(self.model):
+            maps = self._heatmaps(heatmap, batch)
+            context = self._context(
+                batch, target_class, False, heatmaps=maps, options=options, requested=(name,)
+            )
+            return registry.resolve_metric(name).run(context)
+
+    def confidence(
+        self, image: ImagesInput, heatmap: HeatmapInput, target_class: TargetInput = None
+    ) -> dict[str, MetricResult]:
+        """Average Drop and Increase in Confidence (Chattopadhay et al. 2018) from one
+        forward of ``image x normalised map`` per image (see :mod:`.confidence`).
+
+        Returns:
+            ``{"average_drop": r, "increase_in_confidence": r}``, both in percent; each
+            result's ``details`` hold ``"original_scores"`` and ``"masked_scores"`` ``(B,)``.
+        """
+        return self.compute(image, heatmap, target_class, metrics=CONFIDENCE_METRICS)
+
+    def average_drop(
+        self, image: ImagesInput, heatmap: HeatmapInput, target_class: TargetInput = None
+    ) -> MetricResult:
+        """Average Drop in % (lower is better): ``100 * max(0, Y - O) / Y`` averaged."""
+        return self.confidence(image, heatmap, target_class)["average_drop"]
+
+    def increase_in_confidence(
+        self, image: ImagesInput, heatmap: HeatmapInput, target_class: TargetInput = None
+    ) -> MetricResult:
+        """Increase in Confidence in % of images (higher is better): ``O > Y``."""
+        return self.confidence(image, heatmap, target_class)["increase_in_confidence"]
+
+    def aopc(
+        self,
+        image: ImagesInput,
+        heatmap: HeatmapInput,
+        target_class: TargetInput = None,
+        *,
+        patch_size: int | None = None,
+        steps: int | None = None,
+    ) -> MetricResult:
+        """AOPC (Samek et al. 2017, higher is better): the mean drop of the target score as
+        ``patch_size`` patches are removed, most relevant first, over ``steps + 1`` points.
+
+        Args:
+            patch_size: overrides the constructor's ``aopc_patch_size`` (default 9).
+            steps: overrides the constructor's ``aopc_steps`` (default 100).
+
+        Returns:
+            A :class:`MetricResult`; ``.curve`` is ``(x, y)``, x the patches removed
+            ``(L + 1,)``, y the target's score.
+        """
+        options = {"aopc_patch_size": patch_size, "aopc_steps": steps}
+        batch = self._prepare(image)
+        with explaining(self.model):
+            maps = self._heatmaps(heatmap, batch)
+            context = self._context(batch, target_class, False, heatmaps=maps, options=options)
+            return registry.resolve_metric("aopc").run(context)
 
     def compute(
         self,

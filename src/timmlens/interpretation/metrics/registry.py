@@ -100,7 +100,18 @@ _SPECS: dict[str, MetricSpec] = {}
 _ALIASES: dict[str, str] = {}
 #: The built-in metrics in listing order, whichever module registers first; others follow
 #: in registration order.
-_BUILTIN_ORDER = ("insertion", "deletion", "sensitivity", "infidelity", "max-sensitivity")
+_BUILTIN_ORDER = (
+    "insertion",
+    "deletion",
+    "sensitivity",
+    "infidelity",
+    "max-sensitivity",
+    "road_morf",
+    "road_lerf",
+    "aopc",
+    "average_drop",
+    "increase_in_confidence",
+)
 
 
 def _key(name: str) -> str:

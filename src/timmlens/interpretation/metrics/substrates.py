@@ -3,13 +3,72 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torchvision.transforms import functional as TF
 
 SubstrateSpec = str | float | int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
-SUBSTRATE_NAMES: tuple[str, ...] = ("zeros", "blur", "mean")
+SUBSTRATE_NAMES: tuple[str, ...] = ("zeros", "blur", "blur_reflect", "mean")
+
+#: scipy.ndimage's default Gaussian truncation (radius = int(4 * sigma + 0.5)).
+_SCIPY_TRUNCATE = 4.0
+
+
+@lru_cache(maxsize=8)
+def _rise_kernel_1d(size: int, sigma: float) -> tuple[float, ...]:
+    """The 1-D factor of RISE's ``gkern(size, sigma)``: ``(size,)`` weights summing to 1.
+
+    RISE smooths an ``size x size`` delta with ``scipy.ndimage.gaussian_filter(delta,
+    sigma)`` (mode ``"reflect"``, truncate 4). The filter is separable, so the kernel is
+    the outer product of this vector with itself: the Gaussian of radius
+    ``int(4 * sigma + 0.5)`` (20 at sigma 5, wider than the window) whose tails are
+    folded back into the window by half-sample reflection, as scipy does. Computed here
+    so insertion needs no scipy; a test checks it against scipy.
+    """
+    radius = int(_SCIPY_TRUNCATE * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    weights /= weights.sum()
+    centre, period = size // 2, 2 * size
+    kernel = torch.zeros(size, dtype=torch.float64)
+    for i in range(size):
+        # output[i] = sum_j w[j] * delta[reflect(i + j)]: collect the taps landing on the centre
+        position = (torch.arange(-radius, radius + 1) + i) % period
+        position = torch.where(position >= size, period - 1 - position, position)
+        kernel[i] = weights[position == centre].sum()
+    return tuple(kernel.tolist())
+
+
+def rise_kernel(size: int = 11, sigma: float = 5.0) -> torch.Tensor:
+    """RISE's ``gkern(size, sigma)`` (Petsiuk et al., ``evaluation.py``): ``(size, size)`` float64.
+
+    Equal to ``scipy.ndimage.gaussian_filter`` of a ``size x size`` delta with ``sigma``.
+    """
+    factor = torch.tensor(_rise_kernel_1d(size, float(sigma)), dtype=torch.float64)
+    return factor[:, None] * factor[None, :]
+
+
+def rise_blur(inputs: torch.Tensor, size: int = 11, sigma: float = 5.0) -> torch.Tensor:
+    """RISE's insertion start: ``conv2d(inputs, gkern(size, sigma), padding=size // 2)``.
+
+    Each channel is blurred on its own (RISE's kernel is diagonal across channels) with
+    **zero padding**, as RISE's ``nn.functional.conv2d(x, kern, padding=klen // 2)``; on
+    the normalised model input zero is the dataset's mean colour, so the border fades
+    towards it. The kernel is float32, as RISE's (``kern.astype('float32')``).
+
+    Args:
+        inputs: ``(B, C, H, W)``.
+
+    Returns:
+        ``(B, C, H, W)``, same dtype and device.
+    """
+    channels = inputs.shape[1]
+    kernel = rise_kernel(size, sigma).to(torch.float32).to(inputs)
+    weight = kernel.expand(channels, 1, size, size)
+    return F.conv2d(inputs, weight, padding=size // 2, groups=channels)
 
 
 def check_substrate(spec: SubstrateSpec, name: str) -> None:
@@ -36,8 +95,11 @@ def make_substrate(
 
     Args:
         spec: ``"zeros"`` (zeros of the normalised model input, i.e. the dataset's mean
-            colour: RISE's deletion substrate); ``"blur"`` (Gaussian blur, ``blur_kernel``
-            x ``blur_kernel``, ``blur_sigma``, reflect padding: RISE's insertion start);
+            colour: RISE's deletion substrate); ``"blur"`` (RISE's insertion start exactly:
+            ``gkern(blur_kernel, blur_sigma)`` with zero padding, see :func:`rise_blur`);
+            ``"blur_reflect"`` (torchvision's Gaussian blur, kernel truncated at
+            ``blur_kernel`` with renormalised weights and reflect padding: timmlens'
+            earlier default insertion start, up to 0.8 away from RISE's at the border);
             ``"mean"`` (each image's per-channel mean); a number (a constant); a tensor
             broadcastable to ``inputs``; or a callable ``inputs -> tensor``.
         inputs: normalised model input on the model's device.
@@ -46,6 +108,8 @@ def make_substrate(
         if spec == "zeros":
             return torch.zeros_like(inputs)
         if spec == "blur":
+            return rise_blur(inputs, blur_kernel, blur_sigma)
+        if spec == "blur_reflect":
             return TF.gaussian_blur(inputs, [blur_kernel, blur_kernel], [blur_sigma, blur_sigma])
         return inputs.mean(dim=(2, 3), keepdim=True).expand_as(inputs).contiguous()
     if isinstance(spec, (int, float)):
