@@ -35,6 +35,7 @@ from .interpretation.registry import (
     layer_of,
     resolve_method,
 )
+from .models.wrappers import unwrap_model
 from .naming import class_name_of, model_name_of
 from .viz.labels import explanation_title
 from .viz.static import plot_architectures, plot_curves, plot_methods, plot_overlay, save_figure
@@ -277,6 +278,7 @@ def quick_explain(
     Returns:
         An :class:`ExplanationResult` (heatmap ``(H, W)`` in model-input coordinates).
     """
+    model = unwrap_model(model)  # torch.compile (warned), DataParallel, DDP
     name = resolve_method(method).name if method is not None else default_method(model)
     prediction = _predict(model, image)
     target = _resolve_target(prediction, target_class, model)
@@ -349,6 +351,7 @@ def compare_methods(
     Returns:
         A :class:`MethodComparison`; ``heatmaps[name]`` is ``(H, W)`` on CPU.
     """
+    model = unwrap_model(model)  # torch.compile (warned), DataParallel, DDP
     names = [resolve_method(m).name for m in methods] if methods else None
     if names is None:
         names = default_comparison(model)

@@ -25,12 +25,10 @@ alpha), 3 (RGB) or 4 (RGBA). Transparent pixels are composited on white.
 
 from __future__ import annotations
 
-import sys
-import warnings
-
 import numpy as np
 from PIL import Image
 
+from .._warnings import warn_caller
 from ..errors import ImageInputError
 
 
@@ -151,8 +149,4 @@ def _unit_range(values: np.ndarray, where: str) -> np.ndarray:
 
 def _warn(message: str) -> None:
     # Point the warning at the first caller outside timmlens: its depth varies by input kind.
-    package = __name__.split(".")[0] + "."
-    frame, level = sys._getframe(1), 2
-    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(package):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, ImageScalingWarning, stacklevel=level)
+    warn_caller(message, ImageScalingWarning)

@@ -27,6 +27,7 @@ from torch import nn
 from torchvision import transforms as T
 
 from ..errors import ImageInputError
+from ..models.wrappers import unwrap_model
 from .geometry import ImageGeometry, keep_ratio_size, shorter_side_size
 from .pixels import array_to_pil, pil_to_rgb
 
@@ -78,7 +79,8 @@ def data_config(model: nn.Module) -> dict[str, Any]:
     A model built with another fixed ``img_size`` than its pretrained config (a ViT
     created with ``img_size=384``) must be fed that size, so it wins over the config.
     """
-    timm_model = timm_model_of(model)
+    # unwrapped: timm's ``assert model`` calls len(), which a compiled model refuses
+    timm_model = timm_model_of(unwrap_model(model, warn=False))
     config = timm.data.resolve_data_config({}, model=timm_model)
     embed = getattr(timm_model, "patch_embed", None)
     img_size = getattr(embed, "img_size", None)

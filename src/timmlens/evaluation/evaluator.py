@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._warnings import warn_caller
 from ..data import prepare_images
 from ..errors import ImageInputError
 from ..interpretation.base import Explainer, num_outputs, predict
@@ -101,9 +101,7 @@ def _load_batch(
                     f"image '{image_id}' cannot be read: {reason} Fix or remove it, or skip "
                     f"unreadable images with --on-error skip (on_error='skip')."
                 ) from exc
-            warnings.warn(
-                f"evaluate: skipped image '{image_id}': {reason}", RuntimeWarning, stacklevel=4
-            )
+            warn_caller(f"evaluate: skipped image '{image_id}': {reason}", RuntimeWarning)
             skipped[image_id] = reason
             continue
         good.append(sample)

@@ -7,13 +7,13 @@ import io
 import json
 import math
 import os
-import warnings
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._warnings import warn_caller
 from ..errors import RowsFileError
 from .run_identity import jsonable
 
@@ -169,7 +169,7 @@ class RowStore:
         line = data.count(b"\n") + 1
         with self.path.open("r+b") as handle:
             handle.truncate(keep)
-        warnings.warn(
+        warn_caller(
             f"{self.path}:{line}: the last line is incomplete (the run was stopped while "
             f"writing it); dropped it, its row will be computed again.",
             RuntimeWarning,

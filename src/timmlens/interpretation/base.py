@@ -20,6 +20,7 @@ from torch import nn
 from .._model_state import explaining, require_gradients
 from ..data import ImagesInput, PreparedBatch, data_config, prepare_images
 from ..errors import ImageInputError, UnsupportedModelError
+from ..models.wrappers import unwrap_model
 from ._targets import TargetInput, validate_targets
 
 #: Captum's assertion when a hooked layer never ran.
@@ -60,10 +61,21 @@ def declares_num_classes(model: nn.Module) -> bool:
 
 
 def num_outputs(model: nn.Module) -> int:
-    """Number of classes of ``model`` (``ImageClassifier`` or a bare timm model)."""
+    """Number of classes of ``model``: its (or its timm backbone's) ``num_classes``.
+
+    A model that states none (torchvision, a plain ``nn.Module``) is run once on a test
+    image and its ``(B, K)`` output gives ``K`` (:func:`~timmlens.adapters.trace.forward_trace`,
+    remembered per model).
+    """
     for count in _declared_class_counts(model):
         if isinstance(count, int) and not isinstance(count, bool) and count > 0:
             return count
+    if not declares_num_classes(model):
+        from ..adapters.trace import traced_num_classes
+
+        traced = traced_num_classes(model)
+        if traced is not None:
+            return traced
     raise UnsupportedModelError(
         f"{type(model).__name__} has no classifier (num_classes is 0 or missing), so there "
         f"is no class score to explain. Give it a head: ImageClassifier(spec, num_classes=N) "
@@ -165,13 +177,27 @@ class Explainer(ABC):
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}.")
-        self.model = model
+        # torch.compile, DataParallel, DDP: explain the module inside (compile is warned)
+        self.model = unwrap_model(model)
         self._latest: Explanation | None = None
 
     def __call__(
         self, images: ImagesInput, target_class: TargetInput = None, **kwargs: Any
     ) -> torch.Tensor:
         return self.explain(images, target_class=target_class, **kwargs)
+
+    # ``with GradCAM(model) as cam:`` as in pytorch-grad-cam and torchcam: explainers that
+    # hook layers (the CAM engine) keep their hooks for the block and remove them at its
+    # end; outside a block every call installs and removes its own. Others hold nothing.
+    def __enter__(self) -> Explainer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the hooks a ``with`` block installed (nothing for most explainers)."""
+        return None
 
     def explain(
         self, images: ImagesInput, target_class: TargetInput = None, **kwargs: Any

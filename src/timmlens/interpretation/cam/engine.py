@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..._model_state import model_lock
 from ...adapters import LayerSpec, ResolvedLayer, SpatialView, get_adapter, spatial_tap
 from ...data import ImagesInput
 from ...errors import LayerResolutionError
@@ -171,6 +172,42 @@ class CAMExplainer(Explainer):
         self.relu = relu
         self.normalize = normalize
         self.interpolate: InterpolationMode = interpolate
+        # The taps a ``with`` block keeps installed (see __enter__), and its nesting depth.
+        self._kept_taps: ExitStack | None = None
+        self._kept_views: list[SpatialView] = []
+        self._depth = 0
+
+    def __enter__(self) -> CAMExplainer:
+        """Install the layer taps now and keep them until the block ends.
+
+        Calls inside the block reuse them (as pytorch-grad-cam's and torchcam's context
+        managers do); the model's own forward passes through them unchanged. Nested
+        blocks share one set of taps.
+        """
+        with model_lock(self.model):  # not while another thread's forward runs
+            if self._depth == 0:
+                stack = ExitStack()
+                try:
+                    self._kept_views = [self._tap(stack, layer) for layer in self.layers]
+                except BaseException:
+                    stack.close()
+                    raise
+                self._kept_taps = stack
+            self._depth += 1
+        return self
+
+    def close(self) -> None:
+        """Remove the taps of the ``with`` block (at its end; safe to call twice)."""
+        with model_lock(self.model):
+            self._depth = max(0, self._depth - 1)
+            if self._depth == 0 and self._kept_taps is not None:
+                taps, self._kept_taps, self._kept_views = self._kept_taps, None, []
+                taps.close()
+
+    def _tap(self, stack: ExitStack, layer: ResolvedLayer) -> SpatialView:
+        return stack.enter_context(
+            spatial_tap(self.model, layer.module, layer.name, self.adapter.layout_for)
+        )
 
     def __repr__(self) -> str:
         layers = ", ".join(layer.name for layer in self.layers)
@@ -258,12 +295,12 @@ class CAMExplainer(Explainer):
         score = TargetScore(self.model)
         chosen = None if targets is None else torch.tensor(targets, device=inputs.device)
         with ExitStack() as taps, torch.no_grad():  # Captum re-enables grad for its pass
-            views = [
-                taps.enter_context(
-                    spatial_tap(self.model, layer.module, layer.name, self.adapter.layout_for)
-                )
-                for layer in self.layers
-            ]
+            if self._kept_views:  # inside ``with explainer:``: the block's taps
+                views = self._kept_views
+                for view in views:
+                    view.layout = None  # set again by this call's forward
+            else:
+                views = [self._tap(taps, layer) for layer in self.layers]
             try:
                 maps = self.maps_from_views(score, inputs, chosen, views)
             except AssertionError as exc:
