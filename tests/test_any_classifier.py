@@ -189,9 +189,11 @@ def test_with_block_keeps_hooks_between_calls_and_removes_them_after(resnet18, i
 
 def test_with_block_removes_hooks_after_an_error(resnet18, inputs) -> None:
     before = hook_counts(resnet18)
-    with pytest.raises(ValueError, match="out of range"):
-        with create_explainer("gradcam", resnet18) as cam:
-            cam(inputs, target_class=5000)
+    with (
+        pytest.raises(ValueError, match="out of range"),
+        create_explainer("gradcam", resnet18) as cam,
+    ):
+        cam(inputs, target_class=5000)
     assert hook_counts(resnet18) == before
 
 
