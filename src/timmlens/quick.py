@@ -1,14 +1,14 @@
 """One-line explanations and side-by-side comparisons, with figures saved on the way.
 
-* :func:`quick_explain` - predict, explain the predicted class with the best method for
-  the family (see :func:`~timmlens.interpretation.registry.default_method`), save a figure.
-* :func:`compare_methods` - several methods on one image and one model.
-* :func:`compare_architectures` - one method on one image across several models.
+* [`quick_explain`][] - predict, explain the predicted class with the best method for
+  the family (see `default_method`), save a figure.
+* [`compare_methods`][] - several methods on one image and one model.
+* [`compare_architectures`][] - one method on one image across several models.
 
 Heatmaps in the results are ``(H, W)`` CPU tensors in model-input coordinates (feed
 them to any metric); the figures draw them on the original photo.
 
-This module draws, so it sits above the methods (:mod:`timmlens.interpretation`) and
+This module draws, so it sits above the methods (`timmlens.interpretation`) and
 loads matplotlib; ``timmlens.interpretation`` re-exports its functions lazily, so
 ``import timmlens`` does not pay for matplotlib.
 """
@@ -69,7 +69,7 @@ class ClassPrediction:
 
 @dataclass
 class ExplanationResult(ClassPrediction):
-    """What :func:`quick_explain` found (the classes: see :class:`ClassPrediction`).
+    """What [`quick_explain`][] found (the classes: see `ClassPrediction`).
 
     Attributes:
         heatmap: ``(H, W)`` float CPU tensor in [0, 1], model-input coordinates.
@@ -92,7 +92,7 @@ class ExplanationResult(ClassPrediction):
 
 @dataclass
 class MethodComparison(ClassPrediction):
-    """What :func:`compare_methods` found.
+    """What [`compare_methods`][] found.
 
     Attributes:
         heatmaps: method name -> ``(H, W)`` CPU heatmap in model-input coordinates.
@@ -130,7 +130,7 @@ class MethodComparison(ClassPrediction):
 
 @dataclass
 class ModelExplanation(ClassPrediction):
-    """One model's entry in an :class:`ArchitectureComparison`."""
+    """One model's entry in an [`ArchitectureComparison`][]."""
 
     model: str
     heatmap: torch.Tensor = field(repr=False)
@@ -143,7 +143,7 @@ class ModelExplanation(ClassPrediction):
 
 @dataclass
 class ArchitectureComparison:
-    """What :func:`compare_architectures` found: one :class:`ModelExplanation` per model."""
+    """What [`compare_architectures`][] found: one `ModelExplanation` per model."""
 
     entries: list[ModelExplanation]
     figure: Figure | None = field(default=None, repr=False)
@@ -273,10 +273,11 @@ def quick_explain(
             ``None`` explains the predicted class.
         method_options: constructor options of the explainer (``{"target_layer": ...}``).
         note: added to the title, e.g. ``"random weights"``.
-        cmap, alpha: colormap and opacity of the overlay.
+        cmap: colormap of the overlay.
+        alpha: opacity of the overlay.
 
     Returns:
-        An :class:`ExplanationResult` (heatmap ``(H, W)`` in model-input coordinates).
+        An [`ExplanationResult`][] (heatmap ``(H, W)`` in model-input coordinates).
     """
     model = unwrap_model(model)  # torch.compile (warned), DataParallel, DDP
     name = resolve_method(method).name if method is not None else default_method(model)
@@ -336,7 +337,7 @@ def compare_methods(
         image: one image.
         methods: registry names; default the registered methods that apply to the model
             and are ``compared_by_default``, in registry order
-            (:func:`~timmlens.interpretation.registry.default_comparison`: ``gradcam``,
+            (`default_comparison`: ``gradcam``,
             ``gradcampp``, ``ig``, ``smoothgrad``, plus ``rollout`` for ViTs, and any method
             you register; slow or specialised built-ins run only when named).
             Naming one that does not apply raises ``UnsupportedModelError``.
@@ -349,7 +350,7 @@ def compare_methods(
         note: added to the titles, e.g. ``"random weights"``.
 
     Returns:
-        A :class:`MethodComparison`; ``heatmaps[name]`` is ``(H, W)`` on CPU.
+        A [`MethodComparison`][]; ``heatmaps[name]`` is ``(H, W)`` on CPU.
     """
     model = unwrap_model(model)  # torch.compile (warned), DataParallel, DDP
     names = [resolve_method(m).name for m in methods] if methods else None
@@ -435,7 +436,7 @@ def compare_architectures(
         image: one image.
         method: a registry name used for every model (default ``"gradcam"``, so the maps
             differ because the models do); ``None`` or ``"auto"`` gives each model its
-            family default (:func:`~timmlens.interpretation.registry.default_method`).
+            family default (`default_method`).
         save_path: where to save the overlay grid (curves: ``<stem>_curves.png``).
         with_metrics: also compute insertion and deletion AUCs per model.
         target_class: one class for every model; ``None``: each model's predicted class.
@@ -443,7 +444,7 @@ def compare_architectures(
         method_options: constructor options of the explainer, for every model.
 
     Returns:
-        An :class:`ArchitectureComparison`; each heatmap is ``(H, W)`` in its own model's
+        An [`ArchitectureComparison`][]; each heatmap is ``(H, W)`` in its own model's
         input coordinates (models crop differently; the figure undoes each crop).
     """
     named = dict(models) if isinstance(models, Mapping) else {}

@@ -89,7 +89,7 @@ class ModelAdapter:
     """Everything timmlens needs to know about where to look inside ``model``.
 
     Any other classifier works too: a torchvision model or a plain ``nn.Module`` CNN
-    (its CAM layer is found by tracing one forward, :mod:`.trace`), any of them inside
+    (its CAM layer is found by tracing one forward, `trace`), any of them inside
     ``nn.Sequential`` (``Sequential(normalize, model)``: timm facts still apply),
     ``DataParallel``, DDP or ``torch.compile`` (the module inside is explained).
 
@@ -318,7 +318,7 @@ class ModelAdapter:
     def layout_for(
         self, output: torch.Tensor, input_hw: tuple[int, int] | None, layer: nn.Module
     ) -> Layout:
-        """The :class:`Layout` of a live layer output (see :mod:`.layout`)."""
+        """The `Layout` of a live layer output (see `layout`)."""
         name = self.module_names.get(layer, type(layer).__name__)
         if output.ndim == 4:
             # Convolutions output NCHW even inside channels-last families.
@@ -406,5 +406,5 @@ class ModelAdapter:
 
 
 def get_adapter(model: nn.Module) -> ModelAdapter:
-    """The :class:`ModelAdapter` of ``model`` (``ImageClassifier`` or bare timm model)."""
+    """The [`ModelAdapter`][] of ``model`` (``ImageClassifier`` or bare timm model)."""
     return ModelAdapter(model)

@@ -1,6 +1,6 @@
 """Per-architecture recipes, generated from the adapters so the docs cannot drift.
 
-``docs/recipes.md`` is :func:`recipes_markdown` written out (``make docs`` does it; a
+``docs/recipes.md`` is `recipes_markdown` written out (``make docs`` does it; a
 test fails when the file and the adapters disagree).
 """
 

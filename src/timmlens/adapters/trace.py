@@ -10,7 +10,7 @@ each module in the order they finish. From that record:
   finish after their children, so a whole stage (``layer4``) wins over its last block.
 
 The trace runs once per model on a zero image of the model's data-config size, inside
-:func:`~timmlens._model_state.explaining` (eval mode, model left as found), and is kept
+`explaining` (eval mode, model left as found), and is kept
 until the model's set of modules changes (a replaced head gives a new trace).
 """
 
@@ -108,7 +108,7 @@ def _shape(output: Any) -> tuple[int, ...] | None:
 
 
 def forward_trace(model: nn.Module) -> ForwardTrace:
-    """The :class:`ForwardTrace` of ``model`` (traced once, then reused; see module doc)."""
+    """The [`ForwardTrace`][] of ``model`` (traced once, then reused; see module doc)."""
     from ..data import data_config, model_device, model_dtype
 
     channels, height, width = data_config(model)["input_size"]

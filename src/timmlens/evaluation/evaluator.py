@@ -39,7 +39,7 @@ from .run_identity import (
 from .sources import DatasetSource, Sample, as_source
 from .summary import EvaluationSummary, RowStore, build_summary
 
-#: The heatmap metrics registered at import; :func:`_metric_name` asks the registry live.
+#: The heatmap metrics registered at import; `_metric_name` asks the registry live.
 ROW_FORMATS = ("jsonl", "csv")
 ON_ERROR = ("skip", "fail")
 #: what a dataset item or image file that cannot be read raises (PIL: OSError subclasses
@@ -292,7 +292,7 @@ def evaluate(
     the metric options (defaults filled in; ``max_batch``/``memory_budget_bytes`` left
     out, they change only speed), the timmlens version and the image list (count, ids;
     for a folder also file sizes and labels). A run resumes only rows of the same
-    identity; otherwise it raises :class:`~timmlens.errors.RunMismatchError` naming what
+    identity; otherwise it raises [`RunMismatchError`][timmlens.errors.RunMismatchError] naming what
     differs. New methods and new metrics are a resume: a row lacking a requested metric
     is computed again (its other metrics kept). A CSV file's columns are fixed by its
     header; a new metric rewrites the file, atomically, with the wider header first.
@@ -308,7 +308,7 @@ def evaluate(
         model: an ``ImageClassifier`` or timm model (on the device to use).
         data: an image folder (integer-named sub-folders give labels), a map-style
             ``Dataset`` yielding ``image`` or ``(image, label)``, or a ``DataLoader``.
-        methods: registry names (any of :func:`~timmlens.interpretation.registry.methods`,
+        methods: registry names (any of [`methods`][timmlens.interpretation.registry.methods],
             e.g. ``gradcam``, ``ig``; aliases accepted) or explainer instances (their class
             and the settings they hold are in the identity). Rows are keyed by the
             registry name, an instance's too.
@@ -322,7 +322,7 @@ def evaluate(
         overwrite: discard the rows and identity already in ``out`` and start afresh.
         on_error: an image that cannot be read (a broken file, a dataset item raising
             ``OSError``): ``"skip"`` (default) warns, leaves it out and lists it in the
-            summary; ``"fail"`` raises :class:`~timmlens.errors.ImageInputError`.
+            summary; ``"fail"`` raises [`ImageInputError`][timmlens.errors.ImageInputError].
         method_options: constructor options per method name, e.g. ``{"ig": {"n_steps": 16}}``.
         metric_options: options for ``ExplanationMetrics`` (e.g. ``{"steps": 50}``).
 

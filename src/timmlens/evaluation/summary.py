@@ -134,11 +134,11 @@ class RowStore:
     CSV writes ``nan``, and an empty cell means "not computed".
 
     A later line for the same (id, method) replaces an earlier one (a row recomputed to
-    add a metric is appended first, then the file is compacted by :meth:`rewrite`).
+    add a metric is appended first, then the file is compacted by `rewrite`).
 
     CSV columns are fixed by the header: ``ROW_KEYS`` then ``metrics``. A resume asking
     for a metric the header lacks rewrites the file with the wider header first
-    (:meth:`widen`), atomically, so every line always has the header's column count.
+    (`widen`), atomically, so every line always has the header's column count.
     """
 
     def __init__(self, path: Path, metrics: list[str]) -> None:

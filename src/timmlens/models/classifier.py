@@ -188,5 +188,5 @@ def load_model(
     num_classes: int | None = None,
     **kwargs: Any,
 ) -> ImageClassifier:
-    """Load any supported model spec as an :class:`ImageClassifier` (see its args)."""
+    """Load any supported model spec as an [`ImageClassifier`][] (see its args)."""
     return ImageClassifier(backbone=spec, num_classes=num_classes, **kwargs)

@@ -9,7 +9,7 @@ its own device, with no collective call that other ranks would have to match.
 
 ``nn.Sequential(normalize, model)`` needs no unwrapping: it is run as it is (its
 normalisation included), and the adapter finds the timm model or the spatial layer
-inside it (:mod:`timmlens.adapters.adapter`).
+inside it (`timmlens.adapters.adapter`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _is_data_parallel(model: nn.Module) -> bool:
 def unwrap_model(model: nn.Module, *, warn: bool = True) -> nn.Module:
     """The module timmlens explains for ``model``: wrappers peeled off, in any nesting.
 
-    ``torch.compile(m)`` -> ``m`` (with a :class:`CompiledModelWarning` at the user's
+    ``torch.compile(m)`` -> ``m`` (with a [`CompiledModelWarning`][] at the user's
     line when ``warn``), ``DataParallel(m)`` / ``DistributedDataParallel(m)`` -> ``m``;
     anything else is returned as it is.
     """

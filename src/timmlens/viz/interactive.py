@@ -240,7 +240,9 @@ def explanation_figure(
         image: the original photo.
         heatmaps: method name -> ``(H, W)`` heatmap in model-input coordinates.
         geometry: how the photo became the model input (``PreparedBatch.geometries[i]``).
-        label, probability, note: compose the title (``title`` replaces it).
+        label: the class name in the title (``title`` replaces the title).
+        probability: its probability in the title.
+        note: a note in the title.
         max_side: heatmaps are sampled to at most this many cells per side (file size).
         max_image_side: the embedded photo is downscaled to at most this size.
     """
@@ -443,8 +445,11 @@ def explanation_html(
         heatmaps: method name -> ``(H, W)`` heatmap in model-input coordinates.
         geometry: how the photo became the model input.
         attention: per block, the class token's attention ``(h, w)`` (see
-            :func:`attention_figure`); adds the second plot.
-        label, probability, note, model_name: shown in the titles (escaped).
+            [`attention_figure`][]); adds the second plot.
+        label: the class name, shown in the titles (escaped).
+        probability: its probability, shown in the titles.
+        note: shown in the titles (escaped).
+        model_name: shown in the titles (escaped).
 
     Returns:
         The path written.

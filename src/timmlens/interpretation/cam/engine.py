@@ -1,15 +1,15 @@
 """The CAM engine: one layer's activations (and gradients) in, a class activation map out.
 
-Every CAM method is a small subclass of :class:`CAMExplainer` with one hook:
+Every CAM method is a small subclass of [`CAMExplainer`][] with one hook:
 
-* :meth:`CAMExplainer.channel_weights` ``(ctx) -> (B, C)``: the map is
+* [`CAMExplainer.channel_weights`][] ``(ctx) -> (B, C)``: the map is
   ``ReLU(sum_k w_k A_k)`` (GradCAM, GradCAM++), or
-* :meth:`CAMExplainer.cam` ``(ctx) -> (B, h, w)``: the map itself, before the ReLU
+* [`CAMExplainer.cam`][] ``(ctx) -> (B, h, w)``: the map itself, before the ReLU
   (HiResCAM, LayerCAM, EigenCAM),
 
 and ``needs_gradients = False`` for methods that use none (then no backward runs). The
-:class:`CamContext` a hook gets carries activations, gradients, inputs, targets and
-:meth:`CamContext.score_masked` for perturbation CAMs (ScoreCAM, AblationCAM).
+[`CamContext`][] a hook gets carries activations, gradients, inputs, targets and
+[`CamContext.score_masked`][] for perturbation CAMs (ScoreCAM, AblationCAM).
 
 How a call runs:
 
@@ -18,7 +18,7 @@ How a call runs:
 2. during a call each layer is seen through a *spatial tap*, a pass-through module that
    presents its output as ``(B, C, h, w)`` whatever the family's layout (NCHW for CNNs,
    NHWC for Swin, tokens with class/distillation tokens for ViT and DeiT);
-3. one forward of :class:`~timmlens.interpretation._targets.TargetScore` (the target
+3. one forward of `TargetScore` (the target
    logit per image; the predicted class is picked inside the same forward) and, for
    gradient methods, one backward give every layer's activations ``A`` and gradients
    ``g = d score / d A``, through Captum;
@@ -133,8 +133,8 @@ class CamContext:
 class CAMExplainer(Explainer):
     """The engine of CAM methods on one or several layers (see the module docstring).
 
-    Subclasses give :meth:`channel_weights` or :meth:`cam`, and set
-    :attr:`needs_gradients` to ``False`` if they use no gradients.
+    Subclasses give [`channel_weights`][] or [`cam`][], and set
+    `needs_gradients` to ``False`` if they use no gradients.
 
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
@@ -150,7 +150,7 @@ class CAMExplainer(Explainer):
     With several layers each layer's upsampled map is min-max normalised (layers differ in
     scale) and the maps are averaged; ``normalize`` then applies to the average. All
     layers are taken from the same forward (and backward) pass. The full result
-    (:meth:`explain_full`) keeps every layer's raw map in ``extras["layer_maps"]``.
+    (`explain_full`) keeps every layer's raw map in ``extras["layer_maps"]``.
     """
 
     def __init__(
@@ -261,7 +261,7 @@ class CAMExplainer(Explainer):
         """Raw maps at each layer's own resolution: one ``(B, h_l, w_l)`` per layer.
 
         No upsampling, no normalisation (``relu`` still applies); always batched, also for
-        one image. Same inputs and targets as :meth:`explain`; :meth:`explain_full` gives
+        one image. Same inputs and targets as `explain`; `explain_full` gives
         them with the targets and logits (``extras["layer_maps"]``).
         """
         return list(self.explain_full(images, target_class).extras["layer_maps"])
@@ -271,7 +271,7 @@ class CAMExplainer(Explainer):
     ) -> torch.Tensor:
         """Raw map ``(B, h, w)`` at the layer's resolution (single-layer explainers).
 
-        See :meth:`attribute_layers`; this is its only entry for one layer.
+        See [`attribute_layers`][]; this is its only entry for one layer.
         """
         if len(self.layers) != 1:
             raise ValueError(
@@ -346,7 +346,7 @@ class CAMExplainer(Explainer):
         targets: torch.Tensor | None,
         views: Sequence[SpatialView],
     ) -> list[CamContext]:
-        """A :class:`CamContext` per view from one forward (and one backward if needed)."""
+        """A [`CamContext`][] per view from one forward (and one backward if needed)."""
         forward_args = None if targets is None else (targets,)
         if self.needs_gradients:
             from captum._utils.gradient import compute_layer_gradients_and_eval
