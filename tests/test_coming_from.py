@@ -15,7 +15,7 @@ TAB = re.compile(r'^=== "([^"]+)"\n\n((?:    .*\n|\n)+)', flags=re.M)
 FENCE = re.compile(r"```python\n(.*?)```", flags=re.S)
 
 
-SIZE = 96  # the page's 224 px, made smaller so every tab runs in a second or two
+SIZE = 64  # the page's 224 px, made smaller so every tab runs in a second or two
 
 
 def shrunk(code: str) -> str:
