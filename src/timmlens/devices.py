@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .errors import DeviceError
@@ -22,20 +24,22 @@ def _available(kind: str) -> bool:
 def resolve_device(name: str | torch.device) -> torch.device:
     """The ``torch.device`` named ``name``, checked to exist on this machine.
 
-    ``"auto"`` picks CUDA, then Apple's MPS, then the CPU.
+    ``"auto"`` picks CUDA, then Apple's MPS, then the CPU. Under ``torchrun`` a CUDA
+    device without an index is this rank's GPU (``cuda:$LOCAL_RANK``), so ranks do not
+    all load onto ``cuda:0``.
 
     Raises:
         DeviceError: not a device name, a backend this machine lacks (``cuda`` without a
             GPU), or a GPU index beyond the ones present - each with what to use instead.
     """
     if str(name) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if _available("mps") else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "mps" if _available("mps") else "cpu"
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as exc:
         raise DeviceError(f"'{name}' is not a device; expected {DEVICE_CHOICES}.") from exc
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     if not _available(device.type):
         raise DeviceError(
             f"device '{name}' is not available on this machine: this torch "
