@@ -210,3 +210,14 @@ def test_with_block_and_another_thread_share_a_model(resnet18, inputs) -> None:
         worker.join()
     torch.testing.assert_close(results[0], expected)
     assert hook_counts(resnet18) == before
+
+
+def test_library_warnings_point_at_the_callers_line() -> None:
+    from timmlens import load_model
+    from timmlens.models import RandomWeightsWarning, UntrainedHeadWarning
+
+    with pytest.warns(RandomWeightsWarning) as random_weights:
+        model = load_model("test_resnet")
+    with pytest.warns(UntrainedHeadWarning) as new_head:
+        ImageClassifier(model.backbone, num_classes=3)
+    assert random_weights[0].filename == new_head[0].filename == __file__
