@@ -173,7 +173,6 @@ class RowStore:
             f"{self.path}:{line}: the last line is incomplete (the run was stopped while "
             f"writing it); dropped it, its row will be computed again.",
             RuntimeWarning,
-            stacklevel=2,
         )
 
     def read(self) -> list[dict[str, Any]]:

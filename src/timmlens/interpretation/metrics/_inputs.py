@@ -108,5 +108,4 @@ def warn_if_constant(maps: torch.Tensor, name: str = "heatmap") -> None:
             f"back to pixel order (row-major, top-left first) and the metric says nothing about "
             f"the explanation.",
             TiedHeatmapWarning,
-            stacklevel=3,
         )

@@ -167,5 +167,4 @@ def _warn_undefined(correlation: torch.Tensor) -> None:
             f"the output drops do not vary across subsets. Such images are left out of the "
             f"mean.",
             RuntimeWarning,
-            stacklevel=5,
         )
