@@ -60,11 +60,16 @@ docs: $(VENV)/.docs-stamp
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # CI: the recipes and methods pages must match the adapters and the method registry,
-# and the site must build strictly.
+# the site must build strictly (an unknown [`Name`][] target fails there), and no
+# docstring may keep a Sphinx role, which mkdocstrings shows raw (":class:`Name`").
 docs-check: $(VENV)/.docs-stamp
 	$(BIN)/python -m timmlens.adapters.recipes docs/recipes.md --check
 	$(BIN)/python -m timmlens.interpretation.registry docs/methods/index.md --check
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+	@if grep -rnoE ':(class|func|meth|mod|attr|data|exc|obj):(<code>|`)' site --include='*.html'; then \
+		echo "docs-check: unrendered cross-references above; write [\`Name\`][] or [\`name\`][full.path]"; \
+		exit 1; \
+	fi
 
 clean-venv:
 	rm -rf $(VENV)

@@ -239,7 +239,14 @@ def test_cli_reports_bombs_and_directories_without_a_traceback(tmp_path, monkeyp
     path = tmp_path / "big.png"
     Image.fromarray(GREY).save(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
-    for target, message in ((path, "decompression bomb"), (tmp_path, "is a directory")):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    # a folder is explained image by image (so its bomb is reported); an empty one is an error
+    for target, message in (
+        (path, "decompression bomb"),
+        (tmp_path, "decompression bomb"),
+        (empty, "No image files"),
+    ):
         argv = ["explain", str(target), "--model", "test_resnet", "--out", str(tmp_path / "o")]
         assert main(argv) == EXIT_USER_ERROR
         assert message in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Lazy package exports (PEP 562): a name is imported from its module on first access.
 
-A package lists ``name -> ".module"`` and binds what :func:`lazy_exports` returns::
+A package lists ``name -> ".module"`` and binds what `lazy_exports` returns::
 
     __getattr__, __dir__ = lazy_exports(__name__, {"GradCAM": ".cam"})
 

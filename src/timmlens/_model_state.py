@@ -4,7 +4,7 @@ An explanation changes shared state of the model while it runs: every module's
 ``training`` flag, every parameter's ``requires_grad``, the ``fused_attn`` flags of
 attention blocks, and the forward hooks of the tapped layers. Two threads doing this
 at once on one model would save each other's temporary state as "the original", see
-each other's hooks, and run forwards in the wrong mode. So :func:`explaining` holds a
+each other's hooks, and run forwards in the wrong mode. So `explaining` holds a
 re-entrant lock per model for the whole call: calls on one model run one after
 another (calls on different models still run in parallel), and each ends with the
 model exactly as found.
@@ -39,7 +39,7 @@ def _lock_owner(model: nn.Module) -> nn.Module:
 def model_lock(model: nn.Module) -> threading.RLock:
     """The re-entrant lock that serialises explanations of ``model`` (created on first use).
 
-    It is held by :func:`explaining`; take it yourself only to make a longer sequence
+    It is held by `explaining`; take it yourself only to make a longer sequence
     of calls atomic (the lock is re-entrant, so explanations inside still run).
     """
     owner = _lock_owner(model)
@@ -70,7 +70,7 @@ def require_gradients(what: str) -> None:
 def explaining(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode and frozen parameters for the duration of an explanation.
 
-    Holds :func:`model_lock` for the whole block, so concurrent explanations of one
+    Holds [`model_lock`][] for the whole block, so concurrent explanations of one
     model run one at a time. On exit (also after an exception) every module's
     ``training`` flag, every parameter's ``requires_grad`` and ``.grad`` are restored.
     Parameters are frozen during the call so gradients flow only to activations and

@@ -76,7 +76,7 @@ def ensure_writable_file(path: str | os.PathLike[str], what: str = "output file"
 
     Raises:
         OutputPathError: ``path`` is a folder or a read-only file, or its folder fails
-            :func:`ensure_writable_dir`.
+            `ensure_writable_dir`.
     """
     file = Path(path)
     if file.is_dir():

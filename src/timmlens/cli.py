@@ -1,9 +1,11 @@
 """The ``timmlens`` command: explain images, evaluate a dataset, report errors, describe a model.
 
 User errors (bad model spec, missing file, unknown method, bad option value, an output
-path that cannot be written) print one line and exit with status 2; output paths are
-checked before a model is loaded. The logic lives in the library, the CLI only parses
-and reports.
+path that cannot be written, a device this machine lacks) print one line and exit with
+status 2; output paths and the device are checked before a model is loaded. Every
+command writes under one root, ``outputs/<command>/``, unless ``--out`` says otherwise,
+and shows its defaults in ``--help``. The logic lives in the library, the CLI only
+parses and reports.
 """
 
 from __future__ import annotations
@@ -16,12 +18,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from . import __version__
 from ._outputs import ensure_writable_dir
+from .devices import DEVICE_CHOICES
 from .errors import TimmLensError
 from .interpretation.registry import METHODS, layer_methods, methods, resolve_method
+from .models import BUNDLED_SPEC
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+#: the model of every command without ``--model``: real ImageNet weights, offline
+DEFAULT_MODEL = BUNDLED_SPEC
+#: every command's files go to ``OUTPUT_ROOT/<command>/`` unless ``--out`` says otherwise
+OUTPUT_ROOT = Path("outputs")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,6 +38,44 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``(default: X)`` after every option's help, unless there is nothing to show.
+
+    No default is shown for flags (``False``), for options whose absence means something
+    the help already says (``None``), or where the help states it in its own words.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+MODEL_HELP = (
+    f"timm name, hf-hub: id, local folder, checkpoint, or {BUNDLED_SPEC} (default: "
+    f"{DEFAULT_MODEL}, real ImageNet weights shipped with timmlens; the command says so "
+    f"when it uses it)"
+)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, model: bool = True) -> None:
+    """``--model`` (unless the command takes it as a positional) and ``--device``: the
+    same options, help and defaults on every command that runs a model."""
+    if model:
+        parser.add_argument("--model", default=None, help=MODEL_HELP)
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help=f"where the model runs: {DEVICE_CHOICES} (auto: CUDA, then MPS, then CPU)",
+    )
+
+
+def default_out(command: str, name: str = "") -> str:
+    """The default ``--out`` of ``command``: ``outputs/<command>/`` (and ``name`` in it)."""
+    return str(OUTPUT_ROOT / command / name) if name else str(OUTPUT_ROOT / command)
 
 
 def _integer(text: str, minimum: int) -> int:
@@ -68,25 +115,34 @@ def _methods_help(default: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     from .interpretation.metrics.registry import metrics as heatmap_metrics
 
-    parser = _Parser(prog="timmlens", description="Explanations for timm image classifiers.")
+    parser = _Parser(
+        prog="timmlens",
+        description="Explanations for timm image classifiers.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    explain = commands.add_parser(
+    def command(name: str, **kwargs: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
+
+    explain = command(
         "explain",
         help="explain images and save overlays",
         description="Explain images with one method and save figures.",
     )
-    explain.add_argument("images", nargs="+", help="image files")
     explain.add_argument(
-        "--model",
-        default="bundled:efficientnet_lite0",
-        help="timm name, hf-hub: id, local folder, or bundled:efficientnet_lite0",
+        "images",
+        nargs="+",
+        help="image files or folders (every image under a folder, recursively, sorted)",
     )
+    add_model_arguments(explain)
     explain.add_argument(
         "--method",
         default="gradcam",
         type=_method_name,
         choices=sorted(METHODS),
+        metavar="METHOD",
         help=_methods_help("gradcam"),
     )
     explain.add_argument(
@@ -100,22 +156,23 @@ def _parser() -> argparse.ArgumentParser:
         help=f"target layer of the layer methods ({', '.join(layer_methods())}); "
         f"default: the family's layer",
     )
-    explain.add_argument("--out", default="outputs/explain", help="output folder")
+    explain.add_argument("--out", default=default_out("explain"), help="output folder")
     explain.add_argument("--html", action="store_true", help="also write interactive HTML")
 
-    evaluate = commands.add_parser(
+    evaluate = command(
         "evaluate",
         help="explain and score a dataset",
         description="Explain and score every image of a folder; writes rows and a summary.",
     )
     evaluate.add_argument("data", help="image folder (integer-named sub-folders give labels)")
-    evaluate.add_argument("--model", default="bundled:efficientnet_lite0")
+    add_model_arguments(evaluate)
     evaluate.add_argument(
         "--methods",
         nargs="+",
         default=["gradcam"],
         type=_method_name,
         choices=sorted(METHODS),
+        metavar="METHOD",
         help=_methods_help("gradcam"),
     )
     evaluate.add_argument(
@@ -123,17 +180,24 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["insertion", "deletion"],
         choices=heatmap_metrics("heatmap"),
+        metavar="METRIC",
         help="metrics from the registry (timmlens.interpretation.metrics.metrics())",
     )
-    evaluate.add_argument("--out", default="results", help="output folder")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=8)
+    evaluate.add_argument(
+        "--out", default=default_out("evaluate"), help="output folder (rows and summary)"
+    )
+    evaluate.add_argument(
+        "--batch-size", type=_positive_int, default=8, help="images per explanation batch"
+    )
     evaluate.add_argument(
         "--steps",
         type=_positive_int,
         default=None,
         help="insertion/deletion steps (default: RISE, 224 pixels per step)",
     )
-    evaluate.add_argument("--format", default="jsonl", choices=["jsonl", "csv"])
+    evaluate.add_argument(
+        "--format", default="jsonl", choices=["jsonl", "csv"], help="rows file format"
+    )
     evaluate.add_argument(
         "--overwrite",
         action="store_true",
@@ -155,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
         help="an unreadable image: skip it with a warning (counted in the summary) or stop",
     )
 
-    report = commands.add_parser(
+    report = command(
         "report",
         help="error analysis of labelled images (HTML + JSON)",
         description=(
@@ -168,16 +232,23 @@ def _parser() -> argparse.ArgumentParser:
         help="image folder whose sub-folders name the classes (index, class name, "
         "WordNet id); files directly in it have no label and are skipped",
     )
-    report.add_argument("--model", default="bundled:efficientnet_lite0")
-    report.add_argument("--out", default="report.html", help="HTML file (JSON written next to it)")
+    add_model_arguments(report)
+    report.add_argument(
+        "--out",
+        default=default_out("report", "report.html"),
+        help="HTML file (JSON written next to it)",
+    )
     report.add_argument(
         "--method",
         default="gradcam",
         type=_method_name,
         choices=sorted(METHODS),
+        metavar="METHOD",
         help=_methods_help("gradcam"),
     )
-    report.add_argument("--batch-size", type=_positive_int, default=8)
+    report.add_argument(
+        "--batch-size", type=_positive_int, default=8, help="images per forward and explanation"
+    )
     report.add_argument(
         "--max-examples",
         type=_non_negative_int,
@@ -188,21 +259,51 @@ def _parser() -> argparse.ArgumentParser:
         "--top-pairs", type=_non_negative_int, default=10, help="rows of the confusion-pair table"
     )
 
-    layers = commands.add_parser(
+    layers = command(
         "layers",
         help="describe a model's layers and layouts",
-        description="Print what the adapter knows about a model.",
+        description="Print what the adapter knows about a model: its family, default CAM "
+        "layer, recommended layers, layouts and attention blocks.",
     )
-    layers.add_argument("model", help="model spec")
+    layers.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
+    add_model_arguments(layers, model=False)
     return parser
 
 
-def _load(spec: str):
-    from .models import load_model
+def _load(args: argparse.Namespace, *, quiet_random_weights: bool = False):
+    """The model of ``--model`` (saying so when it is the default) on ``--device``."""
+    from .devices import resolve_device
+    from .models import RandomWeightsWarning, load_model
 
+    device = resolve_device(args.device)
+    if args.model is None:
+        print(
+            f"timmlens {args.command}: using {DEFAULT_MODEL} (EfficientNet-Lite0, real "
+            f"ImageNet weights shipped with timmlens); choose another with --model",
+            file=sys.stderr,
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("default")
-        return load_model(spec)
+        if quiet_random_weights:  # describing layers does not need trained weights
+            warnings.simplefilter("ignore", RandomWeightsWarning)
+        return load_model(args.model or DEFAULT_MODEL).to(device)
+
+
+def image_paths(items: Sequence[str]) -> list[str]:
+    """Files as given, folders replaced by every image under them (recursively, sorted).
+
+    A folder without images is an error, as in ``evaluate``; a missing path is left for
+    the image reader to report.
+    """
+    from .evaluation.sources import ImageFolderSource
+
+    paths: list[str] = []
+    for item in items:
+        if Path(item).is_dir():
+            paths.extend(str(path) for path in ImageFolderSource(item).files)
+        else:
+            paths.append(item)
+    return paths
 
 
 def output_stems(images: Sequence[str]) -> list[str]:
@@ -236,10 +337,11 @@ def _run_explain(args: argparse.Namespace) -> None:
         )
     from .models.weights_status import file_tag
 
-    model = _load(args.model)
+    images = image_paths(args.images)
+    model = _load(args)
     options = {"target_layer": args.layer} if args.layer else None
     out = Path(args.out)
-    for image, name in zip(args.images, output_stems(args.images), strict=True):
+    for image, name in zip(images, output_stems(images), strict=True):
         stem = f"{name}_{args.method}{file_tag(model)}"  # "_random-weights" when untrained
         result = quick_explain(
             model,
@@ -261,7 +363,7 @@ def _run_explain(args: argparse.Namespace) -> None:
                 result.geometry,
                 label=result.heading,
                 note=result.weights.note,
-                model_name=args.model,
+                model_name=args.model or DEFAULT_MODEL,
             )
             print(f"{image}: interactive -> {page}")
 
@@ -269,7 +371,7 @@ def _run_explain(args: argparse.Namespace) -> None:
 def _run_evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate
 
-    model = _load(args.model)
+    model = _load(args)
     options = {"steps": args.steps} if args.steps else {}
     try:
         summary = evaluate(
@@ -301,7 +403,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 def _run_report(args: argparse.Namespace) -> None:
     from .analysis.error_report import error_report
 
-    model = _load(args.model)
+    model = _load(args)
     result = error_report(
         model,
         args.data,
@@ -318,11 +420,14 @@ def _run_report(args: argparse.Namespace) -> None:
 def _run_layers(args: argparse.Namespace) -> None:
     from .adapters import describe
 
-    describe(_load(args.model))
+    describe(_load(args, quiet_random_weights=True))
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Fail on an unwritable ``--out`` now, not after the model ran on the first batch."""
+    """Fail on an unwritable ``--out`` or a missing device now, not after the model ran."""
+    from .devices import resolve_device
+
+    resolve_device(args.device)
     if args.command in ("explain", "evaluate"):
         ensure_writable_dir(args.out, "--out folder")
     elif args.command == "report":
@@ -339,6 +444,20 @@ def _leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+def _warning_printer(command: str):
+    """Warnings as one line, ``timmlens explain: warning: ... (RandomWeightsWarning)``.
+
+    Python's format names a file and line of code, which on the command line is the
+    ``timmlens`` script, not anything the user wrote.
+    """
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = str(message).strip().splitlines()[0] if str(message).strip() else ""
+        print(f"timmlens {command}: warning: {text} ({category.__name__})", file=sys.stderr)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     run = {
@@ -348,8 +467,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "layers": _run_layers,
     }
     try:
-        _check_outputs(args)
-        run[args.command](args)
+        with warnings.catch_warnings():  # restored on return: main() may run in-process
+            warnings.showwarning = _warning_printer(args.command)
+            _check_outputs(args)
+            run[args.command](args)
     except (TimmLensError, ValueError, FileNotFoundError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"timmlens {args.command}: error: {message}", file=sys.stderr)

@@ -67,3 +67,7 @@ class ExplanationFileError(TimmLensError, ValueError):
 
 class MetricInputError(TimmLensError, ValueError):
     """A metric setting or input it cannot use (percentiles out of range, NaN heatmaps, ...)."""
+
+
+class DeviceError(TimmLensError, ValueError):
+    """A device that is not a torch device name, or is not available on this machine."""

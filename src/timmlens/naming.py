@@ -1,6 +1,6 @@
 """Names of models and of their classes, for titles, tables and reports.
 
-Shared by the one-line explanations (:mod:`timmlens.quick`), :mod:`timmlens.analysis`
+Shared by the one-line explanations (`timmlens.quick`), `timmlens.analysis`
 and the dataset sources. It draws nothing and runs no model, so importing it loads
 neither matplotlib nor Captum.
 """
@@ -28,7 +28,7 @@ def model_class_names(model: nn.Module) -> Sequence[str] | None:
 
 
 def class_name_of(model: nn.Module, index: int) -> str:
-    """The name of class ``index`` for ``model`` (see :func:`timmlens.viz.class_label`)."""
+    """The name of class ``index`` for ``model`` (see [`timmlens.viz.class_label`][])."""
     return class_label(index, num_outputs(model), model_class_names(model))
 
 

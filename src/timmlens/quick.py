@@ -1,14 +1,14 @@
 """One-line explanations and side-by-side comparisons, with figures saved on the way.
 
-* :func:`quick_explain` - predict, explain the predicted class with the best method for
-  the family (see :func:`~timmlens.interpretation.registry.default_method`), save a figure.
-* :func:`compare_methods` - several methods on one image and one model.
-* :func:`compare_architectures` - one method on one image across several models.
+* [`quick_explain`][] - predict, explain the predicted class with the best method for
+  the family (see `default_method`), save a figure.
+* [`compare_methods`][] - several methods on one image and one model.
+* [`compare_architectures`][] - one method on one image across several models.
 
 Heatmaps in the results are ``(H, W)`` CPU tensors in model-input coordinates (feed
 them to any metric); the figures draw them on the original photo.
 
-This module draws, so it sits above the methods (:mod:`timmlens.interpretation`) and
+This module draws, so it sits above the methods (`timmlens.interpretation`) and
 loads matplotlib; ``timmlens.interpretation`` re-exports its functions lazily, so
 ``import timmlens`` does not pay for matplotlib.
 """
@@ -36,6 +36,7 @@ from .interpretation.registry import (
     resolve_method,
 )
 from .models.weights_status import WeightsStatus, weights_status, with_weights_note
+from .models.wrappers import unwrap_model
 from .naming import class_name_of, model_name_of
 from .saving import figure_png, geometry_json, save_explanation
 from .viz.labels import class_heading, explanation_title
@@ -101,7 +102,7 @@ class ClassPrediction:
 
 @dataclass
 class ExplanationResult(ClassPrediction):
-    """What :func:`quick_explain` found (the classes: see :class:`ClassPrediction`).
+    """What [`quick_explain`][] found (the classes: see `ClassPrediction`).
 
     Attributes:
         heatmap: ``(H, W)`` float CPU tensor in [0, 1], model-input coordinates.
@@ -153,7 +154,7 @@ class ExplanationResult(ClassPrediction):
 
 @dataclass
 class MethodComparison(ClassPrediction):
-    """What :func:`compare_methods` found.
+    """What [`compare_methods`][] found.
 
     Attributes:
         heatmaps: method name -> ``(H, W)`` CPU heatmap in model-input coordinates.
@@ -219,7 +220,7 @@ class MethodComparison(ClassPrediction):
 
 @dataclass
 class ModelExplanation(ClassPrediction):
-    """One model's entry in an :class:`ArchitectureComparison`."""
+    """One model's entry in an [`ArchitectureComparison`][]."""
 
     model: str
     heatmap: torch.Tensor = field(repr=False)
@@ -232,7 +233,7 @@ class ModelExplanation(ClassPrediction):
 
 @dataclass
 class ArchitectureComparison:
-    """What :func:`compare_architectures` found: one :class:`ModelExplanation` per model."""
+    """What [`compare_architectures`][] found: one `ModelExplanation` per model."""
 
     entries: list[ModelExplanation]
     figure: Figure | None = field(default=None, repr=False)
@@ -385,17 +386,18 @@ def quick_explain(
             ``None`` explains the predicted class.
         method_options: constructor options of the explainer (``{"target_layer": ...}``).
         note: added to the title; a model with random weights or a new untrained head is
-            labelled so in any case (:func:`timmlens.models.weights_status`).
-        cmap: colormap (default ``"inferno"``, see :data:`timmlens.viz.static.DEFAULT_CMAP`).
+            labelled so in any case (`timmlens.models.weights_status`).
+        cmap: colormap (default ``"inferno"``, see `timmlens.viz.static.DEFAULT_CMAP`).
         alpha: opacity of the overlay.
         crop: the part of the photo outside the model's crop: ``"mark"`` (hatched),
             ``"only"`` (left out) or ``"plain"``.
         dpi: resolution of the saved figure.
 
     Returns:
-        An :class:`ExplanationResult` (heatmap ``(H, W)`` in model-input coordinates;
+        An [`ExplanationResult`][] (heatmap ``(H, W)`` in model-input coordinates;
         ``result.save(path)`` writes it to ``.npz``, ``result.figure`` is the figure).
     """
+    model = unwrap_model(model)  # torch.compile (warned), DataParallel, DDP
     name = resolve_method(method).name if method is not None else default_method(model)
     prediction = _predict(model, image)
     target = _resolve_target(prediction, target_class, model)
@@ -455,7 +457,7 @@ def compare_methods(
         image: one image.
         methods: registry names; default the registered methods that apply to the model
             and are ``compared_by_default``, in registry order
-            (:func:`~timmlens.interpretation.registry.default_comparison`: ``gradcam``,
+            (`default_comparison`: ``gradcam``,
             ``gradcampp``, ``ig``, ``smoothgrad``, plus ``rollout`` for ViTs, and any method
             you register; slow or specialised built-ins run only when named).
             Naming one that does not apply raises ``UnsupportedModelError``.
@@ -469,8 +471,9 @@ def compare_methods(
         cmap, alpha, crop, dpi: as for :func:`quick_explain`.
 
     Returns:
-        A :class:`MethodComparison`; ``heatmaps[name]`` is ``(H, W)`` on CPU.
+        A [`MethodComparison`][]; ``heatmaps[name]`` is ``(H, W)`` on CPU.
     """
+    model = unwrap_model(model)  # torch.compile (warned), DataParallel, DDP
     names = [resolve_method(m).name for m in methods] if methods else None
     if names is None:
         names = default_comparison(model)
@@ -558,7 +561,7 @@ def compare_architectures(
         image: one image.
         method: a registry name used for every model (default ``"gradcam"``, so the maps
             differ because the models do); ``None`` or ``"auto"`` gives each model its
-            family default (:func:`~timmlens.interpretation.registry.default_method`).
+            family default (`default_method`).
         save_path: where to save the overlay grid (curves: ``<stem>_curves.png``).
         with_metrics: also compute insertion and deletion AUCs per model.
         target_class: one class for every model; ``None``: each model's predicted class.
@@ -568,7 +571,7 @@ def compare_architectures(
         cmap, alpha, crop, dpi: as for :func:`quick_explain`.
 
     Returns:
-        An :class:`ArchitectureComparison`; each heatmap is ``(H, W)`` in its own model's
+        An [`ArchitectureComparison`][]; each heatmap is ``(H, W)`` in its own model's
         input coordinates (models crop differently; the figure undoes each crop).
     """
     named = dict(models) if isinstance(models, Mapping) else {}

@@ -2,7 +2,7 @@
 
 timm's random init often makes explanations trivially zero: ResNets zero-initialise
 the last norm of each residual block, ConvNeXt scales branches by 1e-6, some heads
-start at zero. :func:`make_explainable` re-draws those parameters so every block
+start at zero. `make_explainable` re-draws those parameters so every block
 contributes and classes differ, which is what a method test needs.
 """
 
@@ -46,7 +46,7 @@ def make_explainable(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def explainable_model(name: str, seed: int = 0, **timm_kwargs: object) -> nn.Module:
     """``timm.create_model(name)`` with random weights (seeded, warnings silenced), made
-    explainable by :func:`make_explainable`; ``timm_kwargs`` go to ``create_model``."""
+    explainable by `make_explainable`; ``timm_kwargs`` go to ``create_model``."""
     import warnings
 
     import timm

@@ -16,9 +16,10 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from ..data import timm_model_of
 from ..errors import LayerResolutionError
+from ..models.wrappers import unwrap_model
 from .layout import Layout, token_layout
+from .trace import forward_trace
 
 LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
 
@@ -59,17 +60,51 @@ def _family_of(model: nn.Module) -> str:
     return type(model).__module__.rsplit(".", 1)[-1]
 
 
+def _is_timm(model: nn.Module) -> bool:
+    """A timm model (or a subclass of one): its facts (``feature_info``, ...) apply."""
+    return any(cls.__module__.startswith("timm.") for cls in type(model).__mro__)
+
+
+def locate_timm_model(model: nn.Module) -> tuple[nn.Module, str] | None:
+    """The timm model inside ``model`` and the prefix of its names, or ``None``.
+
+    ``ImageClassifier`` -> ``(backbone, "backbone.")``; a timm model -> ``(model, "")``;
+    ``nn.Sequential(normalize, timm_model)`` -> ``(timm_model, "1.")`` (its last timm
+    child, also an ``ImageClassifier`` there).
+    """
+    backbone = getattr(model, "backbone", None)
+    if isinstance(backbone, nn.Module) and _is_timm(backbone):
+        return backbone, "backbone."
+    if _is_timm(model):
+        return model, ""
+    if isinstance(model, nn.Sequential):
+        for name, child in reversed(list(model.named_children())):
+            found = locate_timm_model(child)
+            if found is not None:
+                return found[0], f"{name}.{found[1]}"
+    return None
+
+
 class ModelAdapter:
     """Everything timmlens needs to know about where to look inside ``model``.
 
+    Any other classifier works too: a torchvision model or a plain ``nn.Module`` CNN
+    (its CAM layer is found by tracing one forward, `trace`), any of them inside
+    ``nn.Sequential`` (``Sequential(normalize, model)``: timm facts still apply),
+    ``DataParallel``, DDP or ``torch.compile`` (the module inside is explained).
+
     Args:
-        model: an ``ImageClassifier`` (names start with ``backbone.``) or a bare timm model.
+        model: an ``ImageClassifier`` (names start with ``backbone.``), a bare timm
+            model, or any image classifier ``nn.Module``.
     """
 
     def __init__(self, model: nn.Module) -> None:
+        model = unwrap_model(model, warn=False)  # the explainers warn about compile
         self.model = model
-        self.timm_model = timm_model_of(model)
-        self.prefix = "backbone." if self.timm_model is not model else ""
+        located = locate_timm_model(model)
+        #: whether timm's facts (feature_info, token layout, attention) describe the model
+        self.is_timm = located is not None
+        self.timm_model, self.prefix = located if located is not None else (model, "")
         self.family = _family_of(self.timm_model)
         self.architecture = str(
             getattr(self.timm_model, "pretrained_cfg", {}).get("architecture")
@@ -168,17 +203,21 @@ class ModelAdapter:
             return self._last_called(
                 self.feature_stages[-1]
             ), "the last stage in timm's feature_info"
-        for container in ("blocks", "stages", "layers"):
+        for container in ("blocks", "stages", "layers") if self.is_timm else ():
             module = getattr(self.timm_model, container, None)
             if isinstance(module, (nn.Sequential, nn.ModuleList)) and len(module):
                 return (
                     self._last_called(self._full_name(container)),
                     f"no feature_info: the last of the model's {container}",
                 )
-        raise LayerResolutionError(
-            f"{self.architecture}: timm gives no feature_info for this model, so there is no "
-            f"default CAM layer. Pass target_layer= with a layer that outputs a spatial map; "
-            f"timmlens.describe(model) lists the candidates."
+        # Not timm (torchvision, a plain CNN), or timm without the facts: one forward shows.
+        call = forward_trace(self.model).last_spatial_layer()
+        assert call.shape is not None
+        return (
+            call.name,
+            f"traced one forward: the last layer with a spatial output "
+            f"({call.shape[2]}x{call.shape[3]} for a {forward_trace(self.model).input_shape[-1]}"
+            f" px input) before global pooling",
         )
 
     def _last_called(self, name: str) -> str:
@@ -279,7 +318,7 @@ class ModelAdapter:
     def layout_for(
         self, output: torch.Tensor, input_hw: tuple[int, int] | None, layer: nn.Module
     ) -> Layout:
-        """The :class:`Layout` of a live layer output (see :mod:`.layout`)."""
+        """The `Layout` of a live layer output (see `layout`)."""
         name = self.module_names.get(layer, type(layer).__name__)
         if output.ndim == 4:
             # Convolutions output NCHW even inside channels-last families.
@@ -367,5 +406,5 @@ class ModelAdapter:
 
 
 def get_adapter(model: nn.Module) -> ModelAdapter:
-    """The :class:`ModelAdapter` of ``model`` (``ImageClassifier`` or bare timm model)."""
+    """The [`ModelAdapter`][] of ``model`` (``ImageClassifier`` or bare timm model)."""
     return ModelAdapter(model)

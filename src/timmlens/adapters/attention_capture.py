@@ -15,7 +15,7 @@ that multiply the values. Its *output* is recorded (the tensor the model goes on
 use), so gradients taken with respect to it are gradients of the attention the model
 really applied.
 
-:func:`capture_attention` switches the flags off and installs the hooks for the
+`capture_attention` switches the flags off and installs the hooks for the
 duration of a ``with`` block; hooks are removed and flags restored on exit, also after
 an exception.
 """
@@ -94,7 +94,7 @@ def capture_attention(blocks: Sequence[AttentionBlock]) -> Iterator[AttentionCap
     again).
 
     Yields:
-        An :class:`AttentionCapture`; call :meth:`AttentionCapture.maps` after the forward.
+        An `AttentionCapture`; call `AttentionCapture.maps` after the forward.
     """
     capture = AttentionCapture(blocks)
     flags = [block.module.__dict__.get("fused_attn", _MISSING) for block in capture.blocks]

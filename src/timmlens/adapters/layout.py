@@ -46,7 +46,7 @@ class Layout:
         return patches.transpose(1, 2).reshape(batch, channels, *self.grid)
 
     def from_nchw(self, spatial: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`to_nchw`; prefix tokens are taken from ``original``."""
+        """Inverse of `to_nchw`; prefix tokens are taken from ``original``."""
         if self.kind == "NCHW":
             return spatial
         if self.kind == "NHWC":

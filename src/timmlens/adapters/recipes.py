@@ -1,11 +1,12 @@
 """Per-architecture recipes, generated from the adapters so the docs cannot drift.
 
-``docs/recipes.md`` is :func:`recipes_markdown` written out (``make docs`` does it; a
+``docs/recipes.md`` is `recipes_markdown` written out (``make docs`` does it; a
 test fails when the file and the adapters disagree).
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import timm
@@ -81,39 +82,113 @@ def describe_architecture(name: str) -> ModelDescription:
     return describe(model, print_it=False)
 
 
+def _slug(title: str) -> str:
+    """The anchor mkdocs' ``toc`` gives a heading (``"DeiT (distilled)"`` -> ``deit-distilled``)."""
+    kept = re.sub(r"[^\w\s-]", "", title).strip().lower()
+    return re.sub(r"[-\s]+", "-", kept)
+
+
+def pretrained_spec(architecture: str) -> tuple[str, bool]:
+    """``("arch.default_tag", has_classifier)``: timm's default weights for ``architecture``.
+
+    Self-supervised checkpoints (DINOv2, EVA-02 MIM) have no classifier (``num_classes``
+    0): a recipe then adds a head, which must be trained before its maps mean anything.
+    """
+    cfg = timm.models.get_pretrained_cfg(architecture)
+    if cfg is None or not cfg.tag:
+        return architecture, True
+    return f"{architecture}.{cfg.tag}", bool(cfg.num_classes)
+
+
+def recipe_snippet(architecture: str, facts: ModelDescription) -> str:
+    """The runnable code of one family's recipe (``tests/test_recipes.py`` runs each)."""
+    spec, has_classifier = pretrained_spec(architecture)
+    imports = "GradCAM, AttentionVisualizer" if facts.attention_blocks else "GradCAM"
+    if has_classifier:
+        load = f'model = ImageClassifier("{spec}")  # timm\'s default weights (downloads once)'
+    else:
+        load = (
+            f'model = ImageClassifier("{spec}", num_classes=10)\n'
+            f"# ^ a self-supervised checkpoint without classifier: the new head must be\n"
+            f"#   fine-tuned before its maps mean anything"
+        )
+    lines = [
+        "from PIL import Image",
+        "from timmlens import ImageClassifier",
+        f"from timmlens.interpretation import {imports}",
+        "",
+        load,
+        'image = Image.open("cat.jpg")',
+        f'cam = GradCAM(model, target_layer="backbone.{facts.default_layer}")  # the default',
+        "heatmap = cam(image)  # (H, W) in [0, 1], model-input coordinates",
+    ]
+    if facts.attention_blocks:
+        lines += [
+            "rollout = AttentionVisualizer(model).attention_rollout(image)  # (H, W)",
+        ]
+    return "\n".join(lines)
+
+
 def recipes_markdown() -> str:
-    """The recipes page: one row per family with its default layer, layout and methods."""
+    """The recipes page: a summary table, then per family its facts, tip and snippet."""
     lines = [
         "# Recipes per architecture",
         "",
         "Generated from timmlens' adapters by `timmlens.adapters.recipes.recipes_markdown()` "
-        "(`make docs`); do not edit by hand. Layer names are those of a bare timm model; "
-        "in an `ImageClassifier` they start with `backbone.` (both forms are accepted). "
-        "The methods column names the first choices; [every method](methods/index.md) and "
+        "(`make docs`); do not edit by hand. Every snippet is run by the test suite "
+        "(`tests/test_recipes.py`, on a shrunken model of the same family). Layer names are "
+        "those of a bare timm model; in an `ImageClassifier` they start with `backbone.` "
+        "(both forms are accepted). [Every method](methods/index.md) and "
         "[where each works](methods/matrix.md) are listed on their own pages.",
         "",
-        "| family | example | default CAM layer | layout | prefix tokens | methods | tip |",
-        "| --- | --- | --- | --- | ---: | --- | --- |",
+        f"First-choice methods for every family: {_methods_for_every_model()}; ViT-like "
+        f"families add attention maps and rollout.",
+        "",
+        "| family | example | default CAM layer | layout | prefix tokens |",
+        "| --- | --- | --- | --- | ---: |",
     ]
-    every_model = _methods_for_every_model()
+    sections: list[str] = []
     for title, architecture, tip in RECIPE_MODELS:
         facts = describe_architecture(architecture)
-        methods = every_model + (", attention maps & rollout" if facts.attention_blocks else "")
         layout = facts.layout.split(" (")[0]
+        anchor = _slug(title)
         lines.append(
-            f"| {title} | `{architecture}` | `{facts.default_layer}` | {layout} | "
-            f"{facts.num_prefix_tokens} | {methods} | {tip} |"
+            f"| [{title}](#{anchor}) | `{architecture}` | `{facts.default_layer}` | {layout} | "
+            f"{facts.num_prefix_tokens} |"
         )
+        attention = (
+            f"{len(facts.attention_blocks)} global attention blocks: attention maps and "
+            f"rollout apply."
+            if facts.attention_blocks
+            else "No global attention: GradCAM and the input methods."
+        )
+        sections += [
+            f"## {title}",
+            "",
+            f"`{architecture}`: default CAM layer `{facts.default_layer}` "
+            f"({facts.default_layer_reason}); layout {layout}; "
+            f"{facts.num_prefix_tokens} prefix tokens. {attention}",
+            "",
+            f"Tip: {tip}",
+            "",
+            "```python",
+            recipe_snippet(architecture, facts),
+            "```",
+            "",
+        ]
     lines += [
         "",
         "Why the default layer: timm's `feature_info` names the last stage of nearly every "
         "family and is used as is; the overrides are ViTs with class-token pooling (the last "
         "block's patch tokens get no gradient, so CAM taps `blocks[-1].norm1`) and "
         "EfficientNet (`conv_head`, the layer the usual recipes name). Every timm family is "
-        "swept in [zoo coverage](zoo_coverage.md).",
+        "swept in [zoo coverage](zoo_coverage.md). Models from outside timm (torchvision, "
+        "your own CNN) get the last spatial layer before global pooling, found by tracing "
+        "one forward.",
         "",
+        *sections,
     ]
-    return "\n".join(lines)
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,7 @@ def spatial_tap(
     layer_name: str,
     layout_for: Any,
 ) -> Iterator[SpatialView]:
-    """Attach a :class:`SpatialView` to ``layer`` for the duration of the block.
+    """Attach a `SpatialView` to ``layer`` for the duration of the block.
 
     Args:
         root: the model that is run (its input size is recorded for token grids).

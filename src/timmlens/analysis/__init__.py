@@ -1,6 +1,6 @@
 """Answers built from explanations: layer hierarchies, sanity checks, error reports.
 
-Names are imported on first use (PEP 562), except :func:`error_report`: it shares its
+Names are imported on first use (PEP 562), except [`error_report`][]: it shares its
 name with its submodule, and the import system would rebind the package attribute to
 the submodule once that is imported, so the function is bound here up front (its
 module loads no drawing or attribution library).

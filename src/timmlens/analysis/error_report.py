@@ -10,9 +10,9 @@ Two passes over the data, on one process or under ``torchrun``:
    ``[predicted..., true...]``, so every card shows where the model saw the class it
    chose next to where it saw the class it should have chosen.
 
-Rank 0 writes one self-contained HTML page (:mod:`timmlens.viz.report_html`) and a JSON
+Rank 0 writes one self-contained HTML page (`timmlens.viz.report_html`) and a JSON
 summary next to it (``report.json`` for ``report.html``) that lists every error, shown or
-not. Every rank returns the same :class:`ErrorReport`.
+not. Every rank returns the same [`ErrorReport`][].
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class ClassAccuracy:
 
 @dataclass
 class ErrorReport:
-    """What :func:`error_report` found (usable without the HTML).
+    """What [`error_report`][] found (usable without the HTML).
 
     Attributes:
         model, method, data: what was run on what.
@@ -486,7 +486,7 @@ def error_report(
             ``(image, label)`` (label an int, a class name or ``None``), or a ``DataLoader``.
             Images without a label are skipped and counted.
         out: the HTML file (``.html``), or a folder to write ``report.html`` in.
-        method: a registry name (any of :func:`~timmlens.interpretation.registry.methods`,
+        method: a registry name (any of [`methods`][timmlens.interpretation.registry.methods],
             e.g. ``gradcam``, ``ig``) or an explainer instance.
         batch_size: images per prediction batch, errors per explanation batch (per rank;
             an explanation batch holds each error twice).

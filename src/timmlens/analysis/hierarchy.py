@@ -82,7 +82,7 @@ class LayerHierarchy:
         """Pointing-game hit rate of every layer: ``{layer: rate}``, early to late.
 
         ``boxes`` / ``masks`` are in model-input coordinates, as for
-        :func:`timmlens.interpretation.metrics.pointing_game`; a rising rate is the
+        [`timmlens.interpretation.metrics.pointing_game`][]; a rising rate is the
         number behind "later layers localise better".
         """
         from ..interpretation.metrics.pointing import pointing_game
@@ -94,7 +94,7 @@ class LayerHierarchy:
 
 
 def hierarchy_layers(model: nn.Module) -> list[str]:
-    """The layers :func:`explain_layers` uses by default, early to late.
+    """The layers [`explain_layers`][] uses by default, early to late.
 
     timm's ``feature_info`` stages, in order; a stage that contains the family's default
     CAM layer is replaced by it (with class-token pooling the last block's output gives
@@ -139,16 +139,16 @@ def explain_layers(
 
     Args:
         model: an ``ImageClassifier`` or a bare timm model; left as found.
-        images: anything :func:`timmlens.prepare_images` accepts.
+        images: anything [`timmlens.prepare_images`][] accepts.
         target_class: one class for all images, one per image, or ``None`` for each
             image's prediction. The same class is explained at every layer.
         layers: the layers to show (names or modules, early to late); default
-            :func:`hierarchy_layers`.
+            `hierarchy_layers`.
         method: a method that taps a layer (``uses_layer`` in the registry:
-            :func:`~timmlens.interpretation.registry.layer_methods`); aliases accepted.
+            `layer_methods`); aliases accepted.
 
     Returns:
-        A :class:`LayerHierarchy`; ``heatmaps`` is ``(L, B, H, W)``, each map in [0, 1].
+        A `LayerHierarchy`; ``heatmaps`` is ``(L, B, H, W)``, each map in [0, 1].
     """
     if not resolve_method(method).uses_layer:
         raise ValueError(

@@ -2,7 +2,7 @@
 
 Units
 -----
-:func:`cascade_units` finds the units without knowing any family's name. It records the
+`cascade_units` finds the units without knowing any family's name. It records the
 order in which parameter-owning modules run during one no-grad forward (forward
 pre-hooks), then walks the module tree:
 
@@ -26,7 +26,7 @@ its ``head`` comes first.
 
 Re-initialisation
 -----------------
-:func:`randomize_unit` re-draws one unit in place: every submodule that has a
+`randomize_unit` re-draws one unit in place: every submodule that has a
 ``reset_parameters()`` method gets it (the module's own initialisation: Kaiming-uniform
 convolutions and linears; BatchNorm back to weight 1, bias 0 and running statistics
 0 / 1; timm's ``LayerScale`` back to its ``init_values``), and every parameter no
@@ -226,7 +226,7 @@ def resolve_unit(model: nn.Module, layer: str | nn.Module) -> RandomizationUnit:
     """One user-given unit: a module (name or object), a parameter name, or a unit name.
 
     Names may omit the ``backbone.`` prefix of an ``ImageClassifier``; ``"{a,b}"`` names
-    (as :func:`discover_units` prints them) select a module's direct parameters.
+    (as `discover_units` prints them) select a module's direct parameters.
 
     Raises:
         ValueError: no such module or parameter, or it has no parameters.
@@ -314,7 +314,7 @@ def cascade_units(
 
     Args:
         model: an ``ImageClassifier`` or a bare timm model (not modified).
-        layers: ``None`` discovers the units (:func:`discover_units`, top-down); or an
+        layers: ``None`` discovers the units (`discover_units`, top-down); or an
             explicit list of module names, modules, parameter names or ``"{a,b}"`` unit
             names, used in the order given (give them top-down for a cascade).
         inputs: ``(B, C, H, W)`` input for the discovery forward (default: a zero image).

@@ -3,17 +3,18 @@
 An explanation that does not change when the model's weights are destroyed cannot be
 explaining what the model learned. Two tests make that measurable:
 
-* **Model parameter randomisation** (:func:`parameter_randomization_test`): re-initialise
+* **Model parameter randomisation** ([`parameter_randomization_test`][]): re-initialise
   the model's units from the logits down (*cascading*), or one at a time (*independent*),
   and compare each explanation with the original one.
-* **Data randomisation** (:func:`data_randomization_test`): compare the explanations of
+* **Data randomisation** ([`data_randomization_test`][]): compare the explanations of
   the model with those of the same architecture trained on randomly permuted labels
   (the user trains that model; timmlens only compares).
 
-Similarity is measured per image with :func:`~timmlens.analysis.similarity.map_similarity`
-(Spearman rank correlation, with and without absolute values, and SSIM).
+Similarity is measured per image with
+[`map_similarity`][timmlens.analysis.similarity.map_similarity] (Spearman rank
+correlation, with and without absolute values, and SSIM).
 
-Which units are re-initialised and how is in :mod:`timmlens.analysis.randomization`.
+Which units are re-initialised and how is in `timmlens.analysis.randomization`.
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def _format_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> s
 
 @dataclass
 class RandomizationResult:
-    """What :func:`parameter_randomization_test` measured.
+    """What [`parameter_randomization_test`][] measured.
 
     Rows ("steps"): step 0 is the copy *before* any randomisation (it measures how
     reproducible the method is: 1 for deterministic methods); step ``i >= 1`` is after
@@ -284,7 +285,7 @@ class RandomizationResult:
         below its mean at step 0 (the unrandomised copy, 1 for deterministic methods).
         In the cascading test the last step has every unit randomised; in the
         independent test it has only the last (lowest) unit randomised, so look at
-        :meth:`mean` for the others. If the metric is undefined for every image at the
+        `mean` for the others. If the metric is undefined for every image at the
         last step (every map constant, e.g. all-zero GradCAMs) nothing of the original
         structure is left, which counts as a fall.
 
@@ -316,7 +317,7 @@ class RandomizationResult:
         return float(_nanmean(map_similarity(original, shifted)[metric], dim=0))
 
     def summary(self) -> str:
-        """A text table of :meth:`table` with the chance level and a verdict per method."""
+        """A text table of `table` with the chance level and a verdict per method."""
         mode = "cascading" if self.cascading else "independent"
         seeds = self.seeds or (self.seed,)
         head = (
@@ -343,7 +344,7 @@ class RandomizationResult:
 
 @dataclass
 class DataRandomizationResult:
-    """What :func:`data_randomization_test` measured.
+    """What [`data_randomization_test`][] measured.
 
     Attributes:
         methods: method names.
@@ -414,17 +415,17 @@ def parameter_randomization_test(
     """Adebayo et al.'s model parameter randomisation test.
 
     Explains ``images`` with each method on ``model``, then on a deep copy whose units are
-    re-initialised one by one (:func:`cascade_units`, :func:`randomize_unit`), and
+    re-initialised one by one (`cascade_units`, `randomize_unit`), and
     compares every step's maps with the original ones per image
-    (:func:`~timmlens.analysis.similarity.map_similarity`). The user's model is never
+    ([`map_similarity`][timmlens.analysis.similarity.map_similarity]). The user's model is never
     modified.
 
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
-        images: anything :func:`~timmlens.data.prepare_images` accepts.
+        images: anything [`prepare_images`][timmlens.data.prepare_images] accepts.
         methods: registry names (any of
-            :func:`~timmlens.interpretation.registry.methods`, e.g. ``"gradcam"``,
-            ``"ig"``) and/or :class:`Explainer` instances built on ``model`` (they are
+            [`methods`][timmlens.interpretation.registry.methods], e.g. ``"gradcam"``,
+            ``"ig"``) and/or [`Explainer`][] instances built on ``model`` (they are
             deep-copied together with it).
         target_class: class(es) to explain; ``None``: each image's class as predicted by
             the *original* model, kept fixed at every step.
@@ -432,10 +433,10 @@ def parameter_randomization_test(
             cascade); ``False``: each unit alone on a fresh copy of the original.
         layers: explicit units (module names, parameter names), in the order to use;
             ``None``: all units, top-down.
-        seed: base seed of the re-initialisation (see :func:`randomize_unit`).
+        seed: base seed of the re-initialisation (see `randomize_unit`).
         seeds: several base seeds instead of ``seed``: the whole test runs once per seed
             and the result reports the mean over seeds and images and the spread
-            between seeds (:meth:`RandomizationResult.spread`). One seed can mislead:
+            between seeds (`RandomizationResult.spread`). One seed can mislead:
             on the bundled EfficientNet-Lite0 GradCAM's fully randomised Spearman is
             0.59 with seed 0 alone (docs/sanity_checks.md).
         method_options: registry name -> constructor options, e.g.
@@ -443,7 +444,7 @@ def parameter_randomization_test(
         progress: show a tqdm progress bar.
 
     Returns:
-        A :class:`RandomizationResult`; ``similarity[method][metric]`` is
+        A `RandomizationResult`; ``similarity[method][metric]`` is
         ``(len(units) + 1, B)``.
     """
     seed_list = _check_seeds(seed if seeds is None else seeds, single=seeds is None)
@@ -553,7 +554,7 @@ def data_randomization_test(
     Args:
         model: the model trained on the true labels.
         random_label_model: the model trained on permuted labels.
-        images: anything :func:`~timmlens.data.prepare_images` accepts; each model
+        images: anything [`prepare_images`][timmlens.data.prepare_images] accepts; each model
             preprocesses them with its own data config, and the maps must come out at the
             same size.
         methods: registry names (instances are bound to one model, so they are refused).

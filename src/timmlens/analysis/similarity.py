@@ -13,7 +13,7 @@ image, ``(B,)``, on the inputs' device.
 Conventions, stated once:
 
 * **Ties** (GradCAM maps have many exact zeros) get the average of the ranks they span,
-  as :func:`scipy.stats.spearmanr` does; Spearman's rho is then Pearson's correlation of
+  as `scipy.stats.spearmanr` does; Spearman's rho is then Pearson's correlation of
   these average ranks. The ranks are computed here, exactly (``int64``), batched:
   ``torchmetrics.functional.spearman_corrcoef`` averages ties too, but sums the ranks of
   a tie group in ``int32``, which overflows once a group exceeds 65,535 pixels (e.g. 60 %
@@ -31,9 +31,8 @@ Conventions, stated once:
   al.'s reference code and ``skimage.metrics.structural_similarity`` (which Adebayo et
   al. used). torchmetrics' own mean also averages the border, where its windows reach
   into reflect padding; that number differs slightly from the reference, so it is not
-  used. A constant map normalises to all zeros (:func:`~timmlens.interpretation.base.
-  normalize_maps`): two constant maps have SSIM 1, a constant and a structured map a low
-  SSIM. Maps must be at least 11 x 11 pixels.
+  used. A constant map normalises to all zeros (`normalize_maps`): two constant maps
+  have SSIM 1, a constant and a structured map a low SSIM. Maps must be at least 11 x 11 pixels.
 """
 
 from __future__ import annotations

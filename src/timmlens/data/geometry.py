@@ -1,8 +1,8 @@
 """Where the model-input crop sits in the original photo, and mapping heatmaps back.
 
 A heatmap lives in model-input coordinates (the preprocessed tensor's H x W). Only
-visualisation needs it on the original photo; :func:`heatmap_to_original` undoes the
-resize and crop recorded in an :class:`ImageGeometry`.
+visualisation needs it on the original photo; [`heatmap_to_original`][] undoes the
+resize and crop recorded in an `ImageGeometry`.
 """
 
 from __future__ import annotations

@@ -8,12 +8,12 @@ The scaling rule (each image on its own; an alpha channel on its own, by the sam
 - float (PIL ``F``) with every value in [0, 1]: as is.
 - other integers >= 0 (``int8`` ... ``int64``, ``uint32``, PIL ``I``): the dtype does not
   say the range, so the values do: all <= 255 -> / 255, all <= 65535 -> / 65535 (a 16-bit
-  PNG that an older Pillow opens as ``I``), with an :class:`ImageScalingWarning` saying
+  PNG that an older Pillow opens as ``I``), with an `ImageScalingWarning` saying
   which.
 - anything else (negative values, float beyond [0, 1], more than 16 bits): min-max
-  stretch to [0, 1], with an :class:`ImageScalingWarning`; the contrast is then the
+  stretch to [0, 1], with an `ImageScalingWarning`; the contrast is then the
   image's own, not absolute. A constant image becomes black.
-- NaN or inf: :class:`~timmlens.errors.ImageInputError`.
+- NaN or inf: [`ImageInputError`][timmlens.errors.ImageInputError].
 
 Scaled pixels are rounded to 8 bits, the depth the pretrained models saw. Data whose
 signal sits in a narrow band of a wide range (a 12-bit scan stored as 16-bit) looks dark
@@ -25,12 +25,10 @@ alpha), 3 (RGB) or 4 (RGBA). Transparent pixels are composited on white.
 
 from __future__ import annotations
 
-import sys
-import warnings
-
 import numpy as np
 from PIL import Image
 
+from .._warnings import warn_caller
 from ..errors import ImageInputError
 
 
@@ -151,8 +149,4 @@ def _unit_range(values: np.ndarray, where: str) -> np.ndarray:
 
 def _warn(message: str) -> None:
     # Point the warning at the first caller outside timmlens: its depth varies by input kind.
-    package = __name__.split(".")[0] + "."
-    frame, level = sys._getframe(1), 2
-    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(package):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, ImageScalingWarning, stacklevel=level)
+    warn_caller(message, ImageScalingWarning)

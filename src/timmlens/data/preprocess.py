@@ -5,7 +5,7 @@ Accepted inputs (one, or a list/tuple of them; pictures and tensors are not mixe
     numpy arrays HW or HWC with 1-4 channels (bool, integer or float); torch tensors CHW
     or BCHW, taken as already preprocessed model input.
 
-Pictures become 8-bit RGB by the scaling rule of :mod:`timmlens.data.pixels` (16-bit by
+Pictures become 8-bit RGB by the scaling rule of `timmlens.data.pixels` (16-bit by
 65535, float 0-1 as is, anything else min-max with an ``ImageScalingWarning``; NaN or
 inf is an ``ImageInputError``). The resize/crop geometry of each image is kept so a
 heatmap can be mapped back onto the original photo.
@@ -27,6 +27,7 @@ from torch import nn
 from torchvision import transforms as T
 
 from ..errors import ImageInputError
+from ..models.wrappers import unwrap_model
 from .geometry import ImageGeometry, keep_ratio_size, shorter_side_size
 from .pixels import array_to_pil, pil_to_rgb
 
@@ -78,7 +79,8 @@ def data_config(model: nn.Module) -> dict[str, Any]:
     A model built with another fixed ``img_size`` than its pretrained config (a ViT
     created with ``img_size=384``) must be fed that size, so it wins over the config.
     """
-    timm_model = timm_model_of(model)
+    # unwrapped: timm's ``assert model`` calls len(), which a compiled model refuses
+    timm_model = timm_model_of(unwrap_model(model, warn=False))
     config = timm.data.resolve_data_config({}, model=timm_model)
     embed = getattr(timm_model, "patch_embed", None)
     img_size = getattr(embed, "img_size", None)
@@ -181,7 +183,7 @@ def _check_tensor(tensor: torch.Tensor, channels: int) -> torch.Tensor:
 def prepare_images(images: ImagesInput, model: nn.Module) -> PreparedBatch:
     """Preprocess ``images`` for ``model`` and put them on its device.
 
-    Pictures of any mode or depth become 8-bit RGB by the rule of :mod:`timmlens.data.pixels`
+    Pictures of any mode or depth become 8-bit RGB by the rule of `timmlens.data.pixels`
     (16-bit / 65535, float 0-1 as is, else min-max with an ``ImageScalingWarning``).
 
     Raises:
@@ -189,7 +191,7 @@ def prepare_images(images: ImagesInput, model: nn.Module) -> PreparedBatch:
             decompression bomb, a list mixing pictures and tensors, ...).
 
     Returns:
-        A :class:`PreparedBatch` with ``tensor`` of shape ``(B, C, H, W)``.
+        A `PreparedBatch` with ``tensor`` of shape ``(B, C, H, W)``.
     """
     device, dtype = model_device(model), model_dtype(model)
     channels = int(data_config(model)["input_size"][0])

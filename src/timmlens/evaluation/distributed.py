@@ -2,9 +2,9 @@
 
 A rank that raises while the others wait in a collective would leave them waiting (until
 the process group's timeout, or for ever when no launcher watches the ranks). So the
-work between two collectives runs inside :func:`fail_together`: on leaving it every rank
+work between two collectives runs inside `fail_together`: on leaving it every rank
 says whether it failed, and if one did, every rank raises (the failing one its own error,
-the others a :class:`~timmlens.errors.DistributedRunError` with its message).
+the others a [`DistributedRunError`][timmlens.errors.DistributedRunError] with its message).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ..errors import DistributedRunError
 
 #: Environment variable: seconds a collective may wait for the other ranks before the
 #: process group gives up. A backstop for a rank that dies without reaching
-#: :func:`fail_together` (killed, out of memory); it must exceed the longest work between
+#: `fail_together` (killed, out of memory); it must exceed the longest work between
 #: two collectives (one batch per rank), hence the generous default.
 TIMEOUT_ENV = "TIMMLENS_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
@@ -111,7 +111,7 @@ def raise_if_any_rank_failed(error: BaseException | None, step: str = "") -> Non
 
     Raises:
         The rank's own ``error`` on a rank that failed; on the others a
-        :class:`DistributedRunError` naming the first failing rank and its message.
+        [`DistributedRunError`][] naming the first failing rank and its message.
     """
     rank, world = rank_and_world()
     if world > 1:
@@ -140,7 +140,7 @@ def fail_together(step: str = "") -> Iterator[None]:
     collective inside the block. In one process it does nothing.
 
     Raises:
-        The rank's own error; on the ranks that did not fail, :class:`DistributedRunError`.
+        The rank's own error; on the ranks that did not fail, [`DistributedRunError`][].
     """
     try:
         yield

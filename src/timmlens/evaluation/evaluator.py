@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -14,6 +13,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._warnings import warn_caller
 from ..data import prepare_images
 from ..errors import ImageInputError
 from ..interpretation.base import Explainer, num_outputs, predict
@@ -39,7 +39,7 @@ from .run_identity import (
 from .sources import DatasetSource, Sample, as_source
 from .summary import EvaluationSummary, RowStore, build_summary
 
-#: The heatmap metrics registered at import; :func:`_metric_name` asks the registry live.
+#: The heatmap metrics registered at import; `_metric_name` asks the registry live.
 ROW_FORMATS = ("jsonl", "csv")
 #: the folder of ``out`` that ``save_maps=True`` fills
 MAPS_DIR = "maps"
@@ -150,9 +150,7 @@ def _load_batch(
                     f"image '{image_id}' cannot be read: {reason} Fix or remove it, or skip "
                     f"unreadable images with --on-error skip (on_error='skip')."
                 ) from exc
-            warnings.warn(
-                f"evaluate: skipped image '{image_id}': {reason}", RuntimeWarning, stacklevel=4
-            )
+            warn_caller(f"evaluate: skipped image '{image_id}': {reason}", RuntimeWarning)
             skipped[image_id] = reason
             continue
         good.append(sample)
@@ -359,7 +357,7 @@ def evaluate(
     the metric options (defaults filled in; ``max_batch``/``memory_budget_bytes`` left
     out, they change only speed), the timmlens version and the image list (count, ids;
     for a folder also file sizes and labels). A run resumes only rows of the same
-    identity; otherwise it raises :class:`~timmlens.errors.RunMismatchError` naming what
+    identity; otherwise it raises [`RunMismatchError`][timmlens.errors.RunMismatchError] naming what
     differs. New methods and new metrics are a resume: a row lacking a requested metric
     is computed again (its other metrics kept). A CSV file's columns are fixed by its
     header; a new metric rewrites the file, atomically, with the wider header first.
@@ -375,7 +373,7 @@ def evaluate(
         model: an ``ImageClassifier`` or timm model (on the device to use).
         data: an image folder (integer-named sub-folders give labels), a map-style
             ``Dataset`` yielding ``image`` or ``(image, label)``, or a ``DataLoader``.
-        methods: registry names (any of :func:`~timmlens.interpretation.registry.methods`,
+        methods: registry names (any of [`methods`][timmlens.interpretation.registry.methods],
             e.g. ``gradcam``, ``ig``; aliases accepted) or explainer instances (their class
             and the settings they hold are in the identity). Rows are keyed by the
             registry name, an instance's too.
@@ -389,7 +387,7 @@ def evaluate(
         overwrite: discard the rows and identity already in ``out`` and start afresh.
         on_error: an image that cannot be read (a broken file, a dataset item raising
             ``OSError``): ``"skip"`` (default) warns, leaves it out and lists it in the
-            summary; ``"fail"`` raises :class:`~timmlens.errors.ImageInputError`.
+            summary; ``"fail"`` raises [`ImageInputError`][timmlens.errors.ImageInputError].
         method_options: constructor options per method name, e.g. ``{"ig": {"n_steps": 16}}``.
         metric_options: options for ``ExplanationMetrics`` (e.g. ``{"steps": 50}``).
         save_maps: also keep every heatmap: ``out/maps/<method>/<image id>.npz`` (the

@@ -281,7 +281,7 @@ def _image_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
 
 
 def check_resumable(out_dir: Path, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> None:
-    """Raise :class:`RunMismatchError` (one line) unless rows in ``out_dir`` are ``new``'s.
+    """Raise [`RunMismatchError`][] (one line) unless rows in ``out_dir`` are ``new``'s.
 
     Call only when ``out_dir`` holds rows (without rows there is nothing to reuse).
     """

@@ -1,12 +1,12 @@
 """Where evaluation images come from: an image folder, a Dataset or a DataLoader.
 
-Every source becomes a list-like of :class:`Sample` (id, image, label) so the
+Every source becomes a list-like of `Sample` (id, image, label) so the
 evaluator can shard it across ranks and resume by id.
 
 Folder labels come from the name of the folder that holds each image. Without a
-:class:`LabelResolver` only integer names are labels (``root/281/cat.jpg`` -> 281) and
-any other name means "no label" (what :func:`timmlens.evaluate` does). With one
-(:func:`label_resolver_for` a model), folders may also be named by class name: the
+`LabelResolver` only integer names are labels (``root/281/cat.jpg`` -> 281) and
+any other name means "no label" (what [`timmlens.evaluate`][] does). With one
+(`label_resolver_for` a model), folders may also be named by class name: the
 model's own ``label_names``, or for 1000-class ImageNet models an ImageNet description,
 any of its comma-separated synonyms, or its WordNet id; an unknown name is an error that
 lists the closest class names.
@@ -186,7 +186,7 @@ def _index(pairs: Any) -> dict[str, list[int]]:
 
 
 def label_resolver_for(model: nn.Module) -> LabelResolver:
-    """The :class:`LabelResolver` of ``model``: its class count, own names, ImageNet names."""
+    """The `LabelResolver` of ``model``: its class count, own names, ImageNet names."""
     from ..interpretation.base import num_outputs
     from ..naming import model_class_names
 
@@ -199,7 +199,7 @@ class ImageFolderSource(Sequence[Sample]):
     Labels come from the name of the folder holding each file. Without ``labels`` a
     folder named by an integer (``root/281/cat.jpg``) gives that class index and other
     files get no label (they are explained for their prediction). With a
-    :class:`LabelResolver` every sub-folder must name a class (index, class name, synonym
+    `LabelResolver` every sub-folder must name a class (index, class name, synonym
     or WordNet id); files directly in ``root`` have no label. Either way every folder is
     checked here, before any image is read: folders named by an index out of range
     (``5000/`` for 1000 classes, ``-1/``) fail together in one message, then an unknown
@@ -207,7 +207,7 @@ class ImageFolderSource(Sequence[Sample]):
 
     Args:
         root: the image folder.
-        labels: how folder names become classes (see :func:`label_resolver_for`).
+        labels: how folder names become classes (see `label_resolver_for`).
         num_classes: the model's class count, to check index folders against without
             ``labels`` (``None``: only negative indices are caught).
     """
@@ -286,7 +286,7 @@ class ImageFolderSource(Sequence[Sample]):
 class DatasetSource(Sequence[Sample]):
     """A map-style torch ``Dataset`` yielding ``image`` or ``(image, label)``.
 
-    Labels may be ints, 0-d tensors or ``None``; with a :class:`LabelResolver` also
+    Labels may be ints, 0-d tensors or ``None``; with a `LabelResolver` also
     class names (strings).
     """
 

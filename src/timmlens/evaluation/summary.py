@@ -7,13 +7,13 @@ import io
 import json
 import math
 import os
-import warnings
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._warnings import warn_caller
 from ..errors import RowsFileError
 from .run_identity import jsonable
 
@@ -134,11 +134,11 @@ class RowStore:
     CSV writes ``nan``, and an empty cell means "not computed".
 
     A later line for the same (id, method) replaces an earlier one (a row recomputed to
-    add a metric is appended first, then the file is compacted by :meth:`rewrite`).
+    add a metric is appended first, then the file is compacted by `rewrite`).
 
     CSV columns are fixed by the header: ``ROW_KEYS`` then ``metrics``. A resume asking
     for a metric the header lacks rewrites the file with the wider header first
-    (:meth:`widen`), atomically, so every line always has the header's column count.
+    (`widen`), atomically, so every line always has the header's column count.
     """
 
     def __init__(self, path: Path, metrics: list[str]) -> None:
@@ -169,11 +169,10 @@ class RowStore:
         line = data.count(b"\n") + 1
         with self.path.open("r+b") as handle:
             handle.truncate(keep)
-        warnings.warn(
+        warn_caller(
             f"{self.path}:{line}: the last line is incomplete (the run was stopped while "
             f"writing it); dropped it, its row will be computed again.",
             RuntimeWarning,
-            stacklevel=2,
         )
 
     def read(self) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """Explanation methods: GradCAM, GradCAM++, Integrated Gradients, SmoothGrad, attention.
 
 Names are imported on first use (PEP 562), so ``import timmlens`` loads no Captum.
-``quick_explain`` and the comparisons draw figures; they live in :mod:`timmlens.quick`,
+``quick_explain`` and the comparisons draw figures; they live in `timmlens.quick`,
 above the methods, and are re-exported here because users know them from here.
 """
 

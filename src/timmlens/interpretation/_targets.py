@@ -42,14 +42,14 @@ def validate_targets(
     """Check ``target_class`` for a batch; ``None`` means "the predicted class".
 
     Class names (``"tabby"``, a WordNet id, one of the model's ``label_names``) are
-    resolved through ``model``'s names, as folder names are in :func:`timmlens.evaluate`.
+    resolved through ``model``'s names, as folder names are in [`timmlens.evaluate`][].
 
     Returns:
         One class index per image, or ``None``.
 
     Raises:
         ValueError: a class outside ``[0, num_classes)``, a list of the wrong length, or
-            a name that is not a class of ``model`` (:class:`~timmlens.LabelNameError`).
+            a name that is not a class of ``model`` ([`LabelNameError`][timmlens.LabelNameError]).
     """
     if target_class is None:
         return None
@@ -101,7 +101,7 @@ def validate_targets(
 class TargetScore(nn.Module):
     """``model``'s score for each row's target class: ``(N, C, H, W), (N,)`` -> ``(N,)``.
 
-    The one module form of :func:`~timmlens.interpretation.scoring.target_scores`, for
+    The one module form of `target_scores`, for
     Captum. Targets travel as a forward argument (Captum's ``additional_forward_args``),
     so Captum expands them alongside the inputs whatever its expansion order
     (step-major for IG, sample-major for ``NoiseTunnel``). With ``targets=None`` each
@@ -109,7 +109,7 @@ class TargetScore(nn.Module):
     piecewise constant, so the gradient of the selected logit is exactly the gradient
     for the predicted class, at the cost of one forward.
 
-    The module is made per call: :attr:`seen` holds the classes and detached logits of
+    The module is made per call: `seen` holds the classes and detached logits of
     its latest forward, for the call that owns it.
     """
 

@@ -20,6 +20,7 @@ from torch import nn
 from .._model_state import explaining, require_gradients
 from ..data import ImagesInput, PreparedBatch, data_config, prepare_images
 from ..errors import ImageInputError, UnsupportedModelError
+from ..models.wrappers import unwrap_model
 from ._targets import TargetInput, validate_targets
 
 #: Captum's assertion when a hooked layer never ran.
@@ -60,10 +61,21 @@ def declares_num_classes(model: nn.Module) -> bool:
 
 
 def num_outputs(model: nn.Module) -> int:
-    """Number of classes of ``model`` (``ImageClassifier`` or a bare timm model)."""
+    """Number of classes of ``model``: its (or its timm backbone's) ``num_classes``.
+
+    A model that states none (torchvision, a plain ``nn.Module``) is run once on a test
+    image and its ``(B, K)`` output gives ``K``
+    ([`forward_trace`][timmlens.adapters.trace.forward_trace], remembered per model).
+    """
     for count in _declared_class_counts(model):
         if isinstance(count, int) and not isinstance(count, bool) and count > 0:
             return count
+    if not declares_num_classes(model):
+        from ..adapters.trace import traced_num_classes
+
+        traced = traced_num_classes(model)
+        if traced is not None:
+            return traced
     raise UnsupportedModelError(
         f"{type(model).__name__} has no classifier (num_classes is 0 or missing), so there "
         f"is no class score to explain. Give it a head: ImageClassifier(spec, num_classes=N) "
@@ -78,9 +90,9 @@ def explanation_call(
     """The guard around every explanation of ``inputs`` ``(B, C, H, W)`` by ``model``.
 
     Refuses NaN/inf inputs and (for gradient methods) ``torch.inference_mode()``, holds
-    :func:`~timmlens._model_state.explaining` (per-model lock, eval mode, state
+    `explaining` (per-model lock, eval mode, state
     restored), and turns the model's own input assertions (a ViT fed a size that is not
-    a multiple of its patch size) into an :class:`ImageInputError` naming the size.
+    a multiple of its patch size) into an [`ImageInputError`][] naming the size.
     """
     if not torch.isfinite(inputs).all():
         raise ValueError("inputs contain NaN or inf; explanations of them would be NaN.")
@@ -117,7 +129,7 @@ class Explanation:
     """Everything one explanation call computed, always batched (``B`` images).
 
     Attributes:
-        heatmap: ``(B, H, W)`` the maps :meth:`Explainer.explain` returns.
+        heatmap: ``(B, H, W)`` the maps [`Explainer.explain`][] returns.
         targets: ``(B,)`` long, the explained classes (``None`` only where no class was
             involved: the plain attention rollout of a headless model).
         logits: ``(B, K)`` the model's logits for the inputs, detached, where the method
@@ -154,7 +166,7 @@ class Explanation:
 def predict(model: nn.Module, inputs: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """The model's logits for ``inputs`` ``(B, C, H, W)`` -> ``(B, K)``: eval mode, no grad.
 
-    Inside :func:`~timmlens._model_state.explaining`, so a model in train mode predicts
+    Inside `explaining`, so a model in train mode predicts
     without dropout and is left as found. ``chunk`` bounds the images per forward.
     """
     step = chunk or max(1, inputs.shape[0])
@@ -165,15 +177,15 @@ def predict(model: nn.Module, inputs: torch.Tensor, chunk: int | None = None) ->
 class Explainer(ABC):
     """Base class: preprocessing, target checks and model-state hygiene in one place.
 
-    Subclasses implement :meth:`attribute` on a preprocessed batch and return an
-    :class:`Explanation`; :meth:`explain` gives its heatmaps, :meth:`explain_full` all of it.
+    Subclasses implement [`attribute`][] on a preprocessed batch and return an
+    [`Explanation`][]; [`explain`][] gives its heatmaps, [`explain_full`][] all of it.
     Results are returned, never kept for the next call to read (the ``last_*`` properties
     only mirror the latest result for interactive use; they are racy under threads).
     """
 
     #: short method name used in figures, tables and the CLI
     name: str = "explainer"
-    #: whether :meth:`attribute` takes gradients (refused under ``torch.inference_mode``)
+    #: whether [`attribute`][] takes gradients (refused under ``torch.inference_mode``)
     needs_gradients: bool = True
     #: the map ignores the target class by design (EigenCAM): same map for every class
     class_agnostic: bool = False
@@ -181,13 +193,27 @@ class Explainer(ABC):
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}.")
-        self.model = model
+        # torch.compile, DataParallel, DDP: explain the module inside (compile is warned)
+        self.model = unwrap_model(model)
         self._latest: Explanation | None = None
 
     def __call__(
         self, images: ImagesInput, target_class: TargetInput = None, **kwargs: Any
     ) -> torch.Tensor:
         return self.explain(images, target_class=target_class, **kwargs)
+
+    # ``with GradCAM(model) as cam:`` as in pytorch-grad-cam and torchcam: explainers that
+    # hook layers (the CAM engine) keep their hooks for the block and remove them at its
+    # end; outside a block every call installs and removes its own. Others hold nothing.
+    def __enter__(self) -> Explainer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the hooks a ``with`` block installed (nothing for most explainers)."""
+        return None
 
     def explain(
         self, images: ImagesInput, target_class: TargetInput = None, **kwargs: Any
@@ -206,7 +232,7 @@ class Explainer(ABC):
     def explain_full(
         self, images: ImagesInput, target_class: TargetInput = None, **kwargs: Any
     ) -> Explanation:
-        """The whole :class:`Explanation` of ``images`` (always batched, also for one image)."""
+        """The whole [`Explanation`][] of ``images`` (always batched, also for one image)."""
         batch = self.prepare(images)
         result = self.explain_batch_full(batch.tensor, target_class, **kwargs)
         return replace(result, context={**result.context, "geometries": list(batch.geometries)})
@@ -223,10 +249,10 @@ class Explainer(ABC):
     def explain_batch_full(
         self, inputs: torch.Tensor, target_class: TargetInput = None, **kwargs: Any
     ) -> Explanation:
-        """The :class:`Explanation` of a preprocessed batch ``(B, C, H, W)``.
+        """The [`Explanation`][] of a preprocessed batch ``(B, C, H, W)``.
 
         The one path of every explainer: resolve the targets, enter the guard
-        (:func:`explanation_call`), :meth:`attribute`.
+        (`explanation_call`), [`attribute`][].
         """
         targets = self.resolve_targets(target_class, inputs)
         needs_gradients = self.gradients_needed(targets)
@@ -252,7 +278,7 @@ class Explainer(ABC):
         return validate_targets(target_class, inputs.shape[0], num_outputs(self.model), self.model)
 
     def gradients_needed(self, targets: list[int] | None) -> bool:
-        """Whether explaining ``targets`` takes gradients (see :attr:`needs_gradients`)."""
+        """Whether explaining ``targets`` takes gradients (see `needs_gradients`)."""
         del targets
         return self.needs_gradients
 
@@ -275,7 +301,7 @@ class Explainer(ABC):
     # code that needs a call's targets or logits takes them from explain_full().
     @property
     def last_targets(self) -> torch.Tensor | None:
-        """``(B,)`` classes explained by the latest call (see :meth:`explain_full`)."""
+        """``(B,)`` classes explained by the latest call (see [`explain_full`][])."""
         return None if self._latest is None else self._latest.targets
 
     @property
@@ -285,5 +311,5 @@ class Explainer(ABC):
 
     @property
     def last_attributions(self) -> torch.Tensor | None:
-        """Raw attributions of the latest call (:attr:`Explanation.attributions`)."""
+        """Raw attributions of the latest call (`Explanation.attributions`)."""
         return None if self._latest is None else self._latest.attributions

@@ -14,13 +14,13 @@ Every explainer class registers itself where it is defined, in the way of timm's
     )
     class GradCAM(Explainer): ...
 
-and everything that lists methods reads it: :func:`methods` (``quick_explain``,
+and everything that lists methods reads it: [`methods`][] (``quick_explain``,
 ``compare_methods``, ``evaluate``, the sanity checks, the error report, the CLI's
 choices) and the generated docs page (``python -m timmlens.interpretation.registry
 docs/methods/index.md``). The registry name is the one name of a method everywhere: the
 explainer's ``name``, result rows, figure keys, the CLI. Aliases (``"gradcam++"``,
 ``"integrated_gradients"``, ``"attention_rollout"``) are accepted only by
-:func:`resolve_method` and :func:`as_explainer`, at the edge.
+`resolve_method` and [`as_explainer`][], at the edge.
 
 The built-in method modules are imported on the first query, not when this module is
 imported, so ``import timmlens`` does not pay for them.
@@ -69,15 +69,16 @@ class MethodSpec:
         kind: its engine: ``"cam"`` (a layer's map), ``"input"`` (input attribution) or
             ``"attention"`` (captured attention; needs global self-attention blocks).
         cls: the explainer class; ``cls(model, **options)`` builds it.
-        aliases: other spellings :func:`resolve_method` accepts.
+        aliases: other spellings `resolve_method` accepts.
         summary: one line for ``--help`` and the docs.
         paper: where the method comes from.
         formula: the map it computes, in one line.
         cost: forwards and backwards per batch.
         applies_to: the model families it applies to, in words.
         uses_layer: the method taps a layer (``target_layer=`` option, ``layer_names``);
-            :func:`~timmlens.analysis.explain_layers` and the CLI's ``--layer`` take these.
-        compared_by_default: :func:`~timmlens.quick.compare_methods` runs it when no
+            [`explain_layers`][timmlens.analysis.explain_layers] and the CLI's ``--layer``
+            take these.
+        compared_by_default: [`compare_methods`][timmlens.quick.compare_methods] runs it when no
             methods are named (slow or specialised methods run only when named).
     """
 
@@ -166,14 +167,14 @@ def register_method(
     uses_layer: bool | None = None,
     compared_by_default: bool = True,
 ) -> Callable[[ExplainerType], ExplainerType]:
-    """Class decorator: register an :class:`Explainer` subclass as method ``name``.
+    """Class decorator: register an [`Explainer`][] subclass as method ``name``.
 
     Sets ``cls.name = name``, so results, rows and figures use the registry name.
 
     Args:
         name: the canonical name: lower case, no spaces (``"gradcampp"``).
         title: the display name (``"GradCAM++"``).
-        kind: ``"cam"``, ``"input"`` or ``"attention"`` (see :class:`MethodSpec`).
+        kind: ``"cam"``, ``"input"`` or ``"attention"`` (see `MethodSpec`).
         aliases: other accepted spellings (matched case-insensitively, ``-`` as ``_``).
         summary: one line for ``--help`` and the docs.
         paper: the reference (authors, title, venue, year).
@@ -181,8 +182,8 @@ def register_method(
         cost: forwards and backwards per batch, in words.
         applies_to: the families it applies to, in words (default by ``kind``).
         uses_layer: it taps a layer and takes ``target_layer=`` (default: ``kind == "cam"``).
-        compared_by_default: run by :func:`~timmlens.quick.compare_methods` when no methods
-            are named (``False`` for slow or specialised methods).
+        compared_by_default: run by [`compare_methods`][timmlens.quick.compare_methods]
+            when no methods are named (``False`` for slow or specialised methods).
 
     Raises:
         ValueError: a bad name or kind, or a name or alias another method already has.
@@ -332,7 +333,7 @@ METHODS: Mapping[str, MethodSpec] = _Methods()
 
 
 def resolve_method(name: str) -> MethodSpec:
-    """The :class:`MethodSpec` for ``name`` (case-insensitive, aliases accepted).
+    """The `MethodSpec` for ``name`` (case-insensitive, aliases accepted).
 
     Raises:
         TypeError: ``name`` is not a string.
@@ -384,7 +385,7 @@ def method_names() -> list[str]:
 
 
 def default_comparison(model: nn.Module) -> list[str]:
-    """The methods :func:`~timmlens.quick.compare_methods` runs on ``model`` by default:
+    """The methods [`compare_methods`][timmlens.quick.compare_methods] runs on ``model`` by default:
     those registered with ``compared_by_default`` that apply to it, in registry order."""
     return [name for name in methods(model=model) if resolve_method(name).compared_by_default]
 
@@ -395,7 +396,7 @@ def layer_methods() -> list[str]:
 
 
 def default_method(model: nn.Module) -> str:
-    """The method :func:`~timmlens.interpretation.quick_explain` uses for ``model``.
+    """The method [`quick_explain`][timmlens.interpretation.quick_explain] uses for ``model``.
 
     ``"rollout"`` for ViT-like models with global self-attention blocks (called with the
     predicted class it is the class-specific, gradient-weighted rollout of Chefer et al.,
@@ -429,7 +430,7 @@ def create_explainer(name: str, model: nn.Module, **options: Any) -> Explainer:
     """Build the explainer registered as ``name`` for ``model``.
 
     Args:
-        name: a registered name or alias (see :func:`methods`).
+        name: a registered name or alias (see [`methods`][]).
         model: an ``ImageClassifier`` or a bare timm model.
         options: constructor arguments of the explainer (``target_layer=`` for the CAM
             methods, ``n_steps=`` for IG, ``n_samples=`` for SmoothGrad, ...).
@@ -448,10 +449,10 @@ def create_explainer(name: str, model: nn.Module, **options: Any) -> Explainer:
 
 
 def as_explainer(method: str | Explainer, model: nn.Module, **options: Any) -> Explainer:
-    """An :class:`Explainer` for ``method``: an instance passes through, a name is built.
+    """An [`Explainer`][] for ``method``: an instance passes through, a name is built.
 
     Args:
-        method: a registered name or alias, or an :class:`Explainer` instance.
+        method: a registered name or alias, or an [`Explainer`][] instance.
         model: the model a name is built for.
         options: constructor options for a name; none for an instance.
 

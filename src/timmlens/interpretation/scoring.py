@@ -2,9 +2,9 @@
 
 Perturbation metrics (insertion, deletion, sensitivity-n), perturbation CAMs (ScoreCAM,
 AblationCAM) and RISE all score a long list of *jobs*, each an input built on the fly
-and a class to score. :func:`score_in_chunks` builds and scores them a chunk at a time
+and a class to score. [`score_in_chunks`][] builds and scores them a chunk at a time
 (one inference-mode forward per chunk), the perturbation pluggable as a callable;
-:func:`chunk_size_for` sizes the chunks from one memory probe.
+`chunk_size_for` sizes the chunks from one memory probe.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ MemoryKind = Literal["forward", "backward"]
 MEMORY_KINDS: tuple[str, ...] = ("forward", "backward")
 
 # The two kinds' defaults differ because their per-input estimates differ, not their
-# needs. The forward probe (:func:`estimate_sample_bytes`) measures the *transient*
+# needs. The forward probe (`estimate_sample_bytes`) measures the *transient*
 # peak of one leaf module, so what it leaves out (the allocator's cache and
 # fragmentation, the composed chunk, the caller's own tensors) gets a wide margin: a
 # quarter of free CUDA memory. The backward probe (IG's ``forward_with_activation_bytes``
@@ -49,7 +49,7 @@ MEMORY_DEFAULTS: dict[str, tuple[float, int]] = {
 }
 
 #: ``make_inputs(lo, hi)`` -> ``(hi - lo, C, H, W)``: the inputs of jobs ``lo:hi``. A
-#: perturbation is any such callable; :func:`masked_perturbation` builds the common one.
+#: perturbation is any such callable; `masked_perturbation` builds the common one.
 JobInputs = Callable[[int, int], torch.Tensor]
 #: ``mask_fn(group, lo, hi)`` -> ``(hi - lo, H * W)`` mask of jobs ``lo:hi``, which all use
 #: image pair ``group``: bool (``True`` takes the pixel from ``finish``) or float weights
@@ -120,7 +120,7 @@ def memory_budget(
 
     An explicit ``budget_bytes`` wins. Otherwise, on CUDA a share of the memory free
     right now (``"forward"``: a quarter, ``"backward"``: a half), elsewhere a fixed
-    amount (``"forward"``: 512 MiB, ``"backward"``: 2 GiB); see :data:`MEMORY_DEFAULTS`
+    amount (``"forward"``: 512 MiB, ``"backward"``: 2 GiB); see `MEMORY_DEFAULTS`
     for why they differ. Always at least 1.
     """
     if budget_bytes is not None:
@@ -158,9 +158,9 @@ def chunk_size_for(
     """Jobs per forward for ``n_jobs`` inputs shaped like ``sample`` ``(1, C, H, W)``.
 
     ``max_batch`` if given (capped by ``memory_budget_bytes`` if that is given too),
-    else the forward budget (:func:`memory_budget`) divided by the probe estimate per
+    else the forward budget (`memory_budget`) divided by the probe estimate per
     input (``sample_bytes`` when the caller has it cached, else
-    :func:`estimate_sample_bytes`); then balanced so the chunks have equal sizes.
+    `estimate_sample_bytes`); then balanced so the chunks have equal sizes.
     """
     limit = max_batch
     if limit is None or memory_budget_bytes is not None:
@@ -185,7 +185,7 @@ def score_in_chunks(
         make_inputs: builds the inputs of jobs ``lo:hi`` on the model's device (the
             perturbation: masks, blends, imputations, ...).
         targets: ``(J,)`` long, the class scored for each job.
-        chunk: jobs per forward (:func:`chunk_size_for`).
+        chunk: jobs per forward (`chunk_size_for`).
         kind: ``"probability"`` (softmax) or ``"logit"``.
 
     Returns:
@@ -216,7 +216,7 @@ def compose(
         finish: ``(G, C, H, W)`` image pairs' "on" images (mask ``True`` / 1).
         groups: ``(J,)`` CPU long, the pair of each job in the chunk (sorted runs).
         offset: index of the chunk's first job in the whole job list.
-        mask_fn: see :data:`MaskFn`.
+        mask_fn: see `MaskFn`.
 
     Returns:
         ``(J, C, H, W)`` on ``start``'s device. A bool mask selects exactly (no arithmetic,
@@ -248,10 +248,10 @@ def masked_perturbation(
         start, finish: ``(G, C, H, W)`` on the model's device (deletion: the images and
             the substrate; insertion: the blurred images and the images).
         groups: ``(J,)`` CPU long, the image pair of each job, in runs.
-        mask_fn: see :data:`MaskFn`.
+        mask_fn: see `MaskFn`.
 
     Returns:
-        ``make_inputs(lo, hi)`` for :func:`score_in_chunks`. A perturbation whose values
+        ``make_inputs(lo, hi)`` for [`score_in_chunks`][]. A perturbation whose values
         depend on the mask (ROAD's noisy linear imputation) is another such builder; the
         engine needs nothing else.
     """

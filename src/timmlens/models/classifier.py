@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import copy
 import os
-import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
 from .._model_state import model_lock
+from .._warnings import warn_caller
+from ..errors import UnsupportedModelError
 from .loading import PathLike, create_timm_model
 from .weights_status import WeightsStatus, has_random_mark
+from .wrappers import unwrap_model
 
 
 class UntrainedHeadWarning(UserWarning):
     """A new classifier head was created; its outputs mean nothing until it is trained."""
+
+
+def _class_count(model: nn.Module) -> int:
+    """``model.num_classes`` (timm), else the ``K`` of its ``(B, K)`` output (one forward)."""
+    count = getattr(model, "num_classes", None)
+    if isinstance(count, int):
+        return count
+    from ..adapters.trace import traced_num_classes  # a torchvision or plain classifier
+
+    return traced_num_classes(model) or 0
 
 
 def _check_num_classes(num_classes: int) -> None:
@@ -71,8 +83,9 @@ class ImageClassifier(nn.Module):
         # A module passed in is taken as trained unless the caller says otherwise.
         self._declared_random = user_module and not pretrained
         if isinstance(backbone, nn.Module):
-            model = backbone
-            self.spec = type(backbone).__name__
+            # torch.compile, DataParallel, DDP: wrap the module inside (compile is warned)
+            model = unwrap_model(backbone)
+            self.spec = type(model).__name__
         else:
             if weights is not None and num_classes is not None:
                 # A fine-tuned checkpoint carries its own head: build the model to fit it.
@@ -85,11 +98,11 @@ class ImageClassifier(nn.Module):
                 **timm_kwargs,
             )
             self.spec = os.fspath(backbone)
-        self.pretrained_num_classes: int = int(getattr(model, "num_classes", 0))
+        self.pretrained_num_classes: int = _class_count(model)
         if num_classes is not None and num_classes != self.pretrained_num_classes:
             _check_num_classes(num_classes)
             model = self._with_new_head(model, num_classes, copied=user_module)
-        self.num_classes: int = int(getattr(model, "num_classes", num_classes or 0))
+        self.num_classes: int = _class_count(model)
         self.backbone = model
         self.pretrained_cfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", {}) or {})
         if user_module:
@@ -99,6 +112,13 @@ class ImageClassifier(nn.Module):
 
     def _with_new_head(self, model: nn.Module, num_classes: int, *, copied: bool) -> nn.Module:
         """``model`` (or, for a user's module, a deep copy) with a new ``num_classes`` head."""
+        if not callable(getattr(model, "reset_classifier", None)):
+            raise UnsupportedModelError(
+                f"num_classes={num_classes}: a new head is made with timm's "
+                f"reset_classifier(), which {type(model).__name__} lacks. Replace its "
+                f"classifier yourself (e.g. model.fc = nn.Linear(512, {num_classes})) and "
+                f"wrap it without num_classes."
+            )
         if copied:
             with model_lock(model):  # not mid-way through another thread's explanation
                 model = copy.deepcopy(model)
@@ -113,12 +133,11 @@ class ImageClassifier(nn.Module):
             if copied
             else ""
         )
-        warnings.warn(
+        warn_caller(
             f"{self.spec}: a new {num_classes}-class head replaces the pretrained "
             f"{self.pretrained_num_classes}-class one; its outputs are untrained until you "
             f"fine-tune it.{note}",
             UntrainedHeadWarning,
-            stacklevel=3,
         )
         return model
 
@@ -182,5 +201,5 @@ def load_model(
     num_classes: int | None = None,
     **kwargs: Any,
 ) -> ImageClassifier:
-    """Load any supported model spec as an :class:`ImageClassifier` (see its args)."""
+    """Load any supported model spec as an [`ImageClassifier`][] (see its args)."""
     return ImageClassifier(backbone=spec, num_classes=num_classes, **kwargs)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import timm
 import torch
 from torch import nn
 
+from .._warnings import warn_caller
 from ..errors import ModelLoadError, WeightsMismatchError
 from .bundled import BUNDLED_PREFIX, check_bundled_spec, create_bundled_model
 from .hf_config import read_model_config
@@ -186,12 +186,11 @@ def create_timm_model(
         return model.eval()
     has_tag = "." in spec_str
     if not (pretrained and has_tag):
-        warnings.warn(
+        warn_caller(
             f"'{spec_str}' is created with random weights: explanations of an untrained model "
             f"show nothing about real images. For real weights use a pretrained tag "
             f"('{architecture}.<tag>'), 'hf-hub:timm/...', a local folder, or weights=FILE.",
             RandomWeightsWarning,
-            stacklevel=3,
         )
         model = timm.create_model(architecture, pretrained=False, **timm_kwargs).eval()
         return mark_random_weights(model)  # titles, pages and file names say so

@@ -1,9 +1,9 @@
 """Pictures of explanations: matplotlib figures and interactive HTML. Never runs a model.
 
-Static figures (:mod:`timmlens.viz.static`) need only matplotlib; interactive HTML
-(:mod:`timmlens.viz.interactive`) needs plotly (``pip install "timmlens[interactive]"``).
+Static figures (`timmlens.viz.static`) need only matplotlib; interactive HTML
+(`timmlens.viz.interactive`) needs plotly (``pip install "timmlens[interactive]"``).
 Every name is imported on first use (PEP 562), so importing this package (or
-:mod:`timmlens.viz.labels`) loads neither matplotlib nor plotly.
+`timmlens.viz.labels`) loads neither matplotlib nor plotly.
 """
 
 from __future__ import annotations

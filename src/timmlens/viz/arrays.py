@@ -36,7 +36,7 @@ def picture_array(image: PictureLike) -> np.ndarray:
 
     Accepts PIL images (any mode), numpy ``HW``/``HWC`` arrays (``uint8``, or floats in
     [0, 1]) and tensors ``(3, H, W)`` / ``(1, 3, H, W)`` of pixel values in [0, 1] (use
-    :func:`timmlens.data.denormalize` on a model input first).
+    `timmlens.data.denormalize` on a model input first).
     """
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
@@ -69,7 +69,7 @@ def heatmap_on_picture(
 ) -> np.ndarray:
     """A model-input heatmap ``(H, W)`` drawn onto a picture of ``picture_size = (H0, W0)``.
 
-    With ``geometry`` (from :attr:`timmlens.data.PreparedBatch.geometries`) the resize and
+    With ``geometry`` (from `timmlens.data.PreparedBatch.geometries`) the resize and
     crop are undone, so the map sits where the model looked and the cut-away border is NaN
     (transparent in plots). Without it the heatmap is stretched over the whole picture.
 
@@ -122,7 +122,7 @@ def scaled_size(height: int, width: int, max_side: int) -> tuple[int, int]:
 
 
 def downscaled(picture: np.ndarray, max_side: int) -> np.ndarray:
-    """An ``(h, w, 3)`` uint8 picture resized (Lanczos) to :func:`scaled_size`."""
+    """An ``(h, w, 3)`` uint8 picture resized (Lanczos) to `scaled_size`."""
     height, width = scaled_size(*picture.shape[:2], max_side)
     if (height, width) == picture.shape[:2]:
         return picture

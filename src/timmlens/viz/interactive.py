@@ -230,7 +230,9 @@ def explanation_figure(
         image: the original photo.
         heatmaps: method name -> ``(H, W)`` heatmap in model-input coordinates.
         geometry: how the photo became the model input (``PreparedBatch.geometries[i]``).
-        label, probability, note: compose the title (``title`` replaces it).
+        label: the class name in the title (``title`` replaces the title).
+        probability: its probability in the title.
+        note: a note in the title.
         max_side: heatmaps are sampled to at most this many cells per side (file size).
         max_image_side: the embedded photo is downscaled to at most this size.
     """
@@ -448,8 +450,11 @@ def explanation_html(
         geometry: how the photo became the model input (the cut-away part is hatched).
         attention: per block, the class token's attention ``(h, w)`` (e.g.
             ``AttentionMaps.cls_to_patches(head="mean")[l]``); adds the second view.
-        label, probability, note, model_name: shown in the titles (escaped); ``note``
-            such as ``"random weights"`` also heads the page.
+        label: the class name, shown in the titles (escaped).
+        probability: its probability, shown in the titles.
+        note: shown in the titles (escaped); a note such as ``"random weights"`` also
+            heads the page.
+        model_name: shown in the titles (escaped).
         colorscale: the default colormap (``inferno``, ``viridis``, ``magma``, ``jet``,
             ``gray``, ``RdBu_r``; the menu offers them all).
         opacity: the default opacity of the heatmap.

@@ -1,15 +1,15 @@
 """The error-analysis report as one self-contained HTML page; nothing here runs a model.
 
-:func:`render_card` turns one misclassified photo and its two heatmaps (for the predicted
+`render_card` turns one misclassified photo and its two heatmaps (for the predicted
 and for the true class) into an HTML fragment with three pictures embedded as JPEG data
-URIs; :func:`render_report` puts the numbers, the confusion-pair and per-class tables and
+URIs; `render_report` puts the numbers, the confusion-pair and per-class tables and
 the cards, grouped by confusion pair, on one page. The page loads nothing from anywhere
 (no scripts, fonts, stylesheets or images outside it) and every label, path and class
 name on it is HTML-escaped, so a class called ``<script>alert(1)</script>`` is shown, not
 run.
 
 The inputs are plain data: the JSON summary that
-:func:`timmlens.analysis.error_report` writes next to the page (see there for its keys),
+`timmlens.analysis.error_report` writes next to the page (see there for its keys),
 pictures as arrays and heatmaps in model-input coordinates.
 """
 
@@ -102,12 +102,12 @@ def overlay_array(
 ) -> np.ndarray:
     """The heatmap blended over the photo, as the static figures draw it: ``(h, w, 3)`` uint8.
 
-    Colours span :func:`~timmlens.viz.arrays.value_range` of the map (as in
-    :func:`~timmlens.viz.static.draw_overlay`); where the crop cut the photo away the
+    Colours span `value_range` of the map (as in
+    [`draw_overlay`][timmlens.viz.static.draw_overlay]); where the crop cut the photo away the
     photo is left uncoloured.
 
     Args:
-        picture: ``(h, w, 3)`` uint8 photo (see :func:`display_picture`).
+        picture: ``(h, w, 3)`` uint8 photo (see `display_picture`).
         heatmap: ``(H, W)`` in model-input coordinates.
         geometry: how the photo became the model input, sized for ``picture``.
     """
@@ -352,7 +352,7 @@ def render_report(
             ``counts``, ``top_k``, ``confusion_pairs``, ``per_class``, ``gallery``).
         groups: the gallery sections in order, each ``{"number": i, "pair": pair,
             "ids": [...]}`` with ``i`` the pair's position in ``confusion_pairs``.
-        cards: image id -> card HTML (:func:`render_card`).
+        cards: image id -> card HTML (`render_card`).
         top_pairs: rows of the confusion-pair table (``None``: all).
     """
     shown_pairs = {int(group["number"]) for group in groups}

@@ -1,9 +1,9 @@
-"""Figures of the sanity checks (:mod:`timmlens.analysis.sanity`). Nothing here runs a model.
+"""Figures of the sanity checks (`timmlens.analysis.sanity`). Nothing here runs a model.
 
-:func:`plot_randomization` draws how similar each step's explanation stays to the
+[`plot_randomization`][] draws how similar each step's explanation stays to the
 original one as the model is randomised, and optionally the maps themselves. Like
-:mod:`timmlens.viz.static`, it builds a :class:`~matplotlib.figure.Figure` without
-``pyplot``; save it with :func:`~timmlens.viz.static.save_figure`.
+`timmlens.viz.static`, it builds a `Figure` without
+``pyplot``; save it with [`save_figure`][timmlens.viz.static.save_figure].
 """
 
 from __future__ import annotations
@@ -139,12 +139,12 @@ def plot_randomization(
 ) -> Figure:
     """The parameter randomisation test as a figure.
 
-    Top: :func:`draw_similarity_curves` (x: the steps, labelled by the unit randomised
+    Top: `draw_similarity_curves` (x: the steps, labelled by the unit randomised
     last; ``"original"`` is the unrandomised copy). Below, optionally, one image's maps
     for one method: the original map, then the map after each step.
 
     Args:
-        result: a :class:`~timmlens.analysis.sanity.RandomizationResult`.
+        result: a `RandomizationResult`.
         image: the original photo of image ``index`` (PIL, ``HWC`` array): the maps are
             drawn over it (with ``geometry`` they sit where the model looked). Without
             it the maps are shown alone.
@@ -155,7 +155,8 @@ def plot_randomization(
         metrics: which similarity metrics to draw (``"spearman"``, ``"spearman_abs"``,
             ``"ssim"``).
         band: ``"range"`` (min..max over images), ``"std"`` or ``None``.
-        cmap, alpha: colour map and opacity of the maps.
+        cmap: colour map of the maps.
+        alpha: opacity of the maps.
         title: the figure title.
 
     Returns:

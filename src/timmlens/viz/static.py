@@ -1,11 +1,11 @@
 """Matplotlib figures of explanations. Nothing here runs a model: pass tensors and arrays.
 
-Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplot``
-(no global state, no display needed); save it with :func:`save_figure`.
+Every function returns a `matplotlib.figure.Figure` built without ``pyplot``
+(no global state, no display needed); save it with [`save_figure`][].
 
 Heatmaps are in model-input coordinates (as every explainer returns them); give the
-original photo and its :class:`~timmlens.data.ImageGeometry` (from
-:func:`timmlens.data.prepare_images`) and they are drawn where the model looked on the
+original photo and its `ImageGeometry` (from
+[`timmlens.data.prepare_images`][]) and they are drawn where the model looked on the
 *original* photo, with the part the centre crop cut away left uncoloured.
 """
 
@@ -289,9 +289,12 @@ def plot_overlay(
         image: the original photo.
         heatmap: ``(H, W)`` in model-input coordinates.
         geometry: from ``prepare_images(...).geometries[i]``; maps the heatmap onto the photo.
-        label, probability, method, note: compose the title,
-            e.g. ``"tiger cat (87.3%) - GradCAM [random weights]"``; ``title`` replaces it.
-        cmap: colormap (default :data:`DEFAULT_CMAP`, :data:`DIVERGING_CMAP` for signed maps).
+        label: the class name in the title, which reads e.g.
+            ``"tiger cat (87.3%) - GradCAM [random weights]"``; ``title`` replaces it.
+        probability: the class probability in the title.
+        method: the method in the title.
+        note: the bracketed note in the title.
+        cmap: colormap (default `DEFAULT_CMAP`, `DIVERGING_CMAP` for signed maps).
         alpha: opacity of the heatmap.
         show_original: also show the bare photo on the left.
         colorbar: draw a labelled colour bar next to the overlay.
@@ -372,7 +375,8 @@ def plot_images(
         images: the original photos.
         heatmaps: ``(B, H, W)`` or a sequence of ``(H, W)``, one per image.
         geometries: one per image (``PreparedBatch.geometries``), or ``None``.
-        labels, probabilities: per image, the explained class name and its probability.
+        labels: per image, the explained class name.
+        probabilities: per image, the probability of that class.
     """
     count = len(images)
     if len(heatmaps) != count:
@@ -434,7 +438,7 @@ def plot_layers(
     """A layer hierarchy as a grid: one row per image, the photo then early to late layers.
 
     Args:
-        hierarchy: a :class:`timmlens.analysis.LayerHierarchy` (from ``explain_layers``).
+        hierarchy: a `timmlens.analysis.LayerHierarchy` (from ``explain_layers``).
         images: which images of the batch to show (default all).
         note: added to the title (default the hierarchy's own, e.g. ``"random weights"``).
     """

@@ -1,9 +1,10 @@
 """The attention engine: a trace of captured attention in, token relevance out.
 
-An attention method is a small subclass of :class:`AttentionExplainer` with one hook,
-:meth:`~AttentionExplainer.relevance` ``(trace) -> (B, N)``: how much each token matters.
+An attention method is a small subclass of [`AttentionExplainer`][] with one hook,
+[`relevance`][timmlens.interpretation.attention.engine.AttentionExplainer.relevance]
+``(trace) -> (B, N)``: how much each token matters.
 The engine captures the trace (every block's attention probabilities, with their
-gradients when a class is explained; see :mod:`timmlens.adapters.attention_capture`),
+gradients when a class is explained; see `timmlens.adapters.attention_capture`),
 and turns the patch tokens' relevance into a heatmap: reshaped to the patch grid,
 bilinearly upsampled to the input size and min-max normalised per image.
 
@@ -64,7 +65,7 @@ class AttentionTrace:
 class AttentionExplainer(Explainer):
     """The engine of attention methods on ViT-like timm models (see the module docstring).
 
-    Subclasses give :meth:`relevance`; keyword arguments of ``explain`` reach it.
+    Subclasses give [`relevance`][]; keyword arguments of ``explain`` reach it.
 
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
@@ -122,7 +123,7 @@ class AttentionExplainer(Explainer):
     def trace(self, inputs: torch.Tensor, targets: list[int] | None) -> AttentionTrace:
         """Capture every block's attention for ``inputs`` ``(B, C, H, W)``.
 
-        ``targets=None``: one no-grad forward (unless :attr:`needs_target`: then the
+        ``targets=None``: one no-grad forward (unless `needs_target`: then the
         predicted classes are differentiated). A target per image: one forward and one
         backward of the target logits, taken with ``torch.autograd.grad`` on the captured
         probabilities, so no parameter ``.grad`` is touched. Runs inside the guard.

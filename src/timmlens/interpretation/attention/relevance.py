@@ -1,7 +1,7 @@
 """Gradient-based transformer relevance: Chefer et al.'s generic rule and LeGrad.
 
 Both differentiate the captured attention probabilities ``A_l`` ``(B, heads, N, N)`` of
-every global self-attention block (see :mod:`.engine`) and explain a class: the given
+every global self-attention block (see `engine`) and explain a class: the given
 one, or each image's predicted class.
 
 **chefer** (Chefer, Gur & Wolf, ICCV 2021, "Generic Attention-model Explainability for

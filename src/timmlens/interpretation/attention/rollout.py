@@ -1,7 +1,7 @@
 """Attention maps, attention rollout and class-specific rollout for ViT-like models.
 
 The attention probabilities are captured from timm's own attention modules (see
-:mod:`timmlens.adapters.attention_capture`): fused attention is switched off for the
+`timmlens.adapters.attention_capture`): fused attention is switched off for the
 call, ``attn_drop`` is hooked, and everything is restored afterwards.
 
 **Attention rollout** (Abnar & Zuidema, 2020, "Quantifying Attention Flow in
@@ -215,10 +215,12 @@ class AttentionVisualizer(AttentionExplainer):
 
     Works for every family whose blocks use global token self-attention through timm's
     attention modules: ViT, DeiT (also distilled), DeiT-III, BEiT, EVA, register-token
-    ViTs. As an :class:`Explainer`, ``visualizer(images, target_class=None)`` returns the
-    plain rollout (class-agnostic; :meth:`explain_full` gives the predicted classes) and
+    ViTs. As an `Explainer`, ``visualizer(images, target_class=None)`` returns the
+    plain rollout (class-agnostic;
+    [`explain_full`][timmlens.interpretation.base.Explainer.explain_full] gives the
+    predicted classes) and
     ``visualizer(images, target_class=c)`` the class-specific rollout for ``c``; extra
-    keyword arguments are those of :meth:`attention_rollout`.
+    keyword arguments are those of [`attention_rollout`][].
 
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
@@ -233,7 +235,7 @@ class AttentionVisualizer(AttentionExplainer):
         """Every block's attention probabilities for ``images``.
 
         Returns:
-            :class:`AttentionMaps`: ``maps[l]`` is ``(B, heads, N, N)`` for a batch and
+            `AttentionMaps`: ``maps[l]`` is ``(B, heads, N, N)`` for a batch and
             ``(heads, N, N)`` for one image; each row sums to 1.
         """
         batch = self.prepare(images)
@@ -260,7 +262,7 @@ class AttentionVisualizer(AttentionExplainer):
         """Attention rollout heatmap(s) in [0, 1] at input resolution.
 
         Args:
-            images: anything :func:`timmlens.data.prepare_images` accepts.
+            images: anything [`timmlens.data.prepare_images`][] accepts.
             head_fusion: how heads are fused per block: ``"mean"``, ``"max"``, ``"min"``.
             discard_ratio: fraction in ``[0, 1)`` of each image's lowest fused attentions
                 set to zero per block (the prefix tokens' self-attention is kept).

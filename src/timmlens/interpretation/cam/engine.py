@@ -1,15 +1,15 @@
 """The CAM engine: one layer's activations (and gradients) in, a class activation map out.
 
-Every CAM method is a small subclass of :class:`CAMExplainer` with one hook:
+Every CAM method is a small subclass of [`CAMExplainer`][] with one hook:
 
-* :meth:`CAMExplainer.channel_weights` ``(ctx) -> (B, C)``: the map is
+* [`CAMExplainer.channel_weights`][] ``(ctx) -> (B, C)``: the map is
   ``ReLU(sum_k w_k A_k)`` (GradCAM, GradCAM++), or
-* :meth:`CAMExplainer.cam` ``(ctx) -> (B, h, w)``: the map itself, before the ReLU
+* [`CAMExplainer.cam`][] ``(ctx) -> (B, h, w)``: the map itself, before the ReLU
   (HiResCAM, LayerCAM, EigenCAM),
 
 and ``needs_gradients = False`` for methods that use none (then no backward runs). The
-:class:`CamContext` a hook gets carries activations, gradients, inputs, targets and
-:meth:`CamContext.score_masked` for perturbation CAMs (ScoreCAM, AblationCAM).
+[`CamContext`][] a hook gets carries activations, gradients, inputs, targets and
+[`CamContext.score_masked`][] for perturbation CAMs (ScoreCAM, AblationCAM).
 
 How a call runs:
 
@@ -18,7 +18,7 @@ How a call runs:
 2. during a call each layer is seen through a *spatial tap*, a pass-through module that
    presents its output as ``(B, C, h, w)`` whatever the family's layout (NCHW for CNNs,
    NHWC for Swin, tokens with class/distillation tokens for ViT and DeiT);
-3. one forward of :class:`~timmlens.interpretation._targets.TargetScore` (the target
+3. one forward of `TargetScore` (the target
    logit per image; the predicted class is picked inside the same forward) and, for
    gradient methods, one backward give every layer's activations ``A`` and gradients
    ``g = d score / d A``, through Captum;
@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..._model_state import model_lock
 from ...adapters import LayerSpec, ResolvedLayer, SpatialView, get_adapter, spatial_tap
 from ...data import ImagesInput
 from ...errors import LayerResolutionError
@@ -132,8 +133,8 @@ class CamContext:
 class CAMExplainer(Explainer):
     """The engine of CAM methods on one or several layers (see the module docstring).
 
-    Subclasses give :meth:`channel_weights` or :meth:`cam`, and set
-    :attr:`needs_gradients` to ``False`` if they use no gradients.
+    Subclasses give [`channel_weights`][] or [`cam`][], and set
+    `needs_gradients` to ``False`` if they use no gradients.
 
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
@@ -149,7 +150,7 @@ class CAMExplainer(Explainer):
     With several layers each layer's upsampled map is min-max normalised (layers differ in
     scale) and the maps are averaged; ``normalize`` then applies to the average. All
     layers are taken from the same forward (and backward) pass. The full result
-    (:meth:`explain_full`) keeps every layer's raw map in ``extras["layer_maps"]``.
+    (`explain_full`) keeps every layer's raw map in ``extras["layer_maps"]``.
     """
 
     def __init__(
@@ -171,6 +172,42 @@ class CAMExplainer(Explainer):
         self.relu = relu
         self.normalize = normalize
         self.interpolate: InterpolationMode = interpolate
+        # The taps a ``with`` block keeps installed (see __enter__), and its nesting depth.
+        self._kept_taps: ExitStack | None = None
+        self._kept_views: list[SpatialView] = []
+        self._depth = 0
+
+    def __enter__(self) -> CAMExplainer:
+        """Install the layer taps now and keep them until the block ends.
+
+        Calls inside the block reuse them (as pytorch-grad-cam's and torchcam's context
+        managers do); the model's own forward passes through them unchanged. Nested
+        blocks share one set of taps.
+        """
+        with model_lock(self.model):  # not while another thread's forward runs
+            if self._depth == 0:
+                stack = ExitStack()
+                try:
+                    self._kept_views = [self._tap(stack, layer) for layer in self.layers]
+                except BaseException:
+                    stack.close()
+                    raise
+                self._kept_taps = stack
+            self._depth += 1
+        return self
+
+    def close(self) -> None:
+        """Remove the taps of the ``with`` block (at its end; safe to call twice)."""
+        with model_lock(self.model):
+            self._depth = max(0, self._depth - 1)
+            if self._depth == 0 and self._kept_taps is not None:
+                taps, self._kept_taps, self._kept_views = self._kept_taps, None, []
+                taps.close()
+
+    def _tap(self, stack: ExitStack, layer: ResolvedLayer) -> SpatialView:
+        return stack.enter_context(
+            spatial_tap(self.model, layer.module, layer.name, self.adapter.layout_for)
+        )
 
     def __repr__(self) -> str:
         layers = ", ".join(layer.name for layer in self.layers)
@@ -224,7 +261,7 @@ class CAMExplainer(Explainer):
         """Raw maps at each layer's own resolution: one ``(B, h_l, w_l)`` per layer.
 
         No upsampling, no normalisation (``relu`` still applies); always batched, also for
-        one image. Same inputs and targets as :meth:`explain`; :meth:`explain_full` gives
+        one image. Same inputs and targets as `explain`; `explain_full` gives
         them with the targets and logits (``extras["layer_maps"]``).
         """
         return list(self.explain_full(images, target_class).extras["layer_maps"])
@@ -234,7 +271,7 @@ class CAMExplainer(Explainer):
     ) -> torch.Tensor:
         """Raw map ``(B, h, w)`` at the layer's resolution (single-layer explainers).
 
-        See :meth:`attribute_layers`; this is its only entry for one layer.
+        See [`attribute_layers`][]; this is its only entry for one layer.
         """
         if len(self.layers) != 1:
             raise ValueError(
@@ -258,12 +295,12 @@ class CAMExplainer(Explainer):
         score = TargetScore(self.model)
         chosen = None if targets is None else torch.tensor(targets, device=inputs.device)
         with ExitStack() as taps, torch.no_grad():  # Captum re-enables grad for its pass
-            views = [
-                taps.enter_context(
-                    spatial_tap(self.model, layer.module, layer.name, self.adapter.layout_for)
-                )
-                for layer in self.layers
-            ]
+            if self._kept_views:  # inside ``with explainer:``: the block's taps
+                views = self._kept_views
+                for view in views:
+                    view.layout = None  # set again by this call's forward
+            else:
+                views = [self._tap(taps, layer) for layer in self.layers]
             try:
                 maps = self.maps_from_views(score, inputs, chosen, views)
             except AssertionError as exc:
@@ -309,7 +346,7 @@ class CAMExplainer(Explainer):
         targets: torch.Tensor | None,
         views: Sequence[SpatialView],
     ) -> list[CamContext]:
-        """A :class:`CamContext` per view from one forward (and one backward if needed)."""
+        """A [`CamContext`][] per view from one forward (and one backward if needed)."""
         forward_args = None if targets is None else (targets,)
         if self.needs_gradients:
             from captum._utils.gradient import compute_layer_gradients_and_eval

@@ -1,8 +1,8 @@
 """GradCAM (through Captum's ``LayerGradCam``) and GradCAM++ on the CAM engine.
 
 Each method is a channel-weight rule ``(A, g) -> w`` ``(B, C)`` on
-:class:`~timmlens.interpretation.cam.engine.CAMExplainer`; the map is
-``ReLU(sum_k w_k A_k)``. See :mod:`timmlens.interpretation.cam.engine` for how a call runs.
+[`CAMExplainer`][timmlens.interpretation.cam.engine.CAMExplainer]; the map is
+``ReLU(sum_k w_k A_k)``. See `timmlens.interpretation.cam.engine` for how a call runs.
 """
 
 from __future__ import annotations
@@ -140,11 +140,11 @@ class GradCAMPlusPlus(CAMExplainer):
 
     ``alpha = g^2 / (2 g^2 + sum_ab(A_ab) g^3)`` (0 where the denominator is 0),
     ``w_k = sum_ij alpha_kij ReLU(g_kij)``, ``map = ReLU(sum_k w_k A_k)``; see
-    :func:`gradcam_plusplus_weights` for the conventions. Activations and gradients come
+    `gradcam_plusplus_weights` for the conventions. Activations and gradients come
     from Captum's ``compute_layer_gradients_and_eval`` on the spatial tap, one forward
     and one backward per batch.
 
-    Args: as :class:`GradCAM`.
+    Args: as [`GradCAM`][].
     """
 
     def channel_weights(self, ctx: CamContext) -> torch.Tensor:

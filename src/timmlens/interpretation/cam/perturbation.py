@@ -3,7 +3,7 @@
 Both weight the layer's channels ``A_k`` by how the target score reacts when the input,
 or the layer output, is perturbed channel by channel; the map is ``ReLU(sum_k w_k A_k)``.
 Each of the ``B x C`` perturbed copies (one per image and channel) is built on the fly, a
-chunk at a time, in memory-budgeted no-grad forwards (:mod:`~timmlens.interpretation.scoring`);
+chunk at a time, in memory-budgeted no-grad forwards (`scoring`);
 never all at once.
 
 * ScoreCAM masks the *input* with each channel's upsampled, min-max normalised map, so
@@ -119,7 +119,7 @@ class ScoreCAM(_ScoredCAM):
     chunk (chunks sized from free memory, or ``max_batch``).
 
     Args:
-        model, target_layer, relu, normalize, interpolate: as :class:`GradCAM`;
+        model, target_layer, relu, normalize, interpolate: as `GradCAM`;
             ``interpolate`` also upsamples the masks.
         max_batch: masked images per forward; ``None`` sizes chunks from free memory.
         align_corners: for bilinear/bicubic mask upsampling. ``False`` (default) as the
@@ -174,7 +174,7 @@ class AblationCAM(_ScoredCAM):
     ``y`` is the target logit, ``y_k`` the logit with channel ``k`` of the layer output
     set to zero, ``w_k = (y - y_k) / y`` and ``map = ReLU(sum_k w_k A_k)``. The network
     up to the layer runs once; the ``B x C`` ablated copies of the layer output run,
-    a chunk at a time, through the modules after the layer (:func:`layer_suffix`), or
+    a chunk at a time, through the modules after the layer (`layer_suffix`), or
     through the whole network with the layer's output replaced where no such replay
     reproduces the model's logits.
 
@@ -184,7 +184,7 @@ class AblationCAM(_ScoredCAM):
     class follows the paper.
 
     Args:
-        model, target_layer, relu, normalize, interpolate: as :class:`GradCAM`.
+        model, target_layer, relu, normalize, interpolate: as `GradCAM`.
         max_batch: ablated copies per forward; ``None`` sizes chunks from free memory.
     """
 
@@ -306,7 +306,7 @@ class _CallOrder:
     """Records which modules start after each layer finishes, during one forward.
 
     Watches the direct children of every ancestor of the layers (one level each, not
-    their insides); :meth:`after` gives those that started after layer ``index`` ended.
+    their insides); `after` gives those that started after layer ``index`` ended.
     """
 
     def __init__(self, root: nn.Module, layer_names: Sequence[str]) -> None:

@@ -1,10 +1,10 @@
 """CAM variants beside GradCAM: HiResCAM, XGradCAM, LayerCAM, EigenCAM, EigenGradCAM, RandomCAM.
 
-Each is a small class on :class:`~timmlens.interpretation.cam.engine.CAMExplainer`: a
+Each is a small class on [`CAMExplainer`][timmlens.interpretation.cam.engine.CAMExplainer]: a
 channel-weight rule ``(A, g) -> w`` ``(B, C)`` (XGradCAM, RandomCAM) or a map rule
 ``(A, g) -> (B, h, w)`` (the others). ``A`` is the layer output seen as ``(B, C, h, w)``
 and ``g`` the gradient of each image's target logit; the engine applies the ReLU,
-upsamples and normalises (see :mod:`timmlens.interpretation.cam.engine`).
+upsamples and normalises (see `timmlens.interpretation.cam.engine`).
 
 Each formula is checked against pytorch-grad-cam's class of the same name in
 ``tests/test_cam_variants.py``; where the two differ on purpose (XGradCAM's ``eps``, the
@@ -138,7 +138,7 @@ class HiResCAM(CAMExplainer):
     average pool and a linear layer the map sums (times ``h*w``) to the target logit less
     its bias. Same as pytorch-grad-cam's ``HiResCAM``.
 
-    Args: as :class:`~timmlens.interpretation.cam.gradcam.GradCAM`.
+    Args: as [`GradCAM`][timmlens.interpretation.cam.gradcam.GradCAM].
     """
 
     def cam(self, ctx: CamContext) -> torch.Tensor:
@@ -160,10 +160,10 @@ class HiResCAM(CAMExplainer):
 class XGradCAM(CAMExplainer):
     """XGradCAM (Fu et al. 2020): weights ``w_k = sum_ij (A_kij / sum_ab A_kab) g_kij``.
 
-    See :func:`xgradcam_weights` for the zero-sum channels and pytorch-grad-cam's ``eps``
+    See `xgradcam_weights` for the zero-sum channels and pytorch-grad-cam's ``eps``
     (not added here, as in the paper).
 
-    Args: as :class:`~timmlens.interpretation.cam.gradcam.GradCAM`.
+    Args: as [`GradCAM`][timmlens.interpretation.cam.gradcam.GradCAM].
     """
 
     def channel_weights(self, ctx: CamContext) -> torch.Tensor:
@@ -189,7 +189,7 @@ class LayerCAM(CAMExplainer):
     shallow ones with ``tanh``; here several layers are fused as for every CAM method
     (each upsampled map min-max normalised, then averaged).
 
-    Args: as :class:`~timmlens.interpretation.cam.gradcam.GradCAM`.
+    Args: as [`GradCAM`][timmlens.interpretation.cam.gradcam.GradCAM].
     """
 
     def cam(self, ctx: CamContext) -> torch.Tensor:
@@ -213,11 +213,11 @@ class EigenCAM(CAMExplainer):
     """EigenCAM (Muhammad & Yeasin 2020): the activations' first principal component.
 
     No gradients and no class: the map is the same for every target (the contract's
-    class check is replaced by that, see :attr:`class_agnostic`). See
-    :func:`first_principal_component` for the centring and the sign convention, which
+    class check is replaced by that, see `class_agnostic`). See
+    `first_principal_component` for the centring and the sign convention, which
     fixes the sign pytorch-grad-cam leaves to the SVD routine.
 
-    Args: as :class:`~timmlens.interpretation.cam.gradcam.GradCAM`.
+    Args: as [`GradCAM`][timmlens.interpretation.cam.gradcam.GradCAM].
     """
 
     needs_gradients = False
@@ -242,10 +242,10 @@ class EigenGradCAM(CAMExplainer):
     """EigenGradCAM: the first principal component of ``g * A`` (element-wise).
 
     pytorch-grad-cam's class-specific EigenCAM. With the sign convention of
-    :func:`first_principal_component` the map correlates non-negatively with HiResCAM's
+    `first_principal_component` the map correlates non-negatively with HiResCAM's
     ``sum_k g_k A_k``.
 
-    Args: as :class:`~timmlens.interpretation.cam.gradcam.GradCAM`.
+    Args: as [`GradCAM`][timmlens.interpretation.cam.gradcam.GradCAM].
     """
 
     def cam(self, ctx: CamContext) -> torch.Tensor:
@@ -266,14 +266,14 @@ class EigenGradCAM(CAMExplainer):
 class RandomCAM(CAMExplainer):
     """A seeded random baseline: ``ReLU(sum_k w_k A_k)`` with ``w_k ~ U(-1, 1)``.
 
-    Weights depend on ``(seed, target class)`` only (see :func:`randomcam_weights`):
+    Weights depend on ``(seed, target class)`` only (see `randomcam_weights`):
     repeatable, independent of the batch, different per class, and the global RNG is
     left alone. No gradients are taken (pytorch-grad-cam's ``RandomCAM`` runs a backward
     it does not use).
 
     Args:
         seed: the seed of the weights; other arguments as
-            :class:`~timmlens.interpretation.cam.gradcam.GradCAM`.
+            [`GradCAM`][timmlens.interpretation.cam.gradcam.GradCAM].
     """
 
     needs_gradients = False

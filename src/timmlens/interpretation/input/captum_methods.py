@@ -1,8 +1,8 @@
 """Captum's gradient and reference attribution methods on the input pixels.
 
 Each method is a small subclass of
-:class:`~timmlens.interpretation.input.engine.CaptumInputExplainer` naming its Captum
-class; the engine supplies targets (through ``additional_forward_args``), named
+[`CaptumInputExplainer`][timmlens.interpretation.input.engine.CaptumInputExplainer]
+naming its Captum class; the engine supplies targets (through ``additional_forward_args``), named
 baselines, memory-sized chunks of images and the heatmap.
 
 * gradient methods: ``saliency`` (``dy/dx``), ``inputxgradient`` (``x * dy/dx``),
@@ -20,14 +20,14 @@ attributions, equal to Captum called directly on ``TargetScore(model)`` with the
 settings. **Heatmap reduction**: by default the absolute value summed over colour
 channels, min-max scaled to [0, 1] per image; ``signed=True`` keeps the polarity (plain
 sum over channels, divided by the largest absolute value, in [-1, 1])
-(:func:`~timmlens.interpretation.input.engine.attribution_heatmap`).
+(`attribution_heatmap`).
 
 Model hygiene: guided backprop, deconvolution, DeepLift and LRP put hooks on modules.
 During a call ``nn.ReLU(inplace=True)`` modules are switched to ``inplace=False`` (their
 hooks need the input kept), attributes Captum leaves on modules are removed, and both
 are restored afterwards, under the model lock of the explanation guard. DeepLift and
 LRP only have rules for some module types: a model with others is refused up front
-(:class:`~timmlens.errors.UnsupportedModelError` naming the method, the family, the
+([`UnsupportedModelError`][timmlens.errors.UnsupportedModelError] naming the method, the family, the
 modules and an alternative), because Captum would treat them as linear and return
 wrong attributions without a word.
 
@@ -126,7 +126,7 @@ def reference_distribution(
     """A seeded distribution of ``count`` baselines ``(count, C, H, W)`` for ``inputs``.
 
     A named baseline (one picture for the whole batch, see
-    :func:`~timmlens.interpretation.input.engine.make_baseline`) and ``count - 1`` copies
+    `make_baseline`) and ``count - 1`` copies
     of it plus Gaussian pixel noise of std ``noise`` (pixel units, then normalised),
     drawn from a generator seeded with ``seed`` on the inputs' device. A tensor
     ``(k, C, H, W)`` is the distribution itself.
@@ -270,7 +270,7 @@ class Saliency(_CaptumMethod):
 class InputXGradient(_CaptumMethod):
     """``x * dy/dx`` via ``captum.attr.InputXGradient`` (``x`` in normalised input space).
 
-    Args: as :class:`Saliency`.
+    Args: as `Saliency`.
     """
 
     captum_class = "InputXGradient"
@@ -294,7 +294,7 @@ class GuidedBackprop(_CaptumMethod):
     Captum overrides the backward of ``nn.ReLU`` modules only; functional ReLUs and other
     activations keep their plain gradient.
 
-    Args: as :class:`Saliency`.
+    Args: as `Saliency`.
     """
 
     captum_class = "GuidedBackprop"
@@ -315,7 +315,7 @@ class GuidedBackprop(_CaptumMethod):
 class Deconvolution(_CaptumMethod):
     """Deconvnet attribution via ``captum.attr.Deconvolution`` (``nn.ReLU`` modules).
 
-    Args: as :class:`Saliency`.
+    Args: as `Saliency`.
     """
 
     captum_class = "Deconvolution"
@@ -337,7 +337,7 @@ class GuidedGradCam(_CaptumMethod):
     """Guided GradCAM via ``captum.attr.GuidedGradCam`` on the adapter's spatial tap.
 
     The GradCAM layer is seen as ``(B, C, h, w)`` whatever the family's layout (the
-    same tap as :class:`~timmlens.interpretation.cam.gradcam.GradCAM`), so Captum's own
+    same tap as [`GradCAM`][timmlens.interpretation.cam.gradcam.GradCAM]), so Captum's own
     ``GuidedGradCam`` runs on CNNs, ViTs and Swin alike: the element-wise product of
     guided backprop and the ReLU'd GradCAM upsampled to the input.
 
@@ -441,7 +441,7 @@ class DeepLift(_CaptumMethod):
     Args:
         model: an ``ImageClassifier`` or a bare timm model with modules DeepLift covers.
         baseline: ``"black"`` (default), ``"blur"``, ``"noise"``, ``"uniform"`` or a
-            tensor (see :func:`~timmlens.interpretation.input.engine.make_baseline`).
+            tensor (see `make_baseline`).
         signed: heatmaps keep polarity instead of ``|.|`` summed over channels.
         seed: seed of random baselines.
     """
@@ -465,7 +465,7 @@ class DeepLift(_CaptumMethod):
 
 
 class _ShapMethod(_CaptumMethod):
-    """A method over a seeded distribution of baselines (:func:`reference_distribution`)."""
+    """A method over a seeded distribution of baselines (`reference_distribution`)."""
 
     def __init__(
         self,
@@ -513,10 +513,10 @@ class _ShapMethod(_CaptumMethod):
     applies_to=_DEEPLIFT_APPLIES_TO,
 )
 class DeepLiftShap(_ShapMethod):
-    """DeepLiftShap via ``captum.attr.DeepLiftShap`` over :meth:`references`.
+    """DeepLiftShap via ``captum.attr.DeepLiftShap`` over `references`.
 
     Args:
-        model: as :class:`DeepLift`.
+        model: as `DeepLift`.
         baseline: centre of the distribution: ``"black"`` (default), ``"noise"``,
             ``"uniform"``, or a ``(k, C, H, W)`` tensor used as the distribution itself.
         n_baselines: ``k``, the baseline itself and ``k - 1`` noisy copies.
@@ -564,7 +564,7 @@ class GradientShap(_ShapMethod):
     """GradientShap via ``captum.attr.GradientShap``, seeded per image.
 
     Captum draws the baselines, the path points and the noise from the global numpy and
-    torch generators; each image runs in its own call under :func:`_seeded_global_rng`
+    torch generators; each image runs in its own call under `_seeded_global_rng`
     (seed ``seed``; global state restored), so results are reproducible and the same
     alone or in any batch.
 
@@ -573,7 +573,7 @@ class GradientShap(_ShapMethod):
         n_samples: random points per image.
         stdevs: std of Captum's Gaussian input noise (normalised input units).
         baseline, n_baselines, baseline_noise: the baseline distribution, as
-            :class:`DeepLiftShap`.
+            `DeepLiftShap`.
         signed: heatmaps keep polarity instead of ``|.|`` summed over channels.
         seed: seed of the distribution and of Captum's draws.
     """

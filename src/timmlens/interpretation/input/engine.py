@@ -1,18 +1,18 @@
 """The input-attribution engine: one Captum wrapper with timm-aware defaults.
 
-:class:`CaptumInputExplainer` runs a Captum attribution method on the input pixels:
+[`CaptumInputExplainer`][] runs a Captum attribution method on the input pixels:
 
-* the target score is :class:`~timmlens.interpretation._targets.TargetScore`, the
+* the target score is `TargetScore`, the
   targets travelling through Captum's ``additional_forward_args`` (so any expansion
   order of Captum's is right); ``None`` resolves to each image's predicted class in one
   no-grad probe forward, which also measures the activation memory per sample;
 * baselines are named (``"black"``, ``"blur"``, ``"noise"``, ``"uniform"``) or tensors in
-  normalised input space (:func:`make_baseline`);
-* work is chunked by memory: :func:`samples_per_chunk` of the budget from
-  :func:`~timmlens.interpretation.scoring.memory_budget` (kind ``"backward"``);
+  normalised input space (`make_baseline`);
+* work is chunked by memory: `samples_per_chunk` of the budget from
+  `memory_budget` (kind ``"backward"``);
 * the ``(B, C, H, W)`` attributions become a ``(B, H, W)`` heatmap
-  (:func:`attribution_heatmap`), and both are returned in an
-  :class:`~timmlens.interpretation.base.Explanation`.
+  (`attribution_heatmap`), and both are returned in an
+  [`Explanation`][timmlens.interpretation.base.Explanation].
 
 The functions here are the toolkit IG and SmoothGrad share. All tensors live in
 model-input (normalised) space, on the model's device.
@@ -80,7 +80,7 @@ def forward_with_activation_bytes(
 
     Forward hooks on every leaf module add up the bytes of their outputs; that is close
     to what autograd keeps for the backward pass (an overestimate where modules work in
-    place, an underestimate for fused kernels, which :data:`ACTIVATION_BYTES_FACTOR`
+    place, an underestimate for fused kernels, which `ACTIVATION_BYTES_FACTOR`
     covers).
 
     Returns:
@@ -106,11 +106,11 @@ def forward_with_activation_bytes(
 def samples_per_chunk(bytes_per_sample: int, budget_bytes: int) -> int:
     """How many forward+backward samples fit the budget (at least 1).
 
-    ``budget_bytes`` comes from :func:`~timmlens.interpretation.scoring.memory_budget`
+    ``budget_bytes`` comes from `memory_budget`
     (kind ``"backward"``).
 
     Rule: ``budget // (ACTIVATION_BYTES_FACTOR * bytes_per_sample)``, with
-    ``bytes_per_sample`` from :func:`forward_with_activation_bytes`.
+    ``bytes_per_sample`` from `forward_with_activation_bytes`.
     """
     return max(1, int(budget_bytes // (ACTIVATION_BYTES_FACTOR * bytes_per_sample)))
 
@@ -161,7 +161,7 @@ def make_baseline(
     """The IG start point for ``inputs`` ``(B, C, H, W)``, in normalised input space.
 
     * ``"black"``: the black picture (pixel 0), i.e. ``(0 - mean) / std`` per channel.
-    * ``"blur"``: the input blurred with sigma ``min(H, W) / 8`` (:func:`gaussian_blur`).
+    * ``"blur"``: the input blurred with sigma ``min(H, W) / 8`` (`gaussian_blur`).
     * ``"noise"``: pixels ~ ``N(0.5, 0.25^2)`` clipped to [0, 1], then normalised.
     * ``"uniform"``: pixels ~ ``U[0, 1]``, then normalised.
     * a tensor: taken as normalised input, broadcast to the batch.
@@ -228,16 +228,16 @@ class CaptumInputExplainer(Explainer):
 
     Usable as is for methods without method-specific chunking, e.g.
     ``CaptumInputExplainer(model, captum.attr.Saliency, abs=False)``; IG and SmoothGrad
-    subclass it and pass their own arguments through :meth:`run`.
+    subclass it and pass their own arguments through [`run`][].
 
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
         attribution: ``forward_func -> attribution``: a Captum class such as
-            ``captum.attr.InputXGradient`` (subclasses may override :meth:`captum_method`).
+            ``captum.attr.InputXGradient`` (subclasses may override [`captum_method`][]).
         baseline: ``None`` for methods without one, else a name or tensor (see
-            :func:`make_baseline`), passed to Captum as ``baselines``.
+            `make_baseline`), passed to Captum as ``baselines``.
         memory_budget_bytes: budget for automatic chunking; ``None``: half the free CUDA
-            memory, 2 GiB elsewhere (:func:`~timmlens.interpretation.scoring.memory_budget`).
+            memory, 2 GiB elsewhere (`memory_budget`).
         signed: heatmaps keep polarity (sum over channels, scaled to [-1, 1]) instead of
             absolute values min-max scaled to [0, 1].
         seed: seed of random baselines (and of noise, for methods that draw some).
@@ -313,7 +313,7 @@ class CaptumInputExplainer(Explainer):
     def explanation(
         self, attributions: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor | None
     ) -> Explanation:
-        """The :class:`Explanation` of raw ``attributions`` ``(B, C, H, W)``."""
+        """The [`Explanation`][] of raw ``attributions`` ``(B, C, H, W)``."""
         batch = attributions.shape[0]
         return Explanation(
             heatmap=attribution_heatmap(attributions, self.signed),
@@ -326,7 +326,7 @@ class CaptumInputExplainer(Explainer):
         """Captum's raw attributions ``(B, C, H, W)`` for ``images`` (always batched).
 
         The same as Captum's ``attribute`` on ``TargetScore(model)`` with this
-        explainer's settings; :meth:`explain_full` gives them with heatmaps and targets.
+        explainer's settings; `explain_full` gives them with heatmaps and targets.
         """
         result = self.explain_full(images, target_class).attributions
         assert result is not None  # every Captum input method returns them

@@ -7,7 +7,7 @@ the straight path from a baseline ``x'`` to the input ``x``::
 
 Captum evaluates the integral with an ``n_steps`` quadrature; *completeness* says the
 attributions sum to ``f(x) - f(x')``, and the gap (the convergence delta) measures the
-quadrature error. :meth:`IntegratedGradients.attribute_full` returns it per image.
+quadrature error. [`IntegratedGradients.attribute_full`][] returns it per image.
 
 All tensors live in model-input (normalised) space, on the model's device.
 """
@@ -42,9 +42,9 @@ IG_METHODS: tuple[str, ...] = get_args(IGMethod)
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class IGResult(Explanation):
-    """An :class:`~timmlens.interpretation.base.Explanation` of IG with its completeness.
+    """An [`Explanation`][timmlens.interpretation.base.Explanation] of IG with its completeness.
 
-    Attributes (besides the :class:`Explanation` ones; ``attributions`` is
+    Attributes (besides the [`Explanation`][] ones; ``attributions`` is
     ``(B, C, H, W)``, ``logits`` ``(B, K)``):
         convergence_delta: ``(B,)`` ``sum(attributions) - (f(x) - f(baseline))``, as Captum's
             ``return_convergence_delta=True`` defines it.
@@ -84,7 +84,7 @@ class IntegratedGradients(CaptumInputExplainer):
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
         n_steps: quadrature points along the path (>= 1). More steps, smaller
-            convergence delta; 50 is usual, check :attr:`IGResult.relative_delta`.
+            convergence delta; 50 is usual, check `IGResult.relative_delta`.
         method: Captum's quadrature rule: ``"gausslegendre"`` (default, most accurate per
             step) or ``"riemann_left" | "riemann_right" | "riemann_middle" |
             "riemann_trapezoid"``.
@@ -92,11 +92,11 @@ class IntegratedGradients(CaptumInputExplainer):
             times images). ``None`` picks the largest chunk that fits
             ``memory_budget_bytes``: one no-grad forward of a single image with hooks on
             every leaf module measures activation bytes per sample ``a``, and the chunk is
-            ``budget // (2 * a)`` samples (:func:`samples_per_chunk`). A chunk always holds
+            ``budget // (2 * a)`` samples (`samples_per_chunk`). A chunk always holds
             at least one step for the whole batch.
         baseline: ``"black"`` (default), ``"blur"``, ``"noise"``, ``"uniform"`` or a
             tensor broadcastable to ``(B, C, H, W)`` in normalised input space; see
-            :func:`make_baseline`.
+            `make_baseline`.
         memory_budget_bytes: budget for automatic chunking; ``None``: half the free CUDA
             memory, 2 GiB elsewhere.
         signed: heatmaps keep polarity (sum over channels, scaled to [-1, 1]) instead of
@@ -105,7 +105,7 @@ class IntegratedGradients(CaptumInputExplainer):
 
     Shapes:
         ``explainer(images, target_class)``: ``(H, W)`` for one image, ``(B, H, W)`` for
-        a batch. :meth:`attribute_full`: an :class:`IGResult` (always batched).
+        a batch. [`attribute_full`][]: an `IGResult` (always batched).
     """
 
     def __init__(
@@ -160,7 +160,7 @@ class IntegratedGradients(CaptumInputExplainer):
         self, inputs: torch.Tensor, targets: list[int] | None, **kwargs: Any
     ) -> Explanation:
         """The explanation of ``inputs`` ``(B, C, H, W)``; ``completeness=True`` gives an
-        :class:`IGResult` (one extra forward of inputs and baselines)."""
+        `IGResult` (one extra forward of inputs and baselines)."""
         completeness = bool(kwargs.pop("completeness", False))
         if kwargs:
             raise TypeError(f"unexpected arguments for IntegratedGradients: {sorted(kwargs)}.")

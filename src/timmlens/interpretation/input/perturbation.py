@@ -2,7 +2,7 @@
 
 Each method scores the target class on perturbed copies of the image, where a window
 or a feature (a group of pixels) is replaced by the baseline (black pixels by default,
-as in IG: :func:`~timmlens.interpretation.input.engine.make_baseline`):
+as in IG: `make_baseline`):
 
 * ``occlusion``: a sliding window (Zeiler & Fergus 2014). Default window: the model's
   patch for plain patch models (ViT, DeiT, BEiT, EVA, hybrids: the pixels per token),
@@ -12,12 +12,12 @@ as in IG: :func:`~timmlens.interpretation.input.engine.make_baseline`):
   over a feature mask, ``"cells"`` (default: the token grid of patch models, else 14x14
   cells) or ``"slic"`` superpixels of the de-normalised image (scikit-image).
 
-The raw ``(B, C, H, W)`` attributions are Captum's own (:meth:`attributions`); the
+The raw ``(B, C, H, W)`` attributions are Captum's own (`attributions`); the
 heatmap is their absolute value summed over channels, min-max scaled (``signed=True``:
 the plain sum scaled to [-1, 1], which keeps "occluding this raises the score").
 
 Randomness: Captum draws its samples (permutations, coalitions) from the global CPU
-generator. Each call seeds it with ``seed`` inside :func:`torch.random.fork_rng`, which
+generator. Each call seeds it with ``seed`` inside `torch.random.fork_rng`, which
 restores it afterwards, so the caller's random state is untouched. Random methods run
 image by image whenever the draws would otherwise depend on the batch (LIME and
 KernelSHAP always, Shapley sampling over per-image superpixels), so an image gets the
@@ -185,14 +185,14 @@ def _full_signature(init: Any, parent_init: Any) -> inspect.Signature:
 class PerturbationExplainer(CaptumInputExplainer):
     """The shared part of Captum's perturbation methods (see the module docstring).
 
-    Subclasses name their Captum class (:attr:`captum_name`) and give their
-    method-specific arguments (:meth:`arguments`); this class adds baselines, targets,
+    Subclasses name their Captum class (`captum_name`) and give their
+    method-specific arguments (`arguments`); this class adds baselines, targets,
     the memory-sized ``perturbations_per_eval``, seeding and per-image runs.
 
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
         baseline: what a removed pixel becomes: ``"black"`` (default), ``"blur"``,
-            ``"noise"``, ``"uniform"`` or a tensor (see :func:`make_baseline`).
+            ``"noise"``, ``"uniform"`` or a tensor (see `make_baseline`).
         perturbations_per_eval: perturbed copies per image in one forward (Captum's
             argument); ``None`` sizes it from the forward memory budget.
         memory_budget_bytes: budget for automatic chunking; ``None``: a quarter of the
@@ -303,10 +303,10 @@ class Occlusion(PerturbationExplainer):
 
     Args:
         window: ``(h, w)`` pixels (or one int) of the occluded window. ``None``: the
-            model's patch for plain patch models (:func:`patch_pixels`), else
+            model's patch for plain patch models (`patch_pixels`), else
             ``round(side / 14)``.
         stride: window step; ``None``: half the window (at least 1).
-        **options: see :class:`PerturbationExplainer` (``baseline``, ``signed``, ...).
+        **options: see `PerturbationExplainer` (``baseline``, ``signed``, ...).
     """
 
     captum_name = "Occlusion"
@@ -345,7 +345,7 @@ class FeatureMaskExplainer(PerturbationExplainer):
         grid: ``(rows, cols)`` cells (or one int) of ``"cells"``; ``None``: the token grid
             of plain patch models, else 14x14.
         n_segments: SLIC's target number of superpixels.
-        **options: see :class:`PerturbationExplainer`.
+        **options: see `PerturbationExplainer`.
     """
 
     def __init__(
@@ -393,7 +393,7 @@ class FeatureMaskExplainer(PerturbationExplainer):
 
 
 class SampledFeatureExplainer(FeatureMaskExplainer):
-    """A random feature method with ``n_samples`` (see :class:`FeatureMaskExplainer`)."""
+    """A random feature method with ``n_samples`` (see `FeatureMaskExplainer`)."""
 
     random = True
 
@@ -420,7 +420,7 @@ class SampledFeatureExplainer(FeatureMaskExplainer):
     applies_to=_PERTURBATION_APPLIES_TO,
 )
 class FeatureAblation(FeatureMaskExplainer):
-    """Feature ablation via ``captum.attr.FeatureAblation`` (see :class:`FeatureMaskExplainer`)."""
+    """Feature ablation via ``captum.attr.FeatureAblation`` (see `FeatureMaskExplainer`)."""
 
     captum_name = "FeatureAblation"
 
@@ -442,7 +442,7 @@ class ShapleyValueSampling(SampledFeatureExplainer):
 
     Args:
         n_samples: random feature orderings (Captum's default, 25).
-        **options: see :class:`FeatureMaskExplainer`.
+        **options: see `FeatureMaskExplainer`.
     """
 
     captum_name = "ShapleyValueSampling"
@@ -466,7 +466,7 @@ class KernelShap(SampledFeatureExplainer):
     Args:
         n_samples: sampled coalitions per image (256; at least the feature count for a
             determined fit).
-        **options: see :class:`FeatureMaskExplainer`.
+        **options: see `FeatureMaskExplainer`.
     """
 
     captum_name = "KernelShap"
@@ -493,7 +493,7 @@ class Lime(SampledFeatureExplainer):
 
     Args:
         n_samples: random feature subsets per image (256).
-        **options: see :class:`FeatureMaskExplainer`.
+        **options: see `FeatureMaskExplainer`.
     """
 
     captum_name = "Lime"

@@ -14,7 +14,7 @@ Paper defaults: ``N = 4000``, ``s = 7``, ``p = 0.5``, softmax probabilities.
 Only the grids and shifts are drawn up front (a private ``torch.Generator`` on the CPU:
 the global RNG is untouched and the masks are the same on every device); the masks
 themselves are built a chunk at a time, on the model's device, inside
-:func:`~timmlens.interpretation.scoring.score_in_chunks`, so ``N`` full-size masks are
+[`score_in_chunks`][timmlens.interpretation.scoring.score_in_chunks], so ``N`` full-size masks are
 never held at once. A masked pixel becomes the baseline (black pixels by default, as in
 IG); the paper's code multiplies the *normalised* image, i.e. pixels become the mean
 colour: pass ``baseline=torch.zeros(3, 1, 1)`` for that.
@@ -126,12 +126,12 @@ class RISE(Explainer):
         seed: seed of the masks' private generator.
         score: ``"probability"`` (softmax, the paper's) or ``"logit"``.
         baseline: what a masked pixel becomes: ``"black"`` (default) or another
-            :func:`make_baseline` spec; soft mask values blend linearly.
+            `make_baseline` spec; soft mask values blend linearly.
         max_batch: masked images per forward; ``None`` sizes it from the memory budget.
         memory_budget_bytes: forward budget for automatic chunking; ``None``: a quarter of
             the free CUDA memory, 512 MiB elsewhere.
 
-    The raw saliency ``(B, H, W)`` is :attr:`Explanation.attributions`; the heatmap is it
+    The raw saliency ``(B, H, W)`` is `Explanation.attributions`; the heatmap is it
     min-max scaled to [0, 1].
     """
 

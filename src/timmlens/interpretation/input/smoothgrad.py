@@ -106,7 +106,7 @@ class SmoothGrad(CaptumInputExplainer):
             (Integrated Gradients with ``n_steps``, ``method`` and ``baseline``).
         nt_samples_batch_size: noisy samples per image in one chunk; ``None`` sizes the
             chunk from ``memory_budget_bytes`` (see
-            :class:`~timmlens.interpretation.IntegratedGradients` for the rule).
+            [`IntegratedGradients`][timmlens.interpretation.IntegratedGradients] for the rule).
         seed: seed of the noise (and of random IG baselines).
         n_steps: IG integration steps when ``base="ig"``.
         method: IG quadrature rule when ``base="ig"``.
@@ -123,7 +123,8 @@ class SmoothGrad(CaptumInputExplainer):
 
     Shapes:
         ``explainer(images, target_class)``: ``(H, W)`` for one image, ``(B, H, W)`` for
-        a batch; :meth:`explain_full` also gives the raw ``(B, C, H, W)`` attributions.
+        a batch; [`explain_full`][timmlens.interpretation.base.Explainer.explain_full]
+        also gives the raw ``(B, C, H, W)`` attributions.
     """
 
     def __init__(

@@ -8,8 +8,8 @@
   (Samek et al., IEEE TNNLS 2017),
 * the pointing game on boxes or masks (Zhang et al., ECCV 2016).
 
-Each metric is registered by name (:func:`register_metric`, listed by :func:`metrics`);
-:class:`ExplanationMetrics` is the front that prepares images, heatmaps and targets and
+Each metric is registered by name ([`register_metric`][], listed by [`metrics`][]);
+[`ExplanationMetrics`][] is the front that prepares images, heatmaps and targets and
 runs them.
 
 Example::

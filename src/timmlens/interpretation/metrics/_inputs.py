@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..._warnings import warn_caller
 from ...errors import MetricInputError
 
 HeatmapInput = torch.Tensor | np.ndarray
@@ -106,10 +105,9 @@ def warn_if_constant(maps: torch.Tensor, name: str = "heatmap") -> None:
     flat = maps.flatten(1)
     constant = (flat.max(dim=1).values == flat.min(dim=1).values).nonzero().flatten().tolist()
     if constant:
-        warnings.warn(
+        warn_caller(
             f"{name} for image(s) {constant} is constant, so every pixel ties: the ranking falls "
             f"back to pixel order (row-major, top-left first) and the metric says nothing about "
             f"the explanation.",
             TiedHeatmapWarning,
-            stacklevel=3,
         )

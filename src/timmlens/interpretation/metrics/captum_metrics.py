@@ -6,13 +6,13 @@ in [0, 1]) is ``1 / std_c`` in channel ``c`` of the normalised input (about 4.4 
 ImageNet std). Noise is drawn from a seeded CPU ``torch.Generator`` (reproducible on
 every device; the global RNG is never touched) and moved to the model's device.
 
-* **max-sensitivity** (:func:`captum.metrics.sensitivity_max`): the largest relative
+* **max-sensitivity** (`captum.metrics.sensitivity_max`): the largest relative
   change ``||E(x') - E(x)|| / ||E(x)||`` of the heatmap over ``n_perturb_samples``
   inputs ``x'`` drawn uniformly from the L-infinity ball of radius ``radius`` x pixel
   range around ``x``. Default radius 0.02 (Captum's default, here scaled to the pixel
   range): about 5 grey levels of 255, a change no viewer would notice and which should
   not change an explanation. Lower is better.
-* **infidelity** (:func:`captum.metrics.infidelity`): the mean squared error between the
+* **infidelity** (`captum.metrics.infidelity`): the mean squared error between the
   heatmap's prediction of an output change, ``sum(E(x) * I)``, and the actual change
   ``f(x) - f(x - I)`` for Gaussian noise ``I`` with standard deviation ``noise`` x pixel
   range. Default 0.02, the same ~5 grey levels: above 8-bit quantisation

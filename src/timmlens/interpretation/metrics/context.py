@@ -24,7 +24,7 @@ Cached = TypeVar("Cached")
 
 @dataclass
 class MetricContext:
-    """One batch to score, built by :class:`ExplanationMetrics` for every metric it runs.
+    """One batch to score, built by `ExplanationMetrics` for every metric it runs.
 
     Attributes:
         owner: the ``ExplanationMetrics`` whose settings apply (steps, substrate, score,
@@ -91,7 +91,7 @@ class MetricContext:
         return score_in_chunks(self.model, make_inputs, job_targets, chunk, self.score), chunk
 
     def substrate(self, spec: SubstrateSpec) -> torch.Tensor:
-        """The replacement images ``(B, C, H, W)`` for ``spec`` (see :func:`make_substrate`)."""
+        """The replacement images ``(B, C, H, W)`` for ``spec`` (see `make_substrate`)."""
         return make_substrate(spec, self.inputs, self.owner.blur_kernel, self.owner.blur_sigma)
 
     def cached(self, key: str, build: Callable[[], Cached]) -> Cached:
@@ -108,7 +108,7 @@ class MetricContext:
         settings: Mapping[str, Any],
         **extra: Any,
     ) -> MetricResult:
-        """A :class:`MetricResult` of per-image ``values`` ``(B,)`` for this batch's targets."""
+        """A `MetricResult` of per-image ``values`` ``(B,)`` for this batch's targets."""
         return MetricResult(
             name,
             values.detach().double().cpu(),

@@ -1,10 +1,10 @@
 """``ExplanationMetrics``: the front over the metric registry.
 
 It checks the options, prepares images, heatmaps and targets once, and hands each
-metric a :class:`~.context.MetricContext`; the metrics themselves live in
-:mod:`.curves` (insertion, deletion), :mod:`.sensitivity` (sensitivity-n) and
-:mod:`.captum_metrics` (max-sensitivity, infidelity), registered by name in
-:mod:`.registry`.
+metric a `MetricContext`; the metrics themselves live in
+`curves` (insertion, deletion), `sensitivity` (sensitivity-n) and
+`captum_metrics` (max-sensitivity, infidelity), registered by name in
+`registry`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from .road import (
 )
 from .substrates import SubstrateSpec, check_substrate, describe
 
-#: The metrics of heatmaps when this module was imported; :func:`registry.metrics` is live.
+#: The metrics of heatmaps when this module was imported; [`registry.metrics`][] is live.
 HEATMAP_METRICS: tuple[str, ...] = tuple(registry.metrics("heatmap"))
 
 
@@ -54,15 +54,15 @@ class ExplanationMetrics:
     """Quantitative checks of heatmaps for one model, batched on the model's device.
 
     ``metrics.insertion(image, heatmap, target_class=0)`` and friends take one image or a
-    batch (anything :func:`timmlens.prepare_images` accepts) with heatmaps ``(H, W)`` or
+    batch (anything [`timmlens.prepare_images`][] accepts) with heatmaps ``(H, W)`` or
     ``(B, H, W)`` (tensor or numpy, any resolution: upsampled bilinearly to the model
-    input), and return a :class:`MetricResult`, which formats and compares like its
+    input), and return a `MetricResult`, which formats and compares like its
     float value (the mean over images) and carries curves, per-image values and settings.
     ``target_class=None`` scores each image's predicted class on the unperturbed image.
 
     Perturbed inputs are composed on the model's device from one rank mask per image
     and scored a chunk at a time in no-grad forwards
-    (:func:`~timmlens.interpretation.scoring.score_in_chunks`); the model is put in eval
+    ([`score_in_chunks`][timmlens.interpretation.scoring.score_in_chunks]); the model is put in eval
     mode for the call and left exactly as found.
 
     Args:
@@ -194,7 +194,7 @@ class ExplanationMetrics:
         """Insertion AUC (higher is better): blurred image, original pixels put back.
 
         Returns:
-            A :class:`MetricResult`; ``.curve`` is ``(x (T,), y (T,) or (B, T))``.
+            A `MetricResult`; ``.curve`` is ``(x (T,), y (T,) or (B, T))``.
         """
         return self.curves(image, heatmap, target_class, metrics=("insertion",))["insertion"]
 
@@ -204,7 +204,7 @@ class ExplanationMetrics:
         """Deletion AUC (lower is better): the image, most salient pixels replaced first.
 
         Returns:
-            A :class:`MetricResult`; ``.curve`` is ``(x (T,), y (T,) or (B, T))``.
+            A `MetricResult`; ``.curve`` is ``(x (T,), y (T,) or (B, T))``.
         """
         return self.curves(image, heatmap, target_class, metrics=("deletion",))["deletion"]
 
@@ -242,7 +242,7 @@ class ExplanationMetrics:
             seed: overrides the constructor's ``seed``.
 
         Returns:
-            A :class:`MetricResult` with ``details["heatmap_sums"]`` and
+            A `MetricResult` with ``details["heatmap_sums"]`` and
             ``details["output_drops"]``, both ``(B, n_samples)``.
         """
         options = {"n": n, "patch_size": patch_size, "n_samples": n_samples, "seed": seed}
@@ -390,7 +390,7 @@ class ExplanationMetrics:
         """Several methods' heatmaps on the same images: ``{method: {metric: result}}``.
 
         The images are prepared and the targets resolved once for all methods.
-        ``metrics`` may hold any registered heatmap metric (:func:`registry.metrics`):
+        ``metrics`` may hold any registered heatmap metric ([`registry.metrics`][]):
         ``"insertion"``, ``"deletion"``, ``"sensitivity"``, ``"infidelity"``, ...
         """
         names = self._check_names(metrics, tuple(registry.metrics("heatmap")))
@@ -436,12 +436,12 @@ class ExplanationMetrics:
         norm_ord: str | float = "fro",
         seed: int | None = None,
     ) -> MetricResult:
-        """Max-sensitivity of an explainer, by :func:`captum.metrics.sensitivity_max` (lower is
+        """Max-sensitivity of an explainer, by `captum.metrics.sensitivity_max` (lower is
         better).
 
         The largest relative heatmap change over ``n_perturb_samples`` (default 10) inputs
         drawn uniformly within ``radius`` (default 0.02 of the pixel range, ~5 grey
-        levels) of the image in L-infinity; see :mod:`.captum_metrics`. Targets are fixed
+        levels) of the image in L-infinity; see `captum_metrics`. Targets are fixed
         to the unperturbed image's (predicted) class. The explainer runs on at most
         ``max_batch`` perturbed images per call (default: one per image).
 
@@ -481,15 +481,15 @@ class ExplanationMetrics:
         normalize: bool = True,
         seed: int | None = None,
     ) -> MetricResult:
-        """Infidelity via :func:`captum.metrics.infidelity` (lower is better).
+        """Infidelity via `captum.metrics.infidelity` (lower is better).
 
         Gaussian input noise of ``noise`` (default 0.02) x the pixel range,
         ``n_perturb_samples`` (default 32) draws per image, heatmaps rescaled optimally
-        when ``normalize`` (default); see :mod:`.captum_metrics` for the reasoning.
+        when ``normalize`` (default); see `captum_metrics` for the reasoning.
 
         Args:
-            explainer_or_heatmap: an explainer (see :meth:`max_sensitivity`), or heatmaps
-                ``(H, W)`` / ``(B, H, W)`` as for :meth:`insertion`.
+            explainer_or_heatmap: an explainer (see [`max_sensitivity`][]), or heatmaps
+                ``(H, W)`` / ``(B, H, W)`` as for [`insertion`][].
         """
         positive_int("n_perturb_samples", n_perturb_samples, allow_none=False)
         if not noise > 0:

@@ -22,7 +22,7 @@ DEFAULT_TOLERANCE = 15.0
 
 @dataclass(frozen=True, eq=False)
 class PointingResult:
-    """Pointing-game outcome of a batch; behaves like its float :attr:`value`.
+    """Pointing-game outcome of a batch; behaves like its float `value`.
 
     Attributes:
         hits: ``(B,)`` float64 on CPU: 1 hit, 0 miss, NaN where the image has no object
@@ -169,7 +169,7 @@ def pointing_game(
             (the cropped-away border cannot win) and the tolerance is in photo pixels.
 
     Returns:
-        :class:`PointingResult`; images whose mask is empty or that have no box are left
+        `PointingResult`; images whose mask is empty or that have no box are left
         out of the rate.
     """
     if (boxes is None) == (masks is None):

@@ -2,8 +2,8 @@
 read.
 
 A metric is anything with ``name``, ``higher_is_better``, ``needs`` and
-``compute(context) -> MetricResult | (B,) tensor`` (:class:`Metric`); the
-:func:`register_metric` decorator fills in the first three and adds it::
+``compute(context) -> MetricResult | (B,) tensor`` (`Metric`); the
+[`register_metric`][] decorator fills in the first three and adds it::
 
     @register_metric("mass", higher_is_better=True, summary="heatmap mass in the centre")
     def mass(context: MetricContext) -> torch.Tensor:
@@ -39,14 +39,14 @@ MetricObject = TypeVar("MetricObject", bound=Callable[..., Any])
 
 @runtime_checkable
 class Metric(Protocol):
-    """What the registry holds: a named computation over one batch's :class:`MetricContext`."""
+    """What the registry holds: a named computation over one batch's `MetricContext`."""
 
     name: str
     higher_is_better: bool
     needs: str
 
     def compute(self, context: MetricContext) -> MetricResult | torch.Tensor:
-        """The result, or per-image values ``(B,)`` (wrapped into a :class:`MetricResult`)."""
+        """The result, or per-image values ``(B,)`` (wrapped into a `MetricResult`)."""
         ...
 
 
@@ -56,8 +56,8 @@ class MetricSpec:
 
     Attributes:
         name: the registry name (``"insertion"``), the key of ``evaluate_all``'s results.
-        metric: the :class:`Metric` that computes it.
-        aliases: other spellings :func:`resolve_metric` accepts.
+        metric: the `Metric` that computes it.
+        aliases: other spellings `resolve_metric` accepts.
         higher_is_better: the direction in which an explanation is better.
         needs: ``"heatmap"`` or ``"explainer"``.
         summary: one line on what it measures.
@@ -73,7 +73,7 @@ class MetricSpec:
     reference: str = ""
 
     def run(self, context: MetricContext) -> MetricResult:
-        """``metric.compute(context)``, per-image values wrapped into a :class:`MetricResult`."""
+        """``metric.compute(context)``, per-image values wrapped into a `MetricResult`."""
         result = self.metric.compute(context)
         if isinstance(result, MetricResult):
             return result
@@ -87,7 +87,7 @@ class MetricSpec:
 
 
 class _FunctionMetric:
-    """A plain function ``compute(context)`` seen as a :class:`Metric`."""
+    """A plain function ``compute(context)`` seen as a `Metric`."""
 
     def __init__(self, function: Callable[[MetricContext], Any]) -> None:
         self.function = function
@@ -133,7 +133,7 @@ def register_metric(
     function) gets ``name``, ``higher_is_better`` and ``needs`` set.
 
     Raises:
-        ValueError: the name or an alias is taken, or ``needs`` is not one of :data:`NEEDS`.
+        ValueError: the name or an alias is taken, or ``needs`` is not one of `NEEDS`.
     """
     if needs not in NEEDS:
         raise ValueError(f"needs={needs!r}; a metric needs one of {NEEDS}.")
@@ -195,7 +195,7 @@ def _listing_key(spec: MetricSpec) -> int:
 
 
 def resolve_metric(name: str, needs: MetricNeeds | None = None) -> MetricSpec:
-    """The :class:`MetricSpec` for ``name`` (case-insensitive, aliases accepted).
+    """The `MetricSpec` for ``name`` (case-insensitive, aliases accepted).
 
     Raises:
         ValueError: not a string, unknown, or not one that needs ``needs``; the message

@@ -12,10 +12,10 @@ import torch
 
 @dataclass(frozen=True, eq=False)
 class MetricResult:
-    """One metric on one image or a batch; behaves like its float :attr:`value`.
+    """One metric on one image or a batch; behaves like its float `value`.
 
     ``f"{result:.4f}"``, ``float(result)``, ``round(result, 3)``, ``result > 0.5``,
-    ``insertion - deletion`` and ``sorted(results)`` all work on :attr:`value`, the mean
+    ``insertion - deletion`` and ``sorted(results)`` all work on `value`, the mean
     over images (NaN entries, e.g. an undefined correlation, are left out of the mean).
     ``repr(result)`` shows the metric, its value and its settings.
 
@@ -32,7 +32,7 @@ class MetricResult:
             (curve metrics only, else ``None``).
         details: extra per-image tensors on CPU (sensitivity-n: ``"heatmap_sums"`` and
             ``"output_drops"``, both ``(B, n_samples)``).
-        single: whether the caller passed one image (then :attr:`curve` is unbatched).
+        single: whether the caller passed one image (then `curve` is unbatched).
     """
 
     name: str
@@ -47,13 +47,13 @@ class MetricResult:
 
     @property
     def value(self) -> float:
-        """Mean of :attr:`per_image` over images, NaN entries left out (NaN if all are)."""
+        """Mean of `per_image` over images, NaN entries left out (NaN if all are)."""
         finite = self.per_image[~torch.isnan(self.per_image)]
         return float(finite.mean()) if finite.numel() else math.nan
 
     @property
     def auc(self) -> torch.Tensor:
-        """Per-image areas under the curve, ``(B,)`` (an alias of :attr:`per_image`)."""
+        """Per-image areas under the curve, ``(B,)`` (an alias of `per_image`)."""
         return self.per_image
 
     @property

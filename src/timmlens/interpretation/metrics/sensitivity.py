@@ -11,10 +11,10 @@ pixels scores 1; higher is better. Subsets are drawn from a seeded ``torch.Gener
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 
+from ..._warnings import warn_caller
 from ..scoring import masked_perturbation
 from ._inputs import check_n_samples, positive_int
 from .context import MetricContext
@@ -162,10 +162,9 @@ class SensitivityN:
 def _warn_undefined(correlation: torch.Tensor) -> None:
     undefined = torch.isnan(correlation).nonzero().flatten().tolist()
     if undefined:
-        warnings.warn(
+        warn_caller(
             f"sensitivity-n is undefined (NaN) for image(s) {undefined}: the heatmap sums or "
             f"the output drops do not vary across subsets. Such images are left out of the "
             f"mean.",
             RuntimeWarning,
-            stacklevel=5,
         )
