@@ -46,7 +46,7 @@ from torch import nn
 from ...adapters import LayerSpec, ResolvedLayer, SpatialView, get_adapter, spatial_tap
 from ...data import ImagesInput
 from ...errors import LayerResolutionError
-from .._targets import TargetInput, TargetScore
+from .._targets import ResolvedTargets, TargetInput, TargetScore, target_rows
 from ..base import CAPTUM_SILENT_LAYER, Explainer, Explanation, normalize_maps
 from ..scoring import JobInputs, ScoreKind, chunk_size_for, score_in_chunks
 
@@ -82,7 +82,9 @@ class CamContext:
         gradients: ``(B, C, h, w)`` ``d score / d A`` of each image's target score, or
             ``None`` for methods with ``needs_gradients = False``.
         inputs: ``(B, C_in, H, W)`` the preprocessed inputs.
-        targets: ``(B,)`` long, the explained classes.
+        targets: ``(B,)`` long, the explained classes, or the callable target
+            (:class:`~timmlens.interpretation._targets.CallableTargets`, sliced and
+            repeated as the class tensor; :meth:`score_masked` applies it to each logit row).
         layer_name: the layer's dotted name.
         model: the classifier (in eval mode, parameters frozen, for the call).
     """
@@ -198,7 +200,7 @@ class CAMExplainer(Explainer):
 
     # -------------------------------------------------------------- engine
     def attribute(
-        self, inputs: torch.Tensor, targets: list[int] | None, **kwargs: Any
+        self, inputs: torch.Tensor, targets: ResolvedTargets, **kwargs: Any
     ) -> Explanation:
         """The explanation of ``inputs`` ``(B, C, H, W)`` (see the module docstring)."""
         if kwargs:
@@ -244,7 +246,7 @@ class CAMExplainer(Explainer):
         return self.attribute_layers(images, target_class)[0]
 
     def _layer_maps(
-        self, inputs: torch.Tensor, targets: list[int] | None
+        self, inputs: torch.Tensor, targets: ResolvedTargets
     ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """Taps every layer, runs the method once, removes the taps.
 
@@ -256,7 +258,7 @@ class CAMExplainer(Explainer):
         if inputs.is_inference():
             inputs = inputs.clone()
         score = TargetScore(self.model)
-        chosen = None if targets is None else torch.tensor(targets, device=inputs.device)
+        chosen = target_rows(targets, inputs.device)
         with ExitStack() as taps, torch.no_grad():  # Captum re-enables grad for its pass
             views = [
                 taps.enter_context(

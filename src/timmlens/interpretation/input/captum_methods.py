@@ -628,6 +628,12 @@ def _lrp_class() -> type:
             super()._get_layers(model)
             self.layers = [m for m in self.layers if not isinstance(m, _PASS_THROUGH)]
 
+        def _forward_fn_wrapper(self, *inputs: Any) -> torch.Tensor:
+            # Captum's ``input + 0`` (a workaround for pytorch#35802) on tensors only, so
+            # a callable target travels through additional_forward_args as it is.
+            adjusted = (x + 0 if isinstance(x, torch.Tensor) else x for x in inputs)
+            return self.model(*adjusted)
+
     return PassThroughLRP
 
 
