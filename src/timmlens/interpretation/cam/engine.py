@@ -140,7 +140,9 @@ class CAMExplainer(Explainer):
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
         target_layer: dotted name (``"backbone.layer4"``; ``"layer4"`` works too), module,
-            or a list of them; ``None`` takes the adapter's default layer for the family.
+            or a list of them; ``None`` takes the adapter's default layer for the family
+            (for methods without gradients, ``needs_gradients = False``, its
+            post-activation ``activation_layer``: EfficientNet's ``bn2``, not ``conv_head``).
             Resolved here, so a bad name fails at construction.
         relu: keep only the positive evidence, ``ReLU(map)``.
         normalize: min-max normalise each heatmap to ``[0, 1]``; ``False`` gives raw maps
@@ -169,7 +171,11 @@ class CAMExplainer(Explainer):
                 f"{', '.join(_INTERPOLATION_MODES)}."
             )
         self.adapter = get_adapter(model)
-        self.layers: list[ResolvedLayer] = self.adapter.resolve_layers(target_layer)
+        with self.adapter.layer_errors_of(self.name):
+            if target_layer is None and not self.needs_gradients:
+                # activations used as evidence must be post-activation (adapter.activation_layer)
+                target_layer = self.adapter.activation_layer
+            self.layers: list[ResolvedLayer] = self.adapter.resolve_layers(target_layer)
         self.relu = relu
         self.normalize = normalize
         self.interpolate: InterpolationMode = interpolate
@@ -205,7 +211,8 @@ class CAMExplainer(Explainer):
         """The explanation of ``inputs`` ``(B, C, H, W)`` (see the module docstring)."""
         if kwargs:
             raise TypeError(f"unexpected arguments for {type(self).__name__}: {sorted(kwargs)}")
-        layer_maps, (chosen, logits) = self._layer_maps(inputs, targets)
+        with self.adapter.layer_errors_of(self.name):
+            layer_maps, (chosen, logits) = self._layer_maps(inputs, targets)
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
         maps = [upsample_maps(m, size, self.interpolate) for m in layer_maps]
         if len(maps) == 1:

@@ -363,7 +363,8 @@ class GuidedGradCam(_CaptumMethod):
     ) -> None:
         super().__init__(model, signed=signed)
         self.adapter = get_adapter(model)
-        layers = self.adapter.resolve_layers(target_layer)
+        with self.adapter.layer_errors_of(self.name):
+            layers = self.adapter.resolve_layers(target_layer)
         if len(layers) != 1:
             raise LayerResolutionError(
                 f"guidedgradcam takes one layer, got {len(layers)} "
@@ -383,6 +384,7 @@ class GuidedGradCam(_CaptumMethod):
 
         layer = self.layer
         with (
+            self.adapter.layer_errors_of(self.name),
             spatial_tap(self.model, layer.module, layer.name, self.adapter.layout_for) as view,
             _hooks_left_clean(self.model),
         ):
