@@ -15,13 +15,12 @@ import pytest
 import torch
 from torch import nn
 
+from test_method_contract import FAST_OPTIONS
 from timmlens import TargetError
 from timmlens.interpretation import compare_methods, create_explainer, quick_explain
 from timmlens.interpretation.metrics import ExplanationMetrics
 from timmlens.interpretation.registry import as_explainer, methods, supports
 from timmlens.testing import explainable_model
-
-from test_method_contract import FAST_OPTIONS
 
 matplotlib.use("Agg")
 
@@ -53,7 +52,10 @@ def select(logits: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, nn.Module]:
-    return {key: explainable_model(name, num_classes=CLASSES, **kw) for key, (name, kw) in MODELS.items()}
+    return {
+        key: explainable_model(name, num_classes=CLASSES, **kw)
+        for key, (name, kw) in MODELS.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -175,11 +177,19 @@ def test_quick_explain_and_compare_methods_name_the_callable(models, inputs):
     title = result.figure.axes[1].get_title()
     assert title.startswith("custom target (select); predicted class ")
     comparison = compare_methods(
-        model, image, ["gradcam", "saliency"], target_class=select, with_metrics=True,
+        model,
+        image,
+        ["gradcam", "saliency"],
+        target_class=select,
+        with_metrics=True,
         metric_steps=4,
     )
     reference = compare_methods(
-        model, image, ["gradcam", "saliency"], target_class=TARGET, with_metrics=True,
+        model,
+        image,
+        ["gradcam", "saliency"],
+        target_class=TARGET,
+        with_metrics=True,
         metric_steps=4,
     )
     for name in ("gradcam", "saliency"):

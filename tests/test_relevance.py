@@ -86,7 +86,8 @@ def reference_chefer(model: nn.Module, x: torch.Tensor, targets: list[int]) -> t
 def reference_legrad(
     model: nn.Module, x: torch.Tensor, targets: list[int], start: int = 0
 ) -> torch.Tensor:
-    """One backward per block: s_l = head(norm(Z_l))[y], sum_{l >= start} mean_{h,q} (ds_l/dA_l)^+."""
+    """One backward per block: s_l = head(norm(Z_l))[y];
+    sum_{l >= start} mean_{h,q} (ds_l/dA_l)^+."""
     attns, tokens, _ = hooked_forward(model, x)
     total = 0.0
     for attn, z in list(zip(attns, tokens, strict=True))[start:]:
@@ -189,7 +190,9 @@ def test_legrad_start_block_sums_the_later_blocks(start: int) -> None:
     result = create_explainer("legrad", model, start_block=start).explain_full(x, targets)
     expected = reference_legrad(model, x, targets, start)
     scale = expected.abs().max()
-    torch.testing.assert_close(result.attributions.double() / scale, expected / scale, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        result.attributions.double() / scale, expected / scale, atol=1e-5, rtol=1e-4
+    )
     every_block = create_explainer("legrad", model).explain_full(x, targets).attributions
     assert not torch.allclose(result.attributions, every_block, atol=1e-3)
 
@@ -200,13 +203,17 @@ def test_legrad_start_block_sums_the_later_blocks(start: int) -> None:
     ) as extractor:
         theirs = extractor(targets, twin(x.clone().requires_grad_(True)), normalized=False)[0]
     ours = result.attributions[:, 1:].reshape(2, 4, 4) / len(layers)
-    torch.testing.assert_close(ours / ours.abs().max(), theirs / ours.abs().max(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        ours / ours.abs().max(), theirs / ours.abs().max(), atol=1e-5, rtol=1e-4
+    )
 
 
 def test_legrad_start_block_is_checked() -> None:
     model = _model("vit")
     blocks = len(model.blocks)
-    with pytest.raises(ValueError, match=rf"start_block={blocks} is outside the model's {blocks} blocks"):
+    with pytest.raises(
+        ValueError, match=rf"start_block={blocks} is outside the model's {blocks} blocks"
+    ):
         create_explainer("legrad", model, start_block=blocks)
     assert create_explainer("legrad", model, start_block=-blocks).start_block == 0
 

@@ -246,9 +246,7 @@ def _class_fields(
     }
 
 
-def _heading(
-    model: nn.Module, prediction: _Prediction, target: Target
-) -> tuple[str, float | None]:
+def _heading(model: nn.Module, prediction: _Prediction, target: Target) -> tuple[str, float | None]:
     """The explained class's label (with the prediction when it differs) and probability.
 
     A callable target has no class and no probability: its label names the callable,

@@ -45,6 +45,7 @@ NO_LAYER_ALTERNATIVE = (
     "explain it with an input method that needs no layer: 'ig', 'saliency' or 'occlusion'"
 )
 
+
 @dataclass(frozen=True)
 class ResolvedLayer:
     """A layer of the user's model: its full dotted name and the module."""

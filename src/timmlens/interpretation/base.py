@@ -229,9 +229,7 @@ class Explainer(ABC):
         """A callable target's result: its label, and the predicted classes as targets."""
         assert isinstance(result.targets, CallableTargets)
         logits = result.logits if result.logits is not None else predict(self.model, inputs)
-        return replace(
-            result, targets=logits.argmax(dim=1), target_label=result.targets.label
-        )
+        return replace(result, targets=logits.argmax(dim=1), target_label=result.targets.label)
 
     def resolve_targets(self, target_class: TargetInput, inputs: torch.Tensor) -> ResolvedTargets:
         """One class index per image of ``inputs``, a callable target, or ``None`` for the

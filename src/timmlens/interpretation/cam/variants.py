@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ...adapters import LayerSpec
-from ..registry import register_method
 from .._targets import CallableTargets
+from ..registry import register_method
 from .engine import CamContext, CAMExplainer, InterpolationMode
 
 #: RandomCAM's key for a callable target, beyond any class index (2**32)

@@ -452,7 +452,9 @@ class ExplanationMetrics:
             classes = None
         targets = None
         if target_class is not None and classes is not None:
-            targets = validate_targets(target_class, size, classes, self.model, "ExplanationMetrics")
+            targets = validate_targets(
+                target_class, size, classes, self.model, "ExplanationMetrics"
+            )
             if not need_scores:
                 return target_rows(targets, inputs.device), None  # type: ignore[return-value]
         logits = predict(self.model, inputs, self.chunk_size(inputs, size))
@@ -460,9 +462,7 @@ class ExplanationMetrics:
             targets = validate_targets(
                 target_class, size, logits.shape[1], self.model, "ExplanationMetrics"
             )
-        resolved = (
-            logits.argmax(dim=1) if targets is None else target_rows(targets, logits.device)
-        )
+        resolved = logits.argmax(dim=1) if targets is None else target_rows(targets, logits.device)
         return resolved, target_scores(logits, resolved, self.score)
 
     def __repr__(self) -> str:
