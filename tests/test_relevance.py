@@ -83,11 +83,14 @@ def reference_chefer(model: nn.Module, x: torch.Tensor, targets: list[int]) -> t
     return torch.stack(rows)
 
 
-def reference_legrad(model: nn.Module, x: torch.Tensor, targets: list[int]) -> torch.Tensor:
-    """One backward per block: s_l = head(norm(Z_l))[y], sum_l mean_{h,q} (ds_l/dA_l)^+."""
+def reference_legrad(
+    model: nn.Module, x: torch.Tensor, targets: list[int], start: int = 0
+) -> torch.Tensor:
+    """One backward per block: s_l = head(norm(Z_l))[y];
+    sum_{l >= start} mean_{h,q} (ds_l/dA_l)^+."""
     attns, tokens, _ = hooked_forward(model, x)
     total = 0.0
-    for attn, z in zip(attns, tokens, strict=True):
+    for attn, z in list(zip(attns, tokens, strict=True))[start:]:
         scores = model.forward_head(model.norm(z))[torch.arange(len(targets)), targets]
         (grad,) = torch.autograd.grad(scores.sum(), attn, retain_graph=True)
         total = total + grad.double().clamp(min=0).mean(dim=(1, 2))
@@ -174,6 +177,45 @@ def test_legrad_matches_torchcam_with_the_same_score_projection() -> None:
         ours_patches / scale, results["class token"] / scale, atol=1e-5, rtol=1e-4
     )
     assert not torch.allclose(ours_patches / scale, results["default"] / scale, atol=1e-2)
+
+
+@pytest.mark.parametrize("start", [-1, -2, 1])
+def test_legrad_start_block_sums_the_later_blocks(start: int) -> None:
+    """``start_block`` keeps the blocks from it on: the hand-written sum over them, and
+    torchcam's LeGrad given those blocks (it averages them: ours / their count)."""
+    from torchcam.methods import LeGrad as TorchcamLeGrad
+
+    model = explainable_model("vit_tiny_patch16_224", seed=2, num_classes=10, img_size=64, depth=3)
+    x, targets = _images("vit", seed=4), [2, 8]
+    result = create_explainer("legrad", model, start_block=start).explain_full(x, targets)
+    expected = reference_legrad(model, x, targets, start)
+    scale = expected.abs().max()
+    torch.testing.assert_close(
+        result.attributions.double() / scale, expected / scale, atol=1e-5, rtol=1e-4
+    )
+    every_block = create_explainer("legrad", model).explain_full(x, targets).attributions
+    assert not torch.allclose(result.attributions, every_block, atol=1e-3)
+
+    twin = _torchvision_twin(model.eval())
+    layers = list(twin.encoder.layers)[start:]
+    with TorchcamLeGrad(
+        twin, layers, score_projection=lambda t: twin.heads(twin.encoder.ln(t[:, 0]))
+    ) as extractor:
+        theirs = extractor(targets, twin(x.clone().requires_grad_(True)), normalized=False)[0]
+    ours = result.attributions[:, 1:].reshape(2, 4, 4) / len(layers)
+    torch.testing.assert_close(
+        ours / ours.abs().max(), theirs / ours.abs().max(), atol=1e-5, rtol=1e-4
+    )
+
+
+def test_legrad_start_block_is_checked() -> None:
+    model = _model("vit")
+    blocks = len(model.blocks)
+    with pytest.raises(
+        ValueError, match=rf"start_block={blocks} is outside the model's {blocks} blocks"
+    ):
+        create_explainer("legrad", model, start_block=blocks)
+    assert create_explainer("legrad", model, start_block=-blocks).start_block == 0
 
 
 # ------------------------------------------------------- targets, batches

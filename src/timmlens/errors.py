@@ -40,6 +40,12 @@ class UnsupportedModelError(TimmLensError, ValueError):
     """A method does not apply to this model family (e.g. attention rollout on a CNN)."""
 
 
+class TargetError(TimmLensError, ValueError):
+    """A ``target_class`` that cannot be explained: a class out of range, a list of the
+    wrong length, or a callable target returning something other than one finite score
+    per image (connected to the logits where the method takes gradients)."""
+
+
 class LabelNameError(TimmLensError, ValueError):
     """A folder or dataset label that names no class of the model, or several."""
 

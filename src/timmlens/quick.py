@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from .data import ImageGeometry, ImagesInput, picture_of, prepare_images
-from .interpretation._targets import validate_targets
+from .interpretation._targets import CallableTargets, TargetFn, validate_targets
 from .interpretation.base import num_outputs, predict
 from .interpretation.registry import (
     create_explainer,
@@ -63,18 +63,20 @@ class ClassPrediction:
         predicted_class: the model's top class.
         class_name: its name (ImageNet name for 1000-class models, else ``"class N"``).
         probability: its softmax probability.
-        target_class: the class explained (the predicted one unless ``target_class`` given).
-        target_name: the explained class's name.
-        target_probability: the explained class's probability.
+        target_class: the class explained (the predicted one unless ``target_class`` given);
+            ``None`` for a callable target, which has no class.
+        target_name: the explained class's name; ``"custom target (<callable's name>)"``
+            for a callable target.
+        target_probability: the explained class's probability (NaN for a callable target).
         probabilities: ``(K,)`` every class's softmax probability (CPU).
         model_name: the model's spec or architecture.
-        weights: whether the model's weights are trained (:class:`WeightsStatus`).
+        weights: whether the model's weights are trained (`WeightsStatus`).
     """
 
     predicted_class: int
     class_name: str
     probability: float
-    target_class: int
+    target_class: int | None
     target_name: str
     target_probability: float
     probabilities: torch.Tensor | None = field(default=None, repr=False, kw_only=True)
@@ -83,7 +85,10 @@ class ClassPrediction:
 
     @property
     def heading(self) -> str:
-        """``"tabby (87.3%)"``, or ``"target tabby (0.0%), predicted espresso (90.4%)"``."""
+        """``"tabby (87.3%)"``, or ``"target tabby (0.0%), predicted espresso (90.4%)"``
+        (``"custom target (group), predicted espresso (90.4%)"`` for a callable target)."""
+        if self.target_class is None:
+            return f"{self.target_name}, predicted {explanation_title(self.class_name, self.probability)}"
         return class_heading(
             self.target_name, self.target_probability, self.class_name, self.probability
         )
@@ -291,11 +296,18 @@ def _predict(model: nn.Module, image: ImagesInput) -> _Prediction:
     )
 
 
+#: what the functions below explain: a class, or a callable target
+Target = int | CallableTargets
+
+
 def _resolve_target(
-    prediction: _Prediction, target_class: int | str | None, model: nn.Module
-) -> int:
-    """The class to explain: the prediction, or ``target_class`` (an index or a class name)."""
+    prediction: _Prediction, target_class: int | str | TargetFn | None, model: nn.Module
+) -> Target:
+    """The class to explain: the prediction, ``target_class`` (an index or a class name),
+    or a callable target (each explainer and metric checks what it returns)."""
     targets = validate_targets(target_class, 1, num_outputs(model), model)
+    if isinstance(targets, CallableTargets):
+        return targets
     return prediction.predicted if targets is None else targets[0]
 
 
@@ -303,7 +315,7 @@ def _explain(
     model: nn.Module,
     method: str,
     inputs: torch.Tensor,
-    target: int,
+    target: Target,
     options: Mapping[str, Any] | None,
 ) -> tuple[torch.Tensor, str | None]:
     """``(heatmap (H, W) on CPU, layer)`` of one registered method for one target."""
@@ -315,7 +327,7 @@ def _explain(
 
 
 def _curve_metrics(
-    model: nn.Module, inputs: torch.Tensor, heatmap: torch.Tensor, target: int, steps: int
+    model: nn.Module, inputs: torch.Tensor, heatmap: torch.Tensor, target: Target, steps: int
 ) -> dict[str, Any]:
     """``{"insertion": MetricResult, "deletion": MetricResult}`` in one stream of chunks."""
     from .interpretation.metrics import ExplanationMetrics
@@ -325,33 +337,40 @@ def _curve_metrics(
 
 
 def _class_fields(
-    model: nn.Module, prediction: _Prediction, target: int, probability: float
+    model: nn.Module, prediction: _Prediction, target: Target, probability: float | None
 ) -> dict[str, Any]:
     """The predicted and explained classes, as every result dataclass names them."""
+    custom = isinstance(target, CallableTargets)
     return {
         "predicted_class": prediction.predicted,
         "class_name": class_name_of(model, prediction.predicted),
         "probability": float(prediction.probabilities[prediction.predicted]),
-        "target_class": target,
-        "target_name": class_name_of(model, target),
-        "target_probability": probability,
+        "target_class": None if custom else target,
+        "target_name": target.label if custom else class_name_of(model, target),
+        "target_probability": float("nan") if probability is None else probability,
         "probabilities": prediction.probabilities,
         "model_name": model_name_of(model),
         "weights": weights_status(model),
     }
 
 
-def _heading(model: nn.Module, prediction: _Prediction, target: int) -> tuple[str, float]:
+def _heading(model: nn.Module, prediction: _Prediction, target: Target) -> tuple[str, float | None]:
     """The explained class and, when it is another class, the prediction, each with its
     own probability (``"target tabby (0.0%), predicted espresso (90.4%)"``); and the
-    explained class's probability."""
-    probability = float(prediction.probabilities[target])
+    explained class's probability.
+
+    A callable target has no class and no probability: its label names the callable,
+    followed by the predicted class.
+    """
     predicted = prediction.predicted
+    predicted_name = class_name_of(model, predicted)
+    predicted_probability = float(prediction.probabilities[predicted])
+    if isinstance(target, CallableTargets):
+        top = explanation_title(predicted_name, predicted_probability)
+        return f"{target.label}, predicted {top}", None
+    probability = float(prediction.probabilities[target])
     label = class_heading(
-        class_name_of(model, target),
-        probability,
-        class_name_of(model, predicted),
-        float(prediction.probabilities[predicted]),
+        class_name_of(model, target), probability, predicted_name, predicted_probability
     )
     return label, probability
 
@@ -362,7 +381,7 @@ def quick_explain(
     image: ImagesInput,
     save_path: PathLike | None = None,
     method: str | None = None,
-    target_class: int | str | None = None,
+    target_class: int | str | TargetFn | None = None,
     *,
     method_options: Mapping[str, Any] | None = None,
     note: str | None = None,
@@ -382,8 +401,9 @@ def quick_explain(
             ``"smoothgrad"``, ``"rollout"``); ``None`` picks the family's best:
             class-specific attention rollout for ViT-like models with global attention,
             GradCAM at the family's default layer for every other model.
-        target_class: the class to explain (an index or a class name such as ``"tabby"``);
-            ``None`` explains the predicted class.
+        target_class: the class to explain (an index or a class name such as ``"tabby"``),
+            or a callable ``logits (1, K) -> scores (1,)`` (a class group's sum; the title
+            then says "custom target (<name>)"); ``None`` explains the predicted class.
         method_options: constructor options of the explainer (``{"target_layer": ...}``).
         note: added to the title; a model with random weights or a new untrained head is
             labelled so in any case (`timmlens.models.weights_status`).
@@ -440,7 +460,7 @@ def compare_methods(
     methods: Sequence[str] | None = None,
     save_path: PathLike | None = None,
     with_metrics: bool = False,
-    target_class: int | str | None = None,
+    target_class: int | str | TargetFn | None = None,
     *,
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     metric_steps: int = COMPARISON_METRIC_STEPS,
@@ -543,7 +563,7 @@ def compare_architectures(
     method: str | None = "gradcam",
     save_path: PathLike | None = None,
     with_metrics: bool = False,
-    target_class: int | str | None = None,
+    target_class: int | str | TargetFn | None = None,
     *,
     notes: Mapping[str, str | None] | Sequence[str | None] | None = None,
     method_options: Mapping[str, Any] | None = None,

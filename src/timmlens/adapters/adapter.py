@@ -9,7 +9,8 @@ below each carry a one-line reason.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -38,6 +39,12 @@ _NO_ROLLOUT_FAMILIES = {
     "cait": "class attention only in its last blocks (the patch blocks have no class token)",
     "xcit": "cross-covariance attention between channels, not between tokens",
 }
+
+
+#: what a model without a spatial layer can be explained with instead of a CAM
+NO_LAYER_ALTERNATIVE = (
+    "explain it with an input method that needs no layer: 'ig', 'saliency' or 'occlusion'"
+)
 
 
 @dataclass(frozen=True)
@@ -211,7 +218,12 @@ class ModelAdapter:
                     f"no feature_info: the last of the model's {container}",
                 )
         # Not timm (torchvision, a plain CNN), or timm without the facts: one forward shows.
-        call = forward_trace(self.model).last_spatial_layer()
+        try:
+            call = forward_trace(self.model).last_spatial_layer()
+        except LayerResolutionError as exc:
+            raise LayerResolutionError(
+                f"{self.architecture}: {exc} Or {NO_LAYER_ALTERNATIVE}."
+            ) from exc
         assert call.shape is not None
         return (
             call.name,
@@ -219,6 +231,40 @@ class ModelAdapter:
             f"({call.shape[2]}x{call.shape[3]} for a {forward_trace(self.model).input_shape[-1]}"
             f" px input) before global pooling",
         )
+
+    @cached_property
+    def activation_layer(self) -> str:
+        """The layer gradient-free CAMs read by default (ScoreCAM, AblationCAM, EigenCAM,
+        RandomCAM): :attr:`default_layer`, or the norm-activation module right after it
+        where the default layer is a bare convolution (its output then is pre-norm).
+
+        Gradient CAMs weight channels by signed gradients, so a pre-norm, signed output
+        works for them. Methods that use the activations themselves as evidence (masks,
+        ablations, principal components, positive weights) need the activations the
+        network passes on: EfficientNet's ``conv_head`` output is 70% negative on chelsea
+        (real Lite0), and ScoreCAM's positive, softmaxed weights turn it into an all-negative
+        map that the ReLU zeroes; its ``bn2`` (``BatchNormAct2d``) output is what the
+        pooling reads. The rule: a ``Conv2d`` default layer whose next sibling (timm
+        registers modules in call order) is a batch norm with a non-identity ``act``.
+        """
+        name = self.default_layer
+        return self._norm_act_after(name) or name
+
+    def _norm_act_after(self, name: str) -> str | None:
+        """The fused norm + activation that follows conv ``name``, if any (see above)."""
+        if not isinstance(self.model.get_submodule(name), nn.Conv2d):
+            return None
+        parent_name, _, child = name.rpartition(".")
+        siblings = list(self.model.get_submodule(parent_name).named_children())
+        index = [key for key, _ in siblings].index(child)
+        if index + 1 >= len(siblings):
+            return None
+        key, follower = siblings[index + 1]
+        act = getattr(follower, "act", None)
+        is_norm = isinstance(follower, nn.modules.batchnorm._NormBase)
+        if is_norm and isinstance(act, nn.Module) and not isinstance(act, nn.Identity):
+            return f"{parent_name}.{key}" if parent_name else key
+        return None
 
     def _last_called(self, name: str) -> str:
         """``name``, or its last element while it is a ``ModuleList`` (never called itself)."""
@@ -309,10 +355,27 @@ class ModelAdapter:
         if leaf in _POST_POOL_NAMES:
             raise LayerResolutionError(
                 f"Layer '{layer.name}' comes after global pooling (or is the classifier), so "
-                f"its output has no spatial extent to show. Use a layer before pooling, e.g. "
-                f"{', '.join(self.recommended_layers[:3])}."
+                f"its output has no spatial extent to show. {self._layer_advice()}"
             )
         return layer
+
+    @contextmanager
+    def layer_errors_of(self, method: str) -> Iterator[None]:
+        """Layer errors raised inside say which method (and family) they are about."""
+        try:
+            yield
+        except LayerResolutionError as exc:
+            prefix = f"{method} (family '{self.family}'): "
+            if str(exc).startswith(prefix):
+                raise
+            raise LayerResolutionError(prefix + str(exc)) from exc
+
+    def _layer_advice(self) -> str:
+        """What to use instead of a layer without a spatial map."""
+        layers = self.recommended_layers[:3]
+        if layers:
+            return f"Use a layer before pooling, e.g. {', '.join(layers)}."
+        return f"This model names no layer with a spatial map: {NO_LAYER_ALTERNATIVE}."
 
     # ------------------------------------------------------------ layouts
     def layout_for(
@@ -331,8 +394,7 @@ class ModelAdapter:
             )
         raise LayerResolutionError(
             f"Layer '{name}' outputs shape {tuple(output.shape)}, which has no spatial grid "
-            f"(it comes after pooling?). Use a layer before pooling, e.g. "
-            f"{', '.join(self.recommended_layers[:3])}."
+            f"(it comes after pooling?). {self._layer_advice()}"
         )
 
     def grid_hints(

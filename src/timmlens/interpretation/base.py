@@ -21,7 +21,7 @@ from .._model_state import explaining, require_gradients
 from ..data import ImagesInput, PreparedBatch, data_config, prepare_images
 from ..errors import ImageInputError, UnsupportedModelError
 from ..models.wrappers import unwrap_model
-from ._targets import TargetInput, validate_targets
+from ._targets import CallableTargets, ResolvedTargets, TargetInput, validate_targets
 
 #: Captum's assertion when a hooked layer never ran.
 CAPTUM_SILENT_LAYER = "did not obtain any outputs"
@@ -131,7 +131,8 @@ class Explanation:
     Attributes:
         heatmap: ``(B, H, W)`` the maps [`Explainer.explain`][] returns.
         targets: ``(B,)`` long, the explained classes (``None`` only where no class was
-            involved: the plain attention rollout of a headless model).
+            involved: the plain attention rollout of a headless model). For a callable
+            target, which has no class, the predicted classes (see :attr:`target_label`).
         logits: ``(B, K)`` the model's logits for the inputs, detached, where the method
             ran a clean forward pass anyway (``None`` otherwise).
         attributions: the method's raw output before it became a heatmap: Captum's
@@ -141,6 +142,8 @@ class Explanation:
         context: what made it, filled in by the explainer: ``method``, ``layer``,
             ``model`` (name, class count, weights status) and, for images given as
             pictures, ``geometries``; :meth:`save` records it.
+        target_label: ``"custom target (<callable's name>)"`` when the target was a
+            callable (then `targets` are the predicted classes); ``None`` for classes.
     """
 
     heatmap: torch.Tensor
@@ -149,6 +152,7 @@ class Explanation:
     attributions: torch.Tensor | None = None
     extras: Mapping[str, Any] = field(default_factory=dict)
     context: Mapping[str, Any] = field(default_factory=dict)
+    target_label: str | None = None
 
     def save(self, path: str | os.PathLike[str]) -> Any:
         """Write the heatmaps ``(B, H, W)``, targets, probabilities and :attr:`context` to
@@ -222,8 +226,10 @@ class Explainer(ABC):
 
         Args:
             images: PIL image, path, numpy array, CHW/BCHW tensor, or a list of them.
-            target_class: class to explain: one int for all images, one per image, or
-                ``None`` for each image's predicted class.
+            target_class: class to explain: one int for all images, one per image,
+                ``None`` for each image's predicted class, or a callable
+                ``logits (B, K) -> scores (B,)`` (a class group's sum, a probability; see
+                :mod:`timmlens.interpretation._targets` for what it receives).
         """
         batch = self.prepare(images)
         maps = self.explain_batch(batch.tensor, target_class, **kwargs)
@@ -259,6 +265,8 @@ class Explainer(ABC):
         with explanation_call(self.model, inputs, self.describe(targets), needs_gradients):
             result = self.attribute(inputs, targets, **kwargs)
         result = replace(result, context={**self.context(), **result.context})
+        if isinstance(result.targets, CallableTargets):
+            result = self._callable_result(result, inputs)
         self._latest = result
         return result
 
@@ -273,27 +281,39 @@ class Explainer(ABC):
             "model": model_metadata(self.model),
         }
 
-    def resolve_targets(self, target_class: TargetInput, inputs: torch.Tensor) -> list[int] | None:
-        """One class index per image of ``inputs``, or ``None`` for the predicted classes."""
-        return validate_targets(target_class, inputs.shape[0], num_outputs(self.model), self.model)
+    def _callable_result(self, result: Explanation, inputs: torch.Tensor) -> Explanation:
+        """A callable target's result: its label, and the predicted classes as targets."""
+        assert isinstance(result.targets, CallableTargets)
+        logits = result.logits if result.logits is not None else predict(self.model, inputs)
+        return replace(result, targets=logits.argmax(dim=1), target_label=result.targets.label)
 
-    def gradients_needed(self, targets: list[int] | None) -> bool:
+    def resolve_targets(self, target_class: TargetInput, inputs: torch.Tensor) -> ResolvedTargets:
+        """One class index per image of ``inputs``, a callable target, or ``None`` for the
+        predicted classes."""
+        return validate_targets(
+            target_class, inputs.shape[0], num_outputs(self.model), self.model, self.name
+        )
+
+    def gradients_needed(self, targets: ResolvedTargets) -> bool:
         """Whether explaining ``targets`` takes gradients (see `needs_gradients`)."""
         del targets
         return self.needs_gradients
 
-    def describe(self, targets: list[int] | None) -> str:
+    def describe(self, targets: ResolvedTargets) -> str:
         """What this call is, for messages."""
         del targets
         return type(self).__name__
 
     @abstractmethod
     def attribute(
-        self, inputs: torch.Tensor, targets: list[int] | None, **kwargs: Any
+        self, inputs: torch.Tensor, targets: ResolvedTargets, **kwargs: Any
     ) -> Explanation:
         """The explanation of inputs ``(B, C, H, W)`` for validated ``targets``.
 
-        ``targets`` is ``None`` for the predicted classes. Runs inside the guard.
+        ``targets`` is ``None`` for the predicted classes. A callable target reaches the
+        engine as :class:`~timmlens.interpretation._targets.CallableTargets`; the result
+        carries it as ``targets`` and :meth:`explain_batch_full` swaps in the predicted
+        classes and the label. Runs inside the guard.
         """
 
     # Deprecated read-only views of the latest result, kept for interactive use and old

@@ -60,7 +60,9 @@ MaskFn = Callable[[int, int, int], torch.Tensor]
 def target_scores(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
     """Score of each row's target class: logits ``(N, K)``, targets ``(N,)`` -> ``(N,)`` float32.
 
-    ``kind="probability"``: softmax probability; ``kind="logit"``: the raw logit.
+    ``kind="probability"``: softmax probability; ``kind="logit"``: the raw logit. A
+    callable target (:class:`~timmlens.interpretation._targets.CallableTargets`) is
+    applied to the same ``(N, K)`` values a class index would select from.
     """
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -71,6 +73,8 @@ def target_scores(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> tor
     logits = logits.float()
     if kind == "probability":
         logits = logits.softmax(dim=1)
+    if callable(targets):  # CallableTargets (a tensor is not callable)
+        return targets(logits)
     return logits.gather(1, targets.view(-1, 1).to(logits.device)).view(-1)
 
 

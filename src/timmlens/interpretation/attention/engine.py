@@ -26,7 +26,7 @@ from ...adapters import get_adapter
 from ...adapters.attention_capture import capture_attention, token_indices
 from ...adapters.layout import token_layout
 from ...errors import UnsupportedModelError
-from .._targets import TargetInput, validate_targets
+from .._targets import ResolvedTargets, TargetInput, target_rows, validate_targets
 from ..base import Explainer, Explanation, normalize_maps, num_outputs, predict
 from ..scoring import target_scores
 
@@ -100,9 +100,11 @@ class AttentionExplainer(Explainer):
             if self.needs_target:
                 num_outputs(self.model)  # a headless model has no class to explain: say so
             return None
-        return validate_targets(target_class, inputs.shape[0], num_outputs(self.model), self.model)
+        return validate_targets(
+            target_class, inputs.shape[0], num_outputs(self.model), self.model, self.name
+        )
 
-    def gradients_needed(self, targets: list[int] | None) -> bool:
+    def gradients_needed(self, targets: ResolvedTargets) -> bool:
         return targets is not None or self.needs_target
 
     def attribute(
@@ -142,7 +144,7 @@ class AttentionExplainer(Explainer):
                     chosen = (
                         logits.detach().argmax(dim=1)
                         if targets is None
-                        else torch.tensor(targets, device=inputs.device, dtype=torch.long)
+                        else target_rows(targets, inputs.device)
                     )
                     score = target_scores(logits, chosen, "logit").sum()
                     gradients = torch.autograd.grad(score, maps, allow_unused=True)

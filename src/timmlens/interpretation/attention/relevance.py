@@ -25,6 +25,13 @@ through later blocks; the logits are then replaced by ``s_L + sum_{l<L} (s_l -
 stop_grad(s_l))``, which has the logits' value and the gradient ``sum_l ds_l``. Each
 block is back-propagated once: one forward, ``L`` cheap head evaluations, one backward.
 
+**Which blocks are aggregated** (``LeGrad(model, start_block=...)``): the paper's map
+sums over all layers ``l = 1..L`` (``start_block=0``, the default here). The authors'
+released code (``LeWrapper(model, layer_index=-2)``) starts at the second-to-last block by
+default (``start_block=-2`` reproduces it), and torchcam's ``LeGrad`` has no default: its
+caller names the blocks (its example takes the last four, ``start_block=-4``). Blocks
+before ``start_block`` get no head evaluation and add nothing.
+
 Differences from torchcam's ``LeGrad`` (tested side by side in ``tests/test_relevance.py``):
 torchcam averages the blocks instead of summing them (the same map after min-max
 normalisation) and, by default, scores the *mean* of the tokens, as in the authors' CLIP
@@ -113,7 +120,8 @@ class CheferRelevance(AttentionExplainer):
     compared_by_default=False,
     summary="positive gradients of each block's own class score w.r.t. its attention (ViTs)",
     paper="Bousselham et al., 2024 (LeGrad, arXiv:2404.03214)",
-    formula="sum_l mean_{heads, queries} (ds_l/dA_l)^+, s_l = head(norm(Z_l))[y]",
+    formula="sum_{l >= start_block} mean_{heads, queries} (ds_l/dA_l)^+, "
+    "s_l = head(norm(Z_l))[y] (start_block=0: every block, as the paper)",
     cost="1 forward + 1 backward (+ the head on every block's tokens)",
     applies_to=_APPLIES_TO,
 )
@@ -122,17 +130,36 @@ class LeGrad(AttentionExplainer):
 
     Args:
         model: an ``ImageClassifier`` or a bare timm model with a classification head.
+        start_block: the first block whose map is added (negative counts from the end):
+            ``0`` (default) sums every block, as the paper's formula; ``-2`` is the
+            authors' code's default (``layer_index=-2``: the last two blocks); ``-1``
+            only the last block.
 
     Raises:
         UnsupportedModelError: no global self-attention (CNNs, Swin), or attention modules
             that are not one per block of ``blocks`` followed by ``norm`` and the head.
+        ValueError: ``start_block`` outside ``[-L, L)`` for ``L`` blocks.
     """
 
     needs_target = True
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, start_block: int = 0) -> None:
         super().__init__(model)
         self.residual_blocks = self._residual_blocks()
+        count = len(self.residual_blocks)
+        if isinstance(start_block, bool) or not isinstance(start_block, int):
+            raise ValueError(f"legrad: start_block must be an int, got {start_block!r}.")
+        if not -count <= start_block < count:
+            raise ValueError(
+                f"legrad: start_block={start_block} is outside the model's {count} blocks; "
+                f"use 0..{count - 1}, or -1..-{count} from the end (0: every block, as the "
+                f"paper; -2: the authors' code's default)."
+            )
+        #: the first aggregated block, as a non-negative index
+        self.start_block = start_block % count
+
+    def __repr__(self) -> str:
+        return f"LeGrad(start_block={self.start_block} of {len(self.residual_blocks)} blocks)"
 
     def describe(self, targets: list[int] | None) -> str:
         return "LeGrad"
@@ -143,7 +170,7 @@ class LeGrad(AttentionExplainer):
         assert trace.gradients is not None  # needs_target: the engine always differentiates
         first = trace.maps[0]
         total = torch.zeros(first.shape[0], first.shape[-1], device=first.device)
-        for grad in trace.gradients:
+        for grad in trace.gradients[self.start_block :]:
             if grad is not None:
                 total = total + grad.float().clamp_min(0).mean(dim=(1, 2))
         return total
@@ -201,7 +228,7 @@ class LeGrad(AttentionExplainer):
             for index, block in enumerate(self.residual_blocks):
                 if index > 0:
                     stack.callback(block.register_forward_pre_hook(cut, with_kwargs=True).remove)
-                if index < len(self.residual_blocks) - 1:
+                if self.start_block <= index < len(self.residual_blocks) - 1:
                     stack.callback(block.register_forward_hook(record).remove)
             stack.callback(timm_model.register_forward_hook(add_scores).remove)
             yield

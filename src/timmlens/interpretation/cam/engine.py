@@ -47,7 +47,7 @@ from ..._model_state import model_lock
 from ...adapters import LayerSpec, ResolvedLayer, SpatialView, get_adapter, spatial_tap
 from ...data import ImagesInput
 from ...errors import LayerResolutionError
-from .._targets import TargetInput, TargetScore
+from .._targets import ResolvedTargets, TargetInput, TargetScore, target_rows
 from ..base import CAPTUM_SILENT_LAYER, Explainer, Explanation, normalize_maps
 from ..scoring import JobInputs, ScoreKind, chunk_size_for, score_in_chunks
 
@@ -83,7 +83,9 @@ class CamContext:
         gradients: ``(B, C, h, w)`` ``d score / d A`` of each image's target score, or
             ``None`` for methods with ``needs_gradients = False``.
         inputs: ``(B, C_in, H, W)`` the preprocessed inputs.
-        targets: ``(B,)`` long, the explained classes.
+        targets: ``(B,)`` long, the explained classes, or the callable target
+            (:class:`~timmlens.interpretation._targets.CallableTargets`, sliced and
+            repeated as the class tensor; :meth:`score_masked` applies it to each logit row).
         layer_name: the layer's dotted name.
         model: the classifier (in eval mode, parameters frozen, for the call).
     """
@@ -139,7 +141,9 @@ class CAMExplainer(Explainer):
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
         target_layer: dotted name (``"backbone.layer4"``; ``"layer4"`` works too), module,
-            or a list of them; ``None`` takes the adapter's default layer for the family.
+            or a list of them; ``None`` takes the adapter's default layer for the family
+            (for methods without gradients, ``needs_gradients = False``, its
+            post-activation ``activation_layer``: EfficientNet's ``bn2``, not ``conv_head``).
             Resolved here, so a bad name fails at construction.
         relu: keep only the positive evidence, ``ReLU(map)``.
         normalize: min-max normalise each heatmap to ``[0, 1]``; ``False`` gives raw maps
@@ -168,7 +172,11 @@ class CAMExplainer(Explainer):
                 f"{', '.join(_INTERPOLATION_MODES)}."
             )
         self.adapter = get_adapter(model)
-        self.layers: list[ResolvedLayer] = self.adapter.resolve_layers(target_layer)
+        with self.adapter.layer_errors_of(self.name):
+            if target_layer is None and not self.needs_gradients:
+                # activations used as evidence must be post-activation (adapter.activation_layer)
+                target_layer = self.adapter.activation_layer
+            self.layers: list[ResolvedLayer] = self.adapter.resolve_layers(target_layer)
         self.relu = relu
         self.normalize = normalize
         self.interpolate: InterpolationMode = interpolate
@@ -235,12 +243,13 @@ class CAMExplainer(Explainer):
 
     # -------------------------------------------------------------- engine
     def attribute(
-        self, inputs: torch.Tensor, targets: list[int] | None, **kwargs: Any
+        self, inputs: torch.Tensor, targets: ResolvedTargets, **kwargs: Any
     ) -> Explanation:
         """The explanation of ``inputs`` ``(B, C, H, W)`` (see the module docstring)."""
         if kwargs:
             raise TypeError(f"unexpected arguments for {type(self).__name__}: {sorted(kwargs)}")
-        layer_maps, (chosen, logits) = self._layer_maps(inputs, targets)
+        with self.adapter.layer_errors_of(self.name):
+            layer_maps, (chosen, logits) = self._layer_maps(inputs, targets)
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
         maps = [upsample_maps(m, size, self.interpolate) for m in layer_maps]
         if len(maps) == 1:
@@ -281,7 +290,7 @@ class CAMExplainer(Explainer):
         return self.attribute_layers(images, target_class)[0]
 
     def _layer_maps(
-        self, inputs: torch.Tensor, targets: list[int] | None
+        self, inputs: torch.Tensor, targets: ResolvedTargets
     ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """Taps every layer, runs the method once, removes the taps.
 
@@ -293,7 +302,7 @@ class CAMExplainer(Explainer):
         if inputs.is_inference():
             inputs = inputs.clone()
         score = TargetScore(self.model)
-        chosen = None if targets is None else torch.tensor(targets, device=inputs.device)
+        chosen = target_rows(targets, inputs.device)
         with ExitStack() as taps, torch.no_grad():  # Captum re-enables grad for its pass
             if self._kept_views:  # inside ``with explainer:``: the block's taps
                 views = self._kept_views

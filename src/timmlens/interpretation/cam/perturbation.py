@@ -29,7 +29,7 @@ from torch import nn
 from ...adapters import LayerSpec, SpatialView
 from .._targets import TargetScore
 from ..registry import register_method
-from ..scoring import chunk_size_for, score_in_chunks
+from ..scoring import chunk_size_for, score_in_chunks, target_scores
 from .engine import CamContext, CAMExplainer, InterpolationMode, weighted_sum
 
 __all__ = ["AblationCAM", "ScoreCAM", "ablation_weights", "layer_suffix", "score_cam_masks"]
@@ -212,7 +212,7 @@ class AblationCAM(_ScoredCAM):
             contexts = self.contexts(score, inputs, targets, views)
         assert score.seen is not None
         logits = score.seen[1]
-        original = logits.float().gather(1, score.seen[0].view(-1, 1)).view(-1)
+        original = target_scores(logits, score.seen[0], "logit")  # a class or a callable
         maps, self.last_paths = [], []
         for index, (ctx, view) in enumerate(zip(contexts, views, strict=True)):
             suffix = None

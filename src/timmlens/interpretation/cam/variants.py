@@ -19,8 +19,12 @@ import torch
 from torch import nn
 
 from ...adapters import LayerSpec
+from .._targets import CallableTargets
 from ..registry import register_method
 from .engine import CamContext, CAMExplainer, InterpolationMode
+
+#: RandomCAM's key for a callable target, beyond any class index (2**32)
+CALLABLE_TARGET_KEY = 2**32
 
 __all__ = [
     "EigenCAM",
@@ -105,12 +109,18 @@ def randomcam_weights(
     from its own ``torch.Generator`` seeded from the pair (numpy's ``SeedSequence`` mixes
     them), so the global RNG is untouched, a batch equals its images one by one, and
     different classes get different random maps (a baseline that still answers "which
-    class"). pytorch-grad-cam draws ``np.random.uniform(-1, 1, (B, C))`` from the global
+    class"). A callable target has no class: its images share the draw of ``(seed,
+    CALLABLE_TARGET_KEY)``, so ``lambda z: z[:, 7]`` and ``7`` draw different (equally
+    random) weights: the one method where a callable differs from its class by design.
+    pytorch-grad-cam draws ``np.random.uniform(-1, 1, (B, C))`` from the global
     numpy RNG instead: the same distribution, not the same numbers.
 
     Returns:
         ``(B, C)`` weights on ``targets``' device.
     """
+    if isinstance(targets, CallableTargets):  # no class: one draw, keyed past any class
+        key = torch.full((targets.numel(),), CALLABLE_TARGET_KEY, dtype=torch.long)
+        targets = key.to(targets.device)
     rows = {}
     for target in targets.unique().tolist():
         state = np.random.SeedSequence([seed, target]).generate_state(2, dtype=np.uint32)

@@ -363,7 +363,8 @@ class GuidedGradCam(_CaptumMethod):
     ) -> None:
         super().__init__(model, signed=signed)
         self.adapter = get_adapter(model)
-        layers = self.adapter.resolve_layers(target_layer)
+        with self.adapter.layer_errors_of(self.name):
+            layers = self.adapter.resolve_layers(target_layer)
         if len(layers) != 1:
             raise LayerResolutionError(
                 f"guidedgradcam takes one layer, got {len(layers)} "
@@ -383,6 +384,7 @@ class GuidedGradCam(_CaptumMethod):
 
         layer = self.layer
         with (
+            self.adapter.layer_errors_of(self.name),
             spatial_tap(self.model, layer.module, layer.name, self.adapter.layout_for) as view,
             _hooks_left_clean(self.model),
         ):
@@ -627,6 +629,12 @@ def _lrp_class() -> type:
         def _get_layers(self, model: nn.Module) -> None:
             super()._get_layers(model)
             self.layers = [m for m in self.layers if not isinstance(m, _PASS_THROUGH)]
+
+        def _forward_fn_wrapper(self, *inputs: Any) -> torch.Tensor:
+            # Captum's ``input + 0`` (a workaround for pytorch#35802) on tensors only, so
+            # a callable target travels through additional_forward_args as it is.
+            adjusted = (x + 0 if isinstance(x, torch.Tensor) else x for x in inputs)
+            return self.model(*adjusted)
 
     return PassThroughLRP
 

@@ -29,7 +29,7 @@ import torchvision.transforms.functional as TF
 from torch import nn
 
 from ...data import normalization
-from .._targets import TargetScore
+from .._targets import CallableTargets, ResolvedTargets, TargetScore, target_rows
 from ..base import Explainer, Explanation, normalize_maps
 from ..scoring import memory_budget
 
@@ -278,25 +278,27 @@ class CaptumInputExplainer(Explainer):
         return make_baseline(self.baseline, inputs, self.model, self.seed)
 
     def targets_for(
-        self, inputs: torch.Tensor, targets: list[int] | None, also: torch.Tensor | None = None
+        self, inputs: torch.Tensor, targets: ResolvedTargets, also: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
         """Targets ``(B,)`` of ``inputs`` ``(B, C, H, W)``, with the probe when it runs.
 
-        ``targets=None`` (or ``also``, more inputs to score) runs one no-grad forward of
-        ``inputs`` (and ``also``) that resolves the predicted classes of the *clean*
-        inputs and measures the activation bytes per sample.
+        ``targets=None`` (or a callable target, or ``also``, more inputs to score) runs
+        one no-grad forward of ``inputs`` (and ``also``) that resolves the predicted
+        classes of the *clean* inputs (reported for a callable, which has no class) and
+        measures the activation bytes per sample.
 
         Returns:
-            ``(targets (B,), probe logits (B [+ len(also)], K) or None, bytes or None)``.
+            ``(targets (B,) or the callable, probe logits (B [+ len(also)], K) or None,
+            bytes or None)``.
         """
-        if targets is None or also is not None:
+        if targets is None or isinstance(targets, CallableTargets) or also is not None:
             probe = inputs if also is None else torch.cat([inputs, also])
             logits, per_sample = forward_with_activation_bytes(self.model, probe)
             if targets is None:
                 return logits[: inputs.shape[0]].argmax(dim=1), logits, per_sample
-            chosen = torch.tensor(targets, device=logits.device, dtype=torch.long)
-            return chosen, logits, per_sample
-        return torch.tensor(targets, device=inputs.device, dtype=torch.long), None, None
+            chosen = target_rows(targets, logits.device)
+            return chosen, logits, per_sample  # type: ignore[return-value]
+        return target_rows(targets, inputs.device), None, None  # type: ignore[return-value]
 
     def capacity(self, inputs: torch.Tensor, bytes_per_sample: int | None = None) -> int:
         """Forward+backward samples per chunk within the memory budget (at least 1)."""
@@ -334,7 +336,7 @@ class CaptumInputExplainer(Explainer):
 
     # ----------------------------------------------------------- default
     def attribute(
-        self, inputs: torch.Tensor, targets: list[int] | None, **kwargs: Any
+        self, inputs: torch.Tensor, targets: ResolvedTargets, **kwargs: Any
     ) -> Explanation:
         """Explanation of ``inputs`` ``(B, C, H, W)``, in chunks of images that fit memory."""
         if kwargs:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._targets import target_rows
 from ..base import Explainer, Explanation, normalize_maps
 from ..registry import register_method
 from ..scoring import SCORE_KINDS, ScoreKind, chunk_size_for, score_in_chunks
@@ -186,11 +187,7 @@ class RISE(Explainer):
         batch, device = inputs.shape[0], inputs.device
         with torch.no_grad():
             logits = self.model(inputs)
-        chosen = (
-            logits.argmax(dim=1)
-            if targets is None
-            else torch.tensor(targets, device=device, dtype=torch.long)
-        )
+        chosen = logits.argmax(dim=1) if targets is None else target_rows(targets, device)
         baselines = make_baseline(self.baseline, inputs, self.model, self.seed)
         masks = self.masks(*inputs.shape[-2:])
         # Jobs are mask-major (job m * B + b: mask m on image b), and a chunk holds whole

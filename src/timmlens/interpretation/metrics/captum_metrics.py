@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ...data import data_config
+from .._targets import CallableTargets
 from ..scoring import target_scores
 from .context import MetricContext
 from .registry import register_metric
@@ -53,8 +54,16 @@ def pixel_range(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     return (1.0 / std).view(1, -1, 1, 1).expand(1, inputs.shape[1], 1, 1)
 
 
+def target_list(targets: torch.Tensor | CallableTargets) -> list[int] | CallableTargets:
+    """Targets as Captum's metrics take them: a list of classes, or the callable target
+    as it is (Captum's ``target`` and forward arguments pass a non-tensor unexpanded)."""
+    return targets if isinstance(targets, CallableTargets) else targets.tolist()
+
+
 def explain_with_grad(
-    explainer: SupportsExplainBatch, inputs: torch.Tensor, targets: list[int]
+    explainer: SupportsExplainBatch,
+    inputs: torch.Tensor,
+    targets: list[int] | CallableTargets,
 ) -> torch.Tensor:
     """``explainer``'s heatmaps ``(B, H, W)``, detached, with autograd enabled.
 
@@ -76,7 +85,7 @@ def max_sensitivity(
     model: nn.Module,
     explainer: SupportsExplainBatch,
     inputs: torch.Tensor,
-    targets: list[int],
+    targets: list[int] | CallableTargets,
     *,
     n_perturb_samples: int = 10,
     radius: float = 0.02,
@@ -101,11 +110,12 @@ def max_sensitivity(
         return batch + noise.to(batch) * scale
 
     def explain(
-        batch: torch.Tensor | tuple[torch.Tensor, ...], target: list[int]
+        batch: torch.Tensor | tuple[torch.Tensor, ...], target: list[int] | CallableTargets
     ) -> tuple[torch.Tensor]:
         # Captum iterates over the result as a tuple of per-input explanations.
         batch = batch[0] if isinstance(batch, tuple) else batch
-        return (explain_with_grad(explainer, batch, list(target)),)
+        target = target if isinstance(target, CallableTargets) else list(target)
+        return (explain_with_grad(explainer, batch, target),)
 
     from captum.metrics import sensitivity_max  # loaded on first use: Captum is heavy
 
@@ -116,7 +126,7 @@ def max_sensitivity(
         n_perturb_samples=n_perturb_samples,
         norm_ord=norm_ord,
         max_examples_per_batch=_captum_batch(max_examples_per_batch, inputs, n_perturb_samples),
-        target=list(targets),
+        target=targets if isinstance(targets, CallableTargets) else list(targets),
     )
     return values.detach().double().cpu().view(-1)
 
@@ -125,7 +135,7 @@ def infidelity(
     model: nn.Module,
     inputs: torch.Tensor,
     heatmaps: torch.Tensor,
-    targets: list[int],
+    targets: list[int] | CallableTargets,
     *,
     score: str = "probability",
     n_perturb_samples: int = 32,
@@ -164,7 +174,11 @@ def infidelity(
         inputs,
         attributions,
         # the targets travel with the inputs: Captum expands both per perturbation alike
-        additional_forward_args=(torch.tensor(targets, device=inputs.device),),
+        additional_forward_args=(
+            targets
+            if isinstance(targets, CallableTargets)
+            else torch.tensor(targets, device=inputs.device),
+        ),
         n_perturb_samples=n_perturb_samples,
         max_examples_per_batch=_captum_batch(max_examples_per_batch, inputs, n_perturb_samples),
         normalize=normalize,
@@ -203,7 +217,7 @@ class MaxSensitivity:
             context.model,
             context.explainer,
             context.inputs,
-            context.targets.tolist(),
+            target_list(context.targets),
             n_perturb_samples=settings["n_perturb_samples"],
             radius=float(settings["radius"]),
             norm_ord=settings["norm_ord"],
@@ -236,7 +250,7 @@ class Infidelity:
             context.model,
             context.inputs,
             context.heatmaps,
-            context.targets.tolist(),
+            target_list(context.targets),
             score=context.score,
             n_perturb_samples=n_perturb_samples,
             noise=float(settings["noise"]),

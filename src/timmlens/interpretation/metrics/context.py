@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ...data import PreparedBatch
+from .._targets import CallableTargets
 from ..base import predict
 from ..scoring import JobInputs, score_in_chunks, target_scores
 from .results import MetricResult
@@ -30,7 +31,10 @@ class MetricContext:
         owner: the ``ExplanationMetrics`` whose settings apply (steps, substrate, score,
             seed, chunking).
         batch: the prepared images; ``inputs`` ``(B, C, H, W)`` on the model's device.
-        targets: ``(B,)`` long on the model's device, the class scored per image.
+        targets: ``(B,)`` long on the model's device, the class scored per image, or a
+            callable target (:class:`~timmlens.interpretation._targets.CallableTargets`,
+            which slices and repeats like the class tensor; results then report the
+            predicted classes and ``settings["target"]`` names the callable).
         heatmaps: ``(B, H, W)`` float32 at the input resolution (``None`` for a metric
             that needs an explainer).
         explainer: the explainer (``needs="explainer"`` metrics), else ``None``.
@@ -109,10 +113,14 @@ class MetricContext:
         **extra: Any,
     ) -> MetricResult:
         """A `MetricResult` of per-image ``values`` ``(B,)`` for this batch's targets."""
+        targets = self.targets
+        if isinstance(targets, CallableTargets):  # no class: report the predicted ones
+            settings = {**settings, "target": targets.label}
+            targets = self.cached("predicted", lambda: predict(self.model, self.inputs).argmax(1))
         return MetricResult(
             name,
             values.detach().double().cpu(),
-            self.targets.cpu(),
+            targets.cpu(),
             higher_is_better,
             settings,
             single=self.batch.single,

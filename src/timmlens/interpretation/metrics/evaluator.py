@@ -17,7 +17,7 @@ from torch import nn
 
 from ..._model_state import explaining
 from ...data import ImagesInput, PreparedBatch, model_device, prepare_images
-from .._targets import TargetInput, validate_targets
+from .._targets import CallableTargets, TargetInput, target_rows, validate_targets
 from ..base import declares_num_classes, num_outputs, predict
 from ..scoring import (
     SCORE_KINDS,
@@ -97,7 +97,11 @@ class ExplanationMetrics:
         aopc_steps: AOPC's perturbation steps ``L`` (default 100, Samek et al.'s; at most
             the number of patches).
         score: ``"probability"`` (default: softmax probability of the target, as RISE) or
-            ``"logit"`` (the raw target logit; Ancona et al.'s sensitivity-n uses it).
+            ``"logit"`` (the raw target logit; Ancona et al.'s sensitivity-n uses it). A
+            callable ``target_class`` is applied to what a class index would select from:
+            the softmax probabilities ``(B, K)`` under ``"probability"`` (so
+            ``lambda p: p[:, group].sum(1)`` scores a class group's probability), the
+            logits under ``"logit"``; either way ``lambda z: z[:, 7]`` scores as ``7`` does.
         max_batch: at most this many perturbed images per forward. Default ``None``: the
             chunk is set by ``memory_budget_bytes``.
         memory_budget_bytes: memory one chunk may use, estimated per image by a probe
@@ -505,7 +509,7 @@ class ExplanationMetrics:
             context = self._context(batch, target_class, False, options=options)
             if isinstance(explainer_or_heatmap, captum_metrics.SupportsExplainBatch):
                 maps = captum_metrics.explain_with_grad(
-                    explainer_or_heatmap, batch.tensor, context.targets.tolist()
+                    explainer_or_heatmap, batch.tensor, captum_metrics.target_list(context.targets)
                 )
                 context.heatmaps = self._heatmaps(maps, batch)
             else:
@@ -581,8 +585,10 @@ class ExplanationMetrics:
     @torch.no_grad()
     def _targets(
         self, inputs: torch.Tensor, target_class: TargetInput, need_scores: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Targets ``(B,)`` long on device, and the unperturbed scores ``(B,)`` if computed.
+    ) -> tuple[torch.Tensor | CallableTargets, torch.Tensor | None]:
+        """Targets ``(B,)`` long on device (or a callable target's
+        :class:`~timmlens.interpretation._targets.CallableTargets`), and the unperturbed
+        scores ``(B,)`` if computed.
 
         The unperturbed images are scored only for ``target_class=None`` or ``need_scores``.
         """
@@ -593,17 +599,17 @@ class ExplanationMetrics:
             classes = None
         targets = None
         if target_class is not None and classes is not None:
-            targets = validate_targets(target_class, size, classes, self.model)
+            targets = validate_targets(
+                target_class, size, classes, self.model, "ExplanationMetrics"
+            )
             if not need_scores:
-                return torch.tensor(targets, device=inputs.device, dtype=torch.long), None
+                return target_rows(targets, inputs.device), None  # type: ignore[return-value]
         logits = predict(self.model, inputs, self.chunk_size(inputs, size))
         if targets is None:
-            targets = validate_targets(target_class, size, logits.shape[1], self.model)
-        resolved = (
-            logits.argmax(dim=1)
-            if targets is None
-            else torch.tensor(targets, device=logits.device, dtype=torch.long)
-        )
+            targets = validate_targets(
+                target_class, size, logits.shape[1], self.model, "ExplanationMetrics"
+            )
+        resolved = logits.argmax(dim=1) if targets is None else target_rows(targets, logits.device)
         return resolved, target_scores(logits, resolved, self.score)
 
     def __repr__(self) -> str:
