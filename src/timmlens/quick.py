@@ -88,7 +88,8 @@ class ClassPrediction:
         """``"tabby (87.3%)"``, or ``"target tabby (0.0%), predicted espresso (90.4%)"``
         (``"custom target (group), predicted espresso (90.4%)"`` for a callable target)."""
         if self.target_class is None:
-            return f"{self.target_name}, predicted {explanation_title(self.class_name, self.probability)}"
+            predicted = explanation_title(self.class_name, self.probability)
+            return f"{self.target_name}, predicted {predicted}"
         return class_heading(
             self.target_name, self.target_probability, self.class_name, self.probability
         )
