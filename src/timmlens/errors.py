@@ -59,3 +59,7 @@ class OutputPathError(TimmLensError, ValueError):
 
 class DistributedRunError(TimmLensError, RuntimeError):
     """Another rank of a ``torchrun`` job failed; this rank stops with that rank's message."""
+
+
+class DeviceError(TimmLensError, ValueError):
+    """A device that does not exist or is not available here (``cuda`` without a GPU)."""

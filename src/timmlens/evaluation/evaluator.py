@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,11 +15,12 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import prepare_images
+from ..data import data_config, prepare_images
 from ..errors import ImageInputError
 from ..interpretation.base import Explainer, num_outputs, predict
 from ..interpretation.metrics.registry import resolve_metric
 from ..interpretation.registry import as_explainer, resolve_method
+from .cost import ForwardCounter, ForwardPlan, plan_forwards
 from .distributed import (
     broadcast_from_rank0,
     fail_together,
@@ -118,9 +120,11 @@ def _rows_for_batch(
     metric_names: list[str],
     scorer: Any,
     complete: set[tuple[str, str]],
+    cost: _CostMeter | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of ``samples`` (inputs ``(B, C, H, W)``) for each method whose row is not yet
-    ``complete``; a method is run only on the images that still need it."""
+    ``complete``; a method is run only on the images that still need it. ``cost`` measures
+    the forwards of each method's explaining and scoring (for the progress bar)."""
     # Eval mode: a model handed over in train mode predicts without dropout.
     predicted = predict(model, inputs).argmax(dim=1).tolist()
     targets = [
@@ -132,9 +136,13 @@ def _rows_for_batch(
         if not needed:
             continue
         subset, subset_targets = inputs[needed], [targets[i] for i in needed]
+        mark = cost.mark() if cost else 0
         heatmaps = explainer.explain_batch(subset, subset_targets)
+        middle = cost.mark() if cost else 0
         # any registered heatmap metric; insertion and deletion share one pass of chunks
         results = scorer.compute(subset, heatmaps, subset_targets, metrics=metric_names)
+        if cost:
+            cost.record(name, len(needed), middle - mark, cost.mark() - middle)
         scores = {metric: results[metric].per_image.tolist() for metric in metric_names}
         for position, i in enumerate(needed):
             row = {
@@ -147,6 +155,29 @@ def _rows_for_batch(
             row.update({metric: scores[metric][position] for metric in metric_names})
             rows.append(row)
     return rows
+
+
+class _CostMeter:
+    """The run's forwards: a plan up front, the bar's total widened by what the first batch
+    of a method with an unknown cost measured. Counts through a :class:`ForwardCounter`."""
+
+    def __init__(self, plan: ForwardPlan, counter: ForwardCounter, bar: Any) -> None:
+        self.plan, self.counter, self.bar = plan, counter, bar
+        self.explain: dict[str, float] = {}
+        self.score: dict[str, float] = {}
+
+    def mark(self) -> int:
+        return self.counter.images
+
+    def record(self, method: str, images: int, explain: int, score: int) -> None:
+        if method in self.explain or not images:
+            return
+        self.explain[method], self.score[method] = explain / images, score / images
+        if self.plan.unknown:
+            total = self.plan.measured(self.explain, self.score).total
+            # never below what already ran (a measured cost can exceed the later batches')
+            self.bar.total = max(total, self.bar.n)
+            self.bar.refresh()
 
 
 def _open_output(
@@ -242,14 +273,20 @@ def _run_pending(
     rounds = math.ceil(math.ceil(len(pending) / world) / batch_size) if pending else 0
     skipped: dict[str, str] = {}
     replaced = False
-    with tqdm(total=len(pending), desc="evaluate", unit="img", disable=not progress) as bar:
+    plan = _plan(model, samples, mine, explainers, metric_names, scorer, complete)
+    if progress:
+        # before the bar: what the run will cost, so a long one can be stopped now
+        tqdm.write(f"evaluate: {plan}", file=sys.stderr)
+    bar = tqdm(total=plan.total, desc="evaluate", unit="fwd", disable=not progress)
+    with bar, ForwardCounter(model, bar.update) as counter:
+        meter = _CostMeter(plan, counter, bar)
         for round_index in range(rounds):
             indices = mine[round_index * batch_size : (round_index + 1) * batch_size]
             with fail_together("explaining and scoring"):
                 chunk, inputs, unreadable = _load_batch(model, samples, indices, on_error)
                 rows = (
                     _rows_for_batch(
-                        model, chunk, inputs, explainers, metric_names, scorer, complete
+                        model, chunk, inputs, explainers, metric_names, scorer, complete, meter
                     )
                     if inputs is not None
                     else []
@@ -261,8 +298,24 @@ def _run_pending(
             with fail_together("writing rows"):
                 if gathered is not None:
                     replaced |= _record(gathered, existing, skipped, store)
-                    bar.update(len({row["id"] for row in gathered}))
+            bar.set_postfix_str(f"{min(len(mine), (round_index + 1) * batch_size)}/{len(mine)} img")
     return skipped, replaced
+
+
+def _plan(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    mine: list[int],
+    explainers: dict[str, Explainer],
+    metric_names: list[str],
+    scorer: Any,
+    complete: set[tuple[str, str]],
+) -> ForwardPlan:
+    """The forwards this rank's images ``mine`` will cost (resumed rows left out)."""
+    ids = [_sample_id(samples, i) for i in mine]
+    pairs = {name: sum((i, name) not in complete for i in ids) for name in explainers}
+    _, height, width = data_config(model)["input_size"]
+    return plan_forwards(explainers, metric_names, scorer, (height, width), pairs, len(mine))
 
 
 def evaluate(

@@ -54,6 +54,8 @@ class CenterPrior(Explainer):
 
     needs_gradients = False
     class_agnostic = True
+    #: none for given classes (the predicted ones take one forward, see the cost)
+    forwards_per_image: int | None = 0
 
     def __init__(self, model: nn.Module, sigma: float = 0.25) -> None:
         super().__init__(model)
