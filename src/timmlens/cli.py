@@ -148,6 +148,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=["skip", "fail"],
         help="an unreadable image: skip it with a warning (counted in the summary) or stop",
     )
+    _add_device(evaluate)
+    _add_benchmark(commands)
 
     report = commands.add_parser(
         "report",
@@ -189,6 +191,88 @@ def _parser() -> argparse.ArgumentParser:
     )
     layers.add_argument("model", help="model spec")
     return parser
+
+
+def _add_device(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--device",
+        default=None,
+        help="where the model runs: cpu, cuda, cuda:1, mps (default: where it loads, the CPU)",
+    )
+
+
+def _add_benchmark(commands: argparse._SubParsersAction) -> None:
+    """``timmlens benchmark``: a leaderboard of methods over models (timmlens.benchmark)."""
+    from .interpretation.metrics.registry import metrics as heatmap_metrics
+
+    bench = commands.add_parser(
+        "benchmark",
+        help="rank methods on several models: a leaderboard",
+        description=(
+            "Explain and score every image of a folder with each method on each model (one "
+            "evaluate run per model, in --out/<model>), then write leaderboard.md, "
+            "leaderboard.json and leaderboard.png with the reference rows randomcam and "
+            "centerprior. A model that does not load is reported; the others go on."
+        ),
+    )
+    bench.add_argument("data", help="image folder (integer-named sub-folders give labels)")
+    bench.add_argument(
+        "--model",
+        nargs="+",
+        default=["bundled:efficientnet_lite0"],
+        metavar="SPEC",
+        help="model specs: timm names, hf-hub: ids, local folders, bundled:efficientnet_lite0",
+    )
+    bench.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        type=_method_name,
+        choices=sorted(METHODS),
+        help="explanation methods (default: each model's compare_methods defaults); "
+        "randomcam and centerprior are added as reference rows",
+    )
+    bench.add_argument(
+        "--metrics",
+        nargs="+",
+        default=["insertion", "deletion"],
+        help=f"heatmap metrics from the registry: {', '.join(heatmap_metrics('heatmap'))}",
+    )
+    bench.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="insertion/deletion steps (default: RISE, 224 pixels per step); fewer is cheaper",
+    )
+    bench.add_argument("--out", default="leaderboard", help="output folder")
+    bench.add_argument("--batch-size", type=_positive_int, default=8)
+    bench.add_argument(
+        "--no-reference", action="store_true", help="leave out the randomcam/centerprior rows"
+    )
+    bench.add_argument(
+        "--overwrite", action="store_true", help="discard earlier rows in --out and start afresh"
+    )
+    _add_device(bench)
+
+
+def _run_benchmark(args: argparse.Namespace) -> None:
+    from .evaluation import benchmark
+
+    board = benchmark(
+        args.model,
+        args.data,
+        methods=args.methods,
+        metrics=args.metrics,
+        out=args.out,
+        steps=args.steps,
+        reference=not args.no_reference,
+        device=args.device,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )
+    print(board.markdown(), end="")
+    for kind, path in board.paths.items():
+        print(f"{kind}: {path}")
 
 
 def _load(spec: str):
@@ -261,9 +345,13 @@ def _run_explain(args: argparse.Namespace) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
+    from .devices import resolve_device
     from .evaluation import evaluate
 
+    device = resolve_device(args.device)  # before the model loads: a bad device fails fast
     model = _load(args.model)
+    if device is not None:
+        model = model.to(device)
     options = {"steps": args.steps} if args.steps else {}
     try:
         summary = evaluate(
@@ -316,7 +404,7 @@ def _run_layers(args: argparse.Namespace) -> None:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Fail on an unwritable ``--out`` now, not after the model ran on the first batch."""
-    if args.command in ("explain", "evaluate"):
+    if args.command in ("explain", "evaluate", "benchmark"):
         ensure_writable_dir(args.out, "--out folder")
     elif args.command == "report":
         from .analysis.error_report import check_output
@@ -337,6 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = {
         "explain": _run_explain,
         "evaluate": _run_evaluate,
+        "benchmark": _run_benchmark,
         "report": _run_report,
         "layers": _run_layers,
     }

