@@ -355,6 +355,13 @@ def evaluate(
     **Crash safety.** A last line cut by a kill is dropped with a warning naming the file
     and line, and computed again. ``KeyboardInterrupt`` leaves every finished batch's rows.
 
+    **Progress.** Before it starts, the run prints what it will cost in forwards (one image
+    through the model; :mod:`~timmlens.evaluation.cost`): predictions, explaining and
+    scoring, from the pending images, the methods and the metric settings. The progress
+    bar counts those forwards chunk by chunk (a forward hook on the model, removed at the
+    end), with an ETA; a method or metric whose cost is not known in advance is measured
+    on its first batch and the total widened.
+
     Under ``torchrun`` each rank takes every ``world``-th pending image; rank 0
     gathers the rows after every round and writes them, so the files are those of a
     single-process run. Every rank returns the summary.
@@ -375,6 +382,7 @@ def evaluate(
         rows_format: ``"jsonl"`` or ``"csv"``.
         resume: ``False`` is ``overwrite=True`` (the name older code used).
         overwrite: discard the rows and identity already in ``out`` and start afresh.
+        progress: print the cost and show the progress bar (rank 0 only).
         on_error: an image that cannot be read (a broken file, a dataset item raising
             ``OSError``): ``"skip"`` (default) warns, leaves it out and lists it in the
             summary; ``"fail"`` raises :class:`~timmlens.errors.ImageInputError`.
