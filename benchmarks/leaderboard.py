@@ -130,6 +130,30 @@ def findings(board: Leaderboard) -> list[str]:
         + (", ".join(f"`{m}`" for m in nowhere) or "none")
         + "."
     )
+    lines += [f"- {line}" for line in identical_groups(board)]
+    return lines
+
+
+def identical_groups(board: Leaderboard) -> list[str]:
+    """Methods whose every score is the same on every model: the same maps, in effect."""
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for method in board.methods:
+        key = tuple(
+            (s.mean, s.ci95)
+            for model in board.models
+            for s in board.per_model[model].get(method, {}).values()
+        )
+        groups.setdefault(key, []).append(method)
+    lines = []
+    for members in (g for g in groups.values() if len(g) > 1):
+        line = f"{' = '.join(f'`{m}`' for m in members)}: every score is the same."
+        if {"guidedbackprop", "deconvolution"} & set(members) and "saliency" in members:
+            line += (
+                " These networks use ReLU6, and Captum's guided-backprop and deconvolution "
+                "rules override `nn.ReLU` modules only, so both reduce to the plain gradient "
+                "here (the maps are equal, not just the scores)."
+            )
+        lines.append(line)
     return lines
 
 
