@@ -37,8 +37,17 @@ def check_bundled_spec(spec: str) -> None:
     """Raise :class:`ModelLoadError` listing the bundled specs unless ``spec`` is one."""
     if spec in BUNDLED_SPECS:
         return
-    close = difflib.get_close_matches(spec, BUNDLED_SPECS, n=1, cutoff=0.6)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
+    close = difflib.get_close_matches(spec, BUNDLED_SPECS, n=len(BUNDLED_SPECS), cutoff=0.6)
+    # equally close specs ('bundled:efficientnet_lite'): the first listed, the default Lite0
+    best = max(
+        close,
+        key=lambda known: (
+            difflib.SequenceMatcher(None, spec, known).ratio(),
+            -BUNDLED_SPECS.index(known),
+        ),
+        default=None,
+    )
+    hint = f" Did you mean '{best}'?" if best else ""
     raise ModelLoadError(
         f"Unknown bundled model '{spec}'.{hint} The bundled specs are: "
         f"{', '.join(BUNDLED_SPECS)}. For other models pass a timm name, 'hf-hub:<repo>', "
