@@ -103,7 +103,9 @@ def findings(board: Leaderboard) -> list[str]:
     candidates = [m for m in board.methods if m not in board.reference]
     lines = []
     for metric in board.metrics:
-        best = [m for m in board.methods if board.pooled[m][metric].n][:3]
+        scored = [m for m in board.methods if math.isfinite(board.pooled[m][metric].mean)]
+        sign = -1 if board.higher_is_better[metric] else 1
+        best = sorted(scored, key=lambda m: sign * board.pooled[m][metric].mean)[:3]
         lines.append(
             f"- **{metric}** ({'higher' if board.higher_is_better[metric] else 'lower'} is "
             f"better): best pooled means {', '.join(f'`{m}`' for m in best)}."
