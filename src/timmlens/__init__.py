@@ -35,12 +35,13 @@ if TYPE_CHECKING:
         explain_layers,
         parameter_randomization_test,
     )
-    from .evaluation import evaluate
+    from .evaluation import benchmark, evaluate
     from .saving import load_explanation
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "benchmark": ".evaluation",
     "data_randomization_test": ".analysis",
     "error_report": ".analysis",
     "evaluate": ".evaluation",
@@ -67,6 +68,7 @@ __all__ = [
     "UnsupportedModelError",
     "WeightsMismatchError",
     "__version__",
+    "benchmark",
     "data_randomization_test",
     "describe",
     "error_report",

@@ -14,7 +14,7 @@ import argparse
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -218,6 +218,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=["skip", "fail"],
         help="an unreadable image: skip it with a warning (counted in the summary) or stop",
     )
+    _add_benchmark(command)
 
     report = command(
         "report",
@@ -268,6 +269,81 @@ def _parser() -> argparse.ArgumentParser:
     layers.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
     add_model_arguments(layers, model=False)
     return parser
+
+
+def _add_benchmark(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """``timmlens benchmark``: a leaderboard of methods over models (timmlens.benchmark)."""
+    from .interpretation.metrics.registry import metrics as heatmap_metrics
+
+    bench = command(
+        "benchmark",
+        help="rank methods on several models: a leaderboard",
+        description=(
+            "Explain and score every image of a folder with each method on each model (one "
+            "evaluate run per model, in --out/<model>), then write leaderboard.md, "
+            "leaderboard.json and leaderboard.png with the reference rows randomcam and "
+            "centerprior. A model that does not load is reported; the others go on."
+        ),
+    )
+    bench.add_argument("data", help="image folder (integer-named sub-folders give labels)")
+    bench.add_argument(
+        "--model",
+        nargs="+",
+        default=["bundled:efficientnet_lite0"],
+        metavar="SPEC",
+        help="model specs: timm names, hf-hub: ids, local folders, bundled:efficientnet_lite0",
+    )
+    bench.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        type=_method_name,
+        choices=sorted(METHODS),
+        metavar="METHOD",
+        help="explanation methods (default: each model's compare_methods defaults); "
+        "randomcam and centerprior are added as reference rows",
+    )
+    bench.add_argument(
+        "--metrics",
+        nargs="+",
+        default=["insertion", "deletion"],
+        help=f"heatmap metrics from the registry: {', '.join(heatmap_metrics('heatmap'))}",
+    )
+    bench.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="insertion/deletion steps (default: RISE, 224 pixels per step); fewer is cheaper",
+    )
+    bench.add_argument("--out", default=default_out("benchmark"), help="output folder")
+    bench.add_argument("--batch-size", type=_positive_int, default=8)
+    bench.add_argument(
+        "--no-reference", action="store_true", help="leave out the randomcam/centerprior rows"
+    )
+    bench.add_argument(
+        "--overwrite", action="store_true", help="discard earlier rows in --out and start afresh"
+    )
+    add_model_arguments(bench, model=False)
+
+
+def _run_benchmark(args: argparse.Namespace) -> None:
+    from .evaluation import benchmark
+
+    board = benchmark(
+        args.model,
+        args.data,
+        methods=args.methods,
+        metrics=args.metrics,
+        out=args.out,
+        steps=args.steps,
+        reference=not args.no_reference,
+        device=args.device,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )
+    print(board.markdown(), end="")
+    for kind, path in board.paths.items():
+        print(f"{kind}: {path}")
 
 
 def _load(args: argparse.Namespace, *, quiet_random_weights: bool = False):
@@ -428,7 +504,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
     from .devices import resolve_device
 
     resolve_device(args.device)
-    if args.command in ("explain", "evaluate"):
+    if args.command in ("explain", "evaluate", "benchmark"):
         ensure_writable_dir(args.out, "--out folder")
     elif args.command == "report":
         from .analysis.error_report import check_output
@@ -463,6 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = {
         "explain": _run_explain,
         "evaluate": _run_evaluate,
+        "benchmark": _run_benchmark,
         "report": _run_report,
         "layers": _run_layers,
     }

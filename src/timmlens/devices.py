@@ -21,8 +21,9 @@ def _available(kind: str) -> bool:
     return bool(callable(is_available) and is_available())
 
 
-def resolve_device(name: str | torch.device) -> torch.device:
-    """The ``torch.device`` named ``name``, checked to exist on this machine.
+def resolve_device(name: str | torch.device | None) -> torch.device | None:
+    """The ``torch.device`` named ``name``, checked to exist on this machine (``None``
+    stays ``None``: the model stays where it is).
 
     ``"auto"`` picks CUDA, then Apple's MPS, then the CPU. Under ``torchrun`` a CUDA
     device without an index is this rank's GPU (``cuda:$LOCAL_RANK``), so ranks do not
@@ -32,6 +33,8 @@ def resolve_device(name: str | torch.device) -> torch.device:
         DeviceError: not a device name, a backend this machine lacks (``cuda`` without a
             GPU), or a GPU index beyond the ones present - each with what to use instead.
     """
+    if name is None:
+        return None
     if str(name) == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if _available("mps") else "cpu"
     try:

@@ -11,12 +11,16 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from .benchmark import benchmark
     from .evaluator import evaluate
+    from .leaderboard import Leaderboard
     from .sources import DatasetSource, ImageFolderSource, Sample, as_source
     from .summary import EvaluationSummary, Statistic
 
 _EXPORTS = {
     "DatasetSource": ".sources",
+    "Leaderboard": ".leaderboard",
+    "benchmark": ".benchmark",
     "EvaluationSummary": ".summary",
     "ImageFolderSource": ".sources",
     "Sample": ".sources",
@@ -29,9 +33,11 @@ __all__ = [
     "DatasetSource",
     "EvaluationSummary",
     "ImageFolderSource",
+    "Leaderboard",
     "Sample",
     "Statistic",
     "as_source",
+    "benchmark",
     "evaluate",
 ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -14,11 +15,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._warnings import warn_caller
-from ..data import prepare_images
+from ..data import data_config, prepare_images
 from ..errors import ImageInputError
 from ..interpretation.base import Explainer, num_outputs, predict
 from ..interpretation.metrics.registry import resolve_metric
 from ..interpretation.registry import as_explainer, resolve_method
+from .cost import ForwardCounter, ForwardPlan, plan_forwards
 from .distributed import (
     broadcast_from_rank0,
     fail_together,
@@ -166,10 +168,12 @@ def _rows_for_batch(
     scorer: Any,
     complete: set[tuple[str, str]],
     maps: dict[str, Any] | None = None,
+    cost: _CostMeter | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of ``samples`` (inputs ``(B, C, H, W)``) for each method whose row is not yet
     ``complete``; a method is run only on the images that still need it. With ``maps``
-    (``{"dir", "model", "layers", "geometries"}``) each heatmap is also saved."""
+    (``{"dir", "model", "layers", "geometries"}``) each heatmap is also saved. ``cost``
+    measures the forwards of each method's explaining and scoring (for the progress bar)."""
     # Eval mode: a model handed over in train mode predicts without dropout.
     logits = predict(model, inputs)
     predicted = logits.argmax(dim=1).tolist()
@@ -182,7 +186,9 @@ def _rows_for_batch(
         if not needed:
             continue
         subset, subset_targets = inputs[needed], [targets[i] for i in needed]
+        mark = cost.mark() if cost else 0
         heatmaps = explainer.explain_batch(subset, subset_targets)
+        middle = cost.mark() if cost else 0
         if maps is not None:
             context = {
                 **maps,
@@ -193,6 +199,8 @@ def _rows_for_batch(
             _save_maps(maps["dir"], name, samples, needed, heatmaps, context)
         # any registered heatmap metric; insertion and deletion share one pass of chunks
         results = scorer.compute(subset, heatmaps, subset_targets, metrics=metric_names)
+        if cost:
+            cost.record(name, len(needed), middle - mark, cost.mark() - middle)
         scores = {metric: results[metric].per_image.tolist() for metric in metric_names}
         for position, i in enumerate(needed):
             row = {
@@ -205,6 +213,29 @@ def _rows_for_batch(
             row.update({metric: scores[metric][position] for metric in metric_names})
             rows.append(row)
     return rows
+
+
+class _CostMeter:
+    """The run's forwards: a plan up front, the bar's total widened by what the first batch
+    of a method with an unknown cost measured. Counts through a :class:`ForwardCounter`."""
+
+    def __init__(self, plan: ForwardPlan, counter: ForwardCounter, bar: Any) -> None:
+        self.plan, self.counter, self.bar = plan, counter, bar
+        self.explain: dict[str, float] = {}
+        self.score: dict[str, float] = {}
+
+    def mark(self) -> int:
+        return self.counter.images
+
+    def record(self, method: str, images: int, explain: int, score: int) -> None:
+        if method in self.explain or not images:
+            return
+        self.explain[method], self.score[method] = explain / images, score / images
+        if self.plan.unknown:
+            total = self.plan.measured(self.explain, self.score).total
+            # never below what already ran (a measured cost can exceed the later batches')
+            self.bar.total = max(total, self.bar.n)
+            self.bar.refresh()
 
 
 def _open_output(
@@ -301,7 +332,13 @@ def _run_pending(
     rounds = math.ceil(math.ceil(len(pending) / world) / batch_size) if pending else 0
     skipped: dict[str, str] = {}
     replaced = False
-    with tqdm(total=len(pending), desc="evaluate", unit="img", disable=not progress) as bar:
+    plan = _plan(model, samples, mine, explainers, metric_names, scorer, complete)
+    if progress:
+        # before the bar: what the run will cost, so a long one can be stopped now
+        tqdm.write(f"evaluate: {plan}", file=sys.stderr)
+    bar = tqdm(total=plan.total, desc="evaluate", unit="fwd", disable=not progress)
+    with bar, ForwardCounter(model, bar.update) as counter:
+        meter = _CostMeter(plan, counter, bar)
         for round_index in range(rounds):
             indices = mine[round_index * batch_size : (round_index + 1) * batch_size]
             with fail_together("explaining and scoring"):
@@ -311,7 +348,15 @@ def _run_pending(
                 batch_maps = None if maps is None else {**maps, "geometries": geometries}
                 rows = (
                     _rows_for_batch(
-                        model, chunk, inputs, explainers, metric_names, scorer, complete, batch_maps
+                        model,
+                        chunk,
+                        inputs,
+                        explainers,
+                        metric_names,
+                        scorer,
+                        complete,
+                        batch_maps,
+                        meter,
                     )
                     if inputs is not None
                     else []
@@ -323,8 +368,24 @@ def _run_pending(
             with fail_together("writing rows"):
                 if gathered is not None:
                     replaced |= _record(gathered, existing, skipped, store)
-                    bar.update(len({row["id"] for row in gathered}))
+            bar.set_postfix_str(f"{min(len(mine), (round_index + 1) * batch_size)}/{len(mine)} img")
     return skipped, replaced
+
+
+def _plan(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    mine: list[int],
+    explainers: dict[str, Explainer],
+    metric_names: list[str],
+    scorer: Any,
+    complete: set[tuple[str, str]],
+) -> ForwardPlan:
+    """The forwards this rank's images ``mine`` will cost (resumed rows left out)."""
+    ids = [_sample_id(samples, i) for i in mine]
+    pairs = {name: sum((i, name) not in complete for i in ids) for name in explainers}
+    _, height, width = data_config(model)["input_size"]
+    return plan_forwards(explainers, metric_names, scorer, (height, width), pairs, len(mine))
 
 
 def evaluate(
@@ -365,6 +426,13 @@ def evaluate(
     **Crash safety.** A last line cut by a kill is dropped with a warning naming the file
     and line, and computed again. ``KeyboardInterrupt`` leaves every finished batch's rows.
 
+    **Progress.** Before it starts, the run prints what it will cost in forwards (one image
+    through the model; :mod:`~timmlens.evaluation.cost`): predictions, explaining and
+    scoring, from the pending images, the methods and the metric settings. The progress
+    bar counts those forwards chunk by chunk (a forward hook on the model, removed at the
+    end), with an ETA; a method or metric whose cost is not known in advance is measured
+    on its first batch and the total widened.
+
     Under ``torchrun`` each rank takes every ``world``-th pending image; rank 0
     gathers the rows after every round and writes them, so the files are those of a
     single-process run. Every rank returns the summary.
@@ -385,6 +453,7 @@ def evaluate(
         rows_format: ``"jsonl"`` or ``"csv"``.
         resume: ``False`` is ``overwrite=True`` (the name older code used).
         overwrite: discard the rows and identity already in ``out`` and start afresh.
+        progress: print the cost and show the progress bar (rank 0 only).
         on_error: an image that cannot be read (a broken file, a dataset item raising
             ``OSError``): ``"skip"`` (default) warns, leaves it out and lists it in the
             summary; ``"fail"`` raises [`ImageInputError`][timmlens.errors.ImageInputError].

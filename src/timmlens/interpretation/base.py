@@ -193,6 +193,10 @@ class Explainer(ABC):
     needs_gradients: bool = True
     #: the map ignores the target class by design (EigenCAM): same map for every class
     class_agnostic: bool = False
+    #: forwards of the whole model per image explained for given target classes, where
+    #: the method knows it in advance (``None``: not known; ``timmlens.evaluate`` then
+    #: measures it on the first batch). It sizes the progress of long runs.
+    forwards_per_image: int | None = None
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):

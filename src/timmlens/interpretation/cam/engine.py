@@ -157,6 +157,9 @@ class CAMExplainer(Explainer):
     (`explain_full`) keeps every layer's raw map in ``extras["layer_maps"]``.
     """
 
+    #: one forward (with the layer tapped) per image; the backward is not a forward
+    forwards_per_image: int | None = 1
+
     def __init__(
         self,
         model: nn.Module,

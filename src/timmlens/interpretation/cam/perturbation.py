@@ -81,6 +81,8 @@ class _ScoredCAM(CAMExplainer):
     the copies run in chunks of ``max_batch`` (``None``: sized from free memory)."""
 
     needs_gradients = False
+    #: one scored copy per channel of the tapped layer: known only once the layer ran
+    forwards_per_image: int | None = None
 
     def __init__(
         self,

@@ -217,6 +217,10 @@ class _Curve:
 
     name: str
 
+    def forwards_per_image(self, owner: Any, height: int, width: int) -> int:
+        """Forwards per heatmap when the unperturbed score is not known: every curve point."""
+        return step_counts(height * width, owner.steps, owner.pixels_per_step).numel()
+
     def compute(self, context: MetricContext) -> MetricResult:
         kinds = tuple(name for name in context.requested if name in CURVE_METRICS)
         if self.name not in kinds:

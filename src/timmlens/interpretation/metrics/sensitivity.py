@@ -11,6 +11,7 @@ pixels scores 1; higher is better. Subsets are drawn from a seeded ``torch.Gener
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -109,6 +110,11 @@ def pearson(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-9) -> torch.Tenso
 )
 class SensitivityN:
     """Sensitivity-n per image. Options: ``n``, ``patch_size``, ``n_samples``, ``seed``."""
+
+    def forwards_per_image(self, owner: Any, height: int, width: int) -> int:
+        """Forwards per heatmap: one per subset, and the unperturbed image once."""
+        del height, width
+        return owner.n_samples + 1
 
     def compute(self, context: MetricContext) -> MetricResult:
         owner = context.owner
