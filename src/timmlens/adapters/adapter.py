@@ -17,7 +17,7 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from ..errors import LayerResolutionError
+from ..errors import LayerResolutionError, UnsupportedModelError
 from ..models.wrappers import unwrap_model
 from .layout import Layout, token_layout
 from .trace import forward_trace
@@ -223,6 +223,12 @@ class ModelAdapter:
         except LayerResolutionError as exc:
             raise LayerResolutionError(
                 f"{self.architecture}: {exc} Or {NO_LAYER_ALTERNATIVE}."
+            ) from exc
+        except UnsupportedModelError as exc:  # the traced forward itself failed
+            raise LayerResolutionError(
+                f"{self.architecture}: no default CAM layer could be traced: {exc} Pass "
+                f"target_layer= with a layer whose output is a feature map, or "
+                f"{NO_LAYER_ALTERNATIVE}."
             ) from exc
         assert call.shape is not None
         return (
