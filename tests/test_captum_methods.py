@@ -252,3 +252,20 @@ def test_heatmap_is_the_documented_reduction(resnet, images):
 def test_blur_is_refused_for_baseline_distributions(resnet):
     with pytest.raises(ValueError, match="'blur' is one per image"):
         create_explainer("deepliftshap", resnet, baseline="blur")
+
+
+@pytest.mark.parametrize("method", ["guidedbackprop", "deconvolution"])
+def test_relu_rules_say_when_no_relu_runs(method, resnet, vit64, images) -> None:
+    """Without nn.ReLU modules (GELU here; ReLU6 in EfficientNet-Lite) Captum's rule changes
+    nothing: the map is saliency's, and the explainer says so instead of hiding it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        create_explainer(method, resnet)  # ReLU network: no warning
+    with pytest.warns(UserWarning, match=rf"^{method}: this model has no nn.ReLU module "):
+        relu_rule = create_explainer(method, vit64)
+    saliency = create_explainer("saliency", vit64)
+    assert torch.equal(
+        relu_rule.attributions(images, TARGETS), saliency.attributions(images, TARGETS)
+    )

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..._warnings import warn_caller
 from ...adapters import LayerSpec, get_adapter, spatial_tap
 from ...errors import LayerResolutionError, UnsupportedModelError
 from .._targets import TargetScore
@@ -276,6 +277,33 @@ class InputXGradient(_CaptumMethod):
     captum_class = "InputXGradient"
 
 
+class _ReluRuleMethod(_CaptumMethod):
+    """A method whose rule replaces the backward of ``nn.ReLU`` modules (Captum's hook).
+
+    Where no ``nn.ReLU`` module runs (ReLU6 in EfficientNet-Lite and MobileNetV2, SiLU,
+    GELU), the rule changes nothing and the map equals saliency's: that is said once, at
+    construction, rather than handing back a saliency map under another name.
+    """
+
+    def __init__(self, model: nn.Module, **options: Any) -> None:
+        super().__init__(model, **options)
+        if not any(isinstance(module, nn.ReLU) for module in self.model.modules()):
+            others = sorted(
+                {
+                    type(module).__name__
+                    for module in self.model.modules()
+                    if isinstance(module, (nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish))
+                }
+            )
+            found = f" (its activations: {', '.join(others)})" if others else ""
+            warn_caller(
+                f"{self.name}: this model has no nn.ReLU module{found}, and Captum's "
+                f"{self.captum_class} rule replaces the backward of nn.ReLU only, so the "
+                f"result equals 'saliency'. Use a ReLU network for this method, or "
+                f"'saliency' / 'ig' for this one."
+            )
+
+
 @register_method(
     "guidedbackprop",
     title="Guided Backprop",
@@ -286,9 +314,12 @@ class InputXGradient(_CaptumMethod):
     paper="Springenberg et al., Striving for Simplicity, ICLR workshop 2015",
     formula="dy/dx with ReLU backward g -> ReLU(g) * [x > 0]",
     cost="1 forward + 1 backward",
-    applies_to="every model; the same as saliency where no nn.ReLU module runs (ViT, GELU)",
+    applies_to=(
+        "every model; where no nn.ReLU module runs (GELU in ViTs, ReLU6 in "
+        "EfficientNet-Lite) it equals saliency, and a warning says so"
+    ),
 )
-class GuidedBackprop(_CaptumMethod):
+class GuidedBackprop(_ReluRuleMethod):
     """Guided backpropagation via ``captum.attr.GuidedBackprop``.
 
     Captum overrides the backward of ``nn.ReLU`` modules only; functional ReLUs and other
@@ -310,9 +341,12 @@ class GuidedBackprop(_CaptumMethod):
     paper="Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014",
     formula="dy/dx with ReLU backward g -> ReLU(g)",
     cost="1 forward + 1 backward",
-    applies_to="every model; the same as saliency where no nn.ReLU module runs (ViT, GELU)",
+    applies_to=(
+        "every model; where no nn.ReLU module runs (GELU in ViTs, ReLU6 in "
+        "EfficientNet-Lite) it equals saliency, and a warning says so"
+    ),
 )
-class Deconvolution(_CaptumMethod):
+class Deconvolution(_ReluRuleMethod):
     """Deconvnet attribution via ``captum.attr.Deconvolution`` (``nn.ReLU`` modules).
 
     Args: as `Saliency`.
