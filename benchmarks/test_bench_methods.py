@@ -53,6 +53,8 @@ OPTIONS = {
     "kernelshap": {"grid": 4, "n_samples": 16},
     "lime": {"grid": 4, "n_samples": 16},
 }
+#: Tens of passes per call: no warm-up round (keeps the file near 8 min on 2 cores).
+MANY_PASSES = {*OPTIONS, "gradientshap", "deepliftshap"}
 #: One masked copy per channel of the layer (512 to 1280 full forwards per image here,
 #: minutes per call on a CPU): timed in test_bench_masked_forwards.py instead.
 ELSEWHERE = {"scorecam", "ablationcam"}
@@ -80,6 +82,8 @@ def measure(
         method,
         fn,
         rounds=2,
+        # many-pass methods: the limits and one-pass methods before them warmed up the model
+        warmup_rounds=0 if method in MANY_PASSES else 1,
         role=role,
         method=method,
         family=family,
