@@ -2,7 +2,9 @@
 
 Roles come from ``extra_info["role"]`` ("ours", "limit", "peer"); entries of older
 files without it are classified by name. For each group: every entry's mean time,
-ours / forward limit and ours / forward+backward limit, and each peer / ours.
+ours / forward limit and ours / forward+backward limit (the group's first limit entry
+without and with "backward" in its name), and each peer / ours, where the peer names
+the entry of ours it does the job of in ``extra_info["versus"]``.
 
     .venv/bin/python benchmarks/report.py benchmarks/results/latest.json
 """
@@ -41,8 +43,8 @@ def table(results: dict) -> str:
         f"Machine: {results['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
         f"{results['machine_info'].get('system', '')}; run {results.get('datetime', '')[:19]}.",
         "",
-        "| group | entry | role | mean (s) | vs forward | vs forward+backward |",
-        "| --- | --- | --- | ---: | ---: | ---: |",
+        "| group | entry | role | mean (s) | vs forward | vs forward+backward | peer / ours |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for group, entries in groups.items():
         means = {label_of(e): e["stats"]["mean"] for e in entries}
@@ -66,8 +68,11 @@ def table(results: dict) -> str:
             mean = entry["stats"]["mean"]
             vs_f = f"{mean / forward:.2f}x" if forward else "-"
             vs_b = f"{mean / backward:.2f}x" if backward else "-"
+            versus = means.get(entry.get("extra_info", {}).get("versus", ""))
+            vs_ours = f"{mean / versus:.2f}x" if versus and role_of(entry) == "peer" else "-"
             lines.append(
-                f"| {group} | {label_of(entry)} | {role_of(entry)} | {mean:.4f} | {vs_f} | {vs_b} |"
+                f"| {group} | {label_of(entry)} | {role_of(entry)} | {mean:.4f} | {vs_f} "
+                f"| {vs_b} | {vs_ours} |"
             )
     return "\n".join(lines)
 

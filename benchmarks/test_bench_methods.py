@@ -2,8 +2,10 @@
 
 For each architecture (random weights made explainable; batch 4 at its 224x224
 input, CPU): the limits - a bare no-grad forward and a forward + full backward to the
-input - then timmlens GradCAM, GradCAM++, Integrated Gradients (16 steps), SmoothGrad
-(8 samples) and attention rollout (ViT/DeiT only), and the peers doing the same job:
+input - then every registered method that applies (Integrated Gradients with 16 steps,
+SmoothGrad with 8 samples, the many-forward methods at the small settings of
+:data:`OPTIONS`; ScoreCAM and AblationCAM in test_bench_masked_forwards.py), and the
+peers doing the same job:
 pytorch-grad-cam GradCAM, torchcam GradCAM and Captum used by hand (LayerGradCam on a
 CNN layer). ``benchmark.extra_info`` records each entry's role ("ours", "limit",
 "peer") and method; ``benchmarks/report.py`` turns the JSON into the ratio table.
@@ -37,8 +39,25 @@ ARCHITECTURES = {
     "swin": "swin_tiny_patch4_window7_224",
 }
 IG_STEPS, SG_SAMPLES = 16, 8
-#: constructor options per method; every other registered method runs at its defaults
-OPTIONS = {"ig": {"n_steps": IG_STEPS}, "smoothgrad": {"n_samples": SG_SAMPLES}}
+#: constructor options per method; every other registered method runs at its defaults.
+#: The many-forward methods run at small settings (tens of forwards per image, not
+#: thousands) so the whole file stays within minutes; their cost against the forward
+#: limit at real settings is in test_bench_masked_forwards.py.
+OPTIONS = {
+    "ig": {"n_steps": IG_STEPS},
+    "smoothgrad": {"n_samples": SG_SAMPLES},
+    "rise": {"n_masks": 32},
+    "occlusion": {"window": 56, "stride": 56},  # 4 x 4 windows
+    "featureablation": {"grid": 4},
+    "shapley": {"grid": 3, "n_samples": 1},
+    "kernelshap": {"grid": 4, "n_samples": 16},
+    "lime": {"grid": 4, "n_samples": 16},
+}
+#: Tens of passes per call: no warm-up round (keeps the file near 8 min on 2 cores).
+MANY_PASSES = {*OPTIONS, "gradientshap", "deepliftshap"}
+#: One masked copy per channel of the layer (512 to 1280 full forwards per image here,
+#: minutes per call on a CPU): timed in test_bench_masked_forwards.py instead.
+ELSEWHERE = {"scorecam", "ablationcam"}
 
 
 @cache
@@ -53,7 +72,9 @@ def setup(family: str) -> tuple[nn.Module, torch.Tensor, list[int]]:
     return model, inputs, targets
 
 
-def measure(benchmark, family: str, role: str, method: str, fn: Callable[[], object]) -> None:
+def measure(
+    benchmark, family: str, role: str, method: str, fn: Callable[[], object], **info: str
+) -> None:
     group = f"{family} ({ARCHITECTURES[family]}, batch {BATCH}, 224px)"
     timed(
         benchmark,
@@ -61,10 +82,13 @@ def measure(benchmark, family: str, role: str, method: str, fn: Callable[[], obj
         method,
         fn,
         rounds=2,
+        # many-pass methods: the limits and one-pass methods before them warmed up the model
+        warmup_rounds=0 if method in MANY_PASSES else 1,
         role=role,
         method=method,
         family=family,
         images=BATCH,
+        **info,
     )
 
 
@@ -101,6 +125,8 @@ def test_timmlens(benchmark, family, method):
     model, inputs, targets = setup(family)
     if not supports(model, method):
         pytest.skip(f"{method} does not apply to {ARCHITECTURES[family]}")
+    if method in ELSEWHERE:
+        pytest.skip(f"{method} is timed in test_bench_masked_forwards.py")
     explainer = as_explainer(method, model, **OPTIONS.get(method, {}))
     if method == "rollout":  # the plain rollout, the entry the table has always shown
         measure(benchmark, family, "ours", method, lambda: explainer.attention_rollout(inputs))
@@ -131,6 +157,7 @@ def test_peer_pytorch_grad_cam(benchmark, family):
         "peer",
         "pytorch-grad-cam gradcam",
         lambda: cam(input_tensor=inputs, targets=outputs),
+        versus="gradcam",
     )
 
 
@@ -149,7 +176,7 @@ def test_peer_torchcam(benchmark, family):
             scores = model(inputs)
             return extractor(targets, scores)
 
-    measure(benchmark, family, "peer", "torchcam gradcam", run)
+    measure(benchmark, family, "peer", "torchcam gradcam", run, versus="gradcam")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -166,4 +193,4 @@ def test_peer_captum_by_hand(benchmark, family):
         maps = engine.attribute(inputs, target=targets, relu_attributions=True)
         return LayerAttribution.interpolate(maps, (224, 224), "bilinear")
 
-    measure(benchmark, family, "peer", "captum gradcam", run)
+    measure(benchmark, family, "peer", "captum gradcam", run, versus="gradcam")
