@@ -285,8 +285,8 @@ class _ReluRuleMethod(_CaptumMethod):
     construction, rather than handing back a saliency map under another name.
     """
 
-    def __init__(self, model: nn.Module, **options: Any) -> None:
-        super().__init__(model, **options)
+    def __init__(self, model: nn.Module, *, signed: bool = False, **options: Any) -> None:
+        super().__init__(model, signed=signed, **options)
         if not any(isinstance(module, nn.ReLU) for module in self.model.modules()):
             others = sorted(
                 {
