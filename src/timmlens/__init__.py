@@ -12,12 +12,15 @@ from ._model_state import model_lock
 from .adapters import describe, get_adapter
 from .data import ImageScalingWarning, prepare_images
 from .errors import (
+    DeviceError,
     DistributedRunError,
+    ExplanationFileError,
     GradientsDisabledError,
     HubUnavailableError,
     ImageInputError,
     LabelNameError,
     LayerResolutionError,
+    MetricInputError,
     ModelLoadError,
     OutputPathError,
     RunMismatchError,
@@ -52,7 +55,9 @@ _EXPORTS = {
 
 __all__ = [
     "BUNDLED_SPEC",
+    "DeviceError",
     "DistributedRunError",
+    "ExplanationFileError",
     "GradientsDisabledError",
     "HubUnavailableError",
     "ImageClassifier",
@@ -60,6 +65,7 @@ __all__ = [
     "ImageScalingWarning",
     "LabelNameError",
     "LayerResolutionError",
+    "MetricInputError",
     "ModelLoadError",
     "OutputPathError",
     "RunMismatchError",
