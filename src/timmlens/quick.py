@@ -130,7 +130,7 @@ class ExplanationResult(ClassPrediction):
 
     def save(self, path: PathLike, *, image: bool = True) -> Path:
         """Write the heatmap and what made it to ``path`` (``.npz``; see
-        :func:`timmlens.load_explanation`); ``image`` also stores the photo. Returns the path."""
+        [`timmlens.load_explanation`][]); ``image`` also stores the photo. Returns the path."""
         metadata = {
             "kind": "quick_explain",
             "model": {**_model_fields(self), "num_classes": _count(self.probabilities)},
@@ -183,7 +183,7 @@ class MethodComparison(ClassPrediction):
 
     def save(self, path: PathLike, *, image: bool = True) -> Path:
         """Write every method's heatmap, the scores and what made them to ``path`` (``.npz``;
-        see :func:`timmlens.load_explanation`). Returns the path."""
+        see [`timmlens.load_explanation`][]). Returns the path."""
         metadata = {
             "kind": "compare_methods",
             "model": {**_model_fields(self), "num_classes": _count(self.probabilities)},
@@ -489,7 +489,10 @@ def compare_methods(
         target_class: the class to explain; ``None``: the predicted class.
         method_options: per method, constructor options, e.g. ``{"ig": {"n_steps": 16}}``.
         note: added to the titles; random weights and untrained heads are labelled anyway.
-        cmap, alpha, crop, dpi: as for :func:`quick_explain`.
+        cmap: colormap, as for [`quick_explain`][timmlens.quick.quick_explain].
+        alpha: opacity of the overlay, as for `quick_explain`.
+        crop: the part of the photo outside the crop, as for `quick_explain`.
+        dpi: resolution of the saved figure.
 
     Returns:
         A [`MethodComparison`][]; ``heatmaps[name]`` is ``(H, W)`` on CPU.
@@ -589,7 +592,10 @@ def compare_architectures(
         notes: per model a note for its title, by name or order; models with random
             weights or a new untrained head are labelled so in any case.
         method_options: constructor options of the explainer, for every model.
-        cmap, alpha, crop, dpi: as for :func:`quick_explain`.
+        cmap: colormap, as for [`quick_explain`][timmlens.quick.quick_explain].
+        alpha: opacity of the overlay, as for `quick_explain`.
+        crop: the part of the photo outside the crop, as for `quick_explain`.
+        dpi: resolution of the saved figure.
 
     Returns:
         An [`ArchitectureComparison`][]; each heatmap is ``(H, W)`` in its own model's

@@ -5,11 +5,11 @@ probabilities, optionally the original photo (``uint8``), and a JSON document (s
 the archive as UTF-8 bytes) with what made them: the model (spec, whether its weights
 are pretrained), the method and layer, the target and predicted classes, the geometry
 that maps the heatmap onto the photo, and the timmlens version. ``np.load`` reads it
-with ``allow_pickle=False``, and so does :func:`load_explanation`.
+with ``allow_pickle=False``, and so does [`load_explanation`][].
 
-``result.save(path)`` on a :class:`~timmlens.quick.ExplanationResult`,
-:class:`~timmlens.quick.MethodComparison` or
-:class:`~timmlens.interpretation.base.Explanation` writes such a file.
+``result.save(path)`` on a [`ExplanationResult`][timmlens.quick.ExplanationResult],
+[`MethodComparison`][timmlens.quick.MethodComparison] or
+[`Explanation`][timmlens.interpretation.base.Explanation] writes such a file.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def _json_default(value: Any) -> Any:
 
 @dataclass
 class SavedExplanation:
-    """An explanation read back by :func:`load_explanation`.
+    """An explanation read back by [`load_explanation`][].
 
     Attributes:
         heatmaps: name -> heatmap tensor, as saved (``(H, W)`` or ``(B, H, W)``, float32).
@@ -305,7 +305,7 @@ def load_explanation(path: str | os.PathLike[str]) -> SavedExplanation:
 
 
 def save_batch_explanation(path: str | os.PathLike[str], explanation: Any) -> Path:
-    """Write an :class:`~timmlens.interpretation.base.Explanation` (``(B, H, W)`` maps)."""
+    """Write an [`Explanation`][timmlens.interpretation.base.Explanation] (``(B, H, W)`` maps)."""
     context = dict(explanation.context)
     geometries = context.pop("geometries", None)
     targets = None if explanation.targets is None else explanation.targets.tolist()

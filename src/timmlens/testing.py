@@ -17,7 +17,7 @@ def make_explainable(model: nn.Module, seed: int = 0) -> nn.Module:
     """Re-draw norm affines, layer scales and linear heads of ``model`` in place (seeded).
 
     Returns the same model, in eval mode, for chaining, marked as having random weights
-    (:func:`timmlens.models.mark_random_weights`), so its figures say so.
+    (`timmlens.models.mark_random_weights`), so its figures say so.
     """
     from .models.weights_status import mark_random_weights
 

@@ -241,7 +241,7 @@ class ModelAdapter:
     @cached_property
     def activation_layer(self) -> str:
         """The layer gradient-free CAMs read by default (ScoreCAM, AblationCAM, EigenCAM,
-        RandomCAM): :attr:`default_layer`, or the norm-activation module right after it
+        RandomCAM): [`default_layer`][], or the norm-activation module right after it
         where the default layer is a bare convolution (its output then is pre-norm).
 
         Gradient CAMs weight channels by signed gradients, so a pre-norm, signed output

@@ -189,8 +189,8 @@ class RandomizationResult:
         seed_similarity: method -> metric -> ``(seeds, steps, B)``, every seed's
             similarities (``similarity`` is its first row).
 
-    With several seeds, :meth:`mean`, :meth:`table` and :meth:`falls` average over the
-    seeds and images together, and :meth:`spread` says how far the seeds disagree: one
+    With several seeds, `mean`, `table` and `falls` average over the
+    seeds and images together, and `spread` says how far the seeds disagree: one
     seed's randomised weights can leave a map more or less like the original by chance.
     """
 
@@ -262,7 +262,7 @@ class RandomizationResult:
         """One row per method and step: ``method, step, unit, spearman, spearman_abs, ssim``
         (means over images and seeds, NaN left out) and ``undefined`` (images whose
         Spearman is NaN, counted over seeds). With several seeds also ``spearman_sd`` and
-        ``ssim_sd`` (standard deviation of the per-seed means, :meth:`spread`).
+        ``ssim_sd`` (standard deviation of the per-seed means, `spread`).
         """
         rows = []
         several = len(self.seeds) > 1

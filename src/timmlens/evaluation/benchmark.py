@@ -2,7 +2,7 @@
 
 Each model gets its own ``evaluate`` run in ``out/<model>/`` (rows, summary, run
 identity), so a benchmark resumes, refuses to mix runs and scales under ``torchrun``
-exactly as ``evaluate`` does. The leaderboard (:mod:`.leaderboard`) is built from those
+exactly as ``evaluate`` does. The leaderboard (`leaderboard`) is built from those
 rows and written next to them: ``leaderboard.md``, ``leaderboard.json``,
 ``leaderboard.png``. A model that does not load is reported and the others go on.
 """
@@ -93,7 +93,7 @@ def benchmark(
 ) -> Leaderboard:
     """Score methods on several models and rank them: a leaderboard with reference rows.
 
-    Every model runs :func:`~timmlens.evaluation.evaluate` into ``out/<model>/`` (its
+    Every model runs [`evaluate`][timmlens.evaluation.evaluate] into ``out/<model>/`` (its
     rows, ``summary.json`` and ``run.json``: a rerun resumes, another run's rows are
     refused), then ``out/leaderboard.md``, ``out/leaderboard.json`` and
     ``out/leaderboard.png`` are written from all rows.
@@ -103,7 +103,7 @@ def benchmark(
             ids, folders) or modules; or ``{name: spec or module}`` to name the folders.
             A spec that does not load is reported (warning, ``failures``, the markdown's
             last section) and the other models go on; if none loads,
-            :class:`~timmlens.errors.ModelLoadError` lists them all.
+            [`ModelLoadError`][timmlens.errors.ModelLoadError] lists them all.
         data: what ``evaluate`` takes (an image folder, a dataset, a loader).
         methods: registry names; default: each model's ``compare_methods`` defaults.
             Methods that do not apply to a model (attention on a CNN) are left out for it.
@@ -116,14 +116,14 @@ def benchmark(
             random CAM and a centred Gaussian) so every number reads against chance and
             the centre bias of photos.
         device: where models loaded from specs run (``"cpu"``, ``"cuda"``, ...); checked
-            first (:class:`~timmlens.errors.DeviceError`). Modules stay where they are.
+            first ([`DeviceError`][timmlens.errors.DeviceError]). Modules stay where they are.
         batch_size, overwrite, progress: as for ``evaluate``.
         method_options: constructor options per method (``{"ig": {"n_steps": 16}}``).
         metric_options: ``ExplanationMetrics`` options; ``steps`` overrides its ``steps``.
         plot: also write the PNG (matplotlib).
 
     Returns:
-        The :class:`~timmlens.evaluation.leaderboard.Leaderboard` (every rank returns it;
+        The `Leaderboard` (every rank returns it;
         rank 0 writes the files).
     """
     metric_names = list(dict.fromkeys(resolve_metric(m, needs="heatmap").name for m in metrics))

@@ -9,9 +9,9 @@ batch of images.
 The plan is computed before the run from the images, the methods and the metric
 settings: each metric says how many forwards one heatmap costs
 (``metric.forwards_per_image(owner, height, width)``), each explainer how many one
-image costs (:attr:`~timmlens.interpretation.base.Explainer.forwards_per_image`).
+image costs (`forwards_per_image`).
 Where either is not known in advance (ScoreCAM's copies depend on the layer's
-channels), :func:`timmlens.evaluate` measures it on the first batch and widens the bar.
+channels), [`timmlens.evaluate`][] measures it on the first batch and widens the bar.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ __all__ = ["ForwardCounter", "ForwardPlan", "metric_forwards", "plan_forwards"]
 class ForwardCounter:
     """Counts the images ``model`` forwards while the block runs (a forward hook).
 
-    Each call of the model adds its batch size to :attr:`images` and passes it to
+    Each call of the model adds its batch size to `images` and passes it to
     ``on_forward`` (a progress bar's ``update``). Forwards of a submodule alone (the
     head replayed by AblationCAM) are not calls of the model and are not counted.
     The hook is removed on exit, also after an exception.
@@ -159,7 +159,7 @@ def plan_forwards(
     pairs: Mapping[str, int],
     images: int,
 ) -> ForwardPlan:
-    """The :class:`ForwardPlan` of explaining and scoring ``pairs`` (method -> images).
+    """The `ForwardPlan` of explaining and scoring ``pairs`` (method -> images).
 
     Args:
         explainers: the explainers by method name.

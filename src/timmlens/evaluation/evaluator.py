@@ -217,7 +217,7 @@ def _rows_for_batch(
 
 class _CostMeter:
     """The run's forwards: a plan up front, the bar's total widened by what the first batch
-    of a method with an unknown cost measured. Counts through a :class:`ForwardCounter`."""
+    of a method with an unknown cost measured. Counts through a `ForwardCounter`."""
 
     def __init__(self, plan: ForwardPlan, counter: ForwardCounter, bar: Any) -> None:
         self.plan, self.counter, self.bar = plan, counter, bar
@@ -427,7 +427,7 @@ def evaluate(
     and line, and computed again. ``KeyboardInterrupt`` leaves every finished batch's rows.
 
     **Progress.** Before it starts, the run prints what it will cost in forwards (one image
-    through the model; :mod:`~timmlens.evaluation.cost`): predictions, explaining and
+    through the model; `cost`): predictions, explaining and
     scoring, from the pending images, the methods and the metric settings. The progress
     bar counts those forwards chunk by chunk (a forward hook on the model, removed at the
     end), with an ETA; a method or metric whose cost is not known in advance is measured
@@ -461,7 +461,7 @@ def evaluate(
         metric_options: options for ``ExplanationMetrics`` (e.g. ``{"steps": 50}``).
         save_maps: also keep every heatmap: ``out/maps/<method>/<image id>.npz`` (the
             ``(H, W)`` map, probabilities, classes, geometry, model and weights status;
-            read with :func:`timmlens.load_explanation`). Each file is written atomically;
+            read with [`timmlens.load_explanation`][]). Each file is written atomically;
             on resume a row whose map file is missing is computed again.
 
     Raises:

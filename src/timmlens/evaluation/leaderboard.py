@@ -1,6 +1,6 @@
 """A leaderboard of methods: per-image rows of several models -> table, JSON, markdown.
 
-Nothing here runs a model: :func:`~timmlens.evaluation.benchmark.benchmark` runs
+Nothing here runs a model: `benchmark` runs
 ``evaluate`` once per model and hands the rows over. Each entry is a mean with its
 95% confidence interval (Student t over the images), per model and pooled over every
 (model, image) pair; methods are ranked by the pooled mean of the first metric, in its
@@ -35,8 +35,8 @@ class Leaderboard:
         metrics: metric names (registry order as given).
         higher_is_better: metric -> its direction.
         models: model names (the evaluate sub-folder of each).
-        pooled: method -> metric -> :class:`Statistic` over every (model, image) row.
-        per_model: model -> method -> metric -> :class:`Statistic` over its images.
+        pooled: method -> metric -> `Statistic` over every (model, image) row.
+        per_model: model -> method -> metric -> `Statistic` over its images.
         images: model -> images scored.
         failures: model spec -> why it did not load or run (the others went on).
         not_applicable: model -> methods that do not apply to it (attention on a CNN).
@@ -167,7 +167,7 @@ def build_leaderboard(
     not_applicable: Mapping[str, Sequence[str]] | None = None,
     settings: Mapping[str, Any] | None = None,
 ) -> Leaderboard:
-    """A :class:`Leaderboard` from each model's rows (``{model: [row, ...]}``).
+    """A `Leaderboard` from each model's rows (``{model: [row, ...]}``).
 
     A row is ``evaluate``'s: ``id``, ``method`` and one value per metric (``None`` or NaN
     where undefined; those are left out of the means). Only ``methods`` are kept.

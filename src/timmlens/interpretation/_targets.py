@@ -3,9 +3,9 @@
 A target is a class (index or name, one for all images or one per image), ``None`` (each
 image's predicted class), or a *callable* ``scores(values (N, K)) -> (N,)``: a class
 group's sum, a softmax probability, a margin. One mechanism serves every method: the
-engines carry a callable as :class:`CallableTargets`, a stand-in for the ``(N,)`` class
-tensor that slices and repeats like it, and :func:`~timmlens.interpretation.scoring.target_scores`
-(and :class:`TargetScore`) apply it where a class would be indexed. So the callable sees
+engines carry a callable as `CallableTargets`, a stand-in for the ``(N,)`` class
+tensor that slices and repeats like it, and `target_scores`
+(and `TargetScore`) apply it where a class would be indexed. So the callable sees
 exactly what a class index would select from:
 
 * the **logits** for every explanation method (gradient methods differentiate it; ScoreCAM,
@@ -54,7 +54,7 @@ class CallableTargets:
 
     The engines slice, repeat and move targets as the ``(N,)`` long tensor of classes; this
     object answers those operations with itself at a new row count, so no engine needs a
-    second code path. :func:`~timmlens.interpretation.scoring.target_scores` calls it on
+    second code path. `target_scores` calls it on
     ``(N, K)`` logits (or probabilities) and gets ``(N,)`` checked scores.
 
     Args:
@@ -173,7 +173,7 @@ def _class_name_resolver(model: nn.Module | None, name: str) -> int:
     return label_resolver_for(model).resolve(name, where="target_class")
 
 
-#: what :func:`validate_targets` gives: one class per image, a callable, or ``None``
+#: what `validate_targets` gives: one class per image, a callable, or ``None``
 ResolvedTargets = list[int] | CallableTargets | None
 
 
@@ -192,7 +192,7 @@ def validate_targets(
     checked where it is called); ``method`` names the caller in its errors.
 
     Returns:
-        One class index per image, a :class:`CallableTargets`, or ``None``.
+        One class index per image, a `CallableTargets`, or ``None``.
 
     Raises:
         TargetError: a class outside ``[0, num_classes)``, a list of the wrong length, or
@@ -255,7 +255,7 @@ def target_rows(
     targets: ResolvedTargets, device: torch.device
 ) -> torch.Tensor | CallableTargets | None:
     """Resolved targets as the engines carry them: ``(B,)`` long on ``device``, the
-    :class:`CallableTargets` on ``device``, or ``None`` (the predicted classes)."""
+    `CallableTargets` on ``device``, or ``None`` (the predicted classes)."""
     if targets is None:
         return None
     if isinstance(targets, CallableTargets):

@@ -132,7 +132,7 @@ class Explanation:
         heatmap: ``(B, H, W)`` the maps [`Explainer.explain`][] returns.
         targets: ``(B,)`` long, the explained classes (``None`` only where no class was
             involved: the plain attention rollout of a headless model). For a callable
-            target, which has no class, the predicted classes (see :attr:`target_label`).
+            target, which has no class, the predicted classes (see `target_label`).
         logits: ``(B, K)`` the model's logits for the inputs, detached, where the method
             ran a clean forward pass anyway (``None`` otherwise).
         attributions: the method's raw output before it became a heatmap: Captum's
@@ -141,7 +141,7 @@ class Explanation:
         extras: method-specific values (e.g. ``"layer_maps"`` of CAMs).
         context: what made it, filled in by the explainer: ``method``, ``layer``,
             ``model`` (name, class count, weights status) and, for images given as
-            pictures, ``geometries``; :meth:`save` records it.
+            pictures, ``geometries``; [`save`][] records it.
         target_label: ``"custom target (<callable's name>)"`` when the target was a
             callable (then `targets` are the predicted classes); ``None`` for classes.
     """
@@ -155,8 +155,8 @@ class Explanation:
     target_label: str | None = None
 
     def save(self, path: str | os.PathLike[str]) -> Any:
-        """Write the heatmaps ``(B, H, W)``, targets, probabilities and :attr:`context` to
-        ``path`` (``.npz`` + JSON metadata, see :func:`timmlens.load_explanation`)."""
+        """Write the heatmaps ``(B, H, W)``, targets, probabilities and `context` to
+        ``path`` (``.npz`` + JSON metadata, see [`timmlens.load_explanation`][])."""
         from ..saving import save_batch_explanation
 
         return save_batch_explanation(path, self)
@@ -233,7 +233,7 @@ class Explainer(ABC):
             target_class: class to explain: one int for all images, one per image,
                 ``None`` for each image's predicted class, or a callable
                 ``logits (B, K) -> scores (B,)`` (a class group's sum, a probability; see
-                :mod:`timmlens.interpretation._targets` for what it receives).
+                `timmlens.interpretation._targets` for what it receives).
         """
         batch = self.prepare(images)
         maps = self.explain_batch(batch.tensor, target_class, **kwargs)
@@ -315,8 +315,8 @@ class Explainer(ABC):
         """The explanation of inputs ``(B, C, H, W)`` for validated ``targets``.
 
         ``targets`` is ``None`` for the predicted classes. A callable target reaches the
-        engine as :class:`~timmlens.interpretation._targets.CallableTargets`; the result
-        carries it as ``targets`` and :meth:`explain_batch_full` swaps in the predicted
+        engine as `CallableTargets`; the result
+        carries it as ``targets`` and [`explain_batch_full`][] swaps in the predicted
         classes and the label. Runs inside the guard.
         """
 

@@ -61,7 +61,7 @@ def target_scores(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> tor
     """Score of each row's target class: logits ``(N, K)``, targets ``(N,)`` -> ``(N,)`` float32.
 
     ``kind="probability"``: softmax probability; ``kind="logit"``: the raw logit. A
-    callable target (:class:`~timmlens.interpretation._targets.CallableTargets`) is
+    callable target (`CallableTargets`) is
     applied to the same ``(N, K)`` values a class index would select from.
     """
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:

@@ -1,13 +1,13 @@
 """Whether a model's weights are trained: the one place titles, pages and file names ask.
 
 A model created with random weights (``load_model("resnet18")``, ``pretrained=False``,
-:func:`timmlens.testing.explainable_model`) carries a mark set where it was created;
-an :class:`~timmlens.models.ImageClassifier` adds whether it put a new, untrained head
+`timmlens.testing.explainable_model`) carries a mark set where it was created;
+an [`ImageClassifier`][timmlens.models.ImageClassifier] adds whether it put a new, untrained head
 on top. Every figure title, HTML page, saved explanation and output file name reads
-:func:`weights_status`, so an untrained model is never shown as if it were real.
+[`weights_status`][], so an untrained model is never shown as if it were real.
 
 A module you build yourself and pass in is taken as trained; say otherwise with
-``ImageClassifier(module, pretrained=False)`` or :func:`mark_random_weights`.
+``ImageClassifier(module, pretrained=False)`` or `mark_random_weights`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def mark_random_weights(module: nn.Module) -> nn.Module:
 
 
 def has_random_mark(module: Any) -> bool:
-    """Whether ``module`` was marked by :func:`mark_random_weights`."""
+    """Whether ``module`` was marked by `mark_random_weights`."""
     return bool(getattr(module, RANDOM_WEIGHTS_ATTRIBUTE, False))
 
 
@@ -77,7 +77,7 @@ class WeightsStatus:
 
 
 def weights_status(model: nn.Module) -> WeightsStatus:
-    """The :class:`WeightsStatus` of an ``ImageClassifier`` or a bare (timm) module."""
+    """The [`WeightsStatus`][] of an ``ImageClassifier`` or a bare (timm) module."""
     status = getattr(model, "weights_status", None)
     if isinstance(status, WeightsStatus):
         return status

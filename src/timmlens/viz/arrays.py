@@ -19,7 +19,7 @@ PictureLike = Image.Image | np.ndarray | torch.Tensor
 #: uniform (equal steps in relevance look like equal steps in colour, so a figure shows no
 #: edges the map does not have, unlike ``"jet"``), stays ordered in greyscale print and for
 #: colour-blind readers, and its bright end marks high relevance. Signed maps get
-#: :data:`DIVERGING_CMAP`, centred on 0. Every figure function takes ``cmap=``.
+#: `DIVERGING_CMAP`, centred on 0. Every figure function takes ``cmap=``.
 DEFAULT_CMAP = "inferno"
 DIVERGING_CMAP = "RdBu_r"
 

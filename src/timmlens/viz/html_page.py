@@ -59,7 +59,7 @@ class PageView:
         title: the view's heading (plain text).
         maps: name -> ``(H, W)`` map in model-input coordinates (or a patch grid).
         control: ``"buttons"`` (one per map) or ``"slider"`` (attention blocks).
-        colormap: the default colormap (:data:`COLORMAPS`).
+        colormap: the default colormap (`COLORMAPS`).
         opacity: the default opacity of the maps.
         label: the colour bar's label.
         max_side: maps are sampled to at most this many cells per side.
@@ -100,7 +100,7 @@ def encode_map(full: np.ndarray, max_side: int, stretch: bool = False) -> dict[s
 
     Returns ``{"png", "lo", "hi", "vmin", "vmax"}``: level ``q`` of the PNG's grey channel
     is the value ``lo + q / 255 * (hi - lo)`` (its alpha is 0 where the map is NaN);
-    ``vmin``/``vmax`` are the colour limits (:func:`timmlens.viz.arrays.value_range`,
+    ``vmin``/``vmax`` are the colour limits (`timmlens.viz.arrays.value_range`,
     or the map's min and max with ``stretch``).
     """
     vmin, vmax = value_range(full)

@@ -1,9 +1,9 @@
 """Interactive figures of explanations; nothing here runs a model.
 
-:func:`explanation_html` writes a small self-contained page without plotly
-(:mod:`timmlens.viz.html_page`, a few hundred kilobytes). The plotly figures
-(:func:`explanation_figure`, :func:`attention_figure`) are for notebooks, where plotly.js
-is already loaded; :func:`write_html` embeds plotly.js (4.8 MB) in the page it writes. They show the
+[`explanation_html`][] writes a small self-contained page without plotly
+(`timmlens.viz.html_page`, a few hundred kilobytes). The plotly figures
+([`explanation_figure`][], [`attention_figure`][]) are for notebooks, where plotly.js
+is already loaded; [`write_html`][] embeds plotly.js (4.8 MB) in the page it writes. They show the
 original photo with the heatmap over it; an opacity slider, a colormap menu, zoom and
 pan (drag, scroll, double-click to reset) and hover values; one button per method; for
 ViTs a second plot with a slider over the attention blocks.
@@ -441,7 +441,7 @@ def explanation_html(
     opacity: float = 0.5,
 ) -> Path:
     """One small self-contained page for one image: method overlays (buttons) and, for
-    ViTs, attention per block (a slider). Needs no plotly (see :mod:`timmlens.viz.html_page`).
+    ViTs, attention per block (a slider). Needs no plotly (see `timmlens.viz.html_page`).
 
     Args:
         path: the ``.html`` file to write.

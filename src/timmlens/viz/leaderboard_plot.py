@@ -1,7 +1,7 @@
 """The leaderboard's figure: one panel per metric, a bar per method and model with its 95% CI.
 
-Built as a :class:`~matplotlib.figure.Figure` without ``pyplot`` (so the Agg canvas,
-no display needed); save it with :func:`~timmlens.viz.static.save_figure`. Nothing here
+Built as a `Figure` without ``pyplot`` (so the Agg canvas,
+no display needed); save it with [`save_figure`][timmlens.viz.static.save_figure]. Nothing here
 runs a model.
 """
 

@@ -140,7 +140,7 @@ def draw_overlay(
     """Draw ``heatmap`` over ``image`` on ``ax``; returns the heatmap's ``AxesImage`` (or None).
 
     The axes show the original photo at its own size ``(H0, W0)``; ``crop`` (see
-    :data:`CROP_MODES`) says how the part outside the model's crop is drawn. The
+    `CROP_MODES`) says how the part outside the model's crop is drawn. The
     returned image's label (``get_label()``) is its colour bar's label.
     """
     _check_crop(crop)
@@ -299,7 +299,7 @@ def plot_overlay(
         show_original: also show the bare photo on the left.
         colorbar: draw a labelled colour bar next to the overlay.
         crop: the part outside the model's crop: ``"mark"`` (hatched), ``"only"`` (left
-            out), ``"plain"`` (uncoloured); see :data:`CROP_MODES`.
+            out), ``"plain"`` (uncoloured); see `CROP_MODES`.
     """
     text = title if title is not None else explanation_title(label, probability, method, note)
     text = wrap_title(text, round(4.2 * _CHARS_PER_INCH))

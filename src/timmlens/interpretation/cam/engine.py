@@ -84,8 +84,8 @@ class CamContext:
             ``None`` for methods with ``needs_gradients = False``.
         inputs: ``(B, C_in, H, W)`` the preprocessed inputs.
         targets: ``(B,)`` long, the explained classes, or the callable target
-            (:class:`~timmlens.interpretation._targets.CallableTargets`, sliced and
-            repeated as the class tensor; :meth:`score_masked` applies it to each logit row).
+            (`CallableTargets`, sliced and
+            repeated as the class tensor; [`score_masked`][] applies it to each logit row).
         layer_name: the layer's dotted name.
         model: the classifier (in eval mode, parameters frozen, for the call).
     """

@@ -55,7 +55,8 @@ def prepare_heatmaps(
 
     Raises:
         ValueError: wrong type, dimensions or count, or empty;
-            :class:`~timmlens.errors.MetricInputError` (a ``ValueError``) for NaN / inf values.
+            [`MetricInputError`][timmlens.errors.MetricInputError] (a ``ValueError``) for
+            NaN / inf values.
     """
     if isinstance(heatmap, np.ndarray):
         kind = heatmap.dtype.kind

@@ -15,7 +15,7 @@ network has learned", IEEE TNNLS 2017).
   substrate for ``k = 0 .. L``, and ``AOPC = mean_k (f(x) - f(x_k))`` over the ``L + 1``
   points (Samek et al., Eq. 12). Higher is better. Samek et al. used 9 x 9 regions and
   ``L = 100``, the defaults here; they filled regions with uniform noise, here the
-  ``substrate`` of :class:`ExplanationMetrics` (zeros: the mean colour) fills them,
+  ``substrate`` of `ExplanationMetrics` (zeros: the mean colour) fills them,
   pass ``substrate=`` for another. Ties between patch sums follow ``tie_order``.
 """
 
@@ -44,7 +44,7 @@ def normalised_maps(maps: torch.Tensor) -> torch.Tensor:
     """Min-max normalise each map ``(B, H, W)`` to [0, 1]; a constant map becomes ones.
 
     A constant map explains nothing: multiplying by ones leaves the image as it is
-    (drop 0, no increase), and :class:`TiedHeatmapWarning` has said so.
+    (drop 0, no increase), and `TiedHeatmapWarning` has said so.
     """
     flat = maps.flatten(1)
     low = flat.min(dim=1, keepdim=True).values

@@ -32,7 +32,7 @@ class MetricContext:
             seed, chunking).
         batch: the prepared images; ``inputs`` ``(B, C, H, W)`` on the model's device.
         targets: ``(B,)`` long on the model's device, the class scored per image, or a
-            callable target (:class:`~timmlens.interpretation._targets.CallableTargets`,
+            callable target (`CallableTargets`,
             which slices and repeats like the class tensor; results then report the
             predicted classes and ``settings["target"]`` names the callable).
         heatmaps: ``(B, H, W)`` float32 at the input resolution (``None`` for a metric

@@ -7,12 +7,12 @@ Pixels are ranked once per image, most salient first. Step ``t`` of a curve chan
   the model input, as in RISE) in place of the most salient pixels; a faithful heatmap
   makes the target score fall fast: lower AUC is better.
 * **Insertion** starts from a blurred copy (default: RISE's own, ``gkern(11, 5)`` with zero
-  padding, see :func:`~.substrates.rise_blur`) and puts the original pixels back, most
+  padding, see `rise_blur`) and puts the original pixels back, most
   salient first; higher AUC is better.
 
 With the defaults, at 224 x 224 and ``pixels_per_step=224`` (or the default 224 steps),
 both curves equal RISE's ``evaluation.py`` (``CausalMetric``) up to float rounding; ties
-in the heatmap follow ``tie_order`` (see :func:`pixel_ranks`).
+in the heatmap follow ``tie_order`` (see `pixel_ranks`).
 
 Curves have ``n_steps + 1`` points, from 0 pixels changed to all of them; ``x`` is the
 fraction changed, in [0, 1], and the AUC is the trapezoid rule over ``(x, y)``.
@@ -41,12 +41,12 @@ from .substrates import (  # noqa: F401 - re-exported: they lived here before
 DEFAULT_STEPS = 224
 #: The curve metrics, computed together in one stream of chunks when asked together.
 CURVE_METRICS: tuple[str, ...] = ("insertion", "deletion")
-#: How equal heatmap values are ordered (:func:`pixel_ranks`).
+#: How equal heatmap values are ordered (`pixel_ranks`).
 TIE_ORDERS: tuple[str, ...] = ("row_major", "rise")
 
 
 def check_tie_order(tie_order: object) -> None:
-    """Raise unless ``tie_order`` is one of :data:`TIE_ORDERS`."""
+    """Raise unless ``tie_order`` is one of `TIE_ORDERS`."""
     if tie_order not in TIE_ORDERS:
         raise ValueError(
             f"tie_order={tie_order!r} is not known; use 'row_major' (among equal values the "

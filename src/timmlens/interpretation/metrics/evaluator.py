@@ -88,7 +88,7 @@ class ExplanationMetrics:
         blur_sigma: blur standard deviation in pixels (default 5.0, RISE's).
         tie_order: how equal heatmap values are ranked: ``"row_major"`` (default, top-left
             pixel first) or ``"rise"`` (bottom-right first, RISE's reversed argsort); see
-            :func:`~.curves.pixel_ranks`. Applies to insertion, deletion and ROAD.
+            `pixel_ranks`. Applies to insertion, deletion and ROAD.
         road_percentiles: ROAD's removal levels in percent of pixels (default 10, 20, ...,
             90), strictly increasing, each in (0, 100).
         road_noise: standard deviation of ROAD's imputation noise in normalised input
@@ -288,7 +288,7 @@ class ExplanationMetrics:
                 constructor's ``score``.
 
         Returns:
-            A :class:`MetricResult` named ``road_morf`` / ``road_lerf``: ``.curve`` is
+            A `MetricResult` named ``road_morf`` / ``road_lerf``: ``.curve`` is
             ``(x (P,), y (P,) or (B, P))``, x the fraction removed; the value is the mean
             of the curve over percentiles.
         """
@@ -318,7 +318,7 @@ class ExplanationMetrics:
         self, image: ImagesInput, heatmap: HeatmapInput, target_class: TargetInput = None
     ) -> dict[str, MetricResult]:
         """Average Drop and Increase in Confidence (Chattopadhay et al. 2018) from one
-        forward of ``image x normalised map`` per image (see :mod:`.confidence`).
+        forward of ``image x normalised map`` per image (see `confidence`).
 
         Returns:
             ``{"average_drop": r, "increase_in_confidence": r}``, both in percent; each
@@ -355,7 +355,7 @@ class ExplanationMetrics:
             steps: overrides the constructor's ``aopc_steps`` (default 100).
 
         Returns:
-            A :class:`MetricResult`; ``.curve`` is ``(x, y)``, x the patches removed
+            A `MetricResult`; ``.curve`` is ``(x, y)``, x the patches removed
             ``(L + 1,)``, y the target's score.
         """
         options = {"aopc_patch_size": patch_size, "aopc_steps": steps}
@@ -587,7 +587,7 @@ class ExplanationMetrics:
         self, inputs: torch.Tensor, target_class: TargetInput, need_scores: bool
     ) -> tuple[torch.Tensor | CallableTargets, torch.Tensor | None]:
         """Targets ``(B,)`` long on device (or a callable target's
-        :class:`~timmlens.interpretation._targets.CallableTargets`), and the unperturbed
+        `CallableTargets`), and the unperturbed
         scores ``(B,)`` if computed.
 
         The unperturbed images are scored only for ``target_class=None`` or ``need_scores``.

@@ -19,7 +19,7 @@ For each percentile ``p`` (default 10, 20, ..., 90), ``p`` % of the pixels are r
 
 ``p`` is the share *removed* (the paper's x-axis); pytorch-grad-cam's ``percentile`` is
 the share kept. ``round(p / 100 * H * W)`` pixels are removed, ranked as insertion and
-deletion rank them (:func:`~.curves.pixel_ranks`, ``tie_order``). The curve is the
+deletion rank them (`pixel_ranks`, ``tie_order``). The curve is the
 target's score at each percentile, the value its mean over percentiles.
 
 **The solver.** The systems differ by mask, so each (image, order, percentile) gets its
@@ -32,7 +32,7 @@ direct solver off CUDA, and iterative solvers (conjugate gradients in torch) nee
 hundreds to thousands of iterations on the large holes of high percentiles to reach the
 authors' values to 1e-5. The imputation runs on the CPU in float64; the imputed images
 go to the model's device a chunk at a time, one forward per chunk
-(:func:`~timmlens.interpretation.scoring.score_in_chunks`).
+([`score_in_chunks`][timmlens.interpretation.scoring.score_in_chunks]).
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def make_substrate(
     Args:
         spec: ``"zeros"`` (zeros of the normalised model input, i.e. the dataset's mean
             colour: RISE's deletion substrate); ``"blur"`` (RISE's insertion start exactly:
-            ``gkern(blur_kernel, blur_sigma)`` with zero padding, see :func:`rise_blur`);
+            ``gkern(blur_kernel, blur_sigma)`` with zero padding, see `rise_blur`);
             ``"blur_reflect"`` (torchvision's Gaussian blur, kernel truncated at
             ``blur_kernel`` with renormalised weights and reflect padding: timmlens'
             earlier default insertion start, up to 0.8 away from RISE's at the border);
