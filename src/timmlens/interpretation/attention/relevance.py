@@ -7,8 +7,12 @@ one, or each image's predicted class.
 **chefer** (Chefer, Gur & Wolf, ICCV 2021, "Generic Attention-model Explainability for
 Interpreting Bi-Modal and Encoder-Decoder Transformers", rule (5)-(6)): ``R = I``; for
 every block ``l`` in forward order, ``Ā_l = mean_heads((dy/dA_l * A_l)^+)`` and
-``R = R + Ā_l R``. The relevance is the class token's row of ``R``; the engine keeps the
-patch tokens (distillation and register tokens are dropped). Only the one row is needed,
+``R = R + Ā_l R``. The relevance is the row of ``R`` the classifier reads: the class
+token's, or the patch tokens' average for a globally pooled model; the engine keeps the
+patch tokens (distillation and register tokens are dropped). Blocks that do not attend
+over every token are put on the model's tokens by the engine first (CaiT: the patch
+blocks, then the class-attention blocks' class row, as Chefer et al. treat attention
+between two token sets). Only the one row is needed,
 so it is computed as ``e_cls (I + Ā_L) ... (I + Ā_1)`` with vector-matrix products. One
 forward and one backward pass.
 
@@ -80,24 +84,25 @@ class CheferRelevance(AttentionExplainer):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        if "class" not in self.token_indices:
+        if self.adapter.readout is None:
+            pool = getattr(self.adapter.timm_model, "global_pool", None)
             raise UnsupportedModelError(
-                f"chefer: {self.adapter.architecture} ({self.adapter.family}) has no class "
-                f"token (globally pooled?), so there is no class-token row of the relevance "
-                f"to read. Use legrad, which reads the model's own head, or GradCAM."
+                f"chefer: {self.adapter.architecture} ({self.adapter.family}) pools with "
+                f"global_pool={pool!r}, neither a class token nor the patch average, so "
+                f"there is no row of the relevance the classifier reads. Use legrad, which "
+                f"reads the model's own head, or GradCAM."
             )
 
     def describe(self, targets: list[int] | None) -> str:
         return "Chefer relevance"
 
     def relevance(self, trace: AttentionTrace, **options: Any) -> torch.Tensor:
-        """The class-token row ``(B, N)`` of ``R = prod_l (I + Ā_l)``."""
+        """The readout row ``(B, N)`` of ``R = prod_l (I + Ā_l)``: the class token's, or
+        the patch tokens' average where the head averages them (``R`` is linear in its
+        rows, so that is the relevance of the pooled token)."""
         _no_options("chefer", options)
         assert trace.gradients is not None  # needs_target: the engine always differentiates
-        first = trace.maps[0]
-        batch, _, tokens, _ = first.shape
-        row = torch.zeros(batch, 1, tokens, dtype=torch.float32, device=first.device)
-        row[:, 0, self.token_indices["class"]] = 1.0
+        row = self.readout_row(trace)
         for attn, grad in zip(reversed(trace.maps), reversed(trace.gradients), strict=True):
             if grad is None:  # a block the target does not reach adds nothing
                 continue
@@ -187,6 +192,13 @@ class LeGrad(AttentionExplainer):
             return args, {**kwargs, "x": kwargs["x"].detach().requires_grad_(True)}
 
         def record(_module: nn.Module, _args: Any, output: torch.Tensor) -> None:
+            if not isinstance(output, torch.Tensor):
+                raise UnsupportedModelError(
+                    f"legrad: the blocks of {self.adapter.architecture} return "
+                    f"{type(output).__name__}, not their tokens (TNT's blocks carry a pixel "
+                    f"and a patch stream), so no block's own class score can be formed. Use "
+                    f"chefer or rollout, or GradCAM."
+                )
             outputs.append(output)
 
         def add_scores(_module: nn.Module, _args: Any, logits: torch.Tensor) -> torch.Tensor:
