@@ -39,7 +39,7 @@ import timm
 import torch
 from torch import nn
 
-from method_matrix import judge, options_for, short_reason
+from method_matrix import judge, options_for, settings_note, short_reason
 from timmlens.adapters import get_adapter, probe_layout
 from timmlens.errors import TimmLensError
 from timmlens.interpretation.registry import as_explainer, methods, resolve_method
@@ -285,7 +285,11 @@ def page(results: list[FamilyResult], names: list[str], missing: list[str]) -> s
         "two classes (a class-agnostic method such as EigenCAM must give the same map "
         "twice); **-** when the method refuses the family with a `TimmLensError` whose "
         "reason is listed below; **FAIL** for anything else (a crash, a constant or "
-        "class-independent map, a timeout).",
+        "class-independent map, a timeout); **?** when the cell has not run yet (the sweep "
+        "is resumable: `--slow` runs the masked-forward and sampling methods after the "
+        "others).",
+        "",
+        f"Small settings: {settings_note()}",
         "",
         f"**Families: {len(results)} ({len(swept)} swept)"
         + (f"; not swept yet: {', '.join(missing)}" if missing else "")
@@ -293,12 +297,13 @@ def page(results: list[FamilyResult], names: list[str], missing: list[str]) -> s
         "",
         "## Totals per method",
         "",
-        "| method | works | refused (reason below) | failing |",
-        "| --- | ---: | ---: | ---: |",
+        "| method | works | refused (reason below) | failing | not run yet |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     for m in names:
         t = totals[m]
-        lines.append(f"| `{m}` | {t[WORKS]} | {t[REFUSED]} | {t[FAILING]} |")
+        left = len(swept) - sum(t.values())
+        lines.append(f"| `{m}` | {t[WORKS]} | {t[REFUSED]} | {t[FAILING]} | {left} |")
     lines += [
         "",
         "## The matrix",

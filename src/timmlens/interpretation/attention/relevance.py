@@ -50,7 +50,10 @@ from ...errors import UnsupportedModelError
 from ..registry import register_method
 from .engine import AttentionExplainer, AttentionTrace
 
-_APPLIES_TO = "global-attention ViTs (ViT, DeiT incl. distilled, BEiT, EVA, register ViTs)"
+_APPLIES_TO = (
+    "global-attention ViTs (ViT, DeiT incl. distilled, DeiT-III, BEiT, EVA, register ViTs, "
+    "CaiT, ConViT, TNT, NaFlexViT, ViTamin, Qwen3 / DeepSeek / Gemma4 encoders)"
+)
 
 
 def _no_options(method: str, options: dict[str, Any]) -> None:
@@ -68,7 +71,7 @@ def _no_options(method: str, options: dict[str, Any]) -> None:
     paper="Chefer, Gur & Wolf, ICCV 2021 (Generic Attention-model Explainability)",
     formula="class-token row of R, R = I; R += mean_heads((dy/dA_l * A_l)^+) R for each block",
     cost="1 forward + 1 backward",
-    applies_to=_APPLIES_TO + " with a class token",
+    applies_to=_APPLIES_TO + " that read a class token or the patch average",
 )
 class CheferRelevance(AttentionExplainer):
     """Chefer et al.'s relevance rule for ViT-like timm models (see the module docstring).
@@ -120,7 +123,7 @@ class CheferRelevance(AttentionExplainer):
     paper="Bousselham et al., 2024 (LeGrad, arXiv:2404.03214)",
     formula="sum_l mean_{heads, queries} (ds_l/dA_l)^+, s_l = head(norm(Z_l))[y]",
     cost="1 forward + 1 backward (+ the head on every block's tokens)",
-    applies_to=_APPLIES_TO,
+    applies_to=_APPLIES_TO + " whose blocks are one top-level `blocks` sequence",
 )
 class LeGrad(AttentionExplainer):
     """LeGrad for ViT-like timm models (see the module docstring).
