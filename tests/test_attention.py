@@ -356,6 +356,7 @@ def test_other_vit_families(name: str, kwargs: dict, side: int, prefix: int) -> 
 
 def test_channel_attention_models_are_refused_with_a_reason() -> None:
     model = timm.create_model("xcit_nano_12_p16_224", img_size=32, depth=1).eval()
+    flags = [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")]
     with pytest.raises(UnsupportedModelError, match="between channels"):
         AttentionVisualizer(model).get_attention_maps(_images(side=32))
-    assert all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
+    assert [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")] == flags
