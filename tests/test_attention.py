@@ -354,8 +354,9 @@ def test_other_vit_families(name: str, kwargs: dict, side: int, prefix: int) -> 
     assert visualizer.attention_rollout(x).shape == (2, side, side)
 
 
-def test_class_attention_models_are_refused_with_a_reason() -> None:
-    model = timm.create_model("cait_xxs24_224", img_size=32, depth=1).eval()
-    with pytest.raises(UnsupportedModelError, match="class attention"):
+def test_channel_attention_models_are_refused_with_a_reason() -> None:
+    model = timm.create_model("xcit_nano_12_p16_224", img_size=32, depth=1).eval()
+    flags = [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")]
+    with pytest.raises(UnsupportedModelError, match="between channels"):
         AttentionVisualizer(model).get_attention_maps(_images(side=32))
-    assert all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
+    assert [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")] == flags

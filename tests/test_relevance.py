@@ -68,7 +68,8 @@ def _heatmap(relevance: torch.Tensor, prefix: int, side: int) -> torch.Tensor:
 
 
 def reference_chefer(model: nn.Module, x: torch.Tensor, targets: list[int]) -> torch.Tensor:
-    """The rule as written: R = I; R = R + mean_h((grad * A)^+) @ R; class row. ``(B, N)``."""
+    """The rule as written: R = I; R = R + mean_h((grad * A)^+) @ R; the row the head reads
+    (the class token's, or the patch rows' mean for an average-pooled model). ``(B, N)``."""
     attns, _, logits = hooked_forward(model, x)
     score = logits[torch.arange(len(targets)), targets].sum()
     grads = torch.autograd.grad(score, attns)
@@ -79,7 +80,8 @@ def reference_chefer(model: nn.Module, x: torch.Tensor, targets: list[int]) -> t
         for attn, grad in zip(attns, grads, strict=True):
             bar = (grad[b].double() * attn[b].double()).clamp(min=0).mean(0)
             relevance = relevance + bar @ relevance
-        rows.append(relevance[0])
+        pooled = model.global_pool == "avg"
+        rows.append(relevance[model.num_prefix_tokens :].mean(0) if pooled else relevance[0])
     return torch.stack(rows)
 
 
@@ -258,7 +260,7 @@ def test_cnn_and_swin_are_refused_naming_method_family_and_alternative() -> None
             assert family in str(info.value) and "GradCAM" in str(info.value)
 
 
-def test_chefer_needs_a_class_token_and_legrad_does_not() -> None:
+def test_chefer_reads_the_patch_average_of_a_pooled_vit_and_refuses_other_pooling() -> None:
     model = explainable_model(
         "vit_tiny_patch16_224",
         num_classes=10,
@@ -267,11 +269,18 @@ def test_chefer_needs_a_class_token_and_legrad_does_not() -> None:
         class_token=False,
         global_pool="avg",
     )
-    with pytest.raises(UnsupportedModelError, match=r"chefer.*no class token.*legrad"):
-        create_explainer("chefer", model)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    got = create_explainer("chefer", model).explain_full(x, target_class=[1, 2])
+    expected = reference_chefer(model, x, [1, 2])
+    scale = expected.abs().max()
+    torch.testing.assert_close(got.attributions.double() / scale, expected / scale)
     got = create_explainer("legrad", model).explain_full(x, target_class=[1, 2])
     torch.testing.assert_close(got.attributions.double(), reference_legrad(model, x, [1, 2]))
+    pooled = explainable_model(
+        "vit_tiny_patch16_224", num_classes=10, img_size=32, depth=1, global_pool="map"
+    )
+    with pytest.raises(UnsupportedModelError, match=r"chefer.*global_pool='map'.*legrad"):
+        create_explainer("chefer", pooled)
 
 
 def test_headless_model_is_refused_with_a_reason() -> None:

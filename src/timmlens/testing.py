@@ -31,7 +31,7 @@ def make_explainable(model: nn.Module, seed: int = 0) -> nn.Module:
         module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
         is_norm = isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm))
         if (
-            leaf == "gamma"
+            leaf.startswith("gamma")  # layer scales: gamma, gamma_1 (CaiT), gamma1
             or (leaf == "weight" and is_norm)
             or "layer_scale" in name
             or leaf == "scale"

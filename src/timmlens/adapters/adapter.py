@@ -26,17 +26,11 @@ LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
 
 # Modules that come after global pooling: a CAM there has no spatial extent.
 _POST_POOL_NAMES = ("head", "fc", "classifier", "global_pool", "head_drop", "fc_norm", "pre_logits")
-# timm modules whose ``forward`` computes attention probabilities we can capture.
-_GLOBAL_ATTENTION_FAMILIES = (
-    "vision_transformer",
-    "deit",
-    "eva",
-    "beit",
-    "vision_transformer_relpos",
-)
-# ViT-like families whose attention cannot be rolled out from the class token, and why.
+# Attention modules that mix the model's tokens: a block's ``attn`` (TNT: ``attn_out``; its
+# ``attn_in`` mixes the pixels inside one patch, never two patches).
+_TOKEN_ATTENTION_NAMES = ("attn", "attn_out")
+# Families whose blocks attend over something other than the token sequence, and why.
 _NO_ROLLOUT_FAMILIES = {
-    "cait": "class attention only in its last blocks (the patch blocks have no class token)",
     "xcit": "cross-covariance attention between channels, not between tokens",
 }
 
@@ -61,6 +55,13 @@ class AttentionBlock:
 
     name: str
     module: nn.Module = field(repr=False, compare=False)
+
+
+def _windowed(module: nn.Module) -> bool:
+    """A block or attention that attends within windows (SAM, Hiera, SAM2's Hiera); an
+    integer ``window_size`` (BEiT's tuple is the relative-position grid, not a window)."""
+    size = getattr(module, "window_size", None)
+    return (isinstance(size, int) and size > 0) or bool(getattr(module, "use_mask_unit_attn", 0))
 
 
 def _family_of(model: nn.Module) -> str:
@@ -136,9 +137,23 @@ class ModelAdapter:
         names = []
         for entry in info:
             module_name = entry.get("module") if isinstance(entry, dict) else None
-            if module_name and self._exists(module_name):
-                names.append(self._full_name(module_name))
+            found = self._feature_module(module_name) if module_name else None
+            if found is not None:
+                names.append(self._full_name(found))
         return names
+
+    def _feature_module(self, module_name: str) -> str | None:
+        """The timm name of a ``feature_info`` module.
+
+        Wrapper models (Gemma4-ViT and other classifiers around an ``encoder``) report
+        their encoder's ``feature_info``, whose names are relative to that encoder: a name
+        that is not found at the top is taken as the one sub-module path ending in it.
+        """
+        if self._exists(module_name):
+            return module_name
+        suffix = f".{module_name}"
+        matches = [name for name, _ in self.timm_model.named_modules() if name.endswith(suffix)]
+        return matches[0] if len(matches) == 1 else None
 
     def _exists(self, timm_name: str) -> bool:
         try:
@@ -170,16 +185,52 @@ class ModelAdapter:
         )
         return getattr(self.timm_model, "global_pool", None) == "token" and has_class_token
 
-    def _last_norm1(self) -> str | None:
-        """The last ``norm1`` (a block's pre-attention norm) inside the last stage."""
+    @property
+    def _last_stage(self) -> str:
         stages = self.feature_stages or [self._full_name("blocks")]
-        last_stage = stages[-1]
-        names = [
-            name
-            for name in self.module_names.values()
-            if name.startswith(f"{last_stage}.") and name.endswith("norm1")
+        return stages[-1]
+
+    def _attention_modules(self) -> list[tuple[str, nn.Module]]:
+        """Token-mixing attention modules (they own an ``attn_drop``), in forward order."""
+        return [
+            (name, module)
+            for name, module in self.model.named_modules()
+            if isinstance(getattr(module, "attn_drop", None), nn.Module)
         ]
-        return names[-1] if names else None
+
+    def _class_token_joins_late(self) -> bool:
+        """Whether attention runs after the last stage (CaiT's ``blocks_token_only``,
+        XCiT's ``cls_attn_blocks``, VOLO's ``post_network``): there the class token enters
+        and reads the stage's output patch tokens, so the stage output is live."""
+        stage = self._last_stage
+        names = list(self.module_names.values())
+        if stage not in names:
+            return False
+        after = names.index(stage)
+        inside = f"{stage}."
+        return any(
+            names.index(name) > after and not name.startswith(inside)
+            for name, _ in self._attention_modules()
+        )
+
+    def _pre_attention_norm(self) -> str | None:
+        """The norm that feeds the last attention of the last stage (a ViT block's
+        ``norm1``, TNT's ``norm_out``, CoaT's ``norm14``): its patch tokens reach the
+        class token through that attention."""
+        stage = self._last_stage
+        attention = [n for n, _ in self._attention_modules() if n.startswith(f"{stage}.")]
+        if not attention:
+            return None
+        last = attention[-1]
+        parent = last.rpartition(".")[0]
+        norms = []
+        for name, module in self.model.get_submodule(parent).named_children():
+            full = f"{parent}.{name}"
+            if full == last:
+                break
+            if "norm" in name.lower() and not list(module.children()):
+                norms.append(full)
+        return norms[-1] if norms else None
 
     # -------------------------------------------------------- default layer
     @cached_property
@@ -192,13 +243,13 @@ class ModelAdapter:
         return self._default_layer()[0]
 
     def _default_layer(self) -> tuple[str, str]:
-        if self.uses_class_token_pooling:
-            norm1 = self._last_norm1()
-            if norm1 is not None:
+        if self.uses_class_token_pooling and not self._class_token_joins_late():
+            norm = self._pre_attention_norm()
+            if norm is not None:
                 return (
-                    norm1,
+                    norm,
                     "class-token pooling: the last block's patch tokens get no gradient, "
-                    "so CAM taps the input of its attention",
+                    "so CAM taps the input of its last attention",
                 )
         if self.family == "efficientnet" and self._exists("conv_head"):
             return (
@@ -210,13 +261,21 @@ class ModelAdapter:
             return self._last_called(
                 self.feature_stages[-1]
             ), "the last stage in timm's feature_info"
-        for container in ("blocks", "stages", "layers") if self.is_timm else ():
-            module = getattr(self.timm_model, container, None)
-            if isinstance(module, (nn.Sequential, nn.ModuleList)) and len(module):
-                return (
-                    self._last_called(self._full_name(container)),
-                    f"no feature_info: the last of the model's {container}",
-                )
+        containers = ("blocks", "stages", "layers")
+        # At the top, else inside a wrapper (``encoder.blocks``): the shallowest one.
+        found = sorted(
+            (name.count("."), containers.index(name.rpartition(".")[2]), name)
+            for name, module in (self.timm_model.named_modules() if self.is_timm else ())
+            if name.rpartition(".")[2] in containers
+            and isinstance(module, (nn.Sequential, nn.ModuleList))
+            and len(module)
+        )
+        if found:
+            name = found[0][2]
+            return (
+                self._last_called(self._full_name(name)),
+                f"no feature_info: the last of the model's {name}",
+            )
         # Not timm (torchvision, a plain CNN), or timm without the facts: one forward shows.
         try:
             call = forward_trace(self.model).last_spatial_layer()
@@ -390,8 +449,14 @@ class ModelAdapter:
         """The `Layout` of a live layer output (see `layout`)."""
         name = self.module_names.get(layer, type(layer).__name__)
         if output.ndim == 4:
-            # Convolutions output NCHW even inside channels-last families.
-            if self.is_channels_last and not isinstance(layer, nn.Conv2d):
+            # Convolutions output NCHW even inside channels-last families. Families that
+            # do not declare NHWC but run their stages channels-last (VOLO) show it in the
+            # shape: the last dimension holds the stage's feature_info channels.
+            channels = self._info_of(layer).get("num_chs")
+            channels_last = self.is_channels_last or (
+                channels is not None and output.shape[-1] == channels != output.shape[1]
+            )
+            if channels_last and not isinstance(layer, nn.Conv2d):
                 return Layout("NHWC", (output.shape[1], output.shape[2]))
             return Layout("NCHW", (output.shape[2], output.shape[3]))
         if output.ndim == 3:
@@ -431,42 +496,89 @@ class ModelAdapter:
                 return int(entry["reduction"])
         return int(info[-1]["reduction"]) if info and isinstance(info[-1], dict) else None
 
+    def _info_of(self, layer: nn.Module) -> dict:
+        """The ``feature_info`` entry of the stage ``layer`` is (the stage output itself)."""
+        info = getattr(self.timm_model, "feature_info", None) or []
+        name = self.module_names.get(layer, "").removeprefix(self.prefix)
+        for entry in info:
+            if isinstance(entry, dict) and name == str(entry.get("module")):
+                return entry
+        return {}
+
     # ----------------------------------------------------------- attention
     @cached_property
     def attention_blocks(self) -> list[AttentionBlock]:
-        """Global self-attention modules (in order), empty for CNNs and windowed models."""
+        """Global self-attention modules in forward order; empty when there are none.
+
+        The rule: every token-mixing attention module of the model (one owning an
+        ``attn_drop``) is the ``attn`` of one block of a flat sequence of blocks
+        (``blocks``, ``encoder.blocks``, CaiT's ``blocks_token_only``), and no block
+        attends within windows. Hierarchical models (stages of blocks: Swin, PiT, MViT,
+        Twins), windowed ones (SAM, Hiera) and channel attention (XCiT) have none.
+        """
         if self.family in _NO_ROLLOUT_FAMILIES:
             return []
-        if self.family not in _GLOBAL_ATTENTION_FAMILIES and not self._looks_like_vit():
+        found = [
+            (name, module)
+            for name, module in self.model.named_modules()
+            if isinstance(getattr(module, "attn_drop", None), nn.Module)
+            and name.rpartition(".")[2] in _TOKEN_ATTENTION_NAMES
+        ]
+        if not found or not all(self._in_flat_blocks(name) for name, _ in found):
             return []
-        blocks = []
-        for name, module in self.model.named_modules():
-            if (
-                hasattr(module, "fused_attn")
-                and hasattr(module, "attn_drop")
-                and name.endswith(".attn")
-            ):
-                blocks.append(AttentionBlock(name, module))
-        return blocks
+        return [AttentionBlock(name, module) for name, module in found]
 
-    def _looks_like_vit(self) -> bool:
-        return self.num_prefix_tokens > 0 and isinstance(
-            getattr(self.timm_model, "blocks", None), nn.Sequential
-        )
+    def _in_flat_blocks(self, name: str) -> bool:
+        """``name`` is ``<path>.<i>.<attn>``: path ends in ``blocks*`` without indices,
+        and neither the block nor its attention works in windows."""
+        container, _, rest = name.rpartition(".")[0].rpartition(".")
+        if not rest.isdigit() or not container.rpartition(".")[2].startswith("blocks"):
+            return False
+        if any(part.isdigit() for part in container.split(".")):
+            return False
+        block = self.model.get_submodule(name.rpartition(".")[0])
+        attention = self.model.get_submodule(name)
+        return not any(_windowed(owner) for owner in (block, attention))
+
+    @property
+    def readout(self) -> str | None:
+        """Which tokens the classifier reads: ``"class"`` (class-token pooling),
+        ``"patches"`` (their average), or ``None`` (another pooling, no pooling)."""
+        pool = getattr(self.timm_model, "global_pool", None)
+        pool = getattr(pool, "pool_type", pool)  # a SelectAdaptivePool2d's kind
+        if pool == "token" and self.uses_class_token_pooling:
+            return "class"
+        if pool in ("avg", "mean"):
+            return "patches"
+        return None
 
     @property
     def attention_unavailable_reason(self) -> str | None:
         """Why attention maps do not apply to this model, or ``None`` when they do."""
         if self.attention_blocks:
             return None
+        attention = self._attention_modules()
+        windowed = any(_windowed(module) for module in self.model.modules())
+        named = any(
+            "attention" in type(m).__name__.lower() or "attn" in type(m).__name__.lower()
+            for m in self.model.modules()
+        )
         if self.family in _NO_ROLLOUT_FAMILIES:
             kind = _NO_ROLLOUT_FAMILIES[self.family]
-        elif self.is_channels_last or "swin" in self.family:
+        elif windowed or "swin" in self.family:
             kind = "windowed attention (no token sees all others)"
-        elif hasattr(self.timm_model, "blocks") or hasattr(self.timm_model, "stages"):
-            kind = "no global self-attention with a class token"
-        else:
+        elif not attention and named:
+            kind = (
+                "attention modules without timm's explicit attention path (no attn_drop), "
+                "whose probabilities cannot be captured"
+            )
+        elif not attention:
             kind = "no attention layers"
+        else:
+            kind = (
+                "attention inside a hierarchy of stages or branches (the token set changes "
+                "between stages), not one global self-attention per block"
+            )
         return (
             f"{self.architecture} ({self.family}) has {kind}, so attention maps and rollout do "
             f"not apply. Use GradCAM (timmlens.interpretation.GradCAM) instead."

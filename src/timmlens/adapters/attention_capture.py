@@ -54,12 +54,17 @@ class AttentionCapture:
             record.clear()
 
     def maps(self) -> list[torch.Tensor]:
-        """The probabilities of every block, ``L x (B, heads, N, N)``, in block order.
+        """The probabilities of every block, ``L x (B, heads, q, k)``, in block order.
+
+        ``q == k == N`` for global self-attention; patch blocks that run before the class
+        token joins (CaiT, ConViT) have ``q == k`` patches; class-attention blocks (CaiT)
+        have ``q`` class queries over all ``k`` tokens. :func:`common_tokens` puts them on
+        one token axis.
 
         Raises:
             UnsupportedModelError: a block recorded nothing (its forward ignores
-                ``fused_attn``) or more than once, or recorded something that is not
-                token-to-token attention (class attention, channel attention).
+                ``fused_attn``) or more than once, or something that is not attention
+                over the tokens of each image (windowed attention).
         """
         maps = []
         for block, record in zip(self.blocks, self._records, strict=True):
@@ -71,17 +76,67 @@ class AttentionCapture:
                     f"GradCAM (timmlens.interpretation.GradCAM) instead."
                 )
             maps.append(record[0])
-        tokens = {m.shape[-1] for m in maps}
+        batch = maps[0].shape[0]
         for block, attn in zip(self.blocks, maps, strict=True):
-            if attn.ndim != 4 or attn.shape[-2] != attn.shape[-1] or len(tokens) != 1:
+            if attn.ndim != 4 or attn.shape[0] != batch:
                 raise UnsupportedModelError(
                     f"Attention block '{block.name}' gives probabilities of shape "
-                    f"{tuple(attn.shape)}, not token self-attention (B, heads, N, N) with the "
-                    f"same N in every block (class attention as in CaiT, or channel attention "
-                    f"as in XCiT?). Attention maps and rollout need global token "
-                    f"self-attention; use GradCAM (timmlens.interpretation.GradCAM) instead."
+                    f"{tuple(attn.shape)}, not (B, heads, queries, tokens) for the same B "
+                    f"images as the first block (attention within windows?). Attention maps "
+                    f"and rollout need global token self-attention; use GradCAM "
+                    f"(timmlens.interpretation.GradCAM) instead."
                 )
         return maps
+
+
+def common_tokens(
+    tensors: Sequence[torch.Tensor | None],
+    names: Sequence[str],
+    num_prefix_tokens: int,
+    fill: str = "identity",
+) -> list[torch.Tensor | None]:
+    """Every block's ``(B, heads, q, k)`` on the model's final ``N`` tokens: ``(B, heads, N, N)``.
+
+    Tokens that do not take part in a block pass through it unchanged, so their rows are
+    the identity (``fill="identity"``, for probabilities; ``"zeros"`` for gradients):
+
+    - global self-attention (``q == k == N``) is kept as it is;
+    - patch blocks that run before the ``N - k`` class tokens join (CaiT's patch blocks,
+      ConViT's GPSA blocks; ``q == k``) fill the bottom-right ``k x k``;
+    - class attention (CaiT's ``blocks_token_only``: ``q`` class queries over all
+      ``k == N`` tokens) fills the first ``q`` rows: the patches are not updated there.
+
+    ``N`` is the largest ``k``; ``None`` entries (no gradient) stay ``None``.
+
+    Raises:
+        UnsupportedModelError: a block whose token set fits none of these (token pooling
+            between blocks, as in hierarchical models).
+    """
+    tokens = max(t.shape[-1] for t in tensors if t is not None)
+    out: list[torch.Tensor | None] = []
+    for name, attn in zip(names, tensors, strict=True):
+        if attn is None or attn.shape[-2:] == (tokens, tokens):
+            out.append(attn)
+            continue
+        batch, heads, queries, keys = attn.shape
+        late = tokens - keys
+        if queries == keys and 0 < late <= num_prefix_tokens:
+            rows, cols = slice(late, None), slice(late, None)
+        elif keys == tokens and queries < tokens:
+            rows, cols = slice(0, queries), slice(None)
+        else:
+            raise UnsupportedModelError(
+                f"Attention block '{name}' attends {queries} queries over {keys} tokens, "
+                f"which does not fit the model's {tokens} tokens ({num_prefix_tokens} prefix "
+                f"tokens): the token set changes between blocks, so attention cannot be "
+                f"rolled out. Use GradCAM (timmlens.interpretation.GradCAM) instead."
+            )
+        full = attn.new_zeros(batch, heads, tokens, tokens)
+        if fill == "identity":
+            full = full + torch.eye(tokens, dtype=attn.dtype, device=attn.device)
+        full[:, :, rows, cols] = attn
+        out.append(full)
+    return out
 
 
 @contextmanager

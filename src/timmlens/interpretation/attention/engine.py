@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...adapters import get_adapter
-from ...adapters.attention_capture import capture_attention, token_indices
+from ...adapters.attention_capture import capture_attention, common_tokens, token_indices
 from ...adapters.layout import token_layout
 from ...errors import UnsupportedModelError
 from .._targets import ResolvedTargets, TargetInput, target_rows, validate_targets
@@ -148,9 +148,13 @@ class AttentionExplainer(Explainer):
                     )
                     score = target_scores(logits, chosen, "logit").sum()
                     gradients = torch.autograd.grad(score, maps, allow_unused=True)
-        grid, prefix = self._token_geometry(inputs, maps[0].shape[-1])
+        names = [block.name for block in self.blocks]
+        grid, prefix = self._token_geometry(inputs, max(m.shape[-1] for m in maps))
+        maps = common_tokens([m.detach() for m in maps], names, prefix)
+        if gradients is not None:
+            gradients = tuple(common_tokens(list(gradients), names, prefix, fill="zeros"))
         return AttentionTrace(
-            maps=tuple(m.detach() for m in maps),
+            maps=tuple(maps),
             gradients=gradients,
             layer_names=tuple(block.name for block in self.blocks),
             grid=grid,
@@ -159,6 +163,34 @@ class AttentionExplainer(Explainer):
             targets=chosen,
             logits=logits.detach() if has_head else None,
         )
+
+    def readout_row(self, trace: AttentionTrace) -> torch.Tensor:
+        """``(B, 1, N)``: the tokens the classifier reads, as weights that sum to 1.
+
+        The class token's one-hot row under class-token pooling; the average of the patch
+        tokens where the head averages them (BEiT, EVA, DINOv3, relpos ViTs, Qwen3 /
+        DeepSeek / Gemma4 encoders); relevance rows are read through it.
+
+        Raises:
+            UnsupportedModelError: another pooling (attention pooling, no pooling).
+        """
+        tokens = trace.maps[0].shape[-1]
+        first = trace.maps[0]
+        row = torch.zeros(first.shape[0], 1, tokens, dtype=torch.float32, device=first.device)
+        readout = self.adapter.readout
+        if readout == "class" and "class" in trace.token_indices:
+            row[:, 0, trace.token_indices["class"]] = 1.0
+        elif readout == "patches":
+            row[:, 0, trace.num_prefix_tokens :] = 1.0 / (tokens - trace.num_prefix_tokens)
+        else:
+            pool = getattr(self.adapter.timm_model, "global_pool", None)
+            raise UnsupportedModelError(
+                f"{self.name}: {self.adapter.architecture} pools its tokens with "
+                f"global_pool={pool!r}, neither a class token nor the average of the patch "
+                f"tokens, so there is no row of the relevance the classifier reads. Use "
+                f"GradCAM (timmlens.interpretation.GradCAM) instead."
+            )
+        return row
 
     def _has_head(self) -> bool:
         try:

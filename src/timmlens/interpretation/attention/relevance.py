@@ -7,8 +7,12 @@ one, or each image's predicted class.
 **chefer** (Chefer, Gur & Wolf, ICCV 2021, "Generic Attention-model Explainability for
 Interpreting Bi-Modal and Encoder-Decoder Transformers", rule (5)-(6)): ``R = I``; for
 every block ``l`` in forward order, ``Ā_l = mean_heads((dy/dA_l * A_l)^+)`` and
-``R = R + Ā_l R``. The relevance is the class token's row of ``R``; the engine keeps the
-patch tokens (distillation and register tokens are dropped). Only the one row is needed,
+``R = R + Ā_l R``. The relevance is the row of ``R`` the classifier reads: the class
+token's, or the patch tokens' average for a globally pooled model; the engine keeps the
+patch tokens (distillation and register tokens are dropped). Blocks that do not attend
+over every token are put on the model's tokens by the engine first (CaiT: the patch
+blocks, then the class-attention blocks' class row, as Chefer et al. treat attention
+between two token sets). Only the one row is needed,
 so it is computed as ``e_cls (I + Ā_L) ... (I + Ā_1)`` with vector-matrix products. One
 forward and one backward pass.
 
@@ -53,7 +57,10 @@ from ...errors import UnsupportedModelError
 from ..registry import register_method
 from .engine import AttentionExplainer, AttentionTrace
 
-_APPLIES_TO = "global-attention ViTs (ViT, DeiT incl. distilled, BEiT, EVA, register ViTs)"
+_APPLIES_TO = (
+    "global-attention ViTs (ViT, DeiT incl. distilled, DeiT-III, BEiT, EVA, register ViTs, "
+    "CaiT, ConViT, TNT, NaFlexViT, ViTamin, Qwen3 / DeepSeek / Gemma4 encoders)"
+)
 
 
 def _no_options(method: str, options: dict[str, Any]) -> None:
@@ -71,7 +78,7 @@ def _no_options(method: str, options: dict[str, Any]) -> None:
     paper="Chefer, Gur & Wolf, ICCV 2021 (Generic Attention-model Explainability)",
     formula="class-token row of R, R = I; R += mean_heads((dy/dA_l * A_l)^+) R for each block",
     cost="1 forward + 1 backward",
-    applies_to=_APPLIES_TO + " with a class token",
+    applies_to=_APPLIES_TO + " that read a class token or the patch average",
 )
 class CheferRelevance(AttentionExplainer):
     """Chefer et al.'s relevance rule for ViT-like timm models (see the module docstring).
@@ -87,24 +94,25 @@ class CheferRelevance(AttentionExplainer):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        if "class" not in self.token_indices:
+        if self.adapter.readout is None:
+            pool = getattr(self.adapter.timm_model, "global_pool", None)
             raise UnsupportedModelError(
-                f"chefer: {self.adapter.architecture} ({self.adapter.family}) has no class "
-                f"token (globally pooled?), so there is no class-token row of the relevance "
-                f"to read. Use legrad, which reads the model's own head, or GradCAM."
+                f"chefer: {self.adapter.architecture} ({self.adapter.family}) pools with "
+                f"global_pool={pool!r}, neither a class token nor the patch average, so "
+                f"there is no row of the relevance the classifier reads. Use legrad, which "
+                f"reads the model's own head, or GradCAM."
             )
 
     def describe(self, targets: list[int] | None) -> str:
         return "Chefer relevance"
 
     def relevance(self, trace: AttentionTrace, **options: Any) -> torch.Tensor:
-        """The class-token row ``(B, N)`` of ``R = prod_l (I + Ā_l)``."""
+        """The readout row ``(B, N)`` of ``R = prod_l (I + Ā_l)``: the class token's, or
+        the patch tokens' average where the head averages them (``R`` is linear in its
+        rows, so that is the relevance of the pooled token)."""
         _no_options("chefer", options)
         assert trace.gradients is not None  # needs_target: the engine always differentiates
-        first = trace.maps[0]
-        batch, _, tokens, _ = first.shape
-        row = torch.zeros(batch, 1, tokens, dtype=torch.float32, device=first.device)
-        row[:, 0, self.token_indices["class"]] = 1.0
+        row = self.readout_row(trace)
         for attn, grad in zip(reversed(trace.maps), reversed(trace.gradients), strict=True):
             if grad is None:  # a block the target does not reach adds nothing
                 continue
@@ -123,7 +131,7 @@ class CheferRelevance(AttentionExplainer):
     formula="sum_{l >= start_block} mean_{heads, queries} (ds_l/dA_l)^+, "
     "s_l = head(norm(Z_l))[y] (start_block=0: every block, as the paper)",
     cost="1 forward + 1 backward (+ the head on every block's tokens)",
-    applies_to=_APPLIES_TO,
+    applies_to=_APPLIES_TO + " whose blocks are one top-level `blocks` sequence",
 )
 class LeGrad(AttentionExplainer):
     """LeGrad for ViT-like timm models (see the module docstring).
@@ -214,6 +222,13 @@ class LeGrad(AttentionExplainer):
             return args, {**kwargs, "x": kwargs["x"].detach().requires_grad_(True)}
 
         def record(_module: nn.Module, _args: Any, output: torch.Tensor) -> None:
+            if not isinstance(output, torch.Tensor):
+                raise UnsupportedModelError(
+                    f"legrad: the blocks of {self.adapter.architecture} return "
+                    f"{type(output).__name__}, not their tokens (TNT's blocks carry a pixel "
+                    f"and a patch stream), so no block's own class score can be formed. Use "
+                    f"chefer or rollout, or GradCAM."
+                )
             outputs.append(output)
 
         def add_scores(_module: nn.Module, _args: Any, logits: torch.Tensor) -> torch.Tensor:

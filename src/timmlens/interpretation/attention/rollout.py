@@ -97,12 +97,13 @@ def discard_lowest(attn: torch.Tensor, ratio: float, num_prefix_tokens: int) -> 
     return (flat * keep).view_as(attn)
 
 
-def rollout_rows(fused: Sequence[torch.Tensor], token_index: int) -> torch.Tensor:
+def rollout_rows(fused: Sequence[torch.Tensor], token_index: int | torch.Tensor) -> torch.Tensor:
     """Row ``token_index`` of the rollout ``Ã_L ... Ã_1`` of fused attentions.
 
     Args:
         fused: per block, in forward order, ``(B, N, N)`` non-negative fused attention.
-        token_index: the row to read (0 for the class token).
+        token_index: the row to read (0 for the class token), or ``(B, 1, N)`` weights of
+            the rows (the patch average for a globally pooled model).
 
     Returns:
         ``(B, N)``: how much of each input token flows into ``token_index`` at the top.
@@ -110,8 +111,11 @@ def rollout_rows(fused: Sequence[torch.Tensor], token_index: int) -> torch.Tenso
     first = fused[0]
     batch, tokens, _ = first.shape
     eye = torch.eye(tokens, dtype=first.dtype, device=first.device)
-    row = torch.zeros(batch, 1, tokens, dtype=first.dtype, device=first.device)
-    row[:, 0, token_index] = 1.0
+    if isinstance(token_index, torch.Tensor):
+        row = token_index.to(first.dtype).expand(batch, 1, tokens).clone()
+    else:
+        row = torch.zeros(batch, 1, tokens, dtype=first.dtype, device=first.device)
+        row[:, 0, token_index] = 1.0
     for attn in reversed(fused):
         mixed = 0.5 * attn + 0.5 * eye
         mixed = mixed / mixed.sum(dim=-1, keepdim=True)
@@ -257,7 +261,7 @@ class AttentionVisualizer(AttentionExplainer):
         discard_ratio: float = 0.0,
         start_layer: int = 0,
         target_class: TargetInput = None,
-        token: TokenName = "class",
+        token: TokenName | None = None,
     ) -> torch.Tensor:
         """Attention rollout heatmap(s) in [0, 1] at input resolution.
 
@@ -269,7 +273,9 @@ class AttentionVisualizer(AttentionExplainer):
             start_layer: first block rolled out (negative counts from the end).
             target_class: ``None`` for the plain, class-agnostic rollout; a class (one
                 int, or one per image) for the gradient-weighted class-specific rollout.
-            token: whose row is read: ``"class"``, or ``"distillation"`` (distilled DeiT).
+            token: whose row is read: ``None`` for the tokens the classifier reads (the
+                class token, or the patch average of a globally pooled ViT), ``"class"``,
+                or ``"distillation"`` (distilled DeiT).
 
         Returns:
             ``(H, W)`` for one image, ``(B, H, W)`` for a batch, on the model's device.
@@ -292,10 +298,11 @@ class AttentionVisualizer(AttentionExplainer):
         head_fusion: HeadFusion = "mean",
         discard_ratio: float = 0.0,
         start_layer: int = 0,
-        token: TokenName = "class",
+        token: TokenName | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """The rollout row ``(B, N)`` of ``token``: plain, or class-specific with gradients."""
+        """The rollout row ``(B, N)`` of ``token`` (``None``: the tokens the classifier
+        reads): plain, or class-specific with gradients."""
         if kwargs:
             raise TypeError(
                 f"unexpected argument(s) {', '.join(kwargs)}; AttentionVisualizer accepts "
@@ -305,7 +312,7 @@ class AttentionVisualizer(AttentionExplainer):
             raise ValueError(f"head_fusion must be one of {_HEAD_FUSIONS}, got {head_fusion!r}.")
         if not 0.0 <= float(discard_ratio) < 1.0:
             raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio!r}.")
-        token_index = self._token_index(token)
+        token_index = self.readout_row(trace) if token is None else self._token_index(token)
         start = self._start_index(start_layer)
         maps = trace.maps[start:]
         if trace.gradients is None:
@@ -318,7 +325,7 @@ class AttentionVisualizer(AttentionExplainer):
                 for m, g in zip(maps, trace.gradients[start:], strict=True)
             ]
         prefix, tokens = trace.num_prefix_tokens, weighted[0].shape[-1]
-        if token_index >= prefix:
+        if isinstance(token_index, int) and token_index >= prefix:
             raise UnsupportedModelError(
                 f"{self.adapter.architecture}: the {token} token (position {token_index}) is not "
                 f"among the {prefix} prefix tokens of its {tokens}-token "
