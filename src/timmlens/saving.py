@@ -74,14 +74,20 @@ def geometry_from_json(data: Mapping[str, Any] | None) -> ImageGeometry | None:
 
 
 def model_metadata(model: nn.Module) -> dict[str, Any]:
-    """The model's name, class count and weights status, as saved files record them."""
+    """The model's name, class count (``None`` for a headless backbone, whose attention
+    maps need no class) and weights status, as saved files record them."""
+    from .errors import UnsupportedModelError
     from .interpretation.base import num_outputs
     from .models.weights_status import weights_status
     from .naming import model_name_of
 
+    try:
+        num_classes: int | None = num_outputs(model)
+    except UnsupportedModelError:
+        num_classes = None
     return {
         "name": model_name_of(model),
-        "num_classes": num_outputs(model),
+        "num_classes": num_classes,
         "weights": weights_status(model).to_json(),
     }
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._targets import CallableTargets
 from ..base import Explainer, Explanation, normalize_maps
 from ..registry import register_method
 
@@ -67,14 +68,16 @@ class CenterPrior(Explainer):
         return f"CenterPrior(sigma={self.sigma})"
 
     def attribute(
-        self, inputs: torch.Tensor, targets: list[int] | None, **kwargs: Any
+        self, inputs: torch.Tensor, targets: list[int] | CallableTargets | None, **kwargs: Any
     ) -> Explanation:
         if kwargs:
             raise TypeError(f"CenterPrior takes no call options, got {', '.join(kwargs)}.")
         size, _, height, width = inputs.shape
         prior = center_gaussian(height, width, self.sigma, inputs.device)
         heatmap = normalize_maps(prior.expand(size, height, width).contiguous())
-        if targets is None:  # the class is only reported: one forward for the predictions
+        if isinstance(targets, CallableTargets):
+            chosen = targets  # no class: the explainer reports the predicted ones
+        elif targets is None:  # the class is only reported: one forward for the predictions
             with torch.no_grad():
                 chosen = self.model(inputs).argmax(dim=1).cpu()
         else:
