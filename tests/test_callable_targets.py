@@ -175,7 +175,7 @@ def test_quick_explain_and_compare_methods_name_the_callable(models, inputs):
     assert torch.equal(result.heatmap, by_index.heatmap)
     assert (result.target_class, result.target_name) == (None, "custom target (select)")
     title = result.figure.axes[1].get_title()
-    assert title.startswith("custom target (select), predicted class ")
+    assert title.replace("\n", " ").startswith("custom target (select), predicted class ")
     comparison = compare_methods(
         model,
         image,

@@ -530,8 +530,11 @@ class ModelAdapter:
 
     def _in_flat_blocks(self, name: str) -> bool:
         """``name`` is ``<path>.<i>.<attn>``: path ends in ``blocks*`` without indices,
-        and neither the block nor its attention works in windows."""
-        container, _, rest = name.rpartition(".")[0].rpartition(".")
+        and neither the block nor its attention works in windows. The path is read inside
+        the timm model, so a wrapper's own index (``Sequential(normalize, vit)``: ``1.``)
+        is no block index."""
+        inner = name.removeprefix(self.prefix)
+        container, _, rest = inner.rpartition(".")[0].rpartition(".")
         if not rest.isdigit() or not container.rpartition(".")[2].startswith("blocks"):
             return False
         if any(part.isdigit() for part in container.split(".")):
