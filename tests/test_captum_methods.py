@@ -269,3 +269,20 @@ def test_relu_rules_say_when_no_relu_runs(method, resnet, vit64, images) -> None
     assert torch.equal(
         relu_rule.attributions(images, TARGETS), saliency.attributions(images, TARGETS)
     )
+
+
+def test_memory_probe_runs_once_per_input_shape(resnet, images) -> None:
+    """The one-image forward that sizes chunks runs the first time a shape is seen only:
+    repeated calls cost Captum's own forward, as calling Captum directly does."""
+    explainer = create_explainer("saliency", resnet)
+    batches: list[int] = []
+    handle = resnet.register_forward_hook(lambda _m, args, _o: batches.append(args[0].shape[0]))
+    try:
+        first = explainer.attributions(images, TARGETS)
+        after_first = list(batches)
+        second = explainer.attributions(images, TARGETS)
+    finally:
+        handle.remove()
+    assert after_first == [1, 2]  # the probe, then Captum's forward
+    assert batches[len(after_first) :] == [2]  # Captum's forward alone
+    assert torch.equal(first, second)

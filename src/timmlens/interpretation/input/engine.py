@@ -258,6 +258,9 @@ class CaptumInputExplainer(Explainer):
         super().__init__(model)
         self._attribution = attribution
         self._options = options
+        # activation bytes per sample by input shape: measured by a one-image forward the
+        # first time a shape is seen, not on every call (that probe cost a forward each)
+        self._sample_bytes: dict[tuple[Any, ...], int] = {}
         self.baseline = None if baseline is None else validate_baseline(baseline)
         self.memory_budget_bytes = check_budget(memory_budget_bytes)
         self.signed = bool(signed)
@@ -302,8 +305,12 @@ class CaptumInputExplainer(Explainer):
 
     def capacity(self, inputs: torch.Tensor, bytes_per_sample: int | None = None) -> int:
         """Forward+backward samples per chunk within the memory budget (at least 1)."""
+        key = (tuple(inputs.shape[1:]), inputs.dtype, inputs.device)
+        if bytes_per_sample is None:
+            bytes_per_sample = self._sample_bytes.get(key)
         if bytes_per_sample is None:
             _, bytes_per_sample = forward_with_activation_bytes(self.model, inputs[:1])
+        self._sample_bytes[key] = bytes_per_sample
         budget = memory_budget(inputs.device, "backward", self.memory_budget_bytes)
         return samples_per_chunk(bytes_per_sample, budget)
 
