@@ -178,13 +178,8 @@ def write_page(
                 "maps": maps,
             }
         )
-    page = _PAGE.format(
-        title=html.escape(title, quote=True),
-        subtitle=html.escape(subtitle, quote=True),
-        ready=READY_ATTRIBUTE,
-        errors=ERRORS_ATTRIBUTE,
-        data=_json_for_script(data),
-        script=_SCRIPT,
+    page = page_head(title, subtitle, css=_PAGE_CSS) + _PAGE_BODY.format(
+        data=_json_for_script(data), script=_SCRIPT
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +187,8 @@ def write_page(
     return path
 
 
-_PAGE = """<!DOCTYPE html>
+#: every page's head: the error counter the browser test reads, the common style, the title
+_HEAD = """<!DOCTYPE html>
 <html lang="en" {errors}="0" {ready}="0">
 <head>
 <meta charset="utf-8">
@@ -209,24 +205,42 @@ _PAGE = """<!DOCTYPE html>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 12px 20px; color: #222; }}
 h1 {{ font-size: 20px; margin: 4px 0; }}
-h2 {{ font-size: 16px; margin: 18px 0 6px; }}
 p.note {{ color: #555; font-size: 13px; margin: 4px 0 10px; max-width: 900px; }}
-.view {{ margin-bottom: 24px; }}
-.controls {{ display: flex; flex-wrap: wrap; gap: 10px; align-items: center; font-size: 13px;
-  margin: 6px 0; }}
-.controls button {{ font: inherit; padding: 3px 9px; border: 1px solid #999; background: #f4f4f4;
-  border-radius: 4px; cursor: pointer; }}
-.controls button.active {{ background: #333; color: #fff; border-color: #333; }}
-.stage {{ display: flex; gap: 8px; align-items: flex-start; }}
-canvas.photo {{ border: 1px solid #ccc; cursor: crosshair; touch-action: none; }}
-.readout {{ font: 12px monospace; color: #333; min-height: 1.4em; }}
-.scale {{ font-size: 12px; color: #444; }}
-</style>
+{css}</style>
 </head>
 <body>
 <h1>{title}</h1>
 <p class="note">{subtitle}</p>
-<div id="timmlens-views"></div>
+"""
+
+
+def page_head(title: str, subtitle: str = "", *, css: str = "") -> str:
+    """The start of a timmlens HTML page up to its heading: ``title`` and ``subtitle``
+    are plain text (escaped here), ``css`` adds the page's own style rules. JavaScript
+    errors are counted in ``data-timmlens-errors`` on ``<html>``."""
+    return _HEAD.format(
+        title=html.escape(title, quote=True),
+        subtitle=html.escape(subtitle, quote=True),
+        errors=ERRORS_ATTRIBUTE,
+        ready=READY_ATTRIBUTE,
+        css=css,
+    )
+
+
+_PAGE_CSS = """h2 { font-size: 16px; margin: 18px 0 6px; }
+.view { margin-bottom: 24px; }
+.controls { display: flex; flex-wrap: wrap; gap: 10px; align-items: center; font-size: 13px;
+  margin: 6px 0; }
+.controls button { font: inherit; padding: 3px 9px; border: 1px solid #999; background: #f4f4f4;
+  border-radius: 4px; cursor: pointer; }
+.controls button.active { background: #333; color: #fff; border-color: #333; }
+.stage { display: flex; gap: 8px; align-items: flex-start; }
+canvas.photo { border: 1px solid #ccc; cursor: crosshair; touch-action: none; }
+.readout { font: 12px monospace; color: #333; min-height: 1.4em; }
+.scale { font-size: 12px; color: #444; }
+"""
+
+_PAGE_BODY = """<div id="timmlens-views"></div>
 <script type="application/json" id="timmlens-data">{data}</script>
 <script>
 {script}

@@ -35,36 +35,12 @@ from .arrays import (
     scaled_size,
     value_range,
 )
-from .html_page import ERRORS_ATTRIBUTE, READY_ATTRIBUTE, _sample
+from .html_page import ERRORS_ATTRIBUTE as ERRORS_ATTRIBUTE  # re-exported: the page attributes
+from .html_page import READY_ATTRIBUTE, _sample, page_head
 from .labels import explanation_title
 
 COLORSCALES = ("Jet", "Viridis", "Inferno", "Hot", "Greys", "RdBu")
 OPACITY_STEPS = tuple(round(0.1 * i, 1) for i in range(11))
-
-_PAGE_HEAD = """<!DOCTYPE html>
-<html lang="en" {errors}="0" {ready}="0">
-<head>
-<meta charset="utf-8">
-<title>{title}</title>
-<script>
-(function () {{
-  var root = document.documentElement;
-  window.addEventListener("error", function (event) {{
-    root.setAttribute("{errors}", String(Number(root.getAttribute("{errors}")) + 1));
-    root.setAttribute("data-timmlens-last-error", String(event.message).slice(0, 300));
-  }});
-}})();
-</script>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 12px 20px; color: #222; }}
-h1 {{ font-size: 20px; margin: 4px 0; }}
-p.note {{ color: #555; font-size: 13px; margin: 4px 0 10px; }}
-</style>
-</head>
-<body>
-<h1>{title}</h1>
-<p class="note">{subtitle}</p>
-"""
 
 _MARK_PLOTTED = (
     'var root = document.documentElement; root.setAttribute("{ready}", '
@@ -386,14 +362,7 @@ def write_html(
 
     require_plotly()
     figures = list(figures) if isinstance(figures, (list, tuple)) else [figures]
-    parts = [
-        _PAGE_HEAD.format(
-            title=escape(title),
-            subtitle=escape(subtitle),
-            errors=ERRORS_ATTRIBUTE,
-            ready=READY_ATTRIBUTE,
-        )
-    ]
+    parts = [page_head(title, subtitle)]
     config = {"scrollZoom": True, "displaylogo": False, "responsive": True}
     for i, fig in enumerate(figures):
         parts.append(
