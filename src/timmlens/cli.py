@@ -260,6 +260,8 @@ def _parser() -> argparse.ArgumentParser:
         "--top-pairs", type=_non_negative_int, default=10, help="rows of the confusion-pair table"
     )
 
+    _add_concepts(command)
+
     layers = command(
         "layers",
         help="describe a model's layers and layouts",
@@ -324,6 +326,82 @@ def _add_benchmark(command: Callable[..., argparse.ArgumentParser]) -> None:
         "--overwrite", action="store_true", help="discard earlier rows in --out and start afresh"
     )
     add_model_arguments(bench, model=False)
+
+
+def _add_concepts(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """``timmlens concepts``: concepts a layer uses over a dataset (timmlens.analysis.fit_concepts)."""
+    concepts = command(
+        "concepts",
+        help="find the concepts a layer uses over a dataset (HTML gallery + JSON)",
+        description=(
+            "Deep feature factorization over every image of a folder: one forward per image "
+            "stores the layer's activations as shards in --out/shards (a rerun resumes them), "
+            "then NMF (MiniBatchNMF over the shards) finds the concepts; writes concepts.json, "
+            "a self-contained concepts.html gallery and concepts.npz."
+        ),
+    )
+    concepts.add_argument("data", help="image folder (every image under it, recursively)")
+    add_model_arguments(concepts)
+    concepts.add_argument(
+        "--concepts", type=_positive_int, default=8, metavar="K", help="number of concepts"
+    )
+    concepts.add_argument(
+        "--out", default=default_out("concepts"), help="output folder (shards, JSON, HTML)"
+    )
+    concepts.add_argument(
+        "--layer",
+        default=None,
+        help="layer to factorize (default: the family's CAM layer, or the norm + activation "
+        "right after it)",
+    )
+    concepts.add_argument(
+        "--batch-size", type=_positive_int, default=32, help="images per forward and per shard"
+    )
+    concepts.add_argument(
+        "--top-images", type=_positive_int, default=8, metavar="N", help="images shown per concept"
+    )
+    concepts.add_argument(
+        "--epochs", type=_positive_int, default=3, help="MiniBatchNMF passes over the shards"
+    )
+    concepts.add_argument("--seed", type=_non_negative_int, default=0, help="NMF random state")
+    concepts.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard the shards and files already in --out and start afresh (by default a "
+        "run resumes the shards of the same model, layer, options and images, and stops if "
+        "--out holds another run's)",
+    )
+
+
+def _run_concepts(args: argparse.Namespace) -> None:
+    from .analysis.concepts import fit_concepts
+
+    model = _load(args)
+    try:
+        result = fit_concepts(
+            model,
+            args.data,
+            n_concepts=args.concepts,
+            layer=args.layer,
+            out=args.out,
+            batch_size=args.batch_size,
+            top_k_images=args.top_images,
+            seed=args.seed,
+            epochs=args.epochs,
+            overwrite=args.overwrite,
+        )
+    except KeyboardInterrupt:
+        from .analysis.concept_store import SHARDS_DIR
+
+        # Shards are written per batch: what finished is on disk and a rerun resumes it.
+        shards = Path(args.out) / SHARDS_DIR
+        kept = len(list(shards.glob("*.npz"))) if shards.is_dir() else 0
+        raise KeyboardInterrupt(
+            f"{kept} activation shard{'' if kept == 1 else 's'} kept in {shards}, rerun the "
+            f"same command to resume"
+        ) from None
+    print(result)
+    print(f"html: {result.html_path}\njson: {result.json_path}")
 
 
 def _run_benchmark(args: argparse.Namespace) -> None:
@@ -504,7 +582,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
     from .devices import resolve_device
 
     resolve_device(args.device)
-    if args.command in ("explain", "evaluate", "benchmark"):
+    if args.command in ("explain", "evaluate", "benchmark", "concepts"):
         ensure_writable_dir(args.out, "--out folder")
     elif args.command == "report":
         from .analysis.error_report import check_output
@@ -540,6 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "explain": _run_explain,
         "evaluate": _run_evaluate,
         "benchmark": _run_benchmark,
+        "concepts": _run_concepts,
         "report": _run_report,
         "layers": _run_layers,
     }

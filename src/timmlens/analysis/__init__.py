@@ -14,6 +14,7 @@ from .._lazy import lazy_exports
 from .error_report import error_report
 
 if TYPE_CHECKING:
+    from .concepts import DatasetConcepts, fit_concepts
     from .error_report import ClassAccuracy, ConfusionPair, ErrorCase, ErrorReport
     from .hierarchy import LayerHierarchy, explain_layers, hierarchy_layers
     from .randomization import RandomizationUnit, cascade_units, randomize_unit
@@ -29,6 +30,7 @@ _EXPORTS = {
     "ClassAccuracy": ".error_report",
     "ConfusionPair": ".error_report",
     "DataRandomizationResult": ".sanity",
+    "DatasetConcepts": ".concepts",
     "ErrorCase": ".error_report",
     "ErrorReport": ".error_report",
     "LayerHierarchy": ".hierarchy",
@@ -37,6 +39,7 @@ _EXPORTS = {
     "cascade_units": ".randomization",
     "data_randomization_test": ".sanity",
     "explain_layers": ".hierarchy",
+    "fit_concepts": ".concepts",
     "hierarchy_layers": ".hierarchy",
     "map_similarity": ".similarity",
     "parameter_randomization_test": ".sanity",
@@ -49,6 +52,7 @@ __all__ = [
     "ClassAccuracy",
     "ConfusionPair",
     "DataRandomizationResult",
+    "DatasetConcepts",
     "ErrorCase",
     "ErrorReport",
     "LayerHierarchy",
@@ -58,6 +62,7 @@ __all__ = [
     "data_randomization_test",
     "error_report",
     "explain_layers",
+    "fit_concepts",
     "hierarchy_layers",
     "map_similarity",
     "parameter_randomization_test",

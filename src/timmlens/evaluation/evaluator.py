@@ -129,10 +129,14 @@ def _save_maps(
 
 
 def _load_batch(
-    model: nn.Module, samples: Sequence[Sample], indices: Sequence[int], on_error: str
+    model: nn.Module,
+    samples: Sequence[Sample],
+    indices: Sequence[int],
+    on_error: str,
+    command: str = "evaluate",
 ) -> tuple[list[Sample], torch.Tensor | None, dict[str, str], list[Any]]:
     """The readable samples, their batch ``(B, C, H, W)``, the unreadable ids -> reason and
-    the readable images' geometries."""
+    the readable images' geometries. ``command`` names the caller in the skip warning."""
     good: list[Sample] = []
     tensors: list[torch.Tensor] = []
     geometries: list[Any] = []
@@ -152,7 +156,7 @@ def _load_batch(
                     f"image '{image_id}' cannot be read: {reason} Fix or remove it, or skip "
                     f"unreadable images with --on-error skip (on_error='skip')."
                 ) from exc
-            warn_caller(f"evaluate: skipped image '{image_id}': {reason}", RuntimeWarning)
+            warn_caller(f"{command}: skipped image '{image_id}': {reason}", RuntimeWarning)
             skipped[image_id] = reason
             continue
         good.append(sample)

@@ -1,0 +1,752 @@
+"""Concepts over a whole dataset: deep feature factorization that streams, resumes and
+runs under ``torchrun``.
+
+[`deep_feature_factorization`][timmlens.analysis.dff.deep_feature_factorization] factorizes
+one batch in memory. [`fit_concepts`][] does the same over a folder or a ``Dataset`` of any
+size, in memory bounded by the batch size:
+
+1. **Extract** (every rank): one no-grad forward per batch at the layer
+   ([`layer_activations`][timmlens.analysis.activations.layer_activations]); each batch's
+   activations, logits and per-channel minimum go to a shard file under ``out/shards``
+   (`timmlens.analysis.concept_store`). Under ``torchrun`` rank ``r`` extracts every
+   ``world``-th pending batch and rank 0 writes the shards it gathers, as ``evaluate``
+   writes rows: the ranks need no shared disk. Shards are the resume unit.
+2. **Offset**: the dataset's per-channel minimum (the minimum of the shards' minima) is
+   subtracted so NMF sees non-negative values: pytorch-grad-cam's shift
+   ([`shift_nonnegative`][timmlens.analysis.dff.shift_nonnegative]) over all images at once.
+3. **Fit** (rank 0): the first shard is factorized exactly as the batch function does it
+   ([`factorize_activations`][timmlens.analysis.dff.factorize_activations], pytorch-grad-cam's
+   ``dff``). With one shard that *is* the answer, so a dataset that fits in one batch gives
+   the batch function's concepts. With more, those concepts start scikit-learn's
+   ``MiniBatchNMF`` (pixels as rows, ``X (N*h*w, C) ~= H @ components_``), which
+   ``partial_fit`` refines over every shard for ``epochs`` passes (shards shuffled per pass).
+   Starting from the exact fit of one batch reaches, in one to three passes, a
+   reconstruction error within a few percent of NMF on all the data at once; a cold
+   ``MiniBatchNMF`` needs tens of passes (measured on the real EfficientNet-Lite0).
+4. **Rank** (rank 0, one more read of the shards): each image's maps (``transform``), each
+   concept's top images (a heap of ``top_k_images`` per concept), its share of the
+   activation energy, and the fit's relative error over the whole dataset.
+
+Rank 0 writes ``concepts.json``, ``concepts.html`` (a self-contained gallery),
+``concepts.npz`` (the concept vectors and offset) and one PNG strip per concept.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._outputs import ensure_writable_dir
+from ..adapters import LayerSpec
+from ..data import data_config, prepare_images
+from ..errors import RunMismatchError
+from ..evaluation.cost import ForwardCounter
+from ..evaluation.distributed import (
+    broadcast_from_rank0,
+    fail_together,
+    gather_to_rank0,
+    init_from_environment,
+    rank_and_world,
+)
+from ..evaluation.evaluator import _load_batch, _sample_id
+from ..evaluation.run_identity import (
+    FORMAT,
+    RUN_FILE,
+    differences,
+    images_identity,
+    model_identity,
+    read_identity,
+    write_identity,
+)
+from ..evaluation.sources import Sample, as_source
+from ..interpretation.base import num_outputs
+from ..naming import class_name_of, model_name_of
+from .activations import layer_activations
+from .concept_store import SHARD_DTYPES, Shard, ShardStore
+from .dff import (
+    check_concept_count,
+    check_finite,
+    concept_class_scores,
+    factorize_activations,
+    head_unavailable_reason,
+    shift_nonnegative,
+    sklearn_decomposition,
+)
+
+JSON_FILE = "concepts.json"
+HTML_FILE = "concepts.html"
+VECTORS_FILE = "concepts.npz"
+#: what run.json says made the folder (an ``evaluate`` folder has no ``kind``)
+KIND = "concepts"
+#: classes listed per concept
+TOP_CLASSES = 5
+_HOW_TO_PROCEED = (
+    "use a new output folder (--out), or --overwrite (overwrite=True) to discard its shards"
+)
+
+
+# ----------------------------------------------------------------- the result
+@dataclass
+class DatasetConcepts:
+    """Concepts found over a dataset by [`fit_concepts`][], and where they were written.
+
+    Attributes:
+        concepts: ``(K, C)`` concept vectors in activation units (NMF's components plus the
+            offset, as pytorch-grad-cam's ``dff`` returns them), on the CPU.
+        offset: ``(C,)`` the per-channel minimum subtracted before NMF.
+        layer: the layer's full name.
+        energy_share: ``(K,)`` each concept's share of the activation energy: the energy
+            ``||h_k||^2 ||w_k||^2`` of its rank-one term over the sum of all terms'.
+        relative_error: ``||X - H W||_F / ||X||_F`` over the whole (shifted) dataset.
+        top_classes: per concept, its best classes ``{"index", "name", "score",
+            "probability"}`` (head logits, softmax over them); empty when there are none.
+        labels_unavailable_reason: why concepts have no classes, or ``None``.
+        top_images: per concept, ``{"id", "score", "predicted", "predicted_name"}`` best
+            first; ``score`` is the mean norm of the concept's term over the image's positions.
+        n_images: images factorized (readable ones).
+        skipped: unreadable images, id -> reason.
+        fit: how the concepts were fitted (``"exact NMF (one batch)"`` or MiniBatchNMF's).
+        out_dir: the output folder; ``json_path``, ``html_path``, ``vectors_path`` the files.
+    """
+
+    concepts: torch.Tensor
+    offset: torch.Tensor
+    layer: str
+    energy_share: list[float]
+    relative_error: float
+    top_classes: list[list[dict[str, Any]]]
+    labels_unavailable_reason: str | None
+    top_images: list[list[dict[str, Any]]]
+    n_images: int
+    skipped: dict[str, str]
+    fit: str
+    out_dir: Path
+    model: str = ""
+    identity: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_concepts(self) -> int:
+        return int(self.concepts.shape[0])
+
+    @property
+    def json_path(self) -> Path:
+        return self.out_dir / JSON_FILE
+
+    @property
+    def html_path(self) -> Path:
+        return self.out_dir / HTML_FILE
+
+    @property
+    def vectors_path(self) -> Path:
+        return self.out_dir / VECTORS_FILE
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``concepts.json`` holds (plain JSON data)."""
+        return {
+            "model": self.model,
+            "layer": self.layer,
+            "n_concepts": self.n_concepts,
+            "n_images": self.n_images,
+            "fit": self.fit,
+            "relative_error": round(self.relative_error, 6),
+            "labels_unavailable_reason": self.labels_unavailable_reason,
+            "concepts": [
+                {
+                    "index": k,
+                    "energy_share": round(self.energy_share[k], 6),
+                    "top_classes": self.top_classes[k],
+                    "top_images": self.top_images[k],
+                }
+                for k in range(self.n_concepts)
+            ],
+            "skipped": [{"id": i, "reason": r} for i, r in self.skipped.items()],
+            "files": {"html": HTML_FILE, "vectors": VECTORS_FILE, "shards": "shards"},
+            "run": self.identity,
+        }
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.n_concepts} concepts of layer {self.layer} over {self.n_images} images "
+            f"({self.fit}; relative error {self.relative_error:.3f})"
+        ]
+        for k in range(self.n_concepts):
+            classes = ", ".join(
+                f"{c['name']} ({c['probability']:.0%})" for c in self.top_classes[k][:3]
+            )
+            lines.append(
+                f"  concept {k}: {self.energy_share[k]:6.1%} of the energy; "
+                f"{classes or 'no classes'}"
+            )
+        if self.labels_unavailable_reason:
+            lines.append(f"  no classes: {self.labels_unavailable_reason}")
+        if self.skipped:
+            lines.append(f"  skipped {len(self.skipped)} unreadable image(s)")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------- run identity
+def _identity(
+    model: nn.Module, samples: Any, options: dict[str, Any]
+) -> dict[str, Any]:
+    from .. import __version__
+
+    return {
+        "format": FORMAT,
+        "kind": KIND,
+        "timmlens": __version__,
+        "model": model_identity(model),
+        "images": images_identity(samples),
+        "concepts": options,
+    }
+
+
+def _open_output(
+    out_dir: Path, store: ShardStore, identity: dict[str, Any], overwrite: bool
+) -> list[int]:
+    """Check ``out_dir`` can take this run (rank 0); the batches still to extract.
+
+    Raises:
+        RunMismatchError: the folder holds another run's shards or another command's run.
+    """
+    ensure_writable_dir(out_dir, "--out folder")
+    if overwrite:
+        store.discard()
+        for name in (RUN_FILE, JSON_FILE, HTML_FILE, VECTORS_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+    old = read_identity(out_dir)
+    if old is None and store.holds_any():
+        raise RunMismatchError(
+            f"'{out_dir}' holds activation shards but no {RUN_FILE}: cannot tell which model "
+            f"and data made them; {_HOW_TO_PROCEED}."
+        )
+    if old is not None:
+        if old.get("kind") != KIND:
+            raise RunMismatchError(
+                f"'{out_dir}' holds the output of another command (its {RUN_FILE} is not a "
+                f"concepts run); {_HOW_TO_PROCEED}."
+            )
+        found = differences(old, identity)
+        old_options, new_options = old.get("concepts") or {}, identity["concepts"]
+        found += [
+            f"{key} {old_options.get(key)} vs {new_options.get(key)}"
+            for key in sorted(set(old_options) | set(new_options))
+            if old_options.get(key) != new_options.get(key)
+        ]
+        if found:
+            raise RunMismatchError(
+                f"'{out_dir}' holds concepts of another run: {'; '.join(found)}; "
+                f"{_HOW_TO_PROCEED}."
+            )
+    write_identity(out_dir, identity)
+    return store.pending()
+
+
+# ----------------------------------------------------------------- pass 1: extract
+def _extract_batch(
+    model: nn.Module,
+    samples: Any,
+    indices: list[int],
+    layer: LayerSpec,
+    dtype: str,
+    on_error: str,
+) -> dict[str, np.ndarray]:
+    """One batch's shard arrays (see [`Shard`][timmlens.analysis.concept_store.Shard])."""
+    good, inputs, unreadable, _ = _load_batch(model, samples, indices, on_error, "concepts")
+    ids = [_sample_id(samples, i) for i in indices]
+    position = {image_id: index for image_id, index in zip(ids, indices, strict=True)}
+    arrays: dict[str, np.ndarray] = {
+        "batch": np.asarray(indices, dtype=np.int64),
+        "skipped_ids": np.asarray(list(unreadable), dtype=str),
+        "skipped_reasons": np.asarray(list(unreadable.values()), dtype=str),
+    }
+    if inputs is None:  # nothing readable in this batch
+        empty = np.zeros((0,), dtype=np.float32)
+        return {
+            **arrays,
+            "activations": np.zeros((0, 0, 0, 0), dtype=dtype),
+            "logits": np.zeros((0, 0), dtype=np.float32),
+            "ids": np.asarray([], dtype=str),
+            "indices": np.zeros((0,), dtype=np.int64),
+            "offset": empty,
+            "input_hw": np.zeros((2,), dtype=np.int64),
+        }
+    tapped = layer_activations(model, inputs, layer)
+    check_finite(tapped.activations, tapped.layer)
+    stored = tapped.activations.to(getattr(torch, dtype))
+    # the offset of what is stored (float16 rounds), so stored - offset >= 0 holds exactly
+    _, offset = shift_nonnegative(stored.float())
+    logits = tapped.logits
+    return {
+        **arrays,
+        "activations": stored.cpu().numpy(),
+        "logits": (
+            logits.float().cpu().numpy()
+            if logits is not None
+            else np.zeros((len(good), 0), dtype=np.float32)
+        ),
+        "ids": np.asarray([s.id for s in good], dtype=str),
+        "indices": np.asarray([position[s.id] for s in good], dtype=np.int64),
+        "offset": offset.cpu().numpy(),
+        "input_hw": np.asarray(tapped.input_hw, dtype=np.int64),
+    }
+
+
+def _extract(
+    model: nn.Module,
+    samples: Any,
+    store: ShardStore,
+    pending: list[int],
+    layer: LayerSpec,
+    dtype: str,
+    on_error: str,
+    bar: Any,
+) -> None:
+    """Every pending batch through the model; rank 0 writes each round's shards."""
+    rank, world = rank_and_world()
+    rounds = math.ceil(len(pending) / world)
+    for round_index in range(rounds):
+        mine = pending[round_index * world : (round_index + 1) * world]
+        payload: list[dict[str, Any]] = []
+        with fail_together("extracting activations"):
+            if rank < len(mine):
+                batch = mine[rank]
+                arrays = _extract_batch(
+                    model, samples, store.batch_indices(batch), layer, dtype, on_error
+                )
+                payload = [{"batch": batch, "arrays": arrays}]
+        gathered = gather_to_rank0(payload)
+        with fail_together("writing activation shards"):
+            if gathered is not None:
+                for item in gathered:
+                    store.write(item["batch"], item["arrays"])
+        done = min(len(pending), (round_index + 1) * world)
+        bar.set_postfix_str(f"{done}/{len(pending)} shards")
+
+
+# ----------------------------------------------------------------- pass 2: fit
+@dataclass(frozen=True, eq=False)
+class _Fit:
+    """NMF's components ``(K, C)`` in the shifted space, and a function giving a shard's
+    loadings ``(n*h*w, K)``."""
+
+    components: np.ndarray
+    loadings: Any
+    description: str
+
+
+def _fit(
+    store: ShardStore,
+    batches: list[int],
+    offset: np.ndarray,
+    n_concepts: int,
+    seed: int,
+    epochs: int,
+    layer: str,
+    bar: Any,
+) -> _Fit:
+    """The exact batch fit of the first shard, refined by MiniBatchNMF over all of them."""
+    first = store.read(batches[0])
+    factors = factorize_activations(
+        torch.from_numpy(first.activations.astype(np.float32)), n_concepts, seed=seed, layer=layer
+    )
+    # The batch fit's concept vectors, expressed in the dataset's shifted space: they equal
+    # ``basis.T`` when the first batch holds the dataset's minimum (one shard: always).
+    shifted = factors.basis.T.numpy() + (factors.offset.numpy() - offset)[None, :]
+    bar.update(1)
+    if len(batches) == 1:
+
+        def loadings_of_batch(_shard: Shard) -> np.ndarray:
+            # (B, K, h, w) -> (B*h*w, K), rows in the order of Shard.rows
+            return factors.loadings.permute(0, 2, 3, 1).reshape(-1, n_concepts).numpy()
+
+        return _Fit(np.ascontiguousarray(shifted), loadings_of_batch, "exact NMF (one batch)")
+
+    decomposition = sklearn_decomposition()
+    streaming = decomposition.MiniBatchNMF(
+        n_components=n_concepts, init="custom", random_state=seed
+    )
+    start = np.ascontiguousarray(np.maximum(shifted, 0.0), dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    started = False
+    for _ in range(epochs):
+        for batch in rng.permutation(batches).tolist():
+            rows = store.read(batch).rows(offset)
+            if not started:
+                # W is only checked for shape on the first call; MiniBatchNMF solves it.
+                ones = np.ones((rows.shape[0], n_concepts), dtype=np.float32)
+                streaming.partial_fit(rows, W=ones, H=start)
+                started = True
+            else:
+                streaming.partial_fit(rows)
+            bar.update(1)
+    description = (
+        f"MiniBatchNMF, {epochs} pass{'es' * (epochs != 1)} over {len(batches)} shards, "
+        f"started from the exact NMF of the first"
+    )
+
+    def loadings_of(shard: Shard) -> np.ndarray:
+        return streaming.transform(shard.rows(offset))
+
+    return _Fit(streaming.components_.astype(np.float32), loadings_of, description)
+
+
+# ----------------------------------------------------------------- pass 3: rank
+def _rank(
+    store: ShardStore,
+    batches: list[int],
+    offset: np.ndarray,
+    fitted: _Fit,
+    top_k: int,
+    names: Any,
+    bar: Any,
+) -> dict[str, Any]:
+    """Energy shares, the fit's error and every concept's top images, one shard at a time."""
+    components = fitted.components
+    k_count = components.shape[0]
+    norms = np.linalg.norm(components.astype(np.float64), axis=1)
+    energy = np.zeros(k_count)
+    residual = total = 0.0
+    heaps: list[list[tuple[float, int, dict[str, Any]]]] = [[] for _ in range(k_count)]
+    for batch in batches:
+        shard = store.read(batch)
+        if shard.activations.shape[0] == 0:
+            bar.update(1)
+            continue
+        n, _, height, width = shard.activations.shape
+        rows = shard.rows(offset).astype(np.float64)
+        loadings = np.asarray(fitted.loadings(shard), dtype=np.float64)
+        residual += float(np.sum((rows - loadings @ components) ** 2))
+        total += float(np.sum(rows**2))
+        energy += np.sum(loadings**2, axis=0) * norms**2
+        per_image = loadings.reshape(n, height * width, k_count)
+        # mean norm of the concept's term u_k w_k over the image's positions
+        scores = per_image.mean(axis=1) * norms[None, :]
+        maps = per_image.reshape(n, height, width, k_count)
+        predicted = shard.logits.argmax(axis=1) if shard.logits.shape[1] else None
+        for b in range(n):
+            index = int(shard.indices[b])
+            for k in range(k_count):
+                entry = (float(scores[b, k]), -index)
+                if len(heaps[k]) == top_k and entry <= heaps[k][0][:2]:
+                    continue
+                item = {
+                    "id": str(shard.ids[b]),
+                    "index": index,
+                    "score": float(scores[b, k]),
+                    "predicted": None if predicted is None else int(predicted[b]),
+                    "map": maps[b, :, :, k].astype(np.float32).copy(),
+                    "input_hw": tuple(int(v) for v in shard.input_hw),
+                }
+                record = (entry[0], entry[1], item)
+                if len(heaps[k]) < top_k:
+                    heapq.heappush(heaps[k], record)
+                else:
+                    heapq.heapreplace(heaps[k], record)
+        bar.update(1)
+    top_images = []
+    for heap in heaps:
+        ranked = [item for _, _, item in sorted(heap, key=lambda r: (r[0], r[1]), reverse=True)]
+        for item in ranked:
+            item["predicted_name"] = None if item["predicted"] is None else names(item["predicted"])
+        top_images.append(ranked)
+    share = energy / energy.sum() if energy.sum() > 0 else np.zeros(k_count)
+    return {
+        "energy_share": [float(v) for v in share],
+        "relative_error": math.sqrt(residual / total) if total > 0 else 0.0,
+        "top_images": top_images,
+    }
+
+
+def _classes(
+    model: nn.Module, store: ShardStore, batches: list[int], concepts: torch.Tensor, layer: str
+) -> tuple[list[list[dict[str, Any]]], str | None]:
+    """Each concept's top classes from the model's head, or why there are none."""
+    first = store.read(batches[0])
+    device = next(model.parameters()).device
+    logits = torch.from_numpy(first.logits).to(device) if first.logits.shape[1] else None
+    activations = torch.from_numpy(first.activations.astype(np.float32)).to(device)
+    reason = head_unavailable_reason(model, activations, logits, layer)
+    if reason is not None:
+        return [[] for _ in range(concepts.shape[0])], reason
+    scores = concept_class_scores(model, concepts.to(device)).float().cpu()
+    probabilities = scores.softmax(dim=1)
+    top = probabilities.topk(min(TOP_CLASSES, scores.shape[1]), dim=1)
+    return [
+        [
+            {
+                "index": int(c),
+                "name": class_name_of(model, int(c)),
+                "score": round(float(scores[k, c]), 6),
+                "probability": round(float(p), 6),
+            }
+            for c, p in zip(top.indices[k], top.values[k], strict=True)
+        ]
+        for k in range(scores.shape[0])
+    ], None
+
+
+# ----------------------------------------------------------------- the entry point
+def _channels(model: nn.Module, layer: LayerSpec) -> tuple[str, int, int, int]:
+    """The layer's name, channels and grid, from one blank image (no dataset image read)."""
+    _, height, width = data_config(model)["input_size"]
+    probe = torch.zeros(1, 3, height, width)
+    tapped = layer_activations(model, prepare_images(probe, model).tensor, layer)
+    _, channels, h, w = tapped.activations.shape
+    return tapped.layer, int(channels), int(h), int(w)
+
+
+def _cost_line(
+    count: int, pending_images: int, channels: int, h: int, w: int, dtype: str, shards: int
+) -> str:
+    size = count * channels * h * w * np.dtype(dtype).itemsize
+    return (
+        f"concepts: {count} images, {pending_images:,} to extract: {pending_images:,} forwards "
+        f"(+1 probe); activations {channels}x{h}x{w} {dtype}, {size / 2**20:,.1f} MiB of "
+        f"shards on disk; then the fit on rank 0 over {shards} shard{'s' * (shards != 1)}"
+    )
+
+
+def fit_concepts(
+    model: nn.Module,
+    data: Any,
+    n_concepts: int = 8,
+    layer: LayerSpec = None,
+    out: str | os.PathLike[str] = "concepts",
+    *,
+    batch_size: int = 32,
+    top_k_images: int = 8,
+    seed: int = 0,
+    epochs: int = 3,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    on_error: str = "skip",
+    progress: bool = True,
+    gallery: bool = True,
+) -> DatasetConcepts:
+    """Find ``n_concepts`` concepts a layer of ``model`` uses over a whole dataset.
+
+    Deep feature factorization (Collins et al., 2018) over every image of ``data``,
+    streamed in batches so memory does not grow with the number of images: the layer's
+    activations go to shard files under ``out/shards`` (one forward per image), then NMF
+    is fitted over the shards on rank 0 (see the module documentation for the passes).
+    With one batch (``len(data) <= batch_size``) the concepts are exactly those of
+    [`deep_feature_factorization`][timmlens.analysis.dff.deep_feature_factorization] on those
+    images; with more, scikit-learn's ``MiniBatchNMF`` refines that batch fit over all
+    shards.
+
+    Negative activations are allowed: the dataset's per-channel minimum is subtracted
+    before NMF and added back to the concept vectors, as pytorch-grad-cam's ``dff`` does
+    for one batch ([`shift_nonnegative`][timmlens.analysis.dff.shift_nonnegative]).
+
+    **Outputs** (rank 0): ``concepts.json`` (per concept its top classes from the model's
+    head, or the reason there are none; its energy share; its top images with scores),
+    ``concepts.html`` (a self-contained gallery: each concept's top images with its map
+    overlaid), ``concepts.npz`` (``concepts (K, C)``, ``offset (C,)``) and
+    ``concept_<k>.png`` strips.
+
+    **Resume and run identity**, as in [`timmlens.evaluate`][]: ``out/run.json`` records the
+    model (state-dict hash, preprocessing), the images, the layer, ``n_concepts``,
+    ``batch_size``, ``seed``, ``epochs`` and ``dtype``. Run again with the same arguments,
+    it extracts only the batches whose shard is missing or damaged (a file cut by a kill
+    fails its checksums and is computed again); another model, layer, K or data raises
+    [`RunMismatchError`][timmlens.errors.RunMismatchError] naming what differs, unless
+    ``overwrite``. ``KeyboardInterrupt`` keeps every finished shard.
+
+    **Progress**: the cost (forwards, shard size on disk) is printed first, then a bar
+    counts forwards (with an ETA), then one counts the fit's shard reads.
+
+    **torchrun**: each rank extracts every ``world``-th pending batch; rank 0 gathers and
+    writes the shards, fits, ranks and writes the files; every rank returns the result.
+    The other ranks wait for the fit in a collective: for long fits raise
+    ``TIMMLENS_DIST_TIMEOUT`` (seconds, default 1800).
+
+    Args:
+        model: an ``ImageClassifier`` or timm model (on the device to use).
+        data: an image folder, a map-style ``Dataset`` yielding ``image`` or
+            ``(image, label)``, or a ``DataLoader`` (its dataset); labels are not used.
+        n_concepts: ``K``, concepts to find (1 to the layer's channel count).
+        layer: a dotted name or module; ``None`` takes
+            [`default_activation_layer`][timmlens.analysis.activations.default_activation_layer].
+        out: the output folder.
+        batch_size: images per forward and per shard (part of the run identity).
+        top_k_images: images kept per concept.
+        seed: NMF's ``random_state`` (and the shard order of the streaming passes).
+        epochs: passes of ``MiniBatchNMF`` over the shards (unused with one shard).
+        dtype: ``"float32"`` or ``"float16"`` (half the disk; rounds activations to ~1e-3).
+        overwrite: discard the shards and files already in ``out`` and start afresh.
+        on_error: an unreadable image: ``"skip"`` (warn, leave it out, list it) or ``"fail"``.
+        progress: print the cost and show progress bars (rank 0).
+        gallery: write ``concepts.html`` and the PNG strips (they re-read the top images).
+
+    Returns:
+        [`DatasetConcepts`][] (on every rank).
+
+    Raises:
+        ConceptInputError: ``n_concepts`` below 1 or above the layer's channels (checked on
+            one blank image before any dataset image is read); NaN/inf activations.
+        LayerResolutionError: an unknown layer, or one without a spatial map.
+        RunMismatchError: ``out`` holds another run's shards (one line: what differs).
+        OptionalDependencyError: scikit-learn is not installed.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if top_k_images < 1:
+        raise ValueError(f"top_k_images must be >= 1, got {top_k_images}.")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}.")
+    if dtype not in SHARD_DTYPES:
+        raise ValueError(f"dtype must be one of {SHARD_DTYPES}, got {dtype!r}.")
+    if on_error not in ("skip", "fail"):
+        raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}.")
+    sklearn_decomposition()  # a missing extra fails now, not after the extraction
+    init_from_environment()
+    rank, _ = rank_and_world()
+    layer_name, channels, h, w = _channels(model, layer)
+    check_concept_count(n_concepts, channels, layer_name)
+    samples = as_source(data, num_classes=num_outputs(model))
+    out_dir = Path(out)
+    store = ShardStore(out_dir, batch_size, len(samples))
+    options = {
+        "layer": layer_name,
+        "n_concepts": n_concepts,
+        "batch_size": batch_size,
+        "seed": seed,
+        "epochs": epochs,
+        "dtype": dtype,
+    }
+    identity = _identity(model, samples, options)
+    pending: list[int] | None = None
+    with fail_together("opening the output folder"):
+        if rank == 0:
+            pending = _open_output(out_dir, store, identity, overwrite)
+    pending = broadcast_from_rank0(pending) or []
+    show = progress and rank == 0
+    pending_images = sum(len(store.batch_indices(b)) for b in pending)
+    if show:
+        cost = _cost_line(len(samples), pending_images, channels, h, w, dtype, store.n_batches)
+        tqdm.write(cost, file=sys.stderr)
+    bar = tqdm(total=pending_images, desc="extract", unit="fwd", disable=not show)
+    with bar, ForwardCounter(model, bar.update):
+        _extract(model, samples, store, pending, layer_name, dtype, on_error, bar)
+
+    result: DatasetConcepts | None = None
+    with fail_together("fitting the concepts"):
+        if rank == 0:
+            result = _fit_and_write(
+                model, samples, store, options, identity, top_k_images, out_dir, show, gallery
+            )
+    return broadcast_from_rank0(result)
+
+
+def _fit_and_write(
+    model: nn.Module,
+    samples: Any,
+    store: ShardStore,
+    options: dict[str, Any],
+    identity: dict[str, Any],
+    top_k: int,
+    out_dir: Path,
+    show: bool,
+    gallery: bool,
+) -> DatasetConcepts:
+    """Rank 0: offset, fit, ranking, classes; the files."""
+    batches: list[int] = []
+    skipped: dict[str, str] = {}
+    n_images = 0
+    for batch in range(store.n_batches):
+        meta = store.read_fields(batch, "ids", "skipped_ids", "skipped_reasons")
+        n_images += int(meta["ids"].shape[0])
+        if meta["ids"].shape[0]:
+            batches.append(batch)
+        reasons = zip(meta["skipped_ids"].tolist(), meta["skipped_reasons"].tolist(), strict=True)
+        skipped.update(reasons)
+    if not batches:
+        raise ValueError("no image of the dataset could be read; nothing to factorize.")
+    offset = store.offset()
+    k_count, epochs, layer = options["n_concepts"], options["epochs"], options["layer"]
+    steps = 1 + (epochs * len(batches) if len(batches) > 1 else 0) + len(batches)
+    with tqdm(total=steps, desc="fit", unit="shard", disable=not show) as bar:
+        fitted = _fit(store, batches, offset, k_count, options["seed"], epochs, layer, bar)
+        concepts = torch.from_numpy(fitted.components + offset[None, :])
+        ranked = _rank(
+            store, batches, offset, fitted, top_k, lambda c: class_name_of(model, c), bar
+        )
+    top_classes, reason = _classes(model, store, batches, concepts, layer)
+    result = DatasetConcepts(
+        concepts=concepts,
+        offset=torch.from_numpy(offset),
+        layer=layer,
+        energy_share=ranked["energy_share"],
+        relative_error=ranked["relative_error"],
+        top_classes=top_classes,
+        labels_unavailable_reason=reason,
+        top_images=ranked["top_images"],
+        n_images=n_images,
+        skipped=skipped,
+        fit=fitted.description,
+        out_dir=out_dir,
+        model=model_name_of(model),
+        identity=identity,
+    )
+    maps = [[item.pop("map") for item in images] for images in result.top_images]
+    sizes = [[item.pop("input_hw") for item in images] for images in result.top_images]
+    np.savez(
+        out_dir / VECTORS_FILE,
+        concepts=concepts.numpy(),
+        offset=offset,
+        energy_share=np.asarray(result.energy_share),
+    )
+    if gallery:
+        from ..viz.concept_gallery import write_gallery
+
+        pictures = _top_pictures(model, samples, result.top_images, maps, sizes)
+        write_gallery(result, pictures, out_dir)
+    (out_dir / JSON_FILE).write_text(
+        json.dumps(result.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+        encoding="utf-8",
+    )
+    return result
+
+
+def _top_pictures(
+    model: nn.Module,
+    samples: Any,
+    top_images: list[list[dict[str, Any]]],
+    maps: list[list[np.ndarray]],
+    sizes: list[list[tuple[int, int]]],
+) -> list[list[dict[str, Any]]]:
+    """Each top image's thumbnail, its geometry and the concept's map at input resolution."""
+    from ..data import picture_of
+    from ..interpretation.cam.engine import upsample_maps
+    from ..viz.concept_gallery import THUMBNAIL_SIDE
+    from ..viz.report_html import display_picture
+
+    cache: dict[int, Any] = {}
+    out = []
+    for images, low_maps, input_sizes in zip(top_images, maps, sizes, strict=True):
+        row = []
+        for item, low, size in zip(images, low_maps, input_sizes, strict=True):
+            index = item["index"]
+            if index not in cache:
+                sample: Sample = samples[index]
+                batch = prepare_images([sample.image], model)
+                # thumbnails at once: memory grows with K * top_k, never with the photos' size
+                cache[index] = display_picture(
+                    picture_of(batch, 0, model), batch.geometries[0], THUMBNAIL_SIDE
+                )
+            picture, geometry = cache[index]
+            full = upsample_maps(torch.from_numpy(low)[None], tuple(size))[0]
+            row.append({"picture": picture, "geometry": geometry, "map": full})
+        out.append(row)
+    return out

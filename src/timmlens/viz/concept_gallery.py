@@ -1,0 +1,146 @@
+"""The concept gallery of [`fit_concepts`][timmlens.analysis.fit_concepts]: one HTML page.
+
+For every concept: its share of the activation energy, its top classes from the model's
+head (or why there are none), and its top images with the concept's map overlaid, each
+embedded as a small JPEG data URI. The page loads nothing from anywhere and escapes every
+id and class name. One PNG strip per concept (``concept_<k>.png``, the same overlays side
+by side) is written next to it. Nothing here runs a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .html_page import page_head
+from .interactive import escape
+from .report_html import _figure, display_picture, overlay_array, probability_text
+
+#: long side of a gallery thumbnail, in pixels
+THUMBNAIL_SIDE = 176
+
+_CSS = """h2 { font-size: 17px; margin: 22px 0 4px; border-bottom: 1px solid #ddd;
+  padding-bottom: 3px; }
+p.classes { font-size: 13px; margin: 2px 0 8px; }
+p.classes.none { color: #777; }
+.cards { display: flex; flex-wrap: wrap; gap: 10px; align-items: flex-start; }
+figure { margin: 0; }
+figure img { display: block; max-width: 100%; height: auto; border-radius: 3px; }
+figcaption { font-size: 12px; margin-top: 2px; max-width: 176px; overflow-wrap: anywhere; }
+table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
+th, td { border-bottom: 1px solid #e4e4e4; padding: 2px 9px; text-align: left; }
+th { background: #f4f4f4; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+"""
+
+
+def concept_overlays(pictures: Sequence[dict[str, Any]]) -> list[np.ndarray]:
+    """One concept's top images with its map overlaid: ``(h, w, 3)`` uint8 thumbnails.
+
+    Args:
+        pictures: per image ``{"picture", "geometry", "map"}``: the photo (or the model's
+            view of a tensor input), how it became the input, and the concept's ``(H, W)``
+            map in model-input coordinates.
+    """
+    overlays = []
+    for item in pictures:
+        picture, geometry = display_picture(item["picture"], item["geometry"], THUMBNAIL_SIDE)
+        overlays.append(overlay_array(picture, item["map"], geometry))
+    return overlays
+
+
+def _classes_text(classes: Sequence[dict[str, Any]], reason: str | None) -> str:
+    if not classes:
+        why = escape(reason) if reason else "no classes"
+        return f'<p class="classes none">no classes: {why}</p>'
+    listed = ", ".join(
+        f"{escape(c['name'])} ({probability_text(c['probability'])})" for c in classes
+    )
+    return f'<p class="classes">top classes (the head on the concept vector): {listed}</p>'
+
+
+def _caption(item: dict[str, Any]) -> str:
+    predicted = f" · predicted {item['predicted_name']}" if item.get("predicted_name") else ""
+    return f"{item['id']} · score {item['score']:.3g}{predicted}"
+
+
+def _summary_table(summary: dict[str, Any]) -> str:
+    rows = []
+    for concept in summary["concepts"]:
+        first = concept["top_classes"][0]["name"] if concept["top_classes"] else "-"
+        rows.append(
+            f'<tr><td><a href="#concept-{concept["index"]}">{concept["index"]}</a></td>'
+            f'<td class="num">{100 * concept["energy_share"]:.1f}%</td>'
+            f"<td>{escape(first)}</td></tr>"
+        )
+    return (
+        "<table><tr><th>concept</th><th>energy share</th><th>top class</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def render_gallery(summary: dict[str, Any], overlays: Sequence[Sequence[np.ndarray]]) -> str:
+    """The gallery page from ``concepts.json``'s data and each concept's overlays.
+
+    Args:
+        summary: [`DatasetConcepts.to_dict`][timmlens.analysis.concepts.DatasetConcepts.to_dict].
+        overlays: per concept, one ``(h, w, 3)`` uint8 picture per top image, in order.
+    """
+    subtitle = (
+        f"{summary['n_concepts']} concepts of layer {summary['layer']} over "
+        f"{summary['n_images']} images of {summary['model']} ({summary['fit']}; relative "
+        f"reconstruction error {summary['relative_error']:.3f}). Each image shows the "
+        f"concept's map (its NMF loading at every position, bilinear to the input); score: "
+        f"the mean norm of the concept's term over the image."
+    )
+    parts = [page_head("Concepts over a dataset", subtitle, css=_CSS), _summary_table(summary)]
+    for concept, pictures in zip(summary["concepts"], overlays, strict=True):
+        k = concept["index"]
+        parts.append(
+            f'<section class="concept" id="concept-{k}"><h2>Concept {k} · '
+            f"{100 * concept['energy_share']:.1f}% of the activation energy</h2>"
+        )
+        parts.append(_classes_text(concept["top_classes"], summary["labels_unavailable_reason"]))
+        figures = [
+            _figure(picture, _caption(item), "top", f"concept {k} on image {item['id']}")
+            for item, picture in zip(concept["top_images"], pictures, strict=True)
+        ]
+        parts.append(f'<div class="cards">{"".join(figures)}</div></section>')
+    parts.append("</body>\n</html>\n")
+    return "\n".join(parts)
+
+
+def strip_png(overlays: Sequence[np.ndarray], path: Path, gap: int = 4) -> Path:
+    """The overlays side by side on white, top-aligned, as one PNG."""
+    height = max(o.shape[0] for o in overlays)
+    width = sum(o.shape[1] for o in overlays) + gap * (len(overlays) - 1)
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    left = 0
+    for overlay in overlays:
+        canvas[: overlay.shape[0], left : left + overlay.shape[1]] = overlay
+        left += overlay.shape[1] + gap
+    Image.fromarray(canvas).save(path)
+    return path
+
+
+def write_gallery(result: Any, pictures: Sequence[Sequence[dict[str, Any]]], out_dir: Path) -> Path:
+    """``concepts.html`` and ``concept_<k>.png`` in ``out_dir``; the page's path.
+
+    Args:
+        result: a [`DatasetConcepts`][timmlens.analysis.concepts.DatasetConcepts].
+        pictures: per concept, per top image ``{"picture", "geometry", "map"}``.
+        out_dir: the output folder.
+    """
+    overlays = [concept_overlays(row) for row in pictures]
+    for k, row in enumerate(overlays):
+        if row:
+            strip_png(row, out_dir / f"concept_{k}.png")
+    page = render_gallery(result.to_dict(), overlays)
+    path = out_dir / "concepts.html"
+    path.write_text(page, encoding="utf-8")
+    return path
