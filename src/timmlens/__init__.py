@@ -12,6 +12,8 @@ from ._model_state import model_lock
 from .adapters import describe, get_adapter
 from .data import ImageScalingWarning, prepare_images
 from .errors import (
+    ConceptInputError,
+    ConceptLabelError,
     DeviceError,
     DistributedRunError,
     ExplanationFileError,
@@ -22,6 +24,7 @@ from .errors import (
     LayerResolutionError,
     MetricInputError,
     ModelLoadError,
+    OptionalDependencyError,
     OutputPathError,
     RunMismatchError,
     TargetError,
@@ -34,6 +37,7 @@ from .models import BUNDLED_SPEC, ImageClassifier, load_model
 if TYPE_CHECKING:
     from .analysis import (
         data_randomization_test,
+        deep_feature_factorization,
         error_report,
         explain_layers,
         parameter_randomization_test,
@@ -46,6 +50,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "benchmark": ".evaluation",
     "data_randomization_test": ".analysis",
+    "deep_feature_factorization": ".analysis",
     "error_report": ".analysis",
     "evaluate": ".evaluation",
     "explain_layers": ".analysis",
@@ -55,6 +60,8 @@ _EXPORTS = {
 
 __all__ = [
     "BUNDLED_SPEC",
+    "ConceptInputError",
+    "ConceptLabelError",
     "DeviceError",
     "DistributedRunError",
     "ExplanationFileError",
@@ -67,6 +74,7 @@ __all__ = [
     "LayerResolutionError",
     "MetricInputError",
     "ModelLoadError",
+    "OptionalDependencyError",
     "OutputPathError",
     "RunMismatchError",
     "TargetError",
@@ -76,6 +84,7 @@ __all__ = [
     "__version__",
     "benchmark",
     "data_randomization_test",
+    "deep_feature_factorization",
     "describe",
     "error_report",
     "evaluate",

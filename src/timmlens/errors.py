@@ -77,3 +77,18 @@ class MetricInputError(TimmLensError, ValueError):
 
 class DeviceError(TimmLensError, ValueError):
     """A device that is not a torch device name, or is not available on this machine."""
+
+
+class ConceptInputError(TimmLensError, ValueError):
+    """A concept analysis that cannot run on its input: a number of concepts out of range
+    (below 1, above the layer's channels) or activations with NaN/inf values."""
+
+
+class ConceptLabelError(TimmLensError, ValueError):
+    """Concept vectors that the model's head cannot label: no classifier, a classifier
+    that is not one linear layer after pooling, or concepts of another width."""
+
+
+class OptionalDependencyError(TimmLensError, ImportError):
+    """A feature needs an optional package that is not installed; the message names the
+    extra to install (``pip install "timmlens[concepts]"``)."""

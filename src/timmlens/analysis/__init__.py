@@ -1,4 +1,5 @@
-"""Answers built from explanations: layer hierarchies, sanity checks, error reports.
+"""Answers built from explanations and activations: layer hierarchies, sanity checks,
+error reports, and the concepts a layer has learned (deep feature factorization).
 
 Names are imported on first use (PEP 562), except [`error_report`][]: it shares its
 name with its submodule, and the import system would rebind the package attribute to
@@ -14,7 +15,15 @@ from .._lazy import lazy_exports
 from .error_report import error_report
 
 if TYPE_CHECKING:
+    from .activations import LayerActivations, default_activation_layer, layer_activations
     from .concepts import DatasetConcepts, fit_concepts
+    from .dff import (
+        ConceptFactorization,
+        concept_class_scores,
+        deep_feature_factorization,
+        factorize_activations,
+        shift_nonnegative,
+    )
     from .error_report import ClassAccuracy, ConfusionPair, ErrorCase, ErrorReport
     from .hierarchy import LayerHierarchy, explain_layers, hierarchy_layers
     from .randomization import RandomizationUnit, cascade_units, randomize_unit
@@ -28,45 +37,61 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "ClassAccuracy": ".error_report",
+    "ConceptFactorization": ".dff",
     "ConfusionPair": ".error_report",
     "DataRandomizationResult": ".sanity",
     "DatasetConcepts": ".concepts",
     "ErrorCase": ".error_report",
     "ErrorReport": ".error_report",
+    "LayerActivations": ".activations",
     "LayerHierarchy": ".hierarchy",
     "RandomizationResult": ".sanity",
     "RandomizationUnit": ".randomization",
     "cascade_units": ".randomization",
+    "concept_class_scores": ".dff",
     "data_randomization_test": ".sanity",
+    "deep_feature_factorization": ".dff",
+    "default_activation_layer": ".activations",
     "explain_layers": ".hierarchy",
+    "factorize_activations": ".dff",
     "fit_concepts": ".concepts",
     "hierarchy_layers": ".hierarchy",
+    "layer_activations": ".activations",
     "map_similarity": ".similarity",
     "parameter_randomization_test": ".sanity",
     "randomize_unit": ".randomization",
+    "shift_nonnegative": ".dff",
     "spearman_per_image": ".similarity",
     "ssim_per_image": ".similarity",
 }
 
 __all__ = [
     "ClassAccuracy",
+    "ConceptFactorization",
     "ConfusionPair",
     "DataRandomizationResult",
     "DatasetConcepts",
     "ErrorCase",
     "ErrorReport",
+    "LayerActivations",
     "LayerHierarchy",
     "RandomizationResult",
     "RandomizationUnit",
     "cascade_units",
+    "concept_class_scores",
     "data_randomization_test",
+    "deep_feature_factorization",
+    "default_activation_layer",
     "error_report",
     "explain_layers",
+    "factorize_activations",
     "fit_concepts",
     "hierarchy_layers",
+    "layer_activations",
     "map_similarity",
     "parameter_randomization_test",
     "randomize_unit",
+    "shift_nonnegative",
     "spearman_per_image",
     "ssim_per_image",
 ]
