@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         deep_feature_factorization,
         error_report,
         explain_layers,
+        fit_concepts,
         parameter_randomization_test,
     )
     from .evaluation import benchmark, evaluate
@@ -54,6 +55,7 @@ _EXPORTS = {
     "error_report": ".analysis",
     "evaluate": ".evaluation",
     "explain_layers": ".analysis",
+    "fit_concepts": ".analysis",
     "load_explanation": ".saving",
     "parameter_randomization_test": ".analysis",
 }
@@ -89,6 +91,7 @@ __all__ = [
     "error_report",
     "evaluate",
     "explain_layers",
+    "fit_concepts",
     "get_adapter",
     "load_explanation",
     "load_model",

@@ -329,7 +329,7 @@ def _add_benchmark(command: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def _add_concepts(command: Callable[..., argparse.ArgumentParser]) -> None:
-    """``timmlens concepts``: concepts a layer uses over a dataset (timmlens.analysis.fit_concepts)."""
+    """``timmlens concepts``: concepts over a dataset (timmlens.analysis.fit_concepts)."""
     concepts = command(
         "concepts",
         help="find the concepts a layer uses over a dataset (HTML gallery + JSON)",

@@ -196,9 +196,7 @@ class DatasetConcepts:
 
 
 # ----------------------------------------------------------------- run identity
-def _identity(
-    model: nn.Module, samples: Any, options: dict[str, Any]
-) -> dict[str, Any]:
+def _identity(model: nn.Module, samples: Any, options: dict[str, Any]) -> dict[str, Any]:
     from .. import __version__
 
     return {
@@ -245,8 +243,7 @@ def _open_output(
         ]
         if found:
             raise RunMismatchError(
-                f"'{out_dir}' holds concepts of another run: {'; '.join(found)}; "
-                f"{_HOW_TO_PROCEED}."
+                f"'{out_dir}' holds concepts of another run: {'; '.join(found)}; {_HOW_TO_PROCEED}."
             )
     write_identity(out_dir, identity)
     return store.pending()
