@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         data_randomization_test,
         deep_feature_factorization,
         error_report,
+        explain_concepts,
         explain_layers,
         parameter_randomization_test,
     )
@@ -53,6 +54,7 @@ _EXPORTS = {
     "deep_feature_factorization": ".analysis",
     "error_report": ".analysis",
     "evaluate": ".evaluation",
+    "explain_concepts": ".analysis",
     "explain_layers": ".analysis",
     "load_explanation": ".saving",
     "parameter_randomization_test": ".analysis",
@@ -88,6 +90,7 @@ __all__ = [
     "describe",
     "error_report",
     "evaluate",
+    "explain_concepts",
     "explain_layers",
     "get_adapter",
     "load_explanation",

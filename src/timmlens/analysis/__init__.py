@@ -16,6 +16,7 @@ from .error_report import error_report
 
 if TYPE_CHECKING:
     from .activations import LayerActivations, default_activation_layer, layer_activations
+    from .concept_explorer import ConceptExplanation, explain_concepts
     from .dff import (
         ConceptFactorization,
         concept_class_scores,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "ClassAccuracy": ".error_report",
+    "ConceptExplanation": ".concept_explorer",
     "ConceptFactorization": ".dff",
     "ConfusionPair": ".error_report",
     "DataRandomizationResult": ".sanity",
@@ -50,6 +52,7 @@ _EXPORTS = {
     "data_randomization_test": ".sanity",
     "deep_feature_factorization": ".dff",
     "default_activation_layer": ".activations",
+    "explain_concepts": ".concept_explorer",
     "explain_layers": ".hierarchy",
     "factorize_activations": ".dff",
     "hierarchy_layers": ".hierarchy",
@@ -64,6 +67,7 @@ _EXPORTS = {
 
 __all__ = [
     "ClassAccuracy",
+    "ConceptExplanation",
     "ConceptFactorization",
     "ConfusionPair",
     "DataRandomizationResult",
@@ -79,6 +83,7 @@ __all__ = [
     "deep_feature_factorization",
     "default_activation_layer",
     "error_report",
+    "explain_concepts",
     "explain_layers",
     "factorize_activations",
     "hierarchy_layers",
