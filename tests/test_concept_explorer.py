@@ -16,7 +16,7 @@ from pytorch_grad_cam.utils.image import show_factorization_on_image
 from timmlens import ImageInputError, TargetError
 from timmlens.analysis import explain_concepts
 from timmlens.testing import explainable_model
-from timmlens.viz import concept_colors, factorization_overlay, plot_concepts
+from timmlens.viz import concept_colors, factorization_overlay, plot_concepts, plot_factorization
 
 matplotlib.use("Agg")
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -109,3 +109,19 @@ def test_callable_target_refused(small) -> None:
     assert str(info.value) == (
         "explain_concepts needs a class index or name, not a callable target."
     )
+
+
+def test_batch_figure_has_one_legend_for_all_images(small) -> None:
+    from timmlens.analysis import deep_feature_factorization
+
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    result = deep_feature_factorization(small, x, n_concepts=3)
+    fig = plot_factorization(result, list(x.sigmoid()), names=["a", "b"])
+    FigureCanvasAgg(fig).draw()
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == result.legend_labels(2)
+    assert [ax.get_title() for ax in fig.axes] == ["a", "b"]
+    # one scale per concept over the batch: its peak is 1 in one image only
+    peaks = result.normalized_maps(across_batch=True).amax(dim=(2, 3))
+    assert torch.allclose(peaks.amax(dim=0), torch.ones(3), atol=1e-3)
+    per_image = result.normalized_maps().amax(dim=(2, 3))
+    assert torch.allclose(per_image, torch.ones(2, 3), atol=1e-3)

@@ -110,22 +110,12 @@ class ConceptExplanation:
     def legend_labels(self, top_k: int = 2) -> list[str]:
         """One legend line per concept: ``"concept 1: tabby 41% / tiger cat 22% | +5.31"``
         (top classes with their probabilities, then the contribution to the logit)."""
-        result = self.factorization
-        lines = []
-        for k in range(result.n_concepts):
-            parts = [f"concept {k + 1}:"]
-            if result.top_labels:
-                probabilities = result.top_probabilities
-                assert probabilities is not None
-                names = [
-                    f"{name} {float(probabilities[k, j]):.0%}"
-                    for j, name in enumerate(result.top_labels[k][:top_k])
-                ]
-                parts.append(" / ".join(names))
-            if self.contributions is not None:
-                parts.append(f"| {float(self.contributions[k]):+.2f}")
-            lines.append(" ".join(parts) if len(parts) > 1 else parts[0].rstrip(":"))
-        return lines
+        lines = self.factorization.legend_labels(top_k)
+        if self.contributions is None:
+            return lines
+        return [
+            f"{line} | {float(c):+.2f}" for line, c in zip(lines, self.contributions, strict=True)
+        ]
 
     def figure(self, image_weight: float = 0.5, top_k: int = 2) -> Figure:
         """The concept maps in one colour each over the image, with a legend

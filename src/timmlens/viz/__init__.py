@@ -14,7 +14,12 @@ from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .arrays import heatmap_on_picture, picture_array
-    from .concept_figure import concept_colors, factorization_overlay, plot_concepts
+    from .concept_figure import (
+        concept_colors,
+        factorization_overlay,
+        plot_concepts,
+        plot_factorization,
+    )
     from .interactive import attention_figure, explanation_figure, explanation_html, write_html
     from .labels import class_label, explanation_title, imagenet_class_names
     from .sanity_plots import plot_randomization
@@ -49,6 +54,7 @@ _EXPORTS = {
     "plot_architectures": ".static",
     "plot_attention_maps": ".static",
     "plot_concepts": ".concept_figure",
+    "plot_factorization": ".concept_figure",
     "plot_curves": ".static",
     "plot_grid": ".static",
     "plot_images": ".static",
@@ -78,6 +84,7 @@ __all__ = [
     "plot_attention_maps",
     "plot_concepts",
     "plot_curves",
+    "plot_factorization",
     "plot_grid",
     "plot_images",
     "plot_layers",

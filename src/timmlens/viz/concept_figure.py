@@ -10,6 +10,7 @@ here runs a model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,11 +18,12 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .arrays import picture_array, to_numpy
+from .arrays import PictureLike, picture_array, to_numpy
 from .labels import mpl_text, wrap_title
 
 if TYPE_CHECKING:
     from ..analysis.concept_explorer import ConceptExplanation
+    from ..analysis.dff import ConceptFactorization
 
 
 def concept_colors(count: int) -> np.ndarray:
@@ -71,6 +73,71 @@ def _title(explanation: ConceptExplanation) -> str:
     return f"{head}; {result.n_concepts} concepts of {result.layer.removeprefix('backbone.')}"
 
 
+def _figure_with_legend(
+    panels: Sequence[tuple[np.ndarray, str]],
+    labels: Sequence[str],
+    colors: np.ndarray,
+    title: str,
+    panel_width: float,
+) -> Figure:
+    """Panels in one row, a suptitle, and one legend line per concept beneath them."""
+    height, width = panels[0][0].shape[:2]
+    panel_height = panel_width * height / width
+    legend_height = 0.17 * len(labels) + 0.2
+    fig = Figure(figsize=(len(panels) * panel_width + 0.2, panel_height + legend_height + 0.6))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (shown, name) in zip(axes, panels, strict=True):
+        ax.imshow(shown)
+        ax.set_title(mpl_text(name), fontsize=9)
+        ax.set_axis_off()
+    handles = [Line2D([0], [0], color=colors[k], lw=5) for k in range(len(labels))]
+    fig.legend(
+        handles, [mpl_text(label) for label in labels], loc="lower center", fontsize=8,
+        frameon=False,
+    )  # fmt: skip
+    fig.suptitle(mpl_text(wrap_title(title, 35 * len(panels))), fontsize=9)
+    fig.subplots_adjust(
+        left=0.02, right=0.98, top=1 - 0.55 / fig.get_figheight(),
+        bottom=legend_height / fig.get_figheight(), wspace=0.05,
+    )  # fmt: skip
+    return fig
+
+
+def plot_factorization(
+    result: ConceptFactorization,
+    pictures: Sequence[PictureLike],
+    names: Sequence[str] | None = None,
+    image_weight: float = 0.5,
+    top_k: int = 2,
+    panel_width: float = 2.6,
+) -> Figure:
+    """The concepts of a batch: each image's overlay, one shared legend.
+
+    Args:
+        result: from `timmlens.analysis.deep_feature_factorization`.
+        pictures: per image, what to draw on, at the model input's size (e.g.
+            ``timmlens.data.denormalize(batch.tensor, model)``).
+        names: per image, a panel title.
+        image_weight: the picture's share of the overlay.
+        top_k: classes named per concept in the legend.
+        panel_width: inches per panel.
+    """
+    colors = concept_colors(result.n_concepts)
+    # one scale per concept over the batch: a concept absent from an image stays dark there
+    # (pytorch-grad-cam scales every image on its own, which lights it up anyway)
+    maps = result.normalized_maps(across_batch=True)
+    titles = list(names) if names is not None else [f"image {i + 1}" for i in range(len(maps))]
+    panels = [
+        (factorization_overlay(picture, maps[i], colors, image_weight), titles[i])
+        for i, picture in enumerate(pictures)
+    ]
+    title = (
+        f"{result.n_concepts} concepts of {result.layer.removeprefix('backbone.')} "
+        f"(relative NMF error {result.relative_error:.2f})"
+    )
+    return _figure_with_legend(panels, result.legend_labels(top_k), colors, title, panel_width)
+
+
 def plot_concepts(
     explanation: ConceptExplanation,
     image_weight: float = 0.5,
@@ -95,28 +162,7 @@ def plot_concepts(
     overlay = factorization_overlay(
         picture, result.normalized_maps()[0], colors, image_weight=image_weight
     )
-    labels = explanation.legend_labels(top_k)
-    height, width = picture.shape[:2]
-    panel_height = panel_width * height / width
-    legend_height = 0.17 * len(labels) + 0.2
-    fig = Figure(figsize=(2 * panel_width + 0.2, panel_height + legend_height + 0.6))
-    axes = fig.subplots(1, 2)
-    for ax, shown, title in zip(axes, (picture, overlay), ("input", "concepts"), strict=True):
-        ax.imshow(shown)
-        ax.set_title(title, fontsize=9)
-        ax.set_axis_off()
-    handles = [Line2D([0], [0], color=colors[k], lw=5) for k in range(result.n_concepts)]
-    fig.legend(
-        handles,
-        [mpl_text(label) for label in labels],
-        loc="lower center",
-        ncol=1,
-        fontsize=8,
-        frameon=False,
+    panels = [(picture, "input"), (overlay, "concepts")]
+    return _figure_with_legend(
+        panels, explanation.legend_labels(top_k), colors, _title(explanation), panel_width
     )
-    fig.suptitle(mpl_text(wrap_title(_title(explanation), 70)), fontsize=9)
-    fig.subplots_adjust(
-        left=0.02, right=0.98, top=1 - 0.55 / fig.get_figheight(),
-        bottom=legend_height / fig.get_figheight(), wspace=0.05,
-    )  # fmt: skip
-    return fig
