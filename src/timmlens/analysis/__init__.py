@@ -16,6 +16,7 @@ from .error_report import error_report
 
 if TYPE_CHECKING:
     from .activations import LayerActivations, default_activation_layer, layer_activations
+    from .concept_explorer import ConceptExplanation, explain_concepts
     from .concepts import DatasetConcepts, fit_concepts
     from .dff import (
         ConceptFactorization,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "ClassAccuracy": ".error_report",
+    "ConceptExplanation": ".concept_explorer",
     "ConceptFactorization": ".dff",
     "ConfusionPair": ".error_report",
     "DataRandomizationResult": ".sanity",
@@ -52,6 +54,7 @@ _EXPORTS = {
     "data_randomization_test": ".sanity",
     "deep_feature_factorization": ".dff",
     "default_activation_layer": ".activations",
+    "explain_concepts": ".concept_explorer",
     "explain_layers": ".hierarchy",
     "factorize_activations": ".dff",
     "fit_concepts": ".concepts",
@@ -67,6 +70,7 @@ _EXPORTS = {
 
 __all__ = [
     "ClassAccuracy",
+    "ConceptExplanation",
     "ConceptFactorization",
     "ConfusionPair",
     "DataRandomizationResult",
@@ -83,6 +87,7 @@ __all__ = [
     "deep_feature_factorization",
     "default_activation_layer",
     "error_report",
+    "explain_concepts",
     "explain_layers",
     "factorize_activations",
     "fit_concepts",

@@ -358,13 +358,36 @@ class ConceptFactorization:
         """``(C, K)`` NMF's ``W`` in the shifted space (``concepts.T - offset``)."""
         return self.concepts.T - self.offset[:, None]
 
-    def normalized_maps(self) -> torch.Tensor:
-        """``(B, K, H, W)`` each map min-max scaled to ``[0, 1]`` at the layer's resolution,
-        then upsampled: pytorch-grad-cam's ``DeepFeatureFactorization`` explanations."""
+    def legend_labels(self, top_k: int = 2) -> list[str]:
+        """One line per concept: ``"concept 1: tabby 41% / tiger cat 22%"`` (its top
+        classes and their probabilities; ``"concept 1"`` where there are no classes)."""
+        lines = []
+        for k in range(self.n_concepts):
+            line = f"concept {k + 1}"
+            if self.top_labels and self.top_probabilities is not None:
+                names = [
+                    f"{name} {float(self.top_probabilities[k, j]):.0%}"
+                    for j, name in enumerate(self.top_labels[k][:top_k])
+                ]
+                line += ": " + " / ".join(names)
+            lines.append(line)
+        return lines
+
+    def normalized_maps(self, across_batch: bool = False) -> torch.Tensor:
+        """``(B, K, H, W)`` the maps min-max scaled to ``[0, 1]`` at the layer's resolution,
+        then upsampled.
+
+        Args:
+            across_batch: ``False`` scales each image's map of each concept on its own:
+                pytorch-grad-cam's ``DeepFeatureFactorization`` explanations (equal to
+                them), where a concept absent from an image still spans ``[0, 1]`` there.
+                ``True`` scales each concept by its range over the whole batch, so maps of
+                one concept compare across images and an absent concept stays dark.
+        """
         low = self.low_res_maps
-        flat = low.flatten(2)
-        lo = flat.min(dim=2).values[..., None, None]
-        hi = (low - lo).flatten(2).max(dim=2).values[..., None, None]
+        dims = (0, 2, 3) if across_batch else (2, 3)
+        lo = low.amin(dim=dims, keepdim=True)
+        hi = (low - lo).amax(dim=dims, keepdim=True)
         scaled = (low - lo) / (hi + 1e-7)
         batch, k = scaled.shape[:2]
         size = tuple(self.maps.shape[-2:])

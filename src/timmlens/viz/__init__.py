@@ -14,6 +14,12 @@ from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .arrays import heatmap_on_picture, picture_array
+    from .concept_figure import (
+        concept_colors,
+        factorization_overlay,
+        plot_concepts,
+        plot_factorization,
+    )
     from .interactive import attention_figure, explanation_figure, explanation_html, write_html
     from .labels import class_label, explanation_title, imagenet_class_names
     from .sanity_plots import plot_randomization
@@ -36,15 +42,19 @@ _EXPORTS = {
     "OverlayPanel": ".static",
     "attention_figure": ".interactive",
     "class_label": ".labels",
+    "concept_colors": ".concept_figure",
     "draw_overlay": ".static",
     "explanation_figure": ".interactive",
     "explanation_html": ".interactive",
     "explanation_title": ".labels",
+    "factorization_overlay": ".concept_figure",
     "heatmap_on_picture": ".arrays",
     "imagenet_class_names": ".labels",
     "picture_array": ".arrays",
     "plot_architectures": ".static",
     "plot_attention_maps": ".static",
+    "plot_concepts": ".concept_figure",
+    "plot_factorization": ".concept_figure",
     "plot_curves": ".static",
     "plot_grid": ".static",
     "plot_images": ".static",
@@ -61,16 +71,20 @@ __all__ = [
     "OverlayPanel",
     "attention_figure",
     "class_label",
+    "concept_colors",
     "draw_overlay",
     "explanation_figure",
     "explanation_html",
     "explanation_title",
+    "factorization_overlay",
     "heatmap_on_picture",
     "imagenet_class_names",
     "picture_array",
     "plot_architectures",
     "plot_attention_maps",
+    "plot_concepts",
     "plot_curves",
+    "plot_factorization",
     "plot_grid",
     "plot_images",
     "plot_layers",
