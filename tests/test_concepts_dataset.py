@@ -29,6 +29,9 @@ K = 3
 #: the streaming fit's relative reconstruction error may exceed full NMF's by this factor
 STREAMING_TOLERANCE = 1.05
 
+# scikit-learn's NMF stops at pytorch-grad-cam's 200 iterations, and says so
+pytestmark = pytest.mark.filterwarnings("ignore:Maximum number of iterations")
+
 
 def tiny_model() -> torch.nn.Module:
     model = explainable_model("test_resnet", num_classes=10, seed=0)
@@ -205,9 +208,10 @@ def test_json_and_gallery(model, folder, tmp_path):
     vectors = np.load(out / "concepts.npz")
     assert np.allclose(vectors["concepts"], result.concepts.numpy())
     page = (out / "concepts.html").read_text()
-    for k in range(K):
-        assert f'id="concept-{k}"' in page and (out / f"concept_{k}.png").is_file()
-        section = page.split(f'id="concept-{k}"')[1].split("</section>")[0]
+    for k in range(K):  # shown numbered from 1
+        assert summary["concepts"][k]["name"] == f"concept {k + 1}"
+        assert f'id="concept-{k + 1}"' in page and (out / f"concept_{k + 1}.png").is_file()
+        section = page.split(f'id="concept-{k + 1}"')[1].split("</section>")[0]
         assert section.count("<img ") == 4
         for image in summary["concepts"][k]["top_images"]:
             assert image["id"] in section

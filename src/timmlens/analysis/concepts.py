@@ -112,7 +112,8 @@ class DatasetConcepts:
         top_classes: per concept, its best classes ``{"index", "name", "score",
             "probability"}`` (head logits, softmax over them); empty when there are none.
         labels_unavailable_reason: why concepts have no classes, or ``None``.
-        top_images: per concept, ``{"id", "score", "predicted", "predicted_name"}`` best
+        top_images: per concept, ``{"id", "index", "score", "predicted", "predicted_name"}``
+            best
             first; ``score`` is the mean norm of the concept's term over the image's positions.
         n_images: images factorized (readable ones).
         skipped: unreadable images, id -> reason.
@@ -164,6 +165,7 @@ class DatasetConcepts:
             "concepts": [
                 {
                     "index": k,
+                    "name": f"concept {k + 1}",
                     "energy_share": round(self.energy_share[k], 6),
                     "top_classes": self.top_classes[k],
                     "top_images": self.top_images[k],
@@ -185,7 +187,7 @@ class DatasetConcepts:
                 f"{c['name']} ({c['probability']:.0%})" for c in self.top_classes[k][:3]
             )
             lines.append(
-                f"  concept {k}: {self.energy_share[k]:6.1%} of the energy; "
+                f"  concept {k + 1}: {self.energy_share[k]:6.1%} of the energy; "
                 f"{classes or 'no classes'}"
             )
         if self.labels_unavailable_reason:
@@ -550,7 +552,8 @@ def fit_concepts(
     head, or the reason there are none; its energy share; its top images with scores),
     ``concepts.html`` (a self-contained gallery: each concept's top images with its map
     overlaid), ``concepts.npz`` (``concepts (K, C)``, ``offset (C,)``) and
-    ``concept_<k>.png`` strips.
+    ``concept_<n>.png`` strips. Concepts are shown numbered from 1 ("concept 1" is row 0 of
+    ``concepts``; the JSON gives both its ``index`` and its ``name``).
 
     **Resume and run identity**, as in [`timmlens.evaluate`][]: ``out/run.json`` records the
     model (state-dict hash, preprocessing), the images, the layer, ``n_concepts``,

@@ -4,7 +4,9 @@ For every concept: its share of the activation energy, its top classes from the 
 head (or why there are none), and its top images with the concept's map overlaid, each
 embedded as a small JPEG data URI. The page loads nothing from anywhere and escapes every
 id and class name. One PNG strip per concept (``concept_<k>.png``, the same overlays side
-by side) is written next to it. Nothing here runs a model.
+by side) is written next to it. Concepts are numbered from 1 on the page and in the file
+names, as in the concept figures (concept 1 is row 0 of the concept vectors). Nothing here
+runs a model.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def _summary_table(summary: dict[str, Any]) -> str:
     for concept in summary["concepts"]:
         first = concept["top_classes"][0]["name"] if concept["top_classes"] else "-"
         rows.append(
-            f'<tr><td><a href="#concept-{concept["index"]}">{concept["index"]}</a></td>'
+            f'<tr><td><a href="#concept-{concept["index"] + 1}">{concept["index"] + 1}</a></td>'
             f'<td class="num">{100 * concept["energy_share"]:.1f}%</td>'
             f"<td>{escape(first)}</td></tr>"
         )
@@ -100,7 +102,7 @@ def render_gallery(summary: dict[str, Any], overlays: Sequence[Sequence[np.ndarr
     )
     parts = [page_head("Concepts over a dataset", subtitle, css=_CSS), _summary_table(summary)]
     for concept, pictures in zip(summary["concepts"], overlays, strict=True):
-        k = concept["index"]
+        k = concept["index"] + 1
         parts.append(
             f'<section class="concept" id="concept-{k}"><h2>Concept {k} · '
             f"{100 * concept['energy_share']:.1f}% of the activation energy</h2>"
@@ -129,7 +131,7 @@ def strip_png(overlays: Sequence[np.ndarray], path: Path, gap: int = 4) -> Path:
 
 
 def write_gallery(result: Any, pictures: Sequence[Sequence[dict[str, Any]]], out_dir: Path) -> Path:
-    """``concepts.html`` and ``concept_<k>.png`` in ``out_dir``; the page's path.
+    """``concepts.html`` and ``concept_<n>.png`` (n from 1) in ``out_dir``; the page's path.
 
     Args:
         result: a [`DatasetConcepts`][timmlens.analysis.concepts.DatasetConcepts].
@@ -139,7 +141,7 @@ def write_gallery(result: Any, pictures: Sequence[Sequence[dict[str, Any]]], out
     overlays = [concept_overlays(row) for row in pictures]
     for k, row in enumerate(overlays):
         if row:
-            strip_png(row, out_dir / f"concept_{k}.png")
+            strip_png(row, out_dir / f"concept_{k + 1}.png")
     page = render_gallery(result.to_dict(), overlays)
     path = out_dir / "concepts.html"
     path.write_text(page, encoding="utf-8")
