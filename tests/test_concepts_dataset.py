@@ -299,3 +299,30 @@ def test_torchrun_two_ranks_equal_one_process(folder, tmp_path):
         assert torch.equal(concepts, single.concepts)
     shards = sorted(p.name for p in (tmp_path / "dist" / "shards").glob("*.npz"))
     assert shards == ["000000.npz", "000001.npz", "000002.npz"]
+
+
+def test_unreadable_images_are_skipped_and_listed(model, folder, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in sorted(p.name for p in folder.glob("*.png"))[:4]:
+        (data / name).write_bytes((folder / name).read_bytes())
+    for name in ("img04.png", "img05.png"):  # a whole batch of broken files
+        (data / name).write_bytes(b"not a png")
+    with pytest.warns(RuntimeWarning) as warned:
+        result = fit(model, data, tmp_path / "out", batch_size=2)
+    skipped = [str(w.message).split(":")[1] for w in warned if "skipped image" in str(w.message)]
+    assert skipped == [" skipped image 'img04.png'", " skipped image 'img05.png'"]
+    assert result.n_images == 4 and sorted(result.skipped) == ["img04.png", "img05.png"]
+    summary = json.loads((tmp_path / "out" / "concepts.json").read_text())
+    assert [s["id"] for s in summary["skipped"]] == ["img04.png", "img05.png"]
+    shown = {image["id"] for concept in summary["concepts"] for image in concept["top_images"]}
+    assert shown <= {f"img{i:02d}.png" for i in range(4)}
+
+
+def test_float16_shards_halve_the_disk_and_keep_the_concepts(model, folder, tmp_path):
+    full = fit(model, folder, tmp_path / "f32", batch_size=N_IMAGES, gallery=False)
+    half = fit(model, folder, tmp_path / "f16", batch_size=N_IMAGES, gallery=False, dtype="float16")
+    sizes = [(tmp_path / d / "shards" / "000000.npz").stat().st_size for d in ("f32", "f16")]
+    assert sizes[1] < 0.6 * sizes[0]
+    scale = float(full.concepts.abs().max())
+    assert float((half.concepts - full.concepts).abs().max()) < 0.02 * scale
