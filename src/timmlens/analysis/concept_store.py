@@ -1,4 +1,5 @@
-"""Activation shards on disk: the resume unit of [`fit_concepts`][timmlens.analysis.fit_concepts].
+"""Activation shards on disk: the resume unit of
+[`fit_concepts`][timmlens.analysis.concepts.fit_concepts].
 
 Batch ``j`` of a dataset (its images ``j*batch_size .. (j+1)*batch_size - 1``) becomes one
 file, ``<out>/shards/<j>.npz``: the layer's activations ``(n, C, h, w)`` of its readable

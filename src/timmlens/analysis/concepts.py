@@ -555,11 +555,12 @@ def fit_concepts(
     ``concept_<n>.png`` strips. Concepts are shown numbered from 1 ("concept 1" is row 0 of
     ``concepts``; the JSON gives both its ``index`` and its ``name``).
 
-    **Resume and run identity**, as in [`timmlens.evaluate`][]: ``out/run.json`` records the
-    model (state-dict hash, preprocessing), the images, the layer, ``n_concepts``,
-    ``batch_size``, ``seed``, ``epochs`` and ``dtype``. Run again with the same arguments,
-    it extracts only the batches whose shard is missing or damaged (a file cut by a kill
-    fails its checksums and is computed again); another model, layer, K or data raises
+    **Resume and run identity**, as in [`evaluate`][timmlens.evaluation.evaluate]:
+    ``out/run.json`` records the model (state-dict hash, preprocessing), the images, the
+    layer, ``n_concepts``, ``batch_size``, ``seed``, ``epochs`` and ``dtype``. Run again
+    with the same arguments, it extracts only the batches whose shard is missing or damaged
+    (a file cut by a kill fails its checksums and is computed again); another model, layer,
+    K or data raises
     [`RunMismatchError`][timmlens.errors.RunMismatchError] naming what differs, unless
     ``overwrite``. ``KeyboardInterrupt`` keeps every finished shard.
 

@@ -1,4 +1,4 @@
-"""The concept gallery of [`fit_concepts`][timmlens.analysis.fit_concepts]: one HTML page.
+"""The concept gallery of [`fit_concepts`][timmlens.analysis.concepts.fit_concepts]: one HTML page.
 
 For every concept: its share of the activation energy, its top classes from the model's
 head (or why there are none), and its top images with the concept's map overlaid, each
