@@ -87,7 +87,10 @@ def test_full_call_equals_pgc_deep_feature_factorization(real_model, real_batch,
     pgc = DeepFeatureFactorization(
         real_model, target_layer=backbone.bn2, computation_on_concepts=backbone.classifier
     )
-    concepts, explanations, concept_outputs = pgc(real_batch, n_components=4)
+    try:
+        concepts, explanations, concept_outputs = pgc(real_batch, n_components=4)
+    finally:
+        pgc.activations_and_grads.release()  # its hooks would stay on the shared model
     ours = real_result
     assert ours.layer == "backbone.bn2"  # the default: the norm + ReLU6 after conv_head
     assert np.abs(ours.concepts.numpy() - concepts.T).max() == 0.0

@@ -88,7 +88,7 @@ class ConceptExplanation:
         target: the explained class (the predicted one unless given).
         target_label: its name.
         logit: the model's logit of ``target``.
-        contributions: ``(K,)`` each concept's share of the logit (see the module
+        contributions: ``(K,)`` float32 each concept's share of the logit (see the module
             docstring), on CPU; ``None`` where `contributions_unavailable_reason` is set.
         floor: the head's value at the channel offsets, ``v . offset + b``.
         residual: the share of NMF's reconstruction residual, ``v . r``.
@@ -179,11 +179,12 @@ def explain_concepts(
         if isinstance(head, str):
             reason = head
         else:
-            v, b = (t.detach().double() for t in head)
-            basis = result.basis.to(v)
-            mean_loading = result.low_res_maps[0].mean(dim=(1, 2)).to(v)
-            offset = result.offset.to(v)
-            rest = result.mean_activations[0].to(v) - basis @ mean_loading - offset
+            # a few (C,) and (C, K) values: float64 on the CPU (MPS has no float64)
+            v, b = (t.detach().cpu().double() for t in head)
+            basis = result.basis.cpu().double()
+            mean_loading = result.low_res_maps[0].mean(dim=(1, 2)).cpu().double()
+            offset = result.offset.cpu().double()
+            rest = result.mean_activations[0].cpu().double() - basis @ mean_loading - offset
             contributions = (mean_loading * (v @ basis)).float().cpu()
             floor, residual = float(v @ offset + b), float(v @ rest)
     return ConceptExplanation(

@@ -175,8 +175,10 @@ def factorize_activations(
     device = activations.device
     basis = torch.from_numpy(basis_np).to(device)
     components = torch.from_numpy(nmf.components_).to(device)
-    residual = torch.linalg.norm((matrix - basis @ components).double())
-    total = torch.linalg.norm(matrix.double())
+    # in float32 on the device (MPS has no float64); the norm of B*h*w*C values is exact
+    # enough for a ratio
+    residual = torch.linalg.norm(matrix - basis @ components)
+    total = torch.linalg.norm(matrix)
     relative = float(residual / total) if total > 0 else 0.0
     loadings = components.reshape(n_concepts, batch, height, width).transpose(0, 1)
     return Factors(basis, loadings.contiguous(), offset, relative)

@@ -84,7 +84,11 @@ def _figure_with_legend(
     height, width = panels[0][0].shape[:2]
     panel_height = panel_width * height / width
     legend_height = 0.17 * len(labels) + 0.2
-    fig = Figure(figsize=(len(panels) * panel_width + 0.2, panel_height + legend_height + 0.6))
+    wrapped = wrap_title(title, 35 * len(panels))
+    title_height = 0.3 + 0.16 * (wrapped.count("\n") + 1)  # suptitle lines + panel titles
+    fig = Figure(
+        figsize=(len(panels) * panel_width + 0.2, panel_height + legend_height + title_height)
+    )
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (shown, name) in zip(axes, panels, strict=True):
         ax.imshow(shown)
@@ -95,9 +99,9 @@ def _figure_with_legend(
         handles, [mpl_text(label) for label in labels], loc="lower center", fontsize=8,
         frameon=False,
     )  # fmt: skip
-    fig.suptitle(mpl_text(wrap_title(title, 35 * len(panels))), fontsize=9)
+    fig.suptitle(mpl_text(wrapped), fontsize=9)
     fig.subplots_adjust(
-        left=0.02, right=0.98, top=1 - 0.55 / fig.get_figheight(),
+        left=0.02, right=0.98, top=1 - title_height / fig.get_figheight(),
         bottom=legend_height / fig.get_figheight(), wspace=0.05,
     )  # fmt: skip
     return fig
