@@ -12,6 +12,7 @@ from ._model_state import model_lock
 from .adapters import describe, get_adapter
 from .data import ImageScalingWarning, prepare_images
 from .errors import (
+    ChannelIndexError,
     DeviceError,
     DistributedRunError,
     ExplanationFileError,
@@ -55,6 +56,7 @@ _EXPORTS = {
 
 __all__ = [
     "BUNDLED_SPEC",
+    "ChannelIndexError",
     "DeviceError",
     "DistributedRunError",
     "ExplanationFileError",

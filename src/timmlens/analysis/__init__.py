@@ -1,4 +1,4 @@
-"""Answers built from explanations: layer hierarchies, sanity checks, error reports.
+"""Answers built from explanations: layer hierarchies, sanity checks, error reports, neurons.
 
 Names are imported on first use (PEP 562), except [`error_report`][]: it shares its
 name with its submodule, and the import system would rebind the package attribute to
@@ -16,6 +16,12 @@ from .error_report import error_report
 if TYPE_CHECKING:
     from .error_report import ClassAccuracy, ConfusionPair, ErrorCase, ErrorReport
     from .hierarchy import LayerHierarchy, explain_layers, hierarchy_layers
+    from .neurons import (
+        ChannelAttribution,
+        ChannelConductance,
+        channel_attribution,
+        channel_conductance,
+    )
     from .randomization import RandomizationUnit, cascade_units, randomize_unit
     from .sanity import (
         DataRandomizationResult,
@@ -26,6 +32,8 @@ if TYPE_CHECKING:
     from .similarity import map_similarity, spearman_per_image, ssim_per_image
 
 _EXPORTS = {
+    "ChannelAttribution": ".neurons",
+    "ChannelConductance": ".neurons",
     "ClassAccuracy": ".error_report",
     "ConfusionPair": ".error_report",
     "DataRandomizationResult": ".sanity",
@@ -35,6 +43,8 @@ _EXPORTS = {
     "RandomizationResult": ".sanity",
     "RandomizationUnit": ".randomization",
     "cascade_units": ".randomization",
+    "channel_attribution": ".neurons",
+    "channel_conductance": ".neurons",
     "data_randomization_test": ".sanity",
     "explain_layers": ".hierarchy",
     "hierarchy_layers": ".hierarchy",
@@ -46,6 +56,8 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "ChannelAttribution",
+    "ChannelConductance",
     "ClassAccuracy",
     "ConfusionPair",
     "DataRandomizationResult",
@@ -55,6 +67,8 @@ __all__ = [
     "RandomizationResult",
     "RandomizationUnit",
     "cascade_units",
+    "channel_attribution",
+    "channel_conductance",
     "data_randomization_test",
     "error_report",
     "explain_layers",
