@@ -16,7 +16,7 @@ from captum.attr import (
     NeuronIntegratedGradients,
 )
 
-from timmlens import ChannelIndexError
+from timmlens import ChannelIndexError, TargetError
 from timmlens.analysis import channel_attribution, channel_conductance
 from timmlens.interpretation._targets import TargetScore
 from timmlens.testing import explainable_model
@@ -60,12 +60,15 @@ def test_whole_channel_conductance_is_captum_summed_over_the_channel_neurons(
     captum = NeuronConductance(TargetScore(cnn), cnn.layer4)
     reference = sum(
         captum.attribute(
-            inputs, (CHANNEL, u, v), baselines=baselines, additional_forward_args=(targets,),
+            inputs,
+            (CHANNEL, u, v),
+            baselines=baselines,
+            additional_forward_args=(targets,),
             n_steps=STEPS,
         )
         for u in range(2)
         for v in range(2)
-    )  # fmt: skip
+    )
     assert ours.attributions.shape == (2, 3, 64, 64)
     assert _maxdiff(ours.attributions, reference) < 1e-5 * reference.abs().max()
 
@@ -73,14 +76,23 @@ def test_whole_channel_conductance_is_captum_summed_over_the_channel_neurons(
 @pytest.mark.parametrize("method", ["conductance", "gradient", "integrated_gradients"])
 def test_one_neuron_equals_captum_called_directly(cnn, inputs, baselines, method):
     ours = channel_attribution(
-        cnn, inputs, CHANNEL, method=method, position=(1, 0), target_class=3, n_steps=STEPS,
+        cnn,
+        inputs,
+        CHANNEL,
+        method=method,
+        position=(1, 0),
+        target_class=3,
+        n_steps=STEPS,
         baseline=baselines,
-    )  # fmt: skip
+    )
     if method == "conductance":
         reference = NeuronConductance(TargetScore(cnn), cnn.layer4).attribute(
-            inputs, (CHANNEL, 1, 0), baselines=baselines,
-            additional_forward_args=(torch.tensor([3, 3]),), n_steps=STEPS,
-        )  # fmt: skip
+            inputs,
+            (CHANNEL, 1, 0),
+            baselines=baselines,
+            additional_forward_args=(torch.tensor([3, 3]),),
+            n_steps=STEPS,
+        )
     elif method == "gradient":
         reference = NeuronGradient(cnn, cnn.layer4).attribute(
             inputs.clone().requires_grad_(), (CHANNEL, 1, 0)
@@ -107,9 +119,13 @@ def test_layer_conductance_equals_captum_and_is_complete(cnn, inputs, baselines)
     ours = channel_conductance(cnn, inputs, target_class=[1, 4], n_steps=STEPS, baseline=baselines)
     targets = torch.tensor([1, 4])
     reference, delta = LayerConductance(TargetScore(cnn), cnn.layer4).attribute(
-        inputs, baselines=baselines, additional_forward_args=(targets,), n_steps=STEPS,
-        method="riemann_trapezoid", return_convergence_delta=True,
-    )  # fmt: skip
+        inputs,
+        baselines=baselines,
+        additional_forward_args=(targets,),
+        n_steps=STEPS,
+        method="riemann_trapezoid",
+        return_convergence_delta=True,
+    )
     assert ours.conductance.shape == (2, 96, 2, 2)
     assert _maxdiff(ours.conductance, reference) <= 1e-6 * max(1.0, reference.abs().max())
     assert torch.allclose(ours.channel_totals, reference.sum(dim=(2, 3)))
@@ -206,6 +222,8 @@ def test_a_bad_method_lists_the_methods(cnn, inputs):
     )
     with pytest.raises(ValueError, match="unknown quadrature 'simpson'"):
         channel_conductance(cnn, inputs, quadrature="simpson")
+    with pytest.raises(TargetError, match="a callable target is not supported here"):
+        channel_conductance(cnn, inputs, target_class=lambda z: z[:, 0])
 
 
 def test_the_model_is_left_as_found(inputs):
