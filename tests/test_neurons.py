@@ -190,15 +190,35 @@ def test_zero_configuration_on_token_and_channels_last_models(name, kwargs, size
     model = explainable_model(name, seed=0, num_classes=10, **kwargs)
     images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     for method in ("conductance", "gradient"):
-        result = channel_attribution(model, images, 2, method=method, n_steps=4)
+        result = channel_attribution(model, images, 2, method=method, n_steps=2)
         assert result.layer == layer
         assert result.attributions.shape == (2, 3, size, size)
         assert result.heatmap.shape == (2, size, size)
         assert result.attributions.abs().sum() > 0
-    ranking = channel_conductance(model, images, n_steps=4, top_k=3)
+    ranking = channel_conductance(model, images, n_steps=2, top_k=3)
     assert ranking.conductance.shape[:2] == (2, result.num_channels)
     assert ranking.conductance.shape[2:] == result.grid
     assert ranking.top_channels.shape == (2, 3)
+
+
+def test_a_vit_channel_is_its_feature_over_the_patch_tokens():
+    """Through the token tap a ViT channel is feature ``c`` of the patch tokens (the class
+    token dropped): the whole-channel gradient is that sum's input gradient."""
+    model = explainable_model("test_vit", seed=0, num_classes=10, img_size=32)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ours = channel_attribution(model, images, 2, method="gradient")
+    assert ours.layer == "blocks.5.norm1"
+    outputs = []
+    handle = model.blocks[5].norm1.register_forward_hook(lambda _m, _a, out: outputs.append(out))
+    try:
+        x = images.clone().requires_grad_()
+        model(x)
+    finally:
+        handle.remove()
+    tokens = outputs[0][:, model.num_prefix_tokens :, 2]  # (B, h * w) patch tokens, feature 2
+    assert tokens.shape[1] == ours.grid[0] * ours.grid[1]
+    (reference,) = torch.autograd.grad(tokens.sum(), x)
+    assert _maxdiff(ours.attributions, reference) <= 1e-6 * max(1.0, reference.abs().max())
 
 
 def test_a_channel_out_of_range_names_the_channel_count(cnn, inputs):
