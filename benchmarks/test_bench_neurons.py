@@ -1,7 +1,7 @@
 """Neuron and layer attributions on the real EfficientNet-Lite0: ours against Captum's.
 
 One photo (chelsea) at 224x224 on the CPU, the predicted class, ``conv_head`` (the
-family's CAM layer) through the spatial tap, 32 path steps. Entries, relative to one
+family's CAM layer) through the spatial tap, 16 path steps. Entries, relative to one
 forward+backward of the model:
 
 * ``channel_attribution(method="gradient")``: Captum's ``NeuronGradient`` of a whole
@@ -32,7 +32,7 @@ from timmlens.interpretation._targets import TargetScore
 
 GROUP = "neurons-lite0-b1-224-cpu"
 REFERENCE = "forward+backward"
-STEPS = 32
+STEPS = 16
 CHANNEL = 112  # the top channel for tiger cat (docs/discover.md)
 
 
@@ -47,8 +47,10 @@ def model_and_batch() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return model, batch, target
 
 
-def run(benchmark, label: str, role: str, fn) -> None:
-    timed(benchmark, GROUP, label, fn, images=1, role=role, method=label, rounds=2)
+def run(benchmark, label: str, role: str, fn, path: bool = False) -> None:
+    # the path methods cost tens of forward+backward passes: one round, no warm-up
+    rounds = {"rounds": 1, "warmup_rounds": 0} if path else {"rounds": 3}
+    timed(benchmark, GROUP, label, fn, images=1, role=role, method=label, **rounds)
 
 
 def test_forward_backward(benchmark) -> None:
@@ -79,6 +81,7 @@ def test_channel_conductance_pixels(benchmark) -> None:
         f"channel_attribution conductance ({STEPS} steps)",
         "ours",
         lambda: channel_attribution(model, batch, CHANNEL, n_steps=STEPS),
+        path=True,
     )
 
 
@@ -107,6 +110,7 @@ def test_captum_one_neuron_conductance(benchmark) -> None:
             additional_forward_args=(target,),
             n_steps=STEPS,
         ),
+        path=True,
     )
 
 
@@ -117,6 +121,7 @@ def test_layer_conductance(benchmark) -> None:
         f"channel_conductance ({STEPS} steps)",
         "ours",
         lambda: channel_conductance(model, batch, n_steps=STEPS),
+        path=True,
     )
 
 
@@ -138,6 +143,7 @@ def test_captum_layer_conductance(benchmark) -> None:
             n_steps=STEPS,
             method="riemann_trapezoid",
         ),
+        path=True,
     )
 
 

