@@ -12,6 +12,7 @@ from ._model_state import model_lock
 from .adapters import describe, get_adapter
 from .data import ImageScalingWarning, prepare_images
 from .errors import (
+    ChannelIndexError,
     ConceptInputError,
     ConceptLabelError,
     DeviceError,
@@ -64,6 +65,7 @@ _EXPORTS = {
 
 __all__ = [
     "BUNDLED_SPEC",
+    "ChannelIndexError",
     "ConceptInputError",
     "ConceptLabelError",
     "DeviceError",

@@ -32,6 +32,10 @@ class LayerResolutionError(TimmLensError, ValueError):
     """A target layer name or module cannot be used for the requested method."""
 
 
+class ChannelIndexError(TimmLensError, ValueError):
+    """A channel (or a position on its grid) that the layer's output does not have."""
+
+
 class GradientsDisabledError(TimmLensError, RuntimeError):
     """A gradient-based explanation was asked for where autograd is off (inference mode)."""
 

@@ -1,5 +1,6 @@
 """Answers built from explanations and activations: layer hierarchies, sanity checks,
-error reports, and the concepts a layer has learned (deep feature factorization).
+error reports, the concepts a layer has learned (deep feature factorization) and the
+pixels that drive one of its channels (conductance).
 
 Names are imported on first use (PEP 562), except [`error_report`][]: it shares its
 name with its submodule, and the import system would rebind the package attribute to
@@ -27,6 +28,12 @@ if TYPE_CHECKING:
     )
     from .error_report import ClassAccuracy, ConfusionPair, ErrorCase, ErrorReport
     from .hierarchy import LayerHierarchy, explain_layers, hierarchy_layers
+    from .neurons import (
+        ChannelAttribution,
+        ChannelConductance,
+        channel_attribution,
+        channel_conductance,
+    )
     from .randomization import RandomizationUnit, cascade_units, randomize_unit
     from .sanity import (
         DataRandomizationResult,
@@ -37,6 +44,8 @@ if TYPE_CHECKING:
     from .similarity import map_similarity, spearman_per_image, ssim_per_image
 
 _EXPORTS = {
+    "ChannelAttribution": ".neurons",
+    "ChannelConductance": ".neurons",
     "ClassAccuracy": ".error_report",
     "ConceptExplanation": ".concept_explorer",
     "ConceptFactorization": ".dff",
@@ -50,6 +59,8 @@ _EXPORTS = {
     "RandomizationResult": ".sanity",
     "RandomizationUnit": ".randomization",
     "cascade_units": ".randomization",
+    "channel_attribution": ".neurons",
+    "channel_conductance": ".neurons",
     "concept_class_scores": ".dff",
     "data_randomization_test": ".sanity",
     "deep_feature_factorization": ".dff",
@@ -69,6 +80,8 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "ChannelAttribution",
+    "ChannelConductance",
     "ClassAccuracy",
     "ConceptExplanation",
     "ConceptFactorization",
@@ -82,6 +95,8 @@ __all__ = [
     "RandomizationResult",
     "RandomizationUnit",
     "cascade_units",
+    "channel_attribution",
+    "channel_conductance",
     "concept_class_scores",
     "data_randomization_test",
     "deep_feature_factorization",
