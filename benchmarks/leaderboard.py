@@ -7,14 +7,18 @@ labels, so each is explained and scored for the model's predicted class. Methods
 registered method that applies to these CNNs, with small settings for the slow ones
 (below), plus the reference rows ``randomcam`` and ``centerprior``. Metrics: every
 heatmap metric of the registry (``timmlens.interpretation.metrics.metrics("heatmap")``)
-but the random-subset ones in ``SKIPPED_METRICS``, so a metric registered later gets its
-column on the next run.
+but those in ``SKIPPED_METRICS`` (the random-subset ones, and AOPC for its 100 forwards per
+map), so a metric registered later gets its column on the next run; ROAD at the levels of
+``ROAD_PERCENTILES``.
 
 The run is resumable: its rows stay in ``--work`` (one ``evaluate`` folder per model) and
 a rerun computes only what is missing. Writes ``docs/which_method.md`` (generated; never
-edit it by hand) and ``docs/images/leaderboard.png``.
+edit it by hand) and ``docs/images/leaderboard.png``. The models can run as separate
+processes side by side (``--models`` one spec each, the same ``--work``, ``--page`` and
+``--figure`` elsewhere); one last run with every model then only reads their rows and
+writes the page.
 
-    PYTHONPATH=src nice -n 5 python benchmarks/leaderboard.py [--steps 8] [--work DIR]
+    PYTHONPATH=src nice -n 5 python benchmarks/leaderboard.py [--steps 4] [--work DIR]
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from skimage import data as skdata
 
 import timmlens
 from timmlens.errors import ModelLoadError
-from timmlens.evaluation.leaderboard import REFERENCE_METHODS, Leaderboard
+from timmlens.evaluation.leaderboard import REFERENCE_METHODS, Leaderboard, build_leaderboard
+from timmlens.evaluation.summary import RowStore
 from timmlens.interpretation.metrics.registry import metrics as registered_metrics
 from timmlens.interpretation.registry import methods
 from timmlens.models.bundled import BUNDLED_SPECS, bundled_weights_path
@@ -44,28 +49,27 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "which_method.md"
 FIGURE = ROOT / "docs" / "images" / "leaderboard.png"
 PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
-#: Random-subset metrics: 64+ forwards per heatmap and noisy on a handful of images.
-SKIPPED_METRICS = ("sensitivity", "infidelity")
-#: Left out of the page's run for its cost on a shared 2-core CPU (name them with --methods
-#: on a bigger machine): forwards per image at the settings of ``FAST``.
-SKIPPED_METHODS = {
-    "scorecam": "1280 forwards per image, one per channel of conv_head",
-    "occlusion": "49 forwards per image",
-    "featureablation": "17 forwards per image",
-    "shapley": "17 forwards per image",
-    "kernelshap": "32 forwards per image",
-    "lime": "32 forwards per image",
-    "rise": "64 forwards per image",
+#: Metrics left out of the page's run, and why (name them with ``metrics=`` elsewhere).
+SKIPPED_METRICS = {
+    "sensitivity": "a random-subset metric: 64+ forwards per map and noisy on a few images",
+    "infidelity": "a random-subset metric: 64+ forwards per map and noisy on a few images",
+    "aopc": "100 forwards per map at its default 100 steps",
 }
+#: Methods left out of the page's run for their cost (none today: every CNN method runs,
+#: the slow ones at the small settings of ``FAST``).
+SKIPPED_METHODS: dict[str, str] = {}
+#: ROAD's removal levels on the page (the paper's are 10, 20, ..., 90: the imputation of
+#: every (map, level) is most of the run's cost on a shared CPU).
+ROAD_PERCENTILES = (20.0, 40.0, 60.0, 80.0)
 #: Small settings for the slow methods (the costs the page can afford on a shared CPU).
 FAST: dict[str, dict[str, Any]] = {
-    "rise": {"n_masks": 64},
+    "rise": {"n_masks": 256},
     "shapley": {"n_samples": 1, "grid": 4},
-    "kernelshap": {"n_samples": 32, "grid": 4},
-    "lime": {"n_samples": 32, "grid": 4},
-    "gradientshap": {"n_samples": 4},
-    "ig": {"n_steps": 8},
-    "smoothgrad": {"n_samples": 4},
+    "kernelshap": {"n_samples": 64, "grid": 4},
+    "lime": {"n_samples": 64, "grid": 4},
+    "gradientshap": {"n_samples": 8},
+    "ig": {"n_steps": 16},
+    "smoothgrad": {"n_samples": 8},
     "occlusion": {"window": 56},
 }
 
@@ -159,7 +163,13 @@ def identical_groups(board: Leaderboard) -> list[str]:
     return lines
 
 
-def page(board: Leaderboard, seconds: float, skipped_models: dict[str, str], steps: int) -> str:
+def page(
+    board: Leaderboard,
+    seconds: float,
+    skipped_models: dict[str, str],
+    steps: int,
+    road_percentiles: tuple[float, ...] = ROAD_PERCENTILES,
+) -> str:
     n_pairs = sum(board.images.values())
     models = ", ".join(f"`{m}` ({board.images[m]} images)" for m in board.models)
     fast = ", ".join(
@@ -176,12 +186,19 @@ def page(board: Leaderboard, seconds: float, skipped_models: dict[str, str], ste
         f"minutes on a shared 2-core CPU.",
         "",
         '!!! warning "Read it for what it rests on"',
-        f"    **{n_pairs} (model, image) pairs**: the {len(PHOTOS)} scikit-image photos "
-        f"({', '.join(PHOTOS)}) on each of {len(board.models)} real ImageNet "
+        f"    **{n_pairs} (model, image) pairs**: the scikit-image photos "
+        f"({', '.join(PHOTOS)}) on {len(board.models)} real ImageNet "
         f"model(s): {models}. The photos carry no labels, so every map explains the "
         "model's predicted class. The 95% intervals are wide; two methods whose intervals "
         "overlap are not told apart by this page. Run the same benchmark on your own "
-        "images (below) before you choose.",
+        "images (below) before you choose."
+        + (
+            " The run was stopped for time before every model had scored every photo: "
+            "the counts are the images each model finished (in file-name order: "
+            f"{', '.join(sorted(PHOTOS))})."
+            if any(board.images.get(m, 0) < len(PHOTOS) for m in board.models)
+            else ""
+        ),
         "",
         "Every method is read against two **reference rows** that know nothing about the "
         "model: `randomcam` (random channel weights of the CAM layer, seeded) and "
@@ -190,13 +207,23 @@ def page(board: Leaderboard, seconds: float, skipped_models: dict[str, str], ste
         "does not beat it adds nothing a photographer's framing did not.",
         "",
         f"Settings: insertion and deletion with {steps} steps (RISE uses 224; so few steps "
-        f"give coarse curves, comparable between methods but not with papers); slow "
-        f"methods at small settings ({fast}); every other method at its defaults. "
-        + "Left out for their cost on this machine (run them with `--methods`): "
-        + ", ".join(f"`{m}` ({why})" for m, why in SKIPPED_METHODS.items())
-        + ". "
-        + f"Metrics: the registry's heatmap metrics but {', '.join(SKIPPED_METRICS)} "
-        "(random-subset metrics: costly and noisy on so few images).",
+        f"give coarse curves, comparable between methods but not with papers); ROAD "
+        f"(`road_morf`, `road_lerf`: the removed pixels filled by the authors' noisy linear "
+        f"imputation, noise 0.01, seed 0) at {len(road_percentiles)} removal levels "
+        f"({', '.join(f'{p:g}' for p in road_percentiles)} % removed; the paper uses 10, "
+        f"20, ..., 90), each row the mean target probability over them; Average Drop and "
+        f"Increase in Confidence (image x normalised map, in percent). Slow methods at "
+        f"small settings ({fast}); every other method at its defaults. "
+        + (
+            "Left out for their cost on this machine (run them with `--methods`): "
+            + ", ".join(f"`{m}` ({why})" for m, why in SKIPPED_METHODS.items())
+            + ". "
+            if SKIPPED_METHODS
+            else "Every method that applies to these CNNs is in the table. "
+        )
+        + "Metrics left out: "
+        + "; ".join(f"{m} ({why})" for m, why in SKIPPED_METRICS.items())
+        + ".",
         "",
         "## Leaderboard",
         "",
@@ -217,7 +244,8 @@ def page(board: Leaderboard, seconds: float, skipped_models: dict[str, str], ste
         "`n_steps` than here make it more faithful and slower.",
         "- **Never trust a picture alone**: insertion rewards maps that restore the "
         "evidence fast, deletion maps whose removal kills the score fast; pixel deletion "
-        "also rewards scattered maps, so read both, against the reference rows.",
+        "also rewards scattered maps (the holes are out of distribution), which ROAD's "
+        "imputation removes: read them together, against the reference rows.",
         "",
         "## Run it on your own images",
         "",
@@ -243,12 +271,45 @@ def page(board: Leaderboard, seconds: float, skipped_models: dict[str, str], ste
     return "\n".join(lines) + "\n"
 
 
+def board_from_rows(models: list[str], chosen: list[str], runs: Path) -> Leaderboard:
+    """The leaderboard of the rows already in ``runs/<model>/`` (nothing is computed)."""
+    names = {spec: spec.replace(":", "-") for spec in models}  # benchmark's folder names
+    present = {spec: runs / name / "rows.jsonl" for spec, name in names.items()}
+    metric_names = chosen_metrics()
+    rows = {
+        names[spec]: RowStore(path, metric_names).read()
+        for spec, path in present.items()
+        if path.exists()
+    }
+    board = build_leaderboard(
+        rows, [*chosen, *REFERENCE_METHODS], metric_names, reference=REFERENCE_METHODS
+    )
+    board.write(runs)  # leaderboard.md, .json and the plot, as benchmark writes them
+    return board
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4, help="insertion/deletion steps")
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "leaderboard")
     parser.add_argument("--models", nargs="+", default=list(BUNDLED_SPECS))
     parser.add_argument("--methods", nargs="+", default=None, help="default: every CNN method")
+    parser.add_argument("--road-percentiles", nargs="+", type=float, default=list(ROAD_PERCENTILES))
+    parser.add_argument(
+        "--not-finished", nargs="*", default=[], help="specs cut for time (named on the page)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="images per round; 1 keeps every finished image's rows if the run is stopped",
+    )
+    parser.add_argument(
+        "--from-rows",
+        action="store_true",
+        help="write the page from the rows already in --work, computing nothing (a run "
+        "stopped for time: the page counts the images each model finished)",
+    )
     parser.add_argument("--page", type=Path, default=PAGE)
     parser.add_argument("--figure", type=Path, default=FIGURE)
     args = parser.parse_args(argv)
@@ -263,22 +324,30 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.methods or chosen_methods()
     options = {m: FAST[m] for m in chosen if m in FAST}
     start = time.perf_counter()
-    board = timmlens.benchmark(
-        models,
-        args.work / "photos",
-        methods=chosen,
-        metrics=chosen_metrics(),
-        out=args.work / "runs",
-        steps=args.steps,
-        method_options=options,
-    )
+    if args.from_rows:
+        board = board_from_rows(models, chosen, args.work / "runs")
+    else:
+        board = timmlens.benchmark(
+            models,
+            args.work / "photos",
+            methods=chosen,
+            metrics=chosen_metrics(),
+            out=args.work / "runs",
+            steps=args.steps,
+            batch_size=args.batch_size,
+            method_options=options,
+            metric_options={"road_percentiles": tuple(args.road_percentiles)},
+        )
     # a resumed run adds to the time of the runs before it: the page gives the whole cost
     clock = args.work / "seconds.txt"
     earlier = float(clock.read_text()) if clock.exists() else 0.0
     seconds = earlier + time.perf_counter() - start
     clock.write_text(f"{seconds:.1f}\n")
     skipped_models.update(board.failures)
-    args.page.write_text(page(board, seconds, skipped_models, args.steps), encoding="utf-8")
+    for spec in args.not_finished:
+        skipped_models[spec] = "not finished in the time this run had; rerun to complete it"
+    text = page(board, seconds, skipped_models, args.steps, tuple(args.road_percentiles))
+    args.page.write_text(text, encoding="utf-8")
     args.figure.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(board.paths["plot"], args.figure)
     print(f"{args.page}\n{args.figure}\n{seconds:.0f} s", file=sys.stderr)

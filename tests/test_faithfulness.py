@@ -10,8 +10,13 @@ import pytest
 import torch
 
 from timmlens.errors import MetricInputError, TimmLensError
-from timmlens.interpretation.metrics import ExplanationMetrics, impute, metrics
+from timmlens.interpretation.metrics import ExplanationMetrics, impute, metrics, pixel_ranks
 from timmlens.interpretation.metrics.confidence import normalised_maps
+from timmlens.interpretation.metrics.road import (
+    nested_dissection,
+    removal_masks,
+    removed_counts,
+)
 
 road_module = pytest.importorskip("pytorch_grad_cam.metrics.road")
 from pytorch_grad_cam.metrics.cam_mult_image import (  # noqa: E402
@@ -59,6 +64,36 @@ def test_imputation_equals_the_authors_imputer(images):
         torch.testing.assert_close(ours[k], theirs, atol=1e-5, rtol=0)
         kept = ~removed[k].view(SIZE, SIZE)
         assert torch.equal(ours[k][:, kept], images[0][:, kept])  # kept pixels exactly
+
+
+def test_imputation_of_blobs_equals_the_authors_imputer_on_any_thread_count(images):
+    """Smooth maps remove blobs: deep dissections of large holes, the case ROAD meets."""
+    side = 48
+    image = torch.nn.functional.interpolate(images[:1], size=(side, side))[0]
+    coarse = torch.rand(1, 1, 5, 5, generator=torch.Generator().manual_seed(4))
+    smooth = torch.nn.functional.interpolate(coarse, size=(side, side), mode="bilinear")
+    ranks = pixel_ranks(smooth[:, 0])[0]
+    removed = removal_masks(ranks, removed_counts((30, 90), side * side), "morf")
+    imputer = road_module.NoisyLinearImputer(noise=0.0)
+    ours = impute(image, removed)
+    for k in range(len(removed)):
+        theirs = imputer(image, (~removed[k]).float().view(side, side))
+        torch.testing.assert_close(ours[k], theirs, atol=1e-5, rtol=0)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the systems are solved serially: the same values
+        assert torch.equal(impute(image, removed), ours)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_nested_dissection_is_a_permutation_with_separators_last():
+    rows, cols = np.divmod(np.arange(30 * 20), 20)
+    order = nested_dissection(rows, cols)
+    assert sorted(order.tolist()) == list(range(600))
+    # the first split is across the longer side (30 rows) at the median row: that row
+    # of 20 pixels separates the halves, so it is eliminated last
+    assert sorted(order[-20:].tolist()) == list(range(15 * 20, 16 * 20))
 
 
 @pytest.mark.parametrize("order", ["morf", "lerf"])

@@ -26,11 +26,17 @@ target's score at each percentile, the value its mean over percentiles.
 own factorisation. They are built without Python loops over pixels: the neighbour
 matrix of an ``H x W`` grid is built once per size (cached), each system is a row/column
 selection of it, and the right-hand sides of all masks of an image come from one sparse
-product, the channels solved together. The solves use scipy's SuperLU (``splu``, the
-minimum-degree ordering of ``A + A^T``: the matrix is symmetric): torch has no sparse
-direct solver off CUDA, and iterative solvers (conjugate gradients in torch) need
+product, the channels solved together. The solves use scipy's SuperLU (``splu``):
+torch has no sparse direct solver off CUDA, and iterative solvers (conjugate gradients in
+torch) need
 hundreds to thousands of iterations on the large holes of high percentiles to reach the
-authors' values to 1e-5. The imputation runs on the CPU in float64; the imputed images
+authors' values to 1e-5. The factorisation is most of the cost, and its fill depends on
+the elimination order: the unknowns are ordered by a geometric nested dissection of the
+removed pixels (`nested_dissection`; a row or column of pixels separates the 8-neighbour
+grid), which on these grid systems factorises about 1.5x faster than SuperLU's own
+minimum-degree ordering of ``A + A^T``; the matrix is symmetric positive definite, so
+no pivoting is needed and any order gives the same solution up to rounding. The
+imputation runs on the CPU in float64; the imputed images
 go to the model's device a chunk at a time, one forward per chunk
 ([`score_in_chunks`][timmlens.interpretation.scoring.score_in_chunks]).
 """
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -167,6 +174,40 @@ def neighbour_matrix(height: int, width: int) -> scipy.sparse.csr_matrix:
     )
 
 
+#: Pixel sets at most this large are not split further by `nested_dissection` (smaller
+#: leaves cost more Python calls than the fill they save; 32-64 measured best at 224 px).
+DISSECTION_LEAF = 48
+
+
+def nested_dissection(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """A fill-reducing elimination order of pixels ``(rows, cols)`` (each ``(n,)`` int).
+
+    Geometric nested dissection: the set is split at the median row (or column, across
+    the longer side of its bounding box); with 8 neighbours the pixels on that line
+    separate the two sides, so they are ordered after both halves, each ordered the same
+    way down to `DISSECTION_LEAF` pixels (kept in their given order).
+
+    Returns:
+        ``(n,)`` int: a permutation of ``range(n)``, positions into ``rows``/``cols``.
+    """
+    order: list[np.ndarray] = []
+
+    def split(ids: np.ndarray) -> None:
+        if ids.size <= DISSECTION_LEAF:
+            order.append(ids)
+            return
+        r, c = rows[ids], cols[ids]
+        coord = r if r.max() - r.min() >= c.max() - c.min() else c
+        middle = np.partition(coord, coord.size // 2)[coord.size // 2]
+        below, above = coord < middle, coord > middle
+        split(ids[below])
+        split(ids[above])
+        order.append(ids[~(below | above)])  # the separator, after both sides
+
+    split(np.arange(rows.size))
+    return np.concatenate(order)
+
+
 def impute(
     image: torch.Tensor,
     removed: torch.Tensor,
@@ -177,8 +218,10 @@ def impute(
 
     Each removed pixel ``i`` solves ``s_i x_i - sum_j w_ij x_j = 0`` over its in-image
     neighbours ``j`` (``s_i = sum_j w_ij``), known neighbours moved to the right-hand
-    side: one sparse symmetric system per mask, factorised by SuperLU, the channels
-    solved together. Then ``noise * N(0, 1)`` is added to the imputed pixels.
+    side: one sparse symmetric system per mask, its unknowns in `nested_dissection`
+    order, factorised by SuperLU, the channels solved together. Then ``noise * N(0, 1)``
+    is added to the imputed pixels. The masks' systems are independent and SuperLU
+    releases the GIL, so they are solved on ``torch.get_num_threads()`` threads.
 
     Args:
         image: ``(C, H, W)`` (normalised model input; any device).
@@ -193,6 +236,9 @@ def impute(
     import scipy.sparse
     from scipy.sparse.linalg import splu
 
+    if noise > 0 and generators is None:
+        raise ValueError("impute() with noise > 0 needs one generator per mask.")
+    rngs = list(generators or ())
     channels, height, width = image.shape
     pixels = image.detach().to("cpu", torch.float64).reshape(channels, -1).numpy()
     masks = removed.detach().cpu().numpy().astype(bool)
@@ -201,25 +247,32 @@ def impute(
     # every mask's known-neighbour sums in one sparse product: (H*W, K*C)
     known_values = pixels.T[:, None, :] * ~masks.T[:, :, None]
     sums = (neighbours @ known_values.reshape(height * width, -1)).reshape(known_values.shape)
-    out = np.repeat(pixels[None], len(masks), axis=0)
-    for k, mask in enumerate(masks):
-        index = np.flatnonzero(mask)
-        if index.size == 0:
-            continue
-        # -A of the authors' system: diag(s) - W restricted to the removed pixels (SPD)
-        system = scipy.sparse.diags(totals[index]) - neighbours[index][:, index]
+
+    def solve(k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mask ``k``'s removed pixels in solving order and their values ``(n, C)``."""
+        index = np.flatnonzero(masks[k])
+        ordered = index[nested_dissection(*np.divmod(index, width))]
+        # -A of the authors' system: diag(s) - W restricted to the removed pixels (SPD),
+        # rows and columns in the dissection order, which SuperLU then keeps (NATURAL)
+        system = scipy.sparse.diags(totals[ordered]) - neighbours[ordered][:, ordered]
         solver = splu(
             system.tocsc(),
-            permc_spec="MMD_AT_PLUS_A",
+            permc_spec="NATURAL",
             diag_pivot_thresh=0.0,
             options={"SymmetricMode": True, "Equil": False},
         )
-        values = solver.solve(np.ascontiguousarray(sums[index, k, :]))  # (n, C)
-        if noise > 0:
-            if generators is None:
-                raise ValueError("impute() with noise > 0 needs one generator per mask.")
-            values = values + noise * generators[k].standard_normal((index.size, channels))
-        out[k][:, index] = values.T
+        return ordered, solver.solve(np.ascontiguousarray(sums[ordered, k, :]))
+
+    out = np.repeat(pixels[None], len(masks), axis=0)
+    jobs = [k for k in range(len(masks)) if masks[k].any()]
+    workers = min(torch.get_num_threads(), len(jobs))
+    with ThreadPoolExecutor(max(workers, 1)) as pool:
+        for k, (ordered, values) in zip(jobs, pool.map(solve, jobs), strict=True):
+            out[k][:, ordered] = values.T
+            if noise > 0:  # drawn in row-major pixel order: the same whatever the solver
+                index = np.flatnonzero(masks[k])
+                noisy = rngs[k].standard_normal((index.size, channels))
+                out[k][:, index] += noise * noisy.T
     return torch.from_numpy(out.astype(np.float32)).view(len(masks), channels, height, width)
 
 
