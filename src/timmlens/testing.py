@@ -56,3 +56,32 @@ def explainable_model(name: str, seed: int = 0, **timm_kwargs: object) -> nn.Mod
         torch.manual_seed(seed)
         model = timm.create_model(name, pretrained=False, **timm_kwargs)
     return make_explainable(model, seed=seed)
+
+
+def calibrate_batchnorm(model: nn.Module, inputs: torch.Tensor) -> nn.Module:
+    """Set every BatchNorm's running statistics to those of ``model`` on ``inputs`` (B, 3, H, W).
+
+    Random weights leave BatchNorm at mean 0 / variance 1, which normalises nothing: deep
+    random nets (ConvMixer's 32 blocks) then lose the input on the way, their logits move
+    by 1e-14 with the image and every gradient map is noise. One train-mode pass with a
+    cumulative average (``momentum=None``) normalises each channel to the batch, the
+    data-dependent initialisation of random nets. Returns ``model`` in eval mode; models
+    without BatchNorm, or whose train-mode forward fails, are returned unchanged.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model.eval()
+    saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items()}) for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    try:
+        with torch.no_grad():
+            model.train()(inputs)
+    except Exception:  # leave the model as it was
+        for norm, (_, state) in zip(norms, saved, strict=True):
+            norm.load_state_dict(state)
+    finally:
+        for norm, (momentum, _) in zip(norms, saved, strict=True):
+            norm.momentum = momentum
+    return model.eval()
