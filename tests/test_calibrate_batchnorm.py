@@ -85,3 +85,21 @@ def test_one_value_per_channel_is_a_failing_train_pass() -> None:
     model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2))
     calibrate_batchnorm(model, torch.randn(1, 3, 1, 1))
     assert torch.equal(model[1].running_var, torch.ones(2))
+
+
+def test_statistics_that_make_the_output_non_finite_are_undone() -> None:
+    """HaloNet's attention overflows with calibrated statistics: the model stays as found."""
+
+    class Overflows(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.BatchNorm2d(3, eps=0.0)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            # Finite with the initial statistics (variance 1: the 1e-4 input stays
+            # small), inf once the running variance is the batch's (1e-8: unit values).
+            return torch.exp(self.norm(x) * 100)
+
+    model = Overflows()
+    calibrate_batchnorm(model, 1e-4 * _images(8))
+    assert torch.equal(model.norm.running_var, torch.ones(3)) and not model.training

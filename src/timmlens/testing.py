@@ -66,7 +66,9 @@ def calibrate_batchnorm(model: nn.Module, inputs: torch.Tensor) -> nn.Module:
     by 1e-14 with the image and every gradient map is noise. One train-mode pass with a
     cumulative average (``momentum=None``) normalises each channel to the batch, the
     data-dependent initialisation of random nets. Returns ``model`` in eval mode; models
-    without BatchNorm, or whose train-mode forward fails, are returned unchanged.
+    without BatchNorm, whose train-mode forward fails, or whose eval-mode output on
+    ``inputs`` is no longer finite with the new statistics (HaloNet's attention
+    overflows), are returned unchanged.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -78,6 +80,9 @@ def calibrate_batchnorm(model: nn.Module, inputs: torch.Tensor) -> nn.Module:
     try:
         with torch.no_grad():
             model.train()(inputs)
+            output = model.eval()(inputs)
+        if not all(torch.isfinite(t).all() for t in _tensors(output)):
+            raise FloatingPointError("non-finite output with the new statistics")
     except Exception:  # leave the model as it was
         for norm, (_, state) in zip(norms, saved, strict=True):
             norm.load_state_dict(state)
@@ -85,3 +90,14 @@ def calibrate_batchnorm(model: nn.Module, inputs: torch.Tensor) -> nn.Module:
         for norm, (momentum, _) in zip(norms, saved, strict=True):
             norm.momentum = momentum
     return model.eval()
+
+
+def _tensors(output: object) -> list[torch.Tensor]:
+    """The tensors of a model output (a tensor, or a tuple / list / dict of them)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        return [t for item in output for t in _tensors(item)]
+    return []
