@@ -278,8 +278,10 @@ def seeded_case(model: nn.Module, size: int) -> tuple[nn.Module, torch.Tensor, l
 
 
 def small_case(result: FamilyResult) -> tuple[nn.Module, torch.Tensor, list[int]]:
-    """The family's model at ``FALLBACK_SIDE``, for a cell that timed out at its size."""
-    model, size = build_family_model(result, (FALLBACK_SIDE,))
+    """The family's model at ``FALLBACK_SIDE`` (or the next larger of ``INPUT_SIZES``
+    below its own, where it does not run at that), for cells that timed out at its size."""
+    sides = tuple(s for s in INPUT_SIZES if s < result.input_size) or (FALLBACK_SIDE,)
+    model, size = build_family_model(result, sides)
     return seeded_case(model, size)
 
 
@@ -326,7 +328,8 @@ def sweep_family(
     except Exception as exc:
         result.layout = f"({type(exc).__name__})"
     _, inputs, classes = seeded_case(model, size)
-    fallback: list = []  # (model, inputs, classes) at FALLBACK_SIDE, built when needed
+    # (model, inputs, classes) at a smaller side, built when first needed; or why none
+    fallback: list = []
     for method in names:
         if method in result.cells:
             continue
@@ -338,17 +341,20 @@ def sweep_family(
             if not fallback:
                 try:
                     fallback.append(small_case(result))
-                except Exception as exc:  # keep the timeout, say why no fallback
-                    fallback.append(None)
-                    cell.note += f" (no {FALLBACK_SIDE} px fallback: {type(exc).__name__})"
-            if fallback[0] is None:
+                except Exception as exc:  # no smaller side the model runs at
+                    fallback.append(f" (runs at no smaller side: {type(exc).__name__})")
+            if isinstance(fallback[0], str):  # the cell at the family's side, or its timeout
+                if first_try == 0:
+                    cell = run_cell(method, model, inputs, classes, timeout)
+                else:
+                    cell.note += fallback[0]
                 result.cells[method] = cell
                 continue
             small = run_cell(method, *fallback[0], timeout)
-            small.input_size = FALLBACK_SIDE
+            small.input_size = fallback[0][1].shape[-1]
             small.seconds = round(small.seconds + cell.seconds, 1)
             if small.status == FAILING and first_try > 0:
-                small.note = f"timed out at {size} px; at {FALLBACK_SIDE} px: {small.note}"
+                small.note = f"timed out at {size} px; at {small.input_size} px: {small.note}"
             cell = small
         result.cells[method] = cell
     result.seconds = round(time.perf_counter() - start, 1)
@@ -360,7 +366,7 @@ _MARK = {WORKS: "yes", REFUSED: "-", FAILING: "**FAIL**"}
 
 
 def mark(cell: Cell) -> str:
-    """The cell's mark; a star when it ran at ``FALLBACK_SIDE``, not the family's side."""
+    """The cell's mark; a star when it ran at a smaller side than the family's."""
     return _MARK[cell.status] + ("*" if cell.input_size else "")
 
 
@@ -387,7 +393,7 @@ def page(results: list[FamilyResult], names: list[str], missing: list[str]) -> s
         "explains the model's top two classes on one seeded random image. The layer and "
         "attention methods run at the family's input size; the input methods get 10 s there "
         f"and the masked-forward and sampling methods none (CPU time), and then run at "
-        f"{FALLBACK_SIDE} px: a star marks a cell computed at {FALLBACK_SIDE} px.",
+        f"{FALLBACK_SIDE} px (the next size the model runs at): a star marks such a cell.",
         "",
         "A cell is **yes** when both maps are finite and non-constant and differ between the "
         "two classes (a class-agnostic method such as EigenCAM must give the same map "
