@@ -184,7 +184,7 @@ def build_model(name: str, sides: tuple[int, ...] | None = None, **kwargs) -> tu
         # BatchNorm statistics of the random net on random images (seeded): without
         # them deep random nets (ConvMixer) lose the input and every map is noise.
         images = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(1))
-        return make_explainable(calibrate_batchnorm(model, images))
+        return calibrate_batchnorm(make_explainable(model), images)
 
     model = create()
     if sides is None:
