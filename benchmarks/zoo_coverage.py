@@ -215,6 +215,18 @@ def build_model(name: str, sides: tuple[int, ...] | None = None, **kwargs) -> tu
     raise RuntimeError("no input size worked; " + errors[-1][:200])
 
 
+def relu_diagnosis(method: str, model: nn.Module, inputs: torch.Tensor, classes: list[int]) -> str:
+    """Why a ReLU'd map is constant: the signed map (``relu=False``) of each class is
+    below zero everywhere (random weights), or itself constant (a real failure)."""
+    options = {**options_for(method, model), "relu": False, "normalize": False}
+    signed = [as_explainer(method, model, **options).explain_batch(inputs, [c])[0] for c in classes]
+    if all(m.max() < 0 for m in signed):
+        return " (ReLU of a signed map below zero everywhere, for both classes)"
+    if any(m.max() <= m.min() for m in signed):
+        return " (the signed map is constant too)"
+    return ""
+
+
 def run_cell(method: str, model: nn.Module, inputs: torch.Tensor, classes: list[int], timeout: int):
     start = time.perf_counter()
     signal.signal(signal.SIGALRM, _alarm)
@@ -226,6 +238,8 @@ def run_cell(method: str, model: nn.Module, inputs: torch.Tensor, classes: list[
         cell = Cell(WORKS, "") if verdict.startswith("works") else Cell(FAILING, verdict[7:])
         if verdict == "works (class-agnostic)":
             cell.note = "class-agnostic"
+        if cell.note == "constant map" and getattr(explainer, "relu", False):
+            cell.note += relu_diagnosis(method, model, inputs, classes)
     except TimmLensError as exc:  # a refusal with its reason: part of the answer
         cell = Cell(REFUSED, f"{type(exc).__name__}: {short_reason(exc, method, 160)}")
     except Timeout:
