@@ -479,6 +479,9 @@ def main() -> None:
     parser.add_argument("--repick", action="store_true", help="count the smallest anew")
     parser.add_argument("--chunk", default="0/1", help="i/n: every n-th family from the i-th")
     parser.add_argument("--redo", action="store_true", help="recompute cached families")
+    parser.add_argument(
+        "--reverse", action="store_true", help="last family first (a second worker on a chunk)"
+    )
     parser.add_argument("--write", action="store_true", help="write the page from the cache")
     parser.add_argument("--timeout", type=int, default=90, help="seconds per cell")
     parser.add_argument(
@@ -493,7 +496,7 @@ def main() -> None:
     every = list(timm.list_modules())
     families = args.families or every
     index, count = map(int, args.chunk.split("/"))
-    families = families[index::count]
+    families = families[index::count][:: -1 if args.reverse else 1]
     names = args.methods or methods()
     if args.slow:
         names = [m for m in names if m in SLOW]
