@@ -358,9 +358,9 @@ def sweep_family(
                 except Exception as exc:  # no smaller side the model runs at
                     fallback.append(f" (runs at no smaller side: {type(exc).__name__})")
             if isinstance(fallback[0], str):  # the cell at the family's side, or its timeout
-                if first_try == 0:
+                if first_try < timeout:  # the full timeout there
                     cell = run_cell(method, model, inputs, classes, timeout)
-                else:
+                if cell.note.startswith("timed out"):
                     cell.note += fallback[0]
                 result.cells[method] = cell
                 continue
