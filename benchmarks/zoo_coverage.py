@@ -1,11 +1,14 @@
 """Sweep every timm family x every registered method, with zero configuration.
 
 For each module of ``timm.list_modules()`` the smallest architecture (parameters
-counted on the meta device, nothing allocated) is built with random weights (made
-explainable by ``timmlens.testing.make_explainable``) at the smallest input it
-accepts from a short list (fixed-size ViT-likes are rebuilt with ``img_size=``).
-Every registered method then runs on it through ``as_explainer(name, model)`` with
-the small settings of ``benchmarks/method_matrix.py`` (``FAST``: few samples, masks,
+counted on the meta device, nothing allocated) is built with random weights (BatchNorm
+statistics set on random images by ``timmlens.testing.calibrate_batchnorm``, then made
+explainable by ``timmlens.testing.make_explainable``) at the model's own input size
+capped at ``MAX_SIDE`` (fixed-size ViT-likes are rebuilt with ``img_size=``; the next
+smaller of ``INPUT_SIZES`` where it does not run). Architectures over ``LARGE_M``
+parameters get ``REDUCED_DEPTH`` blocks where they take ``depth=``. Every registered
+method then runs on it through ``as_explainer(name, model)`` with the small settings of
+``benchmarks/method_matrix.py`` (``FAST``: few samples, masks,
 steps), for the model's top two classes on one seeded random image. A cell is
 
 - **works**: both maps finite, non-constant, and different for the two classes (a
@@ -19,7 +22,11 @@ so the sweep resumes where it stopped; ``--redo`` recomputes the named families.
 (generated; never edit it by hand).
 
     .venv/bin/python benchmarks/zoo_coverage.py [--families resnet vit ...] [--redo]
-        [--chunk 0/2] [--methods gradcam ...] [--fast | --slow] [--timeout 90] [--write]
+        [--chunk 0/2] [--methods gradcam ...] [--fast | --slow] [--timeout 90]
+        [--first-try 10] [--write]
+
+A cell that times out at the family's size (``--first-try`` seconds; 0 skips that try)
+runs again at ``FALLBACK_SIDE`` (``--timeout`` seconds); the page stars it.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from method_matrix import judge, options_for, settings_note, short_reason
 from timmlens.adapters import get_adapter, probe_layout
 from timmlens.errors import TimmLensError
 from timmlens.interpretation.registry import as_explainer, methods, resolve_method
-from timmlens.testing import make_explainable
+from timmlens.testing import calibrate_batchnorm, make_explainable
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "outputs" / "zoo_coverage"
@@ -63,8 +70,19 @@ SLOW = (
     "rise",
 )
 TABLE = ROOT / "docs" / "zoo_coverage.md"
-# Small inputs keep the sweep affordable on a CPU; 96 px still leaves a 3x3 map at stride 32.
+# Each model runs at its own input size (its data config), capped at MAX_SIDE: maps
+# computed at a size the model was not designed for can be constant when the real ones
+# are not (a 3x3 map at 96 px and stride 32, a stem that pools it away). A model that does
+# not run at that size, or a cell that times out there, falls back to the smaller sizes.
+MAX_SIDE = 256
 INPUT_SIZES = (96, 128, 160, 192, 224, 256)
+FALLBACK_SIDE = INPUT_SIZES[0]
+# Families whose smallest architecture is this large (M parameters) are built with
+# REDUCED_DEPTH blocks when the constructor takes ``depth=`` (deepseek_vit: 412M, BEiT: 87M): the
+# question is whether the architecture explains, which depth does not change, and the
+# full-depth model takes minutes per cell on a CPU.
+LARGE_M = 50.0
+REDUCED_DEPTH = 4
 WORKS, REFUSED, FAILING = "works", "refused", "failing"
 
 
@@ -73,6 +91,7 @@ class Cell:
     status: str  # WORKS, REFUSED or FAILING
     note: str = ""  # the refusal's reason or the failure
     seconds: float = 0.0
+    input_size: int = 0  # set when the cell fell back from the family's input size
 
 
 @dataclass
@@ -81,6 +100,7 @@ class FamilyResult:
     architecture: str = ""
     params_m: float = 0.0
     input_size: int = 0
+    depth: int = 0  # REDUCED_DEPTH when the large architecture was built shallower
     default_layer: str = ""
     layout: str = ""
     reason: str = ""  # why the family could not be swept at all
@@ -122,23 +142,31 @@ def smallest_architecture(family: str) -> tuple[str, int] | None:
     return name, params
 
 
-def build_at_smallest_input(name: str) -> tuple[nn.Module, int]:
-    """The model and the smallest square input from ``INPUT_SIZES`` it runs on.
+def own_side(model: nn.Module) -> int:
+    """The model's own input side (its data config), capped at ``MAX_SIDE``."""
+    cfg = timm.data.resolve_data_config({}, model=model)
+    return min(int(cfg["input_size"][-1]), MAX_SIDE)
 
-    At each size, the model as built is tried first, then (fixed-size ViT-likes) one
-    rebuilt with ``img_size=``, whose data config then says that size.
+
+def build_model(name: str, sides: tuple[int, ...] | None = None, **kwargs) -> tuple[nn.Module, int]:
+    """The model and the first square input side of ``sides`` it runs on.
+
+    ``sides`` defaults to the model's own side (capped at ``MAX_SIDE``), then the
+    smaller ``INPUT_SIZES`` from the largest down. At each side the model as built is
+    tried first, then (fixed-size ViT-likes) one rebuilt with ``img_size=``, whose data
+    config then says that side.
     """
     errors: list[str] = []
 
-    def create(**kwargs) -> nn.Module:
+    def create(**extra) -> nn.Module:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.manual_seed(0)
-            model = timm.create_model(name, pretrained=False, **kwargs)
+            model = timm.create_model(name, pretrained=False, **kwargs, **extra)
             if getattr(model, "num_classes", 1) == 0:
                 # Headless feature extractors (DINOv3, SAM2, ...): a head to explain.
                 torch.manual_seed(0)
-                model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
+                model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs, **extra)
         return model.eval()
 
     def runs(model: nn.Module, size: int) -> bool:
@@ -152,11 +180,23 @@ def build_at_smallest_input(name: str) -> tuple[nn.Module, int]:
             errors.append(f"{size}: {exc}")
             return False
 
+    def explainable(model: nn.Module, size: int) -> nn.Module:
+        # BatchNorm statistics of the random net on random images (seeded): without
+        # them deep random nets (ConvMixer) lose the input and every map is noise.
+        images = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(1))
+        return calibrate_batchnorm(make_explainable(model), images)
+
     model = create()
+    if sides is None:
+        own = own_side(model)
+        sides = (own, *sorted((s for s in INPUT_SIZES if s < own), reverse=True))
     resizable = True
-    for size in INPUT_SIZES:
+    for size in sides:
         if runs(model, size):
-            return make_explainable(model), size
+            if own_side(model) != size:  # the explainers read the side from the config
+                cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+                model.pretrained_cfg = {**cfg, "input_size": (3, size, size)}
+            return explainable(model, size), size
         if not resizable:
             continue
         try:
@@ -171,8 +211,20 @@ def build_at_smallest_input(name: str) -> tuple[nn.Module, int]:
         if runs(resized, size):
             cfg = dict(getattr(resized, "pretrained_cfg", {}) or {})
             resized.pretrained_cfg = {**cfg, "input_size": (3, size, size)}
-            return make_explainable(resized), size
+            return explainable(resized, size), size
     raise RuntimeError("no input size worked; " + errors[-1][:200])
+
+
+def relu_diagnosis(method: str, model: nn.Module, inputs: torch.Tensor, classes: list[int]) -> str:
+    """Why a ReLU'd map is constant: the signed map (``relu=False``) of each class is
+    below zero everywhere (random weights), or itself constant (a real failure)."""
+    options = {**options_for(method, model), "relu": False, "normalize": False}
+    signed = [as_explainer(method, model, **options).explain_batch(inputs, [c])[0] for c in classes]
+    if all(m.max() < 0 for m in signed):
+        return " (ReLU of a signed map below zero everywhere, for both classes)"
+    if any(m.max() <= m.min() for m in signed):
+        return " (the signed map is constant too)"
+    return ""
 
 
 def run_cell(method: str, model: nn.Module, inputs: torch.Tensor, classes: list[int], timeout: int):
@@ -186,6 +238,8 @@ def run_cell(method: str, model: nn.Module, inputs: torch.Tensor, classes: list[
         cell = Cell(WORKS, "") if verdict.startswith("works") else Cell(FAILING, verdict[7:])
         if verdict == "works (class-agnostic)":
             cell.note = "class-agnostic"
+        if cell.note == "constant map" and getattr(explainer, "relu", False):
+            cell.note += relu_diagnosis(method, model, inputs, classes)
     except TimmLensError as exc:  # a refusal with its reason: part of the answer
         cell = Cell(REFUSED, f"{type(exc).__name__}: {short_reason(exc, method, 160)}")
     except Timeout:
@@ -216,10 +270,50 @@ def picked_architecture(family: str, repick: bool) -> tuple[str, float] | None:
     return picked[0], known[family][1]
 
 
+def build_family_model(result: FamilyResult, sides: tuple[int, ...] | None = None):
+    """The family's model at its input side; a ``LARGE_M`` architecture is built with
+    ``REDUCED_DEPTH`` blocks where its constructor takes ``depth=`` (``result.depth``)."""
+    if result.params_m > LARGE_M:
+        try:
+            model, size = build_model(result.architecture, sides, depth=REDUCED_DEPTH)
+            result.depth = REDUCED_DEPTH
+            return model, size
+        except TypeError:  # no depth= option: the architecture as it is
+            pass
+    return build_model(result.architecture, sides)
+
+
+def seeded_case(model: nn.Module, size: int) -> tuple[nn.Module, torch.Tensor, list[int]]:
+    """One seeded random image and the model's top two classes on it."""
+    inputs = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ranked = model(inputs)[0].argsort(descending=True)
+    return model, inputs, [int(ranked[0]), int(ranked[1])]  # predicted and runner-up
+
+
+def small_case(result: FamilyResult) -> tuple[nn.Module, torch.Tensor, list[int]]:
+    """The family's model at ``FALLBACK_SIDE`` (or the next larger of ``INPUT_SIZES``
+    below its own, where it does not run at that), for cells that timed out at its size."""
+    sides = tuple(s for s in INPUT_SIZES if s < result.input_size) or (FALLBACK_SIDE,)
+    model, size = build_family_model(result, sides)
+    return seeded_case(model, size)
+
+
 def sweep_family(
-    family: str, names: list[str], timeout: int, result: FamilyResult, repick: bool = False
+    family: str,
+    names: list[str],
+    timeout: int,
+    result: FamilyResult,
+    repick: bool = False,
+    first_try: int | None = None,
 ) -> FamilyResult:
-    """Run the ``names`` not yet in ``result.cells`` on the family's model."""
+    """Run the ``names`` not yet in ``result.cells`` on the family's model.
+
+    Each cell gets ``first_try`` seconds (default ``timeout``) at the family's input
+    side; one that times out there (or every cell, with ``first_try=0``) runs again at
+    ``FALLBACK_SIDE`` with ``timeout`` seconds.
+    """
+    first_try = timeout if first_try is None else first_try
     start = time.perf_counter() - result.seconds
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(timeout * 3)
@@ -229,7 +323,7 @@ def sweep_family(
             result.reason = "no architecture builds on the meta device"
             return result
         result.architecture, result.params_m = picked
-        model, size = build_at_smallest_input(result.architecture)
+        model, size = build_family_model(result)
         result.input_size = size
     except Exception as exc:
         result.reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
@@ -247,19 +341,47 @@ def sweep_family(
         result.layout = layout.kind + prefix
     except Exception as exc:
         result.layout = f"({type(exc).__name__})"
-    inputs = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ranked = model(inputs)[0].argsort(descending=True)
-    classes = [int(ranked[0]), int(ranked[1])]  # predicted class and the runner-up
+    _, inputs, classes = seeded_case(model, size)
+    # (model, inputs, classes) at a smaller side, built when first needed; or why none
+    fallback: list = []
     for method in names:
-        if method not in result.cells:
-            result.cells[method] = run_cell(method, model, inputs, classes, timeout)
+        if method in result.cells:
+            continue
+        if first_try > 0 or size <= FALLBACK_SIDE:
+            cell = run_cell(method, model, inputs, classes, first_try or timeout)
+        else:  # straight to the fallback side
+            cell = Cell(FAILING, "timed out after 0 s")
+        if cell.note.startswith("timed out") and size > FALLBACK_SIDE:
+            if not fallback:
+                try:
+                    fallback.append(small_case(result))
+                except Exception as exc:  # no smaller side the model runs at
+                    fallback.append(f" (runs at no smaller side: {type(exc).__name__})")
+            if isinstance(fallback[0], str):  # the cell at the family's side, or its timeout
+                if first_try < timeout:  # the full timeout there
+                    cell = run_cell(method, model, inputs, classes, timeout)
+                if cell.note.startswith("timed out"):
+                    cell.note += fallback[0]
+                result.cells[method] = cell
+                continue
+            small = run_cell(method, *fallback[0], timeout)
+            small.input_size = fallback[0][1].shape[-1]
+            small.seconds = round(small.seconds + cell.seconds, 1)
+            if small.status == FAILING and first_try > 0:
+                small.note = f"timed out at {size} px; at {small.input_size} px: {small.note}"
+            cell = small
+        result.cells[method] = cell
     result.seconds = round(time.perf_counter() - start, 1)
     return result
 
 
 # ------------------------------------------------------------------ the page
 _MARK = {WORKS: "yes", REFUSED: "-", FAILING: "**FAIL**"}
+
+
+def mark(cell: Cell) -> str:
+    """The cell's mark; a star when it ran at a smaller side than the family's."""
+    return _MARK[cell.status] + ("*" if cell.input_size else "")
 
 
 def method_totals(results: list[FamilyResult], names: list[str]) -> dict[str, Counter]:
@@ -274,12 +396,18 @@ def page(results: list[FamilyResult], names: list[str], missing: list[str]) -> s
         "",
         f"Generated by `benchmarks/zoo_coverage.py` with timm {timm.__version__} and torch "
         f"{torch.__version__} (do not edit by hand). The smallest architecture of every timm "
-        "family, random weights made explainable by `timmlens.testing.make_explainable`, the "
-        "smallest accepted input from "
-        f"{', '.join(map(str, INPUT_SIZES))} px, zero configuration: every method is built "
-        "with `as_explainer(name, model)` and only the slow ones get small settings (those "
-        "of `benchmarks/method_matrix.py`). Each method explains the model's top two classes "
-        "on one seeded random image.",
+        "family (built with "
+        f"{REDUCED_DEPTH} blocks where it has over {LARGE_M:.0f}M parameters and takes "
+        "`depth=`), random weights made explainable by `timmlens.testing.make_explainable` "
+        "with BatchNorm statistics from `timmlens.testing.calibrate_batchnorm` on random "
+        f"images, at the model's own input size capped at {MAX_SIDE} px (the next smaller of "
+        f"{', '.join(map(str, INPUT_SIZES))} px where it does not run there), zero "
+        "configuration: every method is built with `as_explainer(name, model)` and only the "
+        "slow ones get small settings (those of `benchmarks/method_matrix.py`). Each method "
+        "explains the model's top two classes on one seeded random image. The layer and "
+        "attention methods run at the family's input size; the input methods get 10 s there "
+        f"and the masked-forward and sampling methods none (CPU time), and then run at "
+        f"{FALLBACK_SIDE} px (the next size the model runs at): a star marks such a cell.",
         "",
         "A cell is **yes** when both maps are finite and non-constant and differ between the "
         "two classes (a class-agnostic method such as EigenCAM must give the same map "
@@ -312,9 +440,10 @@ def page(results: list[FamilyResult], names: list[str], missing: list[str]) -> s
         "| --- | --- | ---: | --- | --- |" + " :---: |" * len(names),
     ]
     for r in results:
-        marks = [_MARK[r.cells[m].status] if m in r.cells else "?" for m in names]
+        marks = [mark(r.cells[m]) if m in r.cells else "?" for m in names]
+        depth = f" (depth {r.depth})" if r.depth else ""
         lines.append(
-            f"| {r.family} | {r.architecture or '-'} | {r.input_size or '-'} | "
+            f"| {r.family} | {r.architecture or '-'}{depth} | {r.input_size or '-'} | "
             f"`{r.default_layer or '-'}` | {r.layout or '-'} | " + " | ".join(marks) + " |"
         )
     lines += ["", "## Refusals and their reasons", ""]
@@ -350,8 +479,16 @@ def main() -> None:
     parser.add_argument("--repick", action="store_true", help="count the smallest anew")
     parser.add_argument("--chunk", default="0/1", help="i/n: every n-th family from the i-th")
     parser.add_argument("--redo", action="store_true", help="recompute cached families")
+    parser.add_argument(
+        "--reverse", action="store_true", help="last family first (a second worker on a chunk)"
+    )
     parser.add_argument("--write", action="store_true", help="write the page from the cache")
     parser.add_argument("--timeout", type=int, default=90, help="seconds per cell")
+    parser.add_argument(
+        "--first-try",
+        type=int,
+        help=f"seconds per cell at the family's side before {FALLBACK_SIDE} px (0: skip it)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("-v", action="store_true", help="print tracebacks")
     args = parser.parse_args()
@@ -359,7 +496,7 @@ def main() -> None:
     every = list(timm.list_modules())
     families = args.families or every
     index, count = map(int, args.chunk.split("/"))
-    families = families[index::count]
+    families = families[index::count][:: -1 if args.reverse else 1]
     names = args.methods or methods()
     if args.slow:
         names = [m for m in names if m in SLOW]
@@ -375,7 +512,7 @@ def main() -> None:
             old = FamilyResult(family, cells={m: c for m, c in old.cells.items() if m not in names})
         if old.reason or all(m in old.cells for m in names):
             continue
-        result = sweep_family(family, names, args.timeout, old, args.repick)
+        result = sweep_family(family, names, args.timeout, old, args.repick, args.first_try)
         path.write_text(json.dumps(asdict(result), indent=1))
         counts = Counter(c.status for c in result.cells.values())
         print(

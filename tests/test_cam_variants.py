@@ -193,7 +193,24 @@ def test_randomcam_draws_like_pytorch_grad_cam_and_maps_alike(family: str, monke
     monkeypatch.setattr(np.random, "uniform", uniform)
     theirs, acts, _ = peer_run(RandomCAM, family)
     assert drawn == [(-1, 1, acts.shape[:2])] * 2  # their pipeline, then get_cam_image
-    assert_close_maps(ours_raw(RandomCAM, family, seed=3), np.maximum(theirs, 0))
+    # Ours is signed by default: their map before the ReLU they always apply ...
+    assert_close_maps(ours_raw(RandomCAM, family, seed=3), theirs)
+    # ... and relu=True is their map.
+    assert_close_maps(ours_raw(RandomCAM, family, seed=3, relu=True), np.maximum(theirs, 0))
+
+
+def test_randomcam_is_signed_by_default_where_relu_would_zero_the_map() -> None:
+    """Weights that read the activations' common mode negatively clip to an all-zero
+    (constant) map with ReLU (seed 1, classes 2 and 9 on the ResNet's 3x3 map); the
+    default signed map still ranks the positions."""
+    model, layer, inputs = family_model("resnet"), FAMILIES["resnet"][3], family_input("resnet")
+    signed = RandomCAM(model, target_layer=layer, seed=1).attribute_layer(inputs, TARGETS)
+    clipped = RandomCAM(model, target_layer=layer, seed=1, relu=True).attribute_layer(
+        inputs, TARGETS
+    )
+    torch.testing.assert_close(clipped, signed.clamp_min(0))
+    assert clipped.flatten(1).amax(dim=1).tolist()[::2] == [0.0, 0.0]  # constant maps
+    assert (signed.flatten(1).amax(dim=1) > signed.flatten(1).amin(dim=1)).all()
 
 
 def test_randomcam_is_seeded_per_class_and_leaves_the_global_rng_alone() -> None:

@@ -286,3 +286,46 @@ def test_memory_probe_runs_once_per_input_shape(resnet, images) -> None:
     assert after_first == [1, 2]  # the probe, then Captum's forward
     assert batches[len(after_first) :] == [2]  # Captum's forward alone
     assert torch.equal(first, second)
+
+
+class _ReluOnABuffer(nn.Module):
+    """A ReLU fed a constant, as Swin V2's and relpos ViTs' position MLPs are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.bias_mlp = nn.Sequential(nn.Linear(2, 4), nn.ReLU())
+        self.register_buffer("coords", torch.linspace(-1, 1, 8).reshape(4, 2))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias_mlp(self.coords).mean(dim=0)  # (4,) from a buffer: no gradient
+        return self.head(self.act(self.conv(x)).mean(dim=(2, 3)) + bias)
+
+
+class _WithoutTheBranch(nn.Module):
+    """The same model with the constant branch folded into a bias (Captum's reference)."""
+
+    def __init__(self, model: _ReluOnABuffer) -> None:
+        super().__init__()
+        self.conv, self.act, self.head = model.conv, model.act, model.head
+        with torch.no_grad():
+            self.register_buffer("bias", model.bias_mlp(model.coords).mean(dim=0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.conv(x)).mean(dim=(2, 3)) + self.bias)
+
+
+@pytest.mark.parametrize("name", ["guidedbackprop", "deconvolution"])
+def test_relu_rules_run_where_a_relu_is_fed_a_constant(name) -> None:
+    """Captum hooks every ReLU's input gradient, which a constant cannot take: a detached
+    leaf copy stands in, so the map equals Captum's on the model without that branch."""
+    torch.manual_seed(0)
+    model = _ReluOnABuffer().eval()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    ours = create_explainer(name, model, signed=True).attributions(x, [0, 2])
+    peer_cls = ca.GuidedBackprop if name == "guidedbackprop" else ca.Deconvolution
+    theirs = peer_cls(_WithoutTheBranch(model)).attribute(x, target=torch.tensor([0, 2]))
+    torch.testing.assert_close(ours, theirs)
+    assert all(not m._forward_pre_hooks for m in model.modules())

@@ -56,3 +56,48 @@ def explainable_model(name: str, seed: int = 0, **timm_kwargs: object) -> nn.Mod
         torch.manual_seed(seed)
         model = timm.create_model(name, pretrained=False, **timm_kwargs)
     return make_explainable(model, seed=seed)
+
+
+def calibrate_batchnorm(model: nn.Module, inputs: torch.Tensor) -> nn.Module:
+    """Set every BatchNorm's running statistics to those of ``model`` on ``inputs`` (B, 3, H, W).
+
+    Random weights leave BatchNorm at mean 0 / variance 1, which normalises nothing: deep
+    random nets (ConvMixer's 32 blocks) then lose the input on the way, their logits move
+    by 1e-14 with the image and every gradient map is noise. One train-mode pass with a
+    cumulative average (``momentum=None``) normalises each channel to the batch, the
+    data-dependent initialisation of random nets. Returns ``model`` in eval mode; models
+    without BatchNorm, whose train-mode forward fails, or whose eval-mode output on
+    ``inputs`` is no longer finite with the new statistics (HaloNet's attention
+    overflows), are returned unchanged.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model.eval()
+    saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items()}) for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    try:
+        with torch.no_grad():
+            model.train()(inputs)
+            output = model.eval()(inputs)
+        if not all(torch.isfinite(t).all() for t in _tensors(output)):
+            raise FloatingPointError("non-finite output with the new statistics")
+    except Exception:  # leave the model as it was
+        for norm, (_, state) in zip(norms, saved, strict=True):
+            norm.load_state_dict(state)
+    finally:
+        for norm, (momentum, _) in zip(norms, saved, strict=True):
+            norm.momentum = momentum
+    return model.eval()
+
+
+def _tensors(output: object) -> list[torch.Tensor]:
+    """The tensors of a model output (a tensor, or a tuple / list / dict of them)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        return [t for item in output for t in _tensors(item)]
+    return []

@@ -268,13 +268,25 @@ class EigenGradCAM(CAMExplainer):
     title="RandomCAM",
     kind="cam",
     compared_by_default=False,
-    summary="random channel weights: a seeded baseline for metrics to read against",
+    summary=(
+        "random channel weights: a seeded baseline for metrics to read against (signed, "
+        "no ReLU by default, unlike pytorch-grad-cam's)"
+    ),
     paper="pytorch-grad-cam's RandomCAM baseline (Gildenblat et al.)",
-    formula="ReLU(sum_k w_k A_k), w_k ~ U(-1, 1) seeded from (seed, target class)",
+    formula="sum_k w_k A_k, w_k ~ U(-1, 1) seeded from (seed, target class); relu=True clips",
     cost="1 forward (no backward)",
 )
 class RandomCAM(CAMExplainer):
-    """A seeded random baseline: ``ReLU(sum_k w_k A_k)`` with ``w_k ~ U(-1, 1)``.
+    """A seeded random baseline: ``sum_k w_k A_k`` with ``w_k ~ U(-1, 1)``.
+
+    Signed by default (``relu=False``), where pytorch-grad-cam's ``RandomCAM`` clips
+    with ``ReLU`` as its other CAMs do. Random signed weights on activations that share
+    one sign pattern across positions (post-norm tokens, post-ReLU maps with a large
+    common mode) give a sum that is negative everywhere about half the time: ReLU then
+    zeroes the whole map, and a constant map ranks no pixel above another, which is
+    useless as the chance row of a leaderboard (41 of 98 timm families, random weights,
+    in the zoo sweep). The signed sum is the same random linear read-out, always
+    ranked; ``relu=True`` gives pytorch-grad-cam's map.
 
     Weights depend on ``(seed, target class)`` only (see `randomcam_weights`):
     repeatable, independent of the batch, different per class, and the global RNG is
@@ -282,6 +294,7 @@ class RandomCAM(CAMExplainer):
     it does not use).
 
     Args:
+        relu: ``ReLU`` on the map, pytorch-grad-cam's choice (off by default, see above).
         seed: the seed of the weights; other arguments as
             [`GradCAM`][timmlens.interpretation.cam.gradcam.GradCAM].
     """
@@ -292,7 +305,7 @@ class RandomCAM(CAMExplainer):
         self,
         model: nn.Module,
         target_layer: LayerSpec = None,
-        relu: bool = True,
+        relu: bool = False,
         normalize: bool = True,
         interpolate: InterpolationMode = "bilinear",
         seed: int = 0,

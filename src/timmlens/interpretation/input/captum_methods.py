@@ -161,6 +161,17 @@ def _seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
             np.random.set_state(state)
 
 
+def _constant_input_needs_grad(module: nn.Module, args: tuple) -> tuple | None:
+    """A ReLU fed a constant (Swin V2's and relpos ViTs' position MLPs run on a buffer):
+    Captum's ReLU rules hook its input's gradient, which a constant cannot take. A
+    detached leaf copy can; nothing reaches the image through it either way."""
+    del module
+    first = args[0] if args else None
+    if isinstance(first, torch.Tensor) and not first.requires_grad and torch.is_grad_enabled():
+        return (first.detach().requires_grad_(), *args[1:])
+    return None
+
+
 @contextmanager
 def _hooks_left_clean(model: nn.Module) -> Iterator[None]:
     """ReLUs out of place during the block; flags and module attributes restored after."""
@@ -168,11 +179,19 @@ def _hooks_left_clean(model: nn.Module) -> Iterator[None]:
     before = {m: dict(vars(m)) for m in model.modules()}
     for module in inplace:
         module.inplace = False
+    # Registered before Captum's hooks, so they run first.
+    handles = [
+        m.register_forward_pre_hook(_constant_input_needs_grad)
+        for m in model.modules()
+        if isinstance(m, nn.ReLU)
+    ]
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_CAPTUM_HOOK_WARNINGS)
             yield
     finally:
+        for handle in handles:
+            handle.remove()
         for module in inplace:
             module.inplace = True
         for module, attributes in before.items():

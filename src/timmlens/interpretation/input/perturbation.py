@@ -491,6 +491,10 @@ class KernelShap(SampledFeatureExplainer):
 class Lime(SampledFeatureExplainer):
     """LIME via ``captum.attr.Lime`` with Captum's defaults (Lasso, exponential cosine kernel).
 
+    Captum's ``Lasso(alpha=0.01)`` is not scale-free: where masking moves the class
+    score by less than about ``alpha`` (a random-weight model whose logits span 0.03, or
+    a score read as a small probability) it selects no feature and the map is constant.
+
     Args:
         n_samples: random feature subsets per image (256).
         **options: see `FeatureMaskExplainer`.
