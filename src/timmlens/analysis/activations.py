@@ -9,12 +9,14 @@ for ViTs), so these analyses never see a family's name.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..adapters import LayerSpec, get_adapter, spatial_tap
+from ..adapters import LayerSpec, SpatialView, get_adapter, spatial_tap
 from ..data import ImagesInput, prepare_images
 from ..errors import LayerResolutionError, UnsupportedModelError
 from ..interpretation.base import explanation_call, num_outputs
@@ -52,6 +54,36 @@ def default_activation_layer(model: nn.Module) -> str:
     return get_adapter(model).activation_layer
 
 
+@contextmanager
+def tap_one_layer(
+    model: nn.Module, layer: LayerSpec, what: str
+) -> Iterator[tuple[SpatialView, str]]:
+    """Exactly one layer of ``model`` behind the adapter's spatial tap, for the block.
+
+    Args:
+        model: the model that will be run inside the block.
+        layer: one dotted name or module; ``None`` is the adapter's CAM layer.
+        what: the caller's name, for the error message.
+
+    Yields:
+        The view (its forward outputs are ``(B, C, h, w)``) and the layer's full name.
+
+    Raises:
+        LayerResolutionError: the name resolves to no layer or to several.
+    """
+    adapter = get_adapter(model)
+    layers = adapter.resolve_layers(layer)
+    if len(layers) != 1:
+        raise LayerResolutionError(
+            f"{what} takes one layer, got {len(layers)} "
+            f"({', '.join(item.name for item in layers)}); pass one name, e.g. "
+            f"{adapter.recommended_layers[0]!r}."
+        )
+    resolved = layers[0]
+    with spatial_tap(model, resolved.module, resolved.name, adapter.layout_for) as view:
+        yield view, resolved.name
+
+
 def _has_head(model: nn.Module) -> bool:
     try:
         num_outputs(model)
@@ -82,20 +114,13 @@ def layer_activations(
             pooling or one whose output has no spatial grid, or a layer the forward
             never ran.
     """
-    adapter = get_adapter(model)
-    resolved = adapter.resolve_layers(default_activation_layer(model) if layer is None else layer)
-    if len(resolved) != 1:
-        names = ", ".join(item.name for item in resolved)
-        raise LayerResolutionError(
-            f"layer_activations reads one layer, got {len(resolved)} ({names}); pass one "
-            f"dotted name or module."
-        )
-    target = resolved[0]
     inputs = prepare_images(images, model).tensor
+    adapter = get_adapter(model)
     captured: list[torch.Tensor] = []
+    chosen = default_activation_layer(model) if layer is None else layer
     with (
         explanation_call(model, inputs, "layer_activations", needs_gradients=False),
-        spatial_tap(model, target.module, target.name, adapter.layout_for) as view,
+        tap_one_layer(model, chosen, "layer_activations") as (view, name),
         torch.no_grad(),
     ):
         # The view is the pass-through module that sees the NCHW form of the output.
@@ -106,7 +131,7 @@ def layer_activations(
             handle.remove()
     if not captured:
         raise LayerResolutionError(
-            f"Layer '{target.name}' did not run in the model's forward, so it has no "
+            f"Layer '{name}' did not run in the model's forward, so it has no "
             f"activations; pick a layer on the forward path, e.g. "
             f"{', '.join(adapter.recommended_layers[:3])}."
         )
@@ -115,6 +140,6 @@ def layer_activations(
     return LayerActivations(
         activations=activations.float(),
         logits=logits,
-        layer=target.name,
+        layer=name,
         input_hw=(int(inputs.shape[-2]), int(inputs.shape[-1])),
     )

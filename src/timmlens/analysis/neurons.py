@@ -62,7 +62,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
-from ..adapters import LayerSpec, SpatialView, get_adapter, spatial_tap
+from ..adapters import LayerSpec, SpatialView, get_adapter
 from ..data import ImagesInput, prepare_images
 from ..errors import ChannelIndexError, LayerResolutionError, TargetError
 from ..interpretation._targets import TargetInput, TargetScore, validate_targets
@@ -81,6 +81,7 @@ from ..interpretation.input.engine import (
 from ..interpretation.input.integrated_gradients import IG_METHODS, IGMethod
 from ..interpretation.scoring import memory_budget
 from ..models.wrappers import unwrap_model
+from .activations import tap_one_layer
 
 __all__ = [
     "NEURON_METHODS",
@@ -171,19 +172,10 @@ class _Probe:
 
 @contextmanager
 def _tapped(model: nn.Module, layer: LayerSpec, what: str) -> Iterator[tuple[SpatialView, str]]:
-    """The one layer (default: the adapter's CAM layer) behind a spatial tap."""
-    adapter = get_adapter(model)
-    with adapter.layer_errors_of(what):
-        layers = adapter.resolve_layers(layer)
-        if len(layers) != 1:
-            raise LayerResolutionError(
-                f"{what} takes one layer, got {len(layers)} "
-                f"({', '.join(item.name for item in layers)}); pass one name, e.g. "
-                f"{adapter.recommended_layers[0]!r}."
-            )
-        resolved = layers[0]
-        with spatial_tap(model, resolved.module, resolved.name, adapter.layout_for) as view:
-            yield view, resolved.name
+    """The one layer (default: the adapter's CAM layer) behind a spatial tap; layer errors
+    name the calling function."""
+    with get_adapter(model).layer_errors_of(what), tap_one_layer(model, layer, what) as tapped:
+        yield tapped
 
 
 @torch.no_grad()
