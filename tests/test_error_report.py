@@ -17,14 +17,10 @@ from torch.utils.data import DataLoader, Dataset
 from timmlens.analysis.error_report import ErrorReport, error_report, explain_errors
 from timmlens.cli import main
 from timmlens.data import prepare_images
-from timmlens.evaluation.sources import (
-    ImageFolderSource,
-    LabelNameError,
-    LabelResolver,
-    as_source,
-    label_resolver_for,
-)
+from timmlens.errors import LabelNameError
+from timmlens.evaluation.sources import ImageFolderSource, as_source
 from timmlens.interpretation.cam import GradCAM
+from timmlens.models.introspect import LabelResolver, label_resolver_for
 from timmlens.testing import explainable_model
 
 SCRIPT = "<script>alert(1)</script>"

@@ -54,7 +54,8 @@ def test_import_timmlens_loads_no_drawing_or_attribution_library():
 def test_subpackages_and_cli_import_without_heavy_libraries():
     statement = (
         "import timmlens.interpretation, timmlens.interpretation.registry, timmlens.analysis, "
-        "timmlens.viz, timmlens.viz.labels, timmlens.evaluation, timmlens.naming, timmlens.cli"
+        "timmlens.viz, timmlens.viz.labels, timmlens.evaluation, timmlens.models.introspect, "
+        "timmlens.cli"
     )
     assert _heavy_modules_after(statement) == []
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from .data import ImageGeometry, ImagesInput, picture_of, prepare_images
 from .interpretation._targets import CallableTargets, TargetFn, validate_targets
-from .interpretation.base import num_outputs, predict
+from .interpretation.base import predict
 from .interpretation.registry import (
     create_explainer,
     default_comparison,
@@ -35,9 +35,8 @@ from .interpretation.registry import (
     layer_of,
     resolve_method,
 )
+from .models.introspect import class_name_of, model_name_of, num_outputs, unwrap_model
 from .models.weights_status import WeightsStatus, weights_status, with_weights_note
-from .models.wrappers import unwrap_model
-from .naming import class_name_of, model_name_of
 from .saving import figure_png, geometry_json, save_explanation
 from .viz.labels import class_heading, explanation_title
 from .viz.static import (

@@ -77,9 +77,8 @@ def model_metadata(model: nn.Module) -> dict[str, Any]:
     """The model's name, class count (``None`` for a headless backbone, whose attention
     maps need no class) and weights status, as saved files record them."""
     from .errors import UnsupportedModelError
-    from .interpretation.base import num_outputs
+    from .models.introspect import model_name_of, num_outputs
     from .models.weights_status import weights_status
-    from .naming import model_name_of
 
     try:
         num_classes: int | None = num_outputs(model)

@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from ..errors import LayerResolutionError, UnsupportedModelError
-from ..models.wrappers import unwrap_model
+from ..models.introspect import forward_trace, unwrap_model
 from .layout import Layout, token_layout
-from .trace import forward_trace
 
 LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from .._model_state import explaining
-from ..data import data_config, model_device, model_dtype
 from ..errors import LayerResolutionError
+from ..models.introspect import data_config, model_device, model_dtype
 from .adapter import get_adapter
 from .layout import Layout
 from .tap import spatial_tap

@@ -19,7 +19,8 @@ from torch import nn
 from ..adapters import LayerSpec, SpatialView, get_adapter, spatial_tap
 from ..data import ImagesInput, prepare_images
 from ..errors import LayerResolutionError, UnsupportedModelError
-from ..interpretation.base import explanation_call, num_outputs
+from ..interpretation.base import explanation_call
+from ..models.introspect import num_outputs
 
 
 @dataclass(frozen=True, eq=False)

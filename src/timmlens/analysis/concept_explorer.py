@@ -30,7 +30,7 @@ from ..adapters import LayerSpec
 from ..data import ImagesInput, denormalize, prepare_images
 from ..errors import ImageInputError, TargetError
 from ..interpretation._targets import TargetInput, validate_targets
-from ..naming import class_name_of
+from ..models.introspect import class_name_of
 from .dff import ConceptFactorization, _pooled_head, deep_feature_factorization
 
 if TYPE_CHECKING:

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from .._outputs import ensure_writable_dir
 from ..adapters import LayerSpec
-from ..data import data_config, prepare_images
+from ..data import prepare_images
 from ..errors import RunMismatchError
 from ..evaluation.cost import ForwardCounter
 from ..evaluation.distributed import (
@@ -69,8 +69,7 @@ from ..evaluation.run_identity import (
     write_identity,
 )
 from ..evaluation.sources import Sample, as_source
-from ..interpretation.base import num_outputs
-from ..naming import class_name_of, model_name_of
+from ..models.introspect import class_name_of, data_config, model_name_of, num_outputs
 from .activations import layer_activations
 from .concept_fit import fit_shards, rank_shards
 from .concept_store import SHARD_DTYPES, ShardStore

@@ -22,10 +22,9 @@ from torch import nn
 
 from ..adapters import LayerSpec
 from ..data import ImagesInput
-from ..data.preprocess import timm_model_of
 from ..errors import ConceptInputError, ConceptLabelError, OptionalDependencyError
 from ..interpretation.cam.engine import upsample_maps
-from ..naming import class_name_of
+from ..models.introspect import class_name_of, timm_model_of
 from .activations import layer_activations
 
 #: logits and the head applied to the layer's spatial mean must agree this closely

@@ -41,12 +41,17 @@ from ..evaluation.distributed import (
     rank_and_world,
     shard,
 )
-from ..evaluation.sources import ImageFolderSource, Sample, as_source, label_resolver_for
-from ..interpretation.base import Explainer, num_outputs, predict
+from ..evaluation.sources import ImageFolderSource, Sample, as_source
+from ..interpretation.base import Explainer, predict
 from ..interpretation.registry import as_explainer, resolve_method
+from ..models.introspect import (
+    class_label,
+    label_resolver_for,
+    model_class_names,
+    model_name_of,
+    num_outputs,
+)
 from ..models.weights_status import weights_status
-from ..naming import model_class_names, model_name_of
-from ..viz.labels import class_label
 from ..viz.report_html import CARD_IMAGE_SIDE, render_card, render_report
 
 #: accuracies reported: top-1, and top-5 for models with at least 5 classes

@@ -22,8 +22,8 @@ from ..interpretation._targets import TargetInput
 from ..interpretation.base import normalize_maps
 from ..interpretation.cam.engine import upsample_maps
 from ..interpretation.registry import create_explainer, layer_methods, resolve_method
+from ..models.introspect import class_name_of
 from ..models.weights_status import weights_status
-from ..naming import class_name_of
 
 #: A registry name of a method that taps a layer (``uses_layer``), such as ``"gradcam"``.
 CamMethod = str

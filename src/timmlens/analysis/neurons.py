@@ -66,7 +66,7 @@ from ..adapters import LayerSpec, SpatialView, get_adapter
 from ..data import ImagesInput, prepare_images
 from ..errors import ChannelIndexError, LayerResolutionError, TargetError
 from ..interpretation._targets import TargetInput, TargetScore, validate_targets
-from ..interpretation.base import explanation_call, normalize_maps, num_outputs
+from ..interpretation.base import explanation_call, normalize_maps
 from ..interpretation.cam.engine import upsample_maps
 from ..interpretation.input.engine import (
     BaselineSpec,
@@ -80,7 +80,7 @@ from ..interpretation.input.engine import (
 )
 from ..interpretation.input.integrated_gradients import IG_METHODS, IGMethod
 from ..interpretation.scoring import memory_budget
-from ..models.wrappers import unwrap_model
+from ..models.introspect import num_outputs, unwrap_model
 from .activations import tap_one_layer
 
 __all__ = [

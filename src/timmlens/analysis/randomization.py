@@ -55,7 +55,7 @@ from torch import nn
 
 from .._model_state import explaining
 from ..adapters import get_adapter
-from ..data import data_config, model_device, model_dtype, timm_model_of
+from ..models.introspect import data_config, model_device, model_dtype, timm_model_of
 
 #: Standard deviation of the truncated normal for parameters no ``reset_parameters`` covers.
 FALLBACK_INIT_STD = 0.02

@@ -32,8 +32,9 @@ from tqdm.auto import tqdm
 from .._model_state import model_lock
 from ..data import ImagesInput, prepare_images
 from ..interpretation._targets import TargetInput, validate_targets
-from ..interpretation.base import Explainer, num_outputs, predict
+from ..interpretation.base import Explainer, predict
 from ..interpretation.registry import create_explainer, layer_of, resolve_method
+from ..models.introspect import num_outputs
 from .randomization import RandomizationUnit, cascade_units, randomize_unit
 from .similarity import METRICS, map_similarity
 

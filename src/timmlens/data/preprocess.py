@@ -27,7 +27,7 @@ from torch import nn
 from torchvision import transforms as T
 
 from ..errors import ImageInputError
-from ..models.wrappers import unwrap_model
+from ..models.introspect import data_config, model_device, model_dtype
 from .geometry import ImageGeometry, keep_ratio_size, shorter_side_size
 from .pixels import array_to_pil, pil_to_rgb
 
@@ -53,40 +53,6 @@ class PreparedBatch:
 
     def __len__(self) -> int:
         return self.tensor.shape[0]
-
-
-def timm_model_of(model: nn.Module) -> nn.Module:
-    """The timm model inside an ``ImageClassifier`` (or the model itself)."""
-    backbone = getattr(model, "backbone", None)
-    return backbone if isinstance(backbone, nn.Module) else model
-
-
-def model_device(model: nn.Module) -> torch.device:
-    tensor = next(model.parameters(), None)
-    if tensor is None:
-        tensor = next(model.buffers(), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
-
-
-def model_dtype(model: nn.Module) -> torch.dtype:
-    tensor = next(model.parameters(), None)
-    return tensor.dtype if tensor is not None and tensor.is_floating_point() else torch.float32
-
-
-def data_config(model: nn.Module) -> dict[str, Any]:
-    """The model's timm data config: input size, interpolation, mean, std, crop.
-
-    A model built with another fixed ``img_size`` than its pretrained config (a ViT
-    created with ``img_size=384``) must be fed that size, so it wins over the config.
-    """
-    # unwrapped: timm's ``assert model`` calls len(), which a compiled model refuses
-    timm_model = timm_model_of(unwrap_model(model, warn=False))
-    config = timm.data.resolve_data_config({}, model=timm_model)
-    embed = getattr(timm_model, "patch_embed", None)
-    img_size = getattr(embed, "img_size", None)
-    if img_size is not None and getattr(embed, "strict_img_size", False):
-        config["input_size"] = (config["input_size"][0], *(int(v) for v in img_size))
-    return config
 
 
 def eval_transform(model: nn.Module) -> T.Compose:

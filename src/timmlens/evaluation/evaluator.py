@@ -15,11 +15,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._warnings import warn_caller
-from ..data import data_config, prepare_images
+from ..data import prepare_images
 from ..errors import ImageInputError
-from ..interpretation.base import Explainer, num_outputs, predict
+from ..interpretation.base import Explainer, predict
 from ..interpretation.metrics.registry import resolve_metric
 from ..interpretation.registry import as_explainer, resolve_method
+from ..models.introspect import data_config, num_outputs
 from .cost import ForwardCounter, ForwardPlan, plan_forwards
 from .distributed import (
     broadcast_from_rank0,

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.preprocess import data_config
 from ..errors import RunMismatchError
 from ..interpretation.base import Explainer
+from ..models.introspect import data_config
 from .sources import DatasetSource, ImageFolderSource, Sample
 
 RUN_FILE = "run.json"

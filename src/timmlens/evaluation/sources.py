@@ -6,15 +6,15 @@ evaluator can shard it across ranks and resume by id.
 Folder labels come from the name of the folder that holds each image. Without a
 `LabelResolver` only integer names are labels (``root/281/cat.jpg`` -> 281) and
 any other name means "no label" (what [`timmlens.evaluate`][] does). With one
-(`label_resolver_for` a model), folders may also be named by class name: the
-model's own ``label_names``, or for 1000-class ImageNet models an ImageNet description,
-any of its comma-separated synonyms, or its WordNet id; an unknown name is an error that
-lists the closest class names.
+(``label_resolver_for(model)`` of `timmlens.models.introspect`, the one class-name
+matcher), folders may also be named by class name: the model's own ``label_names``, or
+for 1000-class ImageNet models an ImageNet description, any of its comma-separated
+synonyms, or its WordNet id; an unknown name is an error that lists the closest class
+names.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Sequence
@@ -23,14 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import LabelNameError
-from ..viz.labels import IMAGENET_NUM_CLASSES, imagenet_class_names
+from ..models.introspect import LabelResolver
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
-_WNID = re.compile(r"^n\d{8}$")
 #: a class index as text; a sign is allowed so that "-1" reads as a (bad) index, not a name
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
 
@@ -48,149 +46,6 @@ class Sample:
     id: str
     image: Any
     label: int | None
-
-
-def normalize_class_name(name: str) -> str:
-    """The key class names are matched by: lower case, ``_`` as space, single spaces."""
-    return " ".join(str(name).replace("_", " ").split()).lower()
-
-
-class LabelResolver:
-    """Class names (as folder names or dataset labels) -> class indices of one model.
-
-    A name resolves, in this order, as: an integer ``0..num_classes-1``; one of the model's
-    own ``class_names``; and for 1000-class models (``imagenet=True``) an ImageNet WordNet
-    id (``n02123045``), a full ImageNet description (``"tabby, tabby cat"``), its first
-    synonym (``"tabby"``, the name figures show) or any other synonym (``"tabby cat"``).
-    Names match case-insensitively, with ``_`` for spaces. A name that fits several classes
-    at the first level it matches (ImageNet has two classes called ``"crane"``) is an error
-    that says which and how to name them apart.
-
-    Args:
-        num_classes: the model's number of outputs.
-        class_names: the model's own class names (``pretrained_cfg["label_names"]``).
-        imagenet: also accept ImageNet names; default: when ``num_classes == 1000``.
-    """
-
-    def __init__(
-        self,
-        num_classes: int,
-        class_names: Sequence[str] | None = None,
-        imagenet: bool | None = None,
-    ) -> None:
-        self.num_classes = int(num_classes)
-        self.class_names = list(class_names) if class_names is not None else None
-        self.imagenet = (
-            self.num_classes == IMAGENET_NUM_CLASSES if imagenet is None else bool(imagenet)
-        )
-        # Levels of names, first match wins: key -> the class indices it names.
-        self._levels: list[dict[str, list[int]]] = []
-        self._wnids: dict[int, str] = {}
-        if self.class_names:
-            self._levels.append(_index(enumerate(self.class_names)))
-        if self.imagenet:
-            from timm.data import ImageNetInfo
-
-            info = ImageNetInfo()
-            descriptions = imagenet_class_names()[: self.num_classes]
-            count = len(descriptions)
-            synonyms = [[s for s in d.split(",") if s.strip()] for d in descriptions]
-            self._wnids = {i: info.index_to_label_name(i) for i in range(count)}
-            self._levels += [
-                _index(self._wnids.items()),
-                _index(enumerate(descriptions)),
-                _index((i, names[0]) for i, names in enumerate(synonyms)),
-                _index((i, name) for i, names in enumerate(synonyms) for name in names),
-            ]
-
-    def __call__(self, name: str | int) -> int:
-        return self.resolve(name)
-
-    def resolve(self, name: str | int, where: str = "label") -> int:
-        """The class index ``name`` stands for.
-
-        Args:
-            name: an integer (or its text) or a class name.
-            where: what carries the name, for the error message (``"folder 'a/b'"``).
-
-        Raises:
-            LabelNameError: an unknown or ambiguous name, or an index out of range.
-        """
-        if isinstance(name, bool):
-            raise LabelNameError(f"{where}: a label must be a class index or name, got {name}.")
-        text = str(name).strip()
-        if isinstance(name, int) or _INTEGER.match(text):
-            index = int(text)
-            if not 0 <= index < self.num_classes:
-                raise LabelNameError(
-                    f"{where}: class {index} is out of range: the model has {self.num_classes} "
-                    f"classes (0..{self.num_classes - 1})."
-                )
-            return index
-        key = normalize_class_name(text)
-        for level in self._levels:
-            indices = level.get(key)
-            if indices and len(indices) == 1:
-                return indices[0]
-            if indices:
-                raise LabelNameError(self._ambiguous(text, indices, where))
-        raise LabelNameError(self._unknown(text, key, where))
-
-    def expected(self) -> str:
-        """What names this resolver accepts, as the end of a sentence ("Expected ...")."""
-        parts = [f"class indices 0..{self.num_classes - 1}"]
-        if self.class_names:
-            shown = ", ".join(repr(n) for n in self.class_names[:5])
-            more = f", ... ({len(self.class_names)} in all)" if len(self.class_names) > 5 else ""
-            parts.append(f"the model's class names ({shown}{more})")
-        if self.imagenet:
-            parts.append(
-                "ImageNet class names or synonyms (e.g. 'tabby', 'tabby cat', 'tiger cat'; "
-                "case-insensitive, '_' for spaces)"
-            )
-            parts.append("WordNet ids (e.g. 'n02123045')")
-        return ", ".join(parts[:-1]) + (", or " if len(parts) > 1 else "") + parts[-1]
-
-    def _ambiguous(self, text: str, indices: list[int], where: str) -> str:
-        options = []
-        for index in sorted(set(indices)):
-            wnid = self._wnids.get(index)
-            options.append(f"{index}" + (f" ({wnid})" if wnid else ""))
-        return (
-            f"{where}: '{text}' names {len(set(indices))} classes: {', '.join(options)}; "
-            f"use the class index" + (" or WordNet id" if self.imagenet else "") + " instead."
-        )
-
-    def _unknown(self, text: str, key: str, where: str) -> str:
-        candidates: dict[str, int] = {}
-        for level in self._levels:
-            for name, indices in level.items():
-                candidates.setdefault(name, indices[0])
-        close = difflib.get_close_matches(key, list(candidates), n=5, cutoff=0.6)
-        hint = (
-            " Close matches: " + ", ".join(f"'{n}' ({candidates[n]})" for n in close) + "."
-            if close
-            else ""
-        )
-        return f"{where}: '{text}' is not a class of this model.{hint} Expected {self.expected()}."
-
-
-def _index(pairs: Any) -> dict[str, list[int]]:
-    """``(index, name)`` pairs -> normalised name -> the indices it names (no repeats)."""
-    table: dict[str, list[int]] = {}
-    for index, name in pairs:
-        key = normalize_class_name(name)
-        if key and index not in table.setdefault(key, []):
-            table[key].append(index)
-    return table
-
-
-def label_resolver_for(model: nn.Module) -> LabelResolver:
-    """The `LabelResolver` of ``model``: its class count, own names, ImageNet names."""
-    from ..interpretation.base import num_outputs
-    from ..naming import model_class_names
-
-    return LabelResolver(num_outputs(model), model_class_names(model))
 
 
 class ImageFolderSource(Sequence[Sample]):

@@ -168,7 +168,7 @@ def _class_name_resolver(model: nn.Module | None, name: str) -> int:
             f"target_class {name!r} is a class name, but no model was given to look it up "
             f"in; pass the class index instead."
         )
-    from ..evaluation.sources import label_resolver_for  # the one class-name matcher
+    from ..models.introspect import label_resolver_for  # the one class-name matcher
 
     return label_resolver_for(model).resolve(name, where="target_class")
 

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from .._model_state import explaining, require_gradients
-from ..data import ImagesInput, PreparedBatch, data_config, prepare_images
-from ..errors import ImageInputError, UnsupportedModelError
-from ..models.wrappers import unwrap_model
+from ..data import ImagesInput, PreparedBatch, prepare_images
+from ..errors import ImageInputError
+from ..models.introspect import data_config, num_outputs, unwrap_model
 from ._targets import CallableTargets, ResolvedTargets, TargetInput, validate_targets
 
 #: Captum's assertion when a hooked layer never ran.
@@ -43,44 +43,6 @@ def _raised_by_the_model(error: AssertionError) -> bool:
         return False
     filename = os.path.abspath(frame.tb_frame.f_code.co_filename)
     return not filename.startswith(_NOT_THE_MODEL)
-
-
-def _declared_class_counts(model: nn.Module) -> list[object]:
-    """``num_classes`` of ``model`` and of its timm backbone (``ImageClassifier``), if set."""
-    owners = (model, getattr(model, "backbone", None))
-    return [getattr(owner, "num_classes", None) for owner in owners if owner is not None]
-
-
-def declares_num_classes(model: nn.Module) -> bool:
-    """Whether ``model`` (or its timm backbone) states its class count, as timm models do.
-
-    Any other ``nn.Module`` returning logits is taken at its word; a timm model with
-    ``num_classes=0`` (headless: its output is pooled features) is not a classifier.
-    """
-    return any(isinstance(count, int) for count in _declared_class_counts(model))
-
-
-def num_outputs(model: nn.Module) -> int:
-    """Number of classes of ``model``: its (or its timm backbone's) ``num_classes``.
-
-    A model that states none (torchvision, a plain ``nn.Module``) is run once on a test
-    image and its ``(B, K)`` output gives ``K``
-    ([`forward_trace`][timmlens.adapters.trace.forward_trace], remembered per model).
-    """
-    for count in _declared_class_counts(model):
-        if isinstance(count, int) and not isinstance(count, bool) and count > 0:
-            return count
-    if not declares_num_classes(model):
-        from ..adapters.trace import traced_num_classes
-
-        traced = traced_num_classes(model)
-        if traced is not None:
-            return traced
-    raise UnsupportedModelError(
-        f"{type(model).__name__} has no classifier (num_classes is 0 or missing), so there "
-        f"is no class score to explain. Give it a head: ImageClassifier(spec, num_classes=N) "
-        f"or timm.create_model(name, num_classes=N)."
-    )
 
 
 @contextmanager

@@ -12,9 +12,9 @@ from torch import nn
 from .._model_state import model_lock
 from .._warnings import warn_caller
 from ..errors import UnsupportedModelError
+from .introspect import traced_num_classes, unwrap_model
 from .loading import PathLike, create_timm_model
 from .weights_status import WeightsStatus, has_random_mark
-from .wrappers import unwrap_model
 
 
 class UntrainedHeadWarning(UserWarning):
@@ -26,8 +26,7 @@ def _class_count(model: nn.Module) -> int:
     count = getattr(model, "num_classes", None)
     if isinstance(count, int):
         return count
-    from ..adapters.trace import traced_num_classes  # a torchvision or plain classifier
-
+    # a torchvision or plain classifier
     return traced_num_classes(model) or 0
 
 

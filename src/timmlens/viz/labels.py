@@ -1,46 +1,26 @@
-"""Class names and titles shared by the static and interactive figures.
+"""Titles shared by the static and interactive figures.
 
-Nothing here runs a model: callers pass class indices, probabilities and counts.
+Nothing here runs a model: callers pass class names, probabilities and counts. Class
+names themselves are a model fact (`timmlens.models.introspect`); `class_label` and
+`imagenet_class_names` are importable from here too, as documented.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
-from functools import lru_cache
 
-IMAGENET_NUM_CLASSES = 1000
+from ..models.introspect import class_label, imagenet_class_names
 
-
-@lru_cache(maxsize=1)
-def imagenet_class_names() -> tuple[str, ...]:
-    """The 1000 ImageNet-1k class descriptions in index order (from ``timm.data.ImageNetInfo``)."""
-    from timm.data import ImageNetInfo
-
-    info = ImageNetInfo()
-    return tuple(info.index_to_description(i) for i in range(info.num_classes()))
-
-
-def class_label(
-    index: int,
-    num_classes: int | None = None,
-    class_names: Sequence[str] | None = None,
-    short: bool = True,
-) -> str:
-    """A readable name for class ``index``.
-
-    ``class_names`` wins when given; else a 1000-class model gets its ImageNet name (with
-    ``short``, only its first synonym: ``"dragonfly"``, not ``"dragonfly, darning
-    needle, devil's darning needle, ..."``); anything else is ``"class N"``.
-    """
-    index = int(index)
-    if class_names is not None and 0 <= index < len(class_names):
-        return str(class_names[index])
-    if num_classes == IMAGENET_NUM_CLASSES and 0 <= index < IMAGENET_NUM_CLASSES:
-        name = imagenet_class_names()[index]
-        return name.split(",")[0].strip() if short else name
-    return f"class {index}"
+__all__ = [
+    "class_heading",
+    "class_label",
+    "explanation_title",
+    "format_probability",
+    "imagenet_class_names",
+    "mpl_text",
+    "wrap_title",
+]
 
 
 def format_probability(probability: float | None) -> str:

@@ -26,8 +26,9 @@ from ...adapters import get_adapter
 from ...adapters.attention_capture import capture_attention, common_tokens, token_indices
 from ...adapters.layout import token_layout
 from ...errors import UnsupportedModelError
+from ...models.introspect import num_outputs
 from .._targets import ResolvedTargets, TargetInput, target_rows, validate_targets
-from ..base import Explainer, Explanation, normalize_maps, num_outputs, predict
+from ..base import Explainer, Explanation, normalize_maps, predict
 from ..scoring import target_scores
 
 

@@ -31,7 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from ...data import data_config
+from ...models.introspect import data_config
 from .._targets import CallableTargets
 from ..scoring import target_scores
 from .context import MetricContext

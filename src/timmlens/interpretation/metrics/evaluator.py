@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from ..._model_state import explaining
-from ...data import ImagesInput, PreparedBatch, model_device, prepare_images
+from ...data import ImagesInput, PreparedBatch, prepare_images
+from ...models.introspect import declares_num_classes, model_device, num_outputs
 from .._targets import CallableTargets, TargetInput, target_rows, validate_targets
-from ..base import declares_num_classes, num_outputs, predict
+from ..base import predict
 from ..scoring import (
     SCORE_KINDS,
     chunk_size_for,
