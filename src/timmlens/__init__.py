@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ._lazy import lazy_exports
 from ._model_state import model_lock
+from ._version import __version__
 from .adapters import describe, get_adapter
 from .data import ImageScalingWarning, prepare_images
 from .errors import (
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
     )
     from .evaluation import benchmark, evaluate
     from .saving import load_explanation
-
-__version__ = "0.1.0"
 
 _EXPORTS = {
     "benchmark": ".evaluation",

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from .data import ImageGeometry
 from .errors import ExplanationFileError, OutputPathError
@@ -73,24 +72,6 @@ def geometry_from_json(data: Mapping[str, Any] | None) -> ImageGeometry | None:
     )
 
 
-def model_metadata(model: nn.Module) -> dict[str, Any]:
-    """The model's name, class count (``None`` for a headless backbone, whose attention
-    maps need no class) and weights status, as saved files record them."""
-    from .errors import UnsupportedModelError
-    from .models.introspect import model_name_of, num_outputs
-    from .models.weights_status import weights_status
-
-    try:
-        num_classes: int | None = num_outputs(model)
-    except UnsupportedModelError:
-        num_classes = None
-    return {
-        "name": model_name_of(model),
-        "num_classes": num_classes,
-        "weights": weights_status(model).to_json(),
-    }
-
-
 def _array(values: Any) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         return values.detach().float().cpu().numpy()
@@ -116,7 +97,7 @@ def save_explanation(
         image: the original photo (anything ``timmlens.viz.picture_array`` accepts),
             stored as ``uint8`` so the loaded explanation can be drawn again.
     """
-    from . import __version__
+    from ._version import __version__
 
     path = explanation_path(path)
     if not heatmaps:
@@ -309,41 +290,54 @@ def load_explanation(path: str | os.PathLike[str]) -> SavedExplanation:
     )
 
 
-def save_batch_explanation(path: str | os.PathLike[str], explanation: Any) -> Path:
-    """Write an [`Explanation`][timmlens.interpretation.base.Explanation] (``(B, H, W)`` maps)."""
-    context = dict(explanation.context)
+def save_batch_explanation(
+    path: str | os.PathLike[str],
+    heatmap: torch.Tensor,
+    targets: torch.Tensor | None,
+    logits: torch.Tensor | None,
+    context: Mapping[str, Any],
+) -> Path:
+    """Write a batch's maps and what made them (what ``Explanation.save`` hands down).
+
+    Args:
+        path: the file (``.npz`` added when it has no suffix).
+        heatmap: ``(B, H, W)`` maps.
+        targets: ``(B,)`` explained classes, or ``None``.
+        logits: ``(B, K)`` logits (saved as probabilities), or ``None``.
+        context: JSON-able facts (method, layer, model), and optionally ``"geometries"``:
+            one ``ImageGeometry`` (or ``None``) per image.
+    """
+    context = dict(context)
     geometries = context.pop("geometries", None)
-    targets = None if explanation.targets is None else explanation.targets.tolist()
+    target_list = None if targets is None else targets.tolist()
     probabilities = None
-    metadata: dict[str, Any] = {"kind": "explanation", **context, "target_class": targets}
-    if explanation.logits is not None:
-        probabilities = explanation.logits.detach().float().softmax(-1).cpu()
+    metadata: dict[str, Any] = {"kind": "explanation", **context, "target_class": target_list}
+    if logits is not None:
+        probabilities = logits.detach().float().softmax(-1).cpu()
         metadata["predicted_class"] = probabilities.argmax(-1).tolist()
-        if targets is not None:
-            rows = torch.arange(len(targets))
-            metadata["target_probability"] = probabilities[rows, targets].tolist()
+        if target_list is not None:
+            rows = torch.arange(len(target_list))
+            metadata["target_probability"] = probabilities[rows, target_list].tolist()
     if geometries is not None:
         metadata["geometry"] = [geometry_json(g) for g in geometries]
     name = context.get("method") or "heatmap"
-    return save_explanation(
-        path, {name: explanation.heatmap}, metadata, probabilities=probabilities
-    )
+    return save_explanation(path, {name: heatmap}, metadata, probabilities=probabilities)
 
 
-def batch_figure(explanation: Any) -> Any:
-    """The heatmaps of a batch side by side (no photos: an Explanation keeps none)."""
+def batch_figure(heatmap: torch.Tensor, targets: torch.Tensor | None, method: str = "") -> Any:
+    """The ``(B, H, W)`` maps of a batch side by side, titled with their ``(B,)`` targets
+    (no photos: an Explanation keeps none)."""
     from .viz.static import OverlayPanel, plot_grid
 
-    maps = explanation.heatmap.detach().float().cpu()
-    targets = [] if explanation.targets is None else explanation.targets.tolist()
+    maps = heatmap.detach().float().cpu()
+    target_list = [] if targets is None else targets.tolist()
     panels = [
         OverlayPanel(
             np.zeros((*maps.shape[-2:], 3), dtype=np.uint8),
             maps[i],
             None,
-            f"image {i}" + (f", class {targets[i]}" if i < len(targets) else ""),
+            f"image {i}" + (f", class {target_list[i]}" if i < len(target_list) else ""),
         )
         for i in range(maps.shape[0])
     ]
-    method = explanation.context.get("method", "")
     return plot_grid(panels, ncols=4, suptitle=method, alpha=1.0, panel_size=2.2)

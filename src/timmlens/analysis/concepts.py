@@ -197,7 +197,7 @@ class DatasetConcepts:
 
 # ----------------------------------------------------------------- run identity
 def _identity(model: nn.Module, samples: Any, options: dict[str, Any]) -> dict[str, Any]:
-    from .. import __version__
+    from .._version import __version__
 
     return {
         "format": FORMAT,

@@ -500,7 +500,7 @@ def evaluate(
     maps = None
     if save_maps:
         from ..interpretation.registry import layer_of
-        from ..saving import model_metadata
+        from ..models.introspect import model_metadata
 
         maps = {
             "dir": out_dir / MAPS_DIR,

@@ -183,7 +183,7 @@ def build_identity(
     samples: Sequence[Sample],
 ) -> dict[str, Any]:
     """The identity ``run.json`` holds (see the module docstring)."""
-    from .. import __version__
+    from .._version import __version__
 
     return {
         "format": FORMAT,

@@ -20,7 +20,7 @@ from torch import nn
 from .._model_state import explaining, require_gradients
 from ..data import ImagesInput, PreparedBatch, prepare_images
 from ..errors import ImageInputError
-from ..models.introspect import data_config, num_outputs, unwrap_model
+from ..models.introspect import data_config, model_metadata, num_outputs, unwrap_model
 from ._targets import CallableTargets, ResolvedTargets, TargetInput, validate_targets
 
 #: Captum's assertion when a hooked layer never ran.
@@ -121,12 +121,12 @@ class Explanation:
         ``path`` (``.npz`` + JSON metadata, see [`timmlens.load_explanation`][])."""
         from ..saving import save_batch_explanation
 
-        return save_batch_explanation(path, self)
+        return save_batch_explanation(path, self.heatmap, self.targets, self.logits, self.context)
 
     def _repr_png_(self) -> bytes:
         from ..saving import batch_figure, figure_png
 
-        return figure_png(batch_figure(self))
+        return figure_png(batch_figure(self.heatmap, self.targets, self.context.get("method", "")))
 
 
 def predict(model: nn.Module, inputs: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
@@ -238,8 +238,6 @@ class Explainer(ABC):
 
     def context(self) -> dict[str, Any]:
         """What makes this explainer's results: method, layer and model (saved with them)."""
-        from ..saving import model_metadata
-
         names = getattr(self, "layer_names", None)
         return {
             "method": self.name,

@@ -43,6 +43,7 @@ from torch import nn
 
 from .._model_state import explaining
 from ..errors import LabelNameError, LayerResolutionError, UnsupportedModelError
+from .weights_status import weights_status
 from .wrappers import unwrap_model
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "model_class_names",
     "model_device",
     "model_dtype",
+    "model_metadata",
     "model_name_of",
     "normalize_class_name",
     "num_outputs",
@@ -320,6 +322,20 @@ def model_name_of(model: nn.Module) -> str:
         return spec
     cfg = getattr(timm_model_of(model), "pretrained_cfg", {}) or {}
     return str(cfg.get("architecture") or type(timm_model_of(model)).__name__)
+
+
+def model_metadata(model: nn.Module) -> dict[str, Any]:
+    """The model's name, class count (``None`` for a headless backbone, whose attention
+    maps need no class) and weights status, as saved files record them."""
+    try:
+        num_classes: int | None = num_outputs(model)
+    except UnsupportedModelError:
+        num_classes = None
+    return {
+        "name": model_name_of(model),
+        "num_classes": num_classes,
+        "weights": weights_status(model).to_json(),
+    }
 
 
 # --------------------------------------------------------------- label matching
