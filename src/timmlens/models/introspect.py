@@ -311,7 +311,7 @@ def model_class_names(model: nn.Module) -> Sequence[str] | None:
 
 
 def class_name_of(model: nn.Module, index: int) -> str:
-    """The name of class ``index`` for ``model`` (see [`timmlens.viz.class_label`][])."""
+    """The name of class ``index`` for ``model`` (see [`class_label`][])."""
     return class_label(index, num_outputs(model), model_class_names(model))
 
 
