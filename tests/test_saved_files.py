@@ -161,7 +161,7 @@ def test_metadata_that_is_not_a_json_object_is_refused(saved, text, match):
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"format": None}, "holds 'None', not timmlens.explanation"),
+        ({"format": None}, "holds None, not timmlens.explanation"),
         ({"format_version": "one"}, "format_version"),
         ({"format_version": [1]}, "format_version"),
         ({"format_version": 99}, "upgrade timmlens"),

@@ -318,7 +318,7 @@ def _read_document(path: Path, data: np.ndarray) -> dict[str, Any]:
         raise _damaged(path, f"its metadata is a JSON {kind}, expected a JSON object")
     if document.get("format") != FORMAT:
         raise ExplanationFileError(
-            f"'{path}' holds '{document.get('format')}', not {FORMAT}: its metadata has no "
+            f"'{path}' holds {_short(document.get('format'))}, not {FORMAT}: its metadata has no "
             f"'format': '{FORMAT}'. Expected a file written by result.save(path)."
         )
     version = document.get("format_version", 0)
