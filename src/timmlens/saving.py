@@ -397,7 +397,7 @@ def load_explanation(
     Args:
         path: the ``.npz`` file.
         max_bytes: refuse a file whose arrays declare more bytes than this, together
-            (default [`MAX_BYTES`][timmlens.saving.MAX_BYTES], 256 MiB), so that a small
+            (default ``timmlens.saving.MAX_BYTES``, 256 MiB), so that a small
             file cannot expand into gigabytes; raise it for a larger file you trust.
 
     Raises:
