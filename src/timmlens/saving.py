@@ -5,7 +5,8 @@ probabilities, optionally the original photo (``uint8``), and a JSON document (s
 the archive as UTF-8 bytes) with what made them: the model (spec, whether its weights
 are pretrained), the method and layer, the target and predicted classes, the geometry
 that maps the heatmap onto the photo, and the timmlens version. ``np.load`` reads it
-with ``allow_pickle=False``, and so does [`load_explanation`][].
+with ``allow_pickle=False``; [`load_explanation`][] reads it as an untrusted file (no
+pickle, every array's declared shape and size checked before it is read).
 
 ``result.save(path)`` on a [`ExplanationResult`][timmlens.quick.ExplanationResult],
 [`MethodComparison`][timmlens.quick.MethodComparison] or
