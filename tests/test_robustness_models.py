@@ -290,3 +290,59 @@ def test_checkpoints_of_the_old_wrapper_with_a_separate_head_still_load():
     target.load_state_dict(old_layout)  # strict: every key placed
     assert torch.equal(target.head.weight, source.head.weight)
     assert torch.equal(target.backbone.fc.bias, source.backbone.fc.bias)
+
+
+# ------------------------------------------------ issue 26: empty, missing and hub specs
+SPEC_FORMS = ("resnet18.a1_in1k", "hf-hub:timm/", "config.json", "weights=", "bundled:")
+
+
+@pytest.mark.parametrize("spec", ["", "   ", "\t\n"])
+def test_an_empty_spec_says_so_and_lists_what_a_spec_can_be(spec):
+    with pytest.raises(ModelLoadError, match="model spec is empty") as caught:
+        load_model(spec)
+    message = str(caught.value)
+    assert "'.' is a folder" not in message
+    assert all(form in message for form in SPEC_FORMS)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["./nope/model.safetensors", "missing_dir", "./nope", "nope/", "~/nope-timmlens.pth"],
+)
+def test_a_missing_path_says_no_such_file_or_folder(spec, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if spec == "missing_dir":
+        spec = str(tmp_path / "missing_dir")  # an absolute path
+    with pytest.raises(ModelLoadError, match="No such file or folder") as caught:
+        load_model(spec)
+    message = str(caught.value)
+    assert "Unknown timm architecture" not in message and "name its architecture" not in message
+    looked_at = Path(spec).expanduser().absolute()
+    assert str(looked_at) in message  # what was looked for, resolved
+    assert all(form in message for form in SPEC_FORMS)
+
+
+def test_an_owner_slash_name_hints_at_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"No such file or folder.*'hf-hub:timm/resnet18'"):
+        load_model("timm/resnet18")
+
+
+def test_a_missing_weights_file_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match="No such weights file") as caught:
+        load_model("test_resnet", weights="missing.pth")
+    assert str(tmp_path / "missing.pth") in str(caught.value)
+    with pytest.raises(ModelLoadError, match="weights= is empty"):
+        load_model("test_resnet", weights="")
+
+
+def test_the_hub_error_keeps_the_revision(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as caught:
+        load_model("hf-hub:timm/resnet18.a1_in1k@v1.0", cache_dir=tmp_path)
+    message = str(caught.value)
+    assert "'hf-hub:timm/resnet18.a1_in1k@v1.0'" in message and "HF_HUB_OFFLINE" in message

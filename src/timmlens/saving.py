@@ -5,7 +5,8 @@ probabilities, optionally the original photo (``uint8``), and a JSON document (s
 the archive as UTF-8 bytes) with what made them: the model (spec, whether its weights
 are pretrained), the method and layer, the target and predicted classes, the geometry
 that maps the heatmap onto the photo, and the timmlens version. ``np.load`` reads it
-with ``allow_pickle=False``, and so does [`load_explanation`][].
+with ``allow_pickle=False``; [`load_explanation`][] reads it as an untrusted file (no
+pickle, every array's declared shape and size checked before it is read).
 
 ``result.save(path)`` on a [`ExplanationResult`][timmlens.quick.ExplanationResult],
 [`MethodComparison`][timmlens.quick.MethodComparison] or
@@ -17,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ _METADATA = "metadata_json"
 _IMAGE = "image"
 _PROBABILITIES = "probabilities"
 _HEATMAP = "heatmap_{}"
+_HEATMAP_NAME = re.compile(r"heatmap_\d+")
 
 __all__ = ["SavedExplanation", "load_explanation", "save_explanation"]
 
@@ -244,37 +247,180 @@ def figure_png(figure: Any, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
-def load_explanation(path: str | os.PathLike[str]) -> SavedExplanation:
+MAX_BYTES = 256 * 2**20
+"""Default limit (256 MiB) on the bytes that a saved explanation's arrays declare together:
+64 Mi float32 values, e.g. 1,300 heatmaps of 224x224 or a 48-megapixel photo with its map.
+[`load_explanation`][] checks it from the arrays' headers before reading any array."""
+
+_GEOMETRY_SIZES = {"original_size": 2, "resized_size": 2, "crop_box": 4}
+
+
+def _is_member(name: str) -> bool:
+    """Whether an archive member is one this format defines (others are never read)."""
+    return name in (_METADATA, _IMAGE, _PROBABILITIES) or _HEATMAP_NAME.fullmatch(name) is not None
+
+
+def _check_array(name: str, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+    """What is wrong with a member's declared shape and dtype, or ``None``."""
+    if name == _METADATA:
+        expected, dims = np.dtype(np.uint8), (1,)
+        layout = "(N,) UTF-8 bytes"
+    elif name == _IMAGE:
+        expected, dims = np.dtype(np.uint8), (3,)
+        layout = "(H0, W0, 3) photo"
+        if len(shape) == 3 and shape[-1] != 3:
+            return f"has shape {shape}; expected a {layout} of {expected}"
+    elif name == _PROBABILITIES:
+        expected, dims, layout = np.dtype(np.float32), (1, 2), "(K,) or (B, K)"
+    else:
+        expected, dims, layout = np.dtype(np.float32), (2, 3), "(H, W) or (B, H, W)"
+    if dtype != expected or len(shape) not in dims:
+        return f"has shape {shape} and dtype {dtype}; expected {layout} {expected}"
+    return None
+
+
+def _damaged(path: Path, problem: str) -> ExplanationFileError:
+    return ExplanationFileError(
+        f"'{path}' is not a readable saved explanation: {problem}. Expected an .npz file "
+        f"written by result.save(path); if it was, it has been damaged since (cut short, "
+        f"edited): save the explanation again."
+    )
+
+
+def _read_document(path: Path, data: np.ndarray) -> dict[str, Any]:
+    try:
+        document = json.loads(data.tobytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise _damaged(path, f"its metadata is not UTF-8 text ({exc})") from exc
+    except (ValueError, RecursionError) as exc:
+        raise _damaged(path, f"its metadata is not JSON ({exc})") from exc
+    if not isinstance(document, dict):
+        kind = {list: "list", str: "string"}.get(type(document), type(document).__name__)
+        raise _damaged(path, f"its metadata is a JSON {kind}, expected a JSON object")
+    if document.get("format") != FORMAT:
+        raise ExplanationFileError(
+            f"'{path}' holds {_short(document.get('format'))}, not {FORMAT}: its metadata has no "
+            f"'format': '{FORMAT}'. Expected a file written by result.save(path)."
+        )
+    version = document.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise _damaged(path, f"its 'format_version' is {_short(version)}, expected an integer")
+    if version > FORMAT_VERSION:
+        raise ExplanationFileError(
+            f"'{path}' was written in format {version} by timmlens "
+            f"{document.get('timmlens_version')}; this timmlens reads up to {FORMAT_VERSION}: "
+            f"upgrade timmlens."
+        )
+    problem = _metadata_problem(document)
+    if problem:
+        raise _damaged(path, problem)
+    return document
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut: a tampered field can be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
+
+
+def _metadata_problem(document: Mapping[str, Any]) -> str | None:
+    """What is wrong with the fields [`SavedExplanation`][] reads, or ``None``."""
+    names = document.get("heatmaps")
+    if (
+        not isinstance(names, list)
+        or not names
+        or not all(isinstance(n, str) for n in names)
+        or len(set(names)) != len(names)
+    ):
+        return f"its 'heatmaps' is {_short(names)}, expected a non-empty list of distinct names"
+    model = document.get("model")
+    if not (model is None or _is_model(model)):
+        return f"its 'model' is {_short(model)}, expected {{'name': str, 'weights': {{...}}}}"
+    for key in ("method", "layer", "title"):
+        if not isinstance(document.get(key), str | None):
+            return f"its '{key}' is {_short(document[key])}, expected a string"
+    geometry = document.get("geometry")
+    parts = geometry if isinstance(geometry, list) else [geometry]
+    if not all(part is None or _is_geometry(part) for part in parts):
+        return (
+            f"its 'geometry' is {_short(geometry)}, expected {{'original_size': [H0, W0], "
+            f"'resized_size': [H, W], 'crop_box': [top, left, height, width]}} (or a list)"
+        )
+    return None
+
+
+def _is_model(data: Any) -> bool:
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str | None):
+        return False
+    weights = data.get("weights")
+    if weights is None:
+        return True
+    return isinstance(weights, dict) and isinstance(weights.get("note"), str | None)
+
+
+def _is_geometry(data: Any) -> bool:
+    return isinstance(data, dict) and all(
+        isinstance(data.get(key), list)
+        and len(data[key]) == size
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in data[key])
+        for key, size in _GEOMETRY_SIZES.items()
+    )
+
+
+def load_explanation(
+    path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES
+) -> SavedExplanation:
     """Read an explanation written by ``result.save(path)`` (no pickle is ever loaded).
+
+    The file is treated as untrusted: each array's shape and dtype are read from its
+    ``.npy`` header and checked before the array is read, and so is their total size.
+
+    Args:
+        path: the ``.npz`` file.
+        max_bytes: refuse a file whose arrays declare more bytes than this, together
+            (default ``timmlens.saving.MAX_BYTES``, 256 MiB), so that a small
+            file cannot expand into gigabytes; raise it for a larger file you trust.
 
     Raises:
         FileNotFoundError: no such file.
-        ExplanationFileError: the file is not a saved timmlens explanation, or of a newer
-            format than this timmlens reads.
+        ExplanationFileError: the file is not a saved timmlens explanation (not a zip
+            archive, cut short, tampered metadata, arrays of the wrong shape or dtype, a
+            pickle), its arrays declare more than ``max_bytes``, or it is of a newer format
+            than this timmlens reads. The file is closed in every case.
     """
+    from ._npz_reader import ArchiveError, read_npz
+
     path = Path(path)
+    if path.is_dir():
+        raise ExplanationFileError(
+            f"'{path}' is a folder; give one .npz file written by result.save(path) "
+            f"(evaluate(save_maps=True) writes them under <out>/maps/<method>/)."
+        )
     if not path.is_file():
         raise FileNotFoundError(f"no saved explanation at '{path}'.")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError) as exc:
-        raise ExplanationFileError(
-            f"'{path}' is not a saved explanation (an .npz archive written by result.save): {exc}"
-        ) from exc
+        arrays = read_npz(path, _is_member, _check_array, max_bytes)
+    except ArchiveError as exc:
+        if exc.too_large:
+            raise ExplanationFileError(
+                f"'{path}' is refused before reading: {exc} (max_bytes). A saved explanation "
+                f"of a few images is far smaller; if you trust this file, pass "
+                f"load_explanation(path, max_bytes=...) with a larger limit."
+            ) from exc
+        raise _damaged(path, str(exc)) from exc
     if _METADATA not in arrays:
         raise ExplanationFileError(
             f"'{path}' is an .npz archive without timmlens metadata; expected a file written "
             f"by result.save(path)."
         )
-    metadata = json.loads(arrays.pop(_METADATA).tobytes().decode("utf-8"))
-    if metadata.get("format") != FORMAT:
-        raise ExplanationFileError(f"'{path}' holds '{metadata.get('format')}', not {FORMAT}.")
-    if int(metadata.get("format_version", 0)) > FORMAT_VERSION:
-        raise ExplanationFileError(
-            f"'{path}' was written in format {metadata['format_version']} by timmlens "
-            f"{metadata.get('timmlens_version')}; this timmlens reads up to {FORMAT_VERSION}: "
-            f"upgrade timmlens."
+    metadata = _read_document(path, arrays.pop(_METADATA))
+    missing = [_HEATMAP.format(i) for i in range(len(metadata["heatmaps"]))]
+    missing = [name for name in missing if name not in arrays]
+    if missing:
+        raise _damaged(
+            path,
+            f"its metadata names {len(metadata['heatmaps'])} heatmap(s) but "
+            f"{', '.join(missing)} is missing",
         )
     heatmaps = {
         name: torch.from_numpy(arrays[_HEATMAP.format(i)])

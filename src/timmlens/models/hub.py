@@ -44,9 +44,11 @@ def _hub_reachable(timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
         return False
 
 
-def _unavailable(repo_id: str, reason: str) -> HubUnavailableError:
+def _unavailable(repo: str, reason: str) -> HubUnavailableError:
+    """``repo`` as the user wrote it, ``@revision`` included: a cached main is not that
+    revision, so the message must say which one was asked for."""
     return HubUnavailableError(
-        f"Cannot load 'hf-hub:{repo_id}': {reason}. Supply the weights another way: "
+        f"Cannot load 'hf-hub:{repo}': {reason}. Supply the weights another way: "
         f"download it once where the hub is reachable (it stays in the HF cache, "
         f"HF_HOME / HF_HUB_CACHE), copy a folder with config.json and model.safetensors "
         f"and pass its path, or pass a weights file with an architecture name "
@@ -76,7 +78,8 @@ def _download(repo_id: str, revision: str | None, cache_dir: str | None, local_o
     if local_only:  # a partial cache: let the caller try the hub
         raise LocalEntryNotFoundError(f"no weights for {repo_id} in the local cache")
     raise ModelLoadError(
-        f"'hf-hub:{repo_id}' has a config.json but none of {', '.join(WEIGHT_FILES)}"
+        f"'hf-hub:{repo_id}{'@' + revision if revision else ''}' has a config.json but "
+        f"none of {', '.join(WEIGHT_FILES)}"
         + (" in the local cache" if local_only else "")
         + "; it is not a timm model repository with weights."
     )
@@ -101,14 +104,14 @@ def resolve_hub_folder(repo: str, cache_dir: str | os.PathLike[str] | None = Non
     except LocalEntryNotFoundError:
         pass
     if _hub_offline():
-        raise _unavailable(repo_id, "it is not in the local HF cache and HF_HUB_OFFLINE is set")
+        raise _unavailable(repo, "it is not in the local HF cache and HF_HUB_OFFLINE is set")
     if not _hub_reachable():
         raise _unavailable(
-            repo_id,
+            repo,
             f"it is not in the local HF cache and the hub did not answer within "
             f"{CONNECT_TIMEOUT_S:.0f} s (no internet?)",
         )
     try:
         return _download(repo_id, revision, cache, local_only=False)
     except (OSError, ConnectionError) as exc:
-        raise _unavailable(repo_id, f"the download failed ({exc})") from exc
+        raise _unavailable(repo, f"the download failed ({exc})") from exc

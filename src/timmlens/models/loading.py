@@ -34,6 +34,15 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".bin", ".pt")
 _BUILD_ERRORS = (RuntimeError, TypeError, ValueError, KeyError, AttributeError, AssertionError)
 
 
+SPEC_FORMS = (
+    "A model spec is one of: a timm name ('resnet18', random weights), a timm name with a "
+    "pretrained tag ('resnet18.a1_in1k'), a hub id ('hf-hub:timm/resnet18.a1_in1k', "
+    "optionally '@revision'), a local folder with config.json + model.safetensors (as "
+    "timm.models.save_for_hf writes it), a timm name plus weights='file.safetensors', or "
+    "'bundled:efficientnet_lite0'."
+)
+
+
 class RandomWeightsWarning(UserWarning):
     """The model has random (untrained) weights, so its explanations mean nothing."""
 
@@ -54,13 +63,21 @@ def _check_architecture(name: str) -> str:
     return base
 
 
-def read_weights_file(path: PathLike) -> dict[str, torch.Tensor]:
+def read_weights_file(weights_path: PathLike) -> dict[str, torch.Tensor]:
     """State dict from a .safetensors file, or a .pth/.bin/.pt file without unpickling code."""
-    path = Path(path)
+    if not os.fspath(weights_path).strip():
+        raise ModelLoadError(
+            "weights= is empty; pass a .safetensors, .pth, .bin or .pt file, or leave it out."
+        )
+    path = Path(weights_path).expanduser()
     if path.is_dir():
         raise ModelLoadError(_directory_as_weights(path))
     if not path.is_file():
-        raise ModelLoadError(f"Weights file '{path}' does not exist.")
+        raise ModelLoadError(
+            f"No such weights file: weights='{os.fspath(weights_path)}' does not exist "
+            f"(looked for {path.absolute()}). Check the path; weights= expects a "
+            f"{'/'.join(WEIGHT_SUFFIXES)} file."
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -147,6 +164,29 @@ def _from_folder(folder: Path, **kwargs: Any) -> nn.Module:
     return model
 
 
+def _looks_like_path(spec: str) -> bool:
+    """Whether a spec can only be a path: timm names have no separators, no leading dot or
+    tilde, and no weights suffix."""
+    separators = {"/", os.sep, os.altsep or "/"}
+    return (
+        any(s in spec for s in separators)
+        or spec.startswith((".", "~"))
+        or Path(spec).suffix in WEIGHT_SUFFIXES
+    )
+
+
+def _missing_path(spec: str, path: Path) -> str:
+    kind = "a weights file" if path.suffix in WEIGHT_SUFFIXES else "a model folder"
+    hint = ""
+    parts = spec.split("/")
+    if len(parts) == 2 and all(parts) and not spec.startswith((".", "~")):
+        hint = f" For a HuggingFace Hub model write 'hf-hub:{spec}'."
+    return (
+        f"No such file or folder: '{spec}' (looked for {kind} at {path.absolute()}). Check "
+        f"the path.{hint} {SPEC_FORMS}"
+    )
+
+
 def create_timm_model(
     spec: str | PathLike,
     *,
@@ -171,9 +211,13 @@ def create_timm_model(
     if spec_str.startswith(HUB_PREFIX):
         folder = resolve_hub_folder(spec_str[len(HUB_PREFIX) :], cache_dir=cache_dir)
         return _from_folder(folder, **timm_kwargs).eval()
+    if not spec_str.strip():
+        raise ModelLoadError(f"The model spec is empty ({spec_str!r}). {SPEC_FORMS}")
     path = Path(spec_str).expanduser()
     if path.is_dir():
         return _from_folder(path, **timm_kwargs).eval()
+    if not path.exists() and _looks_like_path(spec_str):
+        raise ModelLoadError(_missing_path(spec_str, path))
     if path.suffix in WEIGHT_SUFFIXES or path.is_file():
         raise ModelLoadError(
             f"'{spec_str}' is a weights file; name its architecture too: "

@@ -82,7 +82,10 @@ class ExplanationMetrics:
         insertion_substrate: what insertion starts from. Default ``"blur"``: RISE's blur
             exactly, ``gkern(blur_kernel, blur_sigma)`` (scipy's Gaussian of a delta, tails
             reflected into the window) applied with zero padding, so at 224x224 with 224
-            pixels per step insertion equals RISE's ``evaluation.py``. ``"blur_reflect"``
+            pixels per step insertion equals RISE's ``evaluation.py`` wherever the heatmap's
+            values are distinct (among ties RISE's order depends on numpy's unstable sort;
+            ``tie_order="rise"`` gives its stable-sort order, see
+            ``timmlens.interpretation.metrics.pixel_ranks``). ``"blur_reflect"``
             is torchvision's truncated Gaussian with reflect padding (timmlens' default
             before; insertion AUCs differ by up to ~0.02).
         blur_kernel: blur kernel size, odd (default 11, RISE's).
