@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("models", ("timmlens.models",)),
     ("data", ("timmlens.data",)),
     ("adapters", ("timmlens.adapters",)),
-    ("pictures and files", ("timmlens.viz", "timmlens.saving")),
+    ("pictures and files", ("timmlens.viz", "timmlens.saving", "timmlens._npz_reader")),
     ("methods and results", ("timmlens.interpretation",)),
     ("answers", ("timmlens.analysis", "timmlens.evaluation", "timmlens.groundtruth")),
     (
