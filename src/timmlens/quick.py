@@ -6,7 +6,9 @@
 * [`compare_architectures`][] - one method on one image across several models.
 
 Heatmaps in the results are ``(H, W)`` CPU tensors in model-input coordinates (feed
-them to any metric); the figures draw them on the original photo.
+them to any metric); the figures draw them on the original photo. The result types
+(`ExplanationResult`, `MethodComparison`, `ArchitectureComparison`) are defined in
+`timmlens.quick_results` and importable from here.
 
 This module draws, so it sits above the methods (`timmlens.interpretation`) and
 loads matplotlib; ``timmlens.interpretation`` re-exports its functions lazily, so
@@ -15,9 +17,8 @@ loads matplotlib; ``timmlens.interpretation`` re-exports its functions lazily, s
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,12 @@ from .interpretation.registry import (
     resolve_method,
 )
 from .models.introspect import class_name_of, model_name_of, num_outputs, unwrap_model
-from .models.weights_status import WeightsStatus, weights_status, with_weights_note
-from .saving import figure_png, geometry_json, save_explanation
+from .models.weights_status import weights_status, with_weights_note
+from .quick_results import ArchitectureComparison as ArchitectureComparison
+from .quick_results import ClassPrediction as ClassPrediction
+from .quick_results import ExplanationResult as ExplanationResult
+from .quick_results import MethodComparison as MethodComparison
+from .quick_results import ModelExplanation, PathLike
 from .viz.labels import class_heading, explanation_title
 from .viz.static import (
     DEFAULT_DPI,
@@ -48,222 +53,8 @@ from .viz.static import (
     save_figure,
 )
 
-PathLike = str | os.PathLike[str]
 #: curve steps used for insertion/deletion in the comparisons (the metrics default is 224)
 COMPARISON_METRIC_STEPS = 32
-
-
-# ----------------------------------------------------------------- results
-@dataclass
-class ClassPrediction:
-    """The predicted and the explained class, as every result below carries them.
-
-    Attributes:
-        predicted_class: the model's top class.
-        class_name: its name (ImageNet name for 1000-class models, else ``"class N"``).
-        probability: its softmax probability.
-        target_class: the class explained (the predicted one unless ``target_class`` given);
-            ``None`` for a callable target, which has no class.
-        target_name: the explained class's name; ``"custom target (<callable's name>)"``
-            for a callable target.
-        target_probability: the explained class's probability (NaN for a callable target).
-        probabilities: ``(K,)`` every class's softmax probability (CPU).
-        model_name: the model's spec or architecture.
-        weights: whether the model's weights are trained (`WeightsStatus`).
-    """
-
-    predicted_class: int
-    class_name: str
-    probability: float
-    target_class: int | None
-    target_name: str
-    target_probability: float
-    probabilities: torch.Tensor | None = field(default=None, repr=False, kw_only=True)
-    model_name: str = field(default="", kw_only=True)
-    weights: WeightsStatus = field(default_factory=WeightsStatus, kw_only=True)
-
-    @property
-    def heading(self) -> str:
-        """``"tabby (87.3%)"``, or ``"target tabby (0.0%), predicted espresso (90.4%)"``
-        (``"custom target (group), predicted espresso (90.4%)"`` for a callable target)."""
-        if self.target_class is None:
-            predicted = explanation_title(self.class_name, self.probability)
-            return f"{self.target_name}, predicted {predicted}"
-        return class_heading(
-            self.target_name, self.target_probability, self.class_name, self.probability
-        )
-
-    def _class_metadata(self) -> dict[str, Any]:
-        return {
-            "target_class": self.target_class,
-            "target_name": self.target_name,
-            "target_probability": self.target_probability,
-            "predicted_class": self.predicted_class,
-            "class_name": self.class_name,
-            "probability": self.probability,
-            "heading": self.heading,
-        }
-
-
-@dataclass
-class ExplanationResult(ClassPrediction):
-    """What [`quick_explain`][] found (the classes: see `ClassPrediction`).
-
-    Attributes:
-        heatmap: ``(H, W)`` float CPU tensor in [0, 1], model-input coordinates.
-        method: the registry name of the method used (``"gradcam"``, ``"rollout"``, ...).
-        layer: the tapped layer of CAM methods, else ``None``.
-        figure_path: where the figure was saved (``None`` if not saved).
-        geometry: how the photo became the model input (maps ``heatmap`` back onto it).
-        image: the original photo (a ``(3, H, W)`` tensor in [0, 1] for tensor inputs).
-        figure: the matplotlib figure.
-    """
-
-    heatmap: torch.Tensor = field(repr=False)
-    method: str
-    layer: str | None
-    figure_path: Path | None
-    geometry: ImageGeometry = field(repr=False)
-    image: Any = field(repr=False)
-    figure: Figure | None = field(default=None, repr=False)
-
-    def save(self, path: PathLike, *, image: bool = True) -> Path:
-        """Write the heatmap and what made it to ``path`` (``.npz``; see
-        [`timmlens.load_explanation`][]); ``image`` also stores the photo. Returns the path."""
-        metadata = {
-            "kind": "quick_explain",
-            "model": {**_model_fields(self), "num_classes": _count(self.probabilities)},
-            "method": self.method,
-            "title": resolve_method(self.method).title,
-            "layer": self.layer,
-            **self._class_metadata(),
-            "geometry": geometry_json(self.geometry),
-        }
-        return save_explanation(
-            path,
-            {self.method: self.heatmap},
-            metadata,
-            probabilities=self.probabilities,
-            image=self.image if image else None,
-        )
-
-    def save_figure(self, path: PathLike, dpi: int = DEFAULT_DPI) -> Path:
-        """Save the figure (format from the suffix: ``.png``, ``.pdf``, ``.svg``)."""
-        if self.figure is None:
-            raise ValueError("this result has no figure to save.")
-        return save_figure(self.figure, path, dpi=dpi)
-
-    def _repr_png_(self) -> bytes | None:
-        return figure_png(self.figure) if self.figure is not None else None
-
-
-@dataclass
-class MethodComparison(ClassPrediction):
-    """What [`compare_methods`][] found.
-
-    Attributes:
-        heatmaps: method name -> ``(H, W)`` CPU heatmap in model-input coordinates.
-        metrics: method name -> ``{"insertion": MetricResult, "deletion": MetricResult}``
-            (empty unless ``with_metrics``).
-        layers: method name -> tapped layer (CAM methods) or ``None``.
-        figure, figure_path: the overlay grid and where it was saved.
-        curves_figure, curves_path: the insertion/deletion curves (with metrics).
-    """
-
-    heatmaps: dict[str, torch.Tensor] = field(repr=False)
-    layers: dict[str, str | None]
-    metrics: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
-    figure: Figure | None = field(default=None, repr=False)
-    figure_path: Path | None = None
-    curves_figure: Figure | None = field(default=None, repr=False)
-    curves_path: Path | None = None
-    geometry: ImageGeometry | None = field(default=None, repr=False)
-    image: Any = field(default=None, repr=False)
-
-    def save(self, path: PathLike, *, image: bool = True) -> Path:
-        """Write every method's heatmap, the scores and what made them to ``path`` (``.npz``;
-        see [`timmlens.load_explanation`][]). Returns the path."""
-        metadata = {
-            "kind": "compare_methods",
-            "model": {**_model_fields(self), "num_classes": _count(self.probabilities)},
-            "method": next(iter(self.heatmaps)),
-            "methods": list(self.heatmaps),
-            "layers": self.layers,
-            "layer": next(iter(self.layers.values()), None),
-            **self._class_metadata(),
-            "geometry": geometry_json(self.geometry),
-            "scores": {
-                name: {k: float(v) for k, v in m.items() if k in _CURVES}
-                for name, m in self.metrics.items()
-            },
-        }
-        return save_explanation(
-            path,
-            self.heatmaps,
-            metadata,
-            probabilities=self.probabilities,
-            image=self.image if image else None,
-        )
-
-    def _repr_png_(self) -> bytes | None:
-        return figure_png(self.figure) if self.figure is not None else None
-
-    def table(self) -> list[dict[str, Any]]:
-        """One row per method: ``{"method", "layer", "insertion", "deletion"}`` (floats or NaN)."""
-        rows = []
-        for name in self.heatmaps:
-            scores = self.metrics.get(name, {})
-            rows.append(
-                {
-                    "method": name,
-                    "layer": self.layers.get(name),
-                    **{k: float(scores[k]) if k in scores else float("nan") for k in _CURVES},
-                }
-            )
-        return rows
-
-
-@dataclass
-class ModelExplanation(ClassPrediction):
-    """One model's entry in an [`ArchitectureComparison`][]."""
-
-    model: str
-    heatmap: torch.Tensor = field(repr=False)
-    method: str
-    layer: str | None
-    geometry: ImageGeometry = field(repr=False)
-    note: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict, repr=False)
-
-
-@dataclass
-class ArchitectureComparison:
-    """What [`compare_architectures`][] found: one `ModelExplanation` per model."""
-
-    entries: list[ModelExplanation]
-    figure: Figure | None = field(default=None, repr=False)
-    figure_path: Path | None = None
-    curves_figure: Figure | None = field(default=None, repr=False)
-    curves_path: Path | None = None
-
-    @property
-    def heatmaps(self) -> dict[str, torch.Tensor]:
-        """Model name -> ``(H, W)`` heatmap (each in its own model's input coordinates)."""
-        return {entry.model: entry.heatmap for entry in self.entries}
-
-    def _repr_png_(self) -> bytes | None:
-        return figure_png(self.figure) if self.figure is not None else None
-
-
-_CURVES = ("insertion", "deletion")
-
-
-def _model_fields(result: ClassPrediction) -> dict[str, Any]:
-    return {"name": result.model_name, "weights": result.weights.to_json()}
-
-
-def _count(probabilities: torch.Tensor | None) -> int | None:
-    return None if probabilities is None else int(probabilities.shape[-1])
 
 
 # ----------------------------------------------------------------- helpers
@@ -454,6 +245,30 @@ def _curves_path(save_path: Path | None) -> Path | None:
     return save_path.with_name(f"{save_path.stem}_curves{save_path.suffix or '.png'}")
 
 
+def _save_figures(
+    figure: Figure, curves_figure: Figure | None, save_path: PathLike | None, dpi: int
+) -> tuple[Path | None, Path | None]:
+    """``(grid path, curves path)``: the overlay grid saved at ``save_path``, the curves
+    (when drawn) next to it as ``<stem>_curves.png``; ``None`` for what was not saved."""
+    path = save_figure(figure, save_path, dpi=dpi) if save_path is not None else None
+    curves_path = _curves_path(path) if curves_figure is not None else None
+    if curves_path is not None:
+        save_figure(curves_figure, curves_path, dpi=dpi)
+    return path, curves_path
+
+
+def _comparison_names(model: nn.Module, methods: Sequence[str] | None) -> list[str]:
+    """The registry names to compare, each once: ``methods`` resolved (aliases to names),
+    or the model's `default_comparison`."""
+    names = [resolve_method(m).name for m in methods] if methods else None
+    if names is None:
+        names = default_comparison(model)
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise ValueError("no methods to compare; pass names such as ['gradcam', 'ig'].")
+    return names
+
+
 def compare_methods(
     model: nn.Module,
     image: ImagesInput,
@@ -497,12 +312,7 @@ def compare_methods(
         A [`MethodComparison`][]; ``heatmaps[name]`` is ``(H, W)`` on CPU.
     """
     model = unwrap_model(model)  # torch.compile (warned), DataParallel, DDP
-    names = [resolve_method(m).name for m in methods] if methods else None
-    if names is None:
-        names = default_comparison(model)
-    names = list(dict.fromkeys(names))
-    if not names:
-        raise ValueError("no methods to compare; pass names such as ['gradcam', 'ig'].")
+    names = _comparison_names(model, methods)
     options = method_options or {}
     prediction = _predict(model, image)
     target = _resolve_target(prediction, target_class, model)
@@ -517,6 +327,7 @@ def compare_methods(
         for name, heatmap in heatmaps.items():
             metrics[name] = _curve_metrics(model, prediction.tensor, heatmap, target, metric_steps)
     label, probability = _heading(model, prediction, target)
+    heading, note = f"{model_name_of(model)}: {label}", with_weights_note(model, note)
     titles = {name: resolve_method(name).title for name in names}
     scores = {
         titles[name]: f"ins {float(m['insertion']):.3f} / del {float(m['deletion']):.3f}"
@@ -526,26 +337,21 @@ def compare_methods(
         prediction.picture,
         {titles[name]: heatmaps[name] for name in names},
         prediction.geometry,
-        label=f"{model_name_of(model)}: {label}",
-        note=with_weights_note(model, note),
+        label=heading,
+        note=note,
         scores=scores or None,
         cmap=cmap,
         alpha=alpha,
         crop=crop,
     )
-    path = save_figure(figure, save_path, dpi=dpi) if save_path is not None else None
-    curves_figure = curves_path = None
+    curves_figure = None
     if metrics:
         curves_figure = plot_curves(
             {titles[n]: m["insertion"] for n, m in metrics.items()},
             {titles[n]: m["deletion"] for n, m in metrics.items()},
-            title=explanation_title(
-                f"{model_name_of(model)}: {label}", None, None, with_weights_note(model, note)
-            ),
+            title=explanation_title(heading, None, None, note),
         )
-        curves_path = _curves_path(path)
-        if curves_path is not None:
-            save_figure(curves_figure, curves_path, dpi=dpi)
+    path, curves_path = _save_figures(figure, curves_figure, save_path, dpi)
     return MethodComparison(
         **_class_fields(model, prediction, target, probability),
         heatmaps=heatmaps,
@@ -558,6 +364,70 @@ def compare_methods(
         geometry=prediction.geometry,
         image=prediction.picture,
     )
+
+
+def _named_models(
+    models: Sequence[nn.Module] | Mapping[str, nn.Module],
+) -> dict[str, nn.Module]:
+    """Display name -> model: the mapping as given, or each model's spec or architecture
+    (``"resnet18 #2"`` for the second model of the same name)."""
+    named = dict(models) if isinstance(models, Mapping) else {}
+    if not isinstance(models, Mapping):
+        for model in models:
+            base = name = model_name_of(model)
+            suffix = 2
+            while name in named:
+                name, suffix = f"{base} #{suffix}", suffix + 1
+            named[name] = model
+    if not named:
+        raise ValueError("no models given; pass a list of models or {name: model}.")
+    return named
+
+
+def _notes_by_name(
+    notes: Mapping[str, str | None] | Sequence[str | None] | None, names: Sequence[str]
+) -> dict[str, str | None]:
+    """Each model's note for its title, from a mapping by name or a list in model order."""
+    if isinstance(notes, Mapping):
+        return {name: notes.get(name) for name in names}
+    listed = list(notes or [])
+    return {name: listed[i] if i < len(listed) else None for i, name in enumerate(names)}
+
+
+def _explain_model(
+    name: str,
+    model: nn.Module,
+    image: ImagesInput,
+    method: str | None,
+    target_class: int | str | TargetFn | None,
+    options: Mapping[str, Any] | None,
+    with_metrics: bool,
+    metric_steps: int,
+    note: str | None,
+) -> tuple[ModelExplanation, str, Any]:
+    """One model's entry of an architecture comparison (its heatmap ``(H, W)`` on CPU, and
+    with metrics its insertion/deletion results), its heading and its picture of ``image``."""
+    chosen = default_method(model) if method in (None, "auto") else resolve_method(method).name
+    prediction = _predict(model, image)
+    target = _resolve_target(prediction, target_class, model)
+    heatmap, layer = _explain(model, chosen, prediction.tensor, target, options)
+    metrics = (
+        _curve_metrics(model, prediction.tensor, heatmap, target, metric_steps)
+        if with_metrics
+        else {}
+    )
+    label, probability = _heading(model, prediction, target)
+    entry = ModelExplanation(
+        model=name,
+        **_class_fields(model, prediction, target, probability),
+        heatmap=heatmap,
+        method=chosen,
+        layer=layer,
+        geometry=prediction.geometry,
+        note=with_weights_note(model, note),
+        metrics=metrics,
+    )
+    return entry, label, prediction.picture
 
 
 def compare_architectures(
@@ -600,49 +470,26 @@ def compare_architectures(
         An [`ArchitectureComparison`][]; each heatmap is ``(H, W)`` in its own model's
         input coordinates (models crop differently; the figure undoes each crop).
     """
-    named = dict(models) if isinstance(models, Mapping) else {}
-    if not isinstance(models, Mapping):
-        for model in models:
-            base = name = model_name_of(model)
-            suffix = 2
-            while name in named:
-                name, suffix = f"{base} #{suffix}", suffix + 1
-            named[name] = model
-    if not named:
-        raise ValueError("no models given; pass a list of models or {name: model}.")
-    if isinstance(notes, Mapping):
-        note_of = {name: notes.get(name) for name in named}
-    else:
-        listed = list(notes or [])
-        note_of = {name: listed[i] if i < len(listed) else None for i, name in enumerate(named)}
+    named = _named_models(models)
+    note_of = _notes_by_name(notes, list(named))
     entries: list[ModelExplanation] = []
     labels: list[str] = []
     picture = None
     for name, model in named.items():
-        chosen = default_method(model) if method in (None, "auto") else resolve_method(method).name
-        prediction = _predict(model, image)
-        picture = picture if picture is not None else prediction.picture
-        target = _resolve_target(prediction, target_class, model)
-        heatmap, layer = _explain(model, chosen, prediction.tensor, target, method_options)
-        metrics = (
-            _curve_metrics(model, prediction.tensor, heatmap, target, metric_steps)
-            if with_metrics
-            else {}
+        entry, label, own_picture = _explain_model(
+            name,
+            model,
+            image,
+            method,
+            target_class,
+            method_options,
+            with_metrics,
+            metric_steps,
+            note_of.get(name),
         )
-        label, probability = _heading(model, prediction, target)
+        picture = picture if picture is not None else own_picture
+        entries.append(entry)
         labels.append(label)
-        entries.append(
-            ModelExplanation(
-                model=name,
-                **_class_fields(model, prediction, target, probability),
-                heatmap=heatmap,
-                method=chosen,
-                layer=layer,
-                geometry=prediction.geometry,
-                note=with_weights_note(model, note_of.get(name)),
-                metrics=metrics,
-            )
-        )
     panels = [
         {
             "model": entry.model,
@@ -655,8 +502,7 @@ def compare_architectures(
         for entry, label in zip(entries, labels, strict=True)
     ]
     figure = plot_architectures(picture, panels, cmap=cmap, alpha=alpha, crop=crop)
-    path = save_figure(figure, save_path, dpi=dpi) if save_path is not None else None
-    curves_figure = curves_path = None
+    curves_figure = None
     if with_metrics:
 
         def tag(entry: ModelExplanation) -> str:
@@ -667,7 +513,5 @@ def compare_architectures(
             {tag(e): e.metrics["deletion"] for e in entries},
             title="insertion / deletion per model",
         )
-        curves_path = _curves_path(path)
-        if curves_path is not None:
-            save_figure(curves_figure, curves_path, dpi=dpi)
+    path, curves_path = _save_figures(figure, curves_figure, save_path, dpi)
     return ArchitectureComparison(entries, figure, path, curves_figure, curves_path)

@@ -8,9 +8,10 @@ size, in memory bounded by the batch size:
 1. **Extract** (every rank): one no-grad forward per batch at the layer
    ([`layer_activations`][timmlens.analysis.activations.layer_activations]); each batch's
    activations, logits and per-channel minimum go to a shard file under ``out/shards``
-   (`timmlens.analysis.concept_store`). Under ``torchrun`` rank ``r`` extracts every
-   ``world``-th pending batch and rank 0 writes the shards it gathers, as ``evaluate``
-   writes rows: the ranks need no shared disk. Shards are the resume unit.
+   (`timmlens.analysis.concept_extract`, `timmlens.analysis.concept_store`). Under
+   ``torchrun`` rank ``r`` extracts every ``world``-th pending batch and rank 0 writes the
+   shards it gathers, as ``evaluate`` writes rows: the ranks need no shared disk. Shards
+   are the resume unit.
 2. **Offset**: the dataset's per-channel minimum (the minimum of the shards' minima) is
    subtracted so NMF sees non-negative values: pytorch-grad-cam's shift
    ([`shift_nonnegative`][timmlens.analysis.dff.shift_nonnegative]) over all images at once.
@@ -34,9 +35,7 @@ Rank 0 writes ``concepts.json``, ``concepts.html`` (a self-contained gallery),
 from __future__ import annotations
 
 import json
-import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,15 +49,12 @@ from .._outputs import ensure_writable_dir
 from ..adapters import LayerSpec
 from ..data import prepare_images
 from ..errors import RunMismatchError
-from ..evaluation.cost import ForwardCounter
 from ..evaluation.distributed import (
     broadcast_from_rank0,
     fail_together,
-    gather_to_rank0,
     init_from_environment,
     rank_and_world,
 )
-from ..evaluation.evaluator import _load_batch, _sample_id
 from ..evaluation.run_identity import (
     FORMAT,
     RUN_FILE,
@@ -69,16 +65,14 @@ from ..evaluation.run_identity import (
     write_identity,
 )
 from ..evaluation.sources import Sample, as_source
-from ..models.introspect import class_name_of, data_config, model_name_of, num_outputs
-from .activations import layer_activations
+from ..models.introspect import class_name_of, model_name_of, num_outputs
+from .concept_extract import extract_shards, probe_layer
 from .concept_fit import fit_shards, rank_shards
 from .concept_store import SHARD_DTYPES, ShardStore
 from .dff import (
     check_concept_count,
-    check_finite,
     concept_class_scores,
     head_unavailable_reason,
-    shift_nonnegative,
     sklearn_decomposition,
 )
 
@@ -249,86 +243,78 @@ def _open_output(
     return store.pending()
 
 
-# ----------------------------------------------------------------- pass 1: extract
-def _extract_batch(
-    model: nn.Module,
-    samples: Any,
-    indices: list[int],
-    layer: LayerSpec,
-    dtype: str,
-    on_error: str,
-) -> dict[str, np.ndarray]:
-    """One batch's shard arrays (see [`Shard`][timmlens.analysis.concept_store.Shard])."""
-    good, inputs, unreadable, _ = _load_batch(model, samples, indices, on_error, "concepts")
-    ids = [_sample_id(samples, i) for i in indices]
-    position = {image_id: index for image_id, index in zip(ids, indices, strict=True)}
-    arrays: dict[str, np.ndarray] = {
-        "batch": np.asarray(indices, dtype=np.int64),
-        "skipped_ids": np.asarray(list(unreadable), dtype=str),
-        "skipped_reasons": np.asarray(list(unreadable.values()), dtype=str),
-    }
-    if inputs is None:  # nothing readable in this batch
-        empty = np.zeros((0,), dtype=np.float32)
-        return {
-            **arrays,
-            "activations": np.zeros((0, 0, 0, 0), dtype=dtype),
-            "logits": np.zeros((0, 0), dtype=np.float32),
-            "ids": np.asarray([], dtype=str),
-            "indices": np.zeros((0,), dtype=np.int64),
-            "offset": empty,
-            "input_hw": np.zeros((2,), dtype=np.int64),
-        }
-    tapped = layer_activations(model, inputs, layer)
-    check_finite(tapped.activations, tapped.layer)
-    stored = tapped.activations.to(getattr(torch, dtype))
-    # the offset of what is stored (float16 rounds), so stored - offset >= 0 holds exactly
-    _, offset = shift_nonnegative(stored.float())
-    logits = tapped.logits
-    return {
-        **arrays,
-        "activations": stored.cpu().numpy(),
-        "logits": (
-            logits.float().cpu().numpy()
-            if logits is not None
-            else np.zeros((len(good), 0), dtype=np.float32)
-        ),
-        "ids": np.asarray([s.id for s in good], dtype=str),
-        "indices": np.asarray([position[s.id] for s in good], dtype=np.int64),
-        "offset": offset.cpu().numpy(),
-        "input_hw": np.asarray(tapped.input_hw, dtype=np.int64),
-    }
+# ----------------------------------------------------------------- the run
+@dataclass
+class _ConceptRun:
+    """What one [`fit_concepts`][] call works on, settled before any dataset image is read."""
+
+    samples: Any  # the images (`as_source`): len() and [index] -> Sample
+    store: ShardStore
+    out_dir: Path
+    options: dict[str, Any]  # layer, n_concepts, batch_size, seed, epochs, dtype
+    identity: dict[str, Any]  # what run.json records (the options included)
+    shape: tuple[int, int, int]  # (C, h, w) of the layer's activations
 
 
-def _extract(
-    model: nn.Module,
-    samples: Any,
-    store: ShardStore,
-    pending: list[int],
-    layer: LayerSpec,
-    dtype: str,
-    on_error: str,
-    bar: Any,
+def _check_arguments(
+    batch_size: int, top_k_images: int, epochs: int, dtype: str, on_error: str
 ) -> None:
-    """Every pending batch through the model; rank 0 writes each round's shards."""
-    rank, world = rank_and_world()
-    rounds = math.ceil(len(pending) / world)
-    for round_index in range(rounds):
-        mine = pending[round_index * world : (round_index + 1) * world]
-        payload: list[dict[str, Any]] = []
-        with fail_together("extracting activations"):
-            if rank < len(mine):
-                batch = mine[rank]
-                arrays = _extract_batch(
-                    model, samples, store.batch_indices(batch), layer, dtype, on_error
-                )
-                payload = [{"batch": batch, "arrays": arrays}]
-        gathered = gather_to_rank0(payload)
-        with fail_together("writing activation shards"):
-            if gathered is not None:
-                for item in gathered:
-                    store.write(item["batch"], item["arrays"])
-        done = min(len(pending), (round_index + 1) * world)
-        bar.set_postfix_str(f"{done}/{len(pending)} shards")
+    """Bad arguments, and a missing scikit-learn, fail now rather than after the extraction."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if top_k_images < 1:
+        raise ValueError(f"top_k_images must be >= 1, got {top_k_images}.")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}.")
+    if dtype not in SHARD_DTYPES:
+        raise ValueError(f"dtype must be one of {SHARD_DTYPES}, got {dtype!r}.")
+    if on_error not in ("skip", "fail"):
+        raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}.")
+    sklearn_decomposition()
+
+
+def _plan_run(
+    model: nn.Module,
+    data: Any,
+    n_concepts: int,
+    layer: LayerSpec,
+    out_dir: Path,
+    batch_size: int,
+    seed: int,
+    epochs: int,
+    dtype: str,
+) -> _ConceptRun:
+    """The layer (probed on one blank image), ``n_concepts`` checked against its channels,
+    the images, their shard store and the run's identity."""
+    layer_name, channels, h, w = probe_layer(model, layer)
+    check_concept_count(n_concepts, channels, layer_name)
+    samples = as_source(data, num_classes=num_outputs(model))
+    store = ShardStore(out_dir, batch_size, len(samples))
+    options = {
+        "layer": layer_name,
+        "n_concepts": n_concepts,
+        "batch_size": batch_size,
+        "seed": seed,
+        "epochs": epochs,
+        "dtype": dtype,
+    }
+    identity = _identity(model, samples, options)
+    return _ConceptRun(samples, store, out_dir, options, identity, (channels, h, w))
+
+
+def _extract_pending(
+    model: nn.Module, run: _ConceptRun, overwrite: bool, on_error: str, show: bool
+) -> None:
+    """Pass 1 on every rank: rank 0 checks the folder and says which batches are missing,
+    then every rank extracts its share of them (`timmlens.analysis.concept_extract`)."""
+    rank, _ = rank_and_world()
+    pending: list[int] | None = None
+    with fail_together("opening the output folder"):
+        if rank == 0:
+            pending = _open_output(run.out_dir, run.store, run.identity, overwrite)
+    pending = broadcast_from_rank0(pending) or []
+    layer, dtype = run.options["layer"], run.options["dtype"]
+    extract_shards(model, run.samples, run.store, pending, layer, run.shape, dtype, on_error, show)
 
 
 def _classes(
@@ -360,26 +346,6 @@ def _classes(
 
 
 # ----------------------------------------------------------------- the entry point
-def _channels(model: nn.Module, layer: LayerSpec) -> tuple[str, int, int, int]:
-    """The layer's name, channels and grid, from one blank image (no dataset image read)."""
-    _, height, width = data_config(model)["input_size"]
-    probe = torch.zeros(1, 3, height, width)
-    tapped = layer_activations(model, prepare_images(probe, model).tensor, layer)
-    _, channels, h, w = tapped.activations.shape
-    return tapped.layer, int(channels), int(h), int(w)
-
-
-def _cost_line(
-    count: int, pending_images: int, channels: int, h: int, w: int, dtype: str, shards: int
-) -> str:
-    size = count * channels * h * w * np.dtype(dtype).itemsize
-    return (
-        f"concepts: {count} images, {pending_images:,} to extract: {pending_images:,} forwards "
-        f"(+1 probe); activations {channels}x{h}x{w} {dtype}, {size / 2**20:,.1f} MiB of "
-        f"shards on disk; then the fit on rank 0 over {shards} shard{'s' * (shards != 1)}"
-    )
-
-
 def fit_concepts(
     model: nn.Module,
     data: Any,
@@ -464,68 +430,24 @@ def fit_concepts(
         RunMismatchError: ``out`` holds another run's shards (one line: what differs).
         OptionalDependencyError: scikit-learn is not installed.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    if top_k_images < 1:
-        raise ValueError(f"top_k_images must be >= 1, got {top_k_images}.")
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}.")
-    if dtype not in SHARD_DTYPES:
-        raise ValueError(f"dtype must be one of {SHARD_DTYPES}, got {dtype!r}.")
-    if on_error not in ("skip", "fail"):
-        raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}.")
-    sklearn_decomposition()  # a missing extra fails now, not after the extraction
+    _check_arguments(batch_size, top_k_images, epochs, dtype, on_error)
     init_from_environment()
     rank, _ = rank_and_world()
-    layer_name, channels, h, w = _channels(model, layer)
-    check_concept_count(n_concepts, channels, layer_name)
-    samples = as_source(data, num_classes=num_outputs(model))
-    out_dir = Path(out)
-    store = ShardStore(out_dir, batch_size, len(samples))
-    options = {
-        "layer": layer_name,
-        "n_concepts": n_concepts,
-        "batch_size": batch_size,
-        "seed": seed,
-        "epochs": epochs,
-        "dtype": dtype,
-    }
-    identity = _identity(model, samples, options)
-    pending: list[int] | None = None
-    with fail_together("opening the output folder"):
-        if rank == 0:
-            pending = _open_output(out_dir, store, identity, overwrite)
-    pending = broadcast_from_rank0(pending) or []
+    run = _plan_run(model, data, n_concepts, layer, Path(out), batch_size, seed, epochs, dtype)
     show = progress and rank == 0
-    pending_images = sum(len(store.batch_indices(b)) for b in pending)
-    if show:
-        cost = _cost_line(len(samples), pending_images, channels, h, w, dtype, store.n_batches)
-        tqdm.write(cost, file=sys.stderr)
-    bar = tqdm(total=pending_images, desc="extract", unit="fwd", disable=not show)
-    with bar, ForwardCounter(model, bar.update):
-        _extract(model, samples, store, pending, layer_name, dtype, on_error, bar)
-
+    _extract_pending(model, run, overwrite, on_error, show)
     result: DatasetConcepts | None = None
     with fail_together("fitting the concepts"):
         if rank == 0:
-            result = _fit_and_write(
-                model, samples, store, options, identity, top_k_images, out_dir, show, gallery
-            )
+            result = _fit_and_write(model, run, top_k_images, show, gallery)
     return broadcast_from_rank0(result)
 
 
 def _fit_and_write(
-    model: nn.Module,
-    samples: Any,
-    store: ShardStore,
-    options: dict[str, Any],
-    identity: dict[str, Any],
-    top_k: int,
-    out_dir: Path,
-    show: bool,
-    gallery: bool,
+    model: nn.Module, run: _ConceptRun, top_k: int, show: bool, gallery: bool
 ) -> DatasetConcepts:
     """Rank 0: offset, fit, ranking, classes; the files."""
+    samples, store, options, out_dir = run.samples, run.store, run.options, run.out_dir
     batches: list[int] = []
     skipped: dict[str, str] = {}
     n_images = 0
@@ -562,7 +484,7 @@ def _fit_and_write(
         fit=fitted.description,
         out_dir=out_dir,
         model=model_name_of(model),
-        identity=identity,
+        identity=run.identity,
     )
     maps = [[item.pop("map") for item in images] for images in result.top_images]
     sizes = [[item.pop("input_hw") for item in images] for images in result.top_images]
