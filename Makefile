@@ -31,8 +31,8 @@ demo: $(VENV)/.base-stamp
 	$(BIN)/python examples/huggingface/hf_interpretation.py --random-weights
 
 lint: $(VENV)/.dev-stamp
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples tools
+	$(BIN)/ruff format --check src tests benchmarks examples tools
 
 # Headless Chromium for tests/test_interactive_html.py (skipped without it); best effort.
 chromium:
@@ -53,10 +53,10 @@ $(VENV)/.docs-stamp: pyproject.toml $(VENV)/.base-stamp
 	$(BIN)/pip install --quiet -e ".[docs]"
 	touch $@
 
-# Regenerates the recipes and methods pages (adapters, method registry), then builds
-# the site strictly.
+# Regenerates the recipes page (tools/recipes_page.py, from the adapters) and the methods
+# page (method registry), then builds the site strictly.
 docs: $(VENV)/.docs-stamp
-	$(BIN)/python -m timmlens.adapters.recipes docs/recipes.md
+	$(BIN)/python tools/recipes_page.py docs/recipes.md
 	$(BIN)/python -m timmlens.interpretation.registry docs/methods/index.md
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
@@ -64,7 +64,7 @@ docs: $(VENV)/.docs-stamp
 # the site must build strictly (an unknown [`Name`][] target fails there), and no
 # docstring may keep a Sphinx role, which mkdocstrings shows raw (":class:`Name`").
 docs-check: $(VENV)/.docs-stamp
-	$(BIN)/python -m timmlens.adapters.recipes docs/recipes.md --check
+	$(BIN)/python tools/recipes_page.py docs/recipes.md --check
 	$(BIN)/python -m timmlens.interpretation.registry docs/methods/index.md --check
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 	@if grep -rnoE ':(class|func|meth|mod|attr|data|exc|obj):(<code>|`)' site --include='*.html'; then \
