@@ -1,8 +1,8 @@
 """Imports: ``import timmlens`` loads no drawing or attribution library; the names resolve.
 
-Captum, matplotlib, plotly and torchmetrics (with the scipy it pulls in) load on first
-use. The checks run in a fresh interpreter, because this test process has long imported
-them all.
+Captum, matplotlib, plotly and scipy load on first use (torchmetrics is no dependency:
+it stays on the list so that it does not come back as an eager import). The checks run
+in a fresh interpreter, because this test process has long imported them all.
 """
 
 from __future__ import annotations
