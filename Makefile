@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch is pinned only here, to the build this machine ships on disk; pyproject keeps a lower bound.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint bench docs docs-check clean-venv chromium
+.PHONY: demo test test-all lint bench docs docs-check clean-venv chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,12 @@ chromium:
 		(command -v apt-get >/dev/null 2>&1 && apt-get update -qq && apt-get install -y -qq chromium) || \
 		echo "chromium is not installed: the browser test of the interactive HTML will be skipped"
 
+# `make test` leaves out the tests marked slow (the zoo slice over every method, real-model
+# runs: minutes each on 2 cores); `make test-all` (CI, .ci/run) runs every test.
 test: $(VENV)/.dev-stamp lint chromium
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(VENV)/.dev-stamp lint chromium
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.dev-stamp
