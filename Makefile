@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch is pinned only here, to the build this machine ships on disk; pyproject keeps a lower bound.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint bench docs docs-check clean-venv chromium
+.PHONY: demo test test-all lint bench docs docs-check clean-venv chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,8 @@ demo: $(VENV)/.base-stamp
 	$(BIN)/python examples/huggingface/hf_interpretation.py --random-weights
 
 lint: $(VENV)/.dev-stamp
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples tools
+	$(BIN)/ruff format --check src tests benchmarks examples tools
 
 # Headless Chromium for tests/test_interactive_html.py (skipped without it); best effort.
 chromium:
@@ -40,7 +40,12 @@ chromium:
 		(command -v apt-get >/dev/null 2>&1 && apt-get update -qq && apt-get install -y -qq chromium) || \
 		echo "chromium is not installed: the browser test of the interactive HTML will be skipped"
 
+# `make test` leaves out the tests marked slow (the zoo slice over every method, real-model
+# runs: minutes each on 2 cores); `make test-all` (CI, .ci/run) runs every test.
 test: $(VENV)/.dev-stamp lint chromium
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(VENV)/.dev-stamp lint chromium
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.dev-stamp
@@ -53,10 +58,10 @@ $(VENV)/.docs-stamp: pyproject.toml $(VENV)/.base-stamp
 	$(BIN)/pip install --quiet -e ".[docs]"
 	touch $@
 
-# Regenerates the recipes and methods pages (adapters, method registry), then builds
-# the site strictly.
+# Regenerates the recipes page (tools/recipes_page.py, from the adapters) and the methods
+# page (method registry), then builds the site strictly.
 docs: $(VENV)/.docs-stamp
-	$(BIN)/python -m timmlens.adapters.recipes docs/recipes.md
+	$(BIN)/python tools/recipes_page.py docs/recipes.md
 	$(BIN)/python -m timmlens.interpretation.registry docs/methods/index.md
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
@@ -64,7 +69,7 @@ docs: $(VENV)/.docs-stamp
 # the site must build strictly (an unknown [`Name`][] target fails there), and no
 # docstring may keep a Sphinx role, which mkdocstrings shows raw (":class:`Name`").
 docs-check: $(VENV)/.docs-stamp
-	$(BIN)/python -m timmlens.adapters.recipes docs/recipes.md --check
+	$(BIN)/python tools/recipes_page.py docs/recipes.md --check
 	$(BIN)/python -m timmlens.interpretation.registry docs/methods/index.md --check
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 	@if grep -rnoE ':(class|func|meth|mod|attr|data|exc|obj):(<code>|`)' site --include='*.html'; then \

@@ -10,8 +10,6 @@ norm with an activation gives way to that norm-activation module.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from scipy.stats import spearmanr
@@ -82,11 +80,9 @@ def test_real_efficientnet_conv_head_is_pre_activation(real_model, chelsea):
     assert get_adapter(real_model).activation_layer == "backbone.bn2"
 
 
-@pytest.mark.skipif(
-    not os.environ.get("TIMMLENS_SLOW_TESTS"),
-    reason="1 + 2 x 1280 forwards of the real model at 224 px (minutes on 2 CPU cores); "
-    "set TIMMLENS_SLOW_TESTS=1. The cheap tests above check the cause and the rule.",
-)
+# 1 + 2 x 1280 forwards of the real model at 224 px (minutes on 2 CPU cores); the cheap
+# tests above check the cause and the rule, `make test-all` (CI) runs this one too.
+@pytest.mark.slow
 def test_real_efficientnet_scorecam_finds_the_cat(real_model, chelsea):
     """At ``conv_head`` ScoreCAM's map is constant; at the post-activation default it is
     not, and it ranks pixels as GradCAM does."""

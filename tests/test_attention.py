@@ -185,7 +185,7 @@ def test_class_specific_rollout_matches_gradient_weighted_reference() -> None:
     x = _images()
     visualizer = AttentionVisualizer(model)
     maps = {c: visualizer.attention_rollout(x, target_class=c) for c in (3, 7)}
-    assert visualizer.last_targets.tolist() == [7, 7]
+    assert visualizer.explain_full(x, target_class=7).targets.tolist() == [7, 7]
     assert not torch.allclose(maps[3], maps[7], atol=1e-2)
     for c in (3, 7):
         with torch.enable_grad():
@@ -199,9 +199,10 @@ def test_class_specific_rollout_matches_gradient_weighted_reference() -> None:
     torch.testing.assert_close(mixed[1], maps[7][1])
     # The Explainer convention: a target gives the class-specific rollout, None the plain one.
     torch.testing.assert_close(visualizer(x, target_class=3), maps[3])
-    torch.testing.assert_close(visualizer(x), visualizer.attention_rollout(x))
+    plain = visualizer.explain_full(x)
+    torch.testing.assert_close(plain.heatmap, visualizer.attention_rollout(x))
     with torch.no_grad():
-        assert visualizer.last_targets.tolist() == model(x).argmax(1).tolist()
+        assert plain.targets.tolist() == model(x).argmax(1).tolist()
     with pytest.raises(ValueError, match="out of range"):
         visualizer(x, target_class=1000)
 

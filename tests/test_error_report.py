@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -471,7 +469,7 @@ def setup():
 """
 
 
-def test_torchrun_two_ranks_equal_one_process(tmp_path, photos):
+def test_torchrun_two_ranks_equal_one_process(tmp_path, photos, torchrun):
     rng = np.random.default_rng(0)
     small = small_photos(photos)
     data = tmp_path / "data"
@@ -482,41 +480,21 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, photos):
             picture = np.ascontiguousarray(picture[:, ::-1])  # flips: other predictions
             picture = np.clip(picture.astype(int) + rng.integers(-30, 30, picture.shape), 0, 255)
         Image.fromarray(picture.astype(np.uint8)).save(data / folder / f"img{i}.png")
-    script = tmp_path / "run.py"
-    script.write_text(
+    torchrun(
         SETUP
         + textwrap.dedent("""
         import json, sys
         from pathlib import Path
-        import torch.distributed as dist
         from timmlens.analysis.error_report import error_report
         report = error_report(setup(), sys.argv[1], sys.argv[2], batch_size=2,
                               max_examples=4, progress=False)
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        # One file per rank: prints of two ranks to one pipe can interleave mid-line.
         counts = [report.n_labelled, report.n_errors, len(report.shown)]
-        Path(sys.argv[3], f"rank{rank}.json").write_text(json.dumps(counts))
-        if dist.is_initialized():  # exiting with a live gloo group can abort (SIGABRT)
-            dist.destroy_process_group()
-    """)
+        Path(sys.argv[3], f"rank{this_rank()}.json").write_text(json.dumps(counts))
+    """),
+        data,
+        tmp_path / "dist" / "report.html",
+        tmp_path,
     )
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--standalone",
-            str(script),
-            str(data),
-            str(tmp_path / "dist" / "report.html"),
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
     threads = torch.get_num_threads()
     namespace: dict = {}
     exec(SETUP, namespace)

@@ -137,10 +137,11 @@ def test_equals_direct_formula_on_every_family(family: str, method: type) -> Non
     )
     assert ours.abs().max() > 0, "degenerate all-zero map: the test would prove nothing"
     assert_close_maps(ours, expected)
-    heatmaps = explainer(inputs, target_class=targets)
+    result = explainer.explain_full(inputs, target_class=targets)
+    heatmaps = result.heatmap
     assert heatmaps.shape == (3, side, side)
     assert heatmaps.min() >= 0 and heatmaps.max() <= 1
-    assert explainer.last_targets.tolist() == targets
+    assert result.targets.tolist() == targets
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -224,12 +225,13 @@ def test_batch_equals_one_by_one_and_targets_per_image(method: type) -> None:
     assert torch.allclose(batched, singles, atol=1e-5)
     # None = each image's predicted class, from the same forward.
     predicted = model(inputs).argmax(dim=1)
-    maps = explainer(inputs)
-    assert torch.equal(explainer.last_targets, predicted)
-    assert torch.allclose(maps, explainer(inputs, target_class=predicted.tolist()), atol=1e-6)
+    result = explainer.explain_full(inputs)
+    assert torch.equal(result.targets, predicted)
+    assert torch.allclose(
+        result.heatmap, explainer(inputs, target_class=predicted.tolist()), atol=1e-6
+    )
     # One int for all images.
-    explainer(inputs, target_class=5)
-    assert explainer.last_targets.tolist() == [5] * 4
+    assert explainer.explain_full(inputs, target_class=5).targets.tolist() == [5] * 4
     # Different targets give different maps for the same image.
     pair = explainer(inputs[:1].repeat(2, 1, 1, 1), target_class=[1, 6])
     assert not torch.allclose(pair[0], pair[1])
@@ -301,9 +303,10 @@ def test_bundled_real_model_finds_the_cat() -> None:
 
     model = load_model("bundled:efficientnet_lite0")
     explainer = GradCAMPlusPlus(model)
-    heatmap = explainer(data.chelsea())
+    result = explainer.explain_full(data.chelsea())
+    heatmap = result.heatmap[0]
     assert heatmap.shape == (224, 224)
-    assert 281 <= int(explainer.last_targets[0]) <= 285  # one of ImageNet's cats
+    assert 281 <= int(result.targets[0]) <= 285  # one of ImageNet's cats
     assert heatmap.max() == 1 and heatmap.min() == 0
 
 

@@ -1,8 +1,8 @@
 """Imports: ``import timmlens`` loads no drawing or attribution library; the names resolve.
 
-Captum, matplotlib, plotly and torchmetrics (with the scipy it pulls in) load on first
-use. The checks run in a fresh interpreter, because this test process has long imported
-them all.
+Captum, matplotlib, plotly and scipy load on first use (torchmetrics is no dependency:
+it stays on the list so that it does not come back as an eager import). The checks run
+in a fresh interpreter, because this test process has long imported them all.
 """
 
 from __future__ import annotations
@@ -111,3 +111,16 @@ def test_unknown_name_is_an_attribute_error(package_name):
     with pytest.raises(AttributeError, match=f"module '{package_name}' has no attribute 'GradCam'"):
         package.GradCam  # noqa: B018
     assert not hasattr(package, "GradCam")
+
+
+def test_every_registered_method_class_is_exported_and_documented():
+    import timmlens.interpretation as interpretation
+    from timmlens.interpretation.registry import METHODS
+
+    api = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    classes = {spec.cls for spec in METHODS.values() if spec.builtin}
+    assert len(classes) == len(METHODS) >= 31
+    for cls in classes:
+        assert getattr(interpretation, cls.__name__) is cls, cls.__name__
+        assert cls.__name__ in interpretation.__all__, cls.__name__
+        assert f"::: timmlens.interpretation.{cls.__name__}\n" in api, cls.__name__

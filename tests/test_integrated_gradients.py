@@ -110,8 +110,9 @@ def test_per_image_targets_match_one_by_one(small):
     x = _inputs(3)
     for baseline in ("black", "noise"):
         explainer = IntegratedGradients(small, n_steps=6, baseline=baseline)
-        batch = explainer(x, target_class=[1, 5, 9])
-        assert explainer.last_targets.tolist() == [1, 5, 9]
+        result = explainer.explain_full(x, target_class=[1, 5, 9])
+        batch = result.heatmap
+        assert result.targets.tolist() == [1, 5, 9]
         for i, target in enumerate([1, 5, 9]):
             assert torch.allclose(explainer(x[i], target_class=target), batch[i], atol=1e-5)
 
@@ -119,11 +120,11 @@ def test_per_image_targets_match_one_by_one(small):
 def test_predicted_class_resolved_before_the_path(small):
     x = _inputs(2)
     explainer = IntegratedGradients(small, n_steps=6)
-    maps = explainer(x)
+    result = explainer.explain_full(x)
     with torch.no_grad():
         predicted = small(x).argmax(1)
-    assert torch.equal(explainer.last_targets, predicted)
-    assert torch.allclose(maps, explainer(x, target_class=predicted), atol=1e-6)
+    assert torch.equal(result.targets, predicted)
+    assert torch.allclose(result.heatmap, explainer(x, target_class=predicted), atol=1e-6)
 
 
 @pytest.mark.parametrize("wrap", [False, True], ids=["timm", "ImageClassifier"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import warnings
 from pathlib import Path
@@ -12,9 +13,21 @@ import torch
 from PIL import Image
 
 import timmlens
-from timmlens.adapters.recipes import RECIPE_MODELS, pretrained_spec
 
-PAGE = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "recipes.md"
+
+
+def _load_tool(path: Path):
+    """A script of tools/ (not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+recipes_page = _load_tool(ROOT / "tools" / "recipes_page.py")
+RECIPE_MODELS, pretrained_spec = recipes_page.RECIPE_MODELS, recipes_page.pretrained_spec
 CNN_64PX = {"pretrained_cfg_overlay": {"input_size": (3, 64, 64)}}
 NARROW = {"embed_dim": 32, "num_heads": 2}  # ViTs keep their 12 blocks (the layer names)
 # Same family and layer names as the snippet's model, at a size a test can afford.

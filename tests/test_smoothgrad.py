@@ -49,10 +49,11 @@ def test_matches_direct_implementation_for_every_nt_type(small):
     }
     for nt_type, reference in expected.items():
         explainer = SmoothGrad(small, nt_type=nt_type, n_samples=6, noise_level=0.2, seed=5)
-        heatmap = explainer(x, target_class=targets)
-        assert explainer.last_attributions.shape == (2, 3, 32, 32)
+        result = explainer.explain_full(x, target_class=targets)
+        heatmap = result.heatmap
+        assert result.attributions.shape == (2, 3, 32, 32)
         scale = reference.abs().max()
-        assert torch.allclose(explainer.last_attributions, reference, atol=1e-5 * scale)
+        assert torch.allclose(result.attributions, reference, atol=1e-5 * scale)
         assert heatmap.shape == (2, 32, 32) and heatmap.min() >= 0 and heatmap.max() <= 1
 
 
@@ -83,13 +84,13 @@ def test_seeded_without_touching_the_global_rng(small):
 def test_zero_noise_is_the_gradient_and_ig_base_is_ig(small):
     x = _inputs(2)
     explainer = SmoothGrad(small, n_samples=2, noise_level=0.0)
-    explainer(x, target_class=[2, 5])
+    attributions = explainer.explain_full(x, target_class=[2, 5]).attributions
     grads = _direct_sample_gradients(small, x, [2, 5], n=1, level=0.0, seed=0)[:, 0]
-    assert torch.allclose(explainer.last_attributions, grads, atol=1e-6)
+    assert torch.allclose(attributions, grads, atol=1e-6)
     smooth_ig = SmoothGrad(small, n_samples=2, noise_level=0.0, base="ig", n_steps=8)
-    smooth_ig(x, target_class=[2, 5])
+    smoothed = smooth_ig.explain_full(x, target_class=[2, 5]).attributions
     ig = IntegratedGradients(small, n_steps=8).attribute_full(x, [2, 5])
-    assert torch.allclose(smooth_ig.last_attributions, ig.attributions, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(smoothed, ig.attributions, rtol=1e-4, atol=1e-7)
     noisy_ig = SmoothGrad(small, n_samples=3, base="ig", n_steps=4, nt_type="vargrad")
     assert noisy_ig(x, target_class=None).shape == (2, 32, 32)
 
@@ -97,11 +98,11 @@ def test_zero_noise_is_the_gradient_and_ig_base_is_ig(small):
 def test_predicted_class_of_the_clean_image(small):
     x = _inputs(2)
     explainer = SmoothGrad(small, n_samples=3, noise_level=0.5)
-    maps = explainer(x)
+    result = explainer.explain_full(x)
     with torch.no_grad():
         predicted = small(x).argmax(1)
-    assert torch.equal(explainer.last_targets, predicted)
-    assert torch.allclose(maps, explainer(x, target_class=predicted), atol=1e-6)
+    assert torch.equal(result.targets, predicted)
+    assert torch.allclose(result.heatmap, explainer(x, target_class=predicted), atol=1e-6)
 
 
 @pytest.mark.parametrize("wrap", [False, True], ids=["timm", "ImageClassifier"])

@@ -23,6 +23,9 @@ from timmlens.testing import calibrate_batchnorm, explainable_model
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from zoo_coverage import FAILING, REFUSED, WORKS, run_cell
 
+# every method on six families: 4-5 minutes on 2 cores, the bulk of the zoo tests
+pytestmark = pytest.mark.slow
+
 # layout -> (timm name, kwargs, input side)
 LAYOUTS = {
     # 96 px as in the sweep: at 64 px a stride-32 layer is 2x2 and RandomCAM / LIME can

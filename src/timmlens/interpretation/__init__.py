@@ -1,4 +1,10 @@
-"""Explanation methods: GradCAM, GradCAM++, Integrated Gradients, SmoothGrad, attention.
+"""Explanation methods: every registered method's class, the registry and the engines.
+
+31 methods in three families: CAM (GradCAM, GradCAM++, ScoreCAM, ... on a layer's
+activations), input attribution (Captum's Saliency, Integrated Gradients, SmoothGrad,
+DeepLift, SHAP, LIME, Occlusion, ..., and RISE) and attention/relevance (rollout,
+Chefer's relevance, LeGrad); `timmlens.interpretation.metrics` scores them. Every
+method's class is importable from here.
 
 Names are imported on first use (PEP 562), so ``import timmlens`` loads no Captum.
 ``quick_explain`` and the comparisons draw figures; they live in `timmlens.quick`,
@@ -20,10 +26,41 @@ if TYPE_CHECKING:
         compare_methods,
         quick_explain,
     )
-    from .attention import AttentionMaps, AttentionVisualizer
+    from .attention import AttentionMaps, AttentionVisualizer, CheferRelevance, LeGrad
     from .base import Explainer, normalize_maps
-    from .cam import GradCAM, GradCAMPlusPlus
-    from .input import IGResult, IntegratedGradients, SmoothGrad
+    from .cam import (
+        AblationCAM,
+        EigenCAM,
+        EigenGradCAM,
+        GradCAM,
+        GradCAMPlusPlus,
+        HiResCAM,
+        LayerCAM,
+        RandomCAM,
+        ScoreCAM,
+        XGradCAM,
+    )
+    from .input import (
+        LRP,
+        RISE,
+        CenterPrior,
+        Deconvolution,
+        DeepLift,
+        DeepLiftShap,
+        FeatureAblation,
+        GradientShap,
+        GuidedBackprop,
+        GuidedGradCam,
+        IGResult,
+        InputXGradient,
+        IntegratedGradients,
+        KernelShap,
+        Lime,
+        Occlusion,
+        Saliency,
+        ShapleyValueSampling,
+        SmoothGrad,
+    )
     from .registry import (
         as_explainer,
         available_methods,
@@ -33,18 +70,54 @@ if TYPE_CHECKING:
         register_method,
     )
 
+#: every registered method's class, by its engine's package (a test holds this to the registry)
+_METHOD_CLASSES: dict[str, tuple[str, ...]] = {
+    ".cam": (
+        "AblationCAM",
+        "EigenCAM",
+        "EigenGradCAM",
+        "GradCAM",
+        "GradCAMPlusPlus",
+        "HiResCAM",
+        "LayerCAM",
+        "RandomCAM",
+        "ScoreCAM",
+        "XGradCAM",
+    ),
+    ".input": (
+        "LRP",
+        "RISE",
+        "CenterPrior",
+        "Deconvolution",
+        "DeepLift",
+        "DeepLiftShap",
+        "FeatureAblation",
+        "GradientShap",
+        "GuidedBackprop",
+        "GuidedGradCam",
+        "InputXGradient",
+        "IntegratedGradients",
+        "KernelShap",
+        "Lime",
+        "Occlusion",
+        "Saliency",
+        "ShapleyValueSampling",
+        "SmoothGrad",
+    ),
+    ".attention": (
+        "AttentionVisualizer",
+        "CheferRelevance",
+        "LeGrad",
+    ),
+}
+
 _EXPORTS = {
     "ArchitectureComparison": "timmlens.quick",
     "AttentionMaps": ".attention",
-    "AttentionVisualizer": ".attention",
     "Explainer": ".base",
     "ExplanationResult": "timmlens.quick",
-    "GradCAM": ".cam",
-    "GradCAMPlusPlus": ".cam",
     "IGResult": ".input",
-    "IntegratedGradients": ".input",
     "MethodComparison": "timmlens.quick",
-    "SmoothGrad": ".input",
     "as_explainer": ".registry",
     "available_methods": ".registry",
     "compare_architectures": "timmlens.quick",
@@ -55,20 +128,47 @@ _EXPORTS = {
     "normalize_maps": ".base",
     "quick_explain": "timmlens.quick",
     "register_method": ".registry",
+    **{name: package for package, names in _METHOD_CLASSES.items() for name in names},
 }
 
 __all__ = [
+    "LRP",
+    "RISE",
+    "AblationCAM",
     "ArchitectureComparison",
     "AttentionMaps",
     "AttentionVisualizer",
+    "CenterPrior",
+    "CheferRelevance",
+    "Deconvolution",
+    "DeepLift",
+    "DeepLiftShap",
+    "EigenCAM",
+    "EigenGradCAM",
     "Explainer",
     "ExplanationResult",
+    "FeatureAblation",
     "GradCAM",
     "GradCAMPlusPlus",
+    "GradientShap",
+    "GuidedBackprop",
+    "GuidedGradCam",
+    "HiResCAM",
     "IGResult",
+    "InputXGradient",
     "IntegratedGradients",
+    "KernelShap",
+    "LayerCAM",
+    "LeGrad",
+    "Lime",
     "MethodComparison",
+    "Occlusion",
+    "RandomCAM",
+    "Saliency",
+    "ScoreCAM",
+    "ShapleyValueSampling",
     "SmoothGrad",
+    "XGradCAM",
     "as_explainer",
     "available_methods",
     "compare_architectures",

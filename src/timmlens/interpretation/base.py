@@ -145,8 +145,8 @@ class Explainer(ABC):
 
     Subclasses implement [`attribute`][] on a preprocessed batch and return an
     [`Explanation`][]; [`explain`][] gives its heatmaps, [`explain_full`][] all of it.
-    Results are returned, never kept for the next call to read (the ``last_*`` properties
-    only mirror the latest result for interactive use; they are racy under threads).
+    Results are returned, never kept for the next call to read: one explainer serves
+    threads and calls side by side.
     """
 
     #: short method name used in figures, tables and the CLI
@@ -165,7 +165,6 @@ class Explainer(ABC):
             raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}.")
         # torch.compile, DataParallel, DDP: explain the module inside (compile is warned)
         self.model = unwrap_model(model)
-        self._latest: Explanation | None = None
 
     def __call__(
         self, images: ImagesInput, target_class: TargetInput = None, **kwargs: Any
@@ -233,7 +232,6 @@ class Explainer(ABC):
         result = replace(result, context={**self.context(), **result.context})
         if isinstance(result.targets, CallableTargets):
             result = self._callable_result(result, inputs)
-        self._latest = result
         return result
 
     def context(self) -> dict[str, Any]:
@@ -279,21 +277,3 @@ class Explainer(ABC):
         carries it as ``targets`` and [`explain_batch_full`][] swaps in the predicted
         classes and the label. Runs inside the guard.
         """
-
-    # Deprecated read-only views of the latest result, kept for interactive use and old
-    # callers. With threads sharing an explainer they may show another thread's call:
-    # code that needs a call's targets or logits takes them from explain_full().
-    @property
-    def last_targets(self) -> torch.Tensor | None:
-        """``(B,)`` classes explained by the latest call (see [`explain_full`][])."""
-        return None if self._latest is None else self._latest.targets
-
-    @property
-    def last_logits(self) -> torch.Tensor | None:
-        """``(B, K)`` logits of the latest call, where it computed them."""
-        return None if self._latest is None else self._latest.logits
-
-    @property
-    def last_attributions(self) -> torch.Tensor | None:
-        """Raw attributions of the latest call (`Explanation.attributions`)."""
-        return None if self._latest is None else self._latest.attributions

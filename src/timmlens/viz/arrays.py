@@ -121,6 +121,17 @@ def scaled_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def nearest_sample(grid: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour sample of ``grid`` ``(H0, W0)`` -> ``(height, width)`` (NaN kept)."""
+    rows = np.minimum(
+        ((np.arange(height) + 0.5) * grid.shape[0] / height).astype(int), grid.shape[0] - 1
+    )
+    cols = np.minimum(
+        ((np.arange(width) + 0.5) * grid.shape[1] / width).astype(int), grid.shape[1] - 1
+    )
+    return grid[np.ix_(rows, cols)]
+
+
 def downscaled(picture: np.ndarray, max_side: int) -> np.ndarray:
     """An ``(h, w, 3)`` uint8 picture resized (Lanczos) to `scaled_size`."""
     height, width = scaled_size(*picture.shape[:2], max_side)

@@ -18,26 +18,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .html_page import page_head
-from .interactive import escape
+from .html_page import PAGE_STYLE, escape, render_page
 from .report_html import _figure, display_picture, overlay_array, probability_text
 
 #: long side of a gallery thumbnail, in pixels
 THUMBNAIL_SIDE = 176
-
-_CSS = """h2 { font-size: 17px; margin: 22px 0 4px; border-bottom: 1px solid #ddd;
-  padding-bottom: 3px; }
-p.classes { font-size: 13px; margin: 2px 0 8px; }
-p.classes.none { color: #777; }
-.cards { display: flex; flex-wrap: wrap; gap: 10px; align-items: flex-start; }
-figure { margin: 0; }
-figure img { display: block; max-width: 100%; height: auto; border-radius: 3px; }
-figcaption { font-size: 12px; margin-top: 2px; max-width: 176px; overflow-wrap: anywhere; }
-table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
-th, td { border-bottom: 1px solid #e4e4e4; padding: 2px 9px; text-align: left; }
-th { background: #f4f4f4; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-"""
 
 
 def concept_overlays(pictures: Sequence[dict[str, Any]]) -> list[np.ndarray]:
@@ -100,7 +85,7 @@ def render_gallery(summary: dict[str, Any], overlays: Sequence[Sequence[np.ndarr
         f"concept's map (its NMF loading at every position, bilinear to the input); score: "
         f"the mean norm of the concept's term over the image."
     )
-    parts = [page_head("Concepts over a dataset", subtitle, css=_CSS), _summary_table(summary)]
+    parts = [_summary_table(summary)]
     for concept, pictures in zip(summary["concepts"], overlays, strict=True):
         k = concept["index"] + 1
         parts.append(
@@ -113,8 +98,12 @@ def render_gallery(summary: dict[str, Any], overlays: Sequence[Sequence[np.ndarr
             for item, picture in zip(concept["top_images"], pictures, strict=True)
         ]
         parts.append(f'<div class="cards">{"".join(figures)}</div></section>')
-    parts.append("</body>\n</html>\n")
-    return "\n".join(parts)
+    return render_page(
+        "Concepts over a dataset",
+        "\n".join(parts),
+        subtitle=subtitle,
+        styles=(PAGE_STYLE, "concepts.css"),
+    )
 
 
 def strip_png(overlays: Sequence[np.ndarray], path: Path, gap: int = 4) -> Path:

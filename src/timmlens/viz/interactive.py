@@ -1,7 +1,7 @@
 """Interactive figures of explanations; nothing here runs a model.
 
 [`explanation_html`][] writes a small self-contained page without plotly
-(`timmlens.viz.html_page`, a few hundred kilobytes). The plotly figures
+(`timmlens.viz.explanation_page`, a few hundred kilobytes). The plotly figures
 ([`explanation_figure`][], [`attention_figure`][]) are for notebooks, where plotly.js
 is already loaded; [`write_html`][] embeds plotly.js (4.8 MB) in the page it writes. They show the
 original photo with the heatmap over it; an opacity slider, a colormap menu, zoom and
@@ -16,7 +16,6 @@ plotly is an optional dependency: ``pip install "timmlens[interactive]"``.
 
 from __future__ import annotations
 
-import html
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,12 +30,14 @@ from .arrays import (
     downscaled,
     heatmap_on_picture,
     jpeg_data_uri,
+    nearest_sample,
     picture_array,
     scaled_size,
     value_range,
 )
 from .html_page import ERRORS_ATTRIBUTE as ERRORS_ATTRIBUTE  # re-exported: the page attributes
-from .html_page import READY_ATTRIBUTE, _sample, page_head
+from .html_page import READY_ATTRIBUTE, render_page
+from .html_page import escape as _escape
 from .labels import explanation_title
 
 COLORSCALES = ("Jet", "Viridis", "Inferno", "Hot", "Greys", "RdBu")
@@ -61,14 +62,9 @@ def require_plotly() -> Any:
     return go
 
 
-def escape(text: object) -> str:
-    """HTML-escape a label for the page and for plotly's text (which renders entities)."""
-    return html.escape(str(text), quote=True)
-
-
 def _template_safe(text: str) -> str:
     """An escaped label inside a plotly hovertemplate (``%{...}`` would be a placeholder)."""
-    return escape(text).replace("%", "&#37;")
+    return _escape(text).replace("%", "&#37;")
 
 
 # ------------------------------------------------------------------ pictures
@@ -120,7 +116,7 @@ def _heat_trace(
     finite = full[np.isfinite(full)]
     if stretch and finite.size and float(finite.max()) > float(finite.min()):
         zmin, zmax = float(finite.min()), float(finite.max())
-    small = _sample(full, *scaled_size(height, width, max_side)).astype(np.float32)
+    small = nearest_sample(full, *scaled_size(height, width, max_side)).astype(np.float32)
     xs, ys = _pixel_axis(small.shape[1], width), _pixel_axis(small.shape[0], height)
     return go.Heatmap(
         z=np.round(small, 4),
@@ -136,7 +132,7 @@ def _heat_trace(
         hovertemplate=(
             f"x %{{x:.0f}}, y %{{y:.0f}}<br>{_template_safe(name)}: %{{z:.3f}}<extra></extra>"
         ),
-        name=escape(name),
+        name=_escape(name),
         visible=visible,
         colorbar={"thickness": 14, "len": 0.8},
     )
@@ -239,13 +235,13 @@ def explanation_figure(
         buttons.append(
             {
                 "method": "update",
-                "label": escape(name),
-                "args": [{"visible": visible}, {"title.text": escape(text)}],
+                "label": _escape(name),
+                "args": [{"visible": visible}, {"title.text": _escape(text)}],
             }
         )
     first = f"{heading} - {names[0]}" if heading else names[0]
     fig.update_layout(
-        title={"text": escape(first), "x": 0.02},
+        title={"text": _escape(first), "x": 0.02},
         updatemenus=[
             {
                 "type": "buttons",
@@ -315,16 +311,16 @@ def attention_figure(
     steps = [
         {
             "method": "update",
-            "label": escape(name),
+            "label": _escape(name),
             "args": [
                 {"visible": [True] + [j == i for j in range(len(names))]},
-                {"title.text": escape(f"{title} - {name}")},
+                {"title.text": _escape(f"{title} - {name}")},
             ],
         }
         for i, name in enumerate(names)
     ]
     fig.update_layout(
-        title={"text": escape(f"{title} - {names[last]}"), "x": 0.02},
+        title={"text": _escape(f"{title} - {names[last]}"), "x": 0.02},
         sliders=[
             {
                 "active": last,
@@ -362,7 +358,7 @@ def write_html(
 
     require_plotly()
     figures = list(figures) if isinstance(figures, (list, tuple)) else [figures]
-    parts = [page_head(title, subtitle)]
+    parts = []
     config = {"scrollZoom": True, "displaylogo": False, "responsive": True}
     for i, fig in enumerate(figures):
         parts.append(
@@ -375,10 +371,10 @@ def write_html(
                 post_script=_MARK_PLOTTED.format(ready=READY_ATTRIBUTE),
             )
         )
-    parts.append("</body>\n</html>\n")
+    page = render_page(title, "\n".join(parts), subtitle=subtitle)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts), encoding="utf-8")
+    path.write_text(page, encoding="utf-8")
     return path
 
 
@@ -410,7 +406,7 @@ def explanation_html(
     opacity: float = 0.5,
 ) -> Path:
     """One small self-contained page for one image: method overlays (buttons) and, for
-    ViTs, attention per block (a slider). Needs no plotly (see `timmlens.viz.html_page`).
+    ViTs, attention per block (a slider). Needs no plotly (see `timmlens.viz.explanation_page`).
 
     Args:
         path: the ``.html`` file to write.
@@ -431,7 +427,7 @@ def explanation_html(
     Returns:
         The path written (a page of a few hundred kilobytes).
     """
-    from .html_page import PageView, write_page
+    from .explanation_page import PageView, write_page
 
     if not heatmaps:
         raise ValueError("no heatmaps given; pass {method name: (H, W) heatmap}.")

@@ -33,7 +33,7 @@ from .arrays import (
     picture_array,
     value_range,
 )
-from .interactive import escape
+from .html_page import escape, render_page
 from .labels import format_probability
 
 DEFAULT_ALPHA = 0.5
@@ -43,34 +43,6 @@ CARD_IMAGE_SIDE = 256
 JPEG_QUALITY = 85
 #: how many image ids a confusion-pair row lists before "+ N more"
 IDS_PER_PAIR = 5
-
-_STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 16px 24px;
-       color: #222; background: #fff; }
-h1 { font-size: 22px; margin: 4px 0 2px; }
-h2 { font-size: 18px; margin: 26px 0 8px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
-h3 { font-size: 15px; margin: 18px 0 6px; }
-p.note { color: #555; font-size: 13px; margin: 4px 0 10px; }
-.numbers { display: flex; flex-wrap: wrap; gap: 10px; margin: 12px 0; }
-.number { border: 1px solid #ddd; border-radius: 6px; padding: 6px 12px; min-width: 90px; }
-.number b { display: block; font-size: 20px; }
-.number span { font-size: 12px; color: #555; }
-table { border-collapse: collapse; font-size: 13px; }
-th, td { border-bottom: 1px solid #e4e4e4; padding: 3px 10px; text-align: left;
-         vertical-align: top; }
-th { background: #f4f4f4; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-code { font-size: 12px; overflow-wrap: anywhere; }
-.cards { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
-.card { border: 1px solid #ddd; border-radius: 6px; padding: 8px 10px; }
-.card .head { font-size: 13px; margin-bottom: 6px; }
-.panels { display: flex; flex-wrap: wrap; gap: 10px; }
-figure { margin: 0; }
-figure img { display: block; max-width: 100%; height: auto; }
-figcaption { font-size: 13px; margin-top: 3px; max-width: 256px; }
-figcaption.predicted { color: #a01010; }
-figcaption.true { color: #106010; }
-"""
 
 
 # ------------------------------------------------------------------ pictures
@@ -225,7 +197,6 @@ def _header(summary: Mapping[str, Any]) -> str:
     if counts["unlabelled"]:
         numbers.append(_number(str(counts["unlabelled"]), "skipped (no label)"))
     parts = [
-        f"<h1>Error analysis: {escape(_model_heading(summary))}</h1>",
         f'<p class="note">data: <code>{escape(summary["data"])}</code> &middot; method: '
         f"{escape(summary['method'])} &middot; {int(summary['num_classes'])} classes</p>",
         f'<div class="numbers">{"".join(numbers)}</div>',
@@ -366,10 +337,6 @@ def render_report(
         "<h2>Errors</h2>",
         _gallery(summary, groups, cards),
     ]
+    # a report is read, not driven: no script on it, not even the error counter
     title = f"Error analysis: {_model_heading(summary)}"
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body>\n</html>\n"
-    )
+    return render_page(title, "\n".join(body), styles=("report.css",), instrumented=False)

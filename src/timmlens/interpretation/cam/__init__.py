@@ -2,5 +2,20 @@
 
 from .engine import CamContext, CAMExplainer
 from .gradcam import GradCAM, GradCAMPlusPlus
+from .perturbation import AblationCAM, ScoreCAM
+from .variants import EigenCAM, EigenGradCAM, HiResCAM, LayerCAM, RandomCAM, XGradCAM
 
-__all__ = ["CAMExplainer", "CamContext", "GradCAM", "GradCAMPlusPlus"]
+__all__ = [
+    "AblationCAM",
+    "CAMExplainer",
+    "CamContext",
+    "EigenCAM",
+    "EigenGradCAM",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "RandomCAM",
+    "ScoreCAM",
+    "XGradCAM",
+]

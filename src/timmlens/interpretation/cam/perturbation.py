@@ -121,8 +121,11 @@ class ScoreCAM(_ScoredCAM):
     chunk (chunks sized from free memory, or ``max_batch``).
 
     Args:
-        model, target_layer, relu, normalize, interpolate: as `GradCAM`;
-            ``interpolate`` also upsamples the masks.
+        model: as `GradCAM`.
+        target_layer: as `GradCAM`.
+        relu: as `GradCAM`.
+        normalize: as `GradCAM`.
+        interpolate: as `GradCAM`; it also upsamples the masks.
         max_batch: masked images per forward; ``None`` sizes chunks from free memory.
         align_corners: for bilinear/bicubic mask upsampling. ``False`` (default) as the
             authors' code and torchcam; ``True`` is pytorch-grad-cam's
@@ -186,7 +189,11 @@ class AblationCAM(_ScoredCAM):
     class follows the paper.
 
     Args:
-        model, target_layer, relu, normalize, interpolate: as `GradCAM`.
+        model: as `GradCAM`.
+        target_layer: as `GradCAM`.
+        relu: as `GradCAM`.
+        normalize: as `GradCAM`.
+        interpolate: as `GradCAM`.
         max_batch: ablated copies per forward; ``None`` sizes chunks from free memory.
     """
 

@@ -627,8 +627,9 @@ class GradientShap(_ShapMethod):
         model: an ``ImageClassifier`` or a bare timm model.
         n_samples: random points per image.
         stdevs: std of Captum's Gaussian input noise (normalised input units).
-        baseline, n_baselines, baseline_noise: the baseline distribution, as
-            `DeepLiftShap`.
+        baseline: the baseline distribution's centre, as `DeepLiftShap`.
+        n_baselines: baselines drawn per image, as `DeepLiftShap`.
+        baseline_noise: the spread of the drawn baselines, as `DeepLiftShap`.
         signed: heatmaps keep polarity instead of ``|.|`` summed over channels.
         seed: seed of the distribution and of Captum's draws.
     """

@@ -1,18 +1,25 @@
-"""Per-architecture recipes, generated from the adapters so the docs cannot drift.
+"""The recipes page (``docs/recipes.md``), generated from the adapters so it cannot drift.
 
-``docs/recipes.md`` is `recipes_markdown` written out (``make docs`` does it; a
-test fails when the file and the adapters disagree).
+    python tools/recipes_page.py docs/recipes.md            # write it (make docs)
+    python tools/recipes_page.py docs/recipes.md --check    # exit 1 if out of date (CI)
+
+A docs tool, not part of the library: it builds every example architecture at full size
+with random weights (no download) and asks `timmlens.adapters.describe` for its facts.
+``tests/test_recipes.py`` runs every snippet on a shrunken model of the same family.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import warnings
+from pathlib import Path
 
 import timm
 import torch
 
-from .describe import ModelDescription, describe
+from timmlens.adapters.describe import ModelDescription, describe
+from timmlens.interpretation.registry import METHODS
 
 # (family title, example architecture, tip). The facts in each row come from the adapter.
 RECIPE_MODELS: list[tuple[str, str, str]] = [
@@ -64,8 +71,6 @@ RECIPE_MODELS: list[tuple[str, str, str]] = [
 def _methods_for_every_model() -> str:
     """Titles of the first-choice methods (``compared_by_default``) for every family (all but
     attention); the methods page and the matrix list the rest."""
-    from ..interpretation.registry import METHODS
-
     return ", ".join(
         spec.title
         for spec in METHODS.values()
@@ -134,8 +139,8 @@ def recipes_markdown() -> str:
     lines = [
         "# Recipes per architecture",
         "",
-        "Generated from timmlens' adapters by `timmlens.adapters.recipes.recipes_markdown()` "
-        "(`make docs`); do not edit by hand. Every snippet is run by the test suite "
+        "Generated from timmlens' adapters by `tools/recipes_page.py` (`make docs`); do not "
+        "edit by hand. Every snippet is run by the test suite "
         "(`tests/test_recipes.py`, on a shrunken model of the same family). Layer names are "
         "those of a bare timm model; in an `ImageClassifier` they start with `backbone.` "
         "(both forms are accepted). [Every method](methods/index.md) and "
@@ -192,10 +197,7 @@ def recipes_markdown() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m timmlens.adapters.recipes PATH [--check]``: write or verify the page."""
-    import argparse
-    from pathlib import Path
-
+    """``python tools/recipes_page.py PATH [--check]``: write or verify the page."""
     parser = argparse.ArgumentParser(description="Generate the recipes page from the adapters.")
     parser.add_argument("path", type=Path)
     parser.add_argument("--check", action="store_true", help="fail if PATH is out of date")
@@ -203,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     text = recipes_markdown()
     if args.check:
         if not args.path.exists() or args.path.read_text() != text:
-            print(f"{args.path} is out of date with the adapters; run `make docs`.")
+            print(
+                f"{args.path} is out of date with the adapters; rewrite it with "
+                f"`python tools/recipes_page.py {args.path}` (or `make docs`)."
+            )
             return 1
         return 0
     args.path.write_text(text)
