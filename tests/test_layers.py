@@ -46,9 +46,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "timmlens.quick",
             "timmlens.quick_results",
             "timmlens.testing",
-            # the generator of docs/recipes.md (run by `make docs`, imported by no module):
-            # it reads the adapters and the method registry
-            "timmlens.adapters.recipes",
         ),
     ),
 )
