@@ -459,3 +459,26 @@ def test_too_many_steps_and_bad_sensitivity_n(model, images, heatmaps):
         metrics.max_sensitivity(lambda x: x, images[0], 0)
     with pytest.raises(ValueError, match="unknown metric"):
         metrics.evaluate_all(images[0], {"a": heatmaps[0]}, 0, metrics=["auc"])
+
+
+# -- options: declared by the metrics, checked by the front -----------------------------
+
+
+@pytest.mark.parametrize("value", [0, -3, 1.5, 0.0, 1.0, True, "10%"])
+def test_sensitivity_n_is_a_count_or_a_fraction(model, value):
+    with pytest.raises(ValueError, match=r"sensitivity_n must be a positive int .* \(0, 1\)"):
+        ExplanationMetrics(model, sensitivity_n=value)
+
+
+def test_patch_size_must_fit_the_image(model, images, heatmaps):
+    metrics = ExplanationMetrics(model, patch_size=1000, n_samples=4)
+    with pytest.raises(ValueError, match=r"patch_size=1000 does not fit the 32x32 model input"):
+        metrics.sensitivity(images[0], heatmaps[0], 0)
+    with pytest.raises(ValueError, match=r"patch_size=40 does not fit the 32x32 model input"):
+        ExplanationMetrics(model, n_samples=4).sensitivity(images[0], heatmaps[0], 0, patch_size=40)
+
+
+def test_unknown_option_lists_the_options_and_the_closest(model):
+    with pytest.raises(TypeError, match=r"unknown option 'stpes'.*Did you mean 'steps'") as error:
+        ExplanationMetrics(model, stpes=4)
+    assert "road_percentiles" in str(error.value) and "sensitivity_n" in str(error.value)
