@@ -26,9 +26,7 @@ if TYPE_CHECKING:
     from .input import IGResult, IntegratedGradients, SmoothGrad
     from .registry import (
         as_explainer,
-        available_methods,
         create_explainer,
-        method_names,
         methods,
         register_method,
     )
@@ -46,11 +44,9 @@ _EXPORTS = {
     "MethodComparison": "timmlens.quick",
     "SmoothGrad": ".input",
     "as_explainer": ".registry",
-    "available_methods": ".registry",
     "compare_architectures": "timmlens.quick",
     "compare_methods": "timmlens.quick",
     "create_explainer": ".registry",
-    "method_names": ".registry",
     "methods": ".registry",
     "normalize_maps": ".base",
     "quick_explain": "timmlens.quick",
@@ -70,11 +66,9 @@ __all__ = [
     "MethodComparison",
     "SmoothGrad",
     "as_explainer",
-    "available_methods",
     "compare_architectures",
     "compare_methods",
     "create_explainer",
-    "method_names",
     "methods",
     "normalize_maps",
     "quick_explain",
