@@ -138,18 +138,21 @@ def test_metrics_of_a_callable_equal_those_of_its_class(models, inputs, score):
     model = models["cnn"]
     metrics = ExplanationMetrics(model, steps=4, n_samples=4, score=score)
     heatmap = torch.rand(2, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
-    by_index = metrics.curves(inputs, heatmap, TARGET)
-    by_callable = metrics.curves(inputs, heatmap, select)
+    by_index = metrics.compute(inputs, heatmap, TARGET)
+    by_callable = metrics.compute(inputs, heatmap, select)
     for target, results in ((TARGET, by_index), (select, by_callable)):
         results["sensitivity"] = metrics.sensitivity(inputs, heatmap, target)
-        results["infidelity"] = metrics.infidelity(heatmap, inputs, target, n_perturb_samples=4)
+        results["infidelity"] = metrics.run(
+            "infidelity", inputs, heatmap, target, infidelity_samples=4
+        )
     for name, result in by_callable.items():
         assert torch.equal(result.per_image, by_index[name].per_image), name
         assert result.settings["target"] == "custom target (select)"
         assert torch.equal(result.targets, model(inputs).argmax(dim=1))
     gradcam = create_explainer("gradcam", model)
-    index_max = metrics.max_sensitivity(gradcam, inputs, TARGET, n_perturb_samples=2)
-    callable_max = metrics.max_sensitivity(gradcam, inputs, select, n_perturb_samples=2)
+    options = {"max_sensitivity_samples": 2}
+    index_max = metrics.run("max-sensitivity", inputs, gradcam, TARGET, **options)
+    callable_max = metrics.run("max-sensitivity", inputs, gradcam, select, **options)
     assert torch.equal(callable_max.per_image, index_max.per_image)
 
 
