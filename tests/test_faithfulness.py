@@ -266,7 +266,7 @@ def test_bad_percentiles(small, images, heatmaps, percentiles, match):
 
 def test_bad_road_options_and_nan_heatmaps(small, images, heatmaps):
     metrics = ExplanationMetrics(small)
-    with pytest.raises(ValueError, match="Unknown metric 'road_middle'.*Did you mean 'road_"):
+    with pytest.raises(ValueError, match=r"Unknown metric 'road_middle'.*Did you mean 'road_"):
         metrics.run("road_middle", images[0], heatmaps[0], 0)
     with pytest.raises(MetricInputError, match="noise must be a finite number >= 0"):
         metrics.run("road_morf", images[0], heatmaps[0], 0, road_noise=-0.1)

@@ -36,6 +36,7 @@ ROOT = Path(__file__).parents[1]
 DOCS_PAGE = ROOT / "docs" / "methods" / "index.md"
 sys.path.insert(0, str(ROOT / "tools"))
 from methods_page import methods_markdown  # noqa: E402 - the generator lives in tools/
+
 CAM = ["gradcam", "gradcampp", "scorecam", "ablationcam", "hirescam", "xgradcam", "layercam"]
 CAM += ["eigencam", "eigengradcam", "randomcam"]
 INPUT = ["saliency", "inputxgradient", "guidedbackprop", "deconvolution", "guidedgradcam"]

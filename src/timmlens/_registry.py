@@ -159,7 +159,8 @@ class Registry(Generic[Spec]):
         try:
             yield
         finally:
-            for live, saved in zip((self._specs, self._aliases, self._sequence), state):
+            live_state = (self._specs, self._aliases, self._sequence)
+            for live, saved in zip(live_state, state, strict=True):
                 live.clear()
                 live.update(saved)  # type: ignore[arg-type]
 

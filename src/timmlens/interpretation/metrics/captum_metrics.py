@@ -231,9 +231,7 @@ MAX_SENSITIVITY_OPTIONS: tuple[MetricOption, ...] = (
     ),
 )
 INFIDELITY_OPTIONS: tuple[MetricOption, ...] = (
-    MetricOption(
-        "infidelity_samples", 32, "noise draws per image", positive("infidelity_samples")
-    ),
+    MetricOption("infidelity_samples", 32, "noise draws per image", positive("infidelity_samples")),
     MetricOption(
         "infidelity_noise",
         0.02,

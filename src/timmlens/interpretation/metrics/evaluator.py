@@ -53,17 +53,17 @@ class ExplanationMetrics:
 
     Args:
         model: a classifier returning ``(B, num_classes)`` logits.
-        options: any option a registered metric declares, or the engine's (listed with
-            their defaults and docs by [`option_specs`][timmlens.interpretation.metrics.ExplanationMetrics.option_specs]
-            and in the metrics guide). The engine's: ``score`` (``"probability"``, the
-            target's softmax as RISE, or ``"logit"``; a callable ``target_class`` is applied
-            to what a class index would select from), ``seed`` (0; each call starts from it
-            afresh), ``max_batch`` and ``memory_budget_bytes`` (the chunking: ``None``
-            sizes chunks by a quarter of the free CUDA memory, 512 MiB elsewhere, estimated
-            by a probe forward). The metrics': ``steps``, ``pixels_per_step``,
-            ``substrate``, ``insertion_substrate``, ``blur_kernel``, ``blur_sigma``,
-            ``tie_order`` (insertion, deletion); ``sensitivity_n``, ``patch_size``,
-            ``n_samples`` (sensitivity-n); ``road_percentiles``, ``road_noise`` (ROAD);
+        options: any option a registered metric declares, or the engine's; `option_specs`
+            lists them with their defaults and docs, as does the metrics guide.
+            The engine's: ``score`` (``"probability"``, the target's softmax as RISE, or
+            ``"logit"``; a callable ``target_class`` is applied to what a class index would
+            select from), ``seed`` (0; each call starts from it afresh), ``max_batch`` and
+            ``memory_budget_bytes`` (the chunking; ``None`` sizes chunks by a quarter of the
+            free CUDA memory, 512 MiB elsewhere, estimated by a probe forward).
+            The metrics': ``steps``, ``pixels_per_step``, ``substrate``,
+            ``insertion_substrate``, ``blur_kernel``, ``blur_sigma``, ``tie_order``
+            (insertion, deletion); ``sensitivity_n``, ``patch_size``, ``n_samples``
+            (sensitivity-n); ``road_percentiles``, ``road_noise`` (ROAD);
             ``aopc_patch_size``, ``aopc_steps`` (AOPC); ``infidelity_samples``,
             ``infidelity_noise``, ``infidelity_normalize``; ``max_sensitivity_samples``,
             ``max_sensitivity_radius``, ``max_sensitivity_norm``. With the defaults,

@@ -121,9 +121,7 @@ ENGINE_OPTIONS: tuple[MetricOption, ...] = (
 )
 
 
-def unknown_option_error(
-    unknown: Iterable[str], known: Iterable[str], where: str
-) -> TypeError:
+def unknown_option_error(unknown: Iterable[str], known: Iterable[str], where: str) -> TypeError:
     """The error for options nobody declares: the valid names and the closest one."""
     unknown, known = sorted(unknown), sorted(known)
     first = unknown[0]

@@ -159,14 +159,6 @@ ROAD_OPTIONS: tuple[MetricOption, ...] = (
 )
 
 
-def check_order(order: object) -> None:
-    if order not in ROAD_ORDERS:
-        raise MetricInputError(
-            f"order={order!r} is not known; use 'morf' (most relevant first: remove the "
-            f"top-ranked pixels) or 'lerf' (least relevant first)."
-        )
-
-
 def removed_counts(percentiles: Sequence[float], num_pixels: int) -> list[int]:
     """Pixels removed at each percentile: ``round(p / 100 * num_pixels)``, within 1..N-1."""
     return [min(max(round(p * num_pixels / 100), 1), num_pixels - 1) for p in percentiles]
