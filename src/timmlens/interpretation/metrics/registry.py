@@ -4,7 +4,7 @@ read.
 A metric is anything with ``name``, ``higher_is_better``, ``needs`` and
 ``compute(context) -> MetricResult | (B,) tensor`` (`Metric`); the
 [`register_metric`][] decorator fills in the first three and adds it, with the options it
-declares (`MetricOption`)::
+declares (`MetricOption`; ``positive`` and the other checks are in ``metrics.options``)::
 
     @register_metric(
         "mass",
