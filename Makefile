@@ -62,7 +62,7 @@ $(VENV)/.docs-stamp: pyproject.toml $(VENV)/.base-stamp
 # page (method registry), then builds the site strictly.
 docs: $(VENV)/.docs-stamp
 	$(BIN)/python tools/recipes_page.py docs/recipes.md
-	$(BIN)/python -m timmlens.interpretation.registry docs/methods/index.md
+	$(BIN)/python tools/methods_page.py docs/methods/index.md
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # CI: the recipes and methods pages must match the adapters and the method registry,
@@ -70,7 +70,7 @@ docs: $(VENV)/.docs-stamp
 # docstring may keep a Sphinx role, which mkdocstrings shows raw (":class:`Name`").
 docs-check: $(VENV)/.docs-stamp
 	$(BIN)/python tools/recipes_page.py docs/recipes.md --check
-	$(BIN)/python -m timmlens.interpretation.registry docs/methods/index.md --check
+	$(BIN)/python tools/methods_page.py docs/methods/index.md --check
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 	@if grep -rnoE ':(class|func|meth|mod|attr|data|exc|obj):(<code>|`)' site --include='*.html'; then \
 		echo "docs-check: unrendered cross-references above; write [\`Name\`][] or [\`name\`][full.path]"; \

@@ -42,7 +42,7 @@ from timmlens.errors import ModelLoadError
 from timmlens.evaluation.leaderboard import REFERENCE_METHODS, Leaderboard, build_leaderboard
 from timmlens.evaluation.summary import RowStore
 from timmlens.interpretation.metrics.registry import metrics as registered_metrics
-from timmlens.interpretation.registry import methods
+from timmlens.interpretation.registry import methods, resolve_method
 from timmlens.models.bundled import BUNDLED_SPECS, bundled_weights_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,22 +56,16 @@ SKIPPED_METRICS = {
     "aopc": "100 forwards per map at its default 100 steps",
 }
 #: Methods left out of the page's run for their cost (none today: every CNN method runs,
-#: the slow ones at the small settings of ``FAST``).
+#: the slow ones at their own small settings, ``quick_options``).
 SKIPPED_METHODS: dict[str, str] = {}
 #: ROAD's removal levels on the page (the paper's are 10, 20, ..., 90: the imputation of
 #: every (map, level) is most of the run's cost on a shared CPU).
 ROAD_PERCENTILES = (20.0, 40.0, 60.0, 80.0)
-#: Small settings for the slow methods (the costs the page can afford on a shared CPU).
-FAST: dict[str, dict[str, Any]] = {
-    "rise": {"n_masks": 256},
-    "shapley": {"n_samples": 1, "grid": 4},
-    "kernelshap": {"n_samples": 64, "grid": 4},
-    "lime": {"n_samples": 64, "grid": 4},
-    "gradientshap": {"n_samples": 8},
-    "ig": {"n_steps": 16},
-    "smoothgrad": {"n_samples": 8},
-    "occlusion": {"window": 56},
-}
+
+
+def quick(method: str) -> dict[str, Any]:
+    """The method's cheap settings (its spec's ``quick_options``, as the tests use)."""
+    return dict(resolve_method(method).quick_options)
 
 
 def write_photos(folder: Path) -> list[str]:
@@ -173,9 +167,9 @@ def page(
     n_pairs = sum(board.images.values())
     models = ", ".join(f"`{m}` ({board.images[m]} images)" for m in board.models)
     fast = ", ".join(
-        f"{m} " + " ".join(f"{k}={v}" for k, v in FAST[m].items())
+        f"{m} " + " ".join(f"{k}={v}" for k, v in quick(m).items())
         for m in board.methods
-        if m in FAST
+        if quick(m)
     )
     lines = [
         "# Which method should I use?",
@@ -322,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             skipped_models[spec] = str(exc)
     write_photos(args.work / "photos")
     chosen = args.methods or chosen_methods()
-    options = {m: FAST[m] for m in chosen if m in FAST}
+    options = {m: quick(m) for m in chosen if quick(m)}
     start = time.perf_counter()
     if args.from_rows:
         board = board_from_rows(models, chosen, args.work / "runs")

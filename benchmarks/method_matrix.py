@@ -4,7 +4,7 @@ Models: resnet18, the real (bundled) EfficientNet-Lite0, convnext_atto, vit_tiny
 deit_tiny_distilled and swin_tiny. All but EfficientNet-Lite0 have random weights made
 explainable by ``timmlens.testing.make_explainable`` (nothing is downloaded); each runs
 at its own input size, capped at 224 px. Every method is built through
-``as_explainer(name, model, **FAST[name])`` (small settings for the slow ones) and run on
+``as_explainer(name, model, **quick)`` (``quick``: the method's own ``quick_options``) and run on
 scikit-image's chelsea photo for the predicted class and the runner-up. A cell "works"
 when both maps are finite and non-constant and differ between the two classes (a
 class-agnostic method must give the same map twice: "works (class-agnostic)"); else it
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import inspect
 import io
 import re
 import signal
@@ -60,17 +59,9 @@ MODELS: dict[str, str | None] = {
     "deit_tiny_distilled": "deit_tiny_distilled_patch16_224",
     "swin_tiny": "swin_tiny_patch4_window7_224",
 }
-# Small settings for the slow methods: the question is whether a method works, not how
-# good its map is at paper settings. Option names are checked against each constructor.
-FAST: dict[str, dict[str, Any]] = {
-    "rise": {"n_masks": 64},
-    "shapley": {"n_samples": 1, "grid": 4},
-    "kernelshap": {"n_samples": 32, "grid": 4},
-    "lime": {"n_samples": 32, "grid": 4},
-    "gradientshap": {"n_samples": 4},
-    "ig": {"n_steps": 8},
-    "smoothgrad": {"n_samples": 4},
-}
+# Small settings for the slow methods (each method's ``quick_options``, the one set the tests
+# and the leaderboard use too): the question is whether a method works, not how good its
+# map is at paper settings.
 # Occlusion on models without a patch size (CNNs, Swin): 56 px windows, stride 28 (49
 # forwards) instead of the default 16 px (729); ViTs keep their patch-sized default.
 CNN_OCCLUSION_WINDOW = 56
@@ -114,14 +105,13 @@ def build_model(key: str) -> nn.Module:
 
 
 def options_for(method: str, model: nn.Module) -> dict[str, Any]:
-    """``FAST`` settings of ``method`` for ``model``, checked against its constructor."""
-    options = dict(FAST.get(method, {}))
-    if method == "occlusion" and patch_pixels(model) is None:
-        options["window"] = CNN_OCCLUSION_WINDOW
-    accepted = inspect.signature(resolve_method(method).cls.__init__).parameters
-    unknown = set(options) - set(accepted)
-    if unknown:  # a renamed option must not silently fall back to the slow default
-        raise SystemExit(f"FAST options {sorted(unknown)} are not options of {method}")
+    """The quick settings of ``method`` for ``model`` (``register_method`` has checked
+    them against the constructor)."""
+    options = dict(resolve_method(method).quick_options)
+    if method == "occlusion":  # CNNs: one window size here; ViTs: their patch-sized default
+        options.pop("window", None)
+        if patch_pixels(model) is None:
+            options["window"] = CNN_OCCLUSION_WINDOW
     return options
 
 
@@ -210,7 +200,8 @@ def markdown_table(cells: list[Cell], names: list[str], keys: list[str], what: s
 def settings_note() -> str:
     fast = ", ".join(
         f"{method} " + " ".join(f"{k}={v}" for k, v in opts.items())
-        for method, opts in FAST.items()
+        for method in methods()
+        if method != "occlusion" and (opts := resolve_method(method).quick_options)
     )
     return (
         f"Settings: {fast}; occlusion window={CNN_OCCLUSION_WINDOW} (stride "

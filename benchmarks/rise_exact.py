@@ -32,7 +32,7 @@ def main(step: int) -> None:
     model = load_model("bundled:efficientnet_lite0")
     images = prepare_images([getattr(data, name)() for name in PHOTOS], model).tensor
     heatmaps = GradCAM(model).explain_batch(images, None).detach()
-    ours = ExplanationMetrics(model, pixels_per_step=step, tie_order="rise").curves(
+    ours = ExplanationMetrics(model, pixels_per_step=step, tie_order="rise").compute(
         images, heatmaps
     )
     old = ExplanationMetrics(

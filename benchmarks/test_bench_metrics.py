@@ -4,7 +4,7 @@ Setting: CPU, resnet18 (random weights made explainable), 4 images at 224x224, R
 curves with 50 steps (51 points), softmax probability of a fixed target per image.
 Every contender scores 4 images x 2 curves x 51 points = 408 perturbed images:
 
-* ``ours``: ``ExplanationMetrics(model, steps=50).curves(...)`` (default chunking).
+* ``ours``: ``ExplanationMetrics(model, steps=50).compute(...)`` (default chunking).
 * ``limit``: the same 408 perturbed images, pre-built (untimed), through bare no-grad
   forwards at our chunk size: the ratio is our whole overhead (ranking, blurring,
   composing on the fly, scoring). CPU forward time depends a little on the pixel
@@ -49,7 +49,7 @@ def setup() -> dict:
     images = torch.randn(IMAGES, 3, SIZE, SIZE, generator=generator)
     heatmaps = torch.rand(IMAGES, 14, 14, generator=generator)
     metrics = ExplanationMetrics(model, steps=STEPS)
-    metrics.curves(images[:1], heatmaps[:1], target_class=TARGETS[:1])  # probe + warm-up
+    metrics.compute(images[:1], heatmaps[:1], target_class=TARGETS[:1])  # probe + warm-up
     chunk = metrics.chunk_size(images, FORWARDS)
     return {
         "model": model,
@@ -71,7 +71,7 @@ def test_ours(benchmark, setup) -> None:
     metrics = setup["metrics"]
 
     def run() -> dict:
-        return metrics.curves(setup["images"], setup["heatmaps"], target_class=TARGETS)
+        return metrics.compute(setup["images"], setup["heatmaps"], target_class=TARGETS)
 
     results = benchmark.pedantic(run, rounds=2, iterations=1, warmup_rounds=0)
     _info(benchmark, "ours", metrics.last_chunk_size)

@@ -15,31 +15,18 @@ import pytest
 import torch
 from torch import nn
 
-from test_method_contract import FAST_OPTIONS
 from timmlens import TargetError
 from timmlens.interpretation import compare_methods, create_explainer, quick_explain
 from timmlens.interpretation.metrics import ExplanationMetrics
-from timmlens.interpretation.registry import as_explainer, methods, supports
+from timmlens.interpretation.registry import as_explainer, methods, resolve_method, supports
 from timmlens.testing import explainable_model
 
 matplotlib.use("Agg")
 
 SIDE, CLASSES, TARGET = 64, 10, 7
-#: Fewer samples than the contract's FAST_OPTIONS where a method scores many copies:
-#: equality of two calls does not need more.
-OPTIONS: dict[str, dict[str, Any]] = {
-    **FAST_OPTIONS,
-    "occlusion": {"window": 32},
-    "featureablation": {"grid": 2},
-    "shapley": {"grid": 2, "n_samples": 1},
-    "kernelshap": {"grid": 2, "n_samples": 8},
-    "lime": {"grid": 2, "n_samples": 8},
-    "smoothgrad": {"n_samples": 2},
-    "ig": {"n_steps": 2},
-    "gradientshap": {"n_samples": 2, "n_baselines": 2},
-    "rise": {"n_masks": 8},
-    "scorecam": {"max_batch": 64},
-}
+#: Beyond each method's quick_options: ScoreCAM's masked copies in chunks of 64 (its
+#: default chunk is sized by a memory probe, a forward more per call).
+CHUNKING: dict[str, dict[str, Any]] = {"scorecam": {"max_batch": 64}}
 MODELS = {"cnn": ("test_resnet", {}), "vit": ("test_vit", {"img_size": SIDE})}
 #: the one method whose map depends on the class index itself, not on a score: its
 #: random weights are seeded per class, and a callable has none (see randomcam_weights)
@@ -77,7 +64,8 @@ def test_callable_equals_class_index(models, image, family, method):
     model = models[family]
     if not supports(model, method):
         pytest.skip(f"{method} does not apply to {MODELS[family][0]}")
-    explainer = as_explainer(method, model, **OPTIONS.get(method, {}))
+    options = {**resolve_method(method).quick_options, **CHUNKING.get(method, {})}
+    explainer = as_explainer(method, model, **options)
     by_index = explainer.explain_full(inputs, target_class=TARGET)
     by_callable = explainer.explain_full(inputs, target_class=lambda z: z[:, TARGET])
     predicted = model(inputs).argmax(dim=1)
@@ -138,18 +126,21 @@ def test_metrics_of_a_callable_equal_those_of_its_class(models, inputs, score):
     model = models["cnn"]
     metrics = ExplanationMetrics(model, steps=4, n_samples=4, score=score)
     heatmap = torch.rand(2, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
-    by_index = metrics.curves(inputs, heatmap, TARGET)
-    by_callable = metrics.curves(inputs, heatmap, select)
+    by_index = metrics.compute(inputs, heatmap, TARGET)
+    by_callable = metrics.compute(inputs, heatmap, select)
     for target, results in ((TARGET, by_index), (select, by_callable)):
         results["sensitivity"] = metrics.sensitivity(inputs, heatmap, target)
-        results["infidelity"] = metrics.infidelity(heatmap, inputs, target, n_perturb_samples=4)
+        results["infidelity"] = metrics.run(
+            "infidelity", inputs, heatmap, target, infidelity_samples=4
+        )
     for name, result in by_callable.items():
         assert torch.equal(result.per_image, by_index[name].per_image), name
         assert result.settings["target"] == "custom target (select)"
         assert torch.equal(result.targets, model(inputs).argmax(dim=1))
     gradcam = create_explainer("gradcam", model)
-    index_max = metrics.max_sensitivity(gradcam, inputs, TARGET, n_perturb_samples=2)
-    callable_max = metrics.max_sensitivity(gradcam, inputs, select, n_perturb_samples=2)
+    options = {"max_sensitivity_samples": 2}
+    index_max = metrics.run("max-sensitivity", inputs, gradcam, TARGET, **options)
+    callable_max = metrics.run("max-sensitivity", inputs, gradcam, select, **options)
     assert torch.equal(callable_max.per_image, index_max.per_image)
 
 

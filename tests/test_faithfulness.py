@@ -101,8 +101,8 @@ def test_road_equals_pytorch_grad_cam_road_at_equal_percentiles(small, images, h
     """grad-cam's ROAD metric with the authors' imputer at noise 0; its percentile q is
     the share kept, so our p removed is its 100 - p."""
     percentiles = (10, 50, 90)
-    ours = ExplanationMetrics(small).road(
-        images, heatmaps, TARGETS, order=order, percentiles=percentiles, noise=0
+    ours = ExplanationMetrics(small).run(
+        f"road_{order}", images, heatmaps, TARGETS, road_percentiles=percentiles, road_noise=0
     )
     remove = RemoveMostRelevantFirst if order == "morf" else RemoveLeastRelevantFirst
     targets = [ClassifierOutputSoftmaxTarget(t) for t in TARGETS]
@@ -124,8 +124,9 @@ def test_road_equals_pytorch_grad_cam_road_at_equal_percentiles(small, images, h
 
 def test_road_logit_score_and_removed_count(small, images, heatmaps):
     metrics = ExplanationMetrics(small)
-    logit = metrics.road(images[0], heatmaps[0], 3, percentiles=(25,), noise=0, score="logit")
-    prob = metrics.road(images[0], heatmaps[0], 3, percentiles=(25,), noise=0, score="prob")
+    options = {"road_percentiles": (25,), "road_noise": 0}
+    logit = metrics.run("road_morf", images[0], heatmaps[0], 3, **options, score="logit")
+    prob = metrics.run("road_morf", images[0], heatmaps[0], 3, **options, score="prob")
     removed = heatmaps[0].flatten() >= heatmaps[0].flatten().sort(descending=True).values[399]
     imputed = impute(images[0], removed[None])
     with torch.no_grad():
@@ -138,12 +139,12 @@ def test_road_logit_score_and_removed_count(small, images, heatmaps):
 def test_road_noise_is_seeded_chunk_independent_and_leaves_global_rng(small, images, heatmaps):
     torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
     metrics = ExplanationMetrics(small)
-    first = metrics.road(images, heatmaps, TARGETS, order="lerf")
+    first = metrics.run("road_lerf", images, heatmaps, TARGETS)
     again = ExplanationMetrics(small, max_batch=4).compute(
         images, heatmaps, TARGETS, metrics=["road_morf", "road_lerf"]
     )["road_lerf"]
-    other = metrics.road(images, heatmaps, TARGETS, order="lerf", seed=5)
-    quiet = metrics.road(images, heatmaps, TARGETS, order="lerf", noise=0)
+    other = metrics.run("road_lerf", images, heatmaps, TARGETS, seed=5)
+    quiet = metrics.run("road_lerf", images, heatmaps, TARGETS, road_noise=0)
     assert torch.equal(torch.get_rng_state(), torch_state)
     after = np.random.get_state()
     assert after[0] == numpy_state[0] and np.array_equal(after[1], numpy_state[1])
@@ -157,7 +158,7 @@ def test_road_through_the_registry_and_evaluate_all(small, images, heatmaps):
     rows = metrics.evaluate_all(
         images, {"a": heatmaps, "b": 1 - heatmaps}, TARGETS, metrics=["road_morf", "road_lerf"]
     )
-    direct = metrics.road(images, heatmaps, TARGETS, order="morf")
+    direct = metrics.run("road_morf", images, heatmaps, TARGETS)
     torch.testing.assert_close(rows["a"]["road_morf"].y, direct.y)
     assert rows["a"]["road_lerf"].y.shape == (2, 2)
     # reversing the ranking swaps the orders (no ties in random maps)
@@ -169,7 +170,9 @@ def test_road_through_the_registry_and_evaluate_all(small, images, heatmaps):
 
 def test_confidence_metrics_equal_pytorch_grad_cam(small, images, heatmaps):
     maps = heatmaps * 3 - 1  # any range: min-max normalised to [0, 1] as grad-cam's CAMs are
-    results = ExplanationMetrics(small).confidence(images, maps, TARGETS)
+    results = ExplanationMetrics(small).compute(
+        images, maps, TARGETS, metrics=["average_drop", "increase_in_confidence"]
+    )
     cams = normalised_maps(maps).numpy()
     targets = [ClassifierOutputSoftmaxTarget(t) for t in TARGETS]
     model = small.eval()
@@ -194,7 +197,7 @@ def test_confidence_metrics_equal_pytorch_grad_cam(small, images, heatmaps):
 
 def test_confidence_of_a_constant_map_leaves_the_image(small, images):
     with pytest.warns(UserWarning, match="constant"):
-        result = ExplanationMetrics(small).average_drop(images[0], torch.ones(SIZE, SIZE), 0)
+        result = ExplanationMetrics(small).run("average_drop", images[0], torch.ones(SIZE, SIZE), 0)
     assert result.value == pytest.approx(0.0, abs=1e-4)
 
 
@@ -226,8 +229,8 @@ def ref_aopc(model, image, heatmap, target, patch, steps):
 
 @pytest.mark.parametrize(("patch", "steps"), [(13, 100), (8, 6)])
 def test_aopc_matches_loop(small, images, heatmaps, patch, steps):
-    result = ExplanationMetrics(small, max_batch=7).aopc(
-        images, heatmaps, TARGETS, patch_size=patch, steps=steps
+    result = ExplanationMetrics(small, max_batch=7).run(
+        "aopc", images, heatmaps, TARGETS, aopc_patch_size=patch, aopc_steps=steps
     )
     for b in range(2):
         value, scores = ref_aopc(small, images[b], heatmaps[b], TARGETS[b], patch, steps)
@@ -256,17 +259,19 @@ def test_aopc_matches_loop(small, images, heatmaps, patch, steps):
 def test_bad_percentiles(small, images, heatmaps, percentiles, match):
     metrics = ExplanationMetrics(small)
     with pytest.raises(MetricInputError, match=match):
-        metrics.road(images[0], heatmaps[0], 0, percentiles=percentiles)
+        metrics.run("road_morf", images[0], heatmaps[0], 0, road_percentiles=percentiles)
     with pytest.raises(MetricInputError, match=match):
         ExplanationMetrics(small, road_percentiles=percentiles)
 
 
 def test_bad_road_options_and_nan_heatmaps(small, images, heatmaps):
     metrics = ExplanationMetrics(small)
-    with pytest.raises(MetricInputError, match="order='middle' is not known"):
-        metrics.road(images[0], heatmaps[0], 0, order="middle")
+    with pytest.raises(ValueError, match=r"Unknown metric 'road_middle'.*Did you mean 'road_"):
+        metrics.run("road_middle", images[0], heatmaps[0], 0)
     with pytest.raises(MetricInputError, match="noise must be a finite number >= 0"):
-        metrics.road(images[0], heatmaps[0], 0, noise=-0.1)
+        metrics.run("road_morf", images[0], heatmaps[0], 0, road_noise=-0.1)
+    with pytest.raises(TypeError, match=r"unknown option 'steps'.*valid options: .*road_noise"):
+        metrics.run("road_morf", images[0], heatmaps[0], 0, steps=4)
     with pytest.raises(ValueError, match="tie_order='random' is not known"):
         ExplanationMetrics(small, tie_order="random")
     bad = heatmaps[0].clone()

@@ -16,23 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from timmlens.interpretation.registry import as_explainer, methods, supports
+from timmlens.interpretation.registry import as_explainer, methods, resolve_method, supports
 from timmlens.testing import explainable_model
 
 SIDE, CLASSES = 64, 10
-#: Small settings so the whole file runs in seconds; other methods run at their defaults.
-FAST_OPTIONS: dict[str, dict[str, Any]] = {
-    "ig": {"n_steps": 4},
-    "smoothgrad": {"n_samples": 4},
-    "gradientshap": {"n_samples": 4, "n_baselines": 2},
-    "deepliftshap": {"n_baselines": 2},
-    "occlusion": {"window": 32},
-    "featureablation": {"grid": 4},
-    "shapley": {"grid": 4, "n_samples": 2},
-    "kernelshap": {"grid": 4, "n_samples": 16},
-    "lime": {"grid": 4, "n_samples": 16},
-    "rise": {"n_masks": 32},
-}
 MODELS = {
     "cnn": ("test_resnet", {}),
     "vit": ("test_vit", {"img_size": SIDE}),
@@ -51,7 +38,8 @@ def _case(models: dict[str, nn.Module], family: str, method: str) -> tuple[nn.Mo
     model = models[family]
     if not supports(model, method):
         pytest.skip(f"{method} does not apply to {MODELS[family][0]}")
-    return model, as_explainer(method, model, **FAST_OPTIONS.get(method, {}))
+    # each method's own cheap settings (its spec's quick_options): the file runs in seconds
+    return model, as_explainer(method, model, **resolve_method(method).quick_options)
 
 
 def _inputs(batch: int, seed: int = 0) -> torch.Tensor:

@@ -15,25 +15,28 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+import timmlens.interpretation.registry as registry_module
 from timmlens.cli import _parser
 from timmlens.errors import UnsupportedModelError
 from timmlens.interpretation.base import Explainer, Explanation, normalize_maps
 from timmlens.interpretation.registry import (
     METHODS,
     as_explainer,
-    available_methods,
     create_explainer,
     default_comparison,
     layer_methods,
     methods,
-    methods_markdown,
     register_method,
     resolve_method,
     scoped_registry,
     unregister_method,
 )
 
-DOCS_PAGE = Path(__file__).parents[1] / "docs" / "methods" / "index.md"
+ROOT = Path(__file__).parents[1]
+DOCS_PAGE = ROOT / "docs" / "methods" / "index.md"
+sys.path.insert(0, str(ROOT / "tools"))
+from methods_page import methods_markdown  # noqa: E402 - the generator lives in tools/
+
 CAM = ["gradcam", "gradcampp", "scorecam", "ablationcam", "hirescam", "xgradcam", "layercam"]
 CAM += ["eigencam", "eigengradcam", "randomcam"]
 INPUT = ["saliency", "inputxgradient", "guidedbackprop", "deconvolution", "guidedgradcam"]
@@ -85,7 +88,7 @@ def test_builtin_methods_in_registry_order_with_their_canonical_names(small, vit
     assert methods() == BUILTIN and list(METHODS) == BUILTIN
     assert methods(kind="cam") == CAM and layer_methods() == [*CAM, "guidedgradcam"]
     assert methods(kind="input") == INPUT
-    assert methods(model=small) == available_methods(small) == CAM + INPUT
+    assert methods(model=small) == CAM + INPUT
     assert methods(kind="attention", model=vit) == ATTENTION
     assert default_comparison(small) == COMPARED[:-1] and default_comparison(vit) == COMPARED
     for name in BUILTIN:
@@ -196,7 +199,7 @@ def test_unregister_method_removes_name_and_aliases():
 def test_the_docs_page_is_generated_from_the_registry():
     assert DOCS_PAGE.read_text(encoding="utf-8") == methods_markdown(), (
         "docs/methods/index.md is out of date; run "
-        "`python -m timmlens.interpretation.registry docs/methods/index.md`"
+        "`python tools/methods_page.py docs/methods/index.md`"
     )
     for name in BUILTIN:
         spec = METHODS[name]
@@ -238,3 +241,30 @@ def test_a_user_method_registered_before_any_query_clashes_at_its_own_class():
     ).stdout
     assert "clash:" in out and "'ig'" in out
     assert out.strip().splitlines()[-1] == repr(BUILTIN)
+
+
+def test_quick_options_are_constructor_options_and_cheaper():
+    quick = {name: dict(METHODS[name].quick_options) for name in BUILTIN}
+    assert quick["ig"] == {"n_steps": 4} and quick["rise"] == {"n_masks": 32}
+    for name, options in quick.items():
+        known = METHODS[name].options()
+        assert set(options) <= set(known), name
+        for option, value in options.items():
+            default = known[option].default
+            if option.startswith("n_"):  # fewer steps, samples, baselines or masks
+                assert value < default, f"{name}.{option}={value} is not cheaper than {default}"
+    with scoped_registry(), pytest.raises(TypeError, match=r"unknown quick option\(s\) n_stpes"):
+
+        @register_method("toy_quick", title="Toy", kind="input", quick_options={"n_stpes": 2})
+        class ToyQuick(Explainer):
+            def __init__(self, model, n_steps: int = 8):
+                super().__init__(model)
+
+            def attribute(self, inputs, targets, **kwargs):
+                raise NotImplementedError
+
+
+def test_deprecated_names_and_the_page_generator_left_the_package():
+    for name in ("available_methods", "method_names", "methods_markdown", "main"):
+        assert not hasattr(registry_module, name), name
+    assert not hasattr(METHODS["gradcam"], "factory")

@@ -12,6 +12,7 @@ from timmlens.evaluation import evaluate
 from timmlens.interpretation.metrics import (
     ExplanationMetrics,
     MetricContext,
+    MetricOption,
     MetricResult,
     metrics,
     register_metric,
@@ -19,6 +20,7 @@ from timmlens.interpretation.metrics import (
     scoped_metric_registry,
     unregister_metric,
 )
+from timmlens.interpretation.metrics.options import positive
 from timmlens.interpretation.scoring import (
     BACKWARD_BUDGET_BYTES,
     FORWARD_BUDGET_BYTES,
@@ -179,3 +181,52 @@ def test_one_memory_probe_two_defaults():
     assert memory_budget(cpu, "backward", budget_bytes=1234) == 1234
     with pytest.raises(ValueError, match="'forward' for inference-only"):
         memory_budget(cpu, "sideways")  # type: ignore[arg-type]
+
+
+def test_methods_and_metrics_share_one_registry_class():
+    from timmlens._registry import Registry
+    from timmlens.interpretation import registry as method_registry
+    from timmlens.interpretation.metrics import registry as metric_registry
+
+    assert isinstance(method_registry._REGISTRY, Registry)
+    assert isinstance(metric_registry._REGISTRY, Registry)
+
+
+def test_a_metric_declares_its_options_and_the_front_checks_them(model, images):
+    margin = MetricOption("margin", 8, "pixels left out at each border", positive("margin"))
+    heatmaps = torch.rand(2, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    with scoped_metric_registry():
+
+        @register_metric("inner-mass", higher_is_better=True, options=(margin,))
+        def inner_mass(context: MetricContext) -> torch.Tensor:
+            m = context.options["margin"]
+            maps = context.heatmaps
+            return maps[:, m:-m, m:-m].sum((1, 2)) / maps.sum((1, 2))
+
+        metrics = ExplanationMetrics(model, margin=4)
+        result = metrics.run("inner-mass", images, heatmaps, [1, 2])
+        expected = heatmaps[:, 4:-4, 4:-4].sum((1, 2)) / heatmaps.sum((1, 2))
+        torch.testing.assert_close(result.per_image, expected.double())
+        narrow = metrics.run("inner-mass", images, heatmaps, [1, 2], margin=12)
+        assert narrow.value < result.value
+        with pytest.raises(ValueError, match="margin must be a positive int"):
+            ExplanationMetrics(model, margin=0)
+        with pytest.raises(TypeError, match=r"unknown option 'steps'.*valid options: margin"):
+            metrics.run("inner-mass", images, heatmaps, [1, 2], steps=4)
+        with pytest.raises(ValueError, match="option 'seed' with default 1"):
+            register_metric(
+                "seeded", higher_is_better=True, options=(MetricOption("seed", 1, ""),)
+            )(inner_mass)
+    with pytest.raises(TypeError, match="unknown option 'margin'"):
+        ExplanationMetrics(model, margin=4)
+
+
+def test_the_context_does_not_import_the_front():
+    import ast
+    from pathlib import Path
+
+    import timmlens.interpretation.metrics.context as context
+
+    tree = ast.parse(Path(context.__file__).read_text(encoding="utf-8"))
+    imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not any("evaluator" in name for name in imported)

@@ -163,7 +163,7 @@ def test_batch_per_image_targets_chunks_split_mid_image(model, images, heatmaps)
     # 3 images x 2 curves x 5 points = 30 jobs in chunks of 4: chunks end mid-curve
     metrics = ExplanationMetrics(model, steps=4, max_batch=4)
     targets = [1, 7, 3]
-    results = metrics.curves(images, heatmaps, target_class=targets)
+    results = metrics.compute(images, heatmaps, target_class=targets)
     assert metrics.last_chunk_size == 4
     for kind in ("insertion", "deletion"):
         result = results[kind]
@@ -190,7 +190,7 @@ def test_default_steps_and_predicted_target(model, images, heatmaps):
 
 
 def test_auc_is_numpy_trapezoid(model, images, heatmaps):
-    results = ExplanationMetrics(model, steps=8).curves(images[:2], heatmaps[:2], target_class=0)
+    results = ExplanationMetrics(model, steps=8).compute(images[:2], heatmaps[:2], target_class=0)
     for result in results.values():
         x, y = result.curve
         expected = np.trapezoid(y.double().numpy(), x.numpy(), axis=1)
@@ -295,7 +295,7 @@ def test_chunk_size_is_honoured(model, images, heatmaps):
     sizes: list[int] = []
     handle = model.register_forward_hook(lambda _m, args, _o: sizes.append(args[0].shape[0]))
     try:
-        ExplanationMetrics(model, steps=10, max_batch=4).curves(images, heatmaps, target_class=0)
+        ExplanationMetrics(model, steps=10, max_batch=4).compute(images, heatmaps, target_class=0)
         assert sizes and max(sizes) <= 4 and sum(sizes) == 3 * 2 * 11
         sizes.clear()
         # a tiny budget: one perturbed image per forward (the probe forward has one too)
@@ -318,9 +318,9 @@ def test_model_left_as_found(model, images, heatmaps):
     hooks = sum(len(m._forward_hooks) for m in model.modules())
     try:
         metrics = ExplanationMetrics(model, steps=4, n_samples=4)
-        metrics.curves(images[:2], heatmaps[:2])
+        metrics.compute(images[:2], heatmaps[:2])
         metrics.sensitivity(images[:2], heatmaps[:2], patch_size=8)
-        metrics.infidelity(GradientTimesInput(model), images[:2], n_perturb_samples=2)
+        metrics.run("infidelity", images[:2], GradientTimesInput(model), infidelity_samples=2)
         assert all(m.training for m in model.modules())
         assert [p.requires_grad for p in model.parameters()] == flags
         assert all(p.grad is None for p in model.parameters())
@@ -347,8 +347,8 @@ class SpatialLinear(torch.nn.Module):
 def test_infidelity_is_zero_for_the_exact_linear_explanation(images):
     linear = SpatialLinear()
     metrics = ExplanationMetrics(linear, score="logit")
-    exact = metrics.infidelity(linear.weight[1].detach(), images[0], target_class=1)
-    wrong = metrics.infidelity(linear.weight[2].detach(), images[0], target_class=1)
+    exact = metrics.run("infidelity", images[0], linear.weight[1].detach(), target_class=1)
+    wrong = metrics.run("infidelity", images[0], linear.weight[2].detach(), target_class=1)
     assert not exact.higher_is_better and exact.value < 1e-8 < wrong.value
 
 
@@ -356,15 +356,16 @@ def test_captum_metrics_with_an_explainer(model, images):
     metrics = ExplanationMetrics(model)
     explainer = GradientTimesInput(model)
     state = torch.get_rng_state()
-    sens = metrics.max_sensitivity(explainer, images[:2], target_class=[1, 2], n_perturb_samples=2)
-    again = metrics.max_sensitivity(explainer, images[:2], target_class=[1, 2], n_perturb_samples=2)
+    options = {"target_class": [1, 2], "max_sensitivity_samples": 2}
+    sens = metrics.run("max-sensitivity", images[:2], explainer, **options)
+    again = metrics.run("max_sensitivity", images[:2], explainer, **options)
     assert torch.equal(torch.get_rng_state(), state)
     assert sens.per_image.shape == (2,) and math.isfinite(sens.value) and sens.value > 0
     assert sens == again and not sens.higher_is_better
-    infid = metrics.infidelity(explainer, images[:2], target_class=[1, 2], n_perturb_samples=3)
+    infid = metrics.run("infidelity", images[:2], explainer, [1, 2], infidelity_samples=3)
     with torch.enable_grad():
         maps = explainer.explain_batch(images[:2], [1, 2])
-    direct = metrics.infidelity(maps, images[:2], target_class=[1, 2], n_perturb_samples=3)
+    direct = metrics.run("infidelity", images[:2], maps, [1, 2], infidelity_samples=3)
     assert infid.value == pytest.approx(direct.value, rel=1e-5)
 
 
@@ -383,8 +384,8 @@ def test_runs_on_device(model, images, heatmaps, device):
     net = model.to(device)
     try:
         metrics = ExplanationMetrics(net, steps=6, max_batch=5)
-        result = metrics.curves(images.to(device), heatmaps, target_class=[1, 7, 3])
-        cpu = ExplanationMetrics(net.cpu(), steps=6).curves(images, heatmaps, [1, 7, 3])
+        result = metrics.compute(images.to(device), heatmaps, target_class=[1, 7, 3])
+        cpu = ExplanationMetrics(net.cpu(), steps=6).compute(images, heatmaps, [1, 7, 3])
         torch.testing.assert_close(result["deletion"].y, cpu["deletion"].y, atol=1e-4, rtol=1e-4)
     finally:
         model.cpu()
@@ -452,10 +453,35 @@ def test_too_many_steps_and_bad_sensitivity_n(model, images, heatmaps):
         ExplanationMetrics(model, steps=2000).deletion(images[0], heatmaps[0], 0)
     metrics = ExplanationMetrics(model, n_samples=4)
     with pytest.raises(ValueError, match=r"outside 1\.\.15"):
-        metrics.sensitivity(images[0], heatmaps[0], 0, n=16, patch_size=8)
-    with pytest.raises(ValueError, match=r"fraction .* \(0, 1\)"):
-        metrics.sensitivity(images[0], heatmaps[0], 0, n=1.5)
+        metrics.sensitivity(images[0], heatmaps[0], 0, sensitivity_n=16, patch_size=8)
+    with pytest.raises(ValueError, match=r"fraction in \(0, 1\)"):
+        metrics.sensitivity(images[0], heatmaps[0], 0, sensitivity_n=1.5)
     with pytest.raises(ValueError, match="explain_batch"):
-        metrics.max_sensitivity(lambda x: x, images[0], 0)
+        metrics.run("max-sensitivity", images[0], lambda x: x, 0)
+    with pytest.raises(TypeError, match=r"unknown option 'n'.*Did you mean"):
+        metrics.sensitivity(images[0], heatmaps[0], 0, n=16)
     with pytest.raises(ValueError, match="unknown metric"):
         metrics.evaluate_all(images[0], {"a": heatmaps[0]}, 0, metrics=["auc"])
+
+
+# -- options: declared by the metrics, checked by the front -----------------------------
+
+
+@pytest.mark.parametrize("value", [0, -3, 1.5, 0.0, 1.0, True, "10%"])
+def test_sensitivity_n_is_a_count_or_a_fraction(model, value):
+    with pytest.raises(ValueError, match=r"sensitivity_n must be a positive int .* \(0, 1\)"):
+        ExplanationMetrics(model, sensitivity_n=value)
+
+
+def test_patch_size_must_fit_the_image(model, images, heatmaps):
+    metrics = ExplanationMetrics(model, patch_size=1000, n_samples=4)
+    with pytest.raises(ValueError, match=r"patch_size=1000 does not fit the 32x32 model input"):
+        metrics.sensitivity(images[0], heatmaps[0], 0)
+    with pytest.raises(ValueError, match=r"patch_size=40 does not fit the 32x32 model input"):
+        ExplanationMetrics(model, n_samples=4).sensitivity(images[0], heatmaps[0], 0, patch_size=40)
+
+
+def test_unknown_option_lists_the_options_and_the_closest(model):
+    with pytest.raises(TypeError, match=r"unknown option 'stpes'.*Did you mean 'steps'") as error:
+        ExplanationMetrics(model, stpes=4)
+    assert "road_percentiles" in str(error.value) and "sensitivity_n" in str(error.value)

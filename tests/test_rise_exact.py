@@ -136,7 +136,7 @@ def test_insertion_and_deletion_equal_rise(real_model, batch, case):
         heatmaps = torch.rand(1, 224, 224, generator=torch.Generator().manual_seed(0))
         metrics = ExplanationMetrics(real_model, pixels_per_step=STEP)
         stable = False
-    results = metrics.curves(images, heatmaps)
+    results = metrics.compute(images, heatmaps)
     for b in range(len(images)):
         reference = _rise_curves(real_model, images[b : b + 1], heatmaps[b], stable)
         for name, ref_curve in reference.items():

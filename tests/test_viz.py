@@ -18,9 +18,9 @@ from timmlens.errors import UnsupportedModelError
 from timmlens.interpretation import compare_architectures, compare_methods, quick_explain
 from timmlens.interpretation.metrics import MetricResult
 from timmlens.interpretation.registry import (
-    available_methods,
     create_explainer,
     default_method,
+    methods,
     resolve_method,
 )
 from timmlens.testing import make_explainable
@@ -235,8 +235,8 @@ def test_registry_names_aliases_and_applicability(resnet, vit):
     assert resolve_method("integrated_gradients").name == "ig"
     with pytest.raises(ValueError, match="Did you mean 'smoothgrad'"):
         resolve_method("smoothgrd")
-    assert "rollout" not in available_methods(resnet)
-    assert "rollout" in available_methods(vit)
+    assert "rollout" not in methods(model=resnet)
+    assert "rollout" in methods(model=vit)
     assert default_method(resnet) == "gradcam" and default_method(vit) == "rollout"
     with pytest.raises(UnsupportedModelError):
         create_explainer("rollout", resnet)

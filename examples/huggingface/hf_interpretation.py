@@ -63,7 +63,7 @@ from timmlens.interpretation import (
     quick_explain,
 )
 from timmlens.interpretation.metrics import ExplanationMetrics
-from timmlens.interpretation.registry import available_methods, resolve_method
+from timmlens.interpretation.registry import methods, resolve_method
 from timmlens.models import RandomWeightsWarning, weights_status
 from timmlens.models.weights_status import file_tag
 from timmlens.testing import make_explainable
@@ -105,7 +105,7 @@ class Model:
 
     @property
     def is_vit(self) -> bool:
-        return "rollout" in available_methods(self.model)
+        return "rollout" in methods(model=self.model)
 
 
 @dataclass

@@ -124,7 +124,7 @@ def _curve_metrics(
     from .interpretation.metrics import ExplanationMetrics
 
     metrics = ExplanationMetrics(model, steps=steps)
-    return dict(metrics.curves(inputs, heatmap, target_class=target))
+    return dict(metrics.compute(inputs, heatmap, target_class=target))
 
 
 def _class_fields(

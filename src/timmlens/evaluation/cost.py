@@ -8,7 +8,7 @@ batch of images.
 
 The plan is computed before the run from the images, the methods and the metric
 settings: each metric says how many forwards one heatmap costs
-(``metric.forwards_per_image(owner, height, width)``), each explainer how many one
+(``metric.forwards_per_image(options, height, width)``), each explainer how many one
 image costs (`forwards_per_image`).
 Where either is not known in advance (ScoreCAM's copies depend on the layer's
 channels), [`timmlens.evaluate`][] measures it on the first batch and widens the bar.
@@ -72,11 +72,11 @@ class ForwardCounter:
 def metric_forwards(name: str, owner: Any, height: int, width: int) -> int | None:
     """Forwards one heatmap of one ``height x width`` image costs for metric ``name``.
 
-    ``owner`` is the ``ExplanationMetrics`` whose settings apply. ``None`` when the metric
+    ``owner`` is the ``ExplanationMetrics`` whose options apply. ``None`` when the metric
     does not say (``forwards_per_image`` is optional in the metric protocol).
     """
     cost = getattr(resolve_metric(name).metric, "forwards_per_image", None)
-    return cost(owner, height, width) if callable(cost) else None
+    return cost(owner.options, height, width) if callable(cost) else None
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,10 @@ def plan_forwards(
     per_heatmap = None if any(c is None for c in per_metric) else sum(per_metric)  # type: ignore[arg-type]
     work = {m: n for m, n in pairs.items() if n > 0}
     # ExplanationMetrics probes one image to size its chunks unless max_batch alone caps them.
-    probes = int(bool(work) and (owner.max_batch is None or owner.memory_budget_bytes is not None))
+    options = owner.options
+    probes = int(
+        bool(work) and (options["max_batch"] is None or options["memory_budget_bytes"] is not None)
+    )
     return ForwardPlan(
         images=images,
         pairs=work,

@@ -135,7 +135,7 @@ def metric_identity(options: Mapping[str, Any]) -> dict[str, Any]:
     """``ExplanationMetrics`` options that change scores, defaults filled in."""
     from ..interpretation.metrics import ExplanationMetrics
 
-    effective = _effective_options(ExplanationMetrics.__init__, options, 2)
+    effective = jsonable(dict(sorted({**ExplanationMetrics.defaults(), **options}.items())))
     return {k: v for k, v in effective.items() if k not in _PERFORMANCE_OPTIONS}
 
 

@@ -63,9 +63,7 @@ if TYPE_CHECKING:
     )
     from .registry import (
         as_explainer,
-        available_methods,
         create_explainer,
-        method_names,
         methods,
         register_method,
     )
@@ -119,11 +117,9 @@ _EXPORTS = {
     "IGResult": ".input",
     "MethodComparison": "timmlens.quick",
     "as_explainer": ".registry",
-    "available_methods": ".registry",
     "compare_architectures": "timmlens.quick",
     "compare_methods": "timmlens.quick",
     "create_explainer": ".registry",
-    "method_names": ".registry",
     "methods": ".registry",
     "normalize_maps": ".base",
     "quick_explain": "timmlens.quick",
@@ -170,11 +166,9 @@ __all__ = [
     "SmoothGrad",
     "XGradCAM",
     "as_explainer",
-    "available_methods",
     "compare_architectures",
     "compare_methods",
     "create_explainer",
-    "method_names",
     "methods",
     "normalize_maps",
     "quick_explain",

@@ -16,7 +16,7 @@ Every explainer class registers itself where it is defined, in the way of timm's
 
 and everything that lists methods reads it: [`methods`][] (``quick_explain``,
 ``compare_methods``, ``evaluate``, the sanity checks, the error report, the CLI's
-choices) and the generated docs page (``python -m timmlens.interpretation.registry
+choices) and the generated docs page (``python tools/methods_page.py
 docs/methods/index.md``). The registry name is the one name of a method everywhere: the
 explainer's ``name``, result rows, figure keys, the CLI. Aliases (``"gradcam++"``,
 ``"integrated_gradients"``, ``"attention_rollout"``) are accepted only by
@@ -29,18 +29,15 @@ imported, so ``import timmlens`` does not pay for them.
 from __future__ import annotations
 
 import contextlib
-import difflib
-import importlib
 import inspect
-import itertools
-import pkgutil
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from torch import nn
 
+from .._registry import Registry
 from ..adapters import get_adapter
 from ..errors import UnsupportedModelError
 from .base import Explainer
@@ -53,7 +50,7 @@ _DEFAULT_APPLIES_TO = {
     "input": "every model",
     "attention": "global-attention ViTs (ViT, DeiT, BEiT, EVA)",
 }
-#: Packages whose import registers the built-in methods, one per kind.
+#: The package whose ``cam``, ``input`` and ``attention`` modules register the built-ins.
 _BUILTIN_PACKAGE = __package__ or "timmlens.interpretation"
 
 ExplainerType = TypeVar("ExplainerType", bound=type[Explainer])
@@ -80,6 +77,10 @@ class MethodSpec:
             take these.
         compared_by_default: [`compare_methods`][timmlens.quick.compare_methods] runs it when no
             methods are named (slow or specialised methods run only when named).
+        quick_options: cheap constructor options that still give a real map (fewer steps,
+            samples or masks), read by the tests, the benchmarks and the leaderboard
+            (``as_explainer(name, model, **spec.quick_options)``); empty when the defaults
+            are cheap already.
     """
 
     name: str
@@ -94,19 +95,14 @@ class MethodSpec:
     applies_to: str = ""
     uses_layer: bool = False
     compared_by_default: bool = True
+    quick_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
     builtin: bool = field(default=False, repr=False)
-    order: int = field(default=0, repr=False, compare=False)
     line: int = field(default=0, repr=False, compare=False)
 
     @property
     def needs_attention(self) -> bool:
         """Only for models with global self-attention blocks."""
         return self.kind == "attention"
-
-    @property
-    def factory(self) -> Callable[..., Explainer]:
-        """``factory(model, **options) -> Explainer`` (the class itself)."""
-        return self.cls
 
     def options(self) -> dict[str, inspect.Parameter]:
         """The constructor's options after ``model``, by name."""
@@ -122,35 +118,26 @@ class MethodSpec:
         return check(model) if callable(check) else None
 
 
-_SPECS: dict[str, MethodSpec] = {}
-_ALIASES: dict[str, str] = {}
-_COUNTER = itertools.count()
-_loaded = False
-
-
 def _key(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
-def _load_builtin_methods() -> None:
-    """Import the method packages and their modules once, which runs their decorators.
+def _order(spec: MethodSpec, registered: int) -> tuple[int, bool, str, int]:
+    # Built-ins by module and line, so the order never depends on which module a program
+    # happened to import first; other methods in the order they were registered.
+    if spec.builtin:
+        return (KINDS.index(spec.kind), False, spec.cls.__module__, spec.line)
+    return (KINDS.index(spec.kind), True, "", registered)
 
-    Every public module of ``cam/``, ``input/`` and ``attention/`` is imported, so a new
-    method file there registers itself without an edit elsewhere.
-    """
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True  # before importing: a method module that queries must not recurse
-    try:
-        for kind in KINDS:
-            package = importlib.import_module(f"{_BUILTIN_PACKAGE}.{kind}")
-            for module in pkgutil.iter_modules(package.__path__):
-                if not module.name.startswith("_"):
-                    importlib.import_module(f"{package.__name__}.{module.name}")
-    except BaseException:
-        _loaded = False
-        raise
+
+_REGISTRY: Registry[MethodSpec] = Registry(
+    "method",
+    key=_key,
+    order=_order,
+    packages=tuple(f"{_BUILTIN_PACKAGE}.{kind}" for kind in KINDS),
+    unregister="unregister_method",
+    owner=lambda spec: spec.cls.__qualname__,
+)
 
 
 def register_method(
@@ -166,6 +153,7 @@ def register_method(
     applies_to: str | None = None,
     uses_layer: bool | None = None,
     compared_by_default: bool = True,
+    quick_options: Mapping[str, Any] | None = None,
 ) -> Callable[[ExplainerType], ExplainerType]:
     """Class decorator: register an [`Explainer`][] subclass as method ``name``.
 
@@ -184,9 +172,12 @@ def register_method(
         uses_layer: it taps a layer and takes ``target_layer=`` (default: ``kind == "cam"``).
         compared_by_default: run by [`compare_methods`][timmlens.quick.compare_methods]
             when no methods are named (``False`` for slow or specialised methods).
+        quick_options: cheap constructor options for tests, benchmarks and the
+            leaderboard (``{"n_steps": 4}`` for IG); checked against the constructor.
 
     Raises:
         ValueError: a bad name or kind, or a name or alias another method already has.
+        TypeError: a quick option the constructor does not take.
     """
     if kind not in KINDS:
         raise ValueError(
@@ -205,11 +196,6 @@ def register_method(
             raise TypeError(
                 f"@register_method('{name}') decorates an Explainer subclass, got {cls!r}."
             )
-        builtin = cls.__module__.startswith(f"{_BUILTIN_PACKAGE}.")
-        if not builtin:
-            # A clash with a built-in name or alias must surface here, at the user's class,
-            # not later at the first query (which would then fail for every method).
-            _load_builtin_methods()
         spec = MethodSpec(
             name=name,
             title=title,
@@ -223,113 +209,45 @@ def register_method(
             applies_to=applies_to or _DEFAULT_APPLIES_TO[kind],
             uses_layer=kind == "cam" if uses_layer is None else uses_layer,
             compared_by_default=compared_by_default,
-            builtin=builtin,
-            order=next(_COUNTER),
+            quick_options=dict(quick_options or {}),
+            builtin=cls.__module__.startswith(f"{_BUILTIN_PACKAGE}."),
             line=line,
         )
-        _add(spec)
+        _check_options(spec, spec.quick_options, "quick option")
+        _REGISTRY.add(spec, builtin=spec.builtin, same=_same_class)
         cls.name = name
         return cls
 
     return decorate
 
 
-def _same_class(a: type, b: type) -> bool:
+def _same_class(old: MethodSpec, new: MethodSpec) -> bool:
     # A module reloaded (importlib.reload, notebooks) registers a new class object.
+    a, b = old.cls, new.cls
     return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
-
-
-def _add(spec: MethodSpec) -> None:
-    old = _SPECS.get(spec.name)
-    if old is not None and not _same_class(old.cls, spec.cls):
-        raise ValueError(
-            f"method '{spec.name}' is already registered by {old.cls.__qualname__}; pick "
-            f"another name, or unregister_method('{spec.name}') first."
-        )
-    if old is not None:
-        _remove(spec.name)
-    for alias in spec.aliases:
-        owner = _SPECS.get(alias) or _SPECS.get(_ALIASES.get(alias, ""))
-        if owner is not None and owner.name != spec.name:
-            raise ValueError(
-                f"alias '{alias}' of method '{spec.name}' already names method "
-                f"'{owner.name}'; drop it from aliases=."
-            )
-    if spec.name in _ALIASES:
-        raise ValueError(
-            f"method name '{spec.name}' is an alias of '{_ALIASES[spec.name]}'; pick another."
-        )
-    _SPECS[spec.name] = spec
-    _ALIASES.update(dict.fromkeys(spec.aliases, spec.name))
-
-
-def _remove(name: str) -> MethodSpec:
-    spec = _SPECS.pop(name)
-    for alias in spec.aliases:
-        _ALIASES.pop(alias, None)
-    return spec
 
 
 def unregister_method(name: str) -> MethodSpec:
     """Remove method ``name`` (the canonical name) from the registry; returns its spec."""
-    _load_builtin_methods()
-    if name not in _SPECS:
-        raise KeyError(f"no method '{name}' is registered; registered: {', '.join(_SPECS)}.")
-    return _remove(name)
+    return _REGISTRY.remove(name)
 
 
-@contextlib.contextmanager
-def scoped_registry() -> Iterator[None]:
+def scoped_registry() -> contextlib.AbstractContextManager[None]:
     """Methods registered (or unregistered) inside the block are undone at its end.
 
     For tests and experiments: register a toy method, use it everywhere, leave no trace.
     """
-    _load_builtin_methods()
-    specs, aliases = dict(_SPECS), dict(_ALIASES)
-    try:
-        yield
-    finally:
-        _SPECS.clear()
-        _SPECS.update(specs)
-        _ALIASES.clear()
-        _ALIASES.update(aliases)
-
-
-def _order(spec: MethodSpec) -> tuple[int, bool, str, int]:
-    # Built-ins by module and line, so the order never depends on which module a program
-    # happened to import first; other methods in the order they were registered.
-    if spec.builtin:
-        return (KINDS.index(spec.kind), False, spec.cls.__module__, spec.line)
-    return (KINDS.index(spec.kind), True, "", spec.order)
+    return _REGISTRY.scoped()
 
 
 def _specs() -> list[MethodSpec]:
     """Every spec in registry order: by kind; built-ins (by module and line) before others
     (in registration order)."""
-    _load_builtin_methods()
-    return sorted(_SPECS.values(), key=_order)
-
-
-class _Methods(Mapping[str, MethodSpec]):
-    """A read-only view ``name -> MethodSpec`` that fills the registry on first use."""
-
-    def __getitem__(self, name: str) -> MethodSpec:
-        _load_builtin_methods()
-        return _SPECS[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter([spec.name for spec in _specs()])
-
-    def __len__(self) -> int:
-        _load_builtin_methods()
-        return len(_SPECS)
-
-    def __repr__(self) -> str:
-        return f"METHODS({', '.join(self)})"
+    return _REGISTRY.specs()
 
 
 #: Every registered method by name, in registry order (a live, read-only view).
-METHODS: Mapping[str, MethodSpec] = _Methods()
+METHODS: Mapping[str, MethodSpec] = _REGISTRY.view()
 
 
 def resolve_method(name: str) -> MethodSpec:
@@ -341,14 +259,11 @@ def resolve_method(name: str) -> MethodSpec:
     """
     if not isinstance(name, str):
         raise TypeError(f"method must be a name such as 'gradcam', got {type(name).__name__}.")
-    _load_builtin_methods()
-    key = _key(name)
-    key = _ALIASES.get(key, key)
-    if key in _SPECS:
-        return _SPECS[key]
-    names = [spec.name for spec in _specs()]
-    close = difflib.get_close_matches(key, [*names, *_ALIASES], n=1)
-    hint = f" Did you mean '{_ALIASES.get(close[0], close[0])}'?" if close else ""
+    spec = _REGISTRY.lookup(name)
+    if spec is not None:
+        return spec
+    names = _REGISTRY.names()
+    hint = _REGISTRY.suggestion(name, names)
     raise ValueError(f"unknown method '{name}'; available: {', '.join(names)}.{hint}")
 
 
@@ -374,16 +289,6 @@ def methods(kind: str | None = None, model: nn.Module | None = None) -> list[str
     ]
 
 
-def available_methods(model: nn.Module | None = None) -> list[str]:
-    """Registered methods, or those that apply to ``model`` (``methods(model=model)``)."""
-    return methods(model=model)
-
-
-def method_names() -> list[str]:
-    """The registered method names, in registry order."""
-    return methods()
-
-
 def default_comparison(model: nn.Module) -> list[str]:
     """The methods [`compare_methods`][timmlens.quick.compare_methods] runs on ``model`` by default:
     those registered with ``compared_by_default`` that apply to it, in registry order."""
@@ -406,7 +311,7 @@ def default_method(model: nn.Module) -> str:
     return "rollout" if get_adapter(model).attention_blocks else "gradcam"
 
 
-def _check_options(spec: MethodSpec, options: Mapping[str, Any]) -> None:
+def _check_options(spec: MethodSpec, options: Mapping[str, Any], what: str = "option") -> None:
     """Unknown constructor options fail with the method's options listed."""
     parameters = inspect.signature(spec.cls.__init__).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
@@ -421,7 +326,7 @@ def _check_options(spec: MethodSpec, options: Mapping[str, Any]) -> None:
             else " Call options (such as a rollout's head_fusion) go to the call, not here."
         )
         raise TypeError(
-            f"method '{spec.name}' got unknown option(s) {', '.join(unknown)}; it takes: "
+            f"method '{spec.name}' got unknown {what}(s) {', '.join(unknown)}; it takes: "
             f"{takes}.{hint}"
         )
 
@@ -480,82 +385,3 @@ def layer_of(explainer: Explainer) -> str | None:
     """The tapped layer(s) of a CAM explainer as one string, ``None`` for other methods."""
     names = getattr(explainer, "layer_names", None)
     return ", ".join(names) if names else None
-
-
-# ------------------------------------------------------------------ docs page
-def _default_text(parameter: inspect.Parameter) -> str:
-    if parameter.default is inspect.Parameter.empty:
-        return f"`{parameter.name}`"
-    return f"`{parameter.name}={parameter.default!r}`"
-
-
-def methods_markdown() -> str:
-    """The methods page: one section per registered method, from the registry alone."""
-    specs = _specs()
-    lines = [
-        "# Methods at a glance",
-        "",
-        "Generated from the method registry by "
-        "`python -m timmlens.interpretation.registry docs/methods/index.md` (`make docs`); "
-        "do not edit by hand. The name is what `create_explainer`, `quick_explain(method=)`, "
-        "`compare_methods`, `evaluate` and the CLI's `--method` take, and what result rows "
-        "and figures are keyed by; aliases are accepted as input only.",
-        "",
-        "| name | title | kind | applies to | cost per batch | summary |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for spec in specs:
-        lines.append(
-            f"| `{spec.name}` | {spec.title} | {spec.kind} | {spec.applies_to} | "
-            f"{spec.cost or '-'} | {spec.summary or '-'} |"
-        )
-    for spec in specs:
-        options = ", ".join(_default_text(p) for p in spec.options().values()) or "none"
-        aliases = ", ".join(f"`{a}`" for a in spec.aliases) or "none"
-        lines += [
-            "",
-            f"## `{spec.name}`: {spec.title}",
-            "",
-            spec.summary or "",
-            "",
-            f"- **class:** `{spec.cls.__module__}.{spec.cls.__qualname__}`",
-            f"- **kind:** {spec.kind}" + (" (taps a layer: `target_layer=`)" * spec.uses_layer),
-            f"- **paper:** {spec.paper or '-'}",
-            f"- **formula:** `{spec.formula}`" if spec.formula else "- **formula:** -",
-            f"- **cost:** {spec.cost or '-'}",
-            f"- **applies to:** {spec.applies_to}",
-            f"- **aliases:** {aliases}",
-            f"- **options:** {options}",
-            "- **in `compare_methods` by default:** "
-            + ("yes" if spec.compared_by_default else "no (name it)"),
-        ]
-    lines.append("")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m timmlens.interpretation.registry PATH [--check]``: write or verify the page."""
-    import argparse
-    from pathlib import Path
-
-    parser = argparse.ArgumentParser(description="Generate the methods page from the registry.")
-    parser.add_argument("path", type=Path)
-    parser.add_argument("--check", action="store_true", help="fail if PATH is out of date")
-    args = parser.parse_args(argv)
-    text = methods_markdown()
-    if args.check:
-        if not args.path.exists() or args.path.read_text(encoding="utf-8") != text:
-            print(f"{args.path} is out of date with the method registry; run `make docs`.")
-            return 1
-        return 0
-    args.path.parent.mkdir(parents=True, exist_ok=True)
-    args.path.write_text(text, encoding="utf-8")
-    return 0
-
-
-if __name__ == "__main__":
-    # Under ``python -m`` this file is ``__main__``, a second copy of the module: the
-    # decorators fill the registry of the imported one, so run that one's main.
-    from timmlens.interpretation.registry import main as _main
-
-    raise SystemExit(_main())

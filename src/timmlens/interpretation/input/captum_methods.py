@@ -566,6 +566,7 @@ class _ShapMethod(_CaptumMethod):
     formula="mean_k DeepLift(x; x'_k), x'_k = black + N(0, 0.1^2) pixels (k = 8)",
     cost="1 forward + 1 backward of 2 k B rows",
     applies_to=_DEEPLIFT_APPLIES_TO,
+    quick_options={"n_baselines": 2},
 )
 class DeepLiftShap(_ShapMethod):
     """DeepLiftShap via ``captum.attr.DeepLiftShap`` over `references`.
@@ -614,6 +615,7 @@ class DeepLiftShap(_ShapMethod):
     formula="mean_j (x - x'_j) * dy/dx(x'_j + a_j (x + e_j - x'_j)), a ~ U[0,1], "
     "e ~ N(0, stdevs^2), x'_j from the baselines",
     cost="n_samples forwards + n_samples backwards per image (n_samples=16)",
+    quick_options={"n_samples": 4, "n_baselines": 2},
 )
 class GradientShap(_ShapMethod):
     """GradientShap via ``captum.attr.GradientShap``, seeded per image.

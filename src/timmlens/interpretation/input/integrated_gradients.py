@@ -75,6 +75,7 @@ class IGResult(Explanation):
     paper="Sundararajan et al., Axiomatic Attribution for Deep Networks, ICML 2017",
     formula="(x - x') * sum_s w_s dy/dx(x' + a_s (x - x')), summed over channels",
     cost="n_steps forwards + n_steps backwards (n_steps=50)",
+    quick_options={"n_steps": 4},
 )
 class IntegratedGradients(CaptumInputExplainer):
     """Integrated Gradients on the input pixels, via ``captum.attr.IntegratedGradients``.

@@ -297,6 +297,7 @@ class PerturbationExplainer(CaptumInputExplainer):
     formula="a(p) = mean over windows w containing p of f(x) - f(x with w set to the baseline)",
     cost="one forward per window position, ((H - w) / s + 1)^2: 729 at 224 px (w=16, s=8)",
     applies_to=_PERTURBATION_APPLIES_TO,
+    quick_options={"window": 32},
 )
 class Occlusion(PerturbationExplainer):
     """Occlusion via ``captum.attr.Occlusion``.
@@ -418,6 +419,7 @@ class SampledFeatureExplainer(FeatureMaskExplainer):
     formula="a(p) = f(x) - f(x with the feature of p set to the baseline)",
     cost="one forward per feature: 196 for 14x14 cells, the token count for ViTs",
     applies_to=_PERTURBATION_APPLIES_TO,
+    quick_options={"grid": 4},
 )
 class FeatureAblation(FeatureMaskExplainer):
     """Feature ablation via ``captum.attr.FeatureAblation`` (see `FeatureMaskExplainer`)."""
@@ -436,6 +438,7 @@ class FeatureAblation(FeatureMaskExplainer):
     formula="a(i) = mean over n_samples permutations of f(S + i) - f(S), S the features before i",
     cost="n_samples x (features + 1) forwards (n_samples=25: 4925 for 14x14 cells)",
     applies_to=_PERTURBATION_APPLIES_TO,
+    quick_options={"grid": 4, "n_samples": 2},
 )
 class ShapleyValueSampling(SampledFeatureExplainer):
     """Shapley value sampling via ``captum.attr.ShapleyValueSampling``.
@@ -459,6 +462,7 @@ class ShapleyValueSampling(SampledFeatureExplainer):
     formula="a = argmin_w sum_z pi(z) (f(h(z)) - w.z)^2, pi the Shapley kernel",
     cost="n_samples forwards per image (n_samples=256) and a least-squares fit (scikit-learn)",
     applies_to=_PERTURBATION_APPLIES_TO,
+    quick_options={"grid": 4, "n_samples": 16},
 )
 class KernelShap(SampledFeatureExplainer):
     """KernelSHAP via ``captum.attr.KernelShap`` (scikit-learn's linear regression).
@@ -487,6 +491,7 @@ class KernelShap(SampledFeatureExplainer):
     formula="a = Lasso(alpha=0.01) fit of f(h(z)) on z, weighted exp(-cos_dist(x, h(z))^2 / 2)",
     cost="n_samples forwards per image (n_samples=256) and a Lasso fit (scikit-learn)",
     applies_to=_PERTURBATION_APPLIES_TO,
+    quick_options={"grid": 3, "n_samples": 16},  # grid 4: all-zero fits on small test models
 )
 class Lime(SampledFeatureExplainer):
     """LIME via ``captum.attr.Lime`` with Captum's defaults (Lasso, exponential cosine kernel).

@@ -115,6 +115,7 @@ class RiseMasks:
     formula="S = sum_i softmax_c(f(x * M_i)) M_i / (N p), M_i upsampled random s x s grids",
     cost="N forwards per image (N=4000 masks), batched within the memory budget",
     applies_to="every model (forwards only: no gradients, no layer)",
+    quick_options={"n_masks": 32},
 )
 class RISE(Explainer):
     """RISE saliency (see the module docstring).

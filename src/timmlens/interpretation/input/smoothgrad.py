@@ -91,6 +91,7 @@ def noise_stdevs(inputs: torch.Tensor, noise_level: float) -> torch.Tensor:
     paper="Smilkov et al., SmoothGrad: removing noise by adding noise, 2017",
     formula="mean_j dy/dx(x + N(0, (noise_level * range(x))^2))",
     cost="n_samples forwards + n_samples backwards (n_samples=25; x n_steps with base='ig')",
+    quick_options={"n_samples": 4},
 )
 class SmoothGrad(CaptumInputExplainer):
     """SmoothGrad / SmoothGrad² / VarGrad over input gradients or Integrated Gradients.

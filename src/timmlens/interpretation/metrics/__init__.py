@@ -14,16 +14,18 @@ runs them.
 
 Example::
 
-    metrics = ExplanationMetrics(model)
+    metrics = ExplanationMetrics(model, steps=50)  # any option a metric declares
     insertion = metrics.insertion(image, heatmap, target_class=0)  # higher is better
     deletion = metrics.deletion(image, heatmap, target_class=0)    # lower is better
-    print(f"{insertion:.4f} {deletion:.4f}")
+    road = metrics.run("road_morf", image, heatmap, target_class=0)  # any metric by name
+    print(f"{insertion:.4f} {deletion:.4f} {road:.4f}")
 """
 
 from ._inputs import TiedHeatmapWarning, prepare_heatmaps
 from .context import MetricContext
 from .curves import CURVE_METRICS, DEFAULT_STEPS, pixel_ranks, step_counts, trapezoid_auc
 from .evaluator import ExplanationMetrics
+from .options import ENGINE_OPTIONS, MetricOption
 from .pointing import PointingResult, pointing_game
 from .registry import (
     Metric,
@@ -43,10 +45,12 @@ __all__ = [
     "CURVE_METRICS",
     "DEFAULT_PERCENTILES",
     "DEFAULT_STEPS",
+    "ENGINE_OPTIONS",
     "NEIGHBOUR_WEIGHTS",
     "ExplanationMetrics",
     "Metric",
     "MetricContext",
+    "MetricOption",
     "MetricResult",
     "MetricSpec",
     "PointingResult",

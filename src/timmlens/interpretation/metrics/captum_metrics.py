@@ -35,6 +35,7 @@ from ...models.introspect import data_config
 from .._targets import CallableTargets
 from ..scoring import target_scores
 from .context import MetricContext
+from .options import MetricOption, positive, positive_number
 from .registry import register_metric
 from .results import MetricResult
 
@@ -194,6 +195,58 @@ def _captum_batch(limit: int | None, inputs: torch.Tensor, n_perturb_samples: in
     return batch * min(max(limit // batch, 1), n_perturb_samples)
 
 
+def _norm(value: Any) -> str | float:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(
+            f"max_sensitivity_norm must be a norm order torch.linalg.norm takes ('fro', 'nuc', "
+            f"or a number), got {value!r}."
+        )
+    return value
+
+
+def _flag(name: str) -> Any:
+    def check(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}.")
+        return value
+
+    return check
+
+
+MAX_SENSITIVITY_OPTIONS: tuple[MetricOption, ...] = (
+    MetricOption(
+        "max_sensitivity_samples",
+        10,
+        "perturbed inputs per image (Captum's default)",
+        positive("max_sensitivity_samples"),
+    ),
+    MetricOption(
+        "max_sensitivity_radius",
+        0.02,
+        "L-infinity radius of the perturbations, a fraction of the pixel range (~5 grey levels)",
+        positive_number("max_sensitivity_radius"),
+    ),
+    MetricOption(
+        "max_sensitivity_norm", "fro", "norm of the heatmap difference (Frobenius)", _norm
+    ),
+)
+INFIDELITY_OPTIONS: tuple[MetricOption, ...] = (
+    MetricOption("infidelity_samples", 32, "noise draws per image", positive("infidelity_samples")),
+    MetricOption(
+        "infidelity_noise",
+        0.02,
+        "Gaussian noise std, a fraction of the pixel range (~5 grey levels)",
+        positive_number("infidelity_noise"),
+    ),
+    MetricOption(
+        "infidelity_normalize",
+        True,
+        "rescale each heatmap by its optimal factor first (Yeh et al., Eq. 3)",
+        _flag("infidelity_normalize"),
+    ),
+)
+
+
 @register_metric(
     "max-sensitivity",
     aliases=("max_sensitivity", "sensitivity_max"),
@@ -201,17 +254,19 @@ def _captum_batch(limit: int | None, inputs: torch.Tensor, n_perturb_samples: in
     needs="explainer",
     summary="largest relative heatmap change under imperceptible input noise",
     reference="Yeh et al., NeurIPS 2019",
+    options=MAX_SENSITIVITY_OPTIONS,
 )
 class MaxSensitivity:
-    """Options: ``n_perturb_samples`` (10), ``radius`` (0.02), ``norm_ord`` ("fro"), ``seed``."""
+    """Options: ``max_sensitivity_samples`` (10), ``max_sensitivity_radius`` (0.02),
+    ``max_sensitivity_norm`` ("fro"), and the engine's ``seed``."""
 
     def compute(self, context: MetricContext) -> MetricResult:
         options = context.options
         settings = {
-            "n_perturb_samples": options.get("n_perturb_samples", 10),
-            "radius": options.get("radius", 0.02),
-            "norm_ord": options.get("norm_ord", "fro"),
-            "seed": context.option("seed"),
+            "n_perturb_samples": options["max_sensitivity_samples"],
+            "radius": options["max_sensitivity_radius"],
+            "norm_ord": options["max_sensitivity_norm"],
+            "seed": options["seed"],
         }
         values = max_sensitivity(
             context.model,
@@ -221,7 +276,7 @@ class MaxSensitivity:
             n_perturb_samples=settings["n_perturb_samples"],
             radius=float(settings["radius"]),
             norm_ord=settings["norm_ord"],
-            max_examples_per_batch=context.owner.max_batch or len(context.targets),
+            max_examples_per_batch=options["max_batch"] or len(context.targets),
             seed=settings["seed"],
         )
         return context.result("max-sensitivity", values, False, settings)
@@ -232,18 +287,20 @@ class MaxSensitivity:
     higher_is_better=False,
     summary="squared error of the heatmap's prediction of output changes under input noise",
     reference="Yeh et al., NeurIPS 2019",
+    options=INFIDELITY_OPTIONS,
 )
 class Infidelity:
-    """Options: ``n_perturb_samples`` (32), ``noise`` (0.02), ``normalize`` (True), ``seed``."""
+    """Options: ``infidelity_samples`` (32), ``infidelity_noise`` (0.02),
+    ``infidelity_normalize`` (True), and the engine's ``seed`` and ``score``."""
 
     def compute(self, context: MetricContext) -> MetricResult:
         options = context.options
-        n_perturb_samples = options.get("n_perturb_samples", 32)
+        n_perturb_samples = options["infidelity_samples"]
         settings = {
             "n_perturb_samples": n_perturb_samples,
-            "noise": options.get("noise", 0.02),
-            "normalize": options.get("normalize", True),
-            "seed": context.option("seed"),
+            "noise": options["infidelity_noise"],
+            "normalize": options["infidelity_normalize"],
+            "seed": options["seed"],
             "score": context.score,
         }
         values = infidelity(

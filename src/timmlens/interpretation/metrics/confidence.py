@@ -26,13 +26,13 @@ from typing import Any
 import torch
 
 from ..scoring import masked_perturbation
-from ._inputs import positive_int
 from .context import MetricContext
-from .curves import pixel_ranks
+from .curves import TIE_ORDER, pixel_ranks
+from .options import MetricOption, positive
 from .registry import register_metric
 from .results import MetricResult
-from .sensitivity import patch_features
-from .substrates import describe
+from .sensitivity import check_patch_fits, patch_features
+from .substrates import SUBSTRATE_OPTIONS, describe
 
 #: Samek et al.'s settings: 9 x 9 regions, 100 perturbation steps.
 DEFAULT_AOPC_PATCH = 9
@@ -119,24 +119,40 @@ def patch_ranks(maps: torch.Tensor, patch_size: int, tie_order: str) -> tuple[to
     return ranks[:, features], count
 
 
+AOPC_OPTIONS: tuple[MetricOption, ...] = (
+    MetricOption(
+        "aopc_patch_size",
+        DEFAULT_AOPC_PATCH,
+        "side of AOPC's square regions in pixels (Samek et al.'s 9)",
+        positive("aopc_patch_size"),
+    ),
+    MetricOption(
+        "aopc_steps",
+        DEFAULT_AOPC_STEPS,
+        "AOPC's perturbation steps L (Samek et al.'s 100; at most the number of patches)",
+        positive("aopc_steps"),
+    ),
+)
+
+
 @register_metric(
     "aopc",
     higher_is_better=True,
     summary="mean drop of the target score as patches are removed, most relevant first",
     reference="Samek et al., IEEE TNNLS 2017",
+    options=(*AOPC_OPTIONS, TIE_ORDER, *SUBSTRATE_OPTIONS),
 )
 class AOPC:
-    """AOPC over MoRF patch removal. Options: ``aopc_patch_size``, ``aopc_steps``."""
+    """AOPC over MoRF patch removal. Options: ``aopc_patch_size``, ``aopc_steps``,
+    ``tie_order``, ``substrate``."""
 
     def compute(self, context: MetricContext) -> MetricResult:
-        owner = context.owner
-        patch_size = context.option("aopc_patch_size", DEFAULT_AOPC_PATCH)
-        steps = context.option("aopc_steps", DEFAULT_AOPC_STEPS)
-        positive_int("aopc_patch_size", patch_size, allow_none=False)
-        positive_int("aopc_steps", steps, allow_none=False)
+        options = context.options
+        patch_size, steps = options["aopc_patch_size"], options["aopc_steps"]
         inputs = context.inputs
-        size = inputs.shape[0]
-        ranks, count = patch_ranks(context.heatmaps, patch_size, owner.tie_order)
+        size, _, height, width = inputs.shape
+        check_patch_fits("aopc_patch_size", patch_size, height, width)
+        ranks, count = patch_ranks(context.heatmaps, patch_size, options["tie_order"])
         steps = min(steps, count)
         points = steps + 1
         original = context.original_scores().float()
@@ -147,7 +163,7 @@ class AOPC:
         def mask_fn(group: int, lo: int, hi: int) -> torch.Tensor:
             return ranks[group][None, :] < job_count[lo:hi, None]
 
-        substrate = context.substrate(owner.substrate)
+        substrate = context.substrate(options["substrate"])
         make_inputs = masked_perturbation(inputs, substrate, job_group, mask_fn)
         scores, chunk = context.score_jobs(
             make_inputs, context.targets[job_group.to(inputs.device)]
@@ -157,9 +173,9 @@ class AOPC:
         settings: dict[str, Any] = {
             "patch_size": patch_size,
             "steps": steps,
-            "substrate": describe(owner.substrate),
+            "substrate": describe(options["substrate"]),
             "score": context.score,
-            "tie_order": owner.tie_order,
+            "tie_order": options["tie_order"],
             "chunk_size": chunk,
         }
         x = torch.arange(points, dtype=torch.float64)

@@ -1,4 +1,9 @@
-"""What a metric sees: one prepared batch, its heatmaps and targets, and the settings."""
+"""What a metric sees: one prepared batch, its heatmaps and targets, and the options.
+
+The context knows nothing of ``ExplanationMetrics``: it gets the model, the resolved
+options and a chunk-size function, so the front imports the context and never the
+other way round.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,9 @@ from .substrates import SubstrateSpec, make_substrate
 
 if TYPE_CHECKING:
     from .captum_metrics import SupportsExplainBatch
-    from .evaluator import ExplanationMetrics
+
+#: ``chunk_size(inputs (B, C, H, W), n_jobs) -> perturbed images per forward``.
+ChunkSize = Callable[[torch.Tensor, int], int]
 
 Cached = TypeVar("Cached")
 
@@ -28,8 +35,11 @@ class MetricContext:
     """One batch to score, built by `ExplanationMetrics` for every metric it runs.
 
     Attributes:
-        owner: the ``ExplanationMetrics`` whose settings apply (steps, substrate, score,
-            seed, chunking).
+        model: the classifier, in eval mode for the call.
+        options: every declared option's value for this call (the defaults, the front's
+            options and the call's, checked): ``options["steps"]``, ``options["seed"]``, ...
+        chunker: ``chunker(inputs, n_jobs)``, perturbed images per forward (the front's
+            memory-bounded chunking).
         batch: the prepared images; ``inputs`` ``(B, C, H, W)`` on the model's device.
         targets: ``(B,)`` long on the model's device, the class scored per image, or a
             callable target (`CallableTargets`,
@@ -40,24 +50,20 @@ class MetricContext:
         explainer: the explainer (``needs="explainer"`` metrics), else ``None``.
         requested: every metric this batch is scored with, so one metric can compute
             others alongside (insertion and deletion share one stream of chunks).
-        options: per-call settings (``n_samples=``, ``radius=``, ...) over the owner's.
         known_scores: the unperturbed images' target scores ``(B,)``, when resolving
             the targets already computed them.
     """
 
-    owner: ExplanationMetrics
+    model: nn.Module
+    options: Mapping[str, Any]
+    chunker: ChunkSize
     batch: PreparedBatch
     targets: torch.Tensor
     heatmaps: torch.Tensor | None = None
     explainer: SupportsExplainBatch | None = None
     requested: tuple[str, ...] = ()
-    options: Mapping[str, Any] = field(default_factory=dict)
     known_scores: torch.Tensor | None = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def model(self) -> nn.Module:
-        return self.owner.model
 
     @property
     def inputs(self) -> torch.Tensor:
@@ -67,13 +73,11 @@ class MetricContext:
     @property
     def score(self) -> str:
         """What is scored: ``"probability"`` or ``"logit"``."""
-        return self.owner.score
+        return self.options["score"]
 
     def option(self, name: str, default: Any = None) -> Any:
-        """The per-call ``options[name]`` unless ``None``, else the owner's attribute, else
-        ``default``."""
-        value = self.options.get(name)
-        return value if value is not None else getattr(self.owner, name, default)
+        """``options[name]``, or ``default`` for a name no metric declares."""
+        return self.options.get(name, default)
 
     def original_scores(self) -> torch.Tensor:
         """Target scores of the unperturbed images ``(B,)``, computed once on first use."""
@@ -86,8 +90,8 @@ class MetricContext:
         return target_scores(logits, self.targets, self.score)
 
     def chunk_size(self, n_jobs: int) -> int:
-        """Perturbed inputs per forward for ``n_jobs`` of them (``owner.chunk_size``)."""
-        return self.owner.chunk_size(self.inputs, n_jobs)
+        """Perturbed inputs per forward for ``n_jobs`` of them (the front's ``chunker``)."""
+        return self.chunker(self.inputs, n_jobs)
 
     def score_jobs(self, make_inputs: JobInputs, job_targets: torch.Tensor) -> tuple[Any, int]:
         """Scores ``(J,)`` of the jobs ``make_inputs`` builds, and the chunk size used."""
@@ -96,7 +100,8 @@ class MetricContext:
 
     def substrate(self, spec: SubstrateSpec) -> torch.Tensor:
         """The replacement images ``(B, C, H, W)`` for ``spec`` (see `make_substrate`)."""
-        return make_substrate(spec, self.inputs, self.owner.blur_kernel, self.owner.blur_sigma)
+        options = self.options
+        return make_substrate(spec, self.inputs, options["blur_kernel"], options["blur_sigma"])
 
     def cached(self, key: str, build: Callable[[], Cached]) -> Cached:
         """``build()`` once per context: work that several metrics of one batch share."""

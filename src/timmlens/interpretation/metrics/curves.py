@@ -21,16 +21,22 @@ fraction changed, in [0, 1], and the AUC is the trapezoid rule over ``(x, y)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from ..scoring import masked_perturbation
 from .context import MetricContext
+from .options import MetricOption
 from .registry import register_metric
 from .results import MetricResult
 from .substrates import (  # noqa: F401 - re-exported: they lived here before
+    BLUR_KERNEL,
+    BLUR_SIGMA,
+    INSERTION_SUBSTRATE,
     SUBSTRATE_NAMES,
+    SUBSTRATE_OPTIONS,
     SubstrateSpec,
     check_substrate,
     describe,
@@ -82,7 +88,7 @@ def pixel_ranks(heatmaps: torch.Tensor, tie_order: str = "row_major") -> torch.T
     return ranks
 
 
-def check_step_options(steps: int | None, pixels_per_step: int | None) -> None:
+def check_step_options(steps: int | None = None, pixels_per_step: int | None = None) -> None:
     """Validate ``steps`` / ``pixels_per_step`` before any image is seen."""
     if steps is not None and pixels_per_step is not None:
         raise ValueError(
@@ -99,6 +105,49 @@ def check_step_options(steps: int | None, pixels_per_step: int | None) -> None:
                 f"{name} must be a positive int, got {value}; try steps=224 (RISE's setting at "
                 f"224x224) or pixels_per_step=224."
             )
+
+
+def _step_option(name: str) -> Any:
+    def check(value: Any) -> Any:
+        check_step_options(**{name: value})
+        return value
+
+    return check
+
+
+def check_curve_options(options: Mapping[str, Any]) -> None:
+    """``steps`` and ``pixels_per_step`` exclude each other."""
+    check_step_options(options["steps"], options["pixels_per_step"])
+
+
+def _tie_order(value: Any) -> str:
+    check_tie_order(value)
+    return value
+
+
+STEPS = MetricOption(
+    "steps",
+    None,
+    "curve steps, evenly spaced (k_t = floor(t * H * W / steps) pixels at step t); None: 224 "
+    "(RISE's 224 pixels per step at 224x224), or one pixel per step below 224 pixels",
+    _step_option("steps"),
+)
+PIXELS_PER_STEP = MetricOption(
+    "pixels_per_step",
+    None,
+    "instead of steps, change this many pixels per step (RISE's parameterisation; the last "
+    "step may be smaller)",
+    _step_option("pixels_per_step"),
+)
+#: How equal heatmap values are ranked (insertion, deletion, ROAD, AOPC).
+TIE_ORDER = MetricOption(
+    "tie_order",
+    "row_major",
+    "how equal heatmap values are ranked: 'row_major' (top-left first) or 'rise' (RISE's "
+    "reversed argsort, bottom-right first); see pixel_ranks",
+    _tie_order,
+)
+CURVE_OPTIONS: tuple[MetricOption, ...] = (STEPS, PIXELS_PER_STEP, TIE_ORDER)
 
 
 def step_counts(
@@ -142,19 +191,19 @@ def curve_results(context: MetricContext, kinds: tuple[str, ...]) -> dict[str, M
     the unperturbed image (deletion's first, insertion's last) reuse the unperturbed
     scores when resolving the targets computed them (``context.known_scores``).
     """
-    owner, inputs, maps = context.owner, context.inputs, context.heatmaps
+    options, inputs, maps = context.options, context.inputs, context.heatmaps
     size, _, height, width = inputs.shape
-    counts = step_counts(height * width, owner.steps, owner.pixels_per_step)
+    counts = step_counts(height * width, options["steps"], options["pixels_per_step"])
     points = counts.numel()
-    ranks = pixel_ranks(maps, owner.tie_order)
+    ranks = pixel_ranks(maps, options["tie_order"])
     starts, finishes, known = [], [], []
     for kind in kinds:
         if kind == "deletion":
             starts.append(inputs)
-            finishes.append(context.substrate(owner.substrate))
+            finishes.append(context.substrate(options["substrate"]))
             known.append(0)
         else:
-            starts.append(context.substrate(owner.insertion_substrate))
+            starts.append(context.substrate(options["insertion_substrate"]))
             finishes.append(inputs)
             known.append(points - 1)
     groups = len(kinds) * size
@@ -185,7 +234,7 @@ def curve_results(context: MetricContext, kinds: tuple[str, ...]) -> dict[str, M
             kind,
             trapezoid_auc(x, y),
             kind == "insertion",
-            _settings(owner, kind, points, chunk, (height, width)),
+            _settings(options, kind, points, chunk, (height, width)),
             x=x,
             y=y,
         )
@@ -193,22 +242,23 @@ def curve_results(context: MetricContext, kinds: tuple[str, ...]) -> dict[str, M
 
 
 def _settings(
-    owner: Any, kind: str, points: int, chunk: int, size: tuple[int, int]
+    options: Mapping[str, Any], kind: str, points: int, chunk: int, size: tuple[int, int]
 ) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "steps": points - 1,
-        "pixels_per_step": owner.pixels_per_step,
+        "pixels_per_step": options["pixels_per_step"],
         "input_size": size,
-        "score": owner.score,
-        "tie_order": owner.tie_order,
+        "score": options["score"],
+        "tie_order": options["tie_order"],
         "chunk_size": chunk,
     }
     if kind == "deletion":
-        settings["substrate"] = describe(owner.substrate)
+        settings["substrate"] = describe(options["substrate"])
     else:
-        settings["start"] = describe(owner.insertion_substrate)
-        if owner.insertion_substrate in ("blur", "blur_reflect"):
-            settings["blur"] = (owner.blur_kernel, owner.blur_sigma)
+        start = options["insertion_substrate"]
+        settings["start"] = describe(start)
+        if isinstance(start, str) and start in ("blur", "blur_reflect"):
+            settings["blur"] = (options["blur_kernel"], options["blur_sigma"])
     return settings
 
 
@@ -217,9 +267,9 @@ class _Curve:
 
     name: str
 
-    def forwards_per_image(self, owner: Any, height: int, width: int) -> int:
+    def forwards_per_image(self, options: Mapping[str, Any], height: int, width: int) -> int:
         """Forwards per heatmap when the unperturbed score is not known: every curve point."""
-        return step_counts(height * width, owner.steps, owner.pixels_per_step).numel()
+        return step_counts(height * width, options["steps"], options["pixels_per_step"]).numel()
 
     def compute(self, context: MetricContext) -> MetricResult:
         kinds = tuple(name for name in context.requested if name in CURVE_METRICS)
@@ -233,6 +283,8 @@ class _Curve:
     higher_is_better=True,
     summary="AUC of the target score as pixels are restored, most salient first",
     reference="Petsiuk et al., RISE, BMVC 2018",
+    options=(*CURVE_OPTIONS, INSERTION_SUBSTRATE, BLUR_KERNEL, BLUR_SIGMA),
+    check=check_curve_options,
 )
 class Insertion(_Curve):
     """Insertion AUC: a blurred image (RISE's), the original pixels put back most salient
@@ -244,6 +296,8 @@ class Insertion(_Curve):
     higher_is_better=False,
     summary="AUC of the target score as pixels are removed, most salient first",
     reference="Petsiuk et al., RISE, BMVC 2018",
+    options=(*CURVE_OPTIONS, *SUBSTRATE_OPTIONS),
+    check=check_curve_options,
 )
 class Deletion(_Curve):
     """Deletion AUC: the image, its most salient pixels replaced by the substrate first."""

@@ -54,7 +54,8 @@ import torch
 
 from ...errors import MetricInputError
 from ..scoring import score_in_chunks
-from .curves import pixel_ranks
+from .curves import TIE_ORDER, pixel_ranks
+from .options import MetricOption
 from .registry import register_metric
 
 if TYPE_CHECKING:
@@ -136,12 +137,26 @@ def check_noise(noise: object) -> None:
         )
 
 
-def check_order(order: object) -> None:
-    if order not in ROAD_ORDERS:
-        raise MetricInputError(
-            f"order={order!r} is not known; use 'morf' (most relevant first: remove the "
-            f"top-ranked pixels) or 'lerf' (least relevant first)."
-        )
+def _noise(value: object) -> float:
+    check_noise(value)
+    return float(value)  # type: ignore[arg-type]
+
+
+ROAD_OPTIONS: tuple[MetricOption, ...] = (
+    MetricOption(
+        "road_percentiles",
+        DEFAULT_PERCENTILES,
+        "ROAD's removal levels in percent of the pixels, strictly increasing in (0, 100)",
+        check_percentiles,
+    ),
+    MetricOption(
+        "road_noise",
+        DEFAULT_NOISE,
+        "std of ROAD's imputation noise in normalised input units (the authors' 0.01)",
+        _noise,
+    ),
+    TIE_ORDER,
+)
 
 
 def removed_counts(percentiles: Sequence[float], num_pixels: int) -> list[int]:
@@ -305,15 +320,13 @@ def road_results(context: MetricContext, orders: tuple[str, ...]) -> dict[str, M
     of a chunk's jobs happens when the chunk is built (one image's masks solved
     together), so memory holds one chunk of imputed images at a time.
     """
-    percentiles = check_percentiles(context.option("road_percentiles", DEFAULT_PERCENTILES))
-    noise = context.option("road_noise", DEFAULT_NOISE)
-    check_noise(noise)
-    seed = context.option("seed", 0)
-    score = context.option("score", "probability")
+    options = context.options
+    percentiles, noise = options["road_percentiles"], options["road_noise"]
+    seed, score, tie_order = options["seed"], options["score"], options["tie_order"]
     inputs, maps = context.inputs, context.heatmaps
     size, _, height, width = inputs.shape
     counts = removed_counts(percentiles, height * width)
-    ranks = pixel_ranks(maps, context.owner.tie_order)
+    ranks = pixel_ranks(maps, tie_order)
     levels = len(percentiles)
     per_image = len(orders) * levels
     n_jobs = size * per_image
@@ -343,7 +356,7 @@ def road_results(context: MetricContext, orders: tuple[str, ...]) -> dict[str, M
             "noise": noise,
             "seed": seed,
             "score": score,
-            "tie_order": context.owner.tie_order,
+            "tie_order": tie_order,
             "input_size": (height, width),
             "chunk_size": chunk,
         }
@@ -372,6 +385,7 @@ class _Road:
     higher_is_better=False,
     summary="mean target score with the top p% pixels imputed (ROAD, most relevant first)",
     reference="Rong et al., ROAD, ICML 2022",
+    options=ROAD_OPTIONS,
 )
 class RoadMoRF(_Road):
     """ROAD, most relevant first: lower is better."""
@@ -383,6 +397,7 @@ class RoadMoRF(_Road):
     higher_is_better=True,
     summary="mean target score with the bottom p% pixels imputed (ROAD, least relevant first)",
     reference="Rong et al., ROAD, ICML 2022",
+    options=ROAD_OPTIONS,
 )
 class RoadLeRF(_Road):
     """ROAD, least relevant first: higher is better."""

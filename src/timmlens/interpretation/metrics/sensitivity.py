@@ -11,17 +11,19 @@ pixels scores 1; higher is better. Subsets are drawn from a seeded ``torch.Gener
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from ..._warnings import warn_caller
 from ..scoring import masked_perturbation
-from ._inputs import check_n_samples, positive_int
+from ._inputs import check_n_samples
 from .context import MetricContext
+from .options import MetricOption, positive
 from .registry import register_metric
 from .results import MetricResult
-from .substrates import describe
+from .substrates import SUBSTRATE_OPTIONS, describe
 
 
 def patch_features(height: int, width: int, patch_size: int) -> tuple[torch.Tensor, int]:
@@ -67,6 +69,57 @@ def subset_size(n: int | float, num_features: int) -> int:
     return n
 
 
+def check_sensitivity_n(n: object) -> int | float:
+    """Features per subset before the image is seen: a positive int, or a float in (0, 1).
+
+    A fraction of 1 (every feature) is refused too: a subset of all features has the
+    same heatmap sum every time, so the correlation is undefined.
+    """
+    count = isinstance(n, int) and not isinstance(n, bool) and n >= 1
+    fraction = isinstance(n, float) and 0.0 < n < 1.0
+    if not (count or fraction):
+        raise ValueError(
+            f"sensitivity_n must be a positive int (a number of features) or a float fraction "
+            f"in (0, 1) of the features, got {n!r}; e.g. sensitivity_n=0.1 (10% of them)."
+        )
+    return n  # type: ignore[return-value]
+
+
+def _n_samples(value: object) -> int:
+    check_n_samples(value)
+    return value  # type: ignore[return-value]
+
+
+def check_patch_fits(name: str, patch_size: int, height: int, width: int) -> None:
+    """Raise unless ``patch_size x patch_size`` patches fit an ``height x width`` input and
+    leave at least 2 of them."""
+    if patch_size > min(height, width) or patch_size >= max(height, width):
+        raise ValueError(
+            f"{name}={patch_size} does not fit the {height}x{width} model input: features are "
+            f"{name} x {name} patches and at least 2 are needed; use {name} <= "
+            f"{max(min(height, width, max(height, width) - 1), 1)}."
+        )
+
+
+SENSITIVITY_OPTIONS: tuple[MetricOption, ...] = (
+    MetricOption(
+        "sensitivity_n",
+        0.1,
+        "features per subset: an int count, or a float fraction in (0, 1) of them (10%)",
+        check_sensitivity_n,
+    ),
+    MetricOption(
+        "patch_size",
+        1,
+        "features are patch_size x patch_size patches (1: single pixels, as Ancona et al.)",
+        positive("patch_size"),
+    ),
+    MetricOption(
+        "n_samples", 64, "random subsets per image, at least 3 for a correlation", _n_samples
+    ),
+)
+
+
 def random_subsets(
     num_images: int, n_samples: int, num_features: int, n: int, generator: torch.Generator
 ) -> torch.Tensor:
@@ -107,25 +160,24 @@ def pearson(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-9) -> torch.Tenso
     higher_is_better=True,
     summary="correlation of heatmap sums with output drops over random pixel subsets",
     reference="Ancona et al., ICLR 2018",
+    options=(*SENSITIVITY_OPTIONS, *SUBSTRATE_OPTIONS),
 )
 class SensitivityN:
-    """Sensitivity-n per image. Options: ``n``, ``patch_size``, ``n_samples``, ``seed``."""
+    """Sensitivity-n per image. Options: ``sensitivity_n``, ``patch_size``, ``n_samples``,
+    ``substrate`` (and the engine's ``seed``, ``score``)."""
 
-    def forwards_per_image(self, owner: Any, height: int, width: int) -> int:
+    def forwards_per_image(self, options: Mapping[str, Any], height: int, width: int) -> int:
         """Forwards per heatmap: one per subset, and the unperturbed image once."""
         del height, width
-        return owner.n_samples + 1
+        return options["n_samples"] + 1
 
     def compute(self, context: MetricContext) -> MetricResult:
-        owner = context.owner
-        n = context.options.get("n")
-        n = owner.sensitivity_n if n is None else n
-        patch_size, n_samples = context.option("patch_size"), context.option("n_samples")
-        seed = context.option("seed")
-        positive_int("patch_size", patch_size, allow_none=False)
-        check_n_samples(n_samples)
+        options = context.options
+        n, patch_size = options["sensitivity_n"], options["patch_size"]
+        n_samples, seed = options["n_samples"], options["seed"]
         inputs, maps = context.inputs, context.heatmaps
         size, _, height, width = inputs.shape
+        check_patch_fits("patch_size", patch_size, height, width)
         features, num_features = patch_features(height, width, patch_size)
         count = subset_size(n, num_features)
         subsets = random_subsets(
@@ -146,7 +198,7 @@ class SensitivityN:
             return chunk_subsets if patch_size == 1 else chunk_subsets[:, pixel_features]
 
         job_group = torch.arange(size).repeat_interleave(n_samples)
-        substrate = context.substrate(owner.substrate)
+        substrate = context.substrate(options["substrate"])
         make_inputs = masked_perturbation(inputs, substrate, job_group, mask_fn)
         scores, chunk = context.score_jobs(make_inputs, context.targets[job_group.to(device)])
         drops = (original[:, None] - scores.view(size, n_samples)).double().cpu()
@@ -157,8 +209,8 @@ class SensitivityN:
             "patch_size": patch_size,
             "n_samples": n_samples,
             "seed": seed,
-            "substrate": describe(owner.substrate),
-            "score": owner.score,
+            "substrate": describe(options["substrate"]),
+            "score": options["score"],
             "chunk_size": chunk,
         }
         details = {"heatmap_sums": sums, "output_drops": drops}

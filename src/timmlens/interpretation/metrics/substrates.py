@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import functional as TF
 
+from .options import MetricOption, positive
+
 SubstrateSpec = str | float | int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 SUBSTRATE_NAMES: tuple[str, ...] = ("zeros", "blur", "blur_reflect", "mean")
 
@@ -86,6 +88,52 @@ def check_substrate(spec: SubstrateSpec, name: str) -> None:
             f"{name} must be one of {SUBSTRATE_NAMES}, a number, a tensor or a callable; got "
             f"{type(spec).__name__}."
         )
+
+
+def _substrate_check(name: str) -> Callable[[Any], Any]:
+    def check(spec: Any) -> Any:
+        check_substrate(spec, name)
+        return spec
+
+    return check
+
+
+def _blur_kernel(value: Any) -> int:
+    positive("blur_kernel")(value)
+    if value % 2 == 0:
+        raise ValueError(f"blur_kernel must be odd, got {value}; try 11 (RISE's).")
+    return value
+
+
+def _blur_sigma(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0):
+        raise ValueError(f"blur_sigma must be a positive number, got {value!r}.")
+    return float(value)
+
+
+#: What deleted pixels become (deletion, sensitivity-n's removed subsets, AOPC).
+SUBSTRATE = MetricOption(
+    "substrate",
+    "zeros",
+    "what removed pixels become: 'zeros' (the dataset's mean colour, as RISE), 'blur', "
+    "'blur_reflect', 'mean', a number, a tensor broadcastable to (B, C, H, W) or a callable "
+    "inputs -> tensor",
+    _substrate_check("substrate"),
+)
+#: What insertion starts from.
+INSERTION_SUBSTRATE = MetricOption(
+    "insertion_substrate",
+    "blur",
+    "what insertion starts from: 'blur' is RISE's exactly (gkern(blur_kernel, blur_sigma), "
+    "zero padding); 'blur_reflect' torchvision's truncated Gaussian; or as substrate",
+    _substrate_check("insertion_substrate"),
+)
+BLUR_KERNEL = MetricOption("blur_kernel", 11, "blur kernel size, odd (RISE's 11)", _blur_kernel)
+BLUR_SIGMA = MetricOption(
+    "blur_sigma", 5.0, "blur standard deviation in pixels (RISE's 5.0)", _blur_sigma
+)
+#: The options of a metric that fills removed pixels with the substrate.
+SUBSTRATE_OPTIONS: tuple[MetricOption, ...] = (SUBSTRATE, BLUR_KERNEL, BLUR_SIGMA)
 
 
 def make_substrate(
