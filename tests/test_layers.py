@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "timmlens._outputs",
             "timmlens._lazy",
             "timmlens._version",
+            "timmlens._registry",
         ),
     ),
     ("models", ("timmlens.models",)),
