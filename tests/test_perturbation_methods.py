@@ -18,7 +18,7 @@ from torch import nn
 
 from timmlens.data import prepare_images
 from timmlens.errors import ImageInputError, TargetError
-from timmlens.interpretation.input.engine import make_baseline
+from timmlens.interpretation.input.baselines import make_baseline
 from timmlens.interpretation.input.perturbation import (
     FeatureAblation,
     Lime,
@@ -336,7 +336,7 @@ def test_kernelshap_over_one_feature_is_refused_with_the_minimum_size(models):
     explainer = as_explainer("kernelshap", models["cnn"], n_samples=8)
     with pytest.raises(ImageInputError, match=r"at least 2 features.*1x1.*grid=\(2, 2\)"):
         explainer(torch.randn(1, 3, 1, 1), 1)
-    assert explainer(torch.randn(1, 3, 2, 2), 1).shape == (2, 2)  # 2x2 cells: enough
+    assert explainer(torch.randn(1, 3, 2, 2), 1).shape == (1, 2, 2)  # 2x2 cells: enough
 
 
 @pytest.mark.parametrize("name", ["kernelshap", "saliency"])
