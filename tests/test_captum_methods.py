@@ -349,3 +349,14 @@ def test_lrp_refuses_float16_and_runs_in_bfloat16(images):
     bf16 = create_explainer("lrp", TinyCNN().to(torch.bfloat16)).attributions(x, 1).float()
     assert torch.isfinite(bf16).all() and bf16.abs().amax() > 0
     assert F.cosine_similarity(bf16.flatten(), reference.flatten(), dim=0) > 0.95
+
+
+def test_attributions_skip_the_heatmap_and_leave_explain_full_whole(resnet, images):
+    """``attributions()`` returns the raw tensor only (no heatmap pass, as Captum by hand);
+    a later ``explain_full`` still gets its heatmap."""
+    explainer = create_explainer("inputxgradient", resnet)
+    raw = explainer.attributions(images, TARGETS)
+    full = explainer.explain_full(images, TARGETS)
+    assert torch.equal(raw, full.attributions)
+    assert full.heatmap.shape == (2, SIDE, SIDE)
+    torch.testing.assert_close(full.heatmap, attribution_heatmap(raw))

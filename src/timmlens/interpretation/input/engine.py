@@ -8,14 +8,14 @@ it has them, its refusals):
   targets travelling through Captum's ``additional_forward_args`` (so any expansion
   order of Captum's is right); ``None`` resolves to each image's predicted class in one
   no-grad probe forward, which also measures the activation memory per sample
-  ([`forward_with_activation_bytes`][timmlens.interpretation.scoring.forward_with_activation_bytes]);
+  (`forward_with_activation_bytes` in `scoring`);
 * baselines are named (``"black"``, ``"blur"``, ``"noise"``, ``"uniform"``) or tensors in
   normalised input space
-  ([`make_baseline`][timmlens.interpretation.input.baselines.make_baseline]);
+  (`make_baseline`);
 * work is chunked by memory: `samples_per_chunk` of the budget from
   `memory_budget` (kind ``"backward"``);
 * methods that hook modules (guided backprop, DeepLift, LRP) run inside the Captum
-  adapter's hygiene ([`timmlens.interpretation._captum`][]): the model is left as found,
+  adapter's hygiene (`timmlens.interpretation._captum`): the model is left as found,
   and a module run twice per forward is refused by name;
 * the ``(B, C, H, W)`` attributions become a ``(B, H, W)`` heatmap
   (`attribution_heatmap`), and both are returned in an
@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from typing import Any, ClassVar
 
 import torch
@@ -47,6 +48,9 @@ __all__ = ["AttributionFactory", "CaptumInputExplainer", "attribution_heatmap", 
 
 #: ``forward_func -> attribution``: a Captum attribution class, or a factory of one.
 AttributionFactory = Callable[[nn.Module], Any]
+#: Set by ``attributions()``, which returns the raw tensor only: the heatmap, a pass over
+#: the attributions Captum called by hand does not make, is skipped (per thread and task).
+_RAW_ONLY: ContextVar[bool] = ContextVar("timmlens_raw_attributions_only", default=False)
 
 
 def attribution_heatmap(attributions: torch.Tensor, signed: bool = False) -> torch.Tensor:
@@ -91,8 +95,7 @@ class CaptumInputExplainer(Explainer):
         attribution: ``forward_func -> attribution``: a Captum class such as
             ``captum.attr.InputXGradient``; ``None``: ``captum.attr.<captum_class>``.
         baseline: ``None`` for methods without one, else a name or tensor (see
-            [`make_baseline`][timmlens.interpretation.input.baselines.make_baseline]),
-            passed to Captum as ``baselines``.
+            `make_baseline`), passed to Captum as ``baselines``.
         memory_budget_bytes: budget for automatic chunking; ``None``: half the free CUDA
             memory, 2 GiB elsewhere (`memory_budget`).
         signed: heatmaps keep polarity (sum over channels, scaled to [-1, 1]) instead of
@@ -198,8 +201,7 @@ class CaptumInputExplainer(Explainer):
 
         Refuses a model the method cannot explain; for methods that hook modules, the
         adapter's hygiene; for single-use methods, a module run twice per forward pass
-        becomes an [`UnsupportedModelError`][timmlens.errors.UnsupportedModelError]
-        naming it.
+        becomes an ``UnsupportedModelError`` naming it.
         """
         reason = self.unavailable_reason(self.model)
         if reason is not None:
@@ -241,8 +243,12 @@ class CaptumInputExplainer(Explainer):
     ) -> Explanation:
         """The [`Explanation`][] of raw ``attributions`` ``(B, C, H, W)``."""
         batch = attributions.shape[0]
+        if _RAW_ONLY.get():  # attributions(): nobody sees the heatmap
+            heatmap = attributions.new_zeros((batch, 0, 0))
+        else:
+            heatmap = attribution_heatmap(attributions, self.signed)
         return Explanation(
-            heatmap=attribution_heatmap(attributions, self.signed),
+            heatmap=heatmap,
             targets=targets,
             logits=None if logits is None else logits[:batch],
             attributions=attributions,
@@ -254,7 +260,11 @@ class CaptumInputExplainer(Explainer):
         The same as Captum's ``attribute`` on ``TargetScore(model)`` with this
         explainer's settings; `explain_full` gives them with heatmaps and targets.
         """
-        result = self.explain_full(images, target_class).attributions
+        token = _RAW_ONLY.set(True)
+        try:
+            result = self.explain_full(images, target_class).attributions
+        finally:
+            _RAW_ONLY.reset(token)
         assert result is not None  # every Captum input method returns them
         return result
 

@@ -4,7 +4,7 @@ LRP has rules for some module types only: a model with others is refused up fron
 ([`UnsupportedModelError`][timmlens.errors.UnsupportedModelError] naming the method, the
 family, the modules and an alternative), as is a float16 model (Captum's stabiliser
 underflows there). The rules Captum attaches and the attributes it leaves on modules
-are taken off after each call (the Captum adapter, [`timmlens.interpretation._captum`][]).
+are taken off after each call (the Captum adapter, `timmlens.interpretation._captum`).
 """
 
 from __future__ import annotations
