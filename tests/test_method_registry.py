@@ -36,8 +36,8 @@ from timmlens.interpretation.registry import (
 DOCS_PAGE = Path(__file__).parents[1] / "docs" / "methods" / "index.md"
 CAM = ["gradcam", "gradcampp", "scorecam", "ablationcam", "hirescam", "xgradcam", "layercam"]
 CAM += ["eigencam", "eigengradcam", "randomcam"]
-INPUT = ["saliency", "inputxgradient", "guidedbackprop", "deconvolution", "guidedgradcam"]
-INPUT += ["deeplift", "deepliftshap", "gradientshap", "lrp", "centerprior", "ig", "occlusion"]
+INPUT = ["centerprior", "deeplift", "deepliftshap", "gradientshap", "saliency", "inputxgradient"]
+INPUT += ["guidedbackprop", "deconvolution", "guidedgradcam", "ig", "lrp", "occlusion"]
 INPUT += ["featureablation", "shapley", "kernelshap", "lime", "rise", "smoothgrad"]
 ATTENTION = ["chefer", "legrad", "rollout"]
 BUILTIN = CAM + INPUT + ATTENTION
