@@ -42,9 +42,12 @@ __all__ = [
 _OTHER_ACTIVATIONS = (nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish)
 
 
-def warn_if_no_relu_runs(explainer: CaptumInputExplainer, rule: str, equals: str) -> None:
+def warn_if_no_relu_runs(
+    explainer: CaptumInputExplainer, rule: str, equals: str, instead: str = "'saliency' / 'ig'"
+) -> None:
     """Warn where Captum's ``rule`` (which replaces the backward of ``nn.ReLU`` modules)
-    has no ``nn.ReLU`` to act on, so ``explainer``'s result equals ``equals``.
+    has no ``nn.ReLU`` to act on, so ``explainer``'s result equals ``equals`` (``instead``:
+    the methods to use on such a model).
 
     Said once, at construction, rather than handing back another method's map under
     this method's name.
@@ -58,7 +61,7 @@ def warn_if_no_relu_runs(explainer: CaptumInputExplainer, rule: str, equals: str
     warn_caller(
         f"{explainer.name}: this model has no nn.ReLU module{found}, and Captum's {rule} "
         f"rule replaces the backward of nn.ReLU only, so the result equals {equals}. Use a "
-        f"ReLU network for this method, or 'saliency' / 'ig' for this one."
+        f"ReLU network for this method, or {instead} for this one."
     )
 
 
@@ -220,7 +223,9 @@ class GuidedGradCam(CaptumInputExplainer):
         signed: bool = False,
     ) -> None:
         super().__init__(model, signed=signed)
-        warn_if_no_relu_runs(self, "GuidedBackprop", "the plain gradient times GradCAM")
+        warn_if_no_relu_runs(
+            self, "GuidedBackprop", "the plain gradient times GradCAM", "'gradcam' / 'saliency'"
+        )
         self.adapter = get_adapter(model)
         with self.adapter.layer_errors_of(self.name):
             layers = self.adapter.resolve_layers(target_layer)
