@@ -30,7 +30,7 @@ from timmlens.analysis import channel_attribution, channel_conductance
 from timmlens.data import picture_of
 from timmlens.interpretation.base import normalize_maps
 from timmlens.interpretation.cam.engine import upsample_maps
-from timmlens.interpretation.input.engine import make_baseline
+from timmlens.interpretation.input.baselines import make_baseline
 from timmlens.models.introspect import class_name_of
 from timmlens.viz import save_figure
 from timmlens.viz.static import OverlayPanel, plot_grid

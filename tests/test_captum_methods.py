@@ -13,6 +13,7 @@ import captum.attr as ca
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from timmlens.data import normalization
@@ -254,7 +255,7 @@ def test_blur_is_refused_for_baseline_distributions(resnet):
         create_explainer("deepliftshap", resnet, baseline="blur")
 
 
-@pytest.mark.parametrize("method", ["guidedbackprop", "deconvolution"])
+@pytest.mark.parametrize("method", ["guidedbackprop", "deconvolution", "guidedgradcam"])
 def test_relu_rules_say_when_no_relu_runs(method, resnet, vit64, images) -> None:
     """Without nn.ReLU modules (GELU here; ReLU6 in EfficientNet-Lite) Captum's rule changes
     nothing: the map is saliency's, and the explainer says so instead of hiding it."""
@@ -265,6 +266,8 @@ def test_relu_rules_say_when_no_relu_runs(method, resnet, vit64, images) -> None
         create_explainer(method, resnet)  # ReLU network: no warning
     with pytest.warns(UserWarning, match=rf"^{method}: this model has no nn.ReLU module "):
         relu_rule = create_explainer(method, vit64)
+    if method == "guidedgradcam":  # the gradient times GradCAM: see the test above
+        return
     saliency = create_explainer("saliency", vit64)
     assert torch.equal(
         relu_rule.attributions(images, TARGETS), saliency.attributions(images, TARGETS)
@@ -329,3 +332,31 @@ def test_relu_rules_run_where_a_relu_is_fed_a_constant(name) -> None:
     theirs = peer_cls(_WithoutTheBranch(model)).attribute(x, target=torch.tensor([0, 2]))
     torch.testing.assert_close(ours, theirs)
     assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_lrp_refuses_float16_and_runs_in_bfloat16(images):
+    """Captum's LRP stabilises its divisions with 1e-9, which is 0 in float16: the map was
+    NaN, shown as all zeros without a word. bfloat16 keeps float32's exponent range."""
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    reference = create_explainer("lrp", TinyCNN()).attributions(x, 1)
+    with pytest.raises(UnsupportedModelError, match=r"lrp: .*float16.*model\.float\(\)"):
+        create_explainer("lrp", TinyCNN().half())
+    model = TinyCNN()
+    explainer = create_explainer("lrp", model)
+    model.half()  # after construction: refused when it runs
+    with pytest.raises(UnsupportedModelError, match="bfloat16"):
+        explainer.attributions(x, 1)
+    bf16 = create_explainer("lrp", TinyCNN().to(torch.bfloat16)).attributions(x, 1).float()
+    assert torch.isfinite(bf16).all() and bf16.abs().amax() > 0
+    assert F.cosine_similarity(bf16.flatten(), reference.flatten(), dim=0) > 0.95
+
+
+def test_attributions_skip_the_heatmap_and_leave_explain_full_whole(resnet, images):
+    """``attributions()`` returns the raw tensor only (no heatmap pass, as Captum by hand);
+    a later ``explain_full`` still gets its heatmap."""
+    explainer = create_explainer("inputxgradient", resnet)
+    raw = explainer.attributions(images, TARGETS)
+    full = explainer.explain_full(images, TARGETS)
+    assert torch.equal(raw, full.attributions)
+    assert full.heatmap.shape == (2, SIDE, SIDE)
+    torch.testing.assert_close(full.heatmap, attribution_heatmap(raw))

@@ -39,8 +39,8 @@ from methods_page import methods_markdown  # noqa: E402 - the generator lives in
 
 CAM = ["gradcam", "gradcampp", "scorecam", "ablationcam", "hirescam", "xgradcam", "layercam"]
 CAM += ["eigencam", "eigengradcam", "randomcam"]
-INPUT = ["saliency", "inputxgradient", "guidedbackprop", "deconvolution", "guidedgradcam"]
-INPUT += ["deeplift", "deepliftshap", "gradientshap", "lrp", "centerprior", "ig", "occlusion"]
+INPUT = ["centerprior", "deeplift", "deepliftshap", "gradientshap", "saliency", "inputxgradient"]
+INPUT += ["guidedbackprop", "deconvolution", "guidedgradcam", "ig", "lrp", "occlusion"]
 INPUT += ["featureablation", "shapley", "kernelshap", "lime", "rise", "smoothgrad"]
 ATTENTION = ["chefer", "legrad", "rollout"]
 BUILTIN = CAM + INPUT + ATTENTION

@@ -17,7 +17,8 @@ from captum import attr as captum_attr
 from torch import nn
 
 from timmlens.data import prepare_images
-from timmlens.interpretation.input.engine import make_baseline
+from timmlens.errors import ImageInputError, TargetError
+from timmlens.interpretation.input.baselines import make_baseline
 from timmlens.interpretation.input.perturbation import (
     FeatureAblation,
     Lime,
@@ -327,3 +328,20 @@ def test_the_registry_sees_every_option_a_method_forwards(models):
     assert resolve_method("shapley").options()["n_samples"].default == 25
     with pytest.raises(TypeError, match="method 'occlusion' got unknown option"):
         as_explainer("occlusion", models["cnn"], n_samples=3)
+
+
+def test_kernelshap_over_one_feature_is_refused_with_the_minimum_size(models):
+    """A 1x1 input is one cell: KernelSHAP's Shapley kernel weighs coalitions of 1 to n - 1
+    features, none for n = 1 (Captum raised a raw ``Categorical`` ValueError)."""
+    explainer = as_explainer("kernelshap", models["cnn"], n_samples=8)
+    with pytest.raises(ImageInputError, match=r"at least 2 features.*1x1.*grid=\(2, 2\)"):
+        explainer(torch.randn(1, 3, 1, 1), 1)
+    assert explainer(torch.randn(1, 3, 2, 2), 1).shape == (1, 2, 2)  # 2x2 cells: enough
+
+
+@pytest.mark.parametrize("name", ["kernelshap", "saliency"])
+def test_a_target_tensor_without_data_is_refused(models, name):
+    """A ``meta`` tensor has no values to read (was: a raw NotImplementedError)."""
+    explainer = as_explainer(name, models["cnn"])
+    with pytest.raises(TargetError, match=r"target_class is on the 'meta' device.*\.to\('cpu'\)"):
+        explainer(_images(1), torch.tensor(1, device="meta"))

@@ -68,18 +68,15 @@ from ..errors import ChannelIndexError, LayerResolutionError, TargetError
 from ..interpretation._targets import TargetInput, TargetScore, validate_targets
 from ..interpretation.base import explanation_call, normalize_maps
 from ..interpretation.cam.engine import upsample_maps
-from ..interpretation.input.engine import (
-    BaselineSpec,
-    attribution_heatmap,
-    check_budget,
-    check_positive_int,
-    forward_with_activation_bytes,
-    make_baseline,
-    samples_per_chunk,
-    validate_baseline,
-)
+from ..interpretation.input.baselines import BaselineSpec, make_baseline, validate_baseline
+from ..interpretation.input.checks import check_budget, check_positive_int
+from ..interpretation.input.engine import attribution_heatmap
 from ..interpretation.input.integrated_gradients import IG_METHODS, IGMethod
-from ..interpretation.scoring import memory_budget
+from ..interpretation.scoring import (
+    forward_with_activation_bytes,
+    memory_budget,
+    samples_per_chunk,
+)
 from ..models.introspect import num_outputs, unwrap_model
 from .activations import tap_one_layer
 

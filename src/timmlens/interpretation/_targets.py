@@ -217,6 +217,12 @@ def validate_targets(
                 f"target_class {type(target_class).__name__} must be 0-d or 1-d of integers, "
                 f"got shape {tuple(target_class.shape)} of {kind}."
             )
+        if isinstance(target_class, torch.Tensor) and target_class.is_meta:
+            raise TargetError(
+                "target_class is on the 'meta' device, which holds shapes but no values, so "
+                "there is no class to read. Pass the classes themselves: an int, a list, or "
+                "a tensor with data (e.g. torch.tensor(3), or .to('cpu') of a real one)."
+            )
         target_class = target_class.tolist()
     if isinstance(target_class, str) or _is_index(target_class):
         targets: list[object] = [target_class] * batch_size

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ MEMORY_KINDS: tuple[str, ...] = ("forward", "backward")
 # needs. The forward probe (`estimate_sample_bytes`) measures the *transient*
 # peak of one leaf module, so what it leaves out (the allocator's cache and
 # fragmentation, the composed chunk, the caller's own tensors) gets a wide margin: a
-# quarter of free CUDA memory. The backward probe (IG's ``forward_with_activation_bytes``
+# quarter of free CUDA memory. The backward probe (`forward_with_activation_bytes`
 # x ``ACTIVATION_BYTES_FACTOR``) already sums every activation autograd keeps, a full
 # account of the chunk, so it may take half. Off CUDA the free memory cannot be asked.
 #: Forward-only chunks: share of the free CUDA memory (a quarter).
@@ -88,33 +88,80 @@ def _nbytes(value: object) -> int:
     return 0
 
 
+#: A backward pass keeps roughly every forward activation plus its gradient alive.
+ACTIVATION_BYTES_FACTOR = 2.0
+
+
 @torch.no_grad()
+def probe_forward(model: nn.Module, inputs: torch.Tensor) -> tuple[Any, int, int]:
+    """The one memory probe: a no-grad forward of ``inputs`` with hooks on every leaf.
+
+    Returns:
+        ``(output, peak, total)``: the model's output, the largest input + output bytes
+        of one leaf module (what a no-grad forward holds at a time) and the output
+        bytes of all leaves together (what autograd keeps for a backward pass).
+    """
+    peak = total = 0
+
+    def record(_module: nn.Module, args: object, output: object) -> None:
+        nonlocal peak, total
+        produced = _nbytes(output)
+        peak = max(peak, _nbytes(args) + produced)
+        total += produced
+
+    leaves = [module for module in model.modules() if next(module.children(), None) is None]
+    handles = [leaf.register_forward_hook(record) for leaf in leaves]
+    try:
+        output = model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return output, peak, total
+
+
 def estimate_sample_bytes(model: nn.Module, sample: torch.Tensor) -> int:
     """Heuristic memory of scoring one perturbed copy of ``sample`` ``(1, C, H, W)``.
 
-    One probe forward records, over all leaf modules, the largest input + output size.
-    Under no-grad a forward holds little more than that at any time, so the estimate
-    is twice it (residual branches, kernel workspaces), plus the composed input twice
-    and 5 bytes per pixel for masks. It is an estimate: pass ``max_batch`` for a hard cap.
+    One probe forward (`probe_forward`) records, over all leaf modules, the largest
+    input + output size. Under no-grad a forward holds little more than that at any
+    time, so the estimate is twice it (residual branches, kernel workspaces), plus the
+    composed input twice and 5 bytes per pixel for masks. It is an estimate: pass
+    ``max_batch`` for a hard cap.
     """
-    peak = 0
-
-    def record(_module: nn.Module, args: object, output: object) -> None:
-        nonlocal peak
-        peak = max(peak, _nbytes(args) + _nbytes(output))
-
-    leaves = [module for module in model.modules() if next(module.children(), None) is None]
     with explaining(model):  # eval mode, and no other thread's forward fires these hooks
-        handles = [leaf.register_forward_hook(record) for leaf in leaves]
-        try:
-            model(sample)
-        finally:
-            for handle in handles:
-                handle.remove()
+        _, peak, _ = probe_forward(model, sample)
     composite = _nbytes(sample)
     if peak == 0:  # no leaf modules to watch: assume a CNN-like blow-up of the input
         peak = 8 * composite
     return 2 * peak + 2 * composite + 5 * sample.shape[-1] * sample.shape[-2]
+
+
+def forward_with_activation_bytes(
+    model: nn.Module, inputs: torch.Tensor
+) -> tuple[torch.Tensor, int]:
+    """One no-grad forward of ``inputs`` ``(B, C, H, W)`` that also measures the memory
+    of a backward pass (`probe_forward`'s total, per sample, plus the input).
+
+    That is close to what autograd keeps for the backward pass (an overestimate where
+    modules work in place, an underestimate for fused kernels, which
+    `ACTIVATION_BYTES_FACTOR` covers). Runs inside the caller's explanation guard.
+
+    Returns:
+        The model's output ``(B, K)`` and the activation bytes per sample.
+    """
+    logits, _, total = probe_forward(model, inputs)
+    per_sample = inputs[0].numel() * inputs.element_size() + total // inputs.shape[0]
+    return logits, max(1, per_sample)
+
+
+def samples_per_chunk(bytes_per_sample: int, budget_bytes: int) -> int:
+    """How many forward+backward samples fit the budget (at least 1).
+
+    ``budget_bytes`` comes from `memory_budget` (kind ``"backward"``). Rule:
+    ``budget // (ACTIVATION_BYTES_FACTOR * bytes_per_sample)``, with ``bytes_per_sample``
+    from `forward_with_activation_bytes`.
+    """
+    return max(1, int(budget_bytes // (ACTIVATION_BYTES_FACTOR * bytes_per_sample)))
 
 
 def memory_budget(

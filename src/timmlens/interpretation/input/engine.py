@@ -1,50 +1,56 @@
 """The input-attribution engine: one Captum wrapper with timm-aware defaults.
 
-[`CaptumInputExplainer`][] runs a Captum attribution method on the input pixels:
+[`CaptumInputExplainer`][] runs a Captum attribution method on the input pixels; every
+input method is one subclass of it (naming its Captum class, its arguments and, where
+it has them, its refusals):
 
 * the target score is `TargetScore`, the
   targets travelling through Captum's ``additional_forward_args`` (so any expansion
   order of Captum's is right); ``None`` resolves to each image's predicted class in one
-  no-grad probe forward, which also measures the activation memory per sample;
+  no-grad probe forward, which also measures the activation memory per sample
+  (`forward_with_activation_bytes` in `scoring`);
 * baselines are named (``"black"``, ``"blur"``, ``"noise"``, ``"uniform"``) or tensors in
-  normalised input space (`make_baseline`);
+  normalised input space
+  (`make_baseline`);
 * work is chunked by memory: `samples_per_chunk` of the budget from
   `memory_budget` (kind ``"backward"``);
+* methods that hook modules (guided backprop, DeepLift, LRP) run inside the Captum
+  adapter's hygiene (`timmlens.interpretation._captum`): the model is left as found,
+  and a module run twice per forward is refused by name;
 * the ``(B, C, H, W)`` attributions become a ``(B, H, W)`` heatmap
   (`attribution_heatmap`), and both are returned in an
   [`Explanation`][timmlens.interpretation.base.Explanation].
 
-The functions here are the toolkit IG and SmoothGrad share. All tensors live in
-model-input (normalised) space, on the model's device.
+All tensors live in model-input (normalised) space, on the model's device.
 """
 
 from __future__ import annotations
 
-import math
+from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any, Literal, get_args
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
+from typing import Any, ClassVar
 
 import torch
-import torchvision.transforms.functional as TF
 from torch import nn
 
-from ...data import normalization
+from ...adapters import get_adapter
+from ...errors import UnsupportedModelError
+from .. import _captum
 from .._targets import CallableTargets, ResolvedTargets, TargetScore, target_rows
 from ..base import Explainer, Explanation, normalize_maps
-from ..scoring import memory_budget
+from ..scoring import forward_with_activation_bytes, memory_budget, samples_per_chunk
+from .baselines import BaselineSpec, make_baseline, validate_baseline
+from .checks import check_budget
 
-BaselineName = Literal["black", "blur", "noise", "uniform"]
-BaselineSpec = BaselineName | torch.Tensor
-BASELINE_NAMES: tuple[str, ...] = get_args(BaselineName)
+__all__ = ["AttributionFactory", "CaptumInputExplainer", "attribution_heatmap", "refusal"]
 
-#: A backward pass keeps roughly every forward activation plus its gradient alive.
-ACTIVATION_BYTES_FACTOR = 2.0
-#: "blur" baseline: Gaussian sigma as a fraction of the shorter image side (28 px at 224).
-BLUR_SIGMA_FRACTION = 1 / 8
-#: "noise" baseline: pixel values ~ N(0.5, 0.25^2), clipped to [0, 1].
-NOISE_PIXEL_MEAN, NOISE_PIXEL_STD = 0.5, 0.25
 #: ``forward_func -> attribution``: a Captum attribution class, or a factory of one.
 AttributionFactory = Callable[[nn.Module], Any]
+#: Set by ``attributions()``, which returns the raw tensor only: the heatmap, a pass over
+#: the attributions Captum called by hand does not make, is skipped (per thread and task).
+_RAW_ONLY: ContextVar[bool] = ContextVar("timmlens_raw_attributions_only", default=False)
 
 
 def attribution_heatmap(attributions: torch.Tensor, signed: bool = False) -> torch.Tensor:
@@ -61,179 +67,33 @@ def attribution_heatmap(attributions: torch.Tensor, signed: bool = False) -> tor
     return torch.where(scale > 0, maps / scale.clamp_min(1e-30), torch.zeros_like(maps))
 
 
-def _tensors(output: Any) -> Iterator[torch.Tensor]:
-    if isinstance(output, torch.Tensor):
-        yield output
-    elif isinstance(output, (list, tuple)):
-        for item in output:
-            yield from _tensors(item)
-    elif isinstance(output, dict):
-        for item in output.values():
-            yield from _tensors(item)
+def describe_modules(modules: list[nn.Module]) -> str:
+    """``"GELU (x3), LayerNorm (x2)"``: module types and counts, sorted by name."""
+    counts = Counter(type(m).__name__ for m in modules)
+    return ", ".join(f"{name} (x{count})" for name, count in sorted(counts.items()))
 
 
-@torch.no_grad()
-def forward_with_activation_bytes(
-    model: nn.Module, inputs: torch.Tensor
-) -> tuple[torch.Tensor, int]:
-    """One no-grad forward that also measures activation memory.
-
-    Forward hooks on every leaf module add up the bytes of their outputs; that is close
-    to what autograd keeps for the backward pass (an overestimate where modules work in
-    place, an underestimate for fused kernels, which `ACTIVATION_BYTES_FACTOR`
-    covers).
-
-    Returns:
-        The model's output for ``inputs`` ``(B, K)`` and the activation bytes per sample.
-    """
-    total = 0
-
-    def count(_module: nn.Module, _args: Any, output: Any) -> None:
-        nonlocal total
-        total += sum(t.numel() * t.element_size() for t in _tensors(output))
-
-    leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    handles = [m.register_forward_hook(count) for m in leaves]
-    try:
-        logits = model(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    per_sample = inputs[0].numel() * inputs.element_size() + total // inputs.shape[0]
-    return logits, max(1, per_sample)
-
-
-def samples_per_chunk(bytes_per_sample: int, budget_bytes: int) -> int:
-    """How many forward+backward samples fit the budget (at least 1).
-
-    ``budget_bytes`` comes from `memory_budget`
-    (kind ``"backward"``).
-
-    Rule: ``budget // (ACTIVATION_BYTES_FACTOR * bytes_per_sample)``, with
-    ``bytes_per_sample`` from `forward_with_activation_bytes`.
-    """
-    return max(1, int(budget_bytes // (ACTIVATION_BYTES_FACTOR * bytes_per_sample)))
-
-
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur with reflect padding (torchvision): ``(B, C, H, W)`` -> same shape.
-
-    The kernel spans ``+-3 sigma`` (odd size), cut to ``2 * min(H, W) - 1`` so reflect
-    padding stays valid. Blur and per-channel normalisation commute (the kernel sums to
-    one), so normalised inputs may be blurred directly.
-    """
-    height, width = images.shape[-2:]
-    radius = min(math.ceil(3 * sigma), min(height, width) - 1)
-    if sigma <= 0 or radius < 1:
-        return images.clone()
-    size = 2 * radius + 1
-    return TF.gaussian_blur(images, [size, size], [sigma, sigma])
-
-
-def validate_baseline(baseline: Any) -> BaselineSpec:
-    """Check a baseline spec at construction time (names and tensor ranks)."""
-    if isinstance(baseline, torch.Tensor):
-        if not baseline.is_floating_point():
-            raise ValueError(
-                f"baseline tensor has dtype {baseline.dtype}; expected a float tensor in the "
-                f"model's normalised input space (shape (C, H, W), (1, C, H, W) or (B, C, H, W))."
-            )
-        if baseline.ndim > 4 or baseline.numel() == 0:
-            raise ValueError(
-                f"baseline tensor of shape {tuple(baseline.shape)} cannot broadcast to a "
-                f"(B, C, H, W) batch; expected (C, H, W), (1, C, H, W), (B, C, H, W) or "
-                f"(C, 1, 1)."
-            )
-        if not torch.isfinite(baseline).all():
-            raise ValueError("baseline tensor contains NaN or inf.")
-        return baseline
-    if not isinstance(baseline, str) or baseline not in BASELINE_NAMES:
-        raise ValueError(
-            f"unknown baseline {baseline!r}; expected one of {', '.join(BASELINE_NAMES)} or a "
-            f"tensor in normalised input space broadcastable to (B, C, H, W). Try 'black'."
-        )
-    return baseline
-
-
-def make_baseline(
-    baseline: BaselineSpec, inputs: torch.Tensor, model: nn.Module, seed: int = 0
-) -> torch.Tensor:
-    """The IG start point for ``inputs`` ``(B, C, H, W)``, in normalised input space.
-
-    * ``"black"``: the black picture (pixel 0), i.e. ``(0 - mean) / std`` per channel.
-    * ``"blur"``: the input blurred with sigma ``min(H, W) / 8`` (`gaussian_blur`).
-    * ``"noise"``: pixels ~ ``N(0.5, 0.25^2)`` clipped to [0, 1], then normalised.
-    * ``"uniform"``: pixels ~ ``U[0, 1]``, then normalised.
-    * a tensor: taken as normalised input, broadcast to the batch.
-
-    Random baselines are drawn from a generator seeded with ``seed`` on the inputs'
-    device, one ``(1, C, H, W)`` picture shared by the batch, so an image gets the same
-    baseline alone or inside any batch.
-
-    Returns:
-        A contiguous ``(B, C, H, W)`` tensor on ``inputs``' device and dtype.
-    """
-    baseline = validate_baseline(baseline)
-    if isinstance(baseline, torch.Tensor):
-        try:
-            shape = torch.broadcast_shapes(baseline.shape, inputs.shape)
-        except RuntimeError:
-            shape = None
-        if shape != inputs.shape:
-            raise ValueError(
-                f"baseline tensor of shape {tuple(baseline.shape)} does not broadcast to the "
-                f"input batch {tuple(inputs.shape)}; expected (C, H, W) = "
-                f"{tuple(inputs.shape[1:])}, (1, C, H, W) or (B, C, H, W). Build it at the "
-                f"model's input size, or use baseline='black'."
-            )
-        out = baseline.to(device=inputs.device, dtype=inputs.dtype).expand(inputs.shape)
-        return out.contiguous()
-    if baseline == "blur":
-        sigma = min(inputs.shape[-2:]) * BLUR_SIGMA_FRACTION
-        return gaussian_blur(inputs.detach(), sigma)
-    mean, std = normalization(model, inputs)
-    one = (1, *inputs.shape[1:])
-    if baseline == "black":
-        pixels = torch.zeros(one, device=inputs.device, dtype=inputs.dtype)
-    else:
-        generator = torch.Generator(device=inputs.device).manual_seed(seed)
-        if baseline == "noise":
-            draw = torch.randn(one, generator=generator, device=inputs.device)
-            pixels = (NOISE_PIXEL_MEAN + NOISE_PIXEL_STD * draw).clamp(0, 1)
-        else:  # "uniform"
-            pixels = torch.rand(one, generator=generator, device=inputs.device)
-        pixels = pixels.to(inputs.dtype)
-    return ((pixels - mean) / std).expand(inputs.shape).contiguous()
-
-
-def check_positive_int(value: Any, name: str, hint: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}. {hint}")
-    return value
-
-
-def check_budget(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"memory_budget_bytes must be a positive integer number of bytes or None (auto), "
-            f"got {value!r}. Try 2 * 2**30 for 2 GiB."
-        )
-    return value
+def refusal(model: nn.Module, problem: str, alternative: str) -> str:
+    """Why ``model`` is refused; callers put the method's name in front (``"lrp: ..."``)."""
+    adapter = get_adapter(model)
+    return (
+        f"{adapter.architecture} (family '{adapter.family}') is not covered: {problem} "
+        f"Try {alternative} instead."
+    )
 
 
 class CaptumInputExplainer(Explainer):
     """A Captum input-attribution method with timm-aware defaults (see the module docstring).
 
-    Usable as is for methods without method-specific chunking, e.g.
-    ``CaptumInputExplainer(model, captum.attr.Saliency, abs=False)``; IG and SmoothGrad
-    subclass it and pass their own arguments through [`run`][].
+    Usable as is for methods without method-specific settings, e.g.
+    ``CaptumInputExplainer(model, captum.attr.Saliency, abs=False)``; every registered
+    input method subclasses it directly, naming its Captum class (`captum_class`) and
+    passing its own arguments through [`run`][].
 
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
         attribution: ``forward_func -> attribution``: a Captum class such as
-            ``captum.attr.InputXGradient`` (subclasses may override [`captum_method`][]).
+            ``captum.attr.InputXGradient``; ``None``: ``captum.attr.<captum_class>``.
         baseline: ``None`` for methods without one, else a name or tensor (see
             `make_baseline`), passed to Captum as ``baselines``.
         memory_budget_bytes: budget for automatic chunking; ``None``: half the free CUDA
@@ -243,6 +103,17 @@ class CaptumInputExplainer(Explainer):
         seed: seed of random baselines (and of noise, for methods that draw some).
         **options: further keyword arguments of the attribution's ``attribute``.
     """
+
+    #: the ``captum.attr`` class this method runs (when no ``attribution`` is given)
+    captum_class: ClassVar[str] = ""
+    #: forward rows per image in one pass (DeepLift runs inputs and baselines together)
+    rows_per_image: int = 1
+    #: Captum puts hooks or attributes on the model's modules: run inside the adapter's
+    #: hygiene (`hooks_left_clean`), which leaves the model as found
+    hooks_modules: ClassVar[bool] = False
+    #: Captum keeps one input per module (DeepLift, LRP): a module run twice per forward
+    #: is refused by name
+    single_use_modules: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -266,13 +137,23 @@ class CaptumInputExplainer(Explainer):
         self.signed = bool(signed)
         self.seed = int(seed)
 
+    @classmethod
+    def unavailable_reason(cls, model: nn.Module) -> str | None:
+        """Why the method cannot explain ``model`` (``None``: it can)."""
+        del model
+        return None
+
     # ----------------------------------------------------------- toolkit
     def captum_method(self, forward_func: nn.Module, device: torch.device) -> Any:
         """The Captum attribution over ``forward_func``, made per call (no shared state)."""
         del device
-        if self._attribution is None:
+        if self._attribution is not None:
+            return self._attribution(forward_func)
+        if not self.captum_class:
             raise TypeError(f"{type(self).__name__} was given no Captum attribution method.")
-        return self._attribution(forward_func)
+        import captum.attr  # loaded on first use: Captum is heavy
+
+        return getattr(captum.attr, self.captum_class)(forward_func)
 
     def baselines_for(self, inputs: torch.Tensor) -> torch.Tensor:
         """The baselines ``(B, C, H, W)`` used for preprocessed ``inputs`` ``(B, C, H, W)``."""
@@ -304,7 +185,7 @@ class CaptumInputExplainer(Explainer):
         return target_rows(targets, inputs.device), None, None  # type: ignore[return-value]
 
     def capacity(self, inputs: torch.Tensor, bytes_per_sample: int | None = None) -> int:
-        """Forward+backward samples per chunk within the memory budget (at least 1)."""
+        """Forward+backward images per chunk within the memory budget (at least 1)."""
         key = (tuple(inputs.shape[1:]), inputs.dtype, inputs.device)
         if bytes_per_sample is None:
             bytes_per_sample = self._sample_bytes.get(key)
@@ -312,20 +193,62 @@ class CaptumInputExplainer(Explainer):
             _, bytes_per_sample = forward_with_activation_bytes(self.model, inputs[:1])
         self._sample_bytes[key] = bytes_per_sample
         budget = memory_budget(inputs.device, "backward", self.memory_budget_bytes)
-        return samples_per_chunk(bytes_per_sample, budget)
+        return max(1, samples_per_chunk(bytes_per_sample, budget) // self.rows_per_image)
+
+    @contextmanager
+    def captum_call(self, forward: nn.Module) -> Iterator[None]:
+        """The guard of one Captum call over ``forward`` (a `TargetScore` of the model).
+
+        Refuses a model the method cannot explain; for methods that hook modules, the
+        adapter's hygiene; for single-use methods, a module run twice per forward pass
+        becomes an ``UnsupportedModelError`` naming it.
+        """
+        reason = self.unavailable_reason(self.model)
+        if reason is not None:
+            raise UnsupportedModelError(f"{self.name}: {reason}")
+        with ExitStack() as stack:
+            if self.hooks_modules:
+                stack.enter_context(_captum.hooks_left_clean(self.model))
+            if not self.single_use_modules:
+                yield
+                return
+            reused = stack.enter_context(_captum.single_use_modules(self.model, forward))
+            try:
+                yield
+            except Exception as exc:
+                twice = reused()
+                if not twice:
+                    raise
+                raise UnsupportedModelError(
+                    f"{self.name}: "
+                    + refusal(
+                        self.model,
+                        f"a module runs more than once in a forward pass "
+                        f"({describe_modules(twice)}), and Captum's rules keep one input "
+                        f"per module.",
+                        "'ig' (Integrated Gradients) or 'gradientshap'",
+                    )
+                ) from exc
 
     def run(self, inputs: torch.Tensor, targets: torch.Tensor, **arguments: Any) -> torch.Tensor:
         """Captum's raw attributions ``(B, C, H, W)`` for ``inputs`` and ``targets`` ``(B,)``."""
-        method = self.captum_method(TargetScore(self.model), inputs.device)
-        return method.attribute(inputs, additional_forward_args=(targets,), **arguments).detach()
+        forward = TargetScore(self.model)
+        method = self.captum_method(forward, inputs.device)
+        with self.captum_call(forward):
+            result = method.attribute(inputs, additional_forward_args=(targets,), **arguments)
+        return result.detach()
 
     def explanation(
         self, attributions: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor | None
     ) -> Explanation:
         """The [`Explanation`][] of raw ``attributions`` ``(B, C, H, W)``."""
         batch = attributions.shape[0]
+        if _RAW_ONLY.get():  # attributions(): nobody sees the heatmap
+            heatmap = attributions.new_zeros((batch, 0, 0))
+        else:
+            heatmap = attribution_heatmap(attributions, self.signed)
         return Explanation(
-            heatmap=attribution_heatmap(attributions, self.signed),
+            heatmap=heatmap,
             targets=targets,
             logits=None if logits is None else logits[:batch],
             attributions=attributions,
@@ -337,7 +260,11 @@ class CaptumInputExplainer(Explainer):
         The same as Captum's ``attribute`` on ``TargetScore(model)`` with this
         explainer's settings; `explain_full` gives them with heatmaps and targets.
         """
-        result = self.explain_full(images, target_class).attributions
+        token = _RAW_ONLY.set(True)
+        try:
+            result = self.explain_full(images, target_class).attributions
+        finally:
+            _RAW_ONLY.reset(token)
         assert result is not None  # every Captum input method returns them
         return result
 

@@ -24,13 +24,9 @@ from ...data import ImagesInput
 from .._targets import TargetInput
 from ..base import Explanation
 from ..registry import register_method
-from .engine import (
-    BaselineSpec,
-    CaptumInputExplainer,
-    check_positive_int,
-    gaussian_blur,
-    make_baseline,
-)
+from .baselines import BaselineSpec, gaussian_blur, make_baseline
+from .checks import check_positive_int
+from .engine import CaptumInputExplainer
 
 __all__ = ["IG_METHODS", "IGResult", "IntegratedGradients", "gaussian_blur", "make_baseline"]
 
@@ -109,6 +105,8 @@ class IntegratedGradients(CaptumInputExplainer):
         a batch. [`attribute_full`][]: an `IGResult` (always batched).
     """
 
+    captum_class = "IntegratedGradients"
+
     def __init__(
         self,
         model: nn.Module,
@@ -142,11 +140,6 @@ class IntegratedGradients(CaptumInputExplainer):
                 internal_batch_size, "internal_batch_size", "Or pass None to size it from memory."
             )
         self.internal_batch_size = internal_batch_size
-
-    def captum_method(self, forward_func: nn.Module, device: torch.device) -> Any:
-        from captum.attr import IntegratedGradients as CaptumIntegratedGradients
-
-        return CaptumIntegratedGradients(forward_func)
 
     def attribute_full(self, images: ImagesInput, target_class: TargetInput = None) -> IGResult:
         """Attributions, heatmaps and completeness for ``images`` (always batched).

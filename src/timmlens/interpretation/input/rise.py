@@ -33,7 +33,8 @@ from .._targets import target_rows
 from ..base import Explainer, Explanation, normalize_maps
 from ..registry import register_method
 from ..scoring import SCORE_KINDS, ScoreKind, chunk_size_for, score_in_chunks
-from .engine import BaselineSpec, check_budget, check_positive_int, make_baseline, validate_baseline
+from .baselines import BaselineSpec, make_baseline, validate_baseline
+from .checks import check_budget, check_positive_int
 
 __all__ = ["RISE", "RiseMasks", "mirrored_linear_weights"]
 

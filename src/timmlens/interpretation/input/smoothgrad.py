@@ -14,15 +14,17 @@ batch, whatever ``nt_samples_batch_size``.
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
+from .._captum import range_noise_tunnel
 from ..base import Explanation
 from ..registry import register_method
-from .engine import BaselineSpec, CaptumInputExplainer, check_positive_int
+from .baselines import BaselineSpec
+from .checks import check_positive_int
+from .engine import CaptumInputExplainer
 from .integrated_gradients import IG_METHODS, IGMethod
 
 NTType = Literal["smoothgrad", "smoothgrad_sq", "vargrad"]
@@ -30,51 +32,6 @@ SmoothGradBase = Literal["saliency", "ig"]
 
 NT_TYPES: tuple[str, ...] = get_args(NTType)
 SMOOTHGRAD_BASES: tuple[str, ...] = get_args(SmoothGradBase)
-
-
-def range_noise_tunnel(inner: Any, generator: torch.Generator) -> Any:
-    """Captum's ``NoiseTunnel`` over ``inner`` with per-image noise scale and reproducible draws.
-
-    ``stdevs`` must be a one-element tuple holding a ``(B,)`` tensor of per-image
-    standard deviations. Noise for sample ``j`` is ``stdevs[b] * N_j`` where ``N_j`` is
-    the ``j``-th ``(C, H, W)`` draw of ``generator``: draws happen sample by sample in
-    order, so chunking (``nt_samples_batch_size``) does not change them. Made per call,
-    with a freshly seeded generator, so calls share no state.
-    """
-    return _range_noise_tunnel_class()(inner, generator)
-
-
-@cache
-def _range_noise_tunnel_class() -> type:
-    from captum.attr import NoiseTunnel  # Captum loads on first use
-
-    class RangeNoiseTunnel(NoiseTunnel):
-        def __init__(self, inner: Any, generator: torch.Generator) -> None:
-            super().__init__(inner)
-            self.generator = generator
-
-        def _add_noise_to_inputs(  # type: ignore[override]
-            self,
-            nt_samples_partition: int,
-            inputs: tuple[torch.Tensor, ...],
-            stdevs: tuple[torch.Tensor, ...],
-        ) -> tuple[torch.Tensor, ...]:
-            noisy = []
-            for x, stdev in zip(inputs, stdevs, strict=True):
-                batch, *rest = x.shape
-                draws = torch.stack(
-                    [
-                        torch.randn(rest, generator=self.generator, device=x.device)
-                        for _ in range(nt_samples_partition)
-                    ]
-                ).to(x.dtype)  # (k, C, H, W)
-                scale = stdev.to(device=x.device, dtype=x.dtype).view(batch, 1, *[1] * len(rest))
-                noise = (scale * draws.unsqueeze(0)).reshape(batch * nt_samples_partition, *rest)
-                sample = x.repeat_interleave(nt_samples_partition, dim=0) + noise
-                noisy.append(sample.requires_grad_() if self.is_gradient_method else sample)
-            return tuple(noisy)
-
-    return RangeNoiseTunnel
 
 
 def noise_stdevs(inputs: torch.Tensor, noise_level: float) -> torch.Tensor:
