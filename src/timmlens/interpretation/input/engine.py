@@ -244,6 +244,11 @@ class CaptumInputExplainer(Explainer):
         **options: further keyword arguments of the attribution's ``attribute``.
     """
 
+    constant_map_causes = (
+        "every input gradient is zero: ReLUs that are off everywhere and pass no gradient, "
+        "random weights, or a target whose score does not depend on the input"
+    )
+
     def __init__(
         self,
         model: nn.Module,

@@ -202,6 +202,12 @@ class PerturbationExplainer(CaptumInputExplainer):
     """
 
     needs_gradients = False
+    constant_map_causes = (
+        "removing regions does not change the target's score (random weights, or regions "
+        "too small to matter: a coarser grid or larger window), or too few samples for a "
+        "fit (raise n_samples: LIME's Lasso sets every weight to zero when the score varies "
+        "little between samples, and KernelSHAP needs more samples than features)"
+    )
     #: the ``captum.attr`` class
     captum_name: ClassVar[str] = ""
     #: Captum fits one model per image (LIME, KernelSHAP): always run image by image
