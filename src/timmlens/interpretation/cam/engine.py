@@ -204,9 +204,10 @@ class CAMExplainer(Explainer):
 
     def constant_map_causes_of(self, result: Explanation) -> str:
         """A layer map of one cell is constant once upsampled, whatever the method."""
+        maps = result.extras.get("layer_maps", ())
         small = [
             name
-            for name, cam in zip(self.layer_names, result.extras.get("layer_maps", ()), strict=False)
+            for name, cam in zip(self.layer_names, maps, strict=False)
             if cam.shape[-2:].numel() == 1
         ]
         if small:

@@ -300,8 +300,8 @@ class RandomCAM(CAMExplainer):
     Weights depend on ``(seed, target class)`` only (see `randomcam_weights`; a callable
     target that reads one class's logit counts as that class): repeatable, independent of
     the batch, different per class, and the global RNG is left alone. Its constant maps
-    (``relu=True`` clips about half of them to zero) do not warn. No gradients are taken (pytorch-grad-cam's ``RandomCAM`` runs a backward
-    it does not use).
+    (``relu=True`` clips about half of them to zero) do not warn. No gradients are taken
+    (pytorch-grad-cam's ``RandomCAM`` runs a backward it does not use).
 
     Args:
         relu: ``ReLU`` on the map, pytorch-grad-cam's choice (off by default, see above).
