@@ -158,3 +158,40 @@ def test_pointing_game_refuses_a_non_finite_heatmap(bad):
     heatmaps[2, 3, 3] = bad
     with pytest.raises(MetricInputError, match=r"heatmap of image 2 "):
         pointing_game(heatmaps, masks=torch.ones(3, 8, 8, dtype=torch.bool))
+
+
+# ------------------------------------- 5. the which-method page marks guided rows
+def _board(models: list[str]):
+    from timmlens.evaluation.leaderboard import build_leaderboard
+
+    names = ["gradcam", "saliency", "guidedgradcam", "randomcam", "centerprior"]
+    rows = {
+        model: [
+            {"id": f"img{i}", "method": name, "insertion": 0.1 * k + 0.01 * i, "deletion": 0.2}
+            for k, name in enumerate(names)
+            for i in range(2)
+        ]
+        for model in models
+    }
+    return build_leaderboard(rows, names, ["insertion", "deletion"])
+
+
+def test_the_which_method_page_marks_guidedgradcam_on_networks_without_relu():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from leaderboard import page
+
+    board = _board(["lite0", "resnet"])
+    text = page(board, 60.0, {}, steps=4, without_relu=["lite0"])
+    marked = [line for line in text.splitlines() if "`guidedgradcam` †" in line]
+    assert len(marked) == 2  # the pooled table and lite0's, not resnet's
+    assert "#### resnet" in text.split(marked[-1])[1]
+    assert '!!! note "Rows marked † are not separate methods here"' in text
+    assert "`guidedgradcam` is exactly the plain gradient times the upsampled GradCAM" in text
+    plain = page(board, 60.0, {}, steps=4, without_relu=[])
+    assert "†" not in plain
+    # and the page as generated says it
+    generated = (Path(__file__).resolve().parents[1] / "docs" / "which_method.md").read_text()
+    assert "| `guidedgradcam` † |" in generated and "not separate methods here" in generated

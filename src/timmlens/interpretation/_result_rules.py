@@ -140,13 +140,18 @@ def warn_if_constant(explainer: Explainer, result: Explanation) -> None:
     if not constant:
         return
     zero = bool((high[constant] == 0).all())
-    random = weights_status(explainer.model).random
+    causes = explainer.constant_map_causes_of(result)
+    if causes == explainer.constant_map_causes:  # the engine's list: name the usual one
+        random = weights_status(explainer.model).random
+        why = (
+            f"Likely causes{' (this model has random weights, the usual one)' if random else ''}"
+            f": {causes}. Try trained weights, another target_class or another method"
+        )
+    else:  # the engine knows the cause of this call
+        why = f"Cause: {causes}"
     warn_caller(
         f"{explainer.name}: the heatmap of image(s) {_images(constant, flat.shape[0])} is "
         f"{'all zero' if zero else 'constant'}, so it ranks no pixel above another and "
-        f"explains nothing. Likely causes"
-        f"{' (this model has random weights, the usual one)' if random else ''}: "
-        f"{explainer.constant_map_causes_of(result)}. Try trained weights, another target_class or "
-        f"another method; a metric of this map ranks its pixels in row-major order.",
+        f"explains nothing. {why}; a metric of this map ranks its pixels in row-major order.",
         DegenerateMapWarning,
     )
