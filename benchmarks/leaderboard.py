@@ -36,6 +36,7 @@ import timm
 import torch
 from PIL import Image
 from skimage import data as skdata
+from torch import nn
 
 import timmlens
 from timmlens.errors import ModelLoadError
@@ -66,6 +67,61 @@ ROAD_PERCENTILES = (20.0, 40.0, 60.0, 80.0)
 def quick(method: str) -> dict[str, Any]:
     """The method's cheap settings (its spec's ``quick_options``, as the tests use)."""
     return dict(resolve_method(method).quick_options)
+
+
+#: What a method is on networks without an ``nn.ReLU`` module (ReLU6, SiLU, GELU): Captum's
+#: guided-backprop and deconvolution rules replace the backward of ``nn.ReLU`` modules only.
+SAME_WITHOUT_RELU: dict[str, str] = {
+    "guidedbackprop": "the plain gradient (`saliency`'s map)",
+    "deconvolution": "the plain gradient (`saliency`'s map)",
+    "guidedgradcam": "the plain gradient times the upsampled GradCAM map (gradient x `gradcam`)",
+}
+#: The mark of those rows in the page's tables.
+NOT_ITS_OWN = "†"
+
+
+def models_without_relu(specs: list[str]) -> list[str]:
+    """The benchmark folder names of the ``specs`` whose model has no ``nn.ReLU`` module."""
+    return [
+        spec.replace(":", "-")  # benchmark's folder name, as the board names its models
+        for spec in specs
+        if not any(isinstance(m, nn.ReLU) for m in timmlens.load_model(spec).modules())
+    ]
+
+
+def mark_rows(markdown: str, board: Leaderboard, without_relu: list[str]) -> str:
+    """``markdown`` with the rows of `SAME_WITHOUT_RELU` marked `NOT_ITS_OWN` in the tables
+    of the models without ``nn.ReLU`` (and in the pooled table when any has none)."""
+    marked = [m for m in SAME_WITHOUT_RELU if m in board.methods]
+    lines, mark = [], bool(without_relu)  # the pooled table comes first
+    for line in markdown.split("\n"):
+        if line.startswith("#"):
+            title = line.lstrip("#").strip()
+            mark = any(title.startswith(f"{model} (") for model in without_relu)
+        elif mark and line.startswith("|"):
+            for method in marked:
+                line = line.replace(f"| `{method}` |", f"| `{method}` {NOT_ITS_OWN} |")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def without_relu_note(board: Leaderboard, without_relu: list[str]) -> list[str]:
+    """The note on the marked rows (none when every model has ``nn.ReLU`` modules)."""
+    marked = [m for m in SAME_WITHOUT_RELU if m in board.methods]
+    if not without_relu or not marked:
+        return []
+    models = ", ".join(f"`{m}`" for m in without_relu)
+    which = "these networks" if set(without_relu) >= set(board.models) else models
+    return [
+        f'!!! note "Rows marked {NOT_ITS_OWN} are not separate methods here"',
+        f"    {models} use no `nn.ReLU` module (ReLU6 or other activations), and Captum's "
+        f"guided-backprop and deconvolution rules replace the backward pass of `nn.ReLU` "
+        f"modules only. On {which} "
+        + "; ".join(f"`{m}` is exactly {SAME_WITHOUT_RELU[m]}" for m in marked)
+        + ". Their rows measure those maps, not the methods' own rules: compare them on a "
+        "network with `nn.ReLU` (a ResNet) before you choose one.",
+        "",
+    ]
 
 
 def write_photos(folder: Path) -> list[str]:
@@ -163,7 +219,11 @@ def page(
     skipped_models: dict[str, str],
     steps: int,
     road_percentiles: tuple[float, ...] = ROAD_PERCENTILES,
+    without_relu: list[str] | None = None,
 ) -> str:
+    """The page's markdown; ``without_relu``: the board's models with no ``nn.ReLU``
+    module (`models_without_relu`), whose guided rows are marked and explained."""
+    without_relu = list(without_relu or [])
     n_pairs = sum(board.images.values())
     models = ", ".join(f"`{m}` ({board.images[m]} images)" for m in board.models)
     fast = ", ".join(
@@ -221,7 +281,8 @@ def page(
         "",
         "## Leaderboard",
         "",
-        board.markdown().replace("### ", "#### "),
+        *without_relu_note(board, without_relu),
+        mark_rows(board.markdown().replace("### ", "#### "), board, without_relu),
         "![Leaderboard: one panel per metric, bars with 95% CIs](images/leaderboard.png)",
         "",
         "## What the numbers say",
@@ -340,7 +401,14 @@ def main(argv: list[str] | None = None) -> int:
     skipped_models.update(board.failures)
     for spec in args.not_finished:
         skipped_models[spec] = "not finished in the time this run had; rerun to complete it"
-    text = page(board, seconds, skipped_models, args.steps, tuple(args.road_percentiles))
+    text = page(
+        board,
+        seconds,
+        skipped_models,
+        args.steps,
+        tuple(args.road_percentiles),
+        models_without_relu(models),
+    )
     args.page.write_text(text, encoding="utf-8")
     args.figure.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(board.paths["plot"], args.figure)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from ._lazy import lazy_exports
 from ._model_state import model_lock
 from ._version import __version__
+from ._warnings import DegenerateMapWarning
 from .adapters import describe, get_adapter
 from .data import ImageScalingWarning, prepare_images
 from .errors import (
@@ -67,6 +68,7 @@ __all__ = [
     "ChannelIndexError",
     "ConceptInputError",
     "ConceptLabelError",
+    "DegenerateMapWarning",
     "DeviceError",
     "DistributedRunError",
     "ExplanationFileError",

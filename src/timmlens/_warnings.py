@@ -20,3 +20,10 @@ def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
     while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+
+class DegenerateMapWarning(UserWarning):
+    """An explanation whose heatmap is constant (often all zero): it ranks no pixel above
+    another, so it explains nothing. The message names the method, the images and the
+    likely cause (random weights, dead gradients, a score the masks do not move, too few
+    samples)."""

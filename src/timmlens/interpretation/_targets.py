@@ -155,6 +155,28 @@ class CallableTargets:
             )
         return scores.float()
 
+    def selected_classes(self, logits: torch.Tensor) -> torch.Tensor:
+        """The class each row's score reads, where it reads one: ``(N, K)`` -> ``(N,)`` long.
+
+        Row ``i`` reads class ``k`` when the gradient of its score at ``logits`` is
+        non-zero for ``z[i, k]`` only (``lambda z: z[:, 7]``, ``2 * z[:, 7:8]``); rows whose
+        score depends on several classes (a group's sum, a softmax probability) or on
+        none get ``-1``, as do all rows of a callable that cannot be differentiated.
+        One extra call of the callable on a detached copy; the model does not run.
+        """
+        unknown = torch.full((logits.shape[0],), -1, dtype=torch.long, device=logits.device)
+        # a copy outside inference mode: RandomCAM runs under torch.inference_mode() too
+        with torch.inference_mode(False), torch.enable_grad():
+            values = logits.detach().float().clone().requires_grad_(True)
+            try:
+                (grad,) = torch.autograd.grad(self(values).sum(), values, allow_unused=True)
+            except (TargetError, RuntimeError):  # detached or not differentiable: no class
+                return unknown
+        if grad is None:
+            return unknown
+        read = grad != 0
+        return torch.where(read.sum(dim=1) == 1, read.long().argmax(dim=1), unknown)
+
 
 def _is_index(value: object) -> bool:
     """Python and numpy integers (``argmax`` returns ``np.int64``), but not ``bool``."""

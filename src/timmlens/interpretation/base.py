@@ -1,7 +1,8 @@
 """The calling convention every explainer shares.
 
 ``explainer(images, target_class=None)`` -> heatmap: ``(H, W)`` for one image,
-``(B, H, W)`` for a batch, in model-input coordinates, on the model's device.
+``(B, H, W)`` for a batch, in model-input coordinates, float32 on the model's device
+(whatever the model's dtype; see `timmlens.interpretation._result_rules`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .._model_state import explaining, require_gradients
 from ..data import ImagesInput, PreparedBatch, prepare_images
 from ..errors import ImageInputError
 from ..models.introspect import data_config, model_metadata, num_outputs, unwrap_model
+from ._result_rules import checked_result, precision_errors, warn_if_constant
 from ._targets import CallableTargets, ResolvedTargets, TargetInput, validate_targets
 
 #: Captum's assertion when a hooked layer never ran.
@@ -75,15 +77,25 @@ def explanation_call(
             ) from exc
 
 
+#: Units in the last place within which a map's spread is rounding, not signal.
+ROUNDING_ULPS = 16
+
+
 def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Per-map min-max normalisation to [0, 1]: ``(B, H, W)`` -> ``(B, H, W)``.
 
-    A constant map becomes all zeros (there is nothing to rank).
+    A constant map becomes all zeros (there is nothing to rank), and so does a map whose
+    spread is within rounding of its values (`ROUNDING_ULPS` units in the last place of
+    its dtype): a constant map upsampled bilinearly differs from itself by such noise,
+    which min-max scaling would blow up to a [0, 1] pattern that means nothing.
     """
     flat = maps.flatten(1)
-    low = flat.min(dim=1).values.view(-1, 1, 1)
-    span = (flat.max(dim=1).values - flat.min(dim=1).values).view(-1, 1, 1)
-    return torch.where(span > eps, (maps - low) / span.clamp_min(eps), torch.zeros_like(maps))
+    low, high = flat.min(dim=1).values, flat.max(dim=1).values
+    rounding = ROUNDING_ULPS * torch.finfo(maps.dtype).eps * torch.maximum(low.abs(), high.abs())
+    span = (high - low).view(-1, 1, 1)
+    signal = span > rounding.clamp_min(eps).view(-1, 1, 1)
+    low = low.view(-1, 1, 1)
+    return torch.where(signal, (maps - low) / span.clamp_min(eps), torch.zeros_like(maps))
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,7 +103,7 @@ class Explanation:
     """Everything one explanation call computed, always batched (``B`` images).
 
     Attributes:
-        heatmap: ``(B, H, W)`` the maps [`Explainer.explain`][] returns.
+        heatmap: ``(B, H, W)`` float32, the maps [`Explainer.explain`][] returns.
         targets: ``(B,)`` long, the explained classes (``None`` only where no class was
             involved: the plain attention rollout of a headless model). For a callable
             target, which has no class, the predicted classes (see `target_label`).
@@ -147,6 +159,19 @@ class Explainer(ABC):
     [`Explanation`][]; [`explain`][] gives its heatmaps, [`explain_full`][] all of it.
     Results are returned, never kept for the next call to read: one explainer serves
     threads and calls side by side.
+
+    What every method's result obeys, checked once in [`explain_batch_full`][]:
+
+    * every heatmap is **float32 on the model's device**, whatever the model's dtype
+      (``model.half()``, ``.double()``); raw ``attributions`` keep the dtype the method
+      computed in;
+    * NaN or inf in a result is an error, not a map: on a float16/bfloat16 model a method
+      whose arithmetic fails in that precision (``deeplift``, ``deepliftshap``,
+      ``gradientshap`` on CPU) raises [`UnsupportedModelError`][timmlens.UnsupportedModelError]
+      and says to explain a float32 copy;
+    * a constant (usually all-zero) map warns
+      ([`DegenerateMapWarning`][timmlens.DegenerateMapWarning]) with the likely causes
+      of its engine, `constant_map_causes`.
     """
 
     #: short method name used in figures, tables and the CLI
@@ -159,6 +184,14 @@ class Explainer(ABC):
     #: the method knows it in advance (``None``: not known; ``timmlens.evaluate`` then
     #: measures it on the first batch). It sizes the progress of long runs.
     forwards_per_image: int | None = None
+    #: why this engine's map can come out constant, for the `DegenerateMapWarning`
+    constant_map_causes: str = (
+        "the target's score does not depend on the input (untrained weights, or a "
+        "target_class whose score ignores the image)"
+    )
+    #: whether a constant map is suspect (not for RandomCAM, whose clipped random sums
+    #: may be all zero by design)
+    warns_on_constant_maps: bool = True
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
@@ -223,16 +256,28 @@ class Explainer(ABC):
         """The [`Explanation`][] of a preprocessed batch ``(B, C, H, W)``.
 
         The one path of every explainer: resolve the targets, enter the guard
-        (`explanation_call`), [`attribute`][].
+        (`explanation_call`), [`attribute`][], then the rules of every result (float32
+        heatmap, no NaN, a warning for a constant map; see the class docstring).
         """
         targets = self.resolve_targets(target_class, inputs)
         needs_gradients = self.gradients_needed(targets)
-        with explanation_call(self.model, inputs, self.describe(targets), needs_gradients):
+        with (
+            precision_errors(self.model, self.name),
+            explanation_call(self.model, inputs, self.describe(targets), needs_gradients),
+        ):
             result = self.attribute(inputs, targets, **kwargs)
+        result = checked_result(self, result)
+        warn_if_constant(self, result)
         result = replace(result, context={**self.context(), **result.context})
         if isinstance(result.targets, CallableTargets):
             result = self._callable_result(result, inputs)
         return result
+
+    def constant_map_causes_of(self, result: Explanation) -> str:
+        """The likely causes of a constant map in ``result`` (`constant_map_causes`;
+        engines that know more about a call, such as a CAM layer's size, say it)."""
+        del result
+        return self.constant_map_causes
 
     def context(self) -> dict[str, Any]:
         """What makes this explainer's results: method, layer and model (saved with them)."""

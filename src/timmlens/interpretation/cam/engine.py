@@ -58,9 +58,14 @@ _INTERPOLATION_MODES = ("bilinear", "bicubic", "nearest", "area")
 def upsample_maps(
     maps: torch.Tensor, size: tuple[int, int], mode: InterpolationMode = "bilinear"
 ) -> torch.Tensor:
-    """Resize layer-resolution maps to the input size: ``(B, h, w)`` -> ``(B, H, W)``."""
+    """Resize layer-resolution maps to the input size: ``(B, h, w)`` -> ``(B, H, W)``.
+
+    A one-cell map is repeated exactly (interpolation would add rounding noise).
+    """
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
+    if maps.shape[-2:].numel() == 1:
+        return maps.expand(*maps.shape[:-2], *size).clone()
     align = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
     return F.interpolate(maps[:, None], size=size, mode=mode, **align)[:, 0]
 
@@ -88,6 +93,8 @@ class CamContext:
             repeated as the class tensor; [`score_masked`][] applies it to each logit row).
         layer_name: the layer's dotted name.
         model: the classifier (in eval mode, parameters frozen, for the call).
+        logits: ``(B, K)`` the model's logits for ``inputs`` (detached), from the same
+            forward pass.
     """
 
     activations: torch.Tensor
@@ -96,6 +103,7 @@ class CamContext:
     targets: torch.Tensor
     layer_name: str
     model: nn.Module
+    logits: torch.Tensor | None = None
 
     def score_masked(
         self,
@@ -159,6 +167,12 @@ class CAMExplainer(Explainer):
 
     #: one forward (with the layer tapped) per image; the backward is not a forward
     forwards_per_image: int | None = 1
+    constant_map_causes = (
+        "every weighted channel of the layer is zero or negative, so the ReLU clipped the "
+        "whole map: random weights (timm zero-initialises the last norm of each residual "
+        "block, so a random ResNet's blocks add nothing), ReLUs that are off everywhere "
+        "and pass no gradient, or a target whose score does not depend on this layer"
+    )
 
     def __init__(
         self,
@@ -187,6 +201,22 @@ class CAMExplainer(Explainer):
         self._kept_taps: ExitStack | None = None
         self._kept_views: list[SpatialView] = []
         self._depth = 0
+
+    def constant_map_causes_of(self, result: Explanation) -> str:
+        """A layer map of one cell is constant once upsampled, whatever the method."""
+        maps = result.extras.get("layer_maps", ())
+        small = [
+            name
+            for name, cam in zip(self.layer_names, maps, strict=False)
+            if cam.shape[-2:].numel() == 1
+        ]
+        if small:
+            return (
+                f"the map of {', '.join(small)} is 1x1 at this input size, and one cell "
+                f"upsampled is constant: give larger images (the model's own size) or an "
+                f"earlier layer (target_layer=)"
+            )
+        return self.constant_map_causes
 
     def __enter__(self) -> CAMExplainer:
         """Install the layer taps now and keep them until the block ends.
@@ -370,8 +400,9 @@ class CAMExplainer(Explainer):
         else:
             pairs = [(a, None) for a in _forward_outputs(score, inputs, forward_args, views)]
         assert score.seen is not None
+        chosen, logits = score.seen
         return [
-            CamContext(acts, grads, inputs, score.seen[0], view.layer_name, self.model)
+            CamContext(acts, grads, inputs, chosen, view.layer_name, self.model, logits)
             for (acts, grads), view in zip(pairs, views, strict=True)
         ]
 

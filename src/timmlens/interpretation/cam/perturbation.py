@@ -83,6 +83,12 @@ class _ScoredCAM(CAMExplainer):
     needs_gradients = False
     #: one scored copy per channel of the tapped layer: known only once the layer ran
     forwards_per_image: int | None = None
+    constant_map_causes = (
+        "masking or ablating the layer's channels does not change the target's score, or "
+        "every weighted channel is negative and the ReLU clipped the map: random weights "
+        "(timm zero-initialises the last norm of each residual block, so a random "
+        "ResNet's blocks add nothing), or a target whose score does not depend on this layer"
+    )
 
     def __init__(
         self,
@@ -229,7 +235,10 @@ class AblationCAM(_ScoredCAM):
                 suffix = layer_suffix(order.after(index), ctx.activations, logits)
             self.last_paths.append("full" if suffix is None else "suffix")
             ablated = self._ablated_scores(ctx, view, suffix)
-            cam = weighted_sum(ablation_weights(original, ablated), ctx.activations, relu=False)
+            weights = ablation_weights(original, ablated)  # float32 scores
+            # a float16 model's activations meet the float32 weights in the wider dtype
+            wide = torch.promote_types(weights.dtype, ctx.activations.dtype)
+            cam = weighted_sum(weights.to(wide), ctx.activations.to(wide), relu=False)
             maps.append(cam.clamp_min(0) if self.relu else cam)
         return maps
 

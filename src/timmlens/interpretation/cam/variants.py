@@ -101,7 +101,11 @@ def first_principal_component(features: torch.Tensor) -> torch.Tensor:
 
 
 def randomcam_weights(
-    targets: torch.Tensor, channels: int, seed: int, dtype: torch.dtype = torch.float32
+    targets: torch.Tensor,
+    channels: int,
+    seed: int,
+    dtype: torch.dtype = torch.float32,
+    logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """RandomCAM's channel weights, uniform in ``[-1, 1]``: ``(B,)`` targets -> ``(B, C)``.
 
@@ -109,17 +113,22 @@ def randomcam_weights(
     from its own ``torch.Generator`` seeded from the pair (numpy's ``SeedSequence`` mixes
     them), so the global RNG is untouched, a batch equals its images one by one, and
     different classes get different random maps (a baseline that still answers "which
-    class"). A callable target has no class: its images share the draw of ``(seed,
-    CALLABLE_TARGET_KEY)``, so ``lambda z: z[:, 7]`` and ``7`` draw different (equally
-    random) weights: the one method where a callable differs from its class by design.
-    pytorch-grad-cam draws ``np.random.uniform(-1, 1, (B, C))`` from the global
-    numpy RNG instead: the same distribution, not the same numbers.
+    class"). A callable target that reads one class's logit (``lambda z: z[:, 7]``; see
+    `CallableTargets.selected_classes`, which needs the ``(B, K)`` ``logits``) draws that
+    class's weights, so it gives what ``7`` gives, as for every other method. A callable
+    of several classes (a group's sum, a probability) has no class: its images share the
+    draw of ``(seed, CALLABLE_TARGET_KEY)``. pytorch-grad-cam draws
+    ``np.random.uniform(-1, 1, (B, C))`` from the global numpy RNG instead: the same
+    distribution, not the same numbers.
 
     Returns:
         ``(B, C)`` weights on ``targets``' device.
     """
-    if isinstance(targets, CallableTargets):  # no class: one draw, keyed past any class
-        key = torch.full((targets.numel(),), CALLABLE_TARGET_KEY, dtype=torch.long)
+    if isinstance(targets, CallableTargets):
+        count = targets.numel()
+        read = torch.full((count,), -1) if logits is None else targets.selected_classes(logits)
+        # rows with no single class: one draw, keyed past any class
+        key = torch.where(read.cpu() >= 0, read.cpu(), torch.tensor(CALLABLE_TARGET_KEY))
         targets = key.to(targets.device)
     rows = {}
     for target in targets.unique().tolist():
@@ -288,10 +297,11 @@ class RandomCAM(CAMExplainer):
     in the zoo sweep). The signed sum is the same random linear read-out, always
     ranked; ``relu=True`` gives pytorch-grad-cam's map.
 
-    Weights depend on ``(seed, target class)`` only (see `randomcam_weights`):
-    repeatable, independent of the batch, different per class, and the global RNG is
-    left alone. No gradients are taken (pytorch-grad-cam's ``RandomCAM`` runs a backward
-    it does not use).
+    Weights depend on ``(seed, target class)`` only (see `randomcam_weights`; a callable
+    target that reads one class's logit counts as that class): repeatable, independent of
+    the batch, different per class, and the global RNG is left alone. Its constant maps
+    (``relu=True`` clips about half of them to zero) do not warn. No gradients are taken
+    (pytorch-grad-cam's ``RandomCAM`` runs a backward it does not use).
 
     Args:
         relu: ``ReLU`` on the map, pytorch-grad-cam's choice (off by default, see above).
@@ -300,6 +310,8 @@ class RandomCAM(CAMExplainer):
     """
 
     needs_gradients = False
+    #: a clipped random sum is all zero about half the time (relu=True): no warning
+    warns_on_constant_maps = False
 
     def __init__(
         self,
@@ -322,4 +334,6 @@ class RandomCAM(CAMExplainer):
 
     def channel_weights(self, ctx: CamContext) -> torch.Tensor:
         channels = ctx.activations.shape[1]
-        return randomcam_weights(ctx.targets, channels, self.seed, ctx.activations.dtype)
+        return randomcam_weights(
+            ctx.targets, channels, self.seed, ctx.activations.dtype, logits=ctx.logits
+        )

@@ -114,6 +114,10 @@ class CaptumInputExplainer(Explainer):
     #: Captum keeps one input per module (DeepLift, LRP): a module run twice per forward
     #: is refused by name
     single_use_modules: ClassVar[bool] = False
+    constant_map_causes = (
+        "every input gradient is zero: ReLUs that are off everywhere and pass no gradient, "
+        "random weights, or a target whose score does not depend on the input"
+    )
 
     def __init__(
         self,

@@ -160,6 +160,15 @@ def _feature_arguments(self: Any, inputs: torch.Tensor) -> dict[str, Any]:
     return arguments
 
 
+#: Why a perturbation method's map may come out constant (`DegenerateMapWarning`).
+_PERTURBATION_CAUSES = (
+    "removing regions does not change the target's score (random weights, or regions "
+    "too small to matter: a coarser grid or larger window), or too few samples for a "
+    "fit (raise n_samples: LIME's Lasso sets every weight to zero when the score varies "
+    "little between samples, and KernelSHAP needs more samples than features)"
+)
+
+
 def _check_samples(n_samples: int) -> int:
     return check_positive_int(n_samples, "n_samples", "More samples give less noisy attributions.")
 
@@ -195,6 +204,7 @@ class Occlusion(CaptumInputExplainer):
     captum_class = "Occlusion"
     needs_gradients = False
     attribute = attribute_by_perturbation
+    constant_map_causes = _PERTURBATION_CAUSES
     per_eval = _per_eval
     per_image = random = False
 
@@ -268,6 +278,7 @@ class FeatureAblation(CaptumInputExplainer):
     captum_class = "FeatureAblation"
     needs_gradients = False
     attribute = attribute_by_perturbation
+    constant_map_causes = _PERTURBATION_CAUSES
     per_eval = _per_eval
     features = _features
     arguments = _feature_arguments
@@ -331,6 +342,7 @@ class ShapleyValueSampling(CaptumInputExplainer):
     captum_class = "ShapleyValueSampling"
     needs_gradients = False
     attribute = attribute_by_perturbation
+    constant_map_causes = _PERTURBATION_CAUSES
     per_eval = _per_eval
     features = _features
     arguments = _feature_arguments
@@ -397,6 +409,7 @@ class KernelShap(CaptumInputExplainer):
     captum_class = "KernelShap"
     needs_gradients = False
     attribute = attribute_by_perturbation
+    constant_map_causes = _PERTURBATION_CAUSES
     per_eval = _per_eval
     features = _features
     per_image = True
@@ -480,6 +493,7 @@ class Lime(CaptumInputExplainer):
     captum_class = "Lime"
     needs_gradients = False
     attribute = attribute_by_perturbation
+    constant_map_causes = _PERTURBATION_CAUSES
     per_eval = _per_eval
     features = _features
     arguments = _feature_arguments

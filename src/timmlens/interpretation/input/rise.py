@@ -139,6 +139,10 @@ class RISE(Explainer):
     """
 
     needs_gradients = False
+    constant_map_causes = (
+        "every masked copy scores the same: random weights, a target whose score does not "
+        "depend on the input, or too few masks (raise n_masks)"
+    )
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ...data import ImageGeometry, heatmap_to_original
+from ...errors import MetricInputError
 
 DEFAULT_TOLERANCE = 15.0
 
@@ -140,6 +141,27 @@ def _as_masks(masks: Any, shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
     return out
 
 
+def _require_finite(maps: torch.Tensor) -> None:
+    """Refuse NaN/inf in ``maps`` ``(B, H, W)``: a NaN map has no maximum, and would count
+    as a miss (an all-NaN map from a failed method is no evidence against the model)."""
+    bad = ~torch.isfinite(maps) if maps.is_floating_point() else None
+    if bad is None or not bad.any():
+        return
+    image = int(bad.flatten(1).any(dim=1).nonzero()[0])
+    count, size = int(bad[image].sum()), bad[image].numel()
+    kinds = " and ".join(
+        kind
+        for kind, found in (("NaN", torch.isnan(maps[image])), ("inf", torch.isinf(maps[image])))
+        if found.any()
+    )
+    raise MetricInputError(
+        f"the heatmap of image {image} holds {kinds} in {count} of its {size} pixels, so its "
+        f"maximum is undefined; the pointing game expects finite heatmaps in model-input "
+        f"coordinates (as explainers return them). Find what produced them, or replace them "
+        f"yourself: torch.nan_to_num(heatmaps, nan=0.0)."
+    )
+
+
 def pointing_game(
     heatmaps: torch.Tensor,
     *,
@@ -171,6 +193,10 @@ def pointing_game(
     Returns:
         `PointingResult`; images whose mask is empty or that have no box are left
         out of the rate.
+
+    Raises:
+        MetricInputError: a heatmap holds NaN or inf (the message names the first such
+            image); a constant heatmap points nowhere and counts as a miss.
     """
     if (boxes is None) == (masks is None):
         raise ValueError("give exactly one of boxes= or masks= as the ground truth.")
@@ -181,6 +207,7 @@ def pointing_game(
     if heatmaps.ndim != 3:
         raise ValueError(f"heatmaps must be (B, H, W) or (H, W), got {tuple(heatmaps.shape)}.")
     maps = heatmaps.detach()
+    _require_finite(maps)
     if geometries is not None:
         if len(geometries) != maps.shape[0]:
             raise ValueError(f"got {len(geometries)} geometries for {maps.shape[0]} heatmaps.")
