@@ -348,9 +348,10 @@ def test_benchmark_on_a_folder_with_no_readable_image_is_an_error(tmp_path):
     assert not (tmp_path / "b" / "leaderboard.md").exists()
 
 
-@pytest.mark.parametrize("command", ["evaluate", "benchmark", "concepts"])
+@pytest.mark.parametrize("command", ["evaluate", "benchmark", "concepts", "report"])
 def test_cli_no_readable_image_exits_2_in_every_command(tmp_path, capsys, command):
-    data = _unreadable_only(tmp_path / "data")
+    data = tmp_path / "data"
+    _unreadable_only(data / "3")  # in a class folder: report reads labelled images only
     argv = [command, str(data), "--model", "test_resnet", "--out", str(tmp_path / "out")]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

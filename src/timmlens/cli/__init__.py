@@ -5,7 +5,12 @@ path that cannot be written, a device this machine lacks) print one line and exi
 status 2; output paths and the device are checked before a model is loaded. Every
 command writes under one root, ``outputs/<command>/``, unless ``--out`` says otherwise,
 and shows its defaults in ``--help``. The logic lives in the library, the CLI only
-parses and reports.
+parses and reports: the arguments are built in `parsers`, the commands run here.
+
+A data folder in which no image can be read is a user error in every command that reads
+one (``evaluate``, ``benchmark``, ``concepts``, ``report``): status 2, one line. A model
+named by spec is created with any random weights drawn from a fixed seed, so a rerun of
+``--model test_resnet`` is the same model and resumes its rows.
 """
 
 from __future__ import annotations

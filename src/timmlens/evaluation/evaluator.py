@@ -384,6 +384,32 @@ def _plan(run: _Run, mine: list[int], complete: set[tuple[str, str]]) -> Forward
     )
 
 
+def _new_run(
+    model: nn.Module,
+    data: Any,
+    methods: Sequence[str | Explainer],
+    metrics: Sequence[str],
+    out: str | os.PathLike[str],
+    rows_format: str,
+    method_options: Mapping[str, Mapping[str, Any]] | None,
+    metric_options: Mapping[str, Any] | None,
+) -> _Run:
+    """The explainers, scorer, samples and rows store of a run (1 image per batch, no
+    progress: the caller sets those)."""
+    from ..interpretation.metrics import ExplanationMetrics
+
+    metric_names = list(dict.fromkeys(_metric_name(m) for m in metrics))
+    explainers, method_ids = _explainers(model, methods, method_options or {})
+    scorer = ExplanationMetrics(model, **dict(metric_options or {}))
+    samples = as_source(data, num_classes=num_outputs(model))
+    out_dir = Path(out)
+    store = RowStore(out_dir / f"rows.{rows_format}", metric_names)
+    return _Run(
+        *(model, samples, explainers, method_ids, metric_names, dict(metric_options or {})),
+        *(scorer, out_dir, store, 1, "skip", False),
+    )
+
+
 def _check_arguments(batch_size: int, rows_format: str, on_error: str) -> None:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
@@ -391,6 +417,15 @@ def _check_arguments(batch_size: int, rows_format: str, on_error: str) -> None:
         raise ValueError(f"rows_format must be one of {ROW_FORMATS}, got {rows_format!r}.")
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}.")
+
+
+def _with_maps(run: _Run, complete: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Set up ``save_maps``; the complete rows that also have their map file.
+
+    A row without its map (a run without save_maps, or killed between the two) is done again.
+    """
+    run.maps = maps_settings(run.out_dir, run.model, run.explainers)
+    return {key for key in complete if map_path(run.maps["dir"], key[1], key[0]).is_file()}
 
 
 def _pending(run: _Run, complete: set[tuple[str, str]]) -> list[int]:
@@ -467,29 +502,24 @@ def evaluate(
     identity; otherwise it raises [`RunMismatchError`][timmlens.errors.RunMismatchError] naming what
     differs. New methods and new metrics are a resume: a row lacking a requested metric
     is computed again (its other metrics kept). A CSV file's columns are fixed by its
-    header; a new metric rewrites the file, atomically, with the wider header first.
-    A folder holds the rows of one format: a CSV run where JSONL rows are (or the
-    reverse) is refused. A model with random weights is the same model in another process
-    only if its creation was seeded ([`load_model_seeded`][timmlens.evaluation.load_model_seeded]).
+    header; a new metric rewrites the file, atomically, with the wider header first. A
+    folder holds rows of one format (a CSV run on JSONL rows is refused). Random weights
+    are the same in another process only if seeded
+    ([`load_model_seeded`][timmlens.evaluation.load_model_seeded]).
 
-    **One run per folder.** The run holds ``out/run.lock`` (``fcntl.flock``, POSIX) from
-    opening the folder to writing the summary; a second run on the same folder stops at once
-    ([`OutputPathError`][timmlens.errors.OutputPathError]). The lock ends with its process,
-    so a killed run blocks nothing.
-
+    **One run per folder.** The run holds ``out/run.lock`` (``fcntl.flock``, POSIX) until
+    its summary is written; a second run on the folder stops at once. The lock ends with
+    its process, so a killed run blocks nothing.
     **Crash safety.** A last line cut by a kill is dropped with a warning naming the file
     and line, and computed again. ``KeyboardInterrupt`` leaves every finished batch's rows.
-
     **Progress.** Before it starts, the run prints what it will cost in forwards (one image
-    through the model; `cost`): predictions, explaining and
-    scoring, from the pending images, the methods and the metric settings. The progress
-    bar counts those forwards chunk by chunk (a forward hook on the model, removed at the
-    end), with an ETA; a method or metric whose cost is not known in advance is measured
-    on its first batch and the total widened.
+    through the model; `cost`): predictions, explaining and scoring. The progress bar
+    counts those forwards chunk by chunk (a forward hook, removed at the end), with an ETA;
+    a cost not known in advance is measured on the first batch and the total widened.
 
-    Under ``torchrun`` each rank takes every ``world``-th pending image; rank 0
-    gathers the rows after every round and writes them, so the files are those of a
-    single-process run. Every rank returns the summary.
+    Under ``torchrun`` each rank takes every ``world``-th pending image; rank 0 gathers
+    the rows after every round and writes them, as one process would. Every rank returns
+    the summary.
 
     Args:
         model: an ``ImageClassifier`` or timm model (on the device to use).
@@ -511,8 +541,7 @@ def evaluate(
         on_error: an image that cannot be read (a broken file, a dataset item raising
             ``OSError``): ``"skip"`` (default) warns, leaves it out and lists it in the
             summary; ``"fail"`` raises [`ImageInputError`][timmlens.errors.ImageInputError].
-            If no image at all could be read, the run raises ``ImageInputError`` naming
-            the data and the skipped files (no empty summary).
+            If none could be read, the run raises it, naming the data and files.
         method_options: constructor options per method name, e.g. ``{"ig": {"n_steps": 16}}``.
         metric_options: options for ``ExplanationMetrics`` (e.g. ``{"steps": 50}``).
         save_maps: also keep every heatmap: ``out/maps/<method>/<image id>.npz`` (the
@@ -524,31 +553,18 @@ def evaluate(
         RunMismatchError: ``out`` holds rows of another run (one line: what differs).
         RowsFileError: a rows line before the last is damaged (names file and line).
         OutputPathError: another process is running in ``out``.
-        ImageInputError: no image could be read.
+        ImageInputError: no image could be read (see ``on_error``).
     """
-    from ..interpretation.metrics import ExplanationMetrics
-
     _check_arguments(batch_size, rows_format, on_error)
     init_from_environment()
     rank = rank_and_world()[0]
-    metric_names = list(dict.fromkeys(_metric_name(m) for m in metrics))
-    explainers, method_ids = _explainers(model, methods, method_options or {})
-    scorer = ExplanationMetrics(model, **dict(metric_options or {}))
-    samples = as_source(data, num_classes=num_outputs(model))
-    out_dir = Path(out)
-    store = RowStore(out_dir / f"rows.{rows_format}", metric_names)
-    run = _Run(
-        *(model, samples, explainers, method_ids, metric_names, dict(metric_options or {})),
-        *(scorer, out_dir, store, batch_size, on_error, progress and rank == 0),
-    )
+    run = _new_run(model, data, methods, metrics, out, rows_format, method_options, metric_options)
+    run.batch_size, run.on_error, run.progress = batch_size, on_error, progress and rank == 0
     with ExitStack() as held:  # the folder's lock, on rank 0, until the summary is written
         recorded, existing, complete = _open_output_on_all_ranks(
             rank, run, overwrite or not resume, held
         )
         if save_maps:
-            run.maps = maps_settings(run.out_dir, run.model, run.explainers)
-            # A row without its map (a run without save_maps, or killed between the two) is
-            # done again.
-            complete = {k for k in complete if map_path(run.maps["dir"], k[1], k[0]).is_file()}
+            complete = _with_maps(run, complete)
         skipped, replaced = _run_pending(run, _pending(run, complete), existing, complete)
         return _finish(run, rank, recorded, existing, skipped, replaced)

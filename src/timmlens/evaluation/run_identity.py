@@ -88,7 +88,8 @@ def model_identity(model: nn.Module) -> dict[str, Any]:
         "name": name,
         "sha256": digest.hexdigest(),
         "preprocessing": jsonable({k: config.get(k) for k in _PREPROCESSING_KEYS}),
-        # not compared: it only explains a differing hash (see `differences`)
+        # not compared: they only explain a differing hash (see `_model_difference`)
+        "from_spec": isinstance(spec, (str, os.PathLike)),
         "random_weights": weights_status(model).random,
     }
 
@@ -102,7 +103,7 @@ def load_model_seeded(
     A spec without trained weights (``"test_resnet"``, an untagged timm name) is created
     with random weights, which differ in each process, so a run of it could never be
     resumed (its run identity holds the weights' hash). The ``timmlens`` command and
-    [`benchmark`][timmlens.evaluation.benchmark] load specs this way. Trained weights are
+    ``benchmark`` load specs this way. Trained weights are
     unaffected. The caller's random state is left as it was (``torch.random.fork_rng``).
 
     Args:
@@ -287,7 +288,7 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 def _model_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     """Two models' hashes differ: which models, and for random weights why."""
     name, hashes = new.get("name"), (_short(old.get("sha256")), _short(new.get("sha256")))
-    if new.get("random_weights") and old.get("name") == name:
+    if new.get("from_spec") and new.get("random_weights") and old.get("name") == name:
         # The same spec with other weights: random weights drawn anew, say so and the cure.
         return (
             f"the model's weights differ: {name} has random weights (no trained weights were "
