@@ -202,6 +202,12 @@ def benchmark(
     Returns:
         The `Leaderboard` (every rank returns it;
         rank 0 writes the files).
+
+    Raises:
+        ModelLoadError: no model ran (every failure listed).
+        ImageInputError: no image of ``data`` could be read (raised at the first model:
+            the data is the same for all).
+        OutputPathError: another process is running in a model's folder.
     """
     metric_names = list(dict.fromkeys(resolve_metric(m, needs="heatmap").name for m in metrics))
     if not metric_names:
