@@ -360,6 +360,6 @@ def no_readable_images(samples: Sequence[Sample], skipped: dict[str, str]) -> Im
     more = f", and {len(skipped) - len(shown)} more" if len(skipped) > len(shown) else ""
     return ImageInputError(
         f"no image of {describe_source(samples)} could be read: {len(skipped)} of "
-        f"{len(samples)} skipped ({listed}{more}); expected at least one image that opens: "
+        f"{len(samples)} skipped ({listed}{more}); a run needs at least one readable image: "
         f"fix or remove the broken files, or point to another folder."
     )
