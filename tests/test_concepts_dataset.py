@@ -235,13 +235,15 @@ def test_cli_end_to_end(folder, tmp_path, capsys):
     assert f"html: {out / 'concepts.html'}" in captured.out
     assert captured.err.index("concepts: 12 images, 12 to extract") < captured.err.index("extract")
     assert (out / "concepts.json").is_file()
-    # rerun with another K: the run identity stops it, one line, exit 2 (test_resnet gets
-    # new random weights on every load, so the model differs too)
+    # rerun with another K: the run identity stops it, one line, exit 2; K is the only
+    # difference (the CLI draws test_resnet's random weights from a fixed seed)
     assert main([*base, "--concepts", "3", "--batch-size", "6"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1
-    assert errors[0].startswith(f"timmlens concepts: error: '{out}' holds concepts of another run:")
-    assert "; n_concepts 2 vs 3; use a new output folder (--out), or --overwrite" in errors[0]
+    assert errors[0].startswith(
+        f"timmlens concepts: error: '{out}' holds concepts of another run: n_concepts 2 vs 3; "
+        f"use a new output folder (--out), or --overwrite"
+    )
     assert main([*base, "--concepts", "99999"]) == 2
     assert "n_concepts=99999 is more than the" in capsys.readouterr().err
 

@@ -314,3 +314,121 @@ def test_csv_cut_after_its_header_widens_on_resume(tmp_path):
     assert {len(line.split(",")) for line in lines} == {len(lines[0].split(","))}
     again = _run(model, data, tmp_path, rows_format="csv", metrics=["insertion", "deletion"])
     assert again.table["gradcam"]["deletion"].n == 4
+
+
+# ----------------------------------------------------------------- issue 26: runs
+def _unreadable_only(root):
+    """A folder whose one image is no image."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+def test_a_folder_with_no_readable_image_is_an_error_naming_it_and_its_files(tmp_path):
+    data = _unreadable_only(tmp_path / "data")
+    with (
+        pytest.warns(RuntimeWarning, match="skipped image 'broken.png'"),
+        pytest.raises(errors.ImageInputError) as caught,
+    ):
+        evaluate(_model(), data, out=tmp_path / "out", metric_options=STEPS, **QUIET)
+    message = str(caught.value)
+    assert message.startswith(f"no image of '{data}' could be read: 1 of 1 skipped (broken.png: ")
+    assert "\n" not in message and "fix or remove" in message
+    assert not (tmp_path / "out" / "summary.json").exists(), "no empty leaderboard or summary"
+
+
+def test_benchmark_on_a_folder_with_no_readable_image_is_an_error(tmp_path):
+    import timmlens
+
+    data = _unreadable_only(tmp_path / "data")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(errors.ImageInputError, match=r"no image of '.*data' could be read"):
+            timmlens.benchmark(
+                {"a": _model()}, data, methods=["gradcam"], out=tmp_path / "b", progress=False
+            )
+    assert not (tmp_path / "b" / "leaderboard.md").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "benchmark", "concepts", "report"])
+def test_cli_no_readable_image_exits_2_in_every_command(tmp_path, capsys, command):
+    data = tmp_path / "data"
+    _unreadable_only(data / "3")  # in a class folder: report reads labelled images only
+    argv = [command, str(data), "--model", "test_resnet", "--out", str(tmp_path / "out")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv) == 2
+    errors_ = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+    assert len(errors_) == 1 and errors_[0].startswith(f"timmlens {command}: error: ")
+    expected = {  # report stops at the first unreadable image; concepts says it its own way
+        "evaluate": f"no image of '{data}' could be read: 1 of 1 skipped (3/broken.png: ",
+        "benchmark": f"no image of '{data}' could be read: 1 of 1 skipped (3/broken.png: ",
+        "concepts": "no image of the dataset could be read",
+        "report": "broken.png",
+    }
+    assert expected[command] in errors_[0]
+
+
+def test_jsonl_and_csv_runs_in_one_folder_are_refused(tmp_path):
+    model, data, out = _model(), _folder(tmp_path / "data"), tmp_path / "out"
+    _run(model, data, out)
+    summary = (out / "summary.json").read_text()
+    with pytest.raises(errors.RunMismatchError) as caught:
+        _run(model, data, out, rows_format="csv")
+    assert str(caught.value) == (
+        f"'{out}' holds the rows of a jsonl run (rows.jsonl); this run writes csv and its "
+        f"summary.json would replace that run's: resume it with --format jsonl "
+        f"(rows_format='jsonl'), use a new output folder (--out), or --overwrite "
+        f"(overwrite=True) to discard its rows."
+    )
+    assert (out / "summary.json").read_text() == summary and not (out / "rows.csv").exists()
+    again = _run(model, data, out, rows_format="csv", overwrite=True)
+    assert again.rows_path == out / "rows.csv" and not (out / "rows.jsonl").exists()
+
+
+def test_cli_random_weights_model_by_spec_resumes(tmp_path, capsys):
+    """``--model test_resnet`` draws its random weights from a fixed seed: a rerun (another
+    process, here the same one after drawing other random numbers) resumes its rows."""
+    _folder(tmp_path / "data")
+    argv = ["evaluate", str(tmp_path / "data"), "--model", "test_resnet", "--steps", "4"]
+    argv += ["--out", str(tmp_path / "out")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(1)
+        assert main(argv) == 0
+        state = torch.get_rng_state()
+        assert main(argv) == 0, capsys.readouterr().err
+        assert torch.equal(torch.get_rng_state(), state), "the caller's random state is kept"
+    assert len(_jsonl(tmp_path / "out" / "rows.jsonl")) == 4
+
+
+def test_random_weights_that_differ_say_why(tmp_path):
+    from timmlens.models import load_model
+
+    data, out = _folder(tmp_path / "data"), tmp_path / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        first = load_model("test_resnet")
+        torch.manual_seed(1)
+        second = load_model("test_resnet")
+    _run(first, data, out)
+    with pytest.raises(errors.RunMismatchError) as caught:
+        _run(second, data, out)
+    message = str(caught.value)
+    assert message.startswith(
+        f"'{out}' holds rows of another run: the model's weights differ: test_resnet has "
+        f"random weights (no trained weights were loaded), drawn anew when it was created "
+        f"(sha256 "
+    )
+    assert "load_model_seeded('test_resnet')" in message and "--overwrite" in message
+    assert "\n" not in message
+    # seeded, the same spec is the same model in every load: the run resumes
+    from timmlens.evaluation import load_model_seeded
+
+    out2 = tmp_path / "seeded"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _run(load_model_seeded("test_resnet"), data, out2)
+        again = _run(load_model_seeded("test_resnet"), data, out2)
+    assert again.table["gradcam"]["insertion"].n == 4

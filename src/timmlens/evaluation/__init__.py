@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .benchmark import benchmark
     from .evaluator import evaluate
     from .leaderboard import Leaderboard
+    from .run_identity import load_model_seeded
     from .sources import DatasetSource, ImageFolderSource, Sample, as_source
     from .summary import EvaluationSummary, Statistic
 
@@ -27,6 +28,7 @@ _EXPORTS = {
     "Statistic": ".summary",
     "as_source": ".sources",
     "evaluate": ".evaluator",
+    "load_model_seeded": ".run_identity",
 }
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "as_source",
     "benchmark",
     "evaluate",
+    "load_model_seeded",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -14,6 +14,7 @@ import re
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,13 @@ import torch
 from torch import nn
 
 from ..devices import resolve_device
-from ..errors import ModelLoadError, TimmLensError
+from ..errors import ImageInputError, ModelLoadError, OutputPathError, TimmLensError
 from ..interpretation.metrics.registry import resolve_metric
 from ..interpretation.registry import default_comparison, resolve_method
 from .distributed import broadcast_from_rank0, rank_and_world
 from .evaluator import evaluate
 from .leaderboard import REFERENCE_METHODS, Leaderboard, build_leaderboard
+from .run_identity import load_model_seeded
 from .summary import RowStore
 
 __all__ = ["ModelSpec", "benchmark"]
@@ -63,15 +65,90 @@ def _named_models(models: Sequence[ModelSpec] | Mapping[str, ModelSpec]) -> dict
 def _load(spec: ModelSpec, device: torch.device | None) -> nn.Module:
     if isinstance(spec, nn.Module):
         return spec  # the caller's model: used where it is, never moved
-    from ..models import load_model
-
-    model = load_model(spec)
+    # seeded: a spec with random weights is the same model in a rerun, which then resumes
+    model = load_model_seeded(spec)
     return model.to(device) if device is not None else model
 
 
 def _describe_failure(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass
+class _Runs:
+    """One benchmark's evaluate runs, model by model, and what they gave."""
+
+    data: Any
+    metric_names: list[str]
+    out_dir: Path
+    references: list[str]
+    #: ``batch_size``, ``overwrite``, ``progress``: passed to every ``evaluate``
+    settings: dict[str, Any]
+    method_options: dict[str, Any]
+    metric_options: dict[str, Any]
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    not_applicable: dict[str, list[str]] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+
+    def run(
+        self, name: str, spec: ModelSpec, wanted: list[str] | None, device: torch.device | None
+    ) -> None:
+        """``evaluate`` one model into ``out/<name>``; a model that fails is noted, a
+        problem of the data or the folder (no readable image, another run in it) raised."""
+        label = name if isinstance(spec, nn.Module) else os.fspath(spec)
+        rank = rank_and_world()[0]
+        try:
+            model = _load(spec, device)
+            chosen = [m for m in (wanted or default_comparison(model)) if m not in self.references]
+            chosen += self.references
+            applicable = [m for m in chosen if resolve_method(m).unavailable_reason(model) is None]
+            self.not_applicable[name] = [m for m in chosen if m not in applicable]
+            if self.settings["progress"] and rank == 0:
+                print(f"benchmark: {label} -> {self.out_dir / name}", file=sys.stderr)
+            summary = evaluate(
+                model,
+                self.data,
+                methods=applicable,
+                metrics=self.metric_names,
+                out=self.out_dir / name,
+                method_options=self.method_options,
+                metric_options=self.metric_options,
+                **self.settings,
+            )
+        except (ImageInputError, OutputPathError):
+            raise  # the same for every model: going on would only repeat it
+        except (TimmLensError, OSError, RuntimeError) as exc:
+            # One model's failure (a spec that does not load, a model the methods cannot
+            # explain) must not cost the others' results: report it and go on.
+            self.failures[label] = _describe_failure(exc)
+            warnings.warn(
+                f"benchmark: model '{label}' failed and is left out: {self.failures[label]}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
+        self.order += [m for m in applicable if m not in self.order]
+        if rank == 0:
+            self.rows[name] = RowStore(summary.rows_path, self.metric_names).read()
+
+    def leaderboard(self, device: torch.device | None) -> Leaderboard:
+        """The leaderboard of every model's rows (rank 0)."""
+        return build_leaderboard(
+            self.rows,
+            self.order,
+            self.metric_names,
+            reference=self.references,
+            failures=self.failures,
+            not_applicable=self.not_applicable,
+            settings={
+                "steps": self.metric_options.get("steps"),
+                "metric_options": self.metric_options,
+                "method_options": self.method_options,
+                "device": str(device) if device is not None else None,
+            },
+        )
 
 
 def benchmark(
@@ -125,82 +202,44 @@ def benchmark(
     Returns:
         The `Leaderboard` (every rank returns it;
         rank 0 writes the files).
+
+    Raises:
+        ModelLoadError: no model ran (every failure listed).
+        ImageInputError: no image of ``data`` could be read (raised at the first model:
+            the data is the same for all).
+        OutputPathError: another process is running in a model's folder.
     """
     metric_names = list(dict.fromkeys(resolve_metric(m, needs="heatmap").name for m in metrics))
     if not metric_names:
         raise ValueError("benchmark needs at least one metric, e.g. ['insertion', 'deletion'].")
     wanted = None if methods is None else [resolve_method(m).name for m in methods]
-    references = list(REFERENCE_METHODS) if reference else []
     run_device = resolve_device(device)
     named = _named_models(models)
     options = dict(metric_options or {})
     if steps is not None:
         options["steps"] = steps
-    out_dir = Path(out)
-    rank = rank_and_world()[0]
-    rows: dict[str, list[dict[str, Any]]] = {}
-    failures: dict[str, str] = {}
-    skipped_methods: dict[str, list[str]] = {}
-    order: list[str] = []
-    for name, spec in named.items():
-        label = name if isinstance(spec, nn.Module) else os.fspath(spec)
-        try:
-            model = _load(spec, run_device)
-            chosen = [m for m in (wanted or default_comparison(model)) if m not in references]
-            chosen += references
-            applicable = [m for m in chosen if resolve_method(m).unavailable_reason(model) is None]
-            skipped_methods[name] = [m for m in chosen if m not in applicable]
-            if progress and rank == 0:
-                print(f"benchmark: {label} -> {out_dir / name}", file=sys.stderr)
-            summary = evaluate(
-                model,
-                data,
-                methods=applicable,
-                metrics=metric_names,
-                out=out_dir / name,
-                batch_size=batch_size,
-                overwrite=overwrite,
-                progress=progress,
-                method_options=method_options,
-                metric_options=options,
-            )
-        except (TimmLensError, OSError, RuntimeError) as exc:
-            # One model's failure (a spec that does not load, a model the methods cannot
-            # explain) must not cost the others' results: report it and go on.
-            failures[label] = _describe_failure(exc)
-            warnings.warn(
-                f"benchmark: model '{label}' failed and is left out: {failures[label]}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            continue
-        order += [m for m in applicable if m not in order]
-        if rank == 0:
-            rows[name] = RowStore(summary.rows_path, metric_names).read()
-    if not order:  # every rank knows: no model ran
-        listed = "; ".join(f"'{spec}': {why}" for spec, why in failures.items())
-        raise ModelLoadError(f"benchmark: no model ran. {listed}")
-    if rank != 0:  # rank 0 holds the rows, builds and writes the leaderboard
-        return broadcast_from_rank0(None)
-    board = build_leaderboard(
-        rows,
-        order,
+    runs = _Runs(
+        data,
         metric_names,
-        reference=references,
-        failures=failures,
-        not_applicable=skipped_methods,
-        settings={
-            "steps": options.get("steps"),
-            "metric_options": options,
-            "method_options": dict(method_options or {}),
-            "device": str(run_device) if run_device is not None else None,
-        },
+        Path(out),
+        list(REFERENCE_METHODS) if reference else [],
+        {"batch_size": batch_size, "overwrite": overwrite, "progress": progress},
+        dict(method_options or {}),
+        options,
     )
-    board.write(out_dir, plot=plot)
-    if failures and progress:
+    for name, spec in named.items():
+        runs.run(name, spec, wanted, run_device)
+    if not runs.order:  # every rank knows: no model ran
+        listed = "; ".join(f"'{spec}': {why}" for spec, why in runs.failures.items())
+        raise ModelLoadError(f"benchmark: no model ran. {listed}")
+    if rank_and_world()[0] != 0:  # rank 0 holds the rows, builds and writes the leaderboard
+        return broadcast_from_rank0(None)
+    board = runs.leaderboard(run_device)
+    board.write(runs.out_dir, plot=plot)
+    if runs.failures and progress:
         print(
-            f"benchmark: {len(failures)} of {len(named)} model(s) failed and are left out: "
-            + "; ".join(f"{spec} ({why})" for spec, why in failures.items()),
+            f"benchmark: {len(runs.failures)} of {len(named)} model(s) failed and are left out: "
+            + "; ".join(f"{spec} ({why})" for spec, why in runs.failures.items()),
             file=sys.stderr,
         )
     return broadcast_from_rank0(board)

@@ -6,7 +6,9 @@ import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .._warnings import warn_caller
 from ..data import prepare_images
-from ..errors import ImageInputError
+from ..errors import ImageInputError, RunMismatchError
 from ..interpretation.base import Explainer, predict
 from ..interpretation.metrics.registry import resolve_metric
 from ..interpretation.registry import as_explainer, resolve_method
@@ -30,6 +32,8 @@ from .distributed import (
     rank_and_world,
     shard,
 )
+from .lock import run_lock
+from .maps import map_path, maps_settings, save_batch_maps
 from .run_identity import (
     RUN_FILE,
     build_identity,
@@ -39,13 +43,11 @@ from .run_identity import (
     read_identity,
     write_identity,
 )
-from .sources import DatasetSource, Sample, as_source
+from .sources import DatasetSource, Sample, as_source, no_readable_images
 from .summary import EvaluationSummary, RowStore, build_summary
 
 #: The heatmap metrics registered at import; `_metric_name` asks the registry live.
 ROW_FORMATS = ("jsonl", "csv")
-#: the folder of ``out`` that ``save_maps=True`` fills
-MAPS_DIR = "maps"
 ON_ERROR = ("skip", "fail")
 #: what a dataset item or image file that cannot be read raises (PIL: OSError subclasses
 #: and DecompressionBombError, a plain Exception)
@@ -84,49 +86,6 @@ def _read_item(samples: Sequence[Sample], index: int) -> Sample:
         return samples[index]
     except RuntimeError as exc:  # torchvision.io.decode_image on a damaged file
         raise ImageInputError(str(exc).strip() or type(exc).__name__) from exc
-
-
-def map_path(maps_dir: Path, method: str, image_id: str) -> Path:
-    """Where ``evaluate(save_maps=True)`` keeps one image's map: ``maps/<method>/<id>.npz``.
-
-    The id's folders are kept (``3/cat.jpg`` -> ``maps/gradcam/3/cat.jpg.npz``); ``..``
-    and absolute parts are dropped, so a map never lands outside ``maps_dir``.
-    """
-    parts = [p for p in PurePosixPath(image_id.replace("\\", "/")).parts if p not in ("/", "..")]
-    return maps_dir.joinpath(method, *parts[:-1], f"{parts[-1] if parts else '_'}.npz")
-
-
-def _save_maps(
-    maps_dir: Path,
-    name: str,
-    samples: list[Sample],
-    needed: list[int],
-    heatmaps: torch.Tensor,
-    context: dict[str, Any],
-) -> None:
-    """One ``.npz`` per image of ``needed`` (heatmap ``(H, W)`` + metadata), atomically."""
-    from ..saving import geometry_json, save_explanation
-
-    for position, i in enumerate(needed):
-        sample = samples[i]
-        probabilities = context["probabilities"][i]
-        save_explanation(
-            map_path(maps_dir, name, sample.id),
-            {name: heatmaps[position]},
-            {
-                "kind": "evaluate",
-                "id": sample.id,
-                "method": name,
-                "layer": context["layers"].get(name),
-                "model": context["model"],
-                "label": sample.label,
-                "target_class": context["targets"][i],
-                "target_probability": float(probabilities[context["targets"][i]]),
-                "predicted_class": context["predicted"][i],
-                "geometry": geometry_json(context["geometries"][i]),
-            },
-            probabilities=probabilities,
-        )
 
 
 def _load_batch(
@@ -201,7 +160,7 @@ def _rows_for_batch(
                 "targets": targets,
                 "predicted": predicted,
             }
-            _save_maps(maps["dir"], name, samples, needed, heatmaps, context)
+            save_batch_maps(maps["dir"], name, samples, needed, heatmaps, context)
         # any registered heatmap metric; insertion and deletion share one pass of chunks
         results = scorer.compute(subset, heatmaps, subset_targets, metrics=metric_names)
         if cost:
@@ -243,6 +202,41 @@ class _CostMeter:
             self.bar.refresh()
 
 
+@dataclass
+class _Run:
+    """What one ``evaluate`` call works with, built once from its arguments."""
+
+    model: nn.Module
+    samples: Sequence[Sample]
+    explainers: dict[str, Explainer]
+    method_ids: dict[str, dict[str, Any]]
+    metric_names: list[str]
+    metric_options: dict[str, Any]
+    scorer: Any
+    out_dir: Path
+    store: RowStore
+    batch_size: int
+    on_error: str
+    progress: bool
+    #: ``{"dir", "model", "layers"}`` with ``save_maps=True``, else ``None``
+    maps: dict[str, Any] | None = None
+
+
+def _check_other_format(out_dir: Path, store: RowStore) -> None:
+    """Refuse a folder holding the rows of a run in the other format: both runs would write
+    (and replace each other's) ``summary.json``."""
+    for fmt in ROW_FORMATS:
+        other = out_dir / f"rows.{fmt}"
+        if other != store.path and other.exists() and other.stat().st_size > 0:
+            mine = store.path.suffix.lstrip(".")
+            raise RunMismatchError(
+                f"'{out_dir}' holds the rows of a {fmt} run ({other.name}); this run writes "
+                f"{mine} and its summary.json would replace that run's: resume it with "
+                f"--format {fmt} (rows_format='{fmt}'), use a new output folder (--out), or "
+                f"--overwrite (overwrite=True) to discard its rows."
+            )
+
+
 def _open_output(
     out_dir: Path,
     store: RowStore,
@@ -252,19 +246,16 @@ def _open_output(
 ) -> tuple[dict[str, Any], dict[tuple[str, str], dict[str, Any]]]:
     """Check ``out_dir`` can take this run's rows; the identity it records and its rows.
 
-    Runs on rank 0 only. ``fresh`` discards earlier rows and identity first.
+    Runs on rank 0 only. ``fresh`` discards earlier rows (of either format) and identity first.
     """
-    siblings = [out_dir / f"rows.{fmt}" for fmt in ROW_FORMATS]
     if fresh:
-        for path in [*siblings, out_dir / RUN_FILE]:
+        for path in [*(out_dir / f"rows.{fmt}" for fmt in ROW_FORMATS), out_dir / RUN_FILE]:
             path.unlink(missing_ok=True)
+    _check_other_format(out_dir, store)
     store.repair()
     rows = store.read()
-    holds_rows = bool(rows) or any(
-        p != store.path and p.exists() and p.stat().st_size > 0 for p in siblings
-    )
-    old = read_identity(out_dir) if holds_rows else None
-    if holds_rows:
+    old = read_identity(out_dir) if rows else None
+    if rows:
         check_resumable(out_dir, old, identity)
     recorded = merged(old, identity)
     store.widen(metric_names)
@@ -273,9 +264,10 @@ def _open_output(
 
 
 def _open_output_on_all_ranks(
-    rank: int, open_output: Any, metric_names: list[str]
+    rank: int, run: _Run, fresh: bool, held: ExitStack
 ) -> tuple[dict[str, Any] | None, dict[tuple[str, str], dict[str, Any]], set[tuple[str, str]]]:
-    """Rank 0 opens the output; every rank learns the rows done, or raises with rank 0.
+    """Rank 0 locks and opens the output; every rank learns the rows done, or raises with
+    rank 0. The lock (`run_lock`) is entered on ``held``: it lasts as long as that stack.
 
     A row is done when it has every requested metric; the others are computed (again).
     """
@@ -284,8 +276,15 @@ def _open_output_on_all_ranks(
     complete: set[tuple[str, str]] | None = None
     with fail_together("opening the output folder"):
         if rank == 0:
-            recorded, existing = open_output()
-            complete = {key for key, row in existing.items() if all(m in row for m in metric_names)}
+            held.enter_context(run_lock(run.out_dir))
+            identity = build_identity(
+                run.model, run.method_ids, run.metric_names, run.metric_options, run.samples
+            )
+            recorded, existing = _open_output(
+                run.out_dir, run.store, identity, run.metric_names, fresh
+            )
+            names = run.metric_names
+            complete = {key for key, row in existing.items() if all(m in row for m in names)}
     return recorded, existing, broadcast_from_rank0(complete)
 
 
@@ -311,22 +310,39 @@ def _record(
     return replaced
 
 
+def _run_batch(
+    run: _Run, indices: list[int], complete: set[tuple[str, str]], meter: _CostMeter
+) -> list[dict[str, Any]]:
+    """The rows of the images ``indices`` (this rank), and one entry per unreadable one."""
+    chunk, inputs, unreadable, geometries = _load_batch(
+        run.model, run.samples, indices, run.on_error
+    )
+    batch_maps = None if run.maps is None else {**run.maps, "geometries": geometries}
+    rows = (
+        _rows_for_batch(
+            run.model,
+            chunk,
+            inputs,
+            run.explainers,
+            run.metric_names,
+            run.scorer,
+            complete,
+            batch_maps,
+            meter,
+        )
+        if inputs is not None
+        else []
+    )
+    return rows + [{"id": key, _SKIPPED: reason} for key, reason in unreadable.items()]
+
+
 def _run_pending(
-    model: nn.Module,
-    samples: Sequence[Sample],
+    run: _Run,
     pending: list[int],
-    explainers: dict[str, Explainer],
-    metric_names: list[str],
-    scorer: Any,
-    store: RowStore,
     existing: dict[tuple[str, str], dict[str, Any]],
     complete: set[tuple[str, str]],
-    batch_size: int,
-    on_error: str,
-    progress: bool,
-    maps: dict[str, Any] | None = None,
 ) -> tuple[dict[str, str], bool]:
-    """Compute the pending images' rows round by round; rank 0 appends them to ``store``.
+    """Compute the pending images' rows round by round; rank 0 appends them to the store.
 
     ``existing`` (rank 0) is updated in place. Returns the skipped ids -> reason (rank 0)
     and whether a row was replaced (then the file holds a key twice).
@@ -334,63 +350,124 @@ def _run_pending(
     rank, world = rank_and_world()
     mine = shard(pending, rank, world)
     # Every rank runs the same number of rounds (gathers), a short or skipped batch included.
-    rounds = math.ceil(math.ceil(len(pending) / world) / batch_size) if pending else 0
+    size = run.batch_size
+    rounds = math.ceil(math.ceil(len(pending) / world) / size) if pending else 0
     skipped: dict[str, str] = {}
     replaced = False
-    plan = _plan(model, samples, mine, explainers, metric_names, scorer, complete)
-    if progress:
+    plan = _plan(run, mine, complete)
+    if run.progress:
         # before the bar: what the run will cost, so a long one can be stopped now
         tqdm.write(f"evaluate: {plan}", file=sys.stderr)
-    bar = tqdm(total=plan.total, desc="evaluate", unit="fwd", disable=not progress)
-    with bar, ForwardCounter(model, bar.update) as counter:
+    bar = tqdm(total=plan.total, desc="evaluate", unit="fwd", disable=not run.progress)
+    with bar, ForwardCounter(run.model, bar.update) as counter:
         meter = _CostMeter(plan, counter, bar)
         for round_index in range(rounds):
-            indices = mine[round_index * batch_size : (round_index + 1) * batch_size]
+            indices = mine[round_index * size : (round_index + 1) * size]
             with fail_together("explaining and scoring"):
-                chunk, inputs, unreadable, geometries = _load_batch(
-                    model, samples, indices, on_error
-                )
-                batch_maps = None if maps is None else {**maps, "geometries": geometries}
-                rows = (
-                    _rows_for_batch(
-                        model,
-                        chunk,
-                        inputs,
-                        explainers,
-                        metric_names,
-                        scorer,
-                        complete,
-                        batch_maps,
-                        meter,
-                    )
-                    if inputs is not None
-                    else []
-                )
-            rows += [{"id": key, _SKIPPED: reason} for key, reason in unreadable.items()]
+                rows = _run_batch(run, indices, complete, meter)
             gathered = gather_to_rank0(rows)
             # Rank 0 writes while the others wait in the next round's check: a failed write
             # (disk full) must stop them too, not leave them waiting.
             with fail_together("writing rows"):
                 if gathered is not None:
-                    replaced |= _record(gathered, existing, skipped, store)
-            bar.set_postfix_str(f"{min(len(mine), (round_index + 1) * batch_size)}/{len(mine)} img")
+                    replaced |= _record(gathered, existing, skipped, run.store)
+            bar.set_postfix_str(f"{min(len(mine), (round_index + 1) * size)}/{len(mine)} img")
     return skipped, replaced
 
 
-def _plan(
-    model: nn.Module,
-    samples: Sequence[Sample],
-    mine: list[int],
-    explainers: dict[str, Explainer],
-    metric_names: list[str],
-    scorer: Any,
-    complete: set[tuple[str, str]],
-) -> ForwardPlan:
+def _plan(run: _Run, mine: list[int], complete: set[tuple[str, str]]) -> ForwardPlan:
     """The forwards this rank's images ``mine`` will cost (resumed rows left out)."""
-    ids = [_sample_id(samples, i) for i in mine]
-    pairs = {name: sum((i, name) not in complete for i in ids) for name in explainers}
-    _, height, width = data_config(model)["input_size"]
-    return plan_forwards(explainers, metric_names, scorer, (height, width), pairs, len(mine))
+    ids = [_sample_id(run.samples, i) for i in mine]
+    pairs = {name: sum((i, name) not in complete for i in ids) for name in run.explainers}
+    _, height, width = data_config(run.model)["input_size"]
+    return plan_forwards(
+        run.explainers, run.metric_names, run.scorer, (height, width), pairs, len(mine)
+    )
+
+
+def _new_run(
+    model: nn.Module,
+    data: Any,
+    methods: Sequence[str | Explainer],
+    metrics: Sequence[str],
+    out: str | os.PathLike[str],
+    rows_format: str,
+    method_options: Mapping[str, Mapping[str, Any]] | None,
+    metric_options: Mapping[str, Any] | None,
+) -> _Run:
+    """The explainers, scorer, samples and rows store of a run (1 image per batch, no
+    progress: the caller sets those)."""
+    from ..interpretation.metrics import ExplanationMetrics
+
+    metric_names = list(dict.fromkeys(_metric_name(m) for m in metrics))
+    explainers, method_ids = _explainers(model, methods, method_options or {})
+    scorer = ExplanationMetrics(model, **dict(metric_options or {}))
+    samples = as_source(data, num_classes=num_outputs(model))
+    out_dir = Path(out)
+    store = RowStore(out_dir / f"rows.{rows_format}", metric_names)
+    return _Run(
+        *(model, samples, explainers, method_ids, metric_names, dict(metric_options or {})),
+        *(scorer, out_dir, store, 1, "skip", False),
+    )
+
+
+def _check_arguments(batch_size: int, rows_format: str, on_error: str) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if rows_format not in ROW_FORMATS:
+        raise ValueError(f"rows_format must be one of {ROW_FORMATS}, got {rows_format!r}.")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}.")
+
+
+def _with_maps(run: _Run, complete: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Set up ``save_maps``; the complete rows that also have their map file.
+
+    A row without its map (a run without save_maps, or killed between the two) is done again.
+    """
+    run.maps = maps_settings(run.out_dir, run.model, run.explainers)
+    return {key for key in complete if map_path(run.maps["dir"], key[1], key[0]).is_file()}
+
+
+def _pending(run: _Run, complete: set[tuple[str, str]]) -> list[int]:
+    """The indices of the images some method still lacks a complete row for."""
+    return [
+        i
+        for i in range(len(run.samples))
+        if any((_sample_id(run.samples, i), name) not in complete for name in run.explainers)
+    ]
+
+
+def _finish(
+    run: _Run,
+    rank: int,
+    recorded: dict[str, Any] | None,
+    existing: dict[tuple[str, str], dict[str, Any]],
+    skipped: dict[str, str],
+    replaced: bool,
+) -> EvaluationSummary:
+    """Compact the rows file if needed and write the summary (rank 0); every rank gets it.
+
+    Raises:
+        ImageInputError: no row at all, and images were skipped: none could be read.
+    """
+    summary = None
+    with fail_together("writing the summary"):
+        if rank == 0:
+            if replaced or run.store.had_duplicates:
+                run.store.rewrite(list(existing.values()))  # one line per (id, method) again
+            rows = [row for row in existing.values() if row["method"] in run.explainers]
+            if not rows and skipped:
+                raise no_readable_images(run.samples, skipped)
+            summary = build_summary(
+                rows,
+                run.metric_names,
+                run.store.path,
+                run.out_dir / "summary.json",
+                recorded,
+                skipped,
+            )
+    return broadcast_from_rank0(summary)
 
 
 def evaluate(
@@ -426,21 +503,24 @@ def evaluate(
     identity; otherwise it raises [`RunMismatchError`][timmlens.errors.RunMismatchError] naming what
     differs. New methods and new metrics are a resume: a row lacking a requested metric
     is computed again (its other metrics kept). A CSV file's columns are fixed by its
-    header; a new metric rewrites the file, atomically, with the wider header first.
+    header; a new metric rewrites the file, atomically, with the wider header first. A
+    folder holds rows of one format (a CSV run on JSONL rows is refused). Random weights
+    are the same in another process only if seeded
+    ([`load_model_seeded`][timmlens.evaluation.load_model_seeded]).
 
+    **One run per folder.** The run holds ``out/run.lock`` (``fcntl.flock``, POSIX) until
+    its summary is written; a second run on the folder stops at once. The lock ends with
+    its process, so a killed run blocks nothing.
     **Crash safety.** A last line cut by a kill is dropped with a warning naming the file
     and line, and computed again. ``KeyboardInterrupt`` leaves every finished batch's rows.
-
     **Progress.** Before it starts, the run prints what it will cost in forwards (one image
-    through the model; `cost`): predictions, explaining and
-    scoring, from the pending images, the methods and the metric settings. The progress
-    bar counts those forwards chunk by chunk (a forward hook on the model, removed at the
-    end), with an ETA; a method or metric whose cost is not known in advance is measured
-    on its first batch and the total widened.
+    through the model; `cost`): predictions, explaining and scoring. The progress bar
+    counts those forwards chunk by chunk (a forward hook, removed at the end), with an ETA;
+    a cost not known in advance is measured on the first batch and the total widened.
 
-    Under ``torchrun`` each rank takes every ``world``-th pending image; rank 0
-    gathers the rows after every round and writes them, so the files are those of a
-    single-process run. Every rank returns the summary.
+    Under ``torchrun`` each rank takes every ``world``-th pending image; rank 0 gathers
+    the rows after every round and writes them, as one process would. Every rank returns
+    the summary.
 
     Args:
         model: an ``ImageClassifier`` or timm model (on the device to use).
@@ -462,6 +542,7 @@ def evaluate(
         on_error: an image that cannot be read (a broken file, a dataset item raising
             ``OSError``): ``"skip"`` (default) warns, leaves it out and lists it in the
             summary; ``"fail"`` raises [`ImageInputError`][timmlens.errors.ImageInputError].
+            If none could be read, the run raises it, naming the data and files.
         method_options: constructor options per method name, e.g. ``{"ig": {"n_steps": 16}}``.
         metric_options: options for ``ExplanationMetrics`` (e.g. ``{"steps": 50}``).
         save_maps: also keep every heatmap: ``out/maps/<method>/<image id>.npz`` (the
@@ -472,70 +553,19 @@ def evaluate(
     Raises:
         RunMismatchError: ``out`` holds rows of another run (one line: what differs).
         RowsFileError: a rows line before the last is damaged (names file and line).
+        OutputPathError: another process is running in ``out``.
+        ImageInputError: no image could be read (see ``on_error``).
     """
-    from ..interpretation.metrics import ExplanationMetrics
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    if rows_format not in ROW_FORMATS:
-        raise ValueError(f"rows_format must be one of {ROW_FORMATS}, got {rows_format!r}.")
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}.")
+    _check_arguments(batch_size, rows_format, on_error)
     init_from_environment()
     rank = rank_and_world()[0]
-    metric_names = list(dict.fromkeys(_metric_name(m) for m in metrics))
-    explainers, method_ids = _explainers(model, methods, method_options or {})
-    scorer = ExplanationMetrics(model, **dict(metric_options or {}))
-    samples = as_source(data, num_classes=num_outputs(model))
-    out_dir = Path(out)
-    store = RowStore(out_dir / f"rows.{rows_format}", metric_names)
-
-    def open_output() -> tuple[dict[str, Any], dict[tuple[str, str], dict[str, Any]]]:
-        identity = build_identity(
-            model, method_ids, metric_names, dict(metric_options or {}), samples
+    run = _new_run(model, data, methods, metrics, out, rows_format, method_options, metric_options)
+    run.batch_size, run.on_error, run.progress = batch_size, on_error, progress and rank == 0
+    with ExitStack() as held:  # the folder's lock, on rank 0, until the summary is written
+        recorded, existing, complete = _open_output_on_all_ranks(
+            rank, run, overwrite or not resume, held
         )
-        return _open_output(out_dir, store, identity, metric_names, overwrite or not resume)
-
-    recorded, existing, complete = _open_output_on_all_ranks(rank, open_output, metric_names)
-    maps = None
-    if save_maps:
-        from ..interpretation.registry import layer_of
-        from ..models.introspect import model_metadata
-
-        maps = {
-            "dir": out_dir / MAPS_DIR,
-            "model": model_metadata(model),
-            "layers": {name: layer_of(e) for name, e in explainers.items()},
-        }
-        # A row without its map (a run without save_maps, or killed between the two) is redone.
-        complete = {key for key in complete if map_path(maps["dir"], key[1], key[0]).is_file()}
-    pending = [
-        i
-        for i in range(len(samples))
-        if any((_sample_id(samples, i), name) not in complete for name in explainers)
-    ]
-    skipped, replaced = _run_pending(
-        model,
-        samples,
-        pending,
-        explainers,
-        metric_names,
-        scorer,
-        store,
-        existing,
-        complete,
-        batch_size,
-        on_error,
-        progress and rank == 0,
-        maps,
-    )
-    summary = None
-    with fail_together("writing the summary"):
-        if rank == 0:
-            if replaced or store.had_duplicates:
-                store.rewrite(list(existing.values()))  # one line per (id, method) again
-            rows = [row for row in existing.values() if row["method"] in explainers]
-            summary = build_summary(
-                rows, metric_names, store.path, out_dir / "summary.json", recorded, skipped
-            )
-    return broadcast_from_rank0(summary)
+        if save_maps:
+            complete = _with_maps(run, complete)
+        skipped, replaced = _run_pending(run, _pending(run, complete), existing, complete)
+        return _finish(run, rank, recorded, existing, skipped, replaced)

@@ -15,7 +15,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -23,7 +23,11 @@ from torch import nn
 from ..errors import RunMismatchError
 from ..interpretation.base import Explainer
 from ..models.introspect import data_config
+from ..models.weights_status import weights_status
 from .sources import DatasetSource, ImageFolderSource, Sample
+
+if TYPE_CHECKING:
+    from ..models import ImageClassifier
 
 RUN_FILE = "run.json"
 #: identity format; bump when the meaning of a field changes
@@ -31,6 +35,8 @@ FORMAT = 1
 #: metric options that change how the work is chunked, not the scores
 _PERFORMANCE_OPTIONS = {"max_batch", "memory_budget_bytes"}
 _PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+#: the seed of the random weights of a model `load_model_seeded` creates from a spec
+SPEC_SEED = 0
 HOW_TO_PROCEED = (
     "use a new output folder (--out), or --overwrite (overwrite=True) to discard its rows"
 )
@@ -82,7 +88,34 @@ def model_identity(model: nn.Module) -> dict[str, Any]:
         "name": name,
         "sha256": digest.hexdigest(),
         "preprocessing": jsonable({k: config.get(k) for k in _PREPROCESSING_KEYS}),
+        # not compared: they only explain a differing hash (see `_model_difference`)
+        "from_spec": isinstance(spec, (str, os.PathLike)),
+        "random_weights": weights_status(model).random,
     }
+
+
+def load_model_seeded(
+    spec: str | os.PathLike[str], seed: int = SPEC_SEED, **kwargs: Any
+) -> ImageClassifier:
+    """[`load_model`][timmlens.models.load_model] with every weight it draws at random drawn
+    from ``seed``: the same spec gives the same model in every process.
+
+    A spec without trained weights (``"test_resnet"``, an untagged timm name) is created
+    with random weights, which differ in each process, so a run of it could never be
+    resumed (its run identity holds the weights' hash). The ``timmlens`` command and
+    ``benchmark`` load specs this way. Trained weights are
+    unaffected. The caller's random state is left as it was (``torch.random.fork_rng``).
+
+    Args:
+        spec: any spec ``load_model`` takes.
+        seed: the seed of the random weights.
+        kwargs: passed to ``load_model``.
+    """
+    from ..models import load_model
+
+    with torch.random.fork_rng(devices=[]):  # the CPU generator: creation runs on the CPU
+        torch.manual_seed(seed)
+        return load_model(spec, **kwargs)
 
 
 def _effective_options(function: Any, given: Mapping[str, Any], skip: int) -> dict[str, Any]:
@@ -233,10 +266,7 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
         found.append(f"run.json format {old.get('format')} vs {new.get('format')}")
     old_model, new_model = old.get("model") or {}, new.get("model") or {}
     if old_model.get("sha256") != new_model.get("sha256"):
-        found.append(
-            f"model differs: {old_model.get('name')} (sha256 {_short(old_model.get('sha256'))}) "
-            f"vs {new_model.get('name')} (sha256 {_short(new_model.get('sha256'))})"
-        )
+        found.append(_model_difference(old_model, new_model))
     elif old_model.get("preprocessing") != new_model.get("preprocessing"):
         found.append(
             f"model preprocessing differs: {old_model.get('preprocessing')} "
@@ -253,6 +283,21 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     if old.get("timmlens") != new.get("timmlens"):
         found.append(f"timmlens version: {old.get('timmlens')} vs {new.get('timmlens')}")
     return found
+
+
+def _model_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """Two models' hashes differ: which models, and for random weights why."""
+    name, hashes = new.get("name"), (_short(old.get("sha256")), _short(new.get("sha256")))
+    if new.get("from_spec") and new.get("random_weights") and old.get("name") == name:
+        # The same spec with other weights: random weights drawn anew, say so and the cure.
+        return (
+            f"the model's weights differ: {name} has random weights (no trained weights were "
+            f"loaded), drawn anew when it was created (sha256 {hashes[0]} in {RUN_FILE}, "
+            f"{hashes[1]} now), so its rows cannot be resumed; for the same weights in every "
+            f"process load it with timmlens.evaluation.load_model_seeded({str(name)!r}) (the "
+            f"timmlens command and benchmark() do), or load trained weights"
+        )
+    return f"model differs: {old.get('name')} (sha256 {hashes[0]}) vs {name} (sha256 {hashes[1]})"
 
 
 def _method_differences(name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

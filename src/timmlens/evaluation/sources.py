@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import LabelNameError
+from ..errors import ImageInputError, LabelNameError
 from ..models.introspect import LabelResolver
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -188,4 +188,33 @@ def as_source(
     raise TypeError(
         f"data must be an image folder path, a torch Dataset or a DataLoader, "
         f"got {type(data).__name__}."
+    )
+
+
+def describe_source(samples: Sequence[Sample]) -> str:
+    """The images in a few words, for messages: ``'photos/'`` or ``the dataset (TensorDataset)``."""
+    if isinstance(samples, ImageFolderSource):
+        return f"'{samples.root}'"
+    if isinstance(samples, DatasetSource):
+        return f"the dataset ({type(samples.dataset).__name__})"
+    return f"the images ({type(samples).__name__})"
+
+
+def no_readable_images(samples: Sequence[Sample], skipped: dict[str, str]) -> ImageInputError:
+    """The error of a run in which no image could be read: where, which files and why.
+
+    One rule for every run over a dataset (``evaluate``, ``benchmark``, ``concepts``): an
+    empty result from images that were all skipped is an error, not an empty table.
+
+    Args:
+        samples: the images of the run.
+        skipped: the unreadable image ids -> reason, in order.
+    """
+    shown = list(skipped.items())[:5]
+    listed = ", ".join([f"{shown[0][0]}: {shown[0][1]}", *(name for name, _ in shown[1:])])
+    more = f", and {len(skipped) - len(shown)} more" if len(skipped) > len(shown) else ""
+    return ImageInputError(
+        f"no image of {describe_source(samples)} could be read: {len(skipped)} of "
+        f"{len(samples)} skipped ({listed}{more}); a run needs at least one readable image: "
+        f"fix or remove the broken files, or point to another folder."
     )

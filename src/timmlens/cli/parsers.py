@@ -1,32 +1,23 @@
-"""The ``timmlens`` command: explain images, evaluate a dataset, report errors, describe a model.
+"""The ``timmlens`` command's arguments: one parser, one function per sub-command.
 
-User errors (bad model spec, missing file, unknown method, bad option value, an output
-path that cannot be written, a device this machine lacks) print one line and exit with
-status 2; output paths and the device are checked before a model is loaded. Every
-command writes under one root, ``outputs/<command>/``, unless ``--out`` says otherwise,
-and shows its defaults in ``--help``. The logic lives in the library, the CLI only
-parses and reports.
+Every command shows its defaults in ``--help``, writes under ``outputs/<command>/`` unless
+``--out`` says otherwise, and shares ``--model`` and ``--device`` (`add_model_arguments`).
+A bad option value is one line and exit status 2 (`EXIT_USER_ERROR`).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import warnings
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__
-from ._outputs import ensure_writable_dir
-from .devices import DEVICE_CHOICES
-from .errors import TimmLensError
-from .interpretation.registry import METHODS, layer_methods, methods, resolve_method
-from .models import BUNDLED_SPEC
+from .. import __version__
+from ..devices import DEVICE_CHOICES
+from ..interpretation.registry import METHODS, layer_methods, methods, resolve_method
+from ..models import BUNDLED_SPEC
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 #: the model of every command without ``--model``: real ImageNet weights, offline
 DEFAULT_MODEL = BUNDLED_SPEC
 #: every command's files go to ``OUTPUT_ROOT/<command>/`` unless ``--out`` says otherwise
@@ -112,9 +103,8 @@ def _methods_help(default: str) -> str:
     return f"explanation method (default: {default}) - {lines}"
 
 
-def _parser() -> argparse.ArgumentParser:
-    from .interpretation.metrics.registry import metrics as heatmap_metrics
-
+def build_parser() -> argparse.ArgumentParser:
+    """The ``timmlens`` parser: one sub-command per verb, in the order ``--help`` lists them."""
     parser = _Parser(
         prog="timmlens",
         description="Explanations for timm image classifiers.",
@@ -126,6 +116,20 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, **kwargs: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
 
+    for add in (
+        _add_explain,
+        _add_evaluate,
+        _add_benchmark,
+        _add_report,
+        _add_concepts,
+        _add_layers,
+    ):
+        add(command)
+    return parser
+
+
+def _add_explain(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """``timmlens explain``: explain images and save figures (timmlens.quick_explain)."""
     explain = command(
         "explain",
         help="explain images and save overlays",
@@ -158,6 +162,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--out", default=default_out("explain"), help="output folder")
     explain.add_argument("--html", action="store_true", help="also write interactive HTML")
+
+
+def _add_evaluate(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """``timmlens evaluate``: explain and score a dataset (timmlens.evaluate)."""
+    from ..interpretation.metrics.registry import metrics as heatmap_metrics
 
     evaluate = command(
         "evaluate",
@@ -218,8 +227,10 @@ def _parser() -> argparse.ArgumentParser:
         choices=["skip", "fail"],
         help="an unreadable image: skip it with a warning (counted in the summary) or stop",
     )
-    _add_benchmark(command)
 
+
+def _add_report(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """``timmlens report``: an error analysis (timmlens.analysis.error_report)."""
     report = command(
         "report",
         help="error analysis of labelled images (HTML + JSON)",
@@ -260,8 +271,9 @@ def _parser() -> argparse.ArgumentParser:
         "--top-pairs", type=_non_negative_int, default=10, help="rows of the confusion-pair table"
     )
 
-    _add_concepts(command)
 
+def _add_layers(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """``timmlens layers``: what the adapter knows about a model."""
     layers = command(
         "layers",
         help="describe a model's layers and layouts",
@@ -270,12 +282,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     layers.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
     add_model_arguments(layers, model=False)
-    return parser
 
 
 def _add_benchmark(command: Callable[..., argparse.ArgumentParser]) -> None:
     """``timmlens benchmark``: a leaderboard of methods over models (timmlens.benchmark)."""
-    from .interpretation.metrics.registry import metrics as heatmap_metrics
+    from ..interpretation.metrics.registry import metrics as heatmap_metrics
 
     bench = command(
         "benchmark",
@@ -371,274 +382,3 @@ def _add_concepts(command: Callable[..., argparse.ArgumentParser]) -> None:
         "run resumes the shards of the same model, layer, options and images, and stops if "
         "--out holds another run's)",
     )
-
-
-def _run_concepts(args: argparse.Namespace) -> None:
-    from .analysis.concepts import fit_concepts
-
-    model = _load(args)
-    try:
-        result = fit_concepts(
-            model,
-            args.data,
-            n_concepts=args.concepts,
-            layer=args.layer,
-            out=args.out,
-            batch_size=args.batch_size,
-            top_k_images=args.top_images,
-            seed=args.seed,
-            epochs=args.epochs,
-            overwrite=args.overwrite,
-        )
-    except KeyboardInterrupt:
-        from .analysis.concept_store import SHARDS_DIR
-
-        # Shards are written per batch: what finished is on disk and a rerun resumes it.
-        shards = Path(args.out) / SHARDS_DIR
-        kept = len(list(shards.glob("*.npz"))) if shards.is_dir() else 0
-        raise KeyboardInterrupt(
-            f"{kept} activation shard{'' if kept == 1 else 's'} kept in {shards}, rerun the "
-            f"same command to resume"
-        ) from None
-    print(result)
-    print(f"html: {result.html_path}\njson: {result.json_path}")
-
-
-def _run_benchmark(args: argparse.Namespace) -> None:
-    from .evaluation import benchmark
-
-    board = benchmark(
-        args.model,
-        args.data,
-        methods=args.methods,
-        metrics=args.metrics,
-        out=args.out,
-        steps=args.steps,
-        reference=not args.no_reference,
-        device=args.device,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-    )
-    print(board.markdown(), end="")
-    for kind, path in board.paths.items():
-        print(f"{kind}: {path}")
-
-
-def _load(args: argparse.Namespace, *, quiet_random_weights: bool = False):
-    """The model of ``--model`` (saying so when it is the default) on ``--device``."""
-    from .devices import resolve_device
-    from .models import RandomWeightsWarning, load_model
-
-    device = resolve_device(args.device)
-    if args.model is None:
-        print(
-            f"timmlens {args.command}: using {DEFAULT_MODEL} (EfficientNet-Lite0, real "
-            f"ImageNet weights shipped with timmlens); choose another with --model",
-            file=sys.stderr,
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-        if quiet_random_weights:  # describing layers does not need trained weights
-            warnings.simplefilter("ignore", RandomWeightsWarning)
-        return load_model(args.model or DEFAULT_MODEL).to(device)
-
-
-def image_paths(items: Sequence[str]) -> list[str]:
-    """Files as given, folders replaced by every image under them (recursively, sorted).
-
-    A folder without images is an error, as in ``evaluate``; a missing path is left for
-    the image reader to report.
-    """
-    from .evaluation.sources import ImageFolderSource
-
-    paths: list[str] = []
-    for item in items:
-        if Path(item).is_dir():
-            paths.extend(str(path) for path in ImageFolderSource(item).files)
-        else:
-            paths.append(item)
-    return paths
-
-
-def output_stems(images: Sequence[str]) -> list[str]:
-    """One distinct file stem per image, in order: its own stem unless another has it too.
-
-    ``a/cat.jpg b/cat.png`` -> ``cat-1``, ``cat-2``; the same path given twice gets two
-    numbers as well. Stems are compared case-insensitively (``Cat`` and ``cat`` are one
-    file on macOS and Windows), and a number never repeats another image's stem.
-    """
-    stems = [Path(image).stem for image in images]
-    counts = Counter(stem.casefold() for stem in stems)
-    taken = {stem.casefold() for stem in stems if counts[stem.casefold()] == 1}
-    names = []
-    for stem in stems:
-        name, number = stem, 0
-        while counts[stem.casefold()] > 1 and (number == 0 or name.casefold() in taken):
-            number += 1
-            name = f"{stem}-{number}"
-        taken.add(name.casefold())
-        names.append(name)
-    return names
-
-
-def _run_explain(args: argparse.Namespace) -> None:
-    from .quick import quick_explain
-
-    if args.layer and not METHODS[args.method].uses_layer:
-        raise ValueError(
-            f"--layer applies to the layer methods ({', '.join(layer_methods())}); "
-            f"{args.method} explains the input, so drop --layer or pick one of those."
-        )
-    from .models.weights_status import file_tag
-
-    images = image_paths(args.images)
-    model = _load(args)
-    options = {"target_layer": args.layer} if args.layer else None
-    out = Path(args.out)
-    for image, name in zip(images, output_stems(images), strict=True):
-        stem = f"{name}_{args.method}{file_tag(model)}"  # "_random-weights" when untrained
-        result = quick_explain(
-            model,
-            image,
-            save_path=out / f"{stem}.png",
-            method=args.method,
-            target_class=args.target,
-            method_options=options,
-        )
-        note = f" [{result.weights.note}]" if result.weights.note else ""
-        print(f"{image}: {result.heading}{note} -> {result.figure_path}")
-        if args.html:
-            from .viz.interactive import explanation_html
-
-            page = explanation_html(
-                out / f"{stem}.html",
-                result.image,
-                {args.method: result.heatmap},
-                result.geometry,
-                label=result.heading,
-                note=result.weights.note,
-                model_name=args.model or DEFAULT_MODEL,
-            )
-            print(f"{image}: interactive -> {page}")
-
-
-def _run_evaluate(args: argparse.Namespace) -> None:
-    from .evaluation import evaluate
-
-    model = _load(args)
-    options = {"steps": args.steps} if args.steps else {}
-    try:
-        summary = evaluate(
-            model,
-            args.data,
-            methods=args.methods,
-            metrics=args.metrics,
-            out=args.out,
-            batch_size=args.batch_size,
-            rows_format=args.format,
-            overwrite=args.overwrite or args.no_resume,
-            on_error=args.on_error,
-            metric_options=options,
-            save_maps=args.save_maps,
-        )
-    except KeyboardInterrupt:
-        from .evaluation.summary import count_rows
-
-        # Rows are appended per batch: what finished is on disk and a rerun resumes it.
-        rows = Path(args.out) / f"rows.{args.format}"
-        kept = count_rows(rows)
-        raise KeyboardInterrupt(
-            f"{kept} row{'' if kept == 1 else 's'} kept in {rows}, rerun the same command to resume"
-        ) from None
-    print(summary)
-    print(f"rows: {summary.rows_path}\nsummary: {summary.summary_path}")
-
-
-def _run_report(args: argparse.Namespace) -> None:
-    from .analysis.error_report import error_report
-
-    model = _load(args)
-    result = error_report(
-        model,
-        args.data,
-        args.out,
-        method=args.method,
-        batch_size=args.batch_size,
-        max_examples=args.max_examples,
-        top_pairs=args.top_pairs,
-    )
-    print(result)
-    print(f"html: {result.html_path}\njson: {result.json_path}")
-
-
-def _run_layers(args: argparse.Namespace) -> None:
-    from .adapters import describe
-
-    describe(_load(args, quiet_random_weights=True))
-
-
-def _check_outputs(args: argparse.Namespace) -> None:
-    """Fail on an unwritable ``--out`` or a missing device now, not after the model ran."""
-    from .devices import resolve_device
-
-    resolve_device(args.device)
-    if args.command in ("explain", "evaluate", "benchmark", "concepts"):
-        ensure_writable_dir(args.out, "--out folder")
-    elif args.command == "report":
-        from .analysis.error_report import check_output
-
-        check_output(args.out)
-
-
-def _leave_process_group() -> None:
-    """Under torchrun: leave the group before exiting (exiting in it can abort, SIGABRT)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _warning_printer(command: str):
-    """Warnings as one line, ``timmlens explain: warning: ... (RandomWeightsWarning)``.
-
-    Python's format names a file and line of code, which on the command line is the
-    ``timmlens`` script, not anything the user wrote.
-    """
-
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        text = str(message).strip().splitlines()[0] if str(message).strip() else ""
-        print(f"timmlens {command}: warning: {text} ({category.__name__})", file=sys.stderr)
-
-    return show
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    run = {
-        "explain": _run_explain,
-        "evaluate": _run_evaluate,
-        "benchmark": _run_benchmark,
-        "concepts": _run_concepts,
-        "report": _run_report,
-        "layers": _run_layers,
-    }
-    try:
-        with warnings.catch_warnings():  # restored on return: main() may run in-process
-            warnings.showwarning = _warning_printer(args.command)
-            _check_outputs(args)
-            run[args.command](args)
-    except (TimmLensError, ValueError, FileNotFoundError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"timmlens {args.command}: error: {message}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt as exc:  # Ctrl-C: one line, not a traceback
-        detail = f"; {exc}" if str(exc) else ""
-        print(f"timmlens {args.command}: interrupted{detail}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        _leave_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
