@@ -194,11 +194,13 @@ class Occlusion(CaptumInputExplainer):
             model's patch for plain patch models (`patch_pixels`), else
             ``round(side / 14)``.
         stride: window step; ``None``: half the window (at least 1).
-        baseline, perturbations_per_eval, memory_budget_bytes, signed, seed: as every
-            perturbation method (the module docstring): what a removed pixel becomes
-            (``"black"`` by default, see `make_baseline`), perturbed copies per forward
-            (``None``: sized from the forward memory budget), the budget, heatmap polarity
-            and the seed of the random draws.
+        baseline: what a removed pixel becomes (``"black"`` by default, see
+            `make_baseline`), as every perturbation method.
+        perturbations_per_eval: perturbed copies per forward (``None``: sized from the
+            forward memory budget).
+        memory_budget_bytes: that budget (``None``: the default of `scoring`).
+        signed: heatmaps keep polarity instead of ``|.|``.
+        seed: the seed of the random draws.
     """
 
     captum_class = "Occlusion"
@@ -268,11 +270,13 @@ class FeatureAblation(CaptumInputExplainer):
         grid: ``(rows, cols)`` cells (or one int) of ``"cells"``; ``None``: the token grid
             of plain patch models, else 14x14.
         n_segments: SLIC's target number of superpixels.
-        baseline, perturbations_per_eval, memory_budget_bytes, signed, seed: as every
-            perturbation method (the module docstring): what a removed pixel becomes
-            (``"black"`` by default, see `make_baseline`), perturbed copies per forward
-            (``None``: sized from the forward memory budget), the budget, heatmap polarity
-            and the seed of the random draws.
+        baseline: what a removed pixel becomes (``"black"`` by default, see
+            `make_baseline`), as every perturbation method.
+        perturbations_per_eval: perturbed copies per forward (``None``: sized from the
+            forward memory budget).
+        memory_budget_bytes: that budget (``None``: the default of `scoring`).
+        signed: heatmaps keep polarity instead of ``|.|``.
+        seed: the seed of the random draws.
     """
 
     captum_class = "FeatureAblation"
@@ -332,11 +336,13 @@ class ShapleyValueSampling(CaptumInputExplainer):
         grid: ``(rows, cols)`` cells (or one int) of ``"cells"``; ``None``: the token grid
             of plain patch models, else 14x14.
         n_segments: SLIC's target number of superpixels.
-        baseline, perturbations_per_eval, memory_budget_bytes, signed, seed: as every
-            perturbation method (the module docstring): what a removed pixel becomes
-            (``"black"`` by default, see `make_baseline`), perturbed copies per forward
-            (``None``: sized from the forward memory budget), the budget, heatmap polarity
-            and the seed of the random draws.
+        baseline: what a removed pixel becomes (``"black"`` by default, see
+            `make_baseline`), as every perturbation method.
+        perturbations_per_eval: perturbed copies per forward (``None``: sized from the
+            forward memory budget).
+        memory_budget_bytes: that budget (``None``: the default of `scoring`).
+        signed: heatmaps keep polarity instead of ``|.|``.
+        seed: the seed of the random draws.
     """
 
     captum_class = "ShapleyValueSampling"
@@ -399,11 +405,13 @@ class KernelShap(CaptumInputExplainer):
         grid: ``(rows, cols)`` cells (or one int) of ``"cells"``; ``None``: the token grid
             of plain patch models, else 14x14.
         n_segments: SLIC's target number of superpixels.
-        baseline, perturbations_per_eval, memory_budget_bytes, signed, seed: as every
-            perturbation method (the module docstring): what a removed pixel becomes
-            (``"black"`` by default, see `make_baseline`), perturbed copies per forward
-            (``None``: sized from the forward memory budget), the budget, heatmap polarity
-            and the seed of the random draws.
+        baseline: what a removed pixel becomes (``"black"`` by default, see
+            `make_baseline`), as every perturbation method.
+        perturbations_per_eval: perturbed copies per forward (``None``: sized from the
+            forward memory budget).
+        memory_budget_bytes: that budget (``None``: the default of `scoring`).
+        signed: heatmaps keep polarity instead of ``|.|``.
+        seed: the seed of the random draws.
     """
 
     captum_class = "KernelShap"
@@ -483,11 +491,13 @@ class Lime(CaptumInputExplainer):
         grid: ``(rows, cols)`` cells (or one int) of ``"cells"``; ``None``: the token grid
             of plain patch models, else 14x14.
         n_segments: SLIC's target number of superpixels.
-        baseline, perturbations_per_eval, memory_budget_bytes, signed, seed: as every
-            perturbation method (the module docstring): what a removed pixel becomes
-            (``"black"`` by default, see `make_baseline`), perturbed copies per forward
-            (``None``: sized from the forward memory budget), the budget, heatmap polarity
-            and the seed of the random draws.
+        baseline: what a removed pixel becomes (``"black"`` by default, see
+            `make_baseline`), as every perturbation method.
+        perturbations_per_eval: perturbed copies per forward (``None``: sized from the
+            forward memory budget).
+        memory_budget_bytes: that budget (``None``: the default of `scoring`).
+        signed: heatmaps keep polarity instead of ``|.|``.
+        seed: the seed of the random draws.
     """
 
     captum_class = "Lime"
