@@ -135,3 +135,27 @@ def test_noise_tunnel_draws_through_the_overridden_noise_step() -> None:
     noisy = X.repeat_interleave(n, 0) + (stdevs.view(2, 1, 1, 1, 1) * draws).reshape(-1, 3, 8, 8)
     grads = ca.Saliency(model).attribute(noisy, target=TARGETS.repeat_interleave(n), abs=False)
     torch.testing.assert_close(ours, grads.view(2, n, 3, 8, 8).mean(dim=1))
+
+
+def test_layer_gradients_and_eval_gives_each_layers_activation_and_gradient() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    x = torch.randn(2, 3, 8, 8)
+
+    def score(inputs: torch.Tensor) -> torch.Tensor:
+        return model(inputs).sum((1, 2, 3))
+
+    grads, acts = _captum.layer_gradients_and_eval(score, [model[0], model[2]], x)
+    first = model[0](x).detach().requires_grad_(True)
+    (expected,) = torch.autograd.grad(model[2](model[1](first)).sum(), [first])
+    assert torch.allclose(acts[0][0], first)
+    assert torch.allclose(grads[0][0], expected)
+    assert torch.allclose(grads[1][0], torch.ones_like(acts[1][0]))  # d(sum)/d(output) = 1
+
+
+def test_approximation_parameters_are_gauss_legendre_on_the_unit_interval() -> None:
+    step_sizes, alphas = _captum.approximation_parameters("gausslegendre")
+    points, weights = alphas(8), step_sizes(8)
+    assert len(points) == len(weights) == 8
+    assert sum(weights) == pytest.approx(1.0)
+    assert all(0 < p < 1 for p in points)
+    assert sum(w * p**3 for w, p in zip(weights, points, strict=True)) == pytest.approx(0.25)

@@ -275,7 +275,7 @@ def _channel_conductance_pixels(
     input gradient of ``sum_{u,v} g_{c,u,v} A_{c,u,v}`` (``g`` held constant), i.e.
     ``sum_{u,v} dF/dA_{c,u,v} * dA_{c,u,v}/dx``. Captum's step sizes and points.
     """
-    from captum.attr._utils.approximation_methods import approximation_parameters
+    from ..interpretation._captum import approximation_parameters
 
     step_sizes_of, alphas_of = approximation_parameters(quadrature)
     step_sizes, alphas = step_sizes_of(n_steps), alphas_of(n_steps)

@@ -18,7 +18,14 @@ release changes it (verified range: ``pyproject.toml``'s ``captum`` pin):
 * **LRP through pass-through modules** (`pass_through_rule`): ``nn.Identity`` and
   ``nn.Flatten`` get a rule that registers nothing, Captum's documented way to give a
   module a rule (a ``PropagationRule``), so relevance passes through them unchanged;
-* **Captum's own hook warnings**, said on every call (`hooks_left_clean` hides them).
+* **Captum's own hook warnings**, said on every call (`hooks_left_clean` hides them);
+* **layer gradients** (`layer_gradients_and_eval`): the CAM engine's one forward and
+  backward to several layers at once is Captum's private
+  ``captum._utils.gradient.compute_layer_gradients_and_eval``, which ``LayerGradCam``
+  itself runs on;
+* **path quadrature** (`approximation_parameters`): the neuron conductance of
+  `timmlens.analysis` takes Captum's step sizes and points from its private
+  ``captum.attr._utils.approximation_methods``, so its paths equal Captum's.
 
 Captum's ``NoiseTunnel`` draws its noise with ``torch.normal`` from the global
 generator and one scale per input; SmoothGrad's per-image scale and private generator
@@ -183,6 +190,33 @@ def single_use_modules(
     finally:
         for handle in handles:
             handle.remove()
+
+
+# ------------------------------------------------------------ private helpers
+def layer_gradients_and_eval(
+    forward: Callable[..., torch.Tensor],
+    layers: list[nn.Module],
+    inputs: torch.Tensor,
+    additional_forward_args: tuple | None = None,
+) -> tuple[Any, Any]:
+    """``(gradients, activations)`` of ``layers`` for ``forward(inputs)``'s ``(B,)`` score.
+
+    Captum's ``compute_layer_gradients_and_eval`` with several layers: both are lists, one
+    tuple per layer (``((B, ...),)``), from one forward and one backward.
+    """
+    from captum._utils.gradient import compute_layer_gradients_and_eval
+
+    return compute_layer_gradients_and_eval(
+        forward, layers, inputs, additional_forward_args=additional_forward_args
+    )
+
+
+def approximation_parameters(method: str) -> tuple[Callable[[int], list], Callable[[int], list]]:
+    """Captum's ``(step_sizes(n), alphas(n))`` of path quadrature ``method``
+    (``"gausslegendre"``, ``"riemann_trapezoid"``, ...), as ``IntegratedGradients`` uses."""
+    from captum.attr._utils.approximation_methods import approximation_parameters as params
+
+    return params(method)
 
 
 # ------------------------------------------------------------------ NoiseTunnel

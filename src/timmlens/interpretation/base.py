@@ -25,8 +25,6 @@ from ..models.introspect import data_config, model_metadata, num_outputs, unwrap
 from ._result_rules import checked_result, precision_errors, warn_if_constant
 from ._targets import CallableTargets, ResolvedTargets, TargetInput, validate_targets
 
-#: Captum's assertion when a hooked layer never ran.
-CAPTUM_SILENT_LAYER = "did not obtain any outputs"
 #: Packages whose assertions are not the model's own input checks (found without
 #: importing them).
 _NOT_THE_MODEL = tuple(
@@ -36,7 +34,7 @@ _NOT_THE_MODEL = tuple(
 )
 
 
-def _raised_by_the_model(error: AssertionError) -> bool:
+def raised_by_the_model(error: AssertionError) -> bool:
     """Whether ``error`` comes from the model's code (timm's ``_assert`` input checks)."""
     frame = error.__traceback__
     while frame is not None and frame.tb_next is not None:
@@ -66,7 +64,7 @@ def explanation_call(
         try:
             yield
         except AssertionError as exc:
-            if not _raised_by_the_model(exc):
+            if not raised_by_the_model(exc):
                 raise
             height, width = inputs.shape[-2:]
             expected = data_config(model).get("input_size", (None, "?", "?"))

@@ -47,8 +47,9 @@ from ..._model_state import model_lock
 from ...adapters import LayerSpec, ResolvedLayer, SpatialView, get_adapter, spatial_tap
 from ...data import ImagesInput
 from ...errors import LayerResolutionError
+from .. import _captum
 from .._targets import ResolvedTargets, TargetInput, TargetScore, target_rows
-from ..base import CAPTUM_SILENT_LAYER, Explainer, Explanation, normalize_maps
+from ..base import Explainer, Explanation, normalize_maps, raised_by_the_model
 from ..scoring import JobInputs, ScoreKind, chunk_size_for, score_in_chunks
 
 InterpolationMode = Literal["bilinear", "bicubic", "nearest", "area"]
@@ -347,7 +348,7 @@ class CAMExplainer(Explainer):
                 maps = self.maps_from_views(score, inputs, chosen, views)
             except AssertionError as exc:
                 silent = [view.layer_name for view in views if view.layout is None]
-                if not silent or CAPTUM_SILENT_LAYER not in str(exc):
+                if not silent or raised_by_the_model(exc):
                     raise  # the model's own input checks: explanation_call reports them
                 raise LayerResolutionError(
                     f"Layer(s) {', '.join(silent)} did not run in the model's forward pass, so "
@@ -391,9 +392,7 @@ class CAMExplainer(Explainer):
         """A [`CamContext`][] per view from one forward (and one backward if needed)."""
         forward_args = None if targets is None else (targets,)
         if self.needs_gradients:
-            from captum._utils.gradient import compute_layer_gradients_and_eval
-
-            grads, acts = compute_layer_gradients_and_eval(
+            grads, acts = _captum.layer_gradients_and_eval(
                 score, list(views), inputs, additional_forward_args=forward_args
             )
             pairs = [(a.detach(), g) for (g,), (a,) in zip(grads, acts, strict=True)]
@@ -432,5 +431,5 @@ def _forward_outputs(
             handle.remove()
     missing = [view.layer_name for i, view in enumerate(views) if i not in outputs]
     if missing:
-        raise AssertionError(f"{CAPTUM_SILENT_LAYER}: {', '.join(missing)}")
+        raise AssertionError(f"layer(s) did not run: {', '.join(missing)}")
     return [outputs[i] for i in range(len(views))]
