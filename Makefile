@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch is pinned only here, to the build this machine ships on disk; pyproject keeps a lower bound.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-all lint bench docs docs-check clean-venv chromium
+.PHONY: groundtruth known-answers demo test test-all lint bench docs docs-check clean-venv chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,15 @@ $(VENV)/.dev-stamp: pyproject.toml $(VENV)/.base-stamp
 # labelled "random weights" in every title; with internet they get their real weights.
 demo: $(VENV)/.base-stamp
 	$(BIN)/python examples/huggingface/hf_interpretation.py --random-weights
+
+# The known-answer models (timmlens.groundtruth): retrain them from their seed into
+# src/timmlens/models/weights/ (minutes per model on 2 cores), and rank every method
+# against their evidence (docs/known_answers.md, the page's tables and figures).
+groundtruth: $(VENV)/.base-stamp
+	$(BIN)/python -m timmlens.groundtruth.training
+
+known-answers: $(VENV)/.base-stamp
+	$(BIN)/python -m timmlens.groundtruth.report --out docs/known_answers.md --figures docs/images
 
 lint: $(VENV)/.dev-stamp
 	$(BIN)/ruff check src tests benchmarks examples tools

@@ -239,6 +239,11 @@ def page(
         f"{timm.__version__} and torch {torch.__version__}. The run took {seconds / 60:.0f} "
         f"minutes on a shared 2-core CPU.",
         "",
+        '!!! tip "A ranking against a known answer"',
+        "    Photos have no known answer. [Which method finds the evidence?](known_answers.md) "
+        "ranks the methods on trained models whose evidence is known by construction, with "
+        "paired tests, and says which of the metrics below agree with that ranking.",
+        "",
         '!!! warning "Read it for what it rests on"',
         f"    **{n_pairs} (model, image) pairs**: the scikit-image photos "
         f"({', '.join(PHOTOS)}) on {len(board.models)} real ImageNet "

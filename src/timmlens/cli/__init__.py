@@ -264,7 +264,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     """Fail on an unwritable ``--out`` or a missing device now, not after the model ran."""
     from ..devices import resolve_device
 
-    resolve_device(args.device)
+    if hasattr(args, "device"):
+        resolve_device(args.device)
     if args.command in ("explain", "evaluate", "benchmark", "concepts"):
         ensure_writable_dir(args.out, "--out folder")
     elif args.command == "report":
@@ -295,6 +296,16 @@ def _warning_printer(command: str):
     return show
 
 
+def _run_groundtruth(args: argparse.Namespace) -> None:
+    if args.action == "train":
+        from ..groundtruth.training import main as run
+    else:
+        from ..groundtruth.report import main as run
+    code = run(list(args.options))
+    if code:
+        raise SystemExit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     run = {
@@ -304,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "concepts": _run_concepts,
         "report": _run_report,
         "layers": _run_layers,
+        "groundtruth": _run_groundtruth,
     }
     try:
         with warnings.catch_warnings():  # restored on return: main() may run in-process

@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_report,
         _add_concepts,
         _add_layers,
+        _add_groundtruth,
     ):
         add(command)
     return parser
@@ -381,4 +382,23 @@ def _add_concepts(command: Callable[..., argparse.ArgumentParser]) -> None:
         help="discard the shards and files already in --out and start afresh (by default a "
         "run resumes the shards of the same model, layer, options and images, and stops if "
         "--out holds another run's)",
+    )
+
+
+def _add_groundtruth(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """``timmlens groundtruth``: the known-answer task (timmlens.groundtruth)."""
+    groundtruth = command(
+        "groundtruth",
+        help="the known-answer task: train its models, rank the methods against its evidence",
+        description=(
+            "'train' trains the known-answer models on CPU from a seed and writes their "
+            "weights into the package (python -m timmlens.groundtruth.training); 'benchmark' "
+            "scores every method against the evidence masks and writes the ranking and "
+            "metric-agreement page (python -m timmlens.groundtruth.report). Options after the "
+            "action are that action's: timmlens groundtruth train --help."
+        ),
+    )
+    groundtruth.add_argument("action", choices=("train", "benchmark"))
+    groundtruth.add_argument(
+        "options", nargs=argparse.REMAINDER, help="the action's own options (--model, ...)"
     )

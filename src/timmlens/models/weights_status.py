@@ -20,12 +20,26 @@ from torch import nn
 #: set on a timm module created with random weights (survives ``copy.deepcopy``)
 RANDOM_WEIGHTS_ATTRIBUTE = "_timmlens_random_weights"
 RANDOM_NOTE = "random weights"
+#: set on a known-answer model (``bundled:gt-*``): trained, on the synthetic task
+SYNTHETIC_ATTRIBUTE = "_timmlens_synthetic_task"
+SYNTHETIC_NOTE = "trained on the synthetic task"
 
 
 def mark_random_weights(module: nn.Module) -> nn.Module:
     """Record that ``module``'s weights are random (untrained); returns it, unchanged otherwise."""
     object.__setattr__(module, RANDOM_WEIGHTS_ATTRIBUTE, True)
     return module
+
+
+def mark_synthetic_task(module: nn.Module) -> nn.Module:
+    """Record that ``module`` was trained on the synthetic known-answer task; returns it."""
+    object.__setattr__(module, SYNTHETIC_ATTRIBUTE, True)
+    return module
+
+
+def has_synthetic_mark(module: Any) -> bool:
+    """Whether ``module`` was marked by `mark_synthetic_task`."""
+    return bool(getattr(module, SYNTHETIC_ATTRIBUTE, False))
 
 
 def has_random_mark(module: Any) -> bool:
@@ -41,10 +55,13 @@ class WeightsStatus:
         random: the model's weights are random: nothing it shows is about real images.
         new_head: the class count of a new, untrained classifier head on trained
             features (``None``: the model's own head).
+        synthetic: trained, but on the synthetic known-answer task of
+            `timmlens.groundtruth` (``bundled:gt-*``), not on photos.
     """
 
     random: bool = False
     new_head: int | None = None
+    synthetic: bool = False
 
     @property
     def trained(self) -> bool:
@@ -58,7 +75,7 @@ class WeightsStatus:
             return RANDOM_NOTE
         if self.new_head is not None:
             return f"untrained {self.new_head}-class head"
-        return None
+        return SYNTHETIC_NOTE if self.synthetic else None
 
     @property
     def tag(self) -> str:
@@ -72,6 +89,7 @@ class WeightsStatus:
             "pretrained": not self.random,
             "random_weights": self.random,
             "new_head": self.new_head,
+            "synthetic_task": self.synthetic,
             "note": self.note,
         }
 
@@ -81,7 +99,7 @@ def weights_status(model: nn.Module) -> WeightsStatus:
     status = getattr(model, "weights_status", None)
     if isinstance(status, WeightsStatus):
         return status
-    return WeightsStatus(random=has_random_mark(model))
+    return WeightsStatus(random=has_random_mark(model), synthetic=has_synthetic_mark(model))
 
 
 def with_weights_note(model: nn.Module, note: str | None = None) -> str | None:
