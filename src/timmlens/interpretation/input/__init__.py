@@ -1,19 +1,11 @@
 """Input attribution: Captum's engines on the input pixels (gradients, paths, perturbations)."""
 
-from .captum_methods import (
-    LRP,
-    Deconvolution,
-    DeepLift,
-    DeepLiftShap,
-    GradientShap,
-    GuidedBackprop,
-    GuidedGradCam,
-    InputXGradient,
-    Saliency,
-)
 from .center_prior import CenterPrior
+from .deeplift import DeepLift, DeepLiftShap, GradientShap
 from .engine import CaptumInputExplainer
+from .gradients import Deconvolution, GuidedBackprop, GuidedGradCam, InputXGradient, Saliency
 from .integrated_gradients import IGResult, IntegratedGradients
+from .lrp import LRP
 from .perturbation import FeatureAblation, KernelShap, Lime, Occlusion, ShapleyValueSampling
 from .rise import RISE
 from .smoothgrad import SmoothGrad
