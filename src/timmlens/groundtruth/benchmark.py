@@ -74,6 +74,11 @@ class MethodScores:
     seconds: float = 0.0
 
 
+def method_options(method: str) -> dict[str, Any]:
+    """The constructor options ``method`` runs with here: its quick settings if it is slow."""
+    return dict(resolve_method(method).quick_options) if method in SLOW_METHODS else {}
+
+
 def model_inputs(model: nn.Module, data: KnownAnswerSet) -> torch.Tensor:
     """``(N, 3, H, W)`` model inputs of ``data.images`` through the model's own data config."""
     from ..data import prepare_images
@@ -114,8 +119,7 @@ def score_method(
     batch: int = 50,
 ) -> MethodScores:
     """Explain the first ``images`` test images with ``method`` and score every map."""
-    spec = resolve_method(method)
-    options = dict(getattr(spec, "quick_options", {})) if method in SLOW_METHODS else {}
+    options = method_options(method)
     explainer = as_explainer(method, model, **options)
     labels = torch.as_tensor(data.labels[:images])
     started = time.perf_counter()

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..interpretation.registry import as_explainer, resolve_method
-from .benchmark import SLOW_METHODS, model_inputs
+from ..interpretation.registry import as_explainer
+from .benchmark import method_options, model_inputs
 from .generator import KnownAnswerSet
 
 
@@ -23,7 +23,7 @@ def method_maps(
     labels = torch.as_tensor(data.labels)
     maps = {}
     for name in methods:
-        options = dict(resolve_method(name).quick_options) if name in SLOW_METHODS else {}
+        options = method_options(name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             heatmaps = as_explainer(name, model, **options)(inputs, target_class=labels)

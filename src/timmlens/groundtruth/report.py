@@ -137,6 +137,11 @@ def _common_images(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return np.logical_and.reduce([np.isfinite(a) for a in arrays])
 
 
+def _section(spec: str, results: Mapping[str, MethodScores], note: str) -> str:
+    """One model's heading, ranking table and the note under it."""
+    return f"## `{spec}`: {RECIPES[spec].what}\n\n{ranking_table(results)}\n\n{note}\n"
+
+
 def _intro(specs: Sequence[str]) -> str:
     figure = "images/known_answers_gt-resnet.png"
     return INTRO.replace("{models}", models_table(specs)).replace("FIGURE", figure)
@@ -183,10 +188,12 @@ def run(
         )
         minutes = (time.perf_counter() - started) / 60
         sections.append(
-            f"## `{spec}`: {RECIPES[spec].what}\n\n"
-            f"{ranking_table(per_model[spec])}\n\n"
-            f"({len(data)} test images, seed 0; slow methods on the first {slow_images}; "
-            f"metrics on the first {metric_images}; {minutes:.1f} min on this machine)\n"
+            _section(
+                spec,
+                per_model[spec],
+                f"({len(data)} test images, seed 0; slow methods on the first {slow_images}; "
+                f"metrics on the first {metric_images}; {minutes:.1f} min on this machine)",
+            )
         )
         print(sections[-1], flush=True)
         _write(out, sections, per_model, metrics)
@@ -260,10 +267,7 @@ def page_from_raw(path: Path, out: Path, notes: Mapping[str, str] | None = None)
     specs = list(per_model)
     sections = [_intro(specs)]
     for spec, results in per_model.items():
-        sections.append(
-            f"## `{spec}`: {RECIPES[spec].what}\n\n{ranking_table(results)}\n\n"
-            + ((notes or {}).get(spec, "") + "\n")
-        )
+        sections.append(_section(spec, results, (notes or {}).get(spec, "")))
     metrics = sorted(
         {m for results in per_model.values() for r in results.values() for m in r.metrics},
         key=list(FAITHFULNESS).index,
