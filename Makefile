@@ -23,6 +23,7 @@ $(VENV)/.base-stamp: pyproject.toml $(VENV)/.torch-stamp
 
 $(VENV)/.dev-stamp: pyproject.toml $(VENV)/.base-stamp
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps lxt==2.1
 	touch $@
 
 # --random-weights: hub models that cannot be downloaded (offline) still run, untrained and
