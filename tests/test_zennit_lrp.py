@@ -3,9 +3,9 @@ as found, and refuses what it cannot read.
 
 References are Zennit's own code on a model it knows: torchvision's ResNet-18 carrying a
 timm ResNet-18's weights (same state-dict names) under Zennit's ``ResNetCanonizer``, and
-the real EfficientNet-Lite0 under Zennit's ``NamedMergeBatchNorm`` (names from timm's blocks) plus a residual
-canonizer written here the way Zennit's torchvision canonizers are (Zennit ships none for
-timm). Relevance starts as the target logit in both.
+the real EfficientNet-Lite0 under Zennit's ``NamedMergeBatchNorm`` (names read off timm's
+blocks) plus a residual canonizer written here the way Zennit's torchvision canonizers are
+(Zennit ships none for timm). Relevance starts as the target logit in both.
 """
 
 from __future__ import annotations
@@ -150,11 +150,18 @@ def _lite0_batchnorm_names(backbone: nn.Module) -> list[tuple[tuple[str], str]]:
 def lite0_photos(real_model, photos):
     from timmlens.data.preprocess import prepare_images
 
-    batch = prepare_images([photos["chelsea"], photos["coffee"]], real_model)
+    batch = prepare_images([photos["chelsea"]], real_model)
     return batch.tensor
 
 
-@pytest.mark.parametrize("composite", COMPOSITES)
+@pytest.mark.parametrize(
+    "composite",
+    [
+        "epsilon_plus_flat",
+        pytest.param("epsilon_gamma_box", marks=pytest.mark.slow),
+        pytest.param("epsilon_alpha2_beta1", marks=pytest.mark.slow),
+    ],
+)
 def test_lite0_equals_zennit_direct(real_model, lite0_photos, composite):
     from zennit.canonizers import NamedMergeBatchNorm
 
