@@ -3,19 +3,27 @@
 from .engine import CamContext, CAMExplainer
 from .gradcam import GradCAM, GradCAMPlusPlus
 from .perturbation import AblationCAM, ScoreCAM
+from .pgc_scores import FinerCAM, ShapleyCAM
+from .pgc_variants import FEM, KPCACAM, GradCAMElementWise, SobelCAM
 from .variants import EigenCAM, EigenGradCAM, HiResCAM, LayerCAM, RandomCAM, XGradCAM
 
 __all__ = [
+    "FEM",
+    "KPCACAM",
     "AblationCAM",
     "CAMExplainer",
     "CamContext",
     "EigenCAM",
     "EigenGradCAM",
+    "FinerCAM",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
     "HiResCAM",
     "LayerCAM",
     "RandomCAM",
     "ScoreCAM",
+    "ShapleyCAM",
+    "SobelCAM",
     "XGradCAM",
 ]
