@@ -42,7 +42,7 @@ CAM += ["eigencam", "eigengradcam", "randomcam"]
 INPUT = ["centerprior", "deeplift", "deepliftshap", "gradientshap", "saliency", "inputxgradient"]
 INPUT += ["guidedbackprop", "deconvolution", "guidedgradcam", "ig", "lrp", "occlusion"]
 INPUT += ["featureablation", "shapley", "kernelshap", "lime", "rise", "smoothgrad"]
-ATTENTION = ["chefer", "legrad", "rollout"]
+ATTENTION = ["attnlrp", "cplrp", "chefer", "legrad", "rollout"]
 BUILTIN = CAM + INPUT + ATTENTION
 #: what compare_methods runs when no methods are named
 COMPARED = ["gradcam", "gradcampp", "ig", "smoothgrad", "rollout"]
@@ -149,7 +149,7 @@ def test_a_registered_toy_method_appears_everywhere(small, tmp_path):
     with scoped_registry():
         toy = _toy_saliency_class()
         # The registry, its kinds and applicability, aliases at the edge.
-        assert methods()[-4:] == ["toy_saliency", *ATTENTION]  # grouped with its engine
+        assert methods()[-len(ATTENTION) - 1 :] == ["toy_saliency", *ATTENTION]  # grouped with its engine
         assert "toy_saliency" in methods(kind="input", model=small)
         assert resolve_method("Toy-Grad").cls is toy and toy.name == "toy_saliency"
         # The CLI: choices of every command and the --method help.

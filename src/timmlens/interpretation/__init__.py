@@ -26,7 +26,14 @@ if TYPE_CHECKING:
         compare_methods,
         quick_explain,
     )
-    from .attention import AttentionMaps, AttentionVisualizer, CheferRelevance, LeGrad
+    from .attention import (
+        CPLRP,
+        AttentionMaps,
+        AttentionVisualizer,
+        AttnLRP,
+        CheferRelevance,
+        LeGrad,
+    )
     from .base import Explainer, normalize_maps
     from .cam import (
         AblationCAM,
@@ -103,7 +110,9 @@ _METHOD_CLASSES: dict[str, tuple[str, ...]] = {
         "SmoothGrad",
     ),
     ".attention": (
+        "AttnLRP",
         "AttentionVisualizer",
+        "CPLRP",
         "CheferRelevance",
         "LeGrad",
     ),
@@ -128,12 +137,14 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "CPLRP",
     "LRP",
     "RISE",
     "AblationCAM",
     "ArchitectureComparison",
     "AttentionMaps",
     "AttentionVisualizer",
+    "AttnLRP",
     "CenterPrior",
     "CheferRelevance",
     "Deconvolution",
