@@ -27,6 +27,8 @@ if TYPE_CHECKING:
         shift_nonnegative,
     )
     from .error_report import ClassAccuracy, ConfusionPair, ErrorCase, ErrorReport
+    from .feature_params import Robustness
+    from .feature_vis import FeatureVisualization, visualize_feature
     from .hierarchy import LayerHierarchy, explain_layers, hierarchy_layers
     from .neurons import (
         ChannelAttribution,
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
         channel_attribution,
         channel_conductance,
     )
+    from .objectives import Objective
     from .randomization import RandomizationUnit, cascade_units, randomize_unit
     from .sanity import (
         DataRandomizationResult,
@@ -54,6 +57,10 @@ _EXPORTS = {
     "DatasetConcepts": ".concepts",
     "ErrorCase": ".error_report",
     "ErrorReport": ".error_report",
+    "FeatureVisualization": ".feature_vis",
+    "Objective": ".objectives",
+    "Robustness": ".feature_params",
+    "visualize_feature": ".feature_vis",
     "LayerActivations": ".activations",
     "LayerHierarchy": ".hierarchy",
     "RandomizationResult": ".sanity",
@@ -90,10 +97,13 @@ __all__ = [
     "DatasetConcepts",
     "ErrorCase",
     "ErrorReport",
+    "FeatureVisualization",
     "LayerActivations",
     "LayerHierarchy",
+    "Objective",
     "RandomizationResult",
     "RandomizationUnit",
+    "Robustness",
     "cascade_units",
     "channel_attribution",
     "channel_conductance",
@@ -114,6 +124,7 @@ __all__ = [
     "shift_nonnegative",
     "spearman_per_image",
     "ssim_per_image",
+    "visualize_feature",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
