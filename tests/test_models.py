@@ -128,8 +128,15 @@ def test_weights_file_errors(tmp_path):
     other = timm.create_model("test_resnet", num_classes=5)
     weights = tmp_path / "other.safetensors"
     save_file(other.state_dict(), str(weights))
-    with pytest.raises(WeightsMismatchError, match=r"fc\.weight: checkpoint \(5, "):
-        load_model("test_resnet", weights=weights)
+    # without num_classes the head is built with the checkpoint's 5 classes
+    assert load_model("test_resnet", weights=weights).num_classes == 5
+    # a wrong num_classes names the one that fits, for Python and for the command
+    with pytest.raises(WeightsMismatchError, match=r"fc\.weight: checkpoint \(5, ") as caught:
+        load_model("test_resnet", weights=weights, num_classes=7)
+    assert "The checkpoint has a 5-class head, the model 7 classes: pass num_classes=5" in str(
+        caught.value
+    )
+    assert "pass --num-classes 5" in caught.value.cli
     with pytest.raises(WeightsMismatchError, match="missing"):
         load_model("test_vit", weights=weights)
     with pytest.raises(ModelLoadError, match="does not exist"):

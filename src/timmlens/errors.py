@@ -9,7 +9,17 @@ from __future__ import annotations
 
 
 class TimmLensError(Exception):
-    """Base class of every error timmlens raises on purpose."""
+    """Base class of every error timmlens raises on purpose.
+
+    Args:
+        args: the message (written for Python callers: ``num_classes=5``).
+        cli: the same message for the ``timmlens`` command, its hints written as command
+            lines (``--num-classes 5``); the command prints it instead of the message.
+    """
+
+    def __init__(self, *args: object, cli: str | None = None) -> None:
+        super().__init__(*args)
+        self.cli = cli
 
 
 class ModelLoadError(TimmLensError, ValueError):

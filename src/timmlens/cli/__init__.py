@@ -87,8 +87,18 @@ def _run_concepts(args: argparse.Namespace) -> None:
 def _run_benchmark(args: argparse.Namespace) -> None:
     from ..evaluation import benchmark
 
+    models = args.model
+    if _model_options(args):
+        # one checkpoint: loaded here (the options name one model), benchmarked as a module
+        if len(args.model) != 1:
+            raise ValueError(
+                f"--weights, --num-classes and --class-names describe one model; "
+                f"--model names {len(args.model)}: run one benchmark per checkpoint"
+            )
+        name = Path(args.weights).stem if args.weights else Path(args.model[0]).name
+        models = {name or "model": _load(args, spec=args.model[0])}
     board = benchmark(
-        args.model,
+        models,
         args.data,
         methods=args.methods,
         metrics=args.metrics,
@@ -104,14 +114,31 @@ def _run_benchmark(args: argparse.Namespace) -> None:
         print(f"{kind}: {path}")
 
 
-def _load(args: argparse.Namespace, *, quiet_random_weights: bool = False):
-    """The model of ``--model`` (saying so when it is the default) on ``--device``."""
+def _model_options(args: argparse.Namespace) -> dict[str, object]:
+    """``load_model`` keywords of ``--weights``, ``--num-classes``, ``--class-names``."""
+    options = {
+        "weights": args.weights,
+        "num_classes": args.num_classes,
+        "class_names": args.class_names,
+    }
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def _load(args: argparse.Namespace, *, quiet_random_weights: bool = False, spec=None):
+    """The model of ``--model`` (saying so when it is the default) on ``--device``, with
+    ``--weights``, ``--num-classes`` and ``--class-names``."""
     from ..devices import resolve_device
     from ..evaluation.run_identity import load_model_seeded
     from ..models import RandomWeightsWarning
 
     device = resolve_device(args.device)
-    if args.model is None:
+    spec = spec if spec is not None else args.model
+    if args.weights is not None and spec is None:
+        raise ValueError(
+            f"--weights needs the timm architecture it was trained with: --model "
+            f"ARCHITECTURE --weights {args.weights} (e.g. --model resnet18)"
+        )
+    if spec is None:
         print(
             f"timmlens {args.command}: using {DEFAULT_MODEL} (EfficientNet-Lite0, real "
             f"ImageNet weights shipped with timmlens); choose another with --model",
@@ -123,7 +150,7 @@ def _load(args: argparse.Namespace, *, quiet_random_weights: bool = False):
             warnings.simplefilter("ignore", RandomWeightsWarning)
         # seeded: a spec with random weights (test_resnet) is the same model in a rerun,
         # so an evaluate or concepts run of it resumes
-        return load_model_seeded(args.model or DEFAULT_MODEL).to(device)
+        return load_model_seeded(spec or DEFAULT_MODEL, **_model_options(args)).to(device)
 
 
 def image_paths(items: Sequence[str]) -> list[str]:
@@ -323,7 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_outputs(args)
             run[args.command](args)
     except (TimmLensError, ValueError, FileNotFoundError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # a timmlens error may carry its hints written as command lines (--num-classes 5)
+        text = str(getattr(exc, "cli", None) or exc).strip()
+        message = text.splitlines()[0] if text else type(exc).__name__
         print(f"timmlens {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt as exc:  # Ctrl-C: one line, not a traceback

@@ -53,10 +53,34 @@ MODEL_HELP = (
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, model: bool = True) -> None:
-    """``--model`` (unless the command takes it as a positional) and ``--device``: the
-    same options, help and defaults on every command that runs a model."""
+    """``--model`` (unless the command takes it as a positional), your own checkpoint
+    (``--weights``, ``--num-classes``, ``--class-names``) and ``--device``: the same
+    options, help and defaults on every command that runs a model."""
     if model:
         parser.add_argument("--model", default=None, help=MODEL_HELP)
+    group = parser.add_argument_group("your own model")
+    group.add_argument(
+        "--weights",
+        default=None,
+        metavar="FILE",
+        help="your checkpoint (.pth/.pt/.bin state dict or .safetensors) for the timm "
+        "architecture named by --model, e.g. --model resnet18 --weights finetuned.pth",
+    )
+    group.add_argument(
+        "--num-classes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="classes of the model's head (default: read from the --weights head, else the "
+        "model's own); another number than the model's puts an untrained head on it",
+    )
+    group.add_argument(
+        "--class-names",
+        default=None,
+        metavar="FILE|a,b,c",
+        help="one name per class in index order: a file (one name a line, or a JSON "
+        "list) or a comma-separated list (default: the model's own names)",
+    )
     parser.add_argument(
         "--device",
         default="cpu",

@@ -12,9 +12,10 @@ from torch import nn
 from .._model_state import model_lock
 from .._warnings import warn_caller
 from ..errors import UnsupportedModelError
+from .class_names import ClassNames, check_class_names, read_class_names
 from .introspect import traced_num_classes, unwrap_model
 from .loading import PathLike, create_timm_model
-from .weights_status import WeightsStatus, has_random_mark, has_synthetic_mark
+from .weights_status import WeightsStatus, has_random_mark, has_synthetic_mark, looks_untrained
 
 
 class UntrainedHeadWarning(UserWarning):
@@ -57,7 +58,13 @@ class ImageClassifier(nn.Module):
         num_classes: ``None`` (or the pretrained count) keeps the pretrained classifier;
             another number creates a new, untrained head (warned); for a model passed
             in, that head sits on a copy of it.
-        weights: a weights file for an architecture-name ``backbone``.
+        weights: a weights file (``.safetensors``, ``.pth``, ``.bin``, ``.pt``) for an
+            architecture-name ``backbone``, e.g. your fine-tuned checkpoint; without
+            ``num_classes`` the head is built with the checkpoint's class count.
+        class_names: one name per class, in index order: a list, a file (one name a
+            line, or a JSON list) or ``"cat,dog,fox"``. Every title, page, row and
+            folder label then uses them (default: the model's own ``label_names``,
+            ImageNet names for 1000 classes, else ``class N``).
         pretrained: for a timm name with a pretrained tag, whether to load its weights
             (``False``: random weights); for a module passed in, ``False`` states that its
             weights are random, so every figure says so (the module is not changed).
@@ -73,6 +80,7 @@ class ImageClassifier(nn.Module):
         num_classes: int | None = None,
         *,
         weights: PathLike | None = None,
+        class_names: ClassNames | None = None,
         pretrained: bool = True,
         cache_dir: PathLike | None = None,
         **timm_kwargs: Any,
@@ -104,6 +112,11 @@ class ImageClassifier(nn.Module):
         self.num_classes: int = _class_count(model)
         self.backbone = model
         self.pretrained_cfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", {}) or {})
+        self.class_names: list[str] | None = None
+        if class_names is not None:
+            names = read_class_names(class_names)
+            check_class_names(names, self.num_classes)
+            self.class_names = names  # model_class_names reads them before label_names
         if user_module:
             self.training = model.training  # only the wrapper's own flag: the model's stay
         else:
@@ -187,7 +200,12 @@ class ImageClassifier(nn.Module):
     @property
     def weights_status(self) -> WeightsStatus:
         """Random weights, a new untrained head, or trained (read by every figure and file)."""
-        random = self._declared_random or has_random_mark(self) or has_random_mark(self.backbone)
+        random = (
+            self._declared_random
+            or has_random_mark(self)
+            or has_random_mark(self.backbone)
+            or looks_untrained(self.backbone)  # a model the user built without weights
+        )
         synthetic = has_synthetic_mark(self) or has_synthetic_mark(self.backbone)
         return WeightsStatus(random, self.num_classes if self.has_new_head else None, synthetic)
 

@@ -43,6 +43,7 @@ from torch import nn
 
 from .._model_state import explaining
 from ..errors import LabelNameError, LayerResolutionError, UnsupportedModelError
+from .class_names import CLASS_NAMES_ATTRIBUTE
 from .weights_status import weights_status
 from .wrappers import unwrap_model
 
@@ -302,7 +303,11 @@ def class_label(
 
 
 def model_class_names(model: nn.Module) -> Sequence[str] | None:
-    """Class names the model carries itself (``pretrained_cfg["label_names"]``), if any."""
+    """Class names the model carries: the user's (``ImageClassifier(class_names=...)``),
+    else the timm model's own (``pretrained_cfg["label_names"]``), if any."""
+    given = getattr(unwrap_model(model), CLASS_NAMES_ATTRIBUTE, None)
+    if isinstance(given, list) and len(given) == num_outputs(model):
+        return list(given)
     names = getattr(timm_model_of(model), "pretrained_cfg", {}) or {}
     labels = names.get("label_names") if isinstance(names, Mapping) else None
     if labels and len(labels) == num_outputs(model):

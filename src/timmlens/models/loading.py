@@ -69,16 +69,19 @@ def read_weights_file(weights_path: PathLike) -> dict[str, torch.Tensor]:
     """State dict from a .safetensors file, or a .pth/.bin/.pt file without unpickling code."""
     if not os.fspath(weights_path).strip():
         raise ModelLoadError(
-            "weights= is empty; pass a .safetensors, .pth, .bin or .pt file, or leave it out."
+            "weights= is empty; pass a .safetensors, .pth, .bin or .pt file, or leave it out.",
+            cli="--weights is empty; pass a .safetensors, .pth, .bin or .pt file, or leave it out.",
         )
     path = Path(weights_path).expanduser()
     if path.is_dir():
-        raise ModelLoadError(_directory_as_weights(path))
+        raise ModelLoadError(_directory_as_weights(path), cli=_directory_as_weights(path, cli=True))
     if not path.is_file():
+        found = f"does not exist (looked for {path.absolute()}). Check the path;"
+        expects = f"expects a {'/'.join(WEIGHT_SUFFIXES)} file."
         raise ModelLoadError(
-            f"No such weights file: weights='{os.fspath(weights_path)}' does not exist "
-            f"(looked for {path.absolute()}). Check the path; weights= expects a "
-            f"{'/'.join(WEIGHT_SUFFIXES)} file."
+            f"No such weights file: weights='{os.fspath(weights_path)}' {found} weights= {expects}",
+            cli=f"No such weights file: --weights {os.fspath(weights_path)} {found} --weights "
+            f"{expects}",
         )
     try:
         if path.suffix == ".safetensors":
@@ -102,22 +105,69 @@ def read_weights_file(weights_path: PathLike) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in checkpoint.items()}
 
 
-def _directory_as_weights(path: Path) -> str:
+def _directory_as_weights(path: Path, *, cli: bool = False) -> str:
+    """The error for a folder given as a weights file, for Python or (``cli``) the command."""
     inside = sorted(p.name for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    option = "--weights" if cli else "weights="
     if (path / "config.json").is_file():
-        hint = f"to load this HF-layout folder pass it as the spec: load_model('{path}')"
+        use = f"--model {path}" if cli else f"load_model('{path}')"
+        hint = f"to load this HF-layout folder pass it as the {'model' if cli else 'spec'}: {use}"
     elif inside:
-        hint = f"it holds {', '.join(inside[:5])}: pass one, e.g. weights='{path / inside[0]}'"
+        use = f"--weights {path / inside[0]}" if cli else f"weights='{path / inside[0]}'"
+        hint = f"it holds {', '.join(inside[:5])}: pass one, e.g. {use}"
     else:
-        hint = "to load a HF-layout folder (config.json + model.safetensors) pass it as the spec"
+        hint = (
+            "to load a HF-layout folder (config.json + model.safetensors) pass it as the "
+            f"{'--model' if cli else 'spec'}"
+        )
+    given = f"--weights {path}" if cli else f"weights='{path}'"
+    return f"{given} is a directory; {option} expects a file ({'/'.join(WEIGHT_SUFFIXES)}); {hint}."
+
+
+def classifier_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of ``model``'s classifier (``["fc.weight", "fc.bias"]``), or ``[]``."""
+    getter = getattr(model, "get_classifier", None)
+    head = getter() if callable(getter) else None
+    if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
+        return []
+    name = next((n for n, m in model.named_modules() if m is head), None)
+    if not name:
+        return []
+    return [f"{name}.{key}" for key in head.state_dict()]
+
+
+def checkpoint_num_classes(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> int | None:
+    """The class count of the head in ``state_dict``, read from ``model``'s classifier
+    entries (``fc.weight``: ``(K, C)`` -> ``K``); ``None`` when it has no such entry."""
+    for key in classifier_keys(model):
+        value = state_dict.get(key)
+        if key.endswith("weight") and isinstance(value, torch.Tensor) and value.dim() >= 1:
+            return int(value.shape[0])
+    return None
+
+
+def _head_hint(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> tuple[str, str] | None:
+    """(Python, CLI) hints when the head alone does not fit: the checkpoint's class count."""
+    own = model.state_dict()
+    mismatched = {k for k, v in state_dict.items() if k in own and own[k].shape != v.shape}
+    count = checkpoint_num_classes(model, state_dict)
+    if not mismatched or count is None or not mismatched <= set(classifier_keys(model)):
+        return None
+    model_count = getattr(model, "num_classes", "another number of")
+    lead = f"The checkpoint has a {count}-class head, the model {model_count} classes:"
     return (
-        f"weights='{path}' is a directory; weights= expects a file "
-        f"({'/'.join(WEIGHT_SUFFIXES)}); {hint}."
+        f"{lead} pass num_classes={count} (or leave num_classes out: it is read from the "
+        f"checkpoint).",
+        f"{lead} pass --num-classes {count} (or leave --num-classes out: it is read from the "
+        f"checkpoint).",
     )
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state_dict`` strictly, listing missing, unexpected and mis-shaped entries."""
+    """Load ``state_dict`` strictly, listing missing, unexpected and mis-shaped entries.
+
+    A head that alone does not fit says which ``num_classes`` (``--num-classes``) does.
+    """
     own = model.state_dict()
     shape_errors = [
         f"  {k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -127,6 +177,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     if shape_errors or missing or unexpected:
+        hints = _head_hint(model, state_dict) if not (missing or unexpected) else None
         lines = [f"Weights from {source} do not fit {type(model).__name__}:"]
         if shape_errors:
             lines += ["shape mismatches:", *shape_errors[:20]]
@@ -134,9 +185,33 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
             lines.append(f"missing {len(missing)} entries, e.g. {', '.join(missing[:5])}")
         if unexpected:
             lines.append(f"unexpected {len(unexpected)} entries, e.g. {', '.join(unexpected[:5])}")
-        lines.append("Are these weights for another architecture or number of classes?")
-        raise WeightsMismatchError("\n".join(lines))
+        if hints:
+            lines.append(hints[0])
+            cli = f"Weights from {source} do not fit {type(model).__name__}. {hints[1]}"
+        else:
+            lines.append("Are these weights for another architecture or number of classes?")
+            cli = (
+                f"Weights from {source} do not fit {type(model).__name__} "
+                f"({len(shape_errors)} mis-shaped, {len(missing)} missing, {len(unexpected)} "
+                f"unexpected entries): are they for another architecture? Name the one they "
+                f"were trained with: --model ARCHITECTURE --weights {source}"
+            )
+        raise WeightsMismatchError("\n".join(lines), cli=cli)
     model.load_state_dict(state_dict, strict=True)
+
+
+def _from_weights_file(
+    architecture: str, weights: PathLike, timm_kwargs: dict[str, Any]
+) -> nn.Module:
+    """``architecture`` with ``weights`` loaded; without ``num_classes`` in ``timm_kwargs``
+    the head is built with the checkpoint's class count (a fine-tuned 5-class model)."""
+    state_dict = read_weights_file(weights)
+    model = timm.create_model(architecture, pretrained=False, **timm_kwargs)
+    count = checkpoint_num_classes(model, state_dict)
+    if "num_classes" not in timm_kwargs and count is not None and count != model.num_classes:
+        model = timm.create_model(architecture, pretrained=False, **timm_kwargs, num_classes=count)
+    load_weights(model, state_dict, os.fspath(weights))
+    return model.eval()
 
 
 def _from_folder(folder: Path, **kwargs: Any) -> nn.Module:
@@ -189,6 +264,19 @@ def _missing_path(spec: str, path: Path) -> str:
     )
 
 
+def _check_weights_spec(spec: str) -> None:
+    """A weights file needs an architecture name: anything else brings its own weights."""
+    own = spec.startswith((KNOWN_ANSWER_PREFIX, BUNDLED_PREFIX, HUB_PREFIX))
+    if own or Path(spec).expanduser().is_dir():
+        raise ModelLoadError(
+            f"weights= is given with '{spec}', which brings its own weights; weights= goes "
+            f"with a timm architecture name: load_model('resnet18', weights='model.pth').",
+            cli=f"--weights is given with --model {spec}, which brings its own weights; "
+            f"--weights goes with a timm architecture name: --model resnet18 --weights "
+            f"model.pth.",
+        )
+
+
 def create_timm_model(
     spec: str | PathLike,
     *,
@@ -207,6 +295,8 @@ def create_timm_model(
         timm_kwargs: passed to ``timm.create_model`` (``img_size=``, ``drop_rate=``, ...).
     """
     spec_str = os.fspath(spec)
+    if weights is not None:
+        _check_weights_spec(spec_str)
     if spec_str.startswith(KNOWN_ANSWER_PREFIX):
         return create_known_answer_model(spec_str)
     if spec_str.startswith(BUNDLED_PREFIX):
@@ -224,14 +314,16 @@ def create_timm_model(
         raise ModelLoadError(_missing_path(spec_str, path))
     if path.suffix in WEIGHT_SUFFIXES or path.is_file():
         raise ModelLoadError(
-            f"'{spec_str}' is a weights file; name its architecture too: "
-            f"load_model('resnet18', weights='{spec_str}')."
+            f"'{spec_str}' is a weights file; name its architecture too (the timm name it "
+            f"was trained with): load_model('ARCHITECTURE', weights='{spec_str}'), e.g. "
+            f"load_model('resnet18', weights='{spec_str}').",
+            cli=f"'{spec_str}' is a weights file; name its architecture with --model and pass "
+            f"the file with --weights: --model ARCHITECTURE --weights {spec_str} (e.g. "
+            f"--model resnet18 --weights {spec_str}).",
         )
     architecture = _check_architecture(spec_str)
     if weights is not None:
-        model = timm.create_model(architecture, pretrained=False, **timm_kwargs)
-        load_weights(model, read_weights_file(weights), str(weights))
-        return model.eval()
+        return _from_weights_file(architecture, weights, timm_kwargs)
     has_tag = "." in spec_str
     if not (pretrained and has_tag):
         warn_caller(

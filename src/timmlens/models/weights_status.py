@@ -6,7 +6,9 @@ an [`ImageClassifier`][timmlens.models.ImageClassifier] adds whether it put a ne
 on top. Every figure title, HTML page, saved explanation and output file name reads
 [`weights_status`][], so an untrained model is never shown as if it were real.
 
-A module you build yourself and pass in is taken as trained; say otherwise with
+A module you build yourself and pass in is taken as trained unless its weights look
+untrained (`looks_untrained`: every normalisation layer still at its initial values,
+as ``timm.create_model("resnet18")`` leaves them); say otherwise with
 ``ImageClassifier(module, pretrained=False)`` or `mark_random_weights`.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 #: set on a timm module created with random weights (survives ``copy.deepcopy``)
@@ -45,6 +48,37 @@ def has_synthetic_mark(module: Any) -> bool:
 def has_random_mark(module: Any) -> bool:
     """Whether ``module`` was marked by `mark_random_weights`."""
     return bool(getattr(module, RANDOM_WEIGHTS_ATTRIBUTE, False))
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _at_init(module: nn.Module) -> bool:
+    """Whether a norm layer holds its initial values: running statistics never updated
+    (mean 0, variance 1) and an affine part of ones (or zeros: ResNets zero-init the last
+    norm of each block) and zero bias. Training changes at least one of them."""
+    with torch.no_grad():
+        mean = getattr(module, "running_mean", None)
+        var = getattr(module, "running_var", None)
+        if isinstance(mean, torch.Tensor) and bool(mean.any()):
+            return False
+        if isinstance(var, torch.Tensor) and not bool((var == 1).all()):
+            return False
+        weight = getattr(module, "weight", None)
+        bias = getattr(module, "bias", None)
+        affine = isinstance(weight, torch.Tensor) and weight.numel() > 0
+        if affine and not (bool((weight == 1).all()) or bool((weight == 0).all())):
+            return False
+        return not (isinstance(bias, torch.Tensor) and bool(bias.any()))
+
+
+def looks_untrained(module: nn.Module) -> bool:
+    """Whether ``module``'s weights look untrained: it has normalisation layers (BatchNorm,
+    LayerNorm, GroupNorm and timm's subclasses) and every one of them is still at its
+    initial values (`_at_init`). A model without norm layers is not judged (``False``).
+    """
+    norms = [m for m in module.modules() if isinstance(m, _NORMS)]
+    return bool(norms) and all(_at_init(m) for m in norms)
 
 
 @dataclass(frozen=True)
@@ -99,7 +133,8 @@ def weights_status(model: nn.Module) -> WeightsStatus:
     status = getattr(model, "weights_status", None)
     if isinstance(status, WeightsStatus):
         return status
-    return WeightsStatus(random=has_random_mark(model), synthetic=has_synthetic_mark(model))
+    random = has_random_mark(model) or looks_untrained(model)
+    return WeightsStatus(random=random, synthetic=has_synthetic_mark(model))
 
 
 def with_weights_note(model: nn.Module, note: str | None = None) -> str | None:

@@ -1,0 +1,165 @@
+"""The researcher's own model (issue 30): a fine-tuned 5-class timm ResNet saved as a
+``.pth`` state dict and as a HF-layout folder, an image folder named by class, through
+``load_model`` and every ``timmlens`` command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from timmlens import ImageClassifier, load_model
+from timmlens.cli import main
+from timmlens.errors import ModelLoadError, WeightsMismatchError
+from timmlens.models.introspect import class_name_of, label_resolver_for
+from timmlens.models.weights_status import looks_untrained, weights_status
+
+NAMES = ["ant", "bee", "cat", "dog", "eel"]
+
+
+def _fine_tuned(seed: int = 0) -> torch.nn.Module:
+    """A 5-class test_resnet whose norm layers moved off their initial values, as
+    fine-tuning leaves them (random weights otherwise: only shapes and labels matter)."""
+    torch.manual_seed(seed)
+    model = timm.create_model("test_resnet", num_classes=5)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """``{"model", "pth", "folder", "names", "data"}``: the model, its .pth, its HF folder
+    (with label_names), a names file, and a folder of images named by class."""
+    root = tmp_path_factory.mktemp("own")
+    model = _fine_tuned()
+    pth = root / "finetuned.pth"
+    torch.save({"state_dict": model.state_dict()}, pth)  # a training script's checkpoint
+    folder = root / "hf"
+    timm.models.save_for_hf(
+        model, folder, model_config={"label_names": NAMES}, safe_serialization=True
+    )
+    names = root / "names.txt"
+    names.write_text("# my classes\n" + "\n".join(NAMES) + "\n")
+    data = root / "data"
+    rng = np.random.default_rng(0)
+    for name in NAMES[:2]:
+        (data / name).mkdir(parents=True)
+        for index in range(2):
+            pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(data / name / f"{index}.png")
+    return {"model": model, "pth": pth, "folder": folder, "names": names, "data": data}
+
+
+def test_checkpoint_head_size_is_read_from_the_state_dict(checkpoint):
+    loaded = load_model("test_resnet", weights=checkpoint["pth"])
+    assert loaded.num_classes == 5 and not loaded.has_new_head
+    assert loaded.weights_status.trained
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), checkpoint["model"](x), atol=1e-6)
+
+
+def test_a_wrong_num_classes_names_the_one_that_fits(checkpoint):
+    with pytest.raises(WeightsMismatchError) as caught:
+        ImageClassifier("test_resnet", weights=checkpoint["pth"], num_classes=1000)
+    assert "The checkpoint has a 5-class head, the model 1000 classes: pass num_classes=5" in (
+        str(caught.value)
+    )
+    assert "pass --num-classes 5" in caught.value.cli
+
+
+def test_class_names_from_a_list_a_file_or_commas(checkpoint):
+    for given in (NAMES, checkpoint["names"], ",".join(NAMES)):
+        model = load_model("test_resnet", weights=checkpoint["pth"], class_names=given)
+        assert model.class_names == NAMES
+        assert class_name_of(model, 3) == "dog"
+        assert label_resolver_for(model).resolve("eel") == 4
+    json_file = checkpoint["names"].with_suffix(".json")
+    json_file.write_text(json.dumps(NAMES))
+    assert load_model("test_resnet", weights=checkpoint["pth"], class_names=json_file).class_names
+
+
+def test_class_names_errors(checkpoint):
+    with pytest.raises(ModelLoadError, match=r"has 2 names \(a, b\) but the model has 5") as c:
+        load_model("test_resnet", weights=checkpoint["pth"], class_names=["a", "b"])
+    assert c.value.cli.startswith("--class-names has 2 names")
+    with pytest.raises(ModelLoadError, match="neither a file nor a comma-separated list"):
+        load_model("test_resnet", weights=checkpoint["pth"], class_names="names.txt")
+    with pytest.raises(ModelLoadError, match="repeat 'a'"):
+        load_model("test_resnet", weights=checkpoint["pth"], class_names="a,a,b,c,d")
+
+
+def test_hf_folder_brings_its_names_and_user_names_win(checkpoint):
+    model = load_model(checkpoint["folder"])
+    assert class_name_of(model, 1) == "bee"
+    renamed = load_model(checkpoint["folder"], class_names="A,B,C,D,E")
+    assert class_name_of(renamed, 1) == "B"
+
+
+def test_weights_with_a_spec_that_brings_its_own_is_refused(checkpoint):
+    with pytest.raises(ModelLoadError, match="brings its own weights") as caught:
+        load_model(checkpoint["folder"], weights=checkpoint["pth"])
+    assert "--model resnet18 --weights model.pth" in caught.value.cli
+
+
+def test_a_model_the_user_built_without_weights_is_labelled_random():
+    torch.manual_seed(0)
+    built = timm.create_model("test_resnet", num_classes=5)
+    assert looks_untrained(built) and weights_status(built).random
+    wrapped = ImageClassifier(built)
+    assert wrapped.weights_status.note == "random weights"
+    vit = timm.create_model("test_vit", num_classes=5)
+    assert looks_untrained(vit)
+    # one trained norm is enough to count as trained: fine-tuned models are never flagged
+    assert not looks_untrained(_fine_tuned())
+    assert not ImageClassifier(_fine_tuned()).weights_status.random
+    # a model without norm layers is not judged
+    assert not looks_untrained(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)))
+
+
+def _one_error_line(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_cli_hints_are_command_lines(checkpoint, tmp_path, capsys):
+    image = str(checkpoint["data"] / "ant" / "0.png")
+    out = ["--out", str(tmp_path / "out")]
+    pth = str(checkpoint["pth"])
+    assert main(["explain", image, "--model", pth, *out]) == 2
+    line = _one_error_line(capsys)
+    assert f"--model ARCHITECTURE --weights {pth}" in line and "load_model" not in line
+    assert main(["explain", image, "--weights", pth, *out]) == 2
+    assert "--weights needs the timm architecture" in _one_error_line(capsys)
+    argv = ["explain", image, "--model", "test_resnet", "--weights", pth, "--num-classes", "7"]
+    assert main([*argv, *out]) == 2
+    assert "pass --num-classes 5" in _one_error_line(capsys)
+    argv = ["explain", image, "--model", "test_resnet", "--weights", pth, "--class-names", "a,b"]
+    assert main([*argv, *out]) == 2
+    assert "--class-names has 2 names (a, b) but the model has 5 classes" in (
+        _one_error_line(capsys)
+    )
+
+
+def test_cli_explain_and_layers_with_your_checkpoint(checkpoint, tmp_path, capsys):
+    image = str(checkpoint["data"] / "ant" / "0.png")
+    own = ["--model", "test_resnet", "--weights", str(checkpoint["pth"])]
+    names = ["--class-names", str(checkpoint["names"])]
+    assert main(["explain", image, *own, *names, "--out", str(tmp_path / "a")]) == 0
+    # "data/ant/0.png: bee (28.3%) -> ...": the prediction by its name, not "class 1"
+    named = capsys.readouterr().out.split(": ", 1)[1].split(" (")[0]
+    assert named in NAMES
+    folder = ["--model", str(checkpoint["folder"]), "--out", str(tmp_path / "b")]
+    assert main(["explain", image, *folder]) == 0
+    assert capsys.readouterr().out.split(": ", 1)[1].split(" (")[0] == named
+    assert main(["layers", "test_resnet", "--weights", str(checkpoint["pth"])]) == 0
+    assert "backbone.layer4" in capsys.readouterr().out
