@@ -1,6 +1,7 @@
 """Layer methods of the CAM family: a map from a layer's activations (and gradients)."""
 
 from .engine import CamContext, CAMExplainer
+from .fullgrad import FullGrad
 from .gradcam import GradCAM, GradCAMPlusPlus
 from .perturbation import AblationCAM, ScoreCAM
 from .variants import EigenCAM, EigenGradCAM, HiResCAM, LayerCAM, RandomCAM, XGradCAM
@@ -11,6 +12,7 @@ __all__ = [
     "CamContext",
     "EigenCAM",
     "EigenGradCAM",
+    "FullGrad",
     "GradCAM",
     "GradCAMPlusPlus",
     "HiResCAM",
