@@ -1,6 +1,7 @@
 """Layer methods of the CAM family: a map from a layer's activations (and gradients)."""
 
 from .engine import CamContext, CAMExplainer
+from .fullgrad import FullGrad
 from .gradcam import GradCAM, GradCAMPlusPlus
 from .perturbation import AblationCAM, ScoreCAM
 from .pgc_scores import FinerCAM, ShapleyCAM
@@ -16,6 +17,7 @@ __all__ = [
     "EigenCAM",
     "EigenGradCAM",
     "FinerCAM",
+    "FullGrad",
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",
