@@ -37,10 +37,11 @@ DOCS_PAGE = ROOT / "docs" / "methods" / "index.md"
 sys.path.insert(0, str(ROOT / "tools"))
 from methods_page import methods_markdown  # noqa: E402 - the generator lives in tools/
 
-CAM = ["fullgrad", "gradcam", "gradcampp", "scorecam", "ablationcam", "hirescam", "xgradcam"]
+CAM = ["fullgrad", "gradcam", "gradcampp", "scorecam", "ablationcam", "shapleycam", "finercam"]
+CAM += ["gradcamelementwise", "fem", "kpcacam", "sobelcam", "hirescam", "xgradcam"]
 CAM += ["layercam", "eigencam", "eigengradcam", "randomcam"]
-#: CAM methods without a target layer (FullGrad: every bias layer)
-LAYERLESS_CAM = ["fullgrad"]
+#: CAM methods without a target layer (FullGrad: every bias layer; SobelCAM: the input image)
+LAYERLESS_CAM = ["fullgrad", "sobelcam"]
 INPUT = ["centerprior", "deeplift", "deepliftshap", "gradientshap", "saliency", "inputxgradient"]
 INPUT += ["guidedbackprop", "deconvolution", "guidedgradcam", "ig", "lrp", "occlusion"]
 INPUT += ["featureablation", "shapley", "kernelshap", "lime", "rise", "smoothgrad"]
@@ -153,7 +154,8 @@ def test_a_registered_toy_method_appears_everywhere(small, tmp_path):
     with scoped_registry():
         toy = _toy_saliency_class()
         # The registry, its kinds and applicability, aliases at the edge.
-        assert methods()[-len(ATTENTION) - 1 :] == ["toy_saliency", *ATTENTION]  # grouped with its engine
+        # grouped with its engine
+        assert methods()[-len(ATTENTION) - 1 :] == ["toy_saliency", *ATTENTION]
         assert "toy_saliency" in methods(kind="input", model=small)
         assert resolve_method("Toy-Grad").cls is toy and toy.name == "toy_saliency"
         # The CLI: choices of every command and the --method help.
