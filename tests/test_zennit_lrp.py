@@ -189,35 +189,47 @@ def _without_biases(model: nn.Module) -> nn.Module:
     return model
 
 
+def _silu_to_relu(model: nn.Module) -> nn.Module:
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.SiLU):
+                setattr(module, name, nn.ReLU())
+    return model
+
+
 @pytest.mark.parametrize(
     ("name", "composite"),
     [
         ("resnet18", "epsilon_plus_flat"),  # BasicBlock adds, max pool
         ("test_resnet", "epsilon_alpha2_beta1"),  # Bottleneck, deep stem, avg-pool shortcut
-        ("test_efficientnet", "epsilon_plus_flat"),  # EdgeResidual / InvertedResidual, SE
+        ("test_efficientnet", "epsilon_plus_flat"),  # EdgeResidual / InvertedResidual, SE gates
     ],
 )
 def test_relevance_is_conserved_without_biases(name, composite):
-    """z+, alpha-beta, flat, Norm (sums, average pools) and Pass conserve relevance exactly
-    (up to the 1e-6 stabilisers); with no bias to absorb any, the input relevance sums to
-    the target logit. A residual add without the canonizer's Sum doubles relevance."""
-    model = _without_biases(explainable_model(name, seed=0, num_classes=10).eval())
+    """z+, flat, Norm (sums, average pools), Pass and the SE gate conserve relevance exactly
+    (up to the stabilisers); with no bias to absorb any and ReLU activations, the input
+    relevance sums to the target logit. A residual add without the canonizer's Sum
+    doubles relevance. (With SiLU, z+ loses relevance where a neuron's positive part is
+    ~0: docs/methods/lrp.md reports it per family.)"""
+    model = explainable_model(name, seed=0, num_classes=10).eval()
+    model = _silu_to_relu(_without_biases(model))
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits = model(x)
     targets = logits.argmax(dim=1)
-    relevance = create_explainer("lrp", model, composite=composite, epsilon=1e-9).attributions(
-        x, targets
-    )
+    explainer = create_explainer("lrp", model, composite=composite, epsilon=1e-9)
+    relevance = explainer.attributions(x, targets)
     expected = logits[torch.arange(2), targets]
     torch.testing.assert_close(relevance.sum(dim=(1, 2, 3)), expected, rtol=1e-3, atol=1e-5)
 
 
 def test_canonizers_keep_the_forward_and_are_undone():
     """Residual Sums and gates change nothing the model computes, and leave nothing."""
+    import timm
     from zennit.core import Composite
 
-    model = explainable_model("test_efficientnet", seed=0, num_classes=10).eval()
+    torch.manual_seed(0)
+    model = timm.create_model("efficientnet_b0", num_classes=10).eval()  # skips and SE
     resnet = explainable_model("test_resnet", seed=0, num_classes=10).eval()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     for net in (model, resnet):
