@@ -26,7 +26,7 @@ from torch import nn
 from ...adapters import get_adapter
 from ...adapters.relevance_rules import relevance_layout
 from ...errors import UnsupportedModelError
-from .._targets import ResolvedTargets, predicted_or, target_rows
+from .._targets import ResolvedTargets, target_rows
 from ..base import Explainer, Explanation, normalize_maps
 from ..input.engine import attribution_heatmap
 from ..registry import register_method
@@ -132,7 +132,7 @@ class _RelevancePropagation(Explainer):
             heatmap = normalize_maps(relevance.sum(dim=1).float())
         return Explanation(
             heatmap=heatmap,
-            targets=chosen if rows is None else predicted_or(rows, logits),
+            targets=chosen,  # a callable target stays one: the base reports its label
             logits=logits.detach(),
             attributions=relevance,
             extras={
