@@ -37,8 +37,9 @@ DOCS_PAGE = ROOT / "docs" / "methods" / "index.md"
 sys.path.insert(0, str(ROOT / "tools"))
 from methods_page import methods_markdown  # noqa: E402 - the generator lives in tools/
 
-CAM = ["gradcam", "gradcampp", "scorecam", "ablationcam", "hirescam", "xgradcam", "layercam"]
-CAM += ["eigencam", "eigengradcam", "randomcam"]
+CAM = ["gradcam", "gradcampp", "scorecam", "ablationcam"]
+CAM += ["shapleycam", "finercam", "gradcamelementwise", "fem", "kpcacam", "sobelcam"]  # pgc_*
+CAM += ["hirescam", "xgradcam", "layercam", "eigencam", "eigengradcam", "randomcam"]
 INPUT = ["centerprior", "deeplift", "deepliftshap", "gradientshap", "saliency", "inputxgradient"]
 INPUT += ["guidedbackprop", "deconvolution", "guidedgradcam", "ig", "lrp", "occlusion"]
 INPUT += ["featureablation", "shapley", "kernelshap", "lime", "rise", "smoothgrad"]
@@ -86,7 +87,8 @@ def _cli_choices(command: str, option: str) -> list[str]:
 
 def test_builtin_methods_in_registry_order_with_their_canonical_names(small, vit):
     assert methods() == BUILTIN and list(METHODS) == BUILTIN
-    assert methods(kind="cam") == CAM and layer_methods() == [*CAM, "guidedgradcam"]
+    layered = [name for name in CAM if name != "sobelcam"]  # the image's edges, no layer
+    assert methods(kind="cam") == CAM and layer_methods() == [*layered, "guidedgradcam"]
     assert methods(kind="input") == INPUT
     assert methods(model=small) == CAM + INPUT
     assert methods(kind="attention", model=vit) == ATTENTION
