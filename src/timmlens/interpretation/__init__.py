@@ -29,15 +29,21 @@ if TYPE_CHECKING:
     from .attention import AttentionMaps, AttentionVisualizer, CheferRelevance, LeGrad
     from .base import Explainer, normalize_maps
     from .cam import (
+        FEM,
+        KPCACAM,
         AblationCAM,
         EigenCAM,
         EigenGradCAM,
+        FinerCAM,
         GradCAM,
+        GradCAMElementWise,
         GradCAMPlusPlus,
         HiResCAM,
         LayerCAM,
         RandomCAM,
         ScoreCAM,
+        ShapleyCAM,
+        SobelCAM,
         XGradCAM,
     )
     from .input import (
@@ -81,6 +87,13 @@ _METHOD_CLASSES: dict[str, tuple[str, ...]] = {
         "RandomCAM",
         "ScoreCAM",
         "XGradCAM",
+        # pytorch-grad-cam's remaining CAMs (issue 31)
+        "FEM",
+        "FinerCAM",
+        "GradCAMElementWise",
+        "KPCACAM",
+        "ShapleyCAM",
+        "SobelCAM",
     ),
     ".input": (
         "LRP",
@@ -128,6 +141,8 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "FEM",
+    "KPCACAM",
     "LRP",
     "RISE",
     "AblationCAM",
@@ -144,7 +159,9 @@ __all__ = [
     "Explainer",
     "ExplanationResult",
     "FeatureAblation",
+    "FinerCAM",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
     "GradientShap",
     "GuidedBackprop",
@@ -162,8 +179,10 @@ __all__ = [
     "RandomCAM",
     "Saliency",
     "ScoreCAM",
+    "ShapleyCAM",
     "ShapleyValueSampling",
     "SmoothGrad",
+    "SobelCAM",
     "XGradCAM",
     "as_explainer",
     "compare_architectures",
