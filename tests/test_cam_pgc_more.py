@@ -23,7 +23,7 @@ import timm
 import torch
 from torch import nn
 
-from timmlens.errors import TargetError
+from timmlens.errors import LayerResolutionError, TargetError
 from timmlens.interpretation.cam import (
     FEM,
     KPCACAM,
@@ -34,7 +34,11 @@ from timmlens.interpretation.cam import (
     SobelCAM,
 )
 from timmlens.interpretation.cam.pgc_scores import finer_scores, unfused_attention
-from timmlens.interpretation.cam.pgc_variants import kernel_principal_component, sobel_edges
+from timmlens.interpretation.cam.pgc_variants import (
+    fem_weights,
+    kernel_principal_component,
+    sobel_edges,
+)
 from timmlens.interpretation.registry import METHODS
 from timmlens.testing import make_explainable
 
@@ -330,6 +334,13 @@ def test_class_agnostic_methods_take_no_gradients() -> None:
         KPCACAM(model, target_layer=VIT_LAYER, kernel="gauss")
     with pytest.raises(ValueError, match="FEM's k must be a number"):
         FEM(model, target_layer=VIT_LAYER, k="2")
+    # a 4x4 map: sqrt(15) = 3.87 standard deviations at most, so k=4 can select nothing
+    with pytest.raises(LayerResolutionError, match=r"cannot select any position of the 4x4"):
+        FEM(model, target_layer=VIT_LAYER, k=4)(inputs)
+    # Samuelson's bound is tight: one peak on a 4x4 map is sqrt(15) deviations up
+    peak = torch.zeros(1, 1, 4, 4)
+    peak[..., 1, 2] = 1.0
+    assert fem_weights(peak, k=3.87).item() == 1 / 16 and fem_weights(peak, k=3.88).item() == 0
 
 
 def test_sobelcam_is_pytorch_grad_cams_edge_map(real_model, photos) -> None:

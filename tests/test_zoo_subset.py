@@ -53,6 +53,9 @@ KNOWN_CONSTANT = {
         ("hierarchical tokens", m)
         for m in ("gradcam", "gradcampp", "hirescam", "xgradcam", "guidedgradcam")
     ),
+    # GradCAM's weights with a second-order term, or on FinerCAM's score: the same zeros
+    ("hierarchical tokens", "shapleycam"),
+    ("hierarchical tokens", "finercam"),
 }
 
 

@@ -36,15 +36,21 @@ if TYPE_CHECKING:
     )
     from .base import Explainer, normalize_maps
     from .cam import (
+        FEM,
+        KPCACAM,
         AblationCAM,
         EigenCAM,
         EigenGradCAM,
+        FinerCAM,
         GradCAM,
+        GradCAMElementWise,
         GradCAMPlusPlus,
         HiResCAM,
         LayerCAM,
         RandomCAM,
         ScoreCAM,
+        ShapleyCAM,
+        SobelCAM,
         XGradCAM,
     )
     from .input import (
@@ -88,6 +94,13 @@ _METHOD_CLASSES: dict[str, tuple[str, ...]] = {
         "RandomCAM",
         "ScoreCAM",
         "XGradCAM",
+        # pytorch-grad-cam's remaining CAMs (issue 31)
+        "FEM",
+        "FinerCAM",
+        "GradCAMElementWise",
+        "KPCACAM",
+        "ShapleyCAM",
+        "SobelCAM",
     ),
     ".input": (
         "LRP",
@@ -138,6 +151,8 @@ _EXPORTS = {
 
 __all__ = [
     "CPLRP",
+    "FEM",
+    "KPCACAM",
     "LRP",
     "RISE",
     "AblationCAM",
@@ -155,7 +170,9 @@ __all__ = [
     "Explainer",
     "ExplanationResult",
     "FeatureAblation",
+    "FinerCAM",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
     "GradientShap",
     "GuidedBackprop",
@@ -173,8 +190,10 @@ __all__ = [
     "RandomCAM",
     "Saliency",
     "ScoreCAM",
+    "ShapleyCAM",
     "ShapleyValueSampling",
     "SmoothGrad",
+    "SobelCAM",
     "XGradCAM",
     "as_explainer",
     "compare_architectures",

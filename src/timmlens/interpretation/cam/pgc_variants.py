@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...adapters import LayerSpec
+from ...errors import LayerResolutionError
 from ...models.introspect import data_config
 from .._targets import ResolvedTargets, TargetScore, target_rows
 from ..base import Explainer, Explanation, normalize_maps
@@ -129,6 +130,18 @@ class FEM(CAMExplainer):
         return f"{super().__repr__()[:-1]}, k={self.k})"
 
     def channel_weights(self, ctx: CamContext) -> torch.Tensor:
+        cells = ctx.activations.shape[-2:].numel()
+        # Samuelson: no value of n exceeds its mean by more than sqrt(n - 1) (population)
+        # standard deviations, so on a map that small every weight would be 0.
+        if cells - 1 <= self.k**2:
+            height, width = ctx.activations.shape[-2:]
+            raise LayerResolutionError(
+                f"FEM's k-sigma rule cannot select any position of the {height}x{width} map "
+                f"of {ctx.layer_name}: of {cells} values none exceeds the mean by more than "
+                f"sqrt({cells - 1}) = {(cells - 1) ** 0.5:.2f} standard deviations, and "
+                f"k={self.k:g}. Give larger images (the model's own size), an earlier layer "
+                f"(target_layer=) or a smaller k."
+            )
         return fem_weights(ctx.activations, self.k)
 
 
