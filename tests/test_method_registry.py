@@ -37,8 +37,8 @@ DOCS_PAGE = ROOT / "docs" / "methods" / "index.md"
 sys.path.insert(0, str(ROOT / "tools"))
 from methods_page import methods_markdown  # noqa: E402 - the generator lives in tools/
 
-CAM = ["fullgrad", "gradcam", "gradcampp", "scorecam", "ablationcam", "hirescam", "xgradcam"]
-CAM += ["layercam", "eigencam", "eigengradcam", "randomcam"]
+CAM = ["fullgrad", "gradcam", "gradcampp", "scorecam", "ablationcam", "sess", "hirescam"]
+CAM += ["xgradcam", "layercam", "eigencam", "eigengradcam", "randomcam"]
 #: CAM methods without a target layer (FullGrad: every bias layer)
 LAYERLESS_CAM = ["fullgrad"]
 INPUT = ["centerprior", "deeplift", "deepliftshap", "gradientshap", "saliency", "inputxgradient"]

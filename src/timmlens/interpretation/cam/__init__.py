@@ -4,9 +4,11 @@ from .engine import CamContext, CAMExplainer
 from .fullgrad import FullGrad
 from .gradcam import GradCAM, GradCAMPlusPlus
 from .perturbation import AblationCAM, ScoreCAM
+from .sess import SESS
 from .variants import EigenCAM, EigenGradCAM, HiResCAM, LayerCAM, RandomCAM, XGradCAM
 
 __all__ = [
+    "SESS",
     "AblationCAM",
     "CAMExplainer",
     "CamContext",
