@@ -29,9 +29,11 @@ if TYPE_CHECKING:
     from .attention import AttentionMaps, AttentionVisualizer, CheferRelevance, LeGrad
     from .base import Explainer, normalize_maps
     from .cam import (
+        SESS,
         AblationCAM,
         EigenCAM,
         EigenGradCAM,
+        FullGrad,
         GradCAM,
         GradCAMPlusPlus,
         HiResCAM,
@@ -74,11 +76,13 @@ _METHOD_CLASSES: dict[str, tuple[str, ...]] = {
         "AblationCAM",
         "EigenCAM",
         "EigenGradCAM",
+        "FullGrad",
         "GradCAM",
         "GradCAMPlusPlus",
         "HiResCAM",
         "LayerCAM",
         "RandomCAM",
+        "SESS",
         "ScoreCAM",
         "XGradCAM",
     ),
@@ -130,6 +134,7 @@ _EXPORTS = {
 __all__ = [
     "LRP",
     "RISE",
+    "SESS",
     "AblationCAM",
     "ArchitectureComparison",
     "AttentionMaps",
@@ -144,6 +149,7 @@ __all__ = [
     "Explainer",
     "ExplanationResult",
     "FeatureAblation",
+    "FullGrad",
     "GradCAM",
     "GradCAMPlusPlus",
     "GradientShap",
