@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from methods_page import methods_markdown  # noqa: E402 - the generator lives in tools/
 
 CAM = ["fullgrad", "gradcam", "gradcampp", "scorecam", "ablationcam", "shapleycam", "finercam"]
-CAM += ["gradcamelementwise", "fem", "kpcacam", "sobelcam", "hirescam", "xgradcam"]
+CAM += ["gradcamelementwise", "fem", "kpcacam", "sobelcam", "sess", "hirescam", "xgradcam"]
 CAM += ["layercam", "eigencam", "eigengradcam", "randomcam"]
 #: CAM methods without a target layer (FullGrad: every bias layer; SobelCAM: the input image)
 LAYERLESS_CAM = ["fullgrad", "sobelcam"]

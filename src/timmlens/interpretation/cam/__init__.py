@@ -6,11 +6,13 @@ from .gradcam import GradCAM, GradCAMPlusPlus
 from .perturbation import AblationCAM, ScoreCAM
 from .pgc_scores import FinerCAM, ShapleyCAM
 from .pgc_variants import FEM, KPCACAM, GradCAMElementWise, SobelCAM
+from .sess import SESS
 from .variants import EigenCAM, EigenGradCAM, HiResCAM, LayerCAM, RandomCAM, XGradCAM
 
 __all__ = [
     "FEM",
     "KPCACAM",
+    "SESS",
     "AblationCAM",
     "CAMExplainer",
     "CamContext",
