@@ -271,6 +271,8 @@ def test_nmf_keeps_its_run_identity_and_gets_quality(model, pictures, tmp_path):
     assert result.quality["in_sample"] and result.quality["stability"] is None
     with pytest.raises(RunMismatchError, match="method None vs sae-topk"):
         fit(model, pictures, tmp_path / "nmf", n_concepts=3, method="sae-topk")
+    stable = fit(model, pictures, tmp_path / "nmf2", n_concepts=3, epochs=1, stability=True)
+    assert 0.0 < stable.quality["stability"] <= 1.0 + 1e-9
 
 
 # ----------------------------------------------------------------- bad input
@@ -326,3 +328,62 @@ def test_cli_method_prints_the_quality(tmp_path, pictures, capsys):
     printed = capsys.readouterr().out
     assert "sae-topk: R^2" in printed and "stability across seeds not measured" in printed
     assert json.loads((out / "concepts.json").read_text())["quality"]["dead_codes"] >= 0
+
+
+# ----------------------------------------------------------------- new images, feature vis
+@pytest.fixture(scope="module")
+def topk(model, pictures, tmp_path_factory):
+    out = tmp_path_factory.mktemp("topk")
+    return fit(model, pictures, out, method="sae-topk", stability=False, epochs=5, top_k_images=2)
+
+
+def test_concept_maps_agree_with_the_dataset_ranking(model, pictures, topk):
+    from timmlens.analysis.concept_maps import concept_maps
+
+    norms = (topk.concepts - topk.offset[None, :]).norm(dim=1)
+    for k in range(3):
+        best = topk.top_images[k][0]
+        maps = concept_maps(topk, model, [pictures[best["index"]]], upsample=False)
+        assert maps.shape == (1, K, 4, 4) and bool((maps >= 0).all())
+        # the ranking's score: the concept's mean code over the image times its atom's norm
+        assert float(maps[0, k].mean() * norms[k]) == pytest.approx(best["score"], rel=1e-4)
+    full = concept_maps(topk, model, [pictures[0], pictures[1]])
+    assert full.shape == (2, K, SIDE, SIDE)
+
+
+def test_concept_maps_of_nmf_and_of_another_model(model, pictures, topk, tmp_path):
+    from timmlens.analysis.concept_maps import concept_maps
+
+    nmf = fit(model, pictures, tmp_path / "nmf", n_concepts=3, epochs=1)
+    maps = concept_maps(nmf, model, [pictures[0]], upsample=False)
+    assert maps.shape == (1, 3, 4, 4) and bool((maps >= 0).all())
+    import timm
+
+    other = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
+    assert other.layer3[-1].conv2.out_channels != topk.concepts.shape[1]
+    with pytest.raises(ConceptInputError, match="pass the model the concepts were fitted on"):
+        concept_maps(topk, other, [pictures[0]])
+
+
+def test_visualize_concept_hook(model, topk, monkeypatch):
+    import timmlens.analysis as analysis
+    from timmlens.analysis.concept_maps import concept_objective, visualize_concept
+
+    if not hasattr(analysis, "visualize_feature"):
+        with pytest.raises(NotImplementedError, match="visualize_feature"):
+            visualize_concept(model, topk, 0)
+    calls = {}
+
+    def fake(model, **options):
+        calls.update(options)
+        return "picture"
+
+    monkeypatch.setattr(analysis, "visualize_feature", fake, raising=False)
+    assert visualize_concept(model, topk, 2, steps=8) == "picture"
+    assert calls["layer"] == topk.layer and calls["steps"] == 8
+    activations = torch.rand(2, topk.concepts.shape[1], 3, 3)
+    atom = topk.concepts[2] - topk.offset
+    by_hand = (activations * (atom / atom.norm())[None, :, None, None]).sum(1).mean((1, 2))
+    torch.testing.assert_close(calls["objective"](activations), by_hand)
+    with pytest.raises(ConceptInputError, match="concepts 0 to 11"):
+        concept_objective(topk, K)

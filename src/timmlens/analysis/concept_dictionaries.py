@@ -101,7 +101,7 @@ def _import_with_cmap_shim() -> None:
         raise OptionalDependencyError(
             "Sparse dictionaries (method='sae-topk', 'sae-batchtopk', 'sae-jumprelu', "
             "'archetypal') are trained by the overcomplete package, which is not installed. "
-            'Install it with: pip install "timmlens[concepts]" (or: pip install overcomplete), '
+            'Install it with: pip install "timmlens[dictionaries]" (or: pip install overcomplete), '
             "or use method='nmf'."
         ) from exc
     finally:
