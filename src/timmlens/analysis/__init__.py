@@ -18,6 +18,7 @@ from .error_report import error_report
 if TYPE_CHECKING:
     from .activations import LayerActivations, default_activation_layer, layer_activations
     from .concept_explorer import ConceptExplanation, explain_concepts
+    from .concept_maps import concept_maps, visualize_concept
     from .concepts import DatasetConcepts, fit_concepts
     from .dff import (
         ConceptFactorization,
@@ -69,6 +70,7 @@ _EXPORTS = {
     "channel_attribution": ".neurons",
     "channel_conductance": ".neurons",
     "concept_class_scores": ".dff",
+    "concept_maps": ".concept_maps",
     "data_randomization_test": ".sanity",
     "deep_feature_factorization": ".dff",
     "default_activation_layer": ".activations",
@@ -82,6 +84,7 @@ _EXPORTS = {
     "parameter_randomization_test": ".sanity",
     "randomize_unit": ".randomization",
     "shift_nonnegative": ".dff",
+    "visualize_concept": ".concept_maps",
     "spearman_per_image": ".similarity",
     "ssim_per_image": ".similarity",
 }
@@ -108,6 +111,7 @@ __all__ = [
     "channel_attribution",
     "channel_conductance",
     "concept_class_scores",
+    "concept_maps",
     "data_randomization_test",
     "deep_feature_factorization",
     "default_activation_layer",
@@ -124,6 +128,7 @@ __all__ = [
     "shift_nonnegative",
     "spearman_per_image",
     "ssim_per_image",
+    "visualize_concept",
     "visualize_feature",
 ]
 

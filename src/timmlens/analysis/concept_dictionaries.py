@@ -70,7 +70,7 @@ def overcomplete_modules() -> dict[str, Any]:
     import sys
 
     with _IMPORT_LOCK:
-        if "overcomplete" not in sys.modules:
+        if sys.modules.get("overcomplete") is None:
             _import_with_cmap_shim()
         from overcomplete.sae import BatchTopKSAE, JumpSAE, RATopKSAE, TopKSAE, train_sae
         from overcomplete.sae.losses import mse_l1, top_k_auxiliary_loss
@@ -101,7 +101,7 @@ def _import_with_cmap_shim() -> None:
         raise OptionalDependencyError(
             "Sparse dictionaries (method='sae-topk', 'sae-batchtopk', 'sae-jumprelu', "
             "'archetypal') are trained by the overcomplete package, which is not installed. "
-            'Install it with: pip install "timmlens[concepts]" (or: pip install overcomplete), '
+            'Install it with: pip install "timmlens[dictionaries]" (or: pip install overcomplete), '
             "or use method='nmf'."
         ) from exc
     finally:
@@ -335,10 +335,13 @@ def encode_rows(model: nn.Module, rows: np.ndarray, device: torch.device) -> np.
 
 @dataclass(frozen=True, eq=False)
 class DictionaryFit(ShardFit):
-    """A `ShardFit` whose loadings are an overcomplete model's codes; ``model`` is kept for
-    new images ([`concept_maps`][timmlens.analysis.concept_maps.concept_maps])."""
+    """A `ShardFit` whose loadings are an overcomplete model's codes.
+
+    ``model`` (eval mode) encodes rows divided by ``scale``; its codes times ``scale`` are
+    the loadings, so ``loadings @ components`` reconstructs the shifted rows."""
 
     model: nn.Module | None = None
+    scale: float = 1.0
 
 
 def auto_epochs(train_rows: int, batch_rows: int) -> int:
@@ -399,7 +402,7 @@ def fit_dictionary_shards(
         f"overcomplete {type(model).__name__}, {passes} pass{'es' * (passes != 1)} "
         f"({steps} steps of {rows.batch_rows} rows) over {rows.train_rows} training rows"
     )
-    return DictionaryFit(np.ascontiguousarray(components), loadings_of, description, model)
+    return DictionaryFit(np.ascontiguousarray(components), loadings_of, description, model, scale)
 
 
 # ----------------------------------------------------------------- any method, with quality
@@ -454,6 +457,7 @@ def fit_with_quality(
     fitted = fit(options["seed"])
     quality: dict[str, Any] = {"method": method, "in_sample": method == "nmf"}
     quality.update(measure_fit(store, batches, offset, fitted, n_images))
+    quality["row_scale"] = float(getattr(fitted, "scale", 1.0))
     bar.update(1)
     quality["stability"] = None
     if options.get("stability", method != "nmf"):

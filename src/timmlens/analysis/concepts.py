@@ -325,7 +325,8 @@ def _plan_run(
         "epochs": epochs,
         "dtype": dtype,
         # only dictionaries record these, so an NMF folder of an earlier version resumes
-        **({"method": method, "sparsity": sparsity, "stability": stability} if dictionary else {}),
+        **({"method": method, "sparsity": sparsity} if dictionary else {}),
+        **({"stability": stability} if dictionary or stability else {}),
     }
     identity = _identity(model, samples, options)
     return _ConceptRun(samples, store, out_dir, options, identity, (channels, h, w))

@@ -69,6 +69,9 @@ def _run_concepts(args: argparse.Namespace) -> None:
             seed=args.seed,
             epochs=args.epochs,
             overwrite=args.overwrite,
+            method=args.method,
+            sparsity=args.sparsity,
+            stability=args.stability,
         )
     except KeyboardInterrupt:
         from ..analysis.concept_store import SHARDS_DIR

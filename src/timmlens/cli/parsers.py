@@ -397,9 +397,34 @@ def _add_concepts(command: Callable[..., argparse.ArgumentParser]) -> None:
         "--top-images", type=_positive_int, default=8, metavar="N", help="images shown per concept"
     )
     concepts.add_argument(
-        "--epochs", type=_positive_int, default=3, help="MiniBatchNMF passes over the shards"
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help="passes over the shards: MiniBatchNMF's (default 3), or a dictionary's training "
+        "(default: about 1000 optimizer steps)",
     )
-    concepts.add_argument("--seed", type=_non_negative_int, default=0, help="NMF random state")
+    concepts.add_argument("--seed", type=_non_negative_int, default=0, help="random state")
+    concepts.add_argument(
+        "--method",
+        default="nmf",
+        choices=("nmf", "sae-topk", "sae-batchtopk", "sae-jumprelu", "archetypal"),
+        help="nmf (deep feature factorization), or a sparse dictionary trained by overcomplete "
+        "(may have more concepts than channels; prints its held-out R^2, dead codes and "
+        "stability across two seeds, also in concepts.json)",
+    )
+    concepts.add_argument(
+        "--sparsity",
+        type=_positive_int,
+        default=None,
+        metavar="k",
+        help="codes kept per position by the top-k dictionaries (default K // 10)",
+    )
+    concepts.add_argument(
+        "--stability",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fit a second seed and report the matched cosine (default: on for dictionaries)",
+    )
     concepts.add_argument(
         "--overwrite",
         action="store_true",
