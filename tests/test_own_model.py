@@ -163,3 +163,45 @@ def test_cli_explain_and_layers_with_your_checkpoint(checkpoint, tmp_path, capsy
     assert capsys.readouterr().out.split(": ", 1)[1].split(" (")[0] == named
     assert main(["layers", "test_resnet", "--weights", str(checkpoint["pth"])]) == 0
     assert "backbone.layer4" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------ one label convention
+def test_every_command_reads_class_name_folders_the_same_way(checkpoint, tmp_path):
+    from timmlens.evaluation import evaluate
+    from timmlens.evaluation.sources import count_labelled, source_for
+
+    model = load_model("test_resnet", weights=checkpoint["pth"], class_names=NAMES)
+    data = tmp_path / "data"
+    for name in ("bee", "3"):  # a class name and a class index
+        (data / name).mkdir(parents=True)
+        Image.new("RGB", (40, 40), "white").save(data / name / "a.png")
+    Image.new("RGB", (40, 40), "black").save(data / "loose.png")  # no label
+    samples = source_for(data, model)
+    assert [s.label for s in samples] == [3, 1, None] and count_labelled(samples) == 2
+    summary = evaluate(
+        model, data, out=tmp_path / "ev", metric_options={"steps": 4}, progress=False
+    )
+    rows = [json.loads(line) for line in summary.rows_path.read_text().splitlines()]
+    by_id = {row["id"]: row for row in rows}
+    assert by_id["bee/a.png"]["label"] == by_id["bee/a.png"]["target"] == 1
+    assert by_id["loose.png"]["label"] is None
+    assert by_id["loose.png"]["target"] == by_id["loose.png"]["predicted"]
+    assert summary.n_labelled == 2 and summary.to_dict()["n_labelled"] == 2
+    assert "2 of 3 images labelled (explained for their true class); 1 explained for its " in (
+        str(summary)
+    )
+
+
+def test_cli_benchmark_with_your_checkpoint_labels_its_rows(checkpoint, tmp_path, capsys):
+    own = ["--model", "test_resnet", "--weights", str(checkpoint["pth"])]
+    names = ["--class-names", ",".join(NAMES)]
+    out = tmp_path / "bench"
+    argv = ["benchmark", str(checkpoint["data"]), *own, *names, "--methods", "gradcam"]
+    assert main([*argv, "--steps", "4", "--out", str(out), "--no-reference"]) == 0
+    rows_file = out / "finetuned" / "rows.jsonl"
+    labels = [json.loads(line)["label"] for line in rows_file.read_text().splitlines()]
+    assert labels == [0, 0, 1, 1]  # ant/, bee/
+    # two models and one checkpoint: said on one line
+    argv = [*argv, "--model", "test_resnet", "test_vit", "--weights", str(checkpoint["pth"])]
+    assert main([*argv, "--out", str(tmp_path / "b2")]) == 2
+    assert "describe one model" in capsys.readouterr().err

@@ -63,8 +63,8 @@ from ..evaluation.run_identity import (
     read_identity,
     write_identity,
 )
-from ..evaluation.sources import as_source
-from ..models.introspect import class_name_of, model_name_of, num_outputs
+from ..evaluation.sources import source_for
+from ..models.introspect import class_name_of, model_name_of
 from .concept_dictionaries import (
     NMF_EPOCHS,
     check_dictionary_size,
@@ -268,7 +268,7 @@ def _open_output(
 class _ConceptRun:
     """What one [`fit_concepts`][] call works on, settled before any dataset image is read."""
 
-    samples: Any  # the images (`as_source`): len() and [index] -> Sample
+    samples: Any  # the images (`source_for`): len() and [index] -> Sample
     store: ShardStore
     out_dir: Path
     options: dict[str, Any]  # layer, n_concepts, batch_size, seed, epochs, dtype
@@ -311,7 +311,7 @@ def _plan_run(
     the images, their shard store and the run's identity."""
     layer_name, channels, h, w = probe_layer(model, layer)
     dictionary = method != "nmf"
-    samples = as_source(data, num_classes=num_outputs(model))
+    samples = source_for(data, model)
     if method == "nmf":
         check_concept_count(n_concepts, channels, layer_name)
     else:

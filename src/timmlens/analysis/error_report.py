@@ -42,12 +42,11 @@ from ..evaluation.distributed import (
     rank_and_world,
     shard,
 )
-from ..evaluation.sources import ImageFolderSource, Sample, as_source
+from ..evaluation.sources import ImageFolderSource, Sample, source_for
 from ..interpretation.base import Explainer
 from ..interpretation.registry import as_explainer, resolve_method
 from ..models.introspect import (
     class_label,
-    label_resolver_for,
     model_class_names,
     model_name_of,
     num_outputs,
@@ -265,7 +264,7 @@ def _labelled_source(model: nn.Module, data: Any) -> Any:
     Raises:
         ValueError: a folder in which no image has a label.
     """
-    source = as_source(data, labels=label_resolver_for(model))
+    source = source_for(data, model)
     if isinstance(source, ImageFolderSource) and all(label is None for label in source.labels):
         raise ValueError(
             f"no image under '{source.root}' has a label: put them in sub-folders named by "

@@ -22,7 +22,7 @@ from ..errors import ImageInputError, RunMismatchError
 from ..interpretation.base import Explainer, predict
 from ..interpretation.metrics.registry import resolve_metric
 from ..interpretation.registry import as_explainer, resolve_method
-from ..models.introspect import data_config, num_outputs
+from ..models.introspect import data_config
 from .cost import ForwardCounter, ForwardPlan, plan_forwards
 from .distributed import (
     broadcast_from_rank0,
@@ -43,7 +43,7 @@ from .run_identity import (
     read_identity,
     write_identity,
 )
-from .sources import DatasetSource, Sample, as_source, no_readable_images
+from .sources import DatasetSource, Sample, no_readable_images, source_for
 from .summary import EvaluationSummary, RowStore, build_summary
 
 #: The heatmap metrics registered at import; `_metric_name` asks the registry live.
@@ -402,7 +402,7 @@ def _new_run(
     metric_names = list(dict.fromkeys(_metric_name(m) for m in metrics))
     explainers, method_ids = _explainers(model, methods, method_options or {})
     scorer = ExplanationMetrics(model, **dict(metric_options or {}))
-    samples = as_source(data, num_classes=num_outputs(model))
+    samples = source_for(data, model)
     out_dir = Path(out)
     store = RowStore(out_dir / f"rows.{rows_format}", metric_names)
     return _Run(

@@ -5,12 +5,13 @@ evaluator can shard it across ranks and resume by id.
 
 Folder labels come from the name of the folder that holds each image. Without a
 `LabelResolver` only integer names are labels (``root/281/cat.jpg`` -> 281) and
-any other name means "no label" (what [`timmlens.evaluate`][] does). With one
-(``label_resolver_for(model)`` of `timmlens.models.introspect`, the one class-name
-matcher), folders may also be named by class name: the model's own ``label_names``, or
-for 1000-class ImageNet models an ImageNet description, any of its comma-separated
+any other name means "no label". With one (``label_resolver_for(model)`` of
+`timmlens.models.introspect`, the one class-name matcher), folders may also be named by
+class name: the user's ``class_names``, the model's own ``label_names``, or for
+1000-class ImageNet models an ImageNet description, any of its comma-separated
 synonyms, or its WordNet id; an unknown name is an error that lists the closest class
-names.
+names. `source_for` is the one convention every command uses (``evaluate``,
+``benchmark``, ``report``, ``concepts``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ImageInputError, LabelNameError
-from ..models.introspect import LabelResolver
+from ..models.introspect import LabelResolver, label_resolver_for
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 #: a class index as text; a sign is allowed so that "-1" reads as a (bad) index, not a name
@@ -218,3 +219,18 @@ def no_readable_images(samples: Sequence[Sample], skipped: dict[str, str]) -> Im
         f"{len(samples)} skipped ({listed}{more}); a run needs at least one readable image: "
         f"fix or remove the broken files, or point to another folder."
     )
+
+
+def source_for(data: Any, model: torch.nn.Module) -> Sequence[Sample]:
+    """``data`` as samples labelled the one way every command reads them: folders (and
+    dataset labels) named by class index, the model's class names (yours first), an
+    ImageNet name or WordNet id (see `LabelResolver`); files directly in a folder's root
+    have no label and are explained for their prediction."""
+    return as_source(data, labels=label_resolver_for(model))
+
+
+def count_labelled(samples: Sequence[Sample]) -> int:
+    """How many samples carry a label (no image is read for a folder)."""
+    if isinstance(samples, ImageFolderSource):
+        return sum(label is not None for label in samples.labels)
+    return sum(sample.label is not None for sample in samples)

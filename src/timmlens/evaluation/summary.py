@@ -65,6 +65,8 @@ class EvaluationSummary:
         identity: the run identity (``out/run.json``): model and its state-dict hash,
             method and metric options, images, timmlens version.
         skipped: images that could not be read, id -> reason (not in the table).
+        n_labelled: images with a true class (explained for it); the others were
+            explained for their prediction.
     """
 
     table: dict[str, dict[str, Statistic]]
@@ -74,12 +76,26 @@ class EvaluationSummary:
     metrics: list[str] = field(default_factory=list)
     identity: dict[str, Any] | None = None
     skipped: dict[str, str] = field(default_factory=dict)
+    n_labelled: int = 0
+
+    @property
+    def labels_line(self) -> str:
+        """``"3 of 4 images labelled (explained for their true class); 1 for its
+        prediction"``: the one sentence every output says about labels."""
+        rest = self.n_images - self.n_labelled
+        text = f"{self.n_labelled} of {self.n_images} images labelled"
+        if self.n_labelled:
+            text += " (explained for their true class)"
+        if rest:
+            text += f"; {rest} explained for {'its' if rest == 1 else 'their'} prediction"
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data (NaN as ``None``), as ``summary.json`` holds it."""
         return jsonable(
             {
                 "n_images": self.n_images,
+                "n_labelled": self.n_labelled,
                 "rows": str(self.rows_path),
                 "methods": {
                     method: {metric: vars(stat) for metric, stat in stats.items()}
@@ -99,6 +115,7 @@ class EvaluationSummary:
         for method, stats in self.table.items():
             lines.append(" | ".join([method, *(str(stats[m]) for m in self.metrics)]))
         text = f"{self.n_images} images, mean ± 95% CI\n" + "\n".join(lines)
+        text += f"\n{self.labels_line}"
         if self.identity:
             text += "\n" + describe_identity(self.identity)
         if self.skipped:
@@ -318,8 +335,10 @@ def build_summary(
         for method, per_metric in values.items()
     }
     n_images = len({row["id"] for row in rows})
+    n_labelled = len({row["id"] for row in rows if row.get("label") is not None})
     summary = EvaluationSummary(
         table, n_images, rows_path, summary_path, list(metrics), identity, dict(skipped or {})
     )
+    summary.n_labelled = n_labelled
     summary_path.write_text(json.dumps(summary.to_dict(), indent=2, allow_nan=False) + "\n")
     return summary

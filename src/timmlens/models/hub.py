@@ -47,12 +47,15 @@ def _hub_reachable(timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
 def _unavailable(repo: str, reason: str) -> HubUnavailableError:
     """``repo`` as the user wrote it, ``@revision`` included: a cached main is not that
     revision, so the message must say which one was asked for."""
-    return HubUnavailableError(
+    lead = (
         f"Cannot load 'hf-hub:{repo}': {reason}. Supply the weights another way: "
         f"download it once where the hub is reachable (it stays in the HF cache, "
         f"HF_HOME / HF_HUB_CACHE), copy a folder with config.json and model.safetensors "
         f"and pass its path, or pass a weights file with an architecture name "
-        f"(load_model('resnet18', weights='resnet18.safetensors'))."
+    )
+    return HubUnavailableError(
+        f"{lead}(load_model('resnet18', weights='resnet18.safetensors')).",
+        cli=f"{lead}(--model resnet18 --weights resnet18.safetensors).",
     )
 
 

@@ -329,7 +329,8 @@ def create_timm_model(
         warn_caller(
             f"'{spec_str}' is created with random weights: explanations of an untrained model "
             f"show nothing about real images. For real weights use a pretrained tag "
-            f"('{architecture}.<tag>'), 'hf-hub:timm/...', a local folder, or weights=FILE.",
+            f"('{architecture}.<tag>'), 'hf-hub:timm/...', a local folder, or a weights file "
+            f"(weights=FILE; on the command line --weights FILE).",
             RandomWeightsWarning,
         )
         model = timm.create_model(architecture, pretrained=False, **timm_kwargs).eval()
