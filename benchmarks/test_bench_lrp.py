@@ -2,7 +2,7 @@
 
 Two models: timm's ``resnet50`` (random init, :func:`~timmlens.testing.make_explainable`)
 and the real EfficientNet-Lite0 (``bundled:efficientnet_lite0``); a batch of 8 images at
-224x224 on CUDA (160x160 on the CPU), fixed targets. Each group is one run:
+224x224 on CUDA (128x128 on the CPU), fixed targets. Each group is one run:
 
 * the **limit**: one forward plus a backward of the target logits to the input;
 * **ours**: ``lrp`` through the registry, each composite (``epsilon_plus_flat`` is the
@@ -33,7 +33,7 @@ from timmlens.interpretation.registry import create_explainer
 from timmlens.testing import make_explainable
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-BATCH, SIDE = 8, (224 if DEVICE.type == "cuda" else 160)
+BATCH, SIDE = 8, (224 if DEVICE.type == "cuda" else 128)
 MODELS = ("resnet50", "efficientnet_lite0")
 LIMIT = "forward+backward"
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1")
@@ -70,7 +70,7 @@ def measure(benchmark, model_name: str, label: str, fn: Callable[[], object], **
         _sync()
         return result
 
-    timed(benchmark, group(model_name), label, run, rounds=3, images=BATCH, **info)
+    timed(benchmark, group(model_name), label, run, rounds=2, images=BATCH, **info)
 
 
 @pytest.mark.parametrize("model_name", MODELS)
