@@ -143,3 +143,10 @@ def test_an_efficientnet_with_norm_act_layers_gives_a_map() -> None:
     model = explainable_model("test_efficientnet", seed=0, num_classes=10)
     heatmap = FullGrad(model).explain(torch.randn(3, 64, 64), target_class=2)
     assert heatmap.shape == (64, 64) and heatmap.max() == 1 and heatmap.min() == 0
+
+
+def test_a_callable_target_gives_the_map_of_the_class_it_reads(small) -> None:
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    by_class = FullGrad(small).explain(x, target_class=5)
+    by_callable = FullGrad(small).explain(x, target_class=lambda logits: logits[:, 5])
+    torch.testing.assert_close(by_callable, by_class, atol=1e-6, rtol=0)

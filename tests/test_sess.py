@@ -138,3 +138,16 @@ def test_bad_options_are_refused(resnet) -> None:
         SESS(resnet, target_layer="layer3", base_method="fullgrad")
     with pytest.raises(ValueError, match="at least the window size 64"):
         SESS(resnet, scales=[32, 64]).explain(torch.randn(3, 64, 64))
+
+
+def test_a_callable_target_gives_the_maps_of_the_class_it_reads(resnet) -> None:
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    explainer = SESS(resnet, "layer3", num_scales=2, use_softmax_scores=False)
+
+    def logit_3(values: torch.Tensor) -> torch.Tensor:
+        return values[:, 3]
+
+    by_class = explainer.explain(x, target_class=3)
+    by_callable = explainer.explain_full(x, target_class=logit_3)
+    torch.testing.assert_close(by_callable.heatmap, by_class, atol=1e-6, rtol=0)
+    assert "logit_3" in (by_callable.target_label or "")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...adapters import LayerSpec
-from .._targets import CallableTargets, ResolvedTargets, predicted_or, target_rows
+from .._targets import CallableTargets, ResolvedTargets, target_rows
 from ..base import Explainer, Explanation, normalize_maps, predict
 from ..registry import create_explainer, register_method, resolve_method
 from ..scoring import (
@@ -123,6 +123,12 @@ class SESS(Explainer):
         normalize: min-max normalise each heatmap to ``[0, 1]``.
         max_batch: windows per forward/backward; ``None`` sizes chunks from memory.
     """
+
+    constant_map_causes = (
+        "the base method's map is constant (usually all zero after its ReLU) on every window, "
+        "or every window's target score is 0: untrained weights, a layer too coarse for "
+        "the window (a 1x1 map), or a target whose score does not depend on the image"
+    )
 
     def __init__(
         self,
@@ -224,7 +230,7 @@ class SESS(Explainer):
         fused = self._fuse(maps, scores, jobs, windows, resized, (height, width), batch)
         return Explanation(
             heatmap=normalize_maps(fused) if self.normalize else fused,
-            targets=predicted_or(chosen, logits),
+            targets=chosen,  # a callable: explain_batch_full reports its label
             logits=logits,
             extras={"windows": per_image, "scales": scales},
         )
