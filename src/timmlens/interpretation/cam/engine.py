@@ -213,7 +213,9 @@ class CAMExplainer(Explainer):
 
     The engine options (``aug_smooth``, ``eigen_smooth``, ``layer_fusion``) are
     keyword-only and every subclass takes them, also one with its own ``__init__``
-    (see `with_engine_options`).
+    (see `with_engine_options`). A method that forms its maps in its own
+    ``maps_from_views`` honours ``eigen_smooth`` through [`channel_map`][] (AblationCAM)
+    or by deferring to the engine when `eigen_smoothing` is on (GradCAM's Captum path).
     """
 
     #: one forward (with the layer tapped) per image; the backward is not a forward
