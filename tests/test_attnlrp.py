@@ -167,6 +167,35 @@ def test_matmul_rule_splits_the_relevance_uniformly() -> None:
     torch.testing.assert_close(cp, reference)
 
 
+@pytest.mark.parametrize("variant", ["attnlrp", "cplrp"])
+def test_matmul_rule_on_the_explicit_path(variant: str) -> None:
+    """The same rules where q and k have no module of their own (CaiT's class attention):
+    there they act on the probabilities after ``attn_drop``, with ``fused_attn`` off."""
+    from lxt.efficient.rules import divide_gradient
+
+    attn = _model("cait").blocks_token_only[0].attn
+    assert not hasattr(attn, "q_norm")
+    x = torch.randn(2, 5, attn.q.in_features, requires_grad=True)
+    upstream = torch.randn(2, 1, attn.proj.out_features)
+    fused = attn.fused_attn
+    with relevance_rules(relevance_layout(nn.Sequential(attn)), variant, linear_rule="zero"):
+        assert attn.fused_attn is False
+        (ours,) = torch.autograd.grad(attn(x), x, upstream)
+    assert attn.fused_attn == fused
+    heads, width = attn.num_heads, attn.q.out_features // attn.num_heads
+    q = attn.q(x[:, 0]).reshape(2, 1, heads, width).transpose(1, 2)
+    k = attn.k(x).reshape(2, 5, heads, width).transpose(1, 2)
+    v = attn.v(x).reshape(2, 5, heads, width).transpose(1, 2)
+    if variant == "attnlrp":
+        q, k, v = divide_gradient(q, 4), divide_gradient(k, 4), divide_gradient(v, 2)
+    else:
+        q, k = q.detach(), k.detach()
+    probabilities = (q * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1)
+    out = attn.proj((probabilities @ v).transpose(1, 2).reshape(2, 1, -1))
+    (reference,) = torch.autograd.grad(out, x, upstream)
+    torch.testing.assert_close(ours, reference)
+
+
 def test_layer_norm_rule_treats_the_std_as_constant() -> None:
     """Identity rule on the normalisation (AttnLRP Sec. 3.3.2): the gradient is that of
     ``(x - mean) / stop_grad(std) * w + b``, and with zero bias relevance is conserved."""
