@@ -84,6 +84,14 @@ def _run_concepts(args: argparse.Namespace) -> None:
     print(f"html: {result.html_path}\njson: {result.json_path}")
 
 
+def _targets(args: argparse.Namespace) -> str:
+    return "prediction" if args.explain_prediction else "label"
+
+
+def _profile(args: argparse.Namespace) -> str:
+    return "quick" if args.quick else "full"
+
+
 def _run_benchmark(args: argparse.Namespace) -> None:
     from ..evaluation import benchmark
 
@@ -108,6 +116,8 @@ def _run_benchmark(args: argparse.Namespace) -> None:
         device=args.device,
         batch_size=args.batch_size,
         overwrite=args.overwrite,
+        targets=_targets(args),
+        profile=_profile(args),
     )
     print(board.markdown(), end="")
     for kind, path in board.paths.items():
@@ -250,6 +260,8 @@ def _run_evaluate(args: argparse.Namespace) -> None:
             on_error=args.on_error,
             metric_options=options,
             save_maps=args.save_maps,
+            targets=_targets(args),
+            profile=_profile(args),
         )
     except KeyboardInterrupt:
         from ..evaluation.summary import count_rows

@@ -189,6 +189,29 @@ def _add_explain(command: Callable[..., argparse.ArgumentParser]) -> None:
     explain.add_argument("--html", action="store_true", help="also write interactive HTML")
 
 
+_DATA_HELP = (
+    "image folder; a sub-folder named by a class (index, class name, WordNet id) labels its "
+    "images, which are explained for that class"
+)
+
+
+def _add_targets(parser: argparse.ArgumentParser) -> None:
+    """``--explain-prediction`` and ``--quick``: the same options on ``evaluate`` and
+    ``benchmark``."""
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a first look in minutes: 16 insertion/deletion steps and each method's quick "
+        "options (fewer steps, samples, masks); outputs say it is not comparable to papers",
+    )
+    parser.add_argument(
+        "--explain-prediction",
+        action="store_true",
+        help="explain every image for its predicted class (by default a labelled image, "
+        "one in a sub-folder named by a class, is explained for its true class)",
+    )
+
+
 def _add_evaluate(command: Callable[..., argparse.ArgumentParser]) -> None:
     """``timmlens evaluate``: explain and score a dataset (timmlens.evaluate)."""
     from ..interpretation.metrics.registry import metrics as heatmap_metrics
@@ -198,7 +221,7 @@ def _add_evaluate(command: Callable[..., argparse.ArgumentParser]) -> None:
         help="explain and score a dataset",
         description="Explain and score every image of a folder; writes rows and a summary.",
     )
-    evaluate.add_argument("data", help="image folder (integer-named sub-folders give labels)")
+    evaluate.add_argument("data", help=_DATA_HELP)
     add_model_arguments(evaluate)
     evaluate.add_argument(
         "--methods",
@@ -252,6 +275,7 @@ def _add_evaluate(command: Callable[..., argparse.ArgumentParser]) -> None:
         choices=["skip", "fail"],
         help="an unreadable image: skip it with a warning (counted in the summary) or stop",
     )
+    _add_targets(evaluate)
 
 
 def _add_report(command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -323,7 +347,7 @@ def _add_benchmark(command: Callable[..., argparse.ArgumentParser]) -> None:
             "centerprior. A model that does not load is reported; the others go on."
         ),
     )
-    bench.add_argument("data", help="image folder (integer-named sub-folders give labels)")
+    bench.add_argument("data", help=_DATA_HELP)
     bench.add_argument(
         "--model",
         nargs="+",
@@ -358,6 +382,7 @@ def _add_benchmark(command: Callable[..., argparse.ArgumentParser]) -> None:
     bench.add_argument(
         "--no-reference", action="store_true", help="leave out the randomcam/centerprior rows"
     )
+    _add_targets(bench)
     bench.add_argument(
         "--overwrite", action="store_true", help="discard earlier rows in --out and start afresh"
     )
