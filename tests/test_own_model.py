@@ -297,3 +297,48 @@ def test_leaderboard_paired_differences_clipped_intervals_and_exports(tmp_path):
     assert r"\textit{randomcam}" in latex and r"$\approx$" in latex and r"\textbf{" in latex
     saved = json.loads((tmp_path / "leaderboard.json").read_text())
     assert saved["best"] == board.best and "ig" in saved["paired"]["insertion"]
+
+
+# ------------------------------------------------------------ a reference that covers everything
+def test_methods_and_metrics_commands_list_every_entry_with_options(capsys):
+    from timmlens.interpretation.metrics.registry import metrics as metric_names
+    from timmlens.interpretation.registry import methods
+
+    assert main(["methods"]) == 0
+    listing = capsys.readouterr().out
+    assert all(f"\n{name} (" in f"\n{listing}" for name in methods())
+    assert "ig (input): " in listing and "n_steps=50" in listing
+    assert "--quick uses: n_steps=4" in listing and "--method-option NAME=VALUE" in listing
+    assert main(["methods", "--kind", "cam"]) == 0
+    assert "ig (input)" not in capsys.readouterr().out
+    assert main(["metrics"]) == 0
+    listing = capsys.readouterr().out
+    assert all(f"\n{name} (" in f"\n{listing}" for name in metric_names())
+    assert "deletion (lower is better; needs heatmap)" in listing and "blur_sigma=5.0" in listing
+
+
+def test_method_options_from_the_command_line(checkpoint, tmp_path, capsys):
+    from timmlens.cli.listings import parse_method_options
+
+    assert parse_method_options(["n_steps=8"], ["ig", "gradcam", "smoothgrad"]) == {
+        "ig": {"n_steps": 8},
+        "smoothgrad": {"n_steps": 8},
+    }
+    assert parse_method_options(["ig.baseline=0.5", "ig.signed=True"], ["gradcam"]) == {
+        "ig": {"baseline": 0.5, "signed": True}
+    }
+    with pytest.raises(ValueError, match=r"gradcam takes no option 'n_step'; options: "):
+        parse_method_options(["n_step=8"], ["gradcam"])
+    with pytest.raises(ValueError, match="expected NAME=VALUE"):
+        parse_method_options(["n_steps"], ["ig"])
+    own = ["--model", "test_resnet", "--weights", str(checkpoint["pth"])]
+    image = str(checkpoint["data"] / "ant" / "0.png")
+    out = ["--out", str(tmp_path / "o")]
+    argv = ["explain", image, *own, "--method", "ig", "--method-option", "n_stepz=2", *out]
+    assert main(argv) == 2
+    assert "ig takes no option 'n_stepz'" in capsys.readouterr().err
+    argv = ["evaluate", str(checkpoint["data"]), *own, "--class-names", ",".join(NAMES)]
+    argv += ["--methods", "ig", "--method-option", "n_steps=2", "--steps", "4", *out]
+    assert main(argv) == 0
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["methods"]["ig"]["options"]["n_steps"] == 2
