@@ -81,6 +81,8 @@ def test_the_files(run):
         "markdown": out / "leaderboard.md",
         "json": out / "leaderboard.json",
         "plot": out / "leaderboard.png",
+        "rows_csv": out / "leaderboard_rows.csv",  # per-image rows, for a paper's statistics
+        "latex": out / "leaderboard.tex",
     }
     data = json.loads((out / "leaderboard.json").read_text())
     assert data["methods"] == board.methods and data["reference_methods"] == board.reference

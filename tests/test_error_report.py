@@ -338,7 +338,12 @@ def test_label_resolver_model_names():
     assert "ImageNet" not in str(info.value)
     bare = LabelResolver(4)
     assert bare("3") == 3
-    with pytest.raises(LabelNameError, match=r"Expected class indices 0\.\.3\.$"):
+    with pytest.raises(
+        LabelNameError,
+        match=r"Expected class indices 0\.\.3\. If the folders name your classes, give the "
+        r"model their names in index order: class_names=\[\.\.\.\] in Python, "
+        r"--class-names FILE\|a,b,c on the command line\.$",
+    ):
         bare("cat")
 
 

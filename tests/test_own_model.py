@@ -205,3 +205,140 @@ def test_cli_benchmark_with_your_checkpoint_labels_its_rows(checkpoint, tmp_path
     argv = [*argv, "--model", "test_resnet", "test_vit", "--weights", str(checkpoint["pth"])]
     assert main([*argv, "--out", str(tmp_path / "b2")]) == 2
     assert "describe one model" in capsys.readouterr().err
+
+
+def test_explain_the_prediction_instead_of_the_label(checkpoint, tmp_path, capsys):
+    own = ["--model", "test_resnet", "--weights", str(checkpoint["pth"])]
+    out = ["--out", str(tmp_path / "ev"), "--steps", "4"]
+    argv = ["evaluate", str(checkpoint["data"]), *own, *out]
+    # folders named by class need the names: the error says how to give them
+    assert main(argv) == 2
+    assert "--class-names FILE|a,b,c on the command line" in capsys.readouterr().err
+    argv += ["--class-names", str(checkpoint["names"])]
+    assert main([*argv, "--explain-prediction"]) == 0
+    assert "4 of 4 images labelled; every image explained for its prediction" in (
+        capsys.readouterr().out
+    )
+    rows = [json.loads(line) for line in (tmp_path / "ev" / "rows.jsonl").read_text().splitlines()]
+    assert [row["label"] for row in rows] == [0, 0, 1, 1]
+    assert all(row["target"] == row["predicted"] for row in rows)
+    # the other choice is another run: refused, not mixed
+    assert main(argv) == 2
+    assert "explained class: prediction vs label" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ the quick profile
+def test_quick_profile_options_and_marks(checkpoint, tmp_path, capsys):
+    from timmlens.evaluation.profiles import QUICK_NOTE, profile_options, quick_hint
+    from timmlens.interpretation.registry import resolve_method
+
+    methods, metrics = profile_options("quick", ["ig", "gradcam"], {"ig": {"n_steps": 8}}, {})
+    assert metrics == {"steps": 16}
+    assert methods["ig"] == {**resolve_method("ig").quick_options, "n_steps": 8}  # yours win
+    assert profile_options("full", ["ig"], None, None) == ({}, {})
+    with pytest.raises(ValueError, match="profile must be one of full, quick"):
+        profile_options("fast", [], None, None)
+    assert "try --quick" in quick_hint(9_021, {}) and quick_hint(9_021, {"steps": 8}) == ""
+    assert quick_hint(100, {}) == ""
+
+    own = ["--model", "test_resnet", "--weights", str(checkpoint["pth"])]
+    names = ["--class-names", ",".join(NAMES)]
+    data = str(checkpoint["data"])
+    assert main(["evaluate", data, *own, *names, "--quick", "--out", str(tmp_path / "e")]) == 0
+    assert QUICK_NOTE in capsys.readouterr().out
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["note"] == QUICK_NOTE and summary["profile"] == "quick"
+    assert summary["run"]["metric_options"]["steps"] == 16
+    argv = ["benchmark", data, *own, *names, "--methods", "gradcam", "--quick"]
+    assert main([*argv, "--out", str(tmp_path / "b"), "--no-reference"]) == 0
+    board = (tmp_path / "b" / "leaderboard.md").read_text()
+    assert board.startswith("# Leaderboard\n\n**Quick profile (16 insertion/deletion steps")
+
+
+# ------------------------------------------------------------ results fit for a paper
+def test_leaderboard_paired_differences_clipped_intervals_and_exports(tmp_path):
+    from timmlens.evaluation.leaderboard import build_leaderboard
+    from timmlens.evaluation.paired import paired_difference
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.80, 1.0, 40)
+    scores = {
+        "gradcampp": base,
+        "gradcam": base - rng.normal(0, 0.002, 40),  # the same up to noise
+        "ig": base - 0.3,  # clearly worse
+        "randomcam": rng.uniform(0.0, 0.5, 40),
+    }
+    rows = {
+        "m": [
+            {"id": f"{i}.png", "method": name, "label": 0, "insertion": float(values[i])}
+            for name, values in scores.items()
+            for i in range(40)
+        ]
+    }
+    board = build_leaderboard(rows, list(scores), ["insertion"], reference=["randomcam"])
+    assert board.best in ("gradcampp", "gradcam")
+    other = "gradcam" if board.best == "gradcampp" else "gradcampp"
+    assert other in board.tied_with_best and "ig" not in board.tied_with_best
+    versus = board.versus("insertion")
+    assert versus["ig"][board.best] == paired_difference(scores["ig"], scores[board.best])
+    assert versus["ig"]["randomcam"].distinguishable
+    text = board.markdown()
+    assert f"`{other}` ≈ best" in text and "### Paired differences" in text
+    # an interval that would pass 1.0 is clipped to the AUC's range
+    wide = {"m": [{"id": str(i), "method": "x", "insertion": v} for i, v in enumerate([1, 1, 0.5])]}
+    assert "[" in build_leaderboard(wide, ["x"], ["insertion"], reference=[]).markdown()
+    assert "1.000]" in build_leaderboard(wide, ["x"], ["insertion"], reference=[]).markdown()
+    board.write(tmp_path, plot=False)
+    csv_lines = (tmp_path / "leaderboard_rows.csv").read_text().splitlines()
+    assert csv_lines[0] == "model,id,method,label,predicted,target,insertion"
+    assert len(csv_lines) == 1 + 4 * 40
+    latex = (tmp_path / "leaderboard.tex").read_text()
+    assert latex.startswith(r"\begin{tabular}") and r"\toprule" in latex
+    assert r"\textit{randomcam}" in latex and r"$\approx$" in latex and r"\textbf{" in latex
+    saved = json.loads((tmp_path / "leaderboard.json").read_text())
+    assert saved["best"] == board.best and "ig" in saved["paired"]["insertion"]
+
+
+# ------------------------------------------------------------ a reference that covers everything
+def test_methods_and_metrics_commands_list_every_entry_with_options(capsys):
+    from timmlens.interpretation.metrics.registry import metrics as metric_names
+    from timmlens.interpretation.registry import methods
+
+    assert main(["methods"]) == 0
+    listing = capsys.readouterr().out
+    assert all(f"\n{name} (" in f"\n{listing}" for name in methods())
+    assert "ig (input): " in listing and "n_steps=50" in listing
+    assert "--quick uses: n_steps=4" in listing and "--method-option NAME=VALUE" in listing
+    assert main(["methods", "--kind", "cam"]) == 0
+    assert "ig (input)" not in capsys.readouterr().out
+    assert main(["metrics"]) == 0
+    listing = capsys.readouterr().out
+    assert all(f"\n{name} (" in f"\n{listing}" for name in metric_names())
+    assert "deletion (lower is better; needs heatmap)" in listing and "blur_sigma=5.0" in listing
+
+
+def test_method_options_from_the_command_line(checkpoint, tmp_path, capsys):
+    from timmlens.cli.listings import parse_method_options
+
+    assert parse_method_options(["n_steps=8"], ["ig", "gradcam", "smoothgrad"]) == {
+        "ig": {"n_steps": 8},
+        "smoothgrad": {"n_steps": 8},
+    }
+    assert parse_method_options(["ig.baseline=0.5", "ig.signed=True"], ["gradcam"]) == {
+        "ig": {"baseline": 0.5, "signed": True}
+    }
+    with pytest.raises(ValueError, match=r"gradcam takes no option 'n_step'; options: "):
+        parse_method_options(["n_step=8"], ["gradcam"])
+    with pytest.raises(ValueError, match="expected NAME=VALUE"):
+        parse_method_options(["n_steps"], ["ig"])
+    own = ["--model", "test_resnet", "--weights", str(checkpoint["pth"])]
+    image = str(checkpoint["data"] / "ant" / "0.png")
+    out = ["--out", str(tmp_path / "o")]
+    argv = ["explain", image, *own, "--method", "ig", "--method-option", "n_stepz=2", *out]
+    assert main(argv) == 2
+    assert "ig takes no option 'n_stepz'" in capsys.readouterr().err
+    argv = ["evaluate", str(checkpoint["data"]), *own, "--class-names", ",".join(NAMES)]
+    argv += ["--methods", "ig", "--method-option", "n_steps=2", "--steps", "4", *out]
+    assert main(argv) == 0
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["methods"]["ig"]["options"]["n_steps"] == 2

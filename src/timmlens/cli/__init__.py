@@ -87,9 +87,19 @@ def _run_concepts(args: argparse.Namespace) -> None:
     print(f"html: {result.html_path}\njson: {result.json_path}")
 
 
+def _targets(args: argparse.Namespace) -> str:
+    return "prediction" if args.explain_prediction else "label"
+
+
+def _profile(args: argparse.Namespace) -> str:
+    return "quick" if args.quick else "full"
+
+
 def _run_benchmark(args: argparse.Namespace) -> None:
     from ..evaluation import benchmark
+    from .listings import parse_method_options
 
+    method_options = parse_method_options(args.method_option, args.methods or sorted(METHODS))
     models = args.model
     if _model_options(args):
         # one checkpoint: loaded here (the options name one model), benchmarked as a module
@@ -111,6 +121,9 @@ def _run_benchmark(args: argparse.Namespace) -> None:
         device=args.device,
         batch_size=args.batch_size,
         overwrite=args.overwrite,
+        targets=_targets(args),
+        profile=_profile(args),
+        method_options=method_options,
     )
     print(board.markdown(), end="")
     for kind, path in board.paths.items():
@@ -203,10 +216,12 @@ def _run_explain(args: argparse.Namespace) -> None:
             f"{args.method} explains the input, so drop --layer or pick one of those."
         )
     from ..models.weights_status import file_tag
+    from .listings import parse_method_options
 
+    given = parse_method_options(args.method_option, [args.method]).get(args.method, {})
     images = image_paths(args.images)
     model = _load(args)
-    options = {"target_layer": args.layer} if args.layer else None
+    options = {**given, **({"target_layer": args.layer} if args.layer else {})} or None
     out = Path(args.out)
     for image, name in zip(images, output_stems(images), strict=True):
         stem = f"{name}_{args.method}{file_tag(model)}"  # "_random-weights" when untrained
@@ -237,7 +252,9 @@ def _run_explain(args: argparse.Namespace) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> None:
     from ..evaluation import evaluate
+    from .listings import parse_method_options
 
+    method_options = parse_method_options(args.method_option, args.methods)
     model = _load(args)
     options = {"steps": args.steps} if args.steps else {}
     try:
@@ -252,7 +269,10 @@ def _run_evaluate(args: argparse.Namespace) -> None:
             overwrite=args.overwrite or args.no_resume,
             on_error=args.on_error,
             metric_options=options,
+            method_options=method_options,
             save_maps=args.save_maps,
+            targets=_targets(args),
+            profile=_profile(args),
         )
     except KeyboardInterrupt:
         from ..evaluation.summary import count_rows
@@ -269,19 +289,28 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
 def _run_report(args: argparse.Namespace) -> None:
     from ..analysis.error_report import error_report
+    from .listings import parse_method_options
 
+    given = parse_method_options(args.method_option, [args.method]).get(args.method)
     model = _load(args)
     result = error_report(
         model,
         args.data,
         args.out,
         method=args.method,
+        method_options=given,
         batch_size=args.batch_size,
         max_examples=args.max_examples,
         top_pairs=args.top_pairs,
     )
     print(result)
     print(f"html: {result.html_path}\njson: {result.json_path}")
+
+
+def _run_listing(args: argparse.Namespace) -> None:
+    from .listings import methods_listing, metrics_listing
+
+    print(methods_listing(args.kind) if args.command == "methods" else metrics_listing(), end="")
 
 
 def _run_layers(args: argparse.Namespace) -> None:
@@ -345,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "concepts": _run_concepts,
         "report": _run_report,
         "layers": _run_layers,
+        "methods": _run_listing,
+        "metrics": _run_listing,
         "groundtruth": _run_groundtruth,
     }
     try:

@@ -122,9 +122,23 @@ def _method_name(text: str) -> str:
 
 
 def _methods_help(default: str) -> str:
-    """One line per registered method: its name and summary (registry order)."""
-    lines = "; ".join(f"{name}: {METHODS[name].summary}" for name in methods())
-    return f"explanation method (default: {default}) - {lines}"
+    """Short: the default and where the list is (``timmlens methods``)."""
+    return (
+        f"explanation method (default: {default}); the {len(methods())} methods, their "
+        f"options and costs: timmlens methods"
+    )
+
+
+def _add_method_option(parser: argparse.ArgumentParser) -> None:
+    """``--method-option NAME=VALUE`` (repeatable): a constructor option of the methods."""
+    parser.add_argument(
+        "--method-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a method option, repeatable: n_steps=64 (every chosen method that takes it) "
+        "or ig.n_steps=64 (that method); see: timmlens methods",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_report,
         _add_concepts,
         _add_layers,
+        _add_listings,
         _add_groundtruth,
     ):
         add(command)
@@ -185,8 +200,32 @@ def _add_explain(command: Callable[..., argparse.ArgumentParser]) -> None:
         help=f"target layer of the layer methods ({', '.join(layer_methods())}); "
         f"default: the family's layer",
     )
+    _add_method_option(explain)
     explain.add_argument("--out", default=default_out("explain"), help="output folder")
     explain.add_argument("--html", action="store_true", help="also write interactive HTML")
+
+
+_DATA_HELP = (
+    "image folder; a sub-folder named by a class (index, class name, WordNet id) labels its "
+    "images, which are explained for that class"
+)
+
+
+def _add_targets(parser: argparse.ArgumentParser) -> None:
+    """``--explain-prediction`` and ``--quick``: the same options on ``evaluate`` and
+    ``benchmark``."""
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a first look in minutes: 16 insertion/deletion steps and each method's quick "
+        "options (fewer steps, samples, masks); outputs say it is not comparable to papers",
+    )
+    parser.add_argument(
+        "--explain-prediction",
+        action="store_true",
+        help="explain every image for its predicted class (by default a labelled image, "
+        "one in a sub-folder named by a class, is explained for its true class)",
+    )
 
 
 def _add_evaluate(command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -198,7 +237,7 @@ def _add_evaluate(command: Callable[..., argparse.ArgumentParser]) -> None:
         help="explain and score a dataset",
         description="Explain and score every image of a folder; writes rows and a summary.",
     )
-    evaluate.add_argument("data", help="image folder (integer-named sub-folders give labels)")
+    evaluate.add_argument("data", help=_DATA_HELP)
     add_model_arguments(evaluate)
     evaluate.add_argument(
         "--methods",
@@ -215,8 +254,9 @@ def _add_evaluate(command: Callable[..., argparse.ArgumentParser]) -> None:
         default=["insertion", "deletion"],
         choices=heatmap_metrics("heatmap"),
         metavar="METRIC",
-        help="metrics from the registry (timmlens.interpretation.metrics.metrics())",
+        help=f"heatmap metrics: {', '.join(heatmap_metrics('heatmap'))} (see: timmlens metrics)",
     )
+    _add_method_option(evaluate)
     evaluate.add_argument(
         "--out", default=default_out("evaluate"), help="output folder (rows and summary)"
     )
@@ -252,6 +292,7 @@ def _add_evaluate(command: Callable[..., argparse.ArgumentParser]) -> None:
         choices=["skip", "fail"],
         help="an unreadable image: skip it with a warning (counted in the summary) or stop",
     )
+    _add_targets(evaluate)
 
 
 def _add_report(command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -283,6 +324,7 @@ def _add_report(command: Callable[..., argparse.ArgumentParser]) -> None:
         metavar="METHOD",
         help=_methods_help("gradcam"),
     )
+    _add_method_option(report)
     report.add_argument(
         "--batch-size", type=_positive_int, default=8, help="images per forward and explanation"
     )
@@ -323,7 +365,7 @@ def _add_benchmark(command: Callable[..., argparse.ArgumentParser]) -> None:
             "centerprior. A model that does not load is reported; the others go on."
         ),
     )
-    bench.add_argument("data", help="image folder (integer-named sub-folders give labels)")
+    bench.add_argument("data", help=_DATA_HELP)
     bench.add_argument(
         "--model",
         nargs="+",
@@ -345,8 +387,9 @@ def _add_benchmark(command: Callable[..., argparse.ArgumentParser]) -> None:
         "--metrics",
         nargs="+",
         default=["insertion", "deletion"],
-        help=f"heatmap metrics from the registry: {', '.join(heatmap_metrics('heatmap'))}",
+        help=f"heatmap metrics: {', '.join(heatmap_metrics('heatmap'))} (see: timmlens metrics)",
     )
+    _add_method_option(bench)
     bench.add_argument(
         "--steps",
         type=_positive_int,
@@ -358,6 +401,7 @@ def _add_benchmark(command: Callable[..., argparse.ArgumentParser]) -> None:
     bench.add_argument(
         "--no-reference", action="store_true", help="leave out the randomcam/centerprior rows"
     )
+    _add_targets(bench)
     bench.add_argument(
         "--overwrite", action="store_true", help="discard earlier rows in --out and start afresh"
     )
@@ -431,6 +475,24 @@ def _add_concepts(command: Callable[..., argparse.ArgumentParser]) -> None:
         help="discard the shards and files already in --out and start afresh (by default a "
         "run resumes the shards of the same model, layer, options and images, and stops if "
         "--out holds another run's)",
+    )
+
+
+def _add_listings(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """``timmlens methods`` and ``timmlens metrics``: the registries, with options."""
+    listing = command(
+        "methods",
+        help="list the explanation methods with their options, defaults and costs",
+        description="Every registered method: engine, summary, cost, constructor options "
+        "with defaults (set them with --method-option) and what --quick changes.",
+    )
+    listing.add_argument(
+        "--kind", default=None, choices=["cam", "input", "attention"], help="only this engine"
+    )
+    command(
+        "metrics",
+        help="list the metrics with their direction and options",
+        description="Every registered metric: direction, what it needs, summary, options.",
     )
 
 

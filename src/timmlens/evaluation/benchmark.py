@@ -28,6 +28,7 @@ from ..interpretation.registry import default_comparison, resolve_method
 from .distributed import broadcast_from_rank0, rank_and_world
 from .evaluator import evaluate
 from .leaderboard import REFERENCE_METHODS, Leaderboard, build_leaderboard
+from .profiles import check_profile
 from .run_identity import load_model_seeded
 from .summary import RowStore
 
@@ -83,7 +84,7 @@ class _Runs:
     metric_names: list[str]
     out_dir: Path
     references: list[str]
-    #: ``batch_size``, ``overwrite``, ``progress``: passed to every ``evaluate``
+    #: ``batch_size``, ``overwrite``, ``progress``, ``targets``: passed to every ``evaluate``
     settings: dict[str, Any]
     method_options: dict[str, Any]
     metric_options: dict[str, Any]
@@ -147,6 +148,8 @@ class _Runs:
                 "metric_options": self.metric_options,
                 "method_options": self.method_options,
                 "device": str(device) if device is not None else None,
+                "profile": self.settings["profile"],
+                "targets": self.settings["targets"],
             },
         )
 
@@ -167,6 +170,8 @@ def benchmark(
     overwrite: bool = False,
     progress: bool = True,
     plot: bool = True,
+    targets: str = "label",
+    profile: str = "full",
 ) -> Leaderboard:
     """Score methods on several models and rank them: a leaderboard with reference rows.
 
@@ -198,6 +203,10 @@ def benchmark(
         method_options: constructor options per method (``{"ig": {"n_steps": 16}}``).
         metric_options: ``ExplanationMetrics`` options; ``steps`` overrides its ``steps``.
         plot: also write the PNG (matplotlib).
+        targets: ``"label"`` (the true class where the data gives it, see ``evaluate``)
+            or ``"prediction"``.
+        profile: ``"full"`` or ``"quick"`` (16 curve steps, each method's quick options;
+            the leaderboard says it is not comparable to papers).
 
     Returns:
         The `Leaderboard` (every rank returns it;
@@ -209,6 +218,7 @@ def benchmark(
             the data is the same for all).
         OutputPathError: another process is running in a model's folder.
     """
+    check_profile(profile)
     metric_names = list(dict.fromkeys(resolve_metric(m, needs="heatmap").name for m in metrics))
     if not metric_names:
         raise ValueError("benchmark needs at least one metric, e.g. ['insertion', 'deletion'].")
@@ -223,7 +233,13 @@ def benchmark(
         metric_names,
         Path(out),
         list(REFERENCE_METHODS) if reference else [],
-        {"batch_size": batch_size, "overwrite": overwrite, "progress": progress},
+        {
+            "batch_size": batch_size,
+            "overwrite": overwrite,
+            "progress": progress,
+            "targets": targets,
+            "profile": profile,
+        },
         dict(method_options or {}),
         options,
     )

@@ -34,6 +34,7 @@ from .distributed import (
 )
 from .lock import run_lock
 from .maps import map_path, maps_settings, save_batch_maps
+from .profiles import profile_options, quick_hint
 from .run_identity import (
     RUN_FILE,
     build_identity,
@@ -49,6 +50,7 @@ from .summary import EvaluationSummary, RowStore, build_summary
 #: The heatmap metrics registered at import; `_metric_name` asks the registry live.
 ROW_FORMATS = ("jsonl", "csv")
 ON_ERROR = ("skip", "fail")
+TARGETS = ("label", "prediction")
 #: what a dataset item or image file that cannot be read raises (PIL: OSError subclasses
 #: and DecompressionBombError, a plain Exception)
 _UNREADABLE = (OSError, ImageInputError, Image.DecompressionBombError)
@@ -133,16 +135,19 @@ def _rows_for_batch(
     complete: set[tuple[str, str]],
     maps: dict[str, Any] | None = None,
     cost: _CostMeter | None = None,
+    by_label: bool = True,
 ) -> list[dict[str, Any]]:
     """Rows of ``samples`` (inputs ``(B, C, H, W)``) for each method whose row is not yet
     ``complete``; a method is run only on the images that still need it. With ``maps``
     (``{"dir", "model", "layers", "geometries"}``) each heatmap is also saved. ``cost``
-    measures the forwards of each method's explaining and scoring (for the progress bar)."""
+    measures the forwards of each method's explaining and scoring (for the progress bar).
+    ``by_label=False`` explains every image's prediction, its label only recorded."""
     # Eval mode: a model handed over in train mode predicts without dropout.
     logits = predict(model, inputs)
     predicted = logits.argmax(dim=1).tolist()
     targets = [
-        s.label if s.label is not None else p for s, p in zip(samples, predicted, strict=True)
+        s.label if s.label is not None and by_label else p
+        for s, p in zip(samples, predicted, strict=True)
     ]
     rows = []
     for name, explainer in explainers.items():
@@ -220,6 +225,9 @@ class _Run:
     progress: bool
     #: ``{"dir", "model", "layers"}`` with ``save_maps=True``, else ``None``
     maps: dict[str, Any] | None = None
+    #: what is explained: ``"label"`` (the true class where known) or ``"prediction"``
+    targets: str = "label"
+    profile: str = "full"
 
 
 def _check_other_format(out_dir: Path, store: RowStore) -> None:
@@ -278,7 +286,8 @@ def _open_output_on_all_ranks(
         if rank == 0:
             held.enter_context(run_lock(run.out_dir))
             identity = build_identity(
-                run.model, run.method_ids, run.metric_names, run.metric_options, run.samples
+                *(run.model, run.method_ids, run.metric_names, run.metric_options, run.samples),
+                *(run.targets, run.profile),
             )
             recorded, existing = _open_output(
                 run.out_dir, run.store, identity, run.metric_names, fresh
@@ -329,6 +338,7 @@ def _run_batch(
             complete,
             batch_maps,
             meter,
+            run.targets == "label",
         )
         if inputs is not None
         else []
@@ -357,7 +367,7 @@ def _run_pending(
     plan = _plan(run, mine, complete)
     if run.progress:
         # before the bar: what the run will cost, so a long one can be stopped now
-        tqdm.write(f"evaluate: {plan}", file=sys.stderr)
+        tqdm.write(f"evaluate: {plan}{quick_hint(plan.total, run.metric_options)}", file=sys.stderr)
     bar = tqdm(total=plan.total, desc="evaluate", unit="fwd", disable=not run.progress)
     with bar, ForwardCounter(run.model, bar.update) as counter:
         meter = _CostMeter(plan, counter, bar)
@@ -411,7 +421,9 @@ def _new_run(
     )
 
 
-def _check_arguments(batch_size: int, rows_format: str, on_error: str) -> None:
+def _check_arguments(batch_size: int, rows_format: str, on_error: str, targets: str) -> None:
+    if targets not in TARGETS:
+        raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if rows_format not in ROW_FORMATS:
@@ -486,6 +498,8 @@ def evaluate(
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     metric_options: Mapping[str, Any] | None = None,
     save_maps: bool = False,
+    targets: str = "label",
+    profile: str = "full",
 ) -> EvaluationSummary:
     """Explain and score every image of ``data`` with every method and metric.
 
@@ -508,24 +522,17 @@ def evaluate(
     are the same in another process only if seeded
     ([`load_model_seeded`][timmlens.evaluation.load_model_seeded]).
 
-    **One run per folder.** The run holds ``out/run.lock`` (``fcntl.flock``, POSIX) until
-    its summary is written; a second run on the folder stops at once. The lock ends with
-    its process, so a killed run blocks nothing.
-    **Crash safety.** A last line cut by a kill is dropped with a warning naming the file
-    and line, and computed again. ``KeyboardInterrupt`` leaves every finished batch's rows.
-    **Progress.** Before it starts, the run prints what it will cost in forwards (one image
-    through the model; `cost`): predictions, explaining and scoring. The progress bar
-    counts those forwards chunk by chunk (a forward hook, removed at the end), with an ETA;
-    a cost not known in advance is measured on the first batch and the total widened.
-
-    Under ``torchrun`` each rank takes every ``world``-th pending image; rank 0 gathers
-    the rows after every round and writes them, as one process would. Every rank returns
-    the summary.
+    **One run per folder**: ``out/run.lock`` (``fcntl.flock``) stops a second run at once
+    and ends with its process. **Crash safety.** A last line cut by a kill is dropped
+    (warned) and computed again; Ctrl-C keeps finished rows. **Progress.** The run first
+    prints its cost in forwards (`cost`; a long full run is pointed to ``profile="quick"``),
+    then counts them chunk by chunk with an ETA (unknown costs measured on the first batch).
+    Under ``torchrun`` each rank takes every ``world``-th pending image; rank 0 gathers and
+    writes the rows every round. Every rank returns the summary.
 
     Args:
         model: an ``ImageClassifier`` or timm model (on the device to use).
-        data: an image folder (integer-named sub-folders give labels), a map-style
-            ``Dataset`` yielding ``image`` or ``(image, label)``, or a ``DataLoader``.
+        data: an image folder, a ``Dataset`` of ``image`` or ``(image, label)``, a loader.
         methods: registry names (any of [`methods`][timmlens.interpretation.registry.methods],
             e.g. ``gradcam``, ``ig``; aliases accepted) or explainer instances (their class
             and the settings they hold are in the identity). Rows are keyed by the
@@ -536,7 +543,7 @@ def evaluate(
         out: output folder.
         batch_size: images per explanation batch (per rank).
         rows_format: ``"jsonl"`` or ``"csv"``.
-        resume: ``False`` is ``overwrite=True`` (the name older code used).
+        resume: ``False`` is ``overwrite=True`` (older code).
         overwrite: discard the rows and identity already in ``out`` and start afresh.
         progress: print the cost and show the progress bar (rank 0 only).
         on_error: an image that cannot be read (a broken file, a dataset item raising
@@ -549,6 +556,8 @@ def evaluate(
             ``(H, W)`` map, probabilities, classes, geometry, model and weights status;
             read with [`timmlens.load_explanation`][]). Each file is written atomically;
             on resume a row whose map file is missing is computed again.
+        targets: ``"label"`` (labels as `source_for` reads them) or ``"prediction"``.
+        profile: ``"full"`` or ``"quick"`` (`profile_options`: marked not comparable).
 
     Raises:
         RunMismatchError: ``out`` holds rows of another run (one line: what differs).
@@ -556,11 +565,15 @@ def evaluate(
         OutputPathError: another process is running in ``out``.
         ImageInputError: no image could be read (see ``on_error``).
     """
-    _check_arguments(batch_size, rows_format, on_error)
+    _check_arguments(batch_size, rows_format, on_error, targets)
     init_from_environment()
     rank = rank_and_world()[0]
+    method_options, metric_options = profile_options(
+        profile, methods, method_options, metric_options
+    )
     run = _new_run(model, data, methods, metrics, out, rows_format, method_options, metric_options)
     run.batch_size, run.on_error, run.progress = batch_size, on_error, progress and rank == 0
+    run.targets, run.profile = targets, profile
     with ExitStack() as held:  # the folder's lock, on rank 0, until the summary is written
         recorded, existing, complete = _open_output_on_all_ranks(
             rank, run, overwrite or not resume, held

@@ -2,9 +2,12 @@
 
 Nothing here runs a model: `benchmark` runs
 ``evaluate`` once per model and hands the rows over. Each entry is a mean with its
-95% confidence interval (Student t over the images), per model and pooled over every
-(model, image) pair; methods are ranked by the pooled mean of the first metric, in its
-better direction.
+95% confidence interval (Student t over the images, clipped to the metric's range), per
+model and pooled over every (model, image) pair; methods are ranked by the pooled mean
+of the first metric, in its better direction, and compared image by image with the best
+method and the reference rows (`leaderboard_stats`): one that is not distinguishable from
+the best is marked ``≈``. Besides markdown, JSON and PNG it writes the per-image rows
+(``leaderboard_rows.csv``) and the pooled table as LaTeX (``leaderboard.tex``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from ..interpretation.metrics.registry import resolve_metric
+from .leaderboard_stats import (
+    NOT_DISTINGUISHABLE,
+    best_method,
+    format_difference,
+    format_statistic,
+    latex_table,
+    paired_versus,
+    write_rows_csv,
+)
+from .profiles import QUICK_NOTE
 from .run_identity import jsonable
 from .summary import Statistic, summarise
 
@@ -42,7 +55,8 @@ class Leaderboard:
         not_applicable: model -> methods that do not apply to it (attention on a CNN).
         reference: the reference methods among ``methods``.
         settings: what the run used (steps, method options, ...), for the record.
-        paths: what was written: ``markdown``, ``json``, ``plot``.
+        paths: what was written: ``markdown``, ``json``, ``plot``, ``rows_csv``, ``latex``.
+        image_rows: model -> its per-image rows (the paired comparisons and the CSV).
     """
 
     methods: list[str]
@@ -57,6 +71,54 @@ class Leaderboard:
     reference: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     paths: dict[str, Path] = field(default_factory=dict)
+    image_rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
+
+    @property
+    def best(self) -> str | None:
+        """The best method by the first metric that is not a reference row."""
+        return best_method(self.methods, self.reference)
+
+    def versus(self, metric: str) -> dict[str, dict[str, Any]]:
+        """``{method: {other: PairedDifference}}`` against the best and the references."""
+        others = [m for m in [self.best, *self.reference] if m is not None]
+        return paired_versus(self.image_rows, self.methods, metric, others)
+
+    @property
+    def tied_with_best(self) -> list[str]:
+        """Methods not distinguishable from the best by the first metric (paired, 5%)."""
+        if self.best is None or not self.image_rows:
+            return []
+        versus = self.versus(self.metrics[0])
+        best = self.best
+        return [
+            m for m in self.methods if best in versus[m] and not versus[m][best].distinguishable
+        ]
+
+    def _paired_section(self) -> list[str]:
+        """Markdown: per metric, each method minus the best and minus each reference row."""
+        if not self.image_rows or self.best is None:
+            return []
+        others = [self.best, *[r for r in self.reference if r != self.best]]
+        lines = [
+            "",
+            "### Paired differences",
+            "",
+            f"Per (model, image) pair: mean difference [paired bootstrap 95% CI], two-sided "
+            f"Wilcoxon signed-rank p; {NOT_DISTINGUISHABLE} not distinguishable at 5%. The "
+            f"best method is `{self.best}`.",
+        ]
+        for metric in self.metrics:
+            versus = self.versus(metric)
+            head = [metric, *(f"− `{o}`" + (" (best)" if o == self.best else "") for o in others)]
+            body = [
+                [
+                    f"`{m}`",
+                    *(format_difference(versus[m][o]) if o in versus[m] else "" for o in others),
+                ]
+                for m in self.methods
+            ]
+            lines += ["", *_table(head, body)]
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data (NaN as ``None``), as ``leaderboard.json`` holds it."""
@@ -77,6 +139,17 @@ class Leaderboard:
                 "failures": self.failures,
                 "not_applicable": self.not_applicable,
                 "settings": self.settings,
+                "best": self.best,
+                # per metric: {method: {other: vars(PairedDifference)}}, other = best, references
+                "paired": {
+                    metric: {
+                        m: {o: vars(d) for o, d in versus.items()}
+                        for m, versus in self.versus(metric).items()
+                    }
+                    for metric in self.metrics
+                }
+                if self.image_rows
+                else {},
             }
         )
 
@@ -94,7 +167,10 @@ class Leaderboard:
             f"or the centre bias there.",
             "",
             *_table(head, self._rows(self.pooled, ranked=True)),
+            *self._paired_section(),
         ]
+        if self.settings.get("profile") == "quick":
+            lines[:0] = [f"**{QUICK_NOTE[0].upper()}{QUICK_NOTE[1:]}.**", ""]
         for model in self.models:
             lines += [
                 "",
@@ -111,9 +187,11 @@ class Leaderboard:
 
     def _rows(self, table: Mapping[str, Mapping[str, Statistic]], ranked: bool) -> list[list[str]]:
         rows = []
+        tied = self.tied_with_best if ranked else []
         for rank, method in enumerate((m for m in self.methods if m in table), start=1):
             name = f"*`{method}`*" if method in self.reference else f"`{method}`"
-            cells = [_format(table[method][metric]) for metric in self.metrics]
+            name += f" {NOT_DISTINGUISHABLE} best" if method in tied and method != self.best else ""
+            cells = [format_statistic(table[method][metric], metric) for metric in self.metrics]
             rows.append([str(rank), name, *cells] if ranked else [name, *cells])
         return rows
 
@@ -129,18 +207,27 @@ class Leaderboard:
         self.paths["json"].write_text(
             json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8"
         )
+        if self.image_rows:
+            self.paths["rows_csv"] = write_rows_csv(
+                out / "leaderboard_rows.csv", self.image_rows, self.metrics
+            )
+        self.paths["latex"] = out / "leaderboard.tex"
+        self.paths["latex"].write_text(
+            latex_table(
+                self.methods,
+                self.metrics,
+                self.higher_is_better,
+                self.pooled,
+                [m for m in self.tied_with_best if m != self.best],
+                self.reference,
+            ),
+            encoding="utf-8",
+        )
         if plot and self.methods:
             from ..viz.leaderboard_plot import leaderboard_figure
 
             self.paths["plot"] = out / "leaderboard.png"
             leaderboard_figure(self).savefig(self.paths["plot"], dpi=120, bbox_inches="tight")
-
-
-def _format(stat: Statistic) -> str:
-    if stat.n == 0 or not math.isfinite(stat.mean):
-        return "-"
-    ci = f" ± {stat.ci95:.3f}" if math.isfinite(stat.ci95) else ""
-    return f"{stat.mean:.3f}{ci}"
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -211,4 +298,5 @@ def build_leaderboard(
         not_applicable={k: list(v) for k, v in (not_applicable or {}).items() if v},
         reference=[m for m in reference if m in pooled],
         settings=dict(settings or {}),
+        image_rows={model: [dict(row) for row in model_rows] for model, model_rows in rows.items()},
     )

@@ -214,8 +214,13 @@ def build_identity(
     metrics: Sequence[str],
     metric_options: Mapping[str, Any],
     samples: Sequence[Sample],
+    targets: str = "label",
+    profile: str = "full",
 ) -> dict[str, Any]:
-    """The identity ``run.json`` holds (see the module docstring)."""
+    """The identity ``run.json`` holds (see the module docstring); ``targets``: what was
+    explained, ``"label"`` (true class where known) or ``"prediction"``; ``profile``
+    (``"full"``, ``"quick"``) is recorded for the outputs' notes, not compared: the
+    options it set are."""
     from .._version import __version__
 
     return {
@@ -225,6 +230,8 @@ def build_identity(
         "methods": dict(methods),
         "metric_options": metric_identity(metric_options),
         "images": images_identity(samples),
+        "targets": targets,
+        "profile": profile,
         "metrics": list(metrics),
     }
 
@@ -280,6 +287,10 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     for name in [m for m in new_methods if m in old_methods]:
         found.extend(_method_differences(name, old_methods[name], new_methods[name]))
     found.extend(_image_differences(old.get("images") or {}, new.get("images") or {}))
+    # run.json files written before the option explained the label where known
+    old_targets, new_targets = old.get("targets", "label"), new.get("targets", "label")
+    if old_targets != new_targets:
+        found.append(f"explained class: {old_targets} vs {new_targets}")
     if old.get("timmlens") != new.get("timmlens"):
         found.append(f"timmlens version: {old.get('timmlens')} vs {new.get('timmlens')}")
     return found

@@ -80,15 +80,24 @@ class EvaluationSummary:
 
     @property
     def labels_line(self) -> str:
-        """``"3 of 4 images labelled (explained for their true class); 1 for its
+        """``"3 of 4 images labelled (explained for their true class); 1 explained for its
         prediction"``: the one sentence every output says about labels."""
         rest = self.n_images - self.n_labelled
         text = f"{self.n_labelled} of {self.n_images} images labelled"
+        if (self.identity or {}).get("targets") == "prediction":
+            return f"{text}; every image explained for its prediction"
         if self.n_labelled:
             text += " (explained for their true class)"
         if rest:
             text += f"; {rest} explained for {'its' if rest == 1 else 'their'} prediction"
         return text
+
+    @property
+    def note(self) -> str | None:
+        """``"quick profile (...): not comparable to papers"`` for a quick run, else None."""
+        from .profiles import QUICK_NOTE
+
+        return QUICK_NOTE if (self.identity or {}).get("profile") == "quick" else None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data (NaN as ``None``), as ``summary.json`` holds it."""
@@ -96,6 +105,8 @@ class EvaluationSummary:
             {
                 "n_images": self.n_images,
                 "n_labelled": self.n_labelled,
+                "profile": (self.identity or {}).get("profile", "full"),
+                "note": self.note,
                 "rows": str(self.rows_path),
                 "methods": {
                     method: {metric: vars(stat) for metric, stat in stats.items()}
@@ -115,7 +126,7 @@ class EvaluationSummary:
         for method, stats in self.table.items():
             lines.append(" | ".join([method, *(str(stats[m]) for m in self.metrics)]))
         text = f"{self.n_images} images, mean ± 95% CI\n" + "\n".join(lines)
-        text += f"\n{self.labels_line}"
+        text += f"\n{self.labels_line}" + (f"\n{self.note}" if self.note else "")
         if self.identity:
             text += "\n" + describe_identity(self.identity)
         if self.skipped:

@@ -466,7 +466,17 @@ class LabelResolver:
             if close
             else ""
         )
-        return f"{where}: '{text}' is not a class of this model.{hint} Expected {self.expected()}."
+        message = (
+            f"{where}: '{text}' is not a class of this model.{hint} Expected {self.expected()}."
+        )
+        if not self.class_names and not self.imagenet:
+            # a fine-tuned model without names: the folder names are likely its classes
+            message += (
+                " If the folders name your classes, give the model their names in index "
+                "order: class_names=[...] in Python, --class-names FILE|a,b,c on the command "
+                "line."
+            )
+        return message
 
 
 def _index(pairs: Any) -> dict[str, list[int]]:
