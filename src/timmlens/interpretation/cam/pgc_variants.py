@@ -312,16 +312,17 @@ def sobel_edges(images: torch.Tensor, saturate: float | None = 255.0) -> torch.T
     "sobel_cam)",
     paper="pytorch-grad-cam's sobel_cam baseline (Gildenblat et al.); Sobel & Feldman 1968",
     formula="(min(|S_x * grey|, 255) + min(|S_y * grey|, 255)) / 2 on the image in [0, 255]",
-    cost="1 forward (for the logits; the map uses none) + two 3x3 convolutions",
+    cost="two 3x3 convolutions (+ 1 forward for the predicted class; the map uses none)",
 )
 class SobelCAM(Explainer):
     """A model-free baseline: the Sobel edge magnitude of the input image.
 
     The input is mapped back to ``[0, 255]`` pixels with the model's own ``mean`` and
     ``std`` (its data config), then `sobel_edges` gives pytorch-grad-cam's ``sobel_cam``
-    map. The model runs once, without gradients, only to report the logits and the
-    predicted classes; the map is the same for every target and every model, which is
-    the point of a baseline (a method that does no better than edges explains little).
+    map. The model runs (once, without gradients) only when the target is the predicted
+    class or a callable, to report the class; the map is the same for every target and
+    every model, which is the point of a baseline (a method that does no better than
+    edges explains little).
 
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
@@ -359,11 +360,14 @@ class SobelCAM(Explainer):
         """The edge maps of ``inputs`` ``(B, 3, H, W)``: heatmap ``(B, H, W)``."""
         if kwargs:
             raise TypeError(f"unexpected arguments for SobelCAM: {sorted(kwargs)}")
-        score = TargetScore(self.model)
-        with torch.no_grad():
-            score(inputs, target_rows(targets, inputs.device))
-        assert score.seen is not None
-        chosen, logits = score.seen
+        chosen = target_rows(targets, inputs.device)
+        logits = None
+        if not isinstance(chosen, torch.Tensor):  # the predicted class (or a callable's)
+            score = TargetScore(self.model)
+            with torch.no_grad():
+                score(inputs, chosen)
+            assert score.seen is not None
+            chosen, logits = score.seen
         edges = sobel_edges(self.pixels(inputs.detach().float()))
         return Explanation(
             heatmap=normalize_maps(edges) if self.normalize else edges,
