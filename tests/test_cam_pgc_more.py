@@ -241,6 +241,19 @@ def test_shapleycam_switches_fused_attention_off_for_the_call_only() -> None:
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
 
 
+def test_shapleycam_several_layers_and_a_with_block_give_each_layers_own_map() -> None:
+    model, inputs = vit(), vit_input()
+    layers = ["blocks.3.norm1", VIT_LAYER]
+    alone = [
+        ShapleyCAM(model, target_layer=name).attribute_layer(inputs, VIT_TARGETS) for name in layers
+    ]
+    together = ShapleyCAM(model, target_layer=layers).attribute_layers(inputs, VIT_TARGETS)
+    for one, both in zip(alone, together, strict=True):
+        torch.testing.assert_close(both, one)
+    with ShapleyCAM(model, target_layer=VIT_LAYER) as explainer:  # taps kept for the block
+        torch.testing.assert_close(explainer.attribute_layer(inputs, VIT_TARGETS), alone[1])
+
+
 # --------------------------------------------------------------------------- FinerCAM
 def _peer_finer(model, layer, inputs, reshape, **call) -> np.ndarray:
     from pytorch_grad_cam import FinerCAM as PeerFinerCAM

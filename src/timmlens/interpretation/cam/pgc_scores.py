@@ -88,14 +88,17 @@ class SecondOrderContext(CamContext):
 
 
 def _leaf_hook(leaves: dict[int, torch.Tensor], index: int) -> Any:
-    """A forward hook that makes the layer's output a leaf of the autograd graph."""
+    """A forward hook that keeps the layer's output ``A`` to differentiate by."""
 
     def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
         position = _first_spatial_index(output)
         if position is None:
             return None  # the tap refuses such a layer with its own message
         tensor = output if position < 0 else output[position]
-        leaf = tensor.detach().requires_grad_(True)
+        # Below the first tapped layer nothing takes gradients (frozen parameters, detached
+        # input): that output becomes a leaf. A later tapped layer already depends on it and
+        # is kept in the graph (detaching it would cut the earlier layer's gradient).
+        leaf = tensor if tensor.requires_grad else tensor.detach().requires_grad_(True)
         leaves[index] = leaf
         # what follows may work in place (a residual ``x += ...``): on a copy, not the leaf
         replaced = leaf.clone()
