@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...adapters import LayerSpec
-from ...errors import LayerResolutionError
 from ...models.introspect import data_config
 from .._targets import ResolvedTargets, TargetScore, target_rows
 from ..base import Explainer, Explanation, normalize_maps
@@ -129,19 +128,24 @@ class FEM(CAMExplainer):
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, k={self.k})"
 
+    def constant_map_causes_of(self, result: Explanation) -> str:
+        """On a small map the ``k``-sigma rule can select nothing: every weight is 0."""
+        for name, cam in zip(self.layer_names, result.extras.get("layer_maps", ()), strict=False):
+            cells = cam.shape[-2:].numel()
+            # Samuelson: no value of n exceeds its mean by more than sqrt(n - 1) (population)
+            # standard deviations, so on a map that small every weight is 0.
+            if 1 < cells <= self.k**2 + 1:
+                height, width = cam.shape[-2:]
+                return (
+                    f"FEM's k-sigma rule cannot select any position of the {height}x{width} "
+                    f"map of {name}: of {cells} values none exceeds the mean by more than "
+                    f"sqrt({cells - 1}) = {(cells - 1) ** 0.5:.2f} standard deviations, and "
+                    f"k={self.k:g}, so every channel weight is 0. Give larger images (the "
+                    f"model's own size), an earlier layer (target_layer=) or a smaller k"
+                )
+        return super().constant_map_causes_of(result)
+
     def channel_weights(self, ctx: CamContext) -> torch.Tensor:
-        cells = ctx.activations.shape[-2:].numel()
-        # Samuelson: no value of n exceeds its mean by more than sqrt(n - 1) (population)
-        # standard deviations, so on a map that small every weight would be 0.
-        if cells - 1 <= self.k**2:
-            height, width = ctx.activations.shape[-2:]
-            raise LayerResolutionError(
-                f"FEM's k-sigma rule cannot select any position of the {height}x{width} map "
-                f"of {ctx.layer_name}: of {cells} values none exceeds the mean by more than "
-                f"sqrt({cells - 1}) = {(cells - 1) ** 0.5:.2f} standard deviations, and "
-                f"k={self.k:g}. Give larger images (the model's own size), an earlier layer "
-                f"(target_layer=) or a smaller k."
-            )
         return fem_weights(ctx.activations, self.k)
 
 
