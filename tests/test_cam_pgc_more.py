@@ -253,6 +253,9 @@ def test_shapleycam_several_layers_and_a_with_block_give_each_layers_own_map() -
         torch.testing.assert_close(both, one)
     with ShapleyCAM(model, target_layer=VIT_LAYER) as explainer:  # taps kept for the block
         torch.testing.assert_close(explainer.attribute_layer(inputs, VIT_TARGETS), alone[1])
+    # a callable target that reads one logit is that class, as for every method
+    explainer = ShapleyCAM(model, target_layer=VIT_LAYER)
+    torch.testing.assert_close(explainer(inputs, lambda z: z[:, 5]), explainer(inputs, 5))
 
 
 # --------------------------------------------------------------------------- FinerCAM

@@ -128,7 +128,7 @@ class ShapleyCAM(CAMExplainer):
     """ShapleyCAM (Cai 2025): GradCAM's weights less half the Hessian-vector product ``H A``.
 
     The layer's output ``A`` (as the layer returns it: with a ViT's class token, as
-    pytorch-grad-cam's hook sees it) becomes a leaf of the graph; ``g = d score / dA``
+    pytorch-grad-cam's hook sees it) is kept to differentiate by; ``g = d score / dA``
     is taken with its graph, then ``H A = d (g . A) / dA`` in a second backward. Both are
     then seen as ``(B, C, h, w)`` and `shapleycam_weights` gives the weights. timm's fused
     attention is switched to its explicit form for the call (`unfused_attention`),
