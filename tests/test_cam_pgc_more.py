@@ -23,7 +23,8 @@ import timm
 import torch
 from torch import nn
 
-from timmlens.errors import LayerResolutionError, TargetError
+from timmlens import DegenerateMapWarning
+from timmlens.errors import TargetError
 from timmlens.interpretation.cam import (
     FEM,
     KPCACAM,
@@ -241,6 +242,22 @@ def test_shapleycam_switches_fused_attention_off_for_the_call_only() -> None:
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
 
 
+def test_shapleycam_several_layers_and_a_with_block_give_each_layers_own_map() -> None:
+    model, inputs = vit(), vit_input()
+    layers = ["blocks.3.norm1", VIT_LAYER]
+    alone = [
+        ShapleyCAM(model, target_layer=name).attribute_layer(inputs, VIT_TARGETS) for name in layers
+    ]
+    together = ShapleyCAM(model, target_layer=layers).attribute_layers(inputs, VIT_TARGETS)
+    for one, both in zip(alone, together, strict=True):
+        torch.testing.assert_close(both, one)
+    with ShapleyCAM(model, target_layer=VIT_LAYER) as explainer:  # taps kept for the block
+        torch.testing.assert_close(explainer.attribute_layer(inputs, VIT_TARGETS), alone[1])
+    # a callable target that reads one logit is that class, as for every method
+    explainer = ShapleyCAM(model, target_layer=VIT_LAYER)
+    torch.testing.assert_close(explainer(inputs, lambda z: z[:, 5]), explainer(inputs, 5))
+
+
 # --------------------------------------------------------------------------- FinerCAM
 def _peer_finer(model, layer, inputs, reshape, **call) -> np.ndarray:
     from pytorch_grad_cam import FinerCAM as PeerFinerCAM
@@ -335,8 +352,8 @@ def test_class_agnostic_methods_take_no_gradients() -> None:
     with pytest.raises(ValueError, match="FEM's k must be a number"):
         FEM(model, target_layer=VIT_LAYER, k="2")
     # a 4x4 map: sqrt(15) = 3.87 standard deviations at most, so k=4 can select nothing
-    with pytest.raises(LayerResolutionError, match=r"cannot select any position of the 4x4"):
-        FEM(model, target_layer=VIT_LAYER, k=4)(inputs)
+    with pytest.warns(DegenerateMapWarning, match=r"cannot select any position of the 4x4"):
+        assert FEM(model, target_layer=VIT_LAYER, k=4)(inputs).max() == 0
     # Samuelson's bound is tight: one peak on a 4x4 map is sqrt(15) deviations up
     peak = torch.zeros(1, 1, 4, 4)
     peak[..., 1, 2] = 1.0

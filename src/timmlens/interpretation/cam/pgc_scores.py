@@ -88,14 +88,17 @@ class SecondOrderContext(CamContext):
 
 
 def _leaf_hook(leaves: dict[int, torch.Tensor], index: int) -> Any:
-    """A forward hook that makes the layer's output a leaf of the autograd graph."""
+    """A forward hook that keeps the layer's output ``A`` to differentiate by."""
 
     def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
         position = _first_spatial_index(output)
         if position is None:
             return None  # the tap refuses such a layer with its own message
         tensor = output if position < 0 else output[position]
-        leaf = tensor.detach().requires_grad_(True)
+        # Below the first tapped layer nothing takes gradients (frozen parameters, detached
+        # input): that output becomes a leaf. A later tapped layer already depends on it and
+        # is kept in the graph (detaching it would cut the earlier layer's gradient).
+        leaf = tensor if tensor.requires_grad else tensor.detach().requires_grad_(True)
         leaves[index] = leaf
         # what follows may work in place (a residual ``x += ...``): on a copy, not the leaf
         replaced = leaf.clone()
@@ -125,7 +128,7 @@ class ShapleyCAM(CAMExplainer):
     """ShapleyCAM (Cai 2025): GradCAM's weights less half the Hessian-vector product ``H A``.
 
     The layer's output ``A`` (as the layer returns it: with a ViT's class token, as
-    pytorch-grad-cam's hook sees it) becomes a leaf of the graph; ``g = d score / dA``
+    pytorch-grad-cam's hook sees it) is kept to differentiate by; ``g = d score / dA``
     is taken with its graph, then ``H A = d (g . A) / dA`` in a second backward. Both are
     then seen as ``(B, C, h, w)`` and `shapleycam_weights` gives the weights. timm's fused
     attention is switched to its explicit form for the call (`unfused_attention`),

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...adapters import LayerSpec
-from ...errors import LayerResolutionError
 from ...models.introspect import data_config
 from .._targets import ResolvedTargets, TargetScore, target_rows
 from ..base import Explainer, Explanation, normalize_maps
@@ -129,19 +128,24 @@ class FEM(CAMExplainer):
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, k={self.k})"
 
+    def constant_map_causes_of(self, result: Explanation) -> str:
+        """On a small map the ``k``-sigma rule can select nothing: every weight is 0."""
+        for name, cam in zip(self.layer_names, result.extras.get("layer_maps", ()), strict=False):
+            cells = cam.shape[-2:].numel()
+            # Samuelson: no value of n exceeds its mean by more than sqrt(n - 1) (population)
+            # standard deviations, so on a map that small every weight is 0.
+            if 1 < cells <= self.k**2 + 1:
+                height, width = cam.shape[-2:]
+                return (
+                    f"FEM's k-sigma rule cannot select any position of the {height}x{width} "
+                    f"map of {name}: of {cells} values none exceeds the mean by more than "
+                    f"sqrt({cells - 1}) = {(cells - 1) ** 0.5:.2f} standard deviations, and "
+                    f"k={self.k:g}, so every channel weight is 0. Give larger images (the "
+                    f"model's own size), an earlier layer (target_layer=) or a smaller k"
+                )
+        return super().constant_map_causes_of(result)
+
     def channel_weights(self, ctx: CamContext) -> torch.Tensor:
-        cells = ctx.activations.shape[-2:].numel()
-        # Samuelson: no value of n exceeds its mean by more than sqrt(n - 1) (population)
-        # standard deviations, so on a map that small every weight would be 0.
-        if cells - 1 <= self.k**2:
-            height, width = ctx.activations.shape[-2:]
-            raise LayerResolutionError(
-                f"FEM's k-sigma rule cannot select any position of the {height}x{width} map "
-                f"of {ctx.layer_name}: of {cells} values none exceeds the mean by more than "
-                f"sqrt({cells - 1}) = {(cells - 1) ** 0.5:.2f} standard deviations, and "
-                f"k={self.k:g}. Give larger images (the model's own size), an earlier layer "
-                f"(target_layer=) or a smaller k."
-            )
         return fem_weights(ctx.activations, self.k)
 
 
@@ -312,16 +316,17 @@ def sobel_edges(images: torch.Tensor, saturate: float | None = 255.0) -> torch.T
     "sobel_cam)",
     paper="pytorch-grad-cam's sobel_cam baseline (Gildenblat et al.); Sobel & Feldman 1968",
     formula="(min(|S_x * grey|, 255) + min(|S_y * grey|, 255)) / 2 on the image in [0, 255]",
-    cost="1 forward (for the logits; the map uses none) + two 3x3 convolutions",
+    cost="two 3x3 convolutions (+ 1 forward for the predicted class; the map uses none)",
 )
 class SobelCAM(Explainer):
     """A model-free baseline: the Sobel edge magnitude of the input image.
 
     The input is mapped back to ``[0, 255]`` pixels with the model's own ``mean`` and
     ``std`` (its data config), then `sobel_edges` gives pytorch-grad-cam's ``sobel_cam``
-    map. The model runs once, without gradients, only to report the logits and the
-    predicted classes; the map is the same for every target and every model, which is
-    the point of a baseline (a method that does no better than edges explains little).
+    map. The model runs (once, without gradients) only when the target is the predicted
+    class or a callable, to report the class; the map is the same for every target and
+    every model, which is the point of a baseline (a method that does no better than
+    edges explains little).
 
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
@@ -359,11 +364,14 @@ class SobelCAM(Explainer):
         """The edge maps of ``inputs`` ``(B, 3, H, W)``: heatmap ``(B, H, W)``."""
         if kwargs:
             raise TypeError(f"unexpected arguments for SobelCAM: {sorted(kwargs)}")
-        score = TargetScore(self.model)
-        with torch.no_grad():
-            score(inputs, target_rows(targets, inputs.device))
-        assert score.seen is not None
-        chosen, logits = score.seen
+        chosen = target_rows(targets, inputs.device)
+        logits = None
+        if not isinstance(chosen, torch.Tensor):  # the predicted class (or a callable's)
+            score = TargetScore(self.model)
+            with torch.no_grad():
+                score(inputs, chosen)
+            assert score.seen is not None
+            chosen, logits = score.seen
         edges = sobel_edges(self.pixels(inputs.detach().float()))
         return Explanation(
             heatmap=normalize_maps(edges) if self.normalize else edges,
