@@ -104,7 +104,7 @@ def maco_image(magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
     """MACO: fixed magnitude, free phase -> image.
 
     Args:
-        magnitude: ``(3, H, W // 2 + 1)`` from [`maco_magnitude`][].
+        magnitude: ``(3, H, W // 2 + 1)`` from ``maco_magnitude``.
         phase: ``(3, H, W // 2 + 1)`` the optimised phase (standardised first).
 
     Returns:

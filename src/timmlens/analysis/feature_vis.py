@@ -1,6 +1,6 @@
 """Feature visualisation: the image that drives a channel, a neuron, a class or a concept.
 
-[`visualize_feature`][] optimises an image (through the MACO or Fourier
+``visualize_feature`` optimises an image (through the MACO or Fourier
 parameterisation of `feature_params`) so that an objective
 (`timmlens.analysis.objectives`) is as large as possible, under random shifts, zooms and
 rotations. The layers the objective reads are tapped through the adapter's spatial tap,
@@ -49,7 +49,7 @@ MIN_SIZE = 16
 
 @dataclass(frozen=True, eq=False)
 class FeatureVisualization:
-    """The result of [`visualize_feature`][].
+    """The result of ``visualize_feature``.
 
     Attributes:
         image: ``(3, H, W)`` float RGB in [0, 1] before the model's normalisation, on the
@@ -231,7 +231,7 @@ def visualize_feature(
         progress: show a tqdm progress bar.
 
     Returns:
-        [`FeatureVisualization`][] with ``.image`` ``(3, size, size)`` in [0, 1].
+        ``FeatureVisualization`` with ``.image`` ``(3, size, size)`` in [0, 1].
 
     Raises:
         LayerResolutionError: an unknown layer (the closest names are listed).
