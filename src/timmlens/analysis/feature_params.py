@@ -65,7 +65,9 @@ def _standardize(tensor: torch.Tensor) -> torch.Tensor:
 def recorrelate_colors(image: torch.Tensor) -> torch.Tensor:
     """``(3, H, W)`` decorrelated components -> ``(3, H, W)`` correlated RGB (before squashing)."""
     matrix = torch.tensor(COLOR_CORRELATION_SVD_SQRT, dtype=image.dtype, device=image.device)
-    return torch.einsum("chw,cd->dhw", image, matrix)
+    # (H*W, 3) @ M as horama computes it, so both round alike
+    pixels = image.permute(1, 2, 0).reshape(-1, 3) @ matrix
+    return pixels.view(image.shape[1], image.shape[2], 3).permute(2, 0, 1)
 
 
 def _to_unit_range(components: torch.Tensor) -> torch.Tensor:
@@ -102,7 +104,7 @@ def maco_image(magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
     """MACO: fixed magnitude, free phase -> image.
 
     Args:
-        magnitude: ``(3, H, W // 2 + 1)`` from [`maco_magnitude`][].
+        magnitude: ``(3, H, W // 2 + 1)`` from ``maco_magnitude``.
         phase: ``(3, H, W // 2 + 1)`` the optimised phase (standardised first).
 
     Returns:
@@ -110,7 +112,7 @@ def maco_image(magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
     """
     phase = _standardize(phase)
     spectrum = torch.complex(torch.cos(phase) * magnitude, torch.sin(phase) * magnitude)
-    return _to_unit_range(_standardize(torch.fft.irfft2(spectrum)))
+    return _to_unit_range(torch.fft.irfft2(spectrum))
 
 
 def fourier_scale(
@@ -128,7 +130,7 @@ def fourier_scale(
 def fourier_image(spectrum: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Fourier preconditioning: spectrum ``(3, H, W//2+1)`` complex -> ``(3, H, W)`` in (0, 1)."""
     spectrum = _standardize(spectrum) * scale
-    return _to_unit_range(_standardize(torch.fft.irfft2(spectrum)))
+    return _to_unit_range(torch.fft.irfft2(spectrum))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Feature visualisation: the image that drives a channel, a neuron, a class or a concept.
 
-[`visualize_feature`][] optimises an image (through the MACO or Fourier
+``visualize_feature`` optimises an image (through the MACO or Fourier
 parameterisation of `feature_params`) so that an objective
 (`timmlens.analysis.objectives`) is as large as possible, under random shifts, zooms and
 rotations. The layers the objective reads are tapped through the adapter's spatial tap,
@@ -14,6 +14,7 @@ show, and what ``prepare_images`` would turn back into the model's input.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..adapters import get_adapter, spatial_tap
 from ..errors import ImageInputError, LayerResolutionError
-from ..interpretation.base import explanation_call
+from ..interpretation.base import explanation_call, raised_by_the_model
 from ..models.introspect import data_config, model_device, model_dtype
 from . import objectives as obj
 from .activations import _has_head, default_activation_layer
@@ -48,7 +49,7 @@ MIN_SIZE = 16
 
 @dataclass(frozen=True, eq=False)
 class FeatureVisualization:
-    """The result of [`visualize_feature`][].
+    """The result of ``visualize_feature``.
 
     Attributes:
         image: ``(3, H, W)`` float RGB in [0, 1] before the model's normalisation, on the
@@ -156,11 +157,13 @@ def _probe(
     try:
         with torch.no_grad():
             output = forward(image.unsqueeze(0))
-    except RuntimeError as exc:
+    except (RuntimeError, AssertionError) as exc:
+        if isinstance(exc, AssertionError) and not raised_by_the_model(exc):
+            raise
+        expected = data_config(model)["input_size"]
         raise ImageInputError(
-            f"The model cannot take a {size}x{size} image: {exc}. Use its data config size "
-            f"({'x'.join(str(v) for v in data_config(model)['input_size'][1:])}) or a size it "
-            f"accepts."
+            f"The model cannot take a {size}x{size} image: {exc} Pass size={expected[1]} (its "
+            f"data config size) or another size it accepts."
         ) from exc
     missing = [spec for spec in objective.layers if spec not in captured]
     if missing:
@@ -228,7 +231,7 @@ def visualize_feature(
         progress: show a tqdm progress bar.
 
     Returns:
-        [`FeatureVisualization`][] with ``.image`` ``(3, size, size)`` in [0, 1].
+        ``FeatureVisualization`` with ``.image`` ``(3, size, size)`` in [0, 1].
 
     Raises:
         LayerResolutionError: an unknown layer (the closest names are listed).
@@ -263,7 +266,7 @@ def visualize_feature(
         free, to_image = _parameterisation(method, size, device, generator, decay_power)
         free.requires_grad_(True)
         optimizer = torch.optim.NAdam([free], lr=lr)
-        trace = []
+        trace, moved = [], False
         with torch.enable_grad():
             for _ in tqdm(range(steps), desc="visualize_feature", disable=not progress):
                 optimizer.zero_grad(set_to_none=True)
@@ -271,6 +274,7 @@ def visualize_feature(
                 output = forward(copies)
                 scores = objective.score(captured, output).float()
                 (-scores.mean()).backward()
+                moved = moved or bool(free.grad is not None and free.grad.abs().sum() > 0)
                 optimizer.step()
                 trace.append(scores.mean().detach())
                 captured.clear()  # drop the graph's activations before the next step
@@ -278,6 +282,14 @@ def visualize_feature(
             image = to_image(free).detach()
             final = float(objective.score(captured, forward(image.unsqueeze(0)))[0])
             captured.clear()
+    if not moved:
+        warnings.warn(
+            f"{objective} had zero gradient at every step, so the image is its random start: "
+            f"the unit is switched off (e.g. clipped by a ReLU) on every image tried. Try "
+            f"another seed, method='fourier', or a layer before the activation.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return FeatureVisualization(
         image=image,
         objective_trace=torch.stack(trace),

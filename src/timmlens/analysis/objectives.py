@@ -7,10 +7,10 @@ maps look like CNN maps) and the model's logits. Objectives add, subtract and sc
     from timmlens.analysis import objectives as obj
     objective = obj.channel("bn2", 12) + 0.5 * obj.class_logit(281) - obj.neuron("bn2", 3)
 
-* [`channel`][]: the channel's mean over the grid (lucent's ``channel``);
-* [`neuron`][]: one position of a channel, the grid's centre by default (lucent's ``neuron``);
-* [`class_logit`][]: one logit of the head;
-* [`direction`][]: a direction ``v`` in the layer's channel space (a DFF concept, an SAE
+* ``channel``: the channel's mean over the grid (lucent's ``channel``);
+* ``neuron``: one position of a channel, the grid's centre by default (lucent's ``neuron``);
+* ``class_logit``: one logit of the head;
+* ``direction``: a direction ``v`` in the layer's channel space (a DFF concept, an SAE
   atom): at each position ``<a, v/|v|> * max(cos(a, v), 0.1)^p``, averaged over the grid.
   This is horama's ``dot_cossim`` (Fel et al. 2023, after lucid issue 116) per position; with
   ``cossim_pow=0`` it is the plain projection.

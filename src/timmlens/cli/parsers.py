@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_benchmark,
         _add_report,
         _add_concepts,
+        _add_visualize,
         _add_layers,
         _add_listings,
         _add_groundtruth,
@@ -494,6 +495,54 @@ def _add_listings(command: Callable[..., argparse.ArgumentParser]) -> None:
         help="list the metrics with their direction and options",
         description="Every registered metric: direction, what it needs, summary, options.",
     )
+
+
+def _add_visualize(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """``timmlens visualize``: feature visualisation (timmlens.analysis.visualize_feature)."""
+    visualize = command(
+        "visualize",
+        help="optimise the image a channel, neuron or class responds to most (PNG)",
+        description=(
+            "Feature visualisation: optimise an image (MACO or Fourier parameterisation, "
+            "random shifts, zooms and rotations) that maximises a channel of --layer "
+            "(or one neuron of it with --position), or a class logit with --class; writes "
+            "one PNG per channel or class and a JSON of the objective traces."
+        ),
+    )
+    add_model_arguments(visualize)
+    target = visualize.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--channel", type=_non_negative_int, nargs="+", metavar="C", help="channels of --layer"
+    )
+    target.add_argument(
+        "--class",
+        dest="classes",
+        type=_non_negative_int,
+        nargs="+",
+        metavar="K",
+        help="class indices whose logit to maximise",
+    )
+    visualize.add_argument(
+        "--layer",
+        default=None,
+        help="layer of --channel (default: the family's CAM layer, or the norm + activation "
+        "right after it)",
+    )
+    visualize.add_argument(
+        "--position",
+        type=_non_negative_int,
+        nargs=2,
+        metavar=("ROW", "COL"),
+        default=None,
+        help="one neuron of each channel at (row, column) of the layer's grid",
+    )
+    visualize.add_argument("--method", choices=("maco", "fourier"), default="maco")
+    visualize.add_argument("--steps", type=_positive_int, default=256, help="optimisation steps")
+    visualize.add_argument(
+        "--size", type=_positive_int, default=None, help="image side (default: the model's)"
+    )
+    visualize.add_argument("--seed", type=_non_negative_int, default=0)
+    visualize.add_argument("--out", default=default_out("visualize"), help="output folder")
 
 
 def _add_groundtruth(command: Callable[..., argparse.ArgumentParser]) -> None:
