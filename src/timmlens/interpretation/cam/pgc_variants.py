@@ -184,11 +184,9 @@ def kernel_principal_component(
     (``gamma=None``: ``1 / C``).
 
     Sign: scikit-learn makes the eigenvector's largest entry positive, which says nothing
-    about evidence; here, as in
-    [`first_principal_component`][timmlens.interpretation.cam.variants.first_principal_component],
-    the map is signed to correlate non-negatively with the centred channel mean of the
-    features (where the features are high on balance). So the result is ``+-``
-    pytorch-grad-cam's, per image.
+    about evidence; here, as in EigenCAM's `first_principal_component`, the map is signed
+    to correlate non-negatively with the centred channel mean of the features (where the
+    features are high on balance). So the result is ``+-`` pytorch-grad-cam's, per image.
 
     Args:
         features: ``(B, C, h, w)``; half precision is computed in float32.
