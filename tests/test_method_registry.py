@@ -149,7 +149,8 @@ def test_a_registered_toy_method_appears_everywhere(small, tmp_path):
     with scoped_registry():
         toy = _toy_saliency_class()
         # The registry, its kinds and applicability, aliases at the edge.
-        assert methods()[-len(ATTENTION) - 1 :] == ["toy_saliency", *ATTENTION]  # grouped with its engine
+        # grouped with its engine
+        assert methods()[-len(ATTENTION) - 1 :] == ["toy_saliency", *ATTENTION]
         assert "toy_saliency" in methods(kind="input", model=small)
         assert resolve_method("Toy-Grad").cls is toy and toy.name == "toy_saliency"
         # The CLI: choices of every command and the --method help.
