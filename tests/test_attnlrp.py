@@ -20,7 +20,7 @@ from timmlens.adapters.relevance_rules import (
     qualname,
     relevance_layout,
 )
-from timmlens.errors import UnsupportedModelError
+from timmlens.errors import ImageInputError, UnsupportedModelError
 from timmlens.interpretation import CPLRP, AttnLRP
 from timmlens.interpretation.attention.lrp_rules import relevance_rules, stabilize
 from timmlens.interpretation.registry import as_explainer, supports
@@ -290,6 +290,20 @@ def test_model_left_as_found_and_the_forward_unchanged() -> None:
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     with torch.no_grad():
         torch.testing.assert_close(model(x), before)
+
+
+def test_a_failing_call_leaves_nothing_behind_and_bfloat16_agrees() -> None:
+    model = _model("cait")  # the explicit path: fused_attn is switched for the call
+    flags = {name: m.__dict__.get("fused_attn") for name, m in model.named_modules()}
+    with pytest.raises(ImageInputError, match="33x33"):
+        CPLRP(model).explain_batch_full(torch.randn(1, 3, 33, 33), [1])
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert {name: m.__dict__.get("fused_attn") for name, m in model.named_modules()} == flags
+    x = _inputs("cait")
+    full = AttnLRP(model).explain_batch_full(x, [1, 2]).attributions
+    half = AttnLRP(_model("cait").to(torch.bfloat16)).explain_batch_full(x.bfloat16(), [1, 2])
+    assert half.attributions.dtype == torch.bfloat16
+    assert _corr(full, half.attributions.float()) > 0.99
 
 
 def test_two_threads_on_two_models_of_one_class() -> None:

@@ -3,9 +3,9 @@
 Both methods are computed as LXT computes them ("efficient" LXT, Achtibat et al. 2024,
 Sec. 3.4): every rule is written as a change of the *gradient* of one operation, so
 that after one forward and one backward pass the relevance of the input is
-``input * grad``. Each change keeps the forward value exactly
-(``value.detach() + surrogate - surrogate.detach()``) and only replaces the gradient by
-the surrogate's:
+``input * grad``. Each change keeps the module's forward value exactly and replaces
+only the backward (`_Rule`: a copy of the output forward, the rule's gradient backward,
+with the work done in the backward pass only):
 
 - **LayerNorm / RMSNorm** (identity rule on the normalisation, AttnLRP Sec. 3.3.2):
   ``(x - mean(x)) / stop_grad(std(x)) * w + b``; RMSNorm ``x * stop_grad(rsqrt(.)) * w``.
@@ -103,8 +103,8 @@ def _rms_norm_gradient(
     return (scaled * torch.rsqrt(x.pow(2).mean(dim=dims, keepdim=True) + eps)).to(grad.dtype)
 
 
-def _times(grad: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-    return grad * ratio
+def _epsilon_gradient(grad: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    return grad * z / stabilize(z, epsilon)
 
 
 def _halve_gradient(grad: torch.Tensor) -> torch.Tensor:
@@ -187,8 +187,7 @@ class LinearRules(TorchFunctionMode):
         if id(call[1]) not in self.weights or not out.requires_grad:
             return out
         if self.rule == "epsilon":  # the output gradient times z / (z + eps sign z)
-            ratio = out.detach() / stabilize(out.detach(), self.epsilon)
-            return _Rule.apply(out, out, _times, ratio)
+            return _Rule.apply(out, out, _epsilon_gradient, out.detach(), self.epsilon)
         weight, bias = call[1], call[2]
         call[1] = weight + self.gamma * weight.clamp(min=0)
         if bias is not None:
