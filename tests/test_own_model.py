@@ -342,3 +342,31 @@ def test_method_options_from_the_command_line(checkpoint, tmp_path, capsys):
     assert main(argv) == 0
     run = json.loads((tmp_path / "o" / "run.json").read_text())
     assert run["methods"]["ig"]["options"]["n_steps"] == 2
+
+
+# ------------------------------------------------------------ pictures for every result
+def test_attention_maps_show_a_picture_and_a_short_repr(vit):
+    from timmlens.interpretation import AttentionVisualizer
+
+    maps = AttentionVisualizer(vit).get_attention_maps(torch.rand(2, 3, 32, 32))
+    text = repr(maps)
+    assert text.startswith(f"AttentionMaps({len(maps)} blocks, batch of 2, ")
+    assert "tensor(" not in text and "patches)" in text
+    assert maps._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_describe_shows_once_in_a_notebook(monkeypatch, capsys):
+    import sys
+    import types
+
+    from timmlens.adapters import describe
+
+    model = timm.create_model("test_resnet")
+    description = describe(model)  # a script: printed
+    assert "default CAM layer" in capsys.readouterr().out
+    shell = types.SimpleNamespace(get_ipython=lambda: object())
+    monkeypatch.setitem(sys.modules, "IPython", shell)
+    assert describe(model) == description and capsys.readouterr().out == ""
+    printed: list[str] = []
+    description._repr_pretty_(types.SimpleNamespace(text=printed.append), False)
+    assert printed == [str(description)]  # the notebook shows the table, once
