@@ -90,7 +90,7 @@ def test_an_attention_method_on_a_cnn_or_swin(method: str, key: str, family: str
 @pytest.mark.parametrize(
     ("method", "key", "family", "modules", "alternative"),
     [
-        ("lrp", "vit", "vision_transformer", r"GELU \(x\d+\), LayerNorm", "'ig'"),
+        ("lrp", "vit", "vision_transformer", r"Attention \(x\d+\), Block \(x\d+\)", "'ig'"),
         ("deeplift", "vit", "vision_transformer", r"GELU \(x\d+\), LayerNorm", "'ig'"),
         ("deepliftshap", "convnext", "convnext", r"GELUTanh \(x\d+\), LayerNorm", "'ig'"),
     ],

@@ -176,12 +176,13 @@ def test_lrp_equals_captum_with_its_default_rules_and_with_epsilon():
 
     model, x = TinyCNN(), torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     captum_default = captum_direct(model, ca.LRP(TargetScore(model)), x)
-    ours = create_explainer("lrp", model, epsilon=1e-9).attributions(x, TARGETS)
+    captum = {"composite": "captum_epsilon"}  # lrp's default is Zennit's epsilon_plus_flat
+    ours = create_explainer("lrp", model, epsilon=1e-9, **captum).attributions(x, TARGETS)
     torch.testing.assert_close(ours, captum_default, atol=1e-6, rtol=1e-5)
     for module in (model.conv1, model.bn1, model.pool, model.conv2, model.gap, model.fc):
         module.rule = EpsilonRule(epsilon=0.25)  # Captum removes them after the call
     captum_eps = captum_direct(model, ca.LRP(TargetScore(model)), x)
-    ours = create_explainer("lrp", model).attributions(x, TARGETS)
+    ours = create_explainer("lrp", model, **captum).attributions(x, TARGETS)
     torch.testing.assert_close(ours, captum_eps, atol=1e-7, rtol=1e-5)
 
 
@@ -196,7 +197,9 @@ def test_rule_methods_refuse_a_vit_naming_method_family_modules_and_alternative(
     with pytest.raises(UnsupportedModelError) as caught:
         create_explainer(name, vit64)
     message = str(caught.value)
-    for part in (name, "vision_transformer", "GELU (x", "LayerNorm (x", "Try 'ig'"):
+    # Zennit's composites (lrp) read GELU and LayerNorm, not attention blocks
+    modules = ("Attention (x", "Block (x") if name == "lrp" else ("GELU (x", "LayerNorm (x")
+    for part in (name, "vision_transformer", *modules, "Try 'ig'"):
         assert part in message
 
 
@@ -223,7 +226,8 @@ def test_lrp_keeps_a_users_own_rule():
 
     model = TinyCNN()
     model.conv1.rule = rule = GammaRule()
-    create_explainer("lrp", model).attributions(torch.randn(1, 3, 32, 32), 1)
+    explainer = create_explainer("lrp", model, composite="captum_epsilon")
+    explainer.attributions(torch.randn(1, 3, 32, 32), 1)
     assert model.conv1.rule is rule and not hasattr(model.conv2, "rule")
 
 
@@ -334,19 +338,25 @@ def test_relu_rules_run_where_a_relu_is_fed_a_constant(name) -> None:
     assert all(not m._forward_pre_hooks for m in model.modules())
 
 
-def test_lrp_refuses_float16_and_runs_in_bfloat16(images):
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "captum_epsilon"])
+def test_lrp_refuses_float16_and_runs_in_bfloat16(images, composite):
     """Captum's LRP stabilises its divisions with 1e-9, which is 0 in float16: the map was
-    NaN, shown as all zeros without a word. bfloat16 keeps float32's exponent range."""
+    NaN, shown as all zeros without a word (Zennit's 1e-6 is below float16's normal range
+    too). bfloat16 keeps float32's exponent range."""
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    reference = create_explainer("lrp", TinyCNN()).attributions(x, 1)
+    reference = create_explainer("lrp", TinyCNN(), composite=composite).attributions(x, 1)
     with pytest.raises(UnsupportedModelError, match=r"lrp: .*float16.*model\.float\(\)"):
-        create_explainer("lrp", TinyCNN().half())
+        create_explainer("lrp", TinyCNN().half(), composite=composite)
     model = TinyCNN()
-    explainer = create_explainer("lrp", model)
+    explainer = create_explainer("lrp", model, composite=composite)
     model.half()  # after construction: refused when it runs
     with pytest.raises(UnsupportedModelError, match="bfloat16"):
         explainer.attributions(x, 1)
-    bf16 = create_explainer("lrp", TinyCNN().to(torch.bfloat16)).attributions(x, 1).float()
+    bf16 = (
+        create_explainer("lrp", TinyCNN().to(torch.bfloat16), composite=composite)
+        .attributions(x, 1)
+        .float()
+    )
     assert torch.isfinite(bf16).all() and bf16.abs().amax() > 0
     assert F.cosine_similarity(bf16.flatten(), reference.flatten(), dim=0) > 0.95
 

@@ -37,12 +37,15 @@ DOCS_PAGE = ROOT / "docs" / "methods" / "index.md"
 sys.path.insert(0, str(ROOT / "tools"))
 from methods_page import methods_markdown  # noqa: E402 - the generator lives in tools/
 
-CAM = ["gradcam", "gradcampp", "scorecam", "ablationcam", "hirescam", "xgradcam", "layercam"]
-CAM += ["eigencam", "eigengradcam", "randomcam"]
+CAM = ["fullgrad", "gradcam", "gradcampp", "scorecam", "ablationcam", "shapleycam", "finercam"]
+CAM += ["gradcamelementwise", "fem", "kpcacam", "sobelcam", "sess", "hirescam", "xgradcam"]
+CAM += ["layercam", "eigencam", "eigengradcam", "randomcam"]
+#: CAM methods without a target layer (FullGrad: every bias layer; SobelCAM: the input image)
+LAYERLESS_CAM = ["fullgrad", "sobelcam"]
 INPUT = ["centerprior", "deeplift", "deepliftshap", "gradientshap", "saliency", "inputxgradient"]
 INPUT += ["guidedbackprop", "deconvolution", "guidedgradcam", "ig", "lrp", "occlusion"]
 INPUT += ["featureablation", "shapley", "kernelshap", "lime", "rise", "smoothgrad"]
-ATTENTION = ["chefer", "legrad", "rollout"]
+ATTENTION = ["attnlrp", "cplrp", "chefer", "legrad", "rollout"]
 BUILTIN = CAM + INPUT + ATTENTION
 #: what compare_methods runs when no methods are named
 COMPARED = ["gradcam", "gradcampp", "ig", "smoothgrad", "rollout"]
@@ -86,9 +89,11 @@ def _cli_choices(command: str, option: str) -> list[str]:
 
 def test_builtin_methods_in_registry_order_with_their_canonical_names(small, vit):
     assert methods() == BUILTIN and list(METHODS) == BUILTIN
-    assert methods(kind="cam") == CAM and layer_methods() == [*CAM, "guidedgradcam"]
+    layered = [name for name in CAM if name not in LAYERLESS_CAM]
+    assert methods(kind="cam") == CAM and layer_methods() == [*layered, "guidedgradcam"]
     assert methods(kind="input") == INPUT
     assert methods(model=small) == CAM + INPUT
+    assert methods(kind="cam", model=vit) == [n for n in CAM if n not in ("fullgrad",)]
     assert methods(kind="attention", model=vit) == ATTENTION
     assert default_comparison(small) == COMPARED[:-1] and default_comparison(vit) == COMPARED
     for name in BUILTIN:
@@ -149,7 +154,8 @@ def test_a_registered_toy_method_appears_everywhere(small, tmp_path):
     with scoped_registry():
         toy = _toy_saliency_class()
         # The registry, its kinds and applicability, aliases at the edge.
-        assert methods()[-4:] == ["toy_saliency", *ATTENTION]  # grouped with its engine
+        # grouped with its engine
+        assert methods()[-len(ATTENTION) - 1 :] == ["toy_saliency", *ATTENTION]
         assert "toy_saliency" in methods(kind="input", model=small)
         assert resolve_method("Toy-Grad").cls is toy and toy.name == "toy_saliency"
         # The CLI: choices of every command and the --method help.

@@ -27,7 +27,8 @@ SIDE, CLASSES = 32, 10
 #: mixes its float32 noise into the half inputs (a dtype error), DeepLift's rescale rule
 #: divides by input differences that float16 rounds to zero (NaN attributions).
 NO_FLOAT16 = {"gradientshap", "deeplift", "deepliftshap"}
-#: Refused when built for a float16 model: LRP's stabiliser (1e-9) is 0 in float16.
+#: Refused when built for a float16 model: LRP's stabiliser (Zennit's 1e-6, Captum's 1e-9)
+#: is below float16's normal range.
 REFUSED_FOR_FLOAT16 = {"lrp"}
 #: beyond each method's quick_options: fewer samples still where half precision on CPU
 #: is slow (ScoreCAM, RISE)

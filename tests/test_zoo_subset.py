@@ -53,6 +53,17 @@ KNOWN_CONSTANT = {
         ("hierarchical tokens", m)
         for m in ("gradcam", "gradcampp", "hirescam", "xgradcam", "guidedgradcam")
     ),
+    # GradCAM's weights with a second-order term, or on FinerCAM's score: the same zeros
+    ("hierarchical tokens", "shapleycam"),
+    ("hierarchical tokens", "finercam"),
+}
+
+# FEM's k-sigma rule (k=2) selects nothing on these 2x2 maps: no value of 4 is more than
+# sqrt(3) deviations above their mean, so every weight is 0 whatever the sign (its
+# DegenerateMapWarning says so).
+KNOWN_ZERO_WEIGHTS = {
+    (layout, "fem"): "constant map (the signed map is constant too)"
+    for layout in ("tokens+0", "tokens+1", "tokens+2", "tokens+5", "hierarchical tokens")
 }
 
 
@@ -76,7 +87,9 @@ def test_every_method_works_or_is_refused_with_a_reason(layout: str) -> None:
     failing = {
         m: c.note
         for m, c in cells.items()
-        if c.status == FAILING and not ((layout, m) in KNOWN_CONSTANT and c.note == "constant map")
+        if c.status == FAILING
+        and not ((layout, m) in KNOWN_CONSTANT and c.note == "constant map")
+        and KNOWN_ZERO_WEIGHTS.get((layout, m)) != c.note
     }
     assert not failing, f"{layout}: {failing}"
     for method, cell in cells.items():

@@ -18,6 +18,7 @@ from .error_report import error_report
 if TYPE_CHECKING:
     from .activations import LayerActivations, default_activation_layer, layer_activations
     from .concept_explorer import ConceptExplanation, explain_concepts
+    from .concept_maps import concept_maps, visualize_concept
     from .concepts import DatasetConcepts, fit_concepts
     from .dff import (
         ConceptFactorization,
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
         shift_nonnegative,
     )
     from .error_report import ClassAccuracy, ConfusionPair, ErrorCase, ErrorReport
+    from .feature_params import Robustness
+    from .feature_vis import FeatureVisualization, visualize_feature
     from .hierarchy import LayerHierarchy, explain_layers, hierarchy_layers
     from .neurons import (
         ChannelAttribution,
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
         channel_attribution,
         channel_conductance,
     )
+    from .objectives import Objective
     from .randomization import RandomizationUnit, cascade_units, randomize_unit
     from .sanity import (
         DataRandomizationResult,
@@ -54,6 +58,10 @@ _EXPORTS = {
     "DatasetConcepts": ".concepts",
     "ErrorCase": ".error_report",
     "ErrorReport": ".error_report",
+    "FeatureVisualization": ".feature_vis",
+    "Objective": ".objectives",
+    "Robustness": ".feature_params",
+    "visualize_feature": ".feature_vis",
     "LayerActivations": ".activations",
     "LayerHierarchy": ".hierarchy",
     "RandomizationResult": ".sanity",
@@ -62,6 +70,7 @@ _EXPORTS = {
     "channel_attribution": ".neurons",
     "channel_conductance": ".neurons",
     "concept_class_scores": ".dff",
+    "concept_maps": ".concept_maps",
     "data_randomization_test": ".sanity",
     "deep_feature_factorization": ".dff",
     "default_activation_layer": ".activations",
@@ -75,6 +84,7 @@ _EXPORTS = {
     "parameter_randomization_test": ".sanity",
     "randomize_unit": ".randomization",
     "shift_nonnegative": ".dff",
+    "visualize_concept": ".concept_maps",
     "spearman_per_image": ".similarity",
     "ssim_per_image": ".similarity",
 }
@@ -90,14 +100,18 @@ __all__ = [
     "DatasetConcepts",
     "ErrorCase",
     "ErrorReport",
+    "FeatureVisualization",
     "LayerActivations",
     "LayerHierarchy",
+    "Objective",
     "RandomizationResult",
     "RandomizationUnit",
+    "Robustness",
     "cascade_units",
     "channel_attribution",
     "channel_conductance",
     "concept_class_scores",
+    "concept_maps",
     "data_randomization_test",
     "deep_feature_factorization",
     "default_activation_layer",
@@ -114,6 +128,8 @@ __all__ = [
     "shift_nonnegative",
     "spearman_per_image",
     "ssim_per_image",
+    "visualize_concept",
+    "visualize_feature",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

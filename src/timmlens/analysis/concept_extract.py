@@ -21,10 +21,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapters import LayerSpec
-from ..data import data_config, prepare_images
+from ..data import data_config, picture_of, prepare_images
 from ..evaluation.cost import ForwardCounter
 from ..evaluation.distributed import fail_together, gather_to_rank0, rank_and_world
 from ..evaluation.evaluator import _load_batch, _sample_id
+from ..evaluation.sources import Sample
 from .activations import layer_activations
 from .concept_store import ShardStore
 from .dff import check_finite, shift_nonnegative
@@ -161,3 +162,35 @@ def extract_shards(
     bar = tqdm(total=pending_images, desc="extract", unit="fwd", disable=not show)
     with bar, ForwardCounter(model, bar.update):
         _extract_rounds(model, samples, store, pending, layer, dtype, on_error, bar)
+
+
+def top_pictures(
+    model: nn.Module,
+    samples: Any,
+    top_images: list[list[dict[str, Any]]],
+    maps: list[list[np.ndarray]],
+    sizes: list[list[tuple[int, int]]],
+) -> list[list[dict[str, Any]]]:
+    """Each top image's thumbnail, its geometry and the concept's map at input resolution."""
+    from ..interpretation.cam.engine import upsample_maps
+    from ..viz.concept_gallery import THUMBNAIL_SIDE
+    from ..viz.report_html import display_picture
+
+    cache: dict[int, Any] = {}
+    out = []
+    for images, low_maps, input_sizes in zip(top_images, maps, sizes, strict=True):
+        row = []
+        for item, low, size in zip(images, low_maps, input_sizes, strict=True):
+            index = item["index"]
+            if index not in cache:
+                sample: Sample = samples[index]
+                batch = prepare_images([sample.image], model)
+                # thumbnails at once: memory grows with K * top_k, never with the photos' size
+                cache[index] = display_picture(
+                    picture_of(batch, 0, model), batch.geometries[0], THUMBNAIL_SIDE
+                )
+            picture, geometry = cache[index]
+            full = upsample_maps(torch.from_numpy(low)[None], tuple(size))[0]
+            row.append({"picture": picture, "geometry": geometry, "map": full})
+        out.append(row)
+    return out

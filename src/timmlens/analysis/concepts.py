@@ -47,7 +47,6 @@ from tqdm.auto import tqdm
 
 from .._outputs import ensure_writable_dir
 from ..adapters import LayerSpec
-from ..data import prepare_images
 from ..errors import RunMismatchError
 from ..evaluation.distributed import (
     broadcast_from_rank0,
@@ -64,10 +63,19 @@ from ..evaluation.run_identity import (
     read_identity,
     write_identity,
 )
-from ..evaluation.sources import Sample, source_for
+from ..evaluation.sources import source_for
 from ..models.introspect import class_name_of, model_name_of
-from .concept_extract import extract_shards, probe_layer
-from .concept_fit import fit_shards, rank_shards
+from .concept_dictionaries import (
+    NMF_EPOCHS,
+    check_dictionary_size,
+    check_method,
+    fit_steps,
+    fit_with_quality,
+    overcomplete_modules,
+    resolve_sparsity,
+)
+from .concept_extract import extract_shards, probe_layer, top_pictures
+from .concept_fit import rank_shards
 from .concept_store import SHARD_DTYPES, ShardStore
 from .dff import (
     check_concept_count,
@@ -79,6 +87,7 @@ from .dff import (
 JSON_FILE = "concepts.json"
 HTML_FILE = "concepts.html"
 VECTORS_FILE = "concepts.npz"
+DICTIONARY_FILE = "dictionary.pt"
 #: what run.json says made the folder (an ``evaluate`` folder has no ``kind``)
 KIND = "concepts"
 #: classes listed per concept
@@ -127,6 +136,11 @@ class DatasetConcepts:
     out_dir: Path
     model: str = ""
     identity: dict[str, Any] = field(default_factory=dict)
+    method: str = "nmf"
+    #: R^2, dead codes, stability (`timmlens.analysis.concept_quality`); ``None``: not measured
+    quality: dict[str, Any] | None = None
+    #: the trained overcomplete model of a dictionary method (eval mode), else ``None``
+    dictionary: nn.Module | None = None
 
     @property
     def n_concepts(self) -> int:
@@ -152,6 +166,8 @@ class DatasetConcepts:
             "n_concepts": self.n_concepts,
             "n_images": self.n_images,
             "fit": self.fit,
+            "method": self.method,
+            "quality": self.quality,
             "relative_error": round(self.relative_error, 6),
             "labels_unavailable_reason": self.labels_unavailable_reason,
             "concepts": [
@@ -182,6 +198,10 @@ class DatasetConcepts:
                 f"  concept {k + 1}: {self.energy_share[k]:6.1%} of the energy; "
                 f"{classes or 'no classes'}"
             )
+        if self.quality is not None:
+            from .concept_quality import quality_line
+
+            lines.insert(1, "  " + quality_line(self.quality))
         if self.labels_unavailable_reason:
             lines.append(f"  no classes: {self.labels_unavailable_reason}")
         if self.skipped:
@@ -214,7 +234,7 @@ def _open_output(
     ensure_writable_dir(out_dir, "--out folder")
     if overwrite:
         store.discard()
-        for name in (RUN_FILE, JSON_FILE, HTML_FILE, VECTORS_FILE):
+        for name in (RUN_FILE, JSON_FILE, HTML_FILE, VECTORS_FILE, DICTIONARY_FILE):
             (out_dir / name).unlink(missing_ok=True)
     old = read_identity(out_dir)
     if old is None and store.holds_any():
@@ -257,14 +277,14 @@ class _ConceptRun:
 
 
 def _check_arguments(
-    batch_size: int, top_k_images: int, epochs: int, dtype: str, on_error: str
+    batch_size: int, top_k_images: int, epochs: int | None, dtype: str, on_error: str
 ) -> None:
     """Bad arguments, and a missing scikit-learn, fail now rather than after the extraction."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if top_k_images < 1:
         raise ValueError(f"top_k_images must be >= 1, got {top_k_images}.")
-    if epochs < 1:
+    if epochs is not None and epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}.")
     if dtype not in SHARD_DTYPES:
         raise ValueError(f"dtype must be one of {SHARD_DTYPES}, got {dtype!r}.")
@@ -281,14 +301,21 @@ def _plan_run(
     out_dir: Path,
     batch_size: int,
     seed: int,
-    epochs: int,
+    epochs: int | None,
     dtype: str,
+    method: str = "nmf",
+    sparsity: int | None = None,
+    stability: bool = False,
 ) -> _ConceptRun:
     """The layer (probed on one blank image), ``n_concepts`` checked against its channels,
     the images, their shard store and the run's identity."""
     layer_name, channels, h, w = probe_layer(model, layer)
-    check_concept_count(n_concepts, channels, layer_name)
+    dictionary = method != "nmf"
     samples = source_for(data, model)
+    if method == "nmf":
+        check_concept_count(n_concepts, channels, layer_name)
+    else:
+        check_dictionary_size(n_concepts, len(samples) * h * w, layer_name)
     store = ShardStore(out_dir, batch_size, len(samples))
     options = {
         "layer": layer_name,
@@ -297,6 +324,9 @@ def _plan_run(
         "seed": seed,
         "epochs": epochs,
         "dtype": dtype,
+        # only dictionaries record these, so an NMF folder of an earlier version resumes
+        **({"method": method, "sparsity": sparsity} if dictionary else {}),
+        **({"stability": stability} if dictionary or stability else {}),
     }
     identity = _identity(model, samples, options)
     return _ConceptRun(samples, store, out_dir, options, identity, (channels, h, w))
@@ -356,12 +386,15 @@ def fit_concepts(
     batch_size: int = 32,
     top_k_images: int = 8,
     seed: int = 0,
-    epochs: int = 3,
+    epochs: int | None = None,
     dtype: str = "float32",
     overwrite: bool = False,
     on_error: str = "skip",
     progress: bool = True,
     gallery: bool = True,
+    method: str = "nmf",
+    sparsity: int | None = None,
+    stability: bool | None = None,
 ) -> DatasetConcepts:
     """Find ``n_concepts`` concepts a layer of ``model`` uses over a whole dataset.
 
@@ -413,27 +446,50 @@ def fit_concepts(
         batch_size: images per forward and per shard (part of the run identity).
         top_k_images: images kept per concept.
         seed: NMF's ``random_state`` (and the shard order of the streaming passes).
-        epochs: passes of ``MiniBatchNMF`` over the shards (unused with one shard).
+        epochs: passes over the shards: ``MiniBatchNMF``'s (unused with one shard; ``None``:
+            3), or a dictionary's training passes (``None``: about 1000 optimizer steps).
         dtype: ``"float32"`` or ``"float16"`` (half the disk; rounds activations to ~1e-3).
         overwrite: discard the shards and files already in ``out`` and start afresh.
         on_error: an unreadable image: ``"skip"`` (warn, leave it out, list it) or ``"fail"``.
         progress: print the cost and show progress bars (rank 0).
         gallery: write ``concepts.html`` and the PNG strips (they re-read the top images).
+        method: ``"nmf"`` (deep feature factorization, above) or a sparse dictionary trained
+            by ``overcomplete`` (`timmlens.analysis.concept_dictionaries`): ``"sae-topk"``,
+            ``"sae-batchtopk"``, ``"sae-jumprelu"``, ``"archetypal"``. A dictionary may be
+            overcomplete (``n_concepts`` above the channels, up to the dataset's positions);
+            it trains on 4 images of 5 and reports its R^2 on the fifth.
+        sparsity: codes kept per position by the top-k methods (default ``max(1, K // 10)``).
+        stability: fit a second time with ``seed + 1`` and report the mean cosine of the two
+            dictionaries matched by the Hungarian assignment (default: on for dictionaries,
+            off for NMF). The figures are in ``result.quality`` and ``concepts.json``.
 
     Returns:
         [`DatasetConcepts`][] (on every rank).
 
     Raises:
-        ConceptInputError: ``n_concepts`` below 1 or above the layer's channels (checked on
-            one blank image before any dataset image is read); NaN/inf activations.
+        ConceptInputError: an unknown ``method`` (the message lists them); ``n_concepts``
+            below 1 or above the layer's channels (NMF) or the dataset's positions
+            (dictionaries), checked before any dataset image is read; a ``sparsity`` out of
+            range; NaN/inf activations.
         LayerResolutionError: an unknown layer, or one without a spatial map.
         RunMismatchError: ``out`` holds another run's shards (one line: what differs).
-        OptionalDependencyError: scikit-learn is not installed.
+        OptionalDependencyError: scikit-learn (or, for dictionaries, overcomplete) is not
+            installed.
     """
     _check_arguments(batch_size, top_k_images, epochs, dtype, on_error)
+    method = check_method(method)
+    sparsity = resolve_sparsity(method, n_concepts, sparsity)
+    if method == "nmf":
+        epochs = NMF_EPOCHS if epochs is None else epochs
+    else:
+        overcomplete_modules()  # a missing overcomplete fails before the extraction
+    stability = bool(method != "nmf" if stability is None else stability)
     init_from_environment()
     rank, _ = rank_and_world()
-    run = _plan_run(model, data, n_concepts, layer, Path(out), batch_size, seed, epochs, dtype)
+    run = _plan_run(
+        model, data, n_concepts, layer, Path(out), batch_size, seed, epochs, dtype,
+        method, sparsity, stability,
+    )  # fmt: skip
     show = progress and rank == 0
     _extract_pending(model, run, overwrite, on_error, show)
     result: DatasetConcepts | None = None
@@ -461,10 +517,14 @@ def _fit_and_write(
     if not batches:
         raise ValueError("no image of the dataset could be read; nothing to factorize.")
     offset = store.offset()
-    k_count, epochs, layer = options["n_concepts"], options["epochs"], options["layer"]
-    steps = 1 + (epochs * len(batches) if len(batches) > 1 else 0) + len(batches)
-    with tqdm(total=steps, desc="fit", unit="shard", disable=not show) as bar:
-        fitted = fit_shards(store, batches, offset, k_count, options["seed"], epochs, layer, bar)
+    layer, method = options["layer"], options.get("method", "nmf")
+    stability = bool(options.get("stability", False))
+    steps = fit_steps(method, options["epochs"], len(batches), stability) + len(batches)
+    device = next(model.parameters()).device
+    with tqdm(total=steps, desc="fit", unit="step", disable=not show) as bar:
+        fitted, quality = fit_with_quality(
+            store, batches, offset, n_images, {**options, "stability": stability}, device, bar
+        )
         concepts = torch.from_numpy(fitted.components + offset[None, :])
         ranked = rank_shards(
             store, batches, offset, fitted, top_k, lambda c: class_name_of(model, c), bar
@@ -485,6 +545,9 @@ def _fit_and_write(
         out_dir=out_dir,
         model=model_name_of(model),
         identity=run.identity,
+        method=method,
+        quality=quality,
+        dictionary=getattr(fitted, "model", None),
     )
     maps = [[item.pop("map") for item in images] for images in result.top_images]
     sizes = [[item.pop("input_hw") for item in images] for images in result.top_images]
@@ -494,46 +557,15 @@ def _fit_and_write(
         offset=offset,
         energy_share=np.asarray(result.energy_share),
     )
+    if result.dictionary is not None:  # the trained encoder and dictionary, for new images
+        torch.save(result.dictionary.state_dict(), out_dir / DICTIONARY_FILE)
     if gallery:
         from ..viz.concept_gallery import write_gallery
 
-        pictures = _top_pictures(model, samples, result.top_images, maps, sizes)
+        pictures = top_pictures(model, samples, result.top_images, maps, sizes)
         write_gallery(result, pictures, out_dir)
     (out_dir / JSON_FILE).write_text(
         json.dumps(result.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n",
         encoding="utf-8",
     )
     return result
-
-
-def _top_pictures(
-    model: nn.Module,
-    samples: Any,
-    top_images: list[list[dict[str, Any]]],
-    maps: list[list[np.ndarray]],
-    sizes: list[list[tuple[int, int]]],
-) -> list[list[dict[str, Any]]]:
-    """Each top image's thumbnail, its geometry and the concept's map at input resolution."""
-    from ..data import picture_of
-    from ..interpretation.cam.engine import upsample_maps
-    from ..viz.concept_gallery import THUMBNAIL_SIDE
-    from ..viz.report_html import display_picture
-
-    cache: dict[int, Any] = {}
-    out = []
-    for images, low_maps, input_sizes in zip(top_images, maps, sizes, strict=True):
-        row = []
-        for item, low, size in zip(images, low_maps, input_sizes, strict=True):
-            index = item["index"]
-            if index not in cache:
-                sample: Sample = samples[index]
-                batch = prepare_images([sample.image], model)
-                # thumbnails at once: memory grows with K * top_k, never with the photos' size
-                cache[index] = display_picture(
-                    picture_of(batch, 0, model), batch.geometries[0], THUMBNAIL_SIDE
-                )
-            picture, geometry = cache[index]
-            full = upsample_maps(torch.from_numpy(low)[None], tuple(size))[0]
-            row.append({"picture": picture, "geometry": geometry, "map": full})
-        out.append(row)
-    return out

@@ -69,6 +69,9 @@ def _run_concepts(args: argparse.Namespace) -> None:
             seed=args.seed,
             epochs=args.epochs,
             overwrite=args.overwrite,
+            method=args.method,
+            sparsity=args.sparsity,
+            stability=args.stability,
         )
     except KeyboardInterrupt:
         from ..analysis.concept_store import SHARDS_DIR
@@ -310,6 +313,53 @@ def _run_listing(args: argparse.Namespace) -> None:
     print(methods_listing(args.kind) if args.command == "methods" else metrics_listing(), end="")
 
 
+def _run_visualize(args: argparse.Namespace) -> None:
+    import json
+
+    from ..analysis import objectives, visualize_feature
+    from ..analysis.activations import default_activation_layer
+    from ..models.introspect import data_config
+
+    model = _load(args)
+    size = args.size or int(data_config(model)["input_size"][-1])
+    layer = args.layer or default_activation_layer(model)
+    if args.classes is not None:
+        if args.position is not None or args.layer is not None:
+            raise ValueError("--layer and --position go with --channel, not with --class.")
+        named = {f"class{k}": objectives.class_logit(k) for k in args.classes}
+    else:
+        position = tuple(args.position) if args.position else None
+        named = {
+            f"{layer}-{c}": objectives.neuron(layer, c, position)
+            if position
+            else objectives.channel(layer, c)
+            for c in args.channel
+        }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for name, objective in named.items():
+        result = visualize_feature(
+            model,
+            objective=objective,
+            steps=args.steps,
+            size=size,
+            method=args.method,
+            seed=args.seed,
+        )
+        path = out / f"{name}.png"
+        result.to_pil().save(path)
+        summary[name] = {
+            "objective": str(objective),
+            "png": path.name,
+            "final_score": result.final_score,
+            "trace": [round(float(v), 5) for v in result.objective_trace],
+        }
+        print(f"{path}: {objective} = {result.final_score:.4g}")
+    options = {"method": args.method, "steps": args.steps, "size": size, "seed": args.seed}
+    (out / "visualize.json").write_text(json.dumps({**options, "images": summary}, indent=1))
+
+
 def _run_layers(args: argparse.Namespace) -> None:
     from ..adapters import describe
 
@@ -322,7 +372,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
     if hasattr(args, "device"):
         resolve_device(args.device)
-    if args.command in ("explain", "evaluate", "benchmark", "concepts"):
+    if args.command in ("explain", "evaluate", "benchmark", "concepts", "visualize"):
         ensure_writable_dir(args.out, "--out folder")
     elif args.command == "report":
         from ..analysis.error_report import check_output
@@ -369,6 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate": _run_evaluate,
         "benchmark": _run_benchmark,
         "concepts": _run_concepts,
+        "visualize": _run_visualize,
         "report": _run_report,
         "layers": _run_layers,
         "methods": _run_listing,

@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_benchmark,
         _add_report,
         _add_concepts,
+        _add_visualize,
         _add_layers,
         _add_listings,
         _add_groundtruth,
@@ -441,9 +442,34 @@ def _add_concepts(command: Callable[..., argparse.ArgumentParser]) -> None:
         "--top-images", type=_positive_int, default=8, metavar="N", help="images shown per concept"
     )
     concepts.add_argument(
-        "--epochs", type=_positive_int, default=3, help="MiniBatchNMF passes over the shards"
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help="passes over the shards: MiniBatchNMF's (default 3), or a dictionary's training "
+        "(default: about 1000 optimizer steps)",
     )
-    concepts.add_argument("--seed", type=_non_negative_int, default=0, help="NMF random state")
+    concepts.add_argument("--seed", type=_non_negative_int, default=0, help="random state")
+    concepts.add_argument(
+        "--method",
+        default="nmf",
+        choices=("nmf", "sae-topk", "sae-batchtopk", "sae-jumprelu", "archetypal"),
+        help="nmf (deep feature factorization), or a sparse dictionary trained by overcomplete "
+        "(may have more concepts than channels; prints its held-out R^2, dead codes and "
+        "stability across two seeds, also in concepts.json)",
+    )
+    concepts.add_argument(
+        "--sparsity",
+        type=_positive_int,
+        default=None,
+        metavar="k",
+        help="codes kept per position by the top-k dictionaries (default K // 10)",
+    )
+    concepts.add_argument(
+        "--stability",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fit a second seed and report the matched cosine (default: on for dictionaries)",
+    )
     concepts.add_argument(
         "--overwrite",
         action="store_true",
@@ -469,6 +495,54 @@ def _add_listings(command: Callable[..., argparse.ArgumentParser]) -> None:
         help="list the metrics with their direction and options",
         description="Every registered metric: direction, what it needs, summary, options.",
     )
+
+
+def _add_visualize(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """``timmlens visualize``: feature visualisation (timmlens.analysis.visualize_feature)."""
+    visualize = command(
+        "visualize",
+        help="optimise the image a channel, neuron or class responds to most (PNG)",
+        description=(
+            "Feature visualisation: optimise an image (MACO or Fourier parameterisation, "
+            "random shifts, zooms and rotations) that maximises a channel of --layer "
+            "(or one neuron of it with --position), or a class logit with --class; writes "
+            "one PNG per channel or class and a JSON of the objective traces."
+        ),
+    )
+    add_model_arguments(visualize)
+    target = visualize.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--channel", type=_non_negative_int, nargs="+", metavar="C", help="channels of --layer"
+    )
+    target.add_argument(
+        "--class",
+        dest="classes",
+        type=_non_negative_int,
+        nargs="+",
+        metavar="K",
+        help="class indices whose logit to maximise",
+    )
+    visualize.add_argument(
+        "--layer",
+        default=None,
+        help="layer of --channel (default: the family's CAM layer, or the norm + activation "
+        "right after it)",
+    )
+    visualize.add_argument(
+        "--position",
+        type=_non_negative_int,
+        nargs=2,
+        metavar=("ROW", "COL"),
+        default=None,
+        help="one neuron of each channel at (row, column) of the layer's grid",
+    )
+    visualize.add_argument("--method", choices=("maco", "fourier"), default="maco")
+    visualize.add_argument("--steps", type=_positive_int, default=256, help="optimisation steps")
+    visualize.add_argument(
+        "--size", type=_positive_int, default=None, help="image side (default: the model's)"
+    )
+    visualize.add_argument("--seed", type=_non_negative_int, default=0)
+    visualize.add_argument("--out", default=default_out("visualize"), help="output folder")
 
 
 def _add_groundtruth(command: Callable[..., argparse.ArgumentParser]) -> None:

@@ -111,11 +111,14 @@ class MethodSpec:
 
     def unavailable_reason(self, model: nn.Module) -> str | None:
         """Why this method does not apply to ``model``, or ``None`` when it does."""
+        # A method may refuse families on its own terms (LRP, DeepLift: module coverage;
+        # AttnLRP: softmax attention, also windowed, which the attention capture refuses).
+        check = getattr(self.cls, "unavailable_reason", None)
+        if callable(check):
+            return check(model)
         if self.needs_attention:
             return get_adapter(model).attention_unavailable_reason
-        # A method may refuse families on its own terms (LRP, DeepLift: module coverage).
-        check = getattr(self.cls, "unavailable_reason", None)
-        return check(model) if callable(check) else None
+        return None
 
 
 def _key(name: str) -> str:

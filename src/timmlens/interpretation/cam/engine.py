@@ -23,7 +23,14 @@ How a call runs:
    gradient methods, one backward give every layer's activations ``A`` and gradients
    ``g = d score / d A``, through Captum;
 4. the method's hook gives the map ``(B, h, w)`` at the layer's resolution;
-5. maps are upsampled to the input's ``H x W`` and min-max normalised per image.
+5. maps are upsampled to the input's ``H x W``, several layers fused (``layer_fusion``),
+   and min-max normalised per image.
+
+Every CAM method also takes pytorch-grad-cam's map options, in the constructor or the
+call: ``aug_smooth`` (six flipped/scaled copies of each image in the same batch, maps
+flipped back and averaged), ``eigen_smooth`` (the first principal component of the
+weighted activations instead of their sum) and ``layer_fusion`` (see
+`timmlens.interpretation.cam.smoothing`).
 
 Cost: parameters are frozen during the call and the input is detached, so Captum's
 ``requires_grad`` on the tapped activation is the only entry into the autograd graph:
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import ExitStack
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -51,9 +59,34 @@ from .. import _captum
 from .._targets import ResolvedTargets, TargetInput, TargetScore, target_rows
 from ..base import Explainer, Explanation, normalize_maps, raised_by_the_model
 from ..scoring import JobInputs, ScoreKind, chunk_size_for, score_in_chunks
+from .smoothing import (
+    AUGMENTATIONS,
+    LayerFusion,
+    augment,
+    average_augmentations,
+    check_flag,
+    check_fusion,
+    first_principal_component,
+    fuse_layer_maps,
+    repeat_targets,
+    with_engine_options,
+)
 
 InterpolationMode = Literal["bilinear", "bicubic", "nearest", "area"]
 _INTERPOLATION_MODES = ("bilinear", "bicubic", "nearest", "area")
+
+#: ``eigen_smooth`` of the call running in this thread (a call option, so not kept on the
+#: explainer, which serves threads side by side); read by `CamContext` and `eigen_smoothing`.
+_EIGEN_SMOOTH: ContextVar[bool] = ContextVar("timmlens_cam_eigen_smooth", default=False)
+
+
+def eigen_smoothing() -> bool:
+    """Whether the CAM call running in this thread has ``eigen_smooth`` on.
+
+    For methods that compute maps outside [`CAMExplainer.layer_map`][] (GradCAM's Captum
+    path) to step aside when it is.
+    """
+    return _EIGEN_SMOOTH.get()
 
 
 def upsample_maps(
@@ -105,6 +138,9 @@ class CamContext:
     layer_name: str
     model: nn.Module
     logits: torch.Tensor | None = None
+    #: the call's ``eigen_smooth``: the map is the principal component of the weighted
+    #: activations (see [`CAMExplainer.layer_map`][], [`CAMExplainer.channel_map`][])
+    eigen_smooth: bool = False
 
     def score_masked(
         self,
@@ -159,11 +195,27 @@ class CAMExplainer(Explainer):
             (upsampled, with the model's gradient scale).
         interpolate: upsampling mode to the input size: ``"bilinear"`` (default),
             ``"bicubic"``, ``"nearest"`` or ``"area"``.
+        aug_smooth: pytorch-grad-cam's test-time augmentation: each image also flipped
+            left-right, each times ``0.9``, ``1`` and ``1.1``, all six in one batch; the
+            six heatmaps (each min-max normalised, as theirs, if ``normalize``) are flipped
+            back and averaged. Six times the cost of a call. Also a call option.
+        eigen_smooth: the map is the first principal component of the method's weighted
+            activations (pytorch-grad-cam's ``get_2d_projection``, with the sign of
+            `first_principal_component`) instead of their channel sum; refused by
+            methods whose map has no such terms. Also a call option.
+        layer_fusion: how several target layers combine: ``"mean"`` (default,
+            pytorch-grad-cam's multi-layer mean), ``"max"`` or ``"sum"``.
 
     With several layers each layer's upsampled map is min-max normalised (layers differ in
-    scale) and the maps are averaged; ``normalize`` then applies to the average. All
-    layers are taken from the same forward (and backward) pass. The full result
-    (`explain_full`) keeps every layer's raw map in ``extras["layer_maps"]``.
+    scale) and the maps are combined by ``layer_fusion``; ``normalize`` then applies to
+    the result. All layers are taken from the same forward (and backward) pass. The full
+    result (`explain_full`) keeps every layer's raw map in ``extras["layer_maps"]``.
+
+    The engine options (``aug_smooth``, ``eigen_smooth``, ``layer_fusion``) are
+    keyword-only and every subclass takes them, also one with its own ``__init__``
+    (see `with_engine_options`). A method that forms its maps in its own
+    ``maps_from_views`` honours ``eigen_smooth`` through [`channel_map`][] (AblationCAM)
+    or by deferring to the engine when `eigen_smoothing` is on (GradCAM's Captum path).
     """
 
     #: one forward (with the layer tapped) per image; the backward is not a forward
@@ -182,8 +234,13 @@ class CAMExplainer(Explainer):
         relu: bool = True,
         normalize: bool = True,
         interpolate: InterpolationMode = "bilinear",
+        *,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+        layer_fusion: LayerFusion = "mean",
     ) -> None:
         super().__init__(model)
+        self.set_engine_options(aug_smooth, eigen_smooth, layer_fusion)
         if interpolate not in _INTERPOLATION_MODES:
             raise ValueError(
                 f"interpolate={interpolate!r} is not supported; use one of "
@@ -202,6 +259,46 @@ class CAMExplainer(Explainer):
         self._kept_taps: ExitStack | None = None
         self._kept_views: list[SpatialView] = []
         self._depth = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A method's own __init__ (seed=, max_batch=) gets the engine options too.
+        if "__init__" in cls.__dict__:
+            cls.__init__ = with_engine_options(cls.__dict__["__init__"])  # type: ignore[method-assign]
+
+    def set_engine_options(
+        self, aug_smooth: bool = False, eigen_smooth: bool = False, layer_fusion: str = "mean"
+    ) -> None:
+        """Check and set ``aug_smooth``, ``eigen_smooth`` and ``layer_fusion``."""
+        name = type(self).__name__
+        self.aug_smooth = check_flag("aug_smooth", aug_smooth, name)
+        self.eigen_smooth = self._checked_eigen_smooth(eigen_smooth)
+        self.layer_fusion: LayerFusion = check_fusion(layer_fusion, name)
+        per_image = type(self).forwards_per_image
+        # aug_smooth explains every image as six: the evaluators' progress counts them
+        self.forwards_per_image = (
+            per_image * len(AUGMENTATIONS) if per_image and self.aug_smooth else per_image
+        )
+
+    @classmethod
+    def supports_eigen_smooth(cls) -> bool:
+        """Whether the map is a channel sum of weighted activations (``eigen_smooth``).
+
+        True for methods with `channel_weights` or `weighted_activations`; a method that
+        computes its map otherwise (only `cam`) has no terms to project.
+        """
+        own_cam = cls.cam is not CAMExplainer.cam
+        return not own_cam or cls.weighted_activations is not CAMExplainer.weighted_activations
+
+    def _checked_eigen_smooth(self, value: object) -> bool:
+        flag = check_flag("eigen_smooth", value, type(self).__name__)
+        if flag and not self.supports_eigen_smooth():
+            raise ValueError(
+                f"{type(self).__name__} does not take eigen_smooth=True: its map is not a "
+                f"sum of weighted activations over channels, so there is no principal "
+                f"component to take. Use eigen_smooth=False, or EigenCAM / EigenGradCAM."
+            )
+        return flag
 
     def constant_map_causes_of(self, result: Explanation) -> str:
         """A layer map of one cell is constant once upsampled, whatever the method."""
@@ -253,9 +350,18 @@ class CAMExplainer(Explainer):
 
     def __repr__(self) -> str:
         layers = ", ".join(layer.name for layer in self.layers)
+        options = "".join(
+            f", {name}={value!r}"
+            for name, value, default in (
+                ("aug_smooth", self.aug_smooth, False),
+                ("eigen_smooth", self.eigen_smooth, False),
+                ("layer_fusion", self.layer_fusion, "mean"),
+            )
+            if value != default
+        )
         return (
             f"{type(self).__name__}(layers=[{layers}], relu={self.relu}, "
-            f"normalize={self.normalize}, interpolate={self.interpolate!r})"
+            f"normalize={self.normalize}, interpolate={self.interpolate!r}{options})"
         )
 
     @property
@@ -275,21 +381,69 @@ class CAMExplainer(Explainer):
         """The map ``(B, h, w)`` at the layer's resolution, before the ReLU."""
         return weighted_sum(self.channel_weights(ctx), ctx.activations, relu=False)
 
+    def weighted_activations(self, ctx: CamContext) -> torch.Tensor:
+        """The terms ``(B, C, h, w)`` whose channel sum is the map (``eigen_smooth`` projects them).
+
+        ``w_k A_k`` for channel-weight methods; a method with its own `cam` that is such a
+        sum (HiResCAM's ``g * A``) gives them here.
+        """
+        return self.channel_weights(ctx)[:, :, None, None] * ctx.activations
+
+    def layer_map(self, ctx: CamContext) -> torch.Tensor:
+        """The map ``(B, h, w)`` before the ReLU: `cam`, or with ``eigen_smooth`` the first
+        principal component of `weighted_activations` (pytorch-grad-cam's ``get_cam_image``)."""
+        if ctx.eigen_smooth:
+            return first_principal_component(self.weighted_activations(ctx))
+        return self.cam(ctx)
+
+    @staticmethod
+    def channel_map(weights: torch.Tensor, ctx: CamContext) -> torch.Tensor:
+        """The map of channel weights ``(B, C)`` before the ReLU: ``sum_k w_k A_k``, or the
+        principal component of ``w_k A_k`` with ``eigen_smooth`` (for methods that find
+        their weights outside `channel_weights`, such as AblationCAM)."""
+        if ctx.eigen_smooth:
+            return first_principal_component(weights[:, :, None, None] * ctx.activations)
+        return weighted_sum(weights, ctx.activations, relu=False)
+
     # -------------------------------------------------------------- engine
     def attribute(
-        self, inputs: torch.Tensor, targets: ResolvedTargets, **kwargs: Any
+        self,
+        inputs: torch.Tensor,
+        targets: ResolvedTargets,
+        *,
+        aug_smooth: bool | None = None,
+        eigen_smooth: bool | None = None,
+        **kwargs: Any,
     ) -> Explanation:
-        """The explanation of ``inputs`` ``(B, C, H, W)`` (see the module docstring)."""
+        """The explanation of ``inputs`` ``(B, C, H, W)`` (see the module docstring).
+
+        ``aug_smooth`` / ``eigen_smooth`` (``None``: the constructor's) apply to this call.
+        """
         if kwargs:
-            raise TypeError(f"unexpected arguments for {type(self).__name__}: {sorted(kwargs)}")
-        with self.adapter.layer_errors_of(self.name):
-            layer_maps, (chosen, logits) = self._layer_maps(inputs, targets)
+            raise TypeError(
+                f"unexpected arguments for {type(self).__name__}: {sorted(kwargs)}; a CAM "
+                f"call takes target_class, aug_smooth and eigen_smooth."
+            )
+        name = type(self).__name__
+        aug = self.aug_smooth if aug_smooth is None else check_flag("aug_smooth", aug_smooth, name)
+        eigen = (
+            self.eigen_smooth if eigen_smooth is None else self._checked_eigen_smooth(eigen_smooth)
+        )
+        token = _EIGEN_SMOOTH.set(eigen)
+        try:  # aug_smooth: every augmentation of every image in one batch
+            run = (augment(inputs), repeat_targets(targets)) if aug else (inputs, targets)
+            with self.adapter.layer_errors_of(self.name):
+                layer_maps, (chosen, logits) = self._layer_maps(*run)
+        finally:
+            _EIGEN_SMOOTH.reset(token)
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
         maps = [upsample_maps(m, size, self.interpolate) for m in layer_maps]
-        if len(maps) == 1:
-            heatmap = maps[0]
-        else:
-            heatmap = torch.stack([normalize_maps(m) for m in maps]).mean(dim=0)
+        heatmap = fuse_layer_maps(maps, self.layer_fusion, normalize_maps)
+        if aug:
+            scale = normalize_maps if self.normalize else None
+            heatmap, layer_maps, chosen, logits = average_augmentations(
+                heatmap, layer_maps, chosen, logits, scale
+            )
         return Explanation(
             heatmap=normalize_maps(heatmap) if self.normalize else heatmap,
             targets=chosen,
@@ -378,7 +532,7 @@ class CAMExplainer(Explainer):
         """One ``(B, h, w)`` map per tapped layer: contexts from one pass, then the hook."""
         maps = []
         for ctx in self.contexts(score, inputs, targets, views):
-            cam = self.cam(ctx)
+            cam = self.layer_map(ctx)
             maps.append(cam.clamp_min(0) if self.relu else cam)
         return maps
 
@@ -400,8 +554,9 @@ class CAMExplainer(Explainer):
             pairs = [(a, None) for a in _forward_outputs(score, inputs, forward_args, views)]
         assert score.seen is not None
         chosen, logits = score.seen
+        smooth = _EIGEN_SMOOTH.get()
         return [
-            CamContext(acts, grads, inputs, chosen, view.layer_name, self.model, logits)
+            CamContext(acts, grads, inputs, chosen, view.layer_name, self.model, logits, smooth)
             for (acts, grads), view in zip(pairs, views, strict=True)
         ]
 

@@ -14,7 +14,7 @@ import torch
 from ...adapters import SpatialView
 from .._targets import TargetScore
 from ..registry import register_method
-from .engine import CamContext, CAMExplainer, upsample_maps, weighted_sum
+from .engine import CamContext, CAMExplainer, eigen_smoothing, upsample_maps, weighted_sum
 
 __all__ = [
     "GradCAM",
@@ -111,7 +111,7 @@ class GradCAM(CAMExplainer):
         targets: torch.Tensor | None,
         views: Sequence[SpatialView],
     ) -> list[torch.Tensor]:
-        if len(views) != 1:
+        if len(views) != 1 or eigen_smoothing():  # Captum's LayerGradCam sums channels
             return super().maps_from_views(score, inputs, targets, views)
         from captum.attr import LayerGradCam
 

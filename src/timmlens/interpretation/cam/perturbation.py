@@ -20,6 +20,7 @@ never all at once.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from ...adapters import LayerSpec, SpatialView
 from .._targets import TargetScore
 from ..registry import register_method
 from ..scoring import chunk_size_for, score_in_chunks, target_scores
-from .engine import CamContext, CAMExplainer, InterpolationMode, weighted_sum
+from .engine import CamContext, CAMExplainer, InterpolationMode
 
 __all__ = ["AblationCAM", "ScoreCAM", "ablation_weights", "layer_suffix", "score_cam_masks"]
 
@@ -238,7 +239,8 @@ class AblationCAM(_ScoredCAM):
             weights = ablation_weights(original, ablated)  # float32 scores
             # a float16 model's activations meet the float32 weights in the wider dtype
             wide = torch.promote_types(weights.dtype, ctx.activations.dtype)
-            cam = weighted_sum(weights.to(wide), ctx.activations.to(wide), relu=False)
+            wide_ctx = replace(ctx, activations=ctx.activations.to(wide))
+            cam = self.channel_map(weights.to(wide), wide_ctx)  # eigen_smooth too
             maps.append(cam.clamp_min(0) if self.relu else cam)
         return maps
 

@@ -22,6 +22,7 @@ from ...adapters import LayerSpec
 from .._targets import CallableTargets
 from ..registry import register_method
 from .engine import CamContext, CAMExplainer, InterpolationMode
+from .smoothing import first_principal_component
 
 #: RandomCAM's key for a callable target, beyond any class index (2**32)
 CALLABLE_TARGET_KEY = 2**32
@@ -64,40 +65,6 @@ def xgradcam_weights(
     nonzero = denominator != 0
     share = torch.where(nonzero, activations / torch.where(nonzero, denominator, 1), 0)
     return (share * gradients).sum(dim=(2, 3))
-
-
-def first_principal_component(features: torch.Tensor) -> torch.Tensor:
-    """Each image's features projected on their first principal component: -> ``(B, h, w)``.
-
-    The features of one image are read as ``h * w`` samples of ``C`` variables, centred
-    over the samples, and projected on the first right-singular vector ``v`` of that
-    ``(h*w, C)`` matrix, as pytorch-grad-cam's ``get_2d_projection`` does.
-
-    Sign convention: ``v`` and ``-v`` are both first singular vectors, and SVD routines
-    return either (pytorch-grad-cam keeps whatever numpy's LAPACK returns, so after its
-    ReLU a map can come out nearly empty, or inverted). Here the sign is chosen so that
-    ``sum_k v_k >= 0``, which is the same as the map correlating non-negatively with the
-    channel mean of the features (``<X v, X 1> = s_1^2 (v . 1)`` for the centred matrix
-    ``X``): the map points where the features are high on balance. For EigenCAM that is
-    the mean activation; for EigenGradCAM, HiResCAM's map ``sum_k g_k A_k`` (evidence for
-    the class). The result is therefore ``+-`` pytorch-grad-cam's projection, per image.
-
-    Args:
-        features: ``(B, C, h, w)``; half precision is computed in float32 (SVD needs it).
-
-    Returns:
-        ``(B, h, w)`` in the features' dtype (float32 for half-precision features).
-    """
-    batch, _, height, width = features.shape
-    if features.dtype in (torch.float16, torch.bfloat16):
-        features = features.float()
-    samples = features.flatten(2).transpose(1, 2)  # (B, h*w, C)
-    centred = samples - samples.mean(dim=1, keepdim=True)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-    component = vh[:, 0]  # (B, C)
-    sign = torch.where(component.sum(dim=1, keepdim=True) < 0, -1.0, 1.0).to(component)
-    projection = torch.einsum("bnc,bc->bn", centred, component * sign)
-    return projection.reshape(batch, height, width)
 
 
 def randomcam_weights(
@@ -160,9 +127,12 @@ class HiResCAM(CAMExplainer):
     Args: as [`GradCAM`][timmlens.interpretation.cam.gradcam.GradCAM].
     """
 
-    def cam(self, ctx: CamContext) -> torch.Tensor:
+    def weighted_activations(self, ctx: CamContext) -> torch.Tensor:
         assert ctx.gradients is not None
-        return (ctx.gradients * ctx.activations).sum(dim=1)
+        return ctx.gradients * ctx.activations
+
+    def cam(self, ctx: CamContext) -> torch.Tensor:
+        return self.weighted_activations(ctx).sum(dim=1)
 
 
 @register_method(
@@ -211,9 +181,12 @@ class LayerCAM(CAMExplainer):
     Args: as [`GradCAM`][timmlens.interpretation.cam.gradcam.GradCAM].
     """
 
-    def cam(self, ctx: CamContext) -> torch.Tensor:
+    def weighted_activations(self, ctx: CamContext) -> torch.Tensor:
         assert ctx.gradients is not None
-        return (ctx.gradients.clamp_min(0) * ctx.activations).sum(dim=1)
+        return ctx.gradients.clamp_min(0) * ctx.activations
+
+    def cam(self, ctx: CamContext) -> torch.Tensor:
+        return self.weighted_activations(ctx).sum(dim=1)
 
 
 @register_method(
@@ -242,8 +215,11 @@ class EigenCAM(CAMExplainer):
     needs_gradients = False
     class_agnostic = True
 
+    def weighted_activations(self, ctx: CamContext) -> torch.Tensor:
+        return ctx.activations  # what it projects: eigen_smooth gives the same map
+
     def cam(self, ctx: CamContext) -> torch.Tensor:
-        return first_principal_component(ctx.activations)
+        return first_principal_component(self.weighted_activations(ctx))
 
 
 @register_method(
@@ -267,9 +243,12 @@ class EigenGradCAM(CAMExplainer):
     Args: as [`GradCAM`][timmlens.interpretation.cam.gradcam.GradCAM].
     """
 
-    def cam(self, ctx: CamContext) -> torch.Tensor:
+    def weighted_activations(self, ctx: CamContext) -> torch.Tensor:
         assert ctx.gradients is not None
-        return first_principal_component(ctx.gradients * ctx.activations)
+        return ctx.gradients * ctx.activations  # eigen_smooth gives the same map
+
+    def cam(self, ctx: CamContext) -> torch.Tensor:
+        return first_principal_component(self.weighted_activations(ctx))
 
 
 @register_method(

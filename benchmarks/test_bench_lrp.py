@@ -1,0 +1,131 @@
+"""``lrp`` (Zennit composites with timm canonizers) against a forward+backward and Zennit by hand.
+
+Two models: timm's ``resnet50`` (random init, :func:`~timmlens.testing.make_explainable`)
+and the real EfficientNet-Lite0 (``bundled:efficientnet_lite0``); a batch of 8 images at
+224x224 on CUDA (128x128 on the CPU), fixed targets. Each group is one run:
+
+* the **limit**: one forward plus a backward of the target logits to the input;
+* **ours**: ``lrp`` through the registry, each composite (``epsilon_plus_flat`` is the
+  default);
+* the **peer**: Zennit's ``EpsilonPlusFlat`` and ``Gradient`` attributor called by hand on
+  the same model with Zennit's ``SequentialMergeBatchNorm`` (what a Zennit user writes;
+  it finds no pair in timm's ``BatchNormAct2d`` models and no residual ``Sum``, so it
+  does less work than ours there).
+
+The issue's target: ``lrp`` at most 1.5x the limit. Run::
+
+    pytest benchmarks/test_bench_lrp.py --benchmark-group-by=group -s
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from _harness import print_summary, timed
+from timmlens.interpretation.registry import create_explainer
+from timmlens.testing import make_explainable
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+BATCH, SIDE = 8, (224 if DEVICE.type == "cuda" else 128)
+MODELS = ("resnet50", "efficientnet_lite0")
+LIMIT = "forward+backward"
+COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1")
+
+
+def group(model_name: str) -> str:
+    return f"lrp-{model_name}-b{BATCH}-{SIDE}-{DEVICE.type}"
+
+
+@cache
+def setup(model_name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    if model_name == "efficientnet_lite0":
+        from timmlens import load_model
+
+        model = load_model("bundled:efficientnet_lite0").to(DEVICE).eval()
+    else:
+        torch.manual_seed(0)
+        model = make_explainable(timm.create_model(model_name)).to(DEVICE).eval()
+    images = torch.randn(BATCH, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
+    images = images.to(DEVICE)
+    with torch.no_grad():
+        targets = model(images).argmax(dim=1)
+    return model, images, targets
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(benchmark, model_name: str, label: str, fn: Callable[[], object], **info: Any) -> None:
+    def run() -> object:
+        result = fn()
+        _sync()
+        return result
+
+    timed(benchmark, group(model_name), label, run, rounds=2, images=BATCH, **info)
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_limit_forward_backward(benchmark, model_name: str) -> None:
+    model, images, targets = setup(model_name)
+
+    def forward_backward() -> torch.Tensor:
+        x = images.clone().requires_grad_(True)
+        score = model(x).gather(1, targets[:, None]).sum()
+        return torch.autograd.grad(score, x)[0]
+
+    measure(benchmark, model_name, LIMIT, forward_backward, role="limit", method="limit")
+
+
+@pytest.mark.parametrize("composite", COMPOSITES)
+@pytest.mark.parametrize("model_name", MODELS)
+def test_lrp(benchmark, model_name: str, composite: str) -> None:
+    model, images, targets = setup(model_name)
+    explainer = create_explainer("lrp", model, composite=composite)
+    chosen = targets.tolist()
+    label = f"lrp {composite}"
+    measure(
+        benchmark,
+        model_name,
+        label,
+        lambda: explainer.attributions(images, chosen),
+        role="ours",
+        method="lrp",
+    )
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_zennit_by_hand(benchmark, model_name: str) -> None:
+    from zennit.attribution import Gradient
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.composites import EpsilonPlusFlat
+
+    model, images, targets = setup(model_name)
+    rows = torch.arange(BATCH, device=DEVICE)
+
+    def run() -> torch.Tensor:
+        composite = EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
+
+        def seed(output: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros_like(output)
+            out[rows, targets] = output[rows, targets]
+            return out
+
+        with Gradient(model, composite) as attributor:
+            return attributor(images, seed)[1]
+
+    measure(benchmark, model_name, "zennit by hand", run, role="peer", method="lrp")
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_summary(model_name: str) -> None:
+    """Print every entry relative to the forward+backward (run with -s)."""
+    print_summary(group(model_name), LIMIT, images=BATCH)
