@@ -370,3 +370,16 @@ def test_describe_shows_once_in_a_notebook(monkeypatch, capsys):
     printed: list[str] = []
     description._repr_pretty_(types.SimpleNamespace(text=printed.append), False)
     assert printed == [str(description)]  # the notebook shows the table, once
+
+
+def test_cli_report_reads_the_same_class_name_folders(checkpoint, tmp_path, capsys):
+    own = ["--model", "test_resnet", "--weights", str(checkpoint["pth"])]
+    out = tmp_path / "rep" / "report.html"
+    argv = ["report", str(checkpoint["data"]), *own, "--class-names", str(checkpoint["names"])]
+    assert main([*argv, "--out", str(out), "--max-examples", "2"]) == 0
+    assert "4 labelled images: " in capsys.readouterr().out
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["counts"]["labelled"] == 4 and report["num_classes"] == 5
+    # the true classes come from the folders (ant/, bee/), named with --class-names
+    assert [row["name"] for row in report["per_class"]] == ["ant", "bee"]
+    assert all(pair["true_name"] in NAMES for pair in report["confusion_pairs"])
