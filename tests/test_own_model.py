@@ -317,7 +317,7 @@ def test_methods_and_metrics_commands_list_every_entry_with_options(capsys):
     assert "deletion (lower is better; needs heatmap)" in listing and "blur_sigma=5.0" in listing
 
 
-def test_method_options_from_the_command_line(checkpoint, tmp_path, capsys):
+def test_method_options_from_the_command_line(checkpoint, tmp_path, capsys, monkeypatch):
     from timmlens.cli.listings import parse_method_options
 
     assert parse_method_options(["n_steps=8"], ["ig", "gradcam", "smoothgrad"]) == {
@@ -337,6 +337,24 @@ def test_method_options_from_the_command_line(checkpoint, tmp_path, capsys):
     argv = ["explain", image, *own, "--method", "ig", "--method-option", "n_stepz=2", *out]
     assert main(argv) == 2
     assert "ig takes no option 'n_stepz'" in capsys.readouterr().err
+    # explain --quick: the registry's quick options, with --method-option on top
+    import timmlens.quick
+    from timmlens.interpretation.registry import resolve_method
+
+    seen = []
+    original = timmlens.quick.quick_explain
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["method_options"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(timmlens.quick, "quick_explain", spy)
+    argv = ["explain", image, *own, "--method", "smoothgrad", "--quick", *out]
+    assert main([*argv, "--method-option", "n_steps=2"]) == 0
+    quick = dict(resolve_method("smoothgrad").quick_options)
+    assert quick and "n_steps" not in quick  # so the call shows both sources
+    assert seen == [{**quick, "n_steps": 2}]
+    capsys.readouterr()
     argv = ["evaluate", str(checkpoint["data"]), *own, "--class-names", ",".join(NAMES)]
     argv += ["--methods", "ig", "--method-option", "n_steps=2", "--steps", "4", *out]
     assert main(argv) == 0
