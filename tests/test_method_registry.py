@@ -162,8 +162,13 @@ def test_a_registered_toy_method_appears_everywhere(small, tmp_path):
         for command, option in (("explain", "--method"), ("evaluate", "--methods")):
             assert "toy_saliency" in _cli_choices(command, option)
         assert "toy_saliency" in _cli_choices("report", "--method")
+        # --help stays short; `timmlens methods` lists it with its summary and options
+        from timmlens.cli.listings import methods_listing
+
         help_text = " ".join(_cli_command("explain").format_help().split())
-        assert "toy_saliency: largest absolute input gradient over the channels" in help_text
+        assert "options and costs: timmlens methods" in help_text
+        listing = methods_listing()
+        assert "toy_saliency (input): largest absolute input gradient over the channels" in listing
         # compare_methods: a registered method is in its default list (compared_by_default).
         photo = torch.rand(3, 32, 32)
         options = {"ig": {"n_steps": 2}, "smoothgrad": {"n_samples": 2}}

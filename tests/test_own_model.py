@@ -317,7 +317,7 @@ def test_methods_and_metrics_commands_list_every_entry_with_options(capsys):
     assert "deletion (lower is better; needs heatmap)" in listing and "blur_sigma=5.0" in listing
 
 
-def test_method_options_from_the_command_line(checkpoint, tmp_path, capsys):
+def test_method_options_from_the_command_line(checkpoint, tmp_path, capsys, monkeypatch):
     from timmlens.cli.listings import parse_method_options
 
     assert parse_method_options(["n_steps=8"], ["ig", "gradcam", "smoothgrad"]) == {
@@ -337,8 +337,67 @@ def test_method_options_from_the_command_line(checkpoint, tmp_path, capsys):
     argv = ["explain", image, *own, "--method", "ig", "--method-option", "n_stepz=2", *out]
     assert main(argv) == 2
     assert "ig takes no option 'n_stepz'" in capsys.readouterr().err
+    # explain --quick: the registry's quick options, with --method-option on top
+    import timmlens.quick
+    from timmlens.interpretation.registry import resolve_method
+
+    seen = []
+    original = timmlens.quick.quick_explain
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["method_options"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(timmlens.quick, "quick_explain", spy)
+    argv = ["explain", image, *own, "--method", "smoothgrad", "--quick", *out]
+    assert main([*argv, "--method-option", "n_steps=2"]) == 0
+    quick = dict(resolve_method("smoothgrad").quick_options)
+    assert quick and "n_steps" not in quick  # so the call shows both sources
+    assert seen == [{**quick, "n_steps": 2}]
+    capsys.readouterr()
     argv = ["evaluate", str(checkpoint["data"]), *own, "--class-names", ",".join(NAMES)]
     argv += ["--methods", "ig", "--method-option", "n_steps=2", "--steps", "4", *out]
     assert main(argv) == 0
     run = json.loads((tmp_path / "o" / "run.json").read_text())
     assert run["methods"]["ig"]["options"]["n_steps"] == 2
+
+
+# ------------------------------------------------------------ pictures for every result
+def test_attention_maps_show_a_picture_and_a_short_repr(vit):
+    from timmlens.interpretation import AttentionVisualizer
+
+    maps = AttentionVisualizer(vit).get_attention_maps(torch.rand(2, 3, 32, 32))
+    text = repr(maps)
+    assert text.startswith(f"AttentionMaps({len(maps)} blocks, batch of 2, ")
+    assert "tensor(" not in text and "patches)" in text
+    assert maps._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_describe_shows_once_in_a_notebook(monkeypatch, capsys):
+    import sys
+    import types
+
+    from timmlens.adapters import describe
+
+    model = timm.create_model("test_resnet")
+    description = describe(model)  # a script: printed
+    assert "default CAM layer" in capsys.readouterr().out
+    shell = types.SimpleNamespace(get_ipython=lambda: object())
+    monkeypatch.setitem(sys.modules, "IPython", shell)
+    assert describe(model) == description and capsys.readouterr().out == ""
+    printed: list[str] = []
+    description._repr_pretty_(types.SimpleNamespace(text=printed.append), False)
+    assert printed == [str(description)]  # the notebook shows the table, once
+
+
+def test_cli_report_reads_the_same_class_name_folders(checkpoint, tmp_path, capsys):
+    own = ["--model", "test_resnet", "--weights", str(checkpoint["pth"])]
+    out = tmp_path / "rep" / "report.html"
+    argv = ["report", str(checkpoint["data"]), *own, "--class-names", str(checkpoint["names"])]
+    assert main([*argv, "--out", str(out), "--max-examples", "2"]) == 0
+    assert "4 labelled images: " in capsys.readouterr().out
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["counts"]["labelled"] == 4 and report["num_classes"] == 5
+    # the true classes come from the folders (ant/, bee/), named with --class-names
+    assert [row["name"] for row in report["per_class"]] == ["ant", "bee"]
+    assert all(pair["true_name"] in NAMES for pair in report["confusion_pairs"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,6 +54,17 @@ class ModelDescription:
         width = max(len(key) for key, _ in rows)
         return "\n".join(f"{key.ljust(width)} : {value}" for key, value in rows)
 
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython and notebooks show the table, not the dataclass fields."""
+        printer.text(str(self))
+
+
+def _in_ipython() -> bool:
+    """Whether an IPython shell or notebook runs us (it shows a returned value itself)."""
+    ipython = sys.modules.get("IPython")
+    get = getattr(ipython, "get_ipython", None)
+    return callable(get) and get() is not None
+
 
 def probe_layout(model: nn.Module, layer_name: str, input_size: tuple[int, int, int]) -> Layout:
     """Run one no-grad forward on a zero image to read ``layer_name``'s output layout."""
@@ -73,8 +86,12 @@ def probe_layout(model: nn.Module, layer_name: str, input_size: tuple[int, int, 
     return view.layout
 
 
-def describe(model: nn.Module, print_it: bool = True) -> ModelDescription:
-    """Describe how timmlens sees ``model``; prints the table unless ``print_it=False``.
+def describe(model: nn.Module, print_it: bool | None = None) -> ModelDescription:
+    """Describe how timmlens sees ``model``: the returned description's ``str`` is a table.
+
+    ``print_it=None`` prints it except under IPython or in a notebook, which show the
+    returned value themselves (printing too would show it twice); ``True``/``False``
+    always/never print.
 
     Runs one forward pass on a zero image to read the default layer's output layout.
     """
@@ -111,6 +128,6 @@ def describe(model: nn.Module, print_it: bool = True) -> ModelDescription:
         attention_blocks=[block.name for block in adapter.attention_blocks],
         attention_note=adapter.attention_unavailable_reason,
     )
-    if print_it:
+    if print_it or (print_it is None and not _in_ipython()):
         print(description)
     return description

@@ -219,6 +219,8 @@ def _run_explain(args: argparse.Namespace) -> None:
     from .listings import parse_method_options
 
     given = parse_method_options(args.method_option, [args.method]).get(args.method, {})
+    if args.quick:  # the registry's cheap options; the user's own win
+        given = {**METHODS[args.method].quick_options, **given}
     images = image_paths(args.images)
     model = _load(args)
     options = {**given, **({"target_layer": args.layer} if args.layer else {})} or None

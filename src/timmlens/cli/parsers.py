@@ -202,6 +202,12 @@ def _add_explain(command: Callable[..., argparse.ArgumentParser]) -> None:
         f"default: the family's layer",
     )
     _add_method_option(explain)
+    explain.add_argument(
+        "--quick",
+        action="store_true",
+        help="the method's quick options (fewer steps, samples or masks; see: timmlens "
+        "methods); --method-option values win",
+    )
     explain.add_argument("--out", default=default_out("explain"), help="output folder")
     explain.add_argument("--html", action="store_true", help="also write interactive HTML")
 

@@ -166,6 +166,33 @@ class AttentionMaps(Sequence[torch.Tensor]):
     def _unbatch(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor if self.batched else tensor[0]
 
+    def __repr__(self) -> str:
+        # the fields are tensors of every block: a summary, not their values
+        batch, heads, tokens, _ = self.batched_maps[0].shape if self.batched_maps else (0,) * 4
+        images = f"batch of {batch}" if self.batched else "one image"
+        return (
+            f"AttentionMaps({len(self)} blocks, {images}, {heads} heads, {tokens} tokens = "
+            f"{self.num_prefix_tokens} prefix + {self.grid[0]}x{self.grid[1]} patches)"
+        )
+
+    def figure(self, **options: Any) -> Any:
+        """The class token's attention to the patches per block and head, of the first
+        image (`timmlens.viz.static.plot_attention_maps`; ``options`` are its own)."""
+        from ...viz.static import plot_attention_maps
+
+        return plot_attention_maps(self, **options)
+
+    def _repr_png_(self) -> bytes:
+        import matplotlib.pyplot as plt
+
+        from ...saving import figure_png
+
+        figure = self.figure()
+        try:
+            return figure_png(figure)
+        finally:
+            plt.close(figure)
+
     def stack(self) -> torch.Tensor:
         """All blocks at once: ``(B, L, heads, N, N)`` (``(L, heads, N, N)`` unbatched)."""
         return self._unbatch(torch.stack(self.batched_maps, dim=1))
