@@ -366,24 +366,33 @@ def test_concept_maps_of_nmf_and_of_another_model(model, pictures, topk, tmp_pat
 
 
 def test_visualize_concept_hook(model, topk, monkeypatch):
+    import types
+
     import timmlens.analysis as analysis
-    from timmlens.analysis.concept_maps import concept_objective, visualize_concept
+    from timmlens.analysis.concept_maps import concept_direction, visualize_concept
 
     if not hasattr(analysis, "visualize_feature"):
         with pytest.raises(NotImplementedError, match="visualize_feature"):
             visualize_concept(model, topk, 0)
+        # stand-ins with the names and signatures of timmlens.analysis.objectives.direction
+        # and visualize_feature, so the hand-over is checked before they are installed
+        fake = types.ModuleType("timmlens.analysis.objectives")
+        fake.direction = lambda layer, vector, cossim_pow=1.0: types.SimpleNamespace(
+            layer=layer, vector=vector, cossim_pow=cossim_pow
+        )
+        monkeypatch.setitem(sys.modules, "timmlens.analysis.objectives", fake)
     calls = {}
 
-    def fake(model, **options):
+    def visualize_feature(model, **options):
         calls.update(options)
         return "picture"
 
-    monkeypatch.setattr(analysis, "visualize_feature", fake, raising=False)
-    assert visualize_concept(model, topk, 2, steps=8) == "picture"
-    assert calls["layer"] == topk.layer and calls["steps"] == 8
-    activations = torch.rand(2, topk.concepts.shape[1], 3, 3)
+    monkeypatch.setattr(analysis, "visualize_feature", visualize_feature, raising=False)
+    assert visualize_concept(model, topk, 2, cossim_pow=0.0, steps=8) == "picture"
+    objective = calls["objective"]
+    assert calls["steps"] == 8 and objective.layer == topk.layer and objective.cossim_pow == 0.0
     atom = topk.concepts[2] - topk.offset
-    by_hand = (activations * (atom / atom.norm())[None, :, None, None]).sum(1).mean((1, 2))
-    torch.testing.assert_close(calls["objective"](activations), by_hand)
+    torch.testing.assert_close(objective.vector.flatten(), atom / atom.norm())
+    torch.testing.assert_close(concept_direction(topk, 2), atom / atom.norm())
     with pytest.raises(ConceptInputError, match="concepts 0 to 11"):
-        concept_objective(topk, K)
+        concept_direction(topk, K)
