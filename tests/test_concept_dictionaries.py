@@ -215,7 +215,9 @@ def test_seeded_fit_is_deterministic_and_reports_quality(model, pictures, tmp_pa
     assert quality["r2_rows"] == 2 * 16
     # the R^2 again, by hand, from the returned dictionary on the held-out images' rows
     store = ShardStore(tmp_path / "a", 4, N_IMAGES)
-    offset, scale = first.offset.numpy(), quality["row_scale"]
+    offset = first.offset.numpy()
+    centre = first.dictionary.timmlens_row_mean.numpy()
+    scale = float(first.dictionary.timmlens_row_scale)
     rows = np.concatenate(
         [
             shard.rows(offset).reshape(-1, 16, offset.shape[0])[shard.indices % 5 == 4]
@@ -223,8 +225,8 @@ def test_seeded_fit_is_deterministic_and_reports_quality(model, pictures, tmp_pa
         ]
     ).reshape(-1, offset.shape[0])
     with torch.no_grad():
-        codes = first.dictionary.encode(torch.from_numpy(rows / scale))[1] * scale
-    by_hand = codes.numpy() @ (first.concepts.numpy() - offset)
+        codes = first.dictionary.encode(torch.from_numpy((rows - centre) / scale))[1] * scale
+    by_hand = codes.numpy() @ (first.concepts.numpy() - offset) + centre
     assert quality["r2"] == pytest.approx(r2_score(rows, by_hand), rel=1e-5)
     assert 0 <= quality["dead_codes"] <= K and 0.0 < quality["stability"] <= 1.0
     assert other.quality["stability"] is None

@@ -31,11 +31,10 @@ def concept_codes(result: DatasetConcepts, rows: torch.Tensor) -> torch.Tensor:
     """``(n, K)`` codes of shifted rows ``(n, C)`` under ``result``'s fit (rows' device)."""
     components = (result.concepts - result.offset[None, :]).float()
     if result.dictionary is not None:
-        scale = float((result.quality or {}).get("row_scale", 1.0))
         dictionary = result.dictionary
-        device = next(dictionary.parameters()).device
+        centre, scale = dictionary.timmlens_row_mean, dictionary.timmlens_row_scale
         with torch.no_grad():
-            _, codes = dictionary.encode(rows.to(device) / scale)
+            _, codes = dictionary.encode((rows.to(centre) - centre) / scale)
         return (codes * scale).to(rows.device)
     from .dff import sklearn_decomposition
 
