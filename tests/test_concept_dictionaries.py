@@ -215,7 +215,9 @@ def test_seeded_fit_is_deterministic_and_reports_quality(model, pictures, tmp_pa
     assert quality["r2_rows"] == 2 * 16
     # the R^2 again, by hand, from the returned dictionary on the held-out images' rows
     store = ShardStore(tmp_path / "a", 4, N_IMAGES)
-    offset, scale = first.offset.numpy(), quality["row_scale"]
+    offset = first.offset.numpy()
+    centre = first.dictionary.timmlens_row_mean.numpy()
+    scale = float(first.dictionary.timmlens_row_scale)
     rows = np.concatenate(
         [
             shard.rows(offset).reshape(-1, 16, offset.shape[0])[shard.indices % 5 == 4]
@@ -223,8 +225,8 @@ def test_seeded_fit_is_deterministic_and_reports_quality(model, pictures, tmp_pa
         ]
     ).reshape(-1, offset.shape[0])
     with torch.no_grad():
-        codes = first.dictionary.encode(torch.from_numpy(rows / scale))[1] * scale
-    by_hand = codes.numpy() @ (first.concepts.numpy() - offset)
+        codes = first.dictionary.encode(torch.from_numpy((rows - centre) / scale))[1] * scale
+    by_hand = codes.numpy() @ (first.concepts.numpy() - offset) + centre
     assert quality["r2"] == pytest.approx(r2_score(rows, by_hand), rel=1e-5)
     assert 0 <= quality["dead_codes"] <= K and 0.0 < quality["stability"] <= 1.0
     assert other.quality["stability"] is None
@@ -366,24 +368,33 @@ def test_concept_maps_of_nmf_and_of_another_model(model, pictures, topk, tmp_pat
 
 
 def test_visualize_concept_hook(model, topk, monkeypatch):
+    import types
+
     import timmlens.analysis as analysis
-    from timmlens.analysis.concept_maps import concept_objective, visualize_concept
+    from timmlens.analysis.concept_maps import concept_direction, visualize_concept
 
     if not hasattr(analysis, "visualize_feature"):
         with pytest.raises(NotImplementedError, match="visualize_feature"):
             visualize_concept(model, topk, 0)
+        # stand-ins with the names and signatures of timmlens.analysis.objectives.direction
+        # and visualize_feature, so the hand-over is checked before they are installed
+        fake = types.ModuleType("timmlens.analysis.objectives")
+        fake.direction = lambda layer, vector, cossim_pow=1.0: types.SimpleNamespace(
+            layer=layer, vector=vector, cossim_pow=cossim_pow
+        )
+        monkeypatch.setitem(sys.modules, "timmlens.analysis.objectives", fake)
     calls = {}
 
-    def fake(model, **options):
+    def visualize_feature(model, **options):
         calls.update(options)
         return "picture"
 
-    monkeypatch.setattr(analysis, "visualize_feature", fake, raising=False)
-    assert visualize_concept(model, topk, 2, steps=8) == "picture"
-    assert calls["layer"] == topk.layer and calls["steps"] == 8
-    activations = torch.rand(2, topk.concepts.shape[1], 3, 3)
+    monkeypatch.setattr(analysis, "visualize_feature", visualize_feature, raising=False)
+    assert visualize_concept(model, topk, 2, cossim_pow=0.0, steps=8) == "picture"
+    objective = calls["objective"]
+    assert calls["steps"] == 8 and objective.layer == topk.layer and objective.cossim_pow == 0.0
     atom = topk.concepts[2] - topk.offset
-    by_hand = (activations * (atom / atom.norm())[None, :, None, None]).sum(1).mean((1, 2))
-    torch.testing.assert_close(calls["objective"](activations), by_hand)
+    torch.testing.assert_close(objective.vector.flatten(), atom / atom.norm())
+    torch.testing.assert_close(concept_direction(topk, 2), atom / atom.norm())
     with pytest.raises(ConceptInputError, match="concepts 0 to 11"):
-        concept_objective(topk, K)
+        concept_direction(topk, K)

@@ -210,7 +210,9 @@ class ShardRows:
             )
         )
         self.batch_rows = max(1, min(batch_rows, self.train_rows))
-        #: rows are divided by it before training (`fit_dictionary_shards` sets it)
+        #: rows are centred on ``mean`` ``(C,)`` and divided by ``scale`` before training
+        #: (`fit_dictionary_shards` sets both)
+        self.mean = np.zeros(offset.shape[0], dtype=np.float32)
         self.scale = 1.0
         # a small dataset is read once, not once per pass
         fits = self.train_rows * offset.shape[0] * 4 <= CACHE_BYTES
@@ -237,7 +239,8 @@ class ShardRows:
             pending = np.concatenate([pending, rows[self.rng.permutation(rows.shape[0])]])
             while pending.shape[0] >= self.batch_rows:
                 block, pending = pending[: self.batch_rows], pending[self.batch_rows :]
-                yield torch.from_numpy(np.ascontiguousarray(block) / self.scale).to(self.device)
+                centred = (block - self.mean[None, :]) / self.scale
+                yield torch.from_numpy(np.ascontiguousarray(centred)).to(self.device)
 
     def sample(self, count: int) -> torch.Tensor:
         """``(min(count, train_rows), C)`` training rows drawn uniformly without replacement
@@ -337,8 +340,9 @@ def encode_rows(model: nn.Module, rows: np.ndarray, device: torch.device) -> np.
 class DictionaryFit(ShardFit):
     """A `ShardFit` whose loadings are an overcomplete model's codes.
 
-    ``model`` (eval mode) encodes rows divided by ``scale``; its codes times ``scale`` are
-    the loadings, so ``loadings @ components`` reconstructs the shifted rows."""
+    ``model`` (eval mode) encodes rows centred on ``bias`` and divided by ``scale``; its
+    codes times ``scale`` are the loadings, so ``loadings @ components + bias`` reconstructs
+    the shifted rows."""
 
     model: nn.Module | None = None
     scale: float = 1.0
@@ -374,11 +378,14 @@ def fit_dictionary_shards(
     check_dictionary_size(n_concepts, rows.train_rows, "the layer (training rows)")
     passes = epochs if epochs is not None else auto_epochs(rows.train_rows, rows.batch_rows)
     points = rows.sample(max(n_concepts, ARCHETYPAL_CANDIDATES))
-    # one scalar brings the rows to a mean squared entry of 1: overcomplete's defaults (its
-    # JumpReLU thresholds start at 0.05, its learning rate) assume that scale, whatever the
-    # layer's units; R^2, atoms and energy shares do not change with it
-    rows.scale = float(torch.sqrt(points.square().mean()).clamp_min(1e-12))
-    points = points / rows.scale
+    # overcomplete's SAEs have no decoder bias: without centring, codes must rebuild the
+    # rows' mean and a few top-k codes cannot (most die). One scalar then brings the rows to
+    # a mean squared entry of 1, the scale overcomplete's defaults assume (its JumpReLU
+    # thresholds start at 0.05, its learning rate); R^2 and atoms do not change with it.
+    mean = points.mean(dim=0)
+    rows.mean = mean.cpu().numpy().astype(np.float32)
+    rows.scale = float(torch.sqrt((points - mean).square().mean()).clamp_min(1e-12))
+    points = (points - mean) / rows.scale
     model = train_dictionary(
         method,
         rows,
@@ -391,18 +398,23 @@ def fit_dictionary_shards(
         points if method == "archetypal" else None,
     )
     components = model.get_dictionary().detach().float().cpu().numpy()
-    scale = rows.scale
+    centre, scale = rows.mean, rows.scale
+    # the centring travels with the model (and its saved state_dict), for new images
+    model.register_buffer("timmlens_row_mean", torch.from_numpy(centre).to(device))
+    model.register_buffer("timmlens_row_scale", torch.tensor(scale, device=device))
 
     def loadings_of(shard: Shard) -> np.ndarray:
         # codes in activation units, so codes @ components reconstructs the shifted rows
-        return encode_rows(model, shard.rows(offset) / scale, device) * scale
+        return encode_rows(model, (shard.rows(offset) - centre) / scale, device) * scale
 
     steps = passes * len(rows)
     description = (
         f"overcomplete {type(model).__name__}, {passes} pass{'es' * (passes != 1)} "
         f"({steps} steps of {rows.batch_rows} rows) over {rows.train_rows} training rows"
     )
-    return DictionaryFit(np.ascontiguousarray(components), loadings_of, description, model, scale)
+    return DictionaryFit(
+        np.ascontiguousarray(components), loadings_of, description, centre, model, scale
+    )
 
 
 # ----------------------------------------------------------------- any method, with quality
@@ -457,7 +469,6 @@ def fit_with_quality(
     fitted = fit(options["seed"])
     quality: dict[str, Any] = {"method": method, "in_sample": method == "nmf"}
     quality.update(measure_fit(store, batches, offset, fitted, n_images))
-    quality["row_scale"] = float(getattr(fitted, "scale", 1.0))
     bar.update(1)
     quality["stability"] = None
     if options.get("stability", method != "nmf"):

@@ -26,11 +26,13 @@ from .dff import factorize_activations, sklearn_decomposition
 @dataclass(frozen=True, eq=False)
 class ShardFit:
     """NMF's components ``(K, C)`` in the shifted space, and a function giving a shard's
-    loadings ``(n*h*w, K)``."""
+    loadings ``(n*h*w, K)``; a shard's rows are ``loadings @ components (+ bias)``, ``bias``
+    ``(C,)`` being a dictionary's centre (NMF has none)."""
 
     components: np.ndarray
     loadings: Any
     description: str
+    bias: np.ndarray | None = None
 
 
 def fit_shards(
@@ -138,7 +140,10 @@ def rank_shards(
         n, _, height, width = shard.activations.shape
         rows = shard.rows(offset).astype(np.float64)
         loadings = np.asarray(fitted.loadings(shard), dtype=np.float64)
-        residual += float(np.sum((rows - loadings @ components) ** 2))
+        reconstruction = loadings @ components
+        if fitted.bias is not None:
+            reconstruction += fitted.bias[None, :]
+        residual += float(np.sum((rows - reconstruction) ** 2))
         total += float(np.sum(rows**2))
         energy += np.sum(loadings**2, axis=0) * norms**2
         per_image = loadings.reshape(n, height * width, k_count)

@@ -5,15 +5,14 @@ images, and the hook to the feature visualisation of one concept.
 shifted by the run's offset, encoded by the trained dictionary (its encoder, in eval
 mode) or, for NMF, solved for non-negative codes against the fixed concepts (scikit-learn's
 ``non_negative_factorization`` with ``update_H=False``, what ``MiniBatchNMF.transform``
-does). `visualize_concept` hands one concept's direction to
-``timmlens.analysis.visualize_feature`` when that function is present (it is built
-separately); until then it says so.
+does). `visualize_concept` hands one concept's atom, as a direction objective
+(``timmlens.analysis.objectives.direction``), to ``timmlens.analysis.visualize_feature``
+when they are present (they are built separately); until then it says so.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,11 +31,10 @@ def concept_codes(result: DatasetConcepts, rows: torch.Tensor) -> torch.Tensor:
     """``(n, K)`` codes of shifted rows ``(n, C)`` under ``result``'s fit (rows' device)."""
     components = (result.concepts - result.offset[None, :]).float()
     if result.dictionary is not None:
-        scale = float((result.quality or {}).get("row_scale", 1.0))
         dictionary = result.dictionary
-        device = next(dictionary.parameters()).device
+        centre, scale = dictionary.timmlens_row_mean, dictionary.timmlens_row_scale
         with torch.no_grad():
-            _, codes = dictionary.encode(rows.to(device) / scale)
+            _, codes = dictionary.encode((rows.to(centre) - centre) / scale)
         return (codes * scale).to(rows.device)
     from .dff import sklearn_decomposition
 
@@ -90,43 +88,48 @@ def concept_maps(
     return full.reshape(n, k_count, *full.shape[-2:])
 
 
-def concept_objective(result: DatasetConcepts, concept: int) -> Callable[[torch.Tensor], Any]:
-    """An objective for feature visualisation: the mean over positions of the layer's
-    activations ``(N, C, h, w)`` projected on concept ``concept``'s unit atom -> ``(N,)``."""
+def concept_direction(result: DatasetConcepts, concept: int) -> torch.Tensor:
+    """``(C,)`` concept ``concept``'s atom as a unit vector of the layer's channel space (the
+    concept vector less the offset: NMF's component, a dictionary's atom)."""
+    if isinstance(concept, bool) or not isinstance(concept, int):
+        raise ConceptInputError(f"concept must be an int index, got {concept!r}.")
     if not 0 <= concept < result.n_concepts:
         raise ConceptInputError(
             f"concept {concept} does not exist: the run has concepts 0 to "
             f"{result.n_concepts - 1} (index from 0; 'concept 1' is index 0)."
         )
     atom = (result.concepts[concept] - result.offset).float()
-    atom = atom / atom.norm().clamp_min(1e-12)
-
-    def objective(activations: torch.Tensor) -> torch.Tensor:
-        direction = atom.to(activations)
-        return torch.einsum("nchw,c->nhw", activations, direction).mean(dim=(1, 2))
-
-    return objective
+    return atom / atom.norm().clamp_min(1e-12)
 
 
 def visualize_concept(
-    model: nn.Module, result: DatasetConcepts, concept: int, **options: Any
+    model: nn.Module,
+    result: DatasetConcepts,
+    concept: int,
+    cossim_pow: float = 1.0,
+    **options: Any,
 ) -> Any:
-    """Feature visualisation of one concept, through ``timmlens.analysis.visualize_feature``
-    (``layer=result.layer``, ``objective=`` `concept_objective`, ``options`` passed on).
+    """Feature visualisation of one concept: ``timmlens.analysis.visualize_feature`` with
+    the objective ``objectives.direction(result.layer, atom, cossim_pow)`` (`concept_direction`;
+    ``options`` such as ``steps``, ``size``, ``method``, ``seed`` passed on).
 
     Raises:
-        NotImplementedError: ``visualize_feature`` is not part of this installation yet.
+        NotImplementedError: the feature visualisation is not part of this installation.
     """
-    objective = concept_objective(result, concept)
+    atom = concept_direction(result, concept)
     # looked up at call time: the feature visualisation is built separately, and this
-    # module must import without it
-    visualize = getattr(
-        importlib.import_module(__package__ or "timmlens.analysis"), "visualize_feature", None
-    )
-    if visualize is None:
+    # module must import and work without it
+    package = __package__ or "timmlens.analysis"
+    visualize = getattr(importlib.import_module(package), "visualize_feature", None)
+    try:
+        objectives = importlib.import_module(f"{package}.objectives")
+    except ImportError:
+        objectives = None
+    if visualize is None or objectives is None:
         raise NotImplementedError(
             "visualize_concept draws a concept through timmlens.analysis.visualize_feature, "
             "which this installation does not have; show the concept by its top images "
             "(result.top_images, concepts.html) and concept_maps(result, model, image)."
         )
-    return visualize(model, layer=result.layer, objective=objective, **options)
+    objective = objectives.direction(result.layer, atom, cossim_pow=cossim_pow)
+    return visualize(model, objective=objective, **options)

@@ -161,6 +161,8 @@ def measure_fit(
         fired += np.count_nonzero(codes > 0, axis=0)
         mask = row_mask(shard, held_out(shard.indices, n_images))
         reconstruction = codes @ components
+        if getattr(fitted, "bias", None) is not None:
+            reconstruction += fitted.bias[None, :]
         if mask.any():
             held.update(rows[mask], reconstruction[mask])
         seen.update(rows, reconstruction)

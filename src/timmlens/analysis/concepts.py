@@ -375,6 +375,20 @@ def _classes(
     ], None
 
 
+def _method_options(
+    method: Any, n_concepts: int, sparsity: int | None, epochs: int | None, stability: bool | None
+) -> tuple[str, int | None, int | None, bool]:
+    """The method checked, its sparsity and passes resolved, stability on for dictionaries;
+    a missing overcomplete fails here, before the extraction."""
+    method = check_method(method)
+    sparsity = resolve_sparsity(method, n_concepts, sparsity)
+    if method == "nmf":
+        epochs = NMF_EPOCHS if epochs is None else epochs
+    else:
+        overcomplete_modules()
+    return method, sparsity, epochs, bool(method != "nmf" if stability is None else stability)
+
+
 # ----------------------------------------------------------------- the entry point
 def fit_concepts(
     model: nn.Module,
@@ -477,13 +491,9 @@ def fit_concepts(
             installed.
     """
     _check_arguments(batch_size, top_k_images, epochs, dtype, on_error)
-    method = check_method(method)
-    sparsity = resolve_sparsity(method, n_concepts, sparsity)
-    if method == "nmf":
-        epochs = NMF_EPOCHS if epochs is None else epochs
-    else:
-        overcomplete_modules()  # a missing overcomplete fails before the extraction
-    stability = bool(method != "nmf" if stability is None else stability)
+    method, sparsity, epochs, stability = _method_options(
+        method, n_concepts, sparsity, epochs, stability
+    )
     init_from_environment()
     rank, _ = rank_and_world()
     run = _plan_run(
