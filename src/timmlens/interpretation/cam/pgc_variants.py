@@ -4,7 +4,7 @@ The first three are hooks on [`CAMExplainer`][timmlens.interpretation.cam.engine
 (a map rule ``(A, g) -> (B, h, w)`` or channel weights ``(B, C)``); SobelCAM reads no
 layer and no gradient: it is the edge map of the input image, pytorch-grad-cam's
 ``sobel_cam`` baseline. Each is compared with pytorch-grad-cam 1.5.7 in
-``tests/test_cam_pgc_variants.py``; where the two differ the function's docstring says
+``tests/test_cam_pgc_more.py``; where the two differ the function's docstring says
 how and which side follows the paper.
 """
 
@@ -57,13 +57,19 @@ class GradCAMElementWise(CAMExplainer):
     HiResCAM with the ReLU moved inside the channel sum: each channel keeps only the
     positions where it adds evidence, so negative channels cannot cancel positive ones.
     The map is non-negative before the engine's ReLU (``relu=False`` changes nothing).
+    With ``eigen_smooth`` the map is the first principal component of the terms
+    ``ReLU(g_k * A_k)``, as pytorch-grad-cam's.
 
     Args: as [`GradCAM`][timmlens.interpretation.cam.gradcam.GradCAM].
     """
 
-    def cam(self, ctx: CamContext) -> torch.Tensor:
+    def weighted_activations(self, ctx: CamContext) -> torch.Tensor:
+        """The terms ``ReLU(g * A)`` ``(B, C, h, w)`` whose channel sum is the map."""
         assert ctx.gradients is not None
-        return (ctx.gradients * ctx.activations).clamp_min(0).sum(dim=1)
+        return (ctx.gradients * ctx.activations).clamp_min(0)
+
+    def cam(self, ctx: CamContext) -> torch.Tensor:
+        return self.weighted_activations(ctx).sum(dim=1)
 
 
 # -------------------------------------------------------------------------------- FEM
@@ -266,8 +272,14 @@ class KPCACAM(CAMExplainer):
                 f"KPCA-CAM's kernel={kernel!r} is not supported; use one of "
                 f"{', '.join(_KERNELS)} (scikit-learn's names)."
             )
-        if gamma is not None and not (isinstance(gamma, (int, float)) and gamma > 0):
+        number = isinstance(gamma, (int, float)) and not isinstance(gamma, bool)
+        if gamma is not None and not (number and 0 < gamma < float("inf")):
             raise ValueError(f"KPCA-CAM's gamma must be positive or None, got {gamma!r}.")
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
+            raise ValueError(
+                f"KPCA-CAM's degree must be a positive integer (the 'poly' kernel's power), "
+                f"got {degree!r}; e.g. 3."
+            )
         self.kernel: Kernel = kernel
         self.gamma = gamma
         self.degree = int(degree)

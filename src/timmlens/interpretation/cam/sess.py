@@ -39,7 +39,7 @@ from ..scoring import (
     target_scores,
 )
 
-__all__ = ["SESS", "gaussian_blur", "sess_scales", "window_starts"]
+__all__ = ["SESS", "gaussian_blur", "resize_antialiased", "sess_scales", "window_starts"]
 
 Pool = Literal["mean", "max"]
 #: pytorch-grad-cam's smoothing of the fused map: cv2.GaussianBlur((11, 11), sigma 5)
@@ -70,6 +70,24 @@ def resized_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     if height <= width:
         return short_side, int(short_side * width / height)
     return int(short_side * height / width), short_side
+
+
+def resize_antialiased(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """torchvision's resize (bilinear, antialiased), as pytorch-grad-cam calls it:
+    ``(B, C, H, W)`` -> ``(B, C, *size)`` in the images' dtype.
+
+    The antialiased kernel has no half-precision version on every device (none on CPU),
+    so half-precision images are resized in float32 and cast back.
+    """
+    half = images.dtype in (torch.float16, torch.bfloat16)
+    resized = F.interpolate(
+        images.float() if half else images,
+        size=size,
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
+    )
+    return resized.to(images.dtype)
 
 
 def gaussian_blur(
@@ -150,7 +168,9 @@ class SESS(Explainer):
         max_batch: int | None = None,
     ) -> None:
         super().__init__(model)
-        _check_options(pool, pre_filter_ratio, num_scales, scales, window_size, step_size)
+        _check_options(
+            pool, pre_filter_ratio, num_scales, scales, window_size, step_size, max_batch
+        )
         self.base = _base_explainer(self.model, base_method, target_layer, base_options)
         self.needs_gradients = self.base.needs_gradients
         self.scales = None if scales is None else [int(s) for s in scales]
@@ -202,16 +222,7 @@ class SESS(Explainer):
         logits = predict(self.model, inputs)
         rows = target_rows(targets, inputs.device)
         chosen = logits.argmax(dim=1) if rows is None else rows
-        resized = [
-            F.interpolate(
-                inputs,
-                size=resized_size(height, width, s),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,  # torchvision's resize, as pytorch-grad-cam calls it
-            )
-            for s in scales
-        ]
+        resized = [resize_antialiased(inputs, resized_size(height, width, s)) for s in scales]
         per_image = len(windows)
 
         def make(jobs: torch.Tensor) -> torch.Tensor:
@@ -328,6 +339,7 @@ def _check_options(
     scales: list[int] | None,
     window_size: int | None,
     step_size: int | None,
+    max_batch: int | None,
 ) -> None:
     if pool not in ("mean", "max"):
         raise ValueError(f"pool must be 'mean' or 'max', got {pool!r}.")
@@ -336,13 +348,29 @@ def _check_options(
             f"pre_filter_ratio is the fraction of windows left out, in [0, 1); got "
             f"{pre_filter_ratio}."
         )
-    if num_scales < 1 or (scales is not None and not scales):
+    if not _is_positive_int(num_scales):
+        raise ValueError(f"num_scales must be a positive integer, got {num_scales!r}; e.g. 12.")
+    if scales is not None and not scales:
         raise ValueError("SESS needs at least one scale (num_scales >= 1, or scales=[...]).")
     for name, value in (("window_size", window_size), ("step_size", step_size)):
-        if value is not None and (not isinstance(value, int) or value < 1):
+        if value is not None and not _is_positive_int(value):
             raise ValueError(f"{name} must be a positive number of pixels or None, got {value!r}.")
-    if scales is not None and any(not math.isfinite(s) or s < 1 for s in scales):
-        raise ValueError(f"scales must be positive sizes in pixels, got {scales}.")
+    if max_batch is not None and not _is_positive_int(max_batch):
+        raise ValueError(
+            f"max_batch must be a positive number of windows or None (sized from memory), "
+            f"got {max_batch!r}."
+        )
+    if scales is not None and not all(
+        isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s >= 1
+        for s in scales
+    ):
+        raise ValueError(
+            f"scales must be positive sizes in pixels, got {scales!r}; e.g. [224, 288]."
+        )
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _base_explainer(
