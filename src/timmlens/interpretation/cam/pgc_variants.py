@@ -22,6 +22,7 @@ from .._targets import ResolvedTargets, TargetScore, target_rows
 from ..base import Explainer, Explanation, normalize_maps
 from ..registry import register_method
 from .engine import CamContext, CAMExplainer, InterpolationMode
+from .layerless import LayerlessEngineOptions
 
 __all__ = [
     "FEM",
@@ -328,7 +329,7 @@ def sobel_edges(images: torch.Tensor, saturate: float | None = 255.0) -> torch.T
     formula="(min(|S_x * grey|, 255) + min(|S_y * grey|, 255)) / 2 on the image in [0, 255]",
     cost="two 3x3 convolutions (+ 1 forward for the predicted class; the map uses none)",
 )
-class SobelCAM(Explainer):
+class SobelCAM(LayerlessEngineOptions, Explainer):
     """A model-free baseline: the Sobel edge magnitude of the input image.
 
     The input is mapped back to ``[0, 255]`` pixels with the model's own ``mean`` and
@@ -342,6 +343,8 @@ class SobelCAM(Explainer):
         model: an ``ImageClassifier`` or a bare timm model.
         normalize: min-max normalise each heatmap to ``[0, 1]``; ``False`` gives the
             edge map in grey levels.
+        aug_smooth, eigen_smooth, layer_fusion: the CAM engine's options
+            (`timmlens.interpretation.cam.layerless`).
     """
 
     needs_gradients = False
@@ -349,12 +352,21 @@ class SobelCAM(Explainer):
     forwards_per_image: int | None = 1
     constant_map_causes = "the image is flat (one colour): it has no edges"
 
-    def __init__(self, model: nn.Module, normalize: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        normalize: bool = True,
+        *,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+        layer_fusion: str = "mean",
+    ) -> None:
         super().__init__(model)
         self.normalize = normalize
+        self.set_engine_options(aug_smooth, eigen_smooth, layer_fusion)
 
     def __repr__(self) -> str:
-        return f"SobelCAM(normalize={self.normalize})"
+        return f"SobelCAM(normalize={self.normalize}{self.engine_options_repr()})"
 
     def pixels(self, inputs: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` preprocessed inputs back to pixels in ``[0, 255]`` (float)."""
@@ -368,7 +380,7 @@ class SobelCAM(Explainer):
         std = torch.as_tensor(config["std"], dtype=inputs.dtype, device=inputs.device)
         return (inputs * std[:, None, None] + mean[:, None, None]) * 255.0
 
-    def attribute(
+    def attribute_once(
         self, inputs: torch.Tensor, targets: ResolvedTargets, **kwargs: Any
     ) -> Explanation:
         """The edge maps of ``inputs`` ``(B, 3, H, W)``: heatmap ``(B, H, W)``."""

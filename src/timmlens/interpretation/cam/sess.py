@@ -140,6 +140,9 @@ class SESS(Explainer):
             uses the target logits clipped at 0.
         normalize: min-max normalise each heatmap to ``[0, 1]``.
         max_batch: windows per forward/backward; ``None`` sizes chunks from memory.
+        aug_smooth, eigen_smooth, layer_fusion: the base method's CAM engine options,
+            applied to every window (pytorch-grad-cam's SESS hands ``eigen_smooth`` to its
+            base); ``aug_smooth`` / ``eigen_smooth`` can also be given per call.
     """
 
     constant_map_causes = (
@@ -166,12 +169,24 @@ class SESS(Explainer):
         use_softmax_scores: bool = True,
         normalize: bool = True,
         max_batch: int | None = None,
+        *,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+        layer_fusion: str = "mean",
     ) -> None:
         super().__init__(model)
+        engine = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth}
+        engine = {**engine, "layer_fusion": layer_fusion}
+        chosen = {k: v for k, v in engine.items() if v is not False and v != "mean"}
+        base_options = {**chosen, **(base_options or {})}  # defaults stay the base's
         _check_options(
             pool, pre_filter_ratio, num_scales, scales, window_size, step_size, max_batch
         )
         self.base = _base_explainer(self.model, base_method, target_layer, base_options)
+        #: the base's engine options (what every window's call uses)
+        self.aug_smooth: bool = getattr(self.base, "aug_smooth", False)
+        self.eigen_smooth: bool = getattr(self.base, "eigen_smooth", False)
+        self.layer_fusion: str = getattr(self.base, "layer_fusion", "mean")
         self.needs_gradients = self.base.needs_gradients
         self.scales = None if scales is None else [int(s) for s in scales]
         self.num_scales = int(num_scales)
@@ -182,6 +197,12 @@ class SESS(Explainer):
         self.smooth, self.use_softmax_scores = smooth, use_softmax_scores
         self.normalize, self.max_batch = normalize, max_batch
 
+    @classmethod
+    def supports_eigen_smooth(cls) -> bool:
+        """Whether the default base (GradCAM) takes ``eigen_smooth``; another base checks
+        its own when SESS builds it."""
+        return True
+
     @property
     def layer_names(self) -> list[str]:
         """The base method's layers."""
@@ -189,7 +210,8 @@ class SESS(Explainer):
 
     def __repr__(self) -> str:
         return (
-            f"SESS(base={self.base!r}, scales={self.scales or self.num_scales}, pool={self.pool!r})"
+            f"SESS(base={self.base!r}, scales={self.scales or self.num_scales}, pool={self.pool!r}"
+            f"{', aug_smooth=True' if self.aug_smooth else ''})"
         )
 
     def windows(self, height: int, width: int) -> tuple[int, list[tuple[int, int, int]]]:
@@ -212,9 +234,16 @@ class SESS(Explainer):
     def attribute(
         self, inputs: torch.Tensor, targets: ResolvedTargets, **kwargs: Any
     ) -> Explanation:
-        """SESS maps of ``inputs`` ``(B, C, H, W)``: heatmap ``(B, H, W)``."""
+        """SESS maps of ``inputs`` ``(B, C, H, W)``: heatmap ``(B, H, W)``.
+
+        ``aug_smooth`` / ``eigen_smooth`` (keyword) go to the base method's every call.
+        """
+        engine = {k: kwargs.pop(k) for k in ("aug_smooth", "eigen_smooth") if k in kwargs}
         if kwargs:
-            raise TypeError(f"unexpected arguments for SESS: {sorted(kwargs)}")
+            raise TypeError(
+                f"unexpected arguments for SESS: {sorted(kwargs)}; a call takes "
+                f"target_class, aug_smooth and eigen_smooth."
+            )
         inputs = inputs.detach()
         batch, _, height, width = inputs.shape
         window, windows = self.windows(height, width)
@@ -237,7 +266,7 @@ class SESS(Explainer):
         job_targets = chosen.repeat_interleave(per_image)
         if self.pre_filter_ratio > 0:
             jobs = self._kept_after_pre_filter(make, jobs, job_targets, batch)
-        maps, scores = self._window_maps(make, jobs, job_targets)
+        maps, scores = self._window_maps(make, jobs, job_targets, engine)
         fused = self._fuse(maps, scores, jobs, windows, resized, (height, width), batch)
         return Explanation(
             heatmap=normalize_maps(fused) if self.normalize else fused,
@@ -265,7 +294,7 @@ class SESS(Explainer):
         return (order + offsets).flatten()
 
     def _window_maps(
-        self, make: Any, jobs: torch.Tensor, job_targets: Any
+        self, make: Any, jobs: torch.Tensor, job_targets: Any, engine: Mapping[str, bool]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The base method's normalised maps ``(N, w, w)`` and scores ``(N,)`` of ``jobs``,
         one base call (forward + backward) per chunk."""
@@ -281,7 +310,7 @@ class SESS(Explainer):
             part = jobs[lo : lo + chunk]
             wanted = job_targets[part]
             base_targets = wanted if isinstance(wanted, CallableTargets) else wanted.tolist()
-            result = self.base.attribute(make(part), base_targets)
+            result = self.base.attribute(make(part), base_targets, **engine)
             maps.append(result.heatmap.float())
             assert result.logits is not None
             scores.append(target_scores(result.logits, wanted, self._score_kind()).float())
