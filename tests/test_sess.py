@@ -175,3 +175,14 @@ def test_a_bfloat16_model_is_explained(resnet) -> None:
 def test_bad_numbers_are_refused_with_what_was_expected(resnet, options, message) -> None:
     with pytest.raises(ValueError, match=message):
         SESS(resnet, **options)
+
+
+def test_engine_options_go_to_the_base_method(resnet) -> None:
+    """aug_smooth / eigen_smooth / layer_fusion were unknown options of SESS (TypeError)."""
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    built = SESS(resnet, "layer3", num_scales=1, eigen_smooth=True, aug_smooth=True)
+    assert built.base.eigen_smooth and built.base.aug_smooth and "aug_smooth=True" in repr(built)
+    at_call = SESS(resnet, "layer3", num_scales=1)(x, 2, eigen_smooth=True, aug_smooth=True)
+    torch.testing.assert_close(at_call, built(x, 2))
+    with pytest.raises(ValueError, match="KPCACAM does not take eigen_smooth"):
+        SESS(resnet, base_method="kpcacam", eigen_smooth=True)
