@@ -400,3 +400,57 @@ def test_registry_metadata() -> None:
         METHODS["finercam"].options()
     )
     assert "k" in METHODS["fem"].options()
+
+
+# ------------------------------------------------------------- review: eigen_smooth, options
+def _peer_raw_eigen(peer_cls: type, model, layer, inputs, targets, reshape) -> np.ndarray:
+    """pytorch-grad-cam's raw map with ``eigen_smooth=True`` (before its ReLU)."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cam = _keeping_raw(peer_cls)(model, [model.get_submodule(layer)], reshape)
+    try:
+        cam(inputs, [ClassifierOutputTarget(t) for t in targets], eigen_smooth=True)
+    finally:
+        cam.activations_and_grads.release()
+        for parameter in model.parameters():
+            parameter.grad = None
+    return np.asarray(cam.raw, dtype=np.float32)
+
+
+def _assert_equal_up_to_sign(ours: torch.Tensor, theirs: np.ndarray) -> None:
+    for mine, peer in zip(ours, torch.from_numpy(theirs), strict=True):
+        sign = 1.0 if (mine * peer).sum() >= 0 else -1.0
+        assert (mine - sign * peer).abs().max() <= 1e-3 * peer.abs().max()
+
+
+def test_gradcamelementwise_eigen_smooth_equals_pytorch_grad_cam() -> None:
+    """pgc's GradCAMElementWise projects ``ReLU(g * A)`` with eigen_smooth; ours refused it."""
+    from pytorch_grad_cam import GradCAMElementWise as Peer
+
+    model, inputs = vit(), vit_input()
+    theirs = _peer_raw_eigen(Peer, model, VIT_LAYER, inputs, VIT_TARGETS, _vit_tokens_to_nchw)
+    explainer = GradCAMElementWise(model, target_layer=VIT_LAYER, relu=False, eigen_smooth=True)
+    _assert_equal_up_to_sign(explainer.attribute_layer(inputs, VIT_TARGETS), theirs)
+
+
+def test_finercam_passes_eigen_smooth_to_its_base() -> None:
+    """pgc's FinerCAM hands eigen_smooth to its base CAM; ours refused it for every base."""
+    model, inputs = vit(), vit_input()
+    finer = FinerCAM(model, target_layer=VIT_LAYER, relu=False, alpha=0.0, eigen_smooth=True)
+    plain = GradCAM(model, target_layer=VIT_LAYER, relu=False, eigen_smooth=True)
+    _assert_equal_up_to_sign(
+        finer.attribute_layer(inputs, VIT_TARGETS),
+        plain.attribute_layer(inputs, VIT_TARGETS).numpy(),
+    )
+    at_call = FinerCAM(model, target_layer=VIT_LAYER, base="layercam")
+    assert at_call(inputs, VIT_TARGETS, eigen_smooth=True).shape == (2, 64, 64)
+
+
+def test_numeric_options_are_checked_not_truncated() -> None:
+    model = vit()
+    with pytest.raises(ValueError, match="degree must be a positive integer"):
+        KPCACAM(model, target_layer=VIT_LAYER, kernel="poly", degree=2.5)
+    with pytest.raises(ValueError, match="gamma must be positive"):
+        KPCACAM(model, target_layer=VIT_LAYER, gamma=True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="alpha must be a finite number"):
+        FinerCAM(model, target_layer=VIT_LAYER, alpha=float("nan"))

@@ -150,3 +150,31 @@ def test_a_callable_target_gives_the_map_of_the_class_it_reads(small) -> None:
     by_class = FullGrad(small).explain(x, target_class=5)
     by_callable = FullGrad(small).explain(x, target_class=lambda logits: logits[:, 5])
     torch.testing.assert_close(by_callable, by_class, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["fullgrad", "sobelcam"])
+def test_layerless_cams_take_the_engines_options(name: str) -> None:
+    """aug_smooth / eigen_smooth / layer_fusion were unknown options (a TypeError)."""
+    from timmlens.interpretation.cam.smoothing import AUGMENTATIONS, augment, deaugment
+    from timmlens.interpretation.registry import create_explainer
+
+    torch.manual_seed(0)
+    model = make_explainable(timm.create_model("test_resnet", num_classes=10)).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    smoothed = create_explainer(name, model, aug_smooth=True, layer_fusion="max")
+    assert "aug_smooth=True" in repr(smoothed)
+    maps = smoothed.explain_full(x, target_class=[3, 7])
+    assert maps.targets.tolist() == [3, 7]
+    assert maps.logits is None or maps.logits.shape == (2, 10)
+    at_call = create_explainer(name, model).explain(x, target_class=[3, 7], aug_smooth=True)
+    torch.testing.assert_close(at_call, maps.heatmap)
+    each = create_explainer(name, model).explain(augment(x), target_class=[3, 7] * 6)
+    by_hand = deaugment(each).mean(dim=0)
+    low = by_hand.flatten(1).amin(1)[:, None, None]
+    high = by_hand.flatten(1).amax(1)[:, None, None]
+    torch.testing.assert_close(maps.heatmap, (by_hand - low) / (high - low), atol=1e-5, rtol=0)
+    assert len(AUGMENTATIONS) == 6
+    with pytest.raises(ValueError, match="does not take eigen_smooth=True"):
+        create_explainer(name, model, eigen_smooth=True)
+    with pytest.raises(ValueError, match="does not take eigen_smooth=True"):
+        create_explainer(name, model).explain(x, target_class=1, eigen_smooth=True)

@@ -151,3 +151,38 @@ def test_a_callable_target_gives_the_maps_of_the_class_it_reads(resnet) -> None:
     by_callable = explainer.explain_full(x, target_class=logit_3)
     torch.testing.assert_close(by_callable.heatmap, by_class, atol=1e-6, rtol=0)
     assert "logit_3" in (by_callable.target_label or "")
+
+
+def test_a_bfloat16_model_is_explained(resnet) -> None:
+    """The antialiased resize has no bfloat16 kernel on CPU: SESS refused bfloat16 models."""
+    import copy
+
+    model = copy.deepcopy(resnet).to(torch.bfloat16)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    maps = SESS(model, "layer3", num_scales=2).explain(x.to(torch.bfloat16), target_class=1)
+    assert maps.shape == (1, 64, 64) and maps.dtype == torch.float32 and maps.isfinite().all()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_batch": 0}, "max_batch must be a positive number of windows or None"),
+        ({"max_batch": 2.5}, "max_batch must be a positive number of windows or None"),
+        ({"scales": ["a"]}, "scales must be positive sizes in pixels"),
+        ({"num_scales": 2.5}, "num_scales must be a positive integer"),
+    ],
+)
+def test_bad_numbers_are_refused_with_what_was_expected(resnet, options, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        SESS(resnet, **options)
+
+
+def test_engine_options_go_to_the_base_method(resnet) -> None:
+    """aug_smooth / eigen_smooth / layer_fusion were unknown options of SESS (TypeError)."""
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    built = SESS(resnet, "layer3", num_scales=1, eigen_smooth=True, aug_smooth=True)
+    assert built.base.eigen_smooth and built.base.aug_smooth and "aug_smooth=True" in repr(built)
+    at_call = SESS(resnet, "layer3", num_scales=1)(x, 2, eigen_smooth=True, aug_smooth=True)
+    torch.testing.assert_close(at_call, built(x, 2))
+    with pytest.raises(ValueError, match="KPCACAM does not take eigen_smooth"):
+        SESS(resnet, base_method="kpcacam", eigen_smooth=True)

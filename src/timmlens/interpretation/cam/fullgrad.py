@@ -32,6 +32,7 @@ from .._targets import ResolvedTargets, TargetScore, target_rows
 from ..base import Explainer, Explanation, normalize_maps
 from ..registry import register_method
 from .engine import _INTERPOLATION_MODES, InterpolationMode, upsample_maps
+from .layerless import LayerlessEngineOptions
 
 __all__ = ["FullGrad", "channel_minmax"]
 
@@ -65,7 +66,7 @@ def channel_minmax(maps: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     applies_to="CNNs with convolution / batch-norm biases (ResNet, EfficientNet, ConvNeXt, "
     "...); not ViTs",
 )
-class FullGrad(Explainer):
+class FullGrad(LayerlessEngineOptions, Explainer):
     """FullGrad (Srinivas & Fleuret 2019, eq. 5), as pytorch-grad-cam's ``FullGrad``.
 
     The map is ``psi(|x * g_x|)`` summed over the input's colour channels, plus, for every
@@ -84,6 +85,9 @@ class FullGrad(Explainer):
         channel_eps: added to each channel's spread before rescaling: ``0`` (default)
             rescales every channel to exactly ``[0, 1]``, as the paper's ``psi``;
             ``1e-7`` reproduces pytorch-grad-cam's ``scale_cam_image``.
+        aug_smooth, eigen_smooth, layer_fusion: the CAM engine's options
+            (`timmlens.interpretation.cam.layerless`): ``aug_smooth`` averages the six
+            augmentations; ``eigen_smooth=True`` is refused; one map, so any fusion.
 
     Raises:
         UnsupportedModelError: a model with no convolution / batch-norm bias outside its
@@ -108,8 +112,13 @@ class FullGrad(Explainer):
         normalize: bool = True,
         interpolate: InterpolationMode = "bilinear",
         channel_eps: float = 0.0,
+        *,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+        layer_fusion: str = "mean",
     ) -> None:
         super().__init__(model)
+        self.set_engine_options(aug_smooth, eigen_smooth, layer_fusion)
         if interpolate not in _INTERPOLATION_MODES:
             raise ValueError(
                 f"interpolate={interpolate!r} is not supported; use one of "
@@ -132,9 +141,12 @@ class FullGrad(Explainer):
         return fullgrad_unavailable_reason(model)
 
     def __repr__(self) -> str:
-        return f"FullGrad(bias_layers={len(self.bias_layers)}, normalize={self.normalize})"
+        return (
+            f"FullGrad(bias_layers={len(self.bias_layers)}, normalize={self.normalize}"
+            f"{self.engine_options_repr()})"
+        )
 
-    def attribute(
+    def attribute_once(
         self, inputs: torch.Tensor, targets: ResolvedTargets, **kwargs: Any
     ) -> Explanation:
         """The FullGrad maps of ``inputs`` ``(B, C, H, W)``: heatmap ``(B, H, W)``."""

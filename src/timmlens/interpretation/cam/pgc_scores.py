@@ -4,12 +4,13 @@
 Both reuse the engine's map rules: ShapleyCAM is GradCAM's weighted sum with weights
 ``mean_ij(g - H A / 2)`` (`shapleycam_weights`), FinerCAM is any gradient CAM
 (GradCAM by default) run on `finer_scores` instead of the target logit. Each follows
-pytorch-grad-cam 1.5.7's class of the same name; ``tests/test_cam_pgc_scores.py`` compares
+pytorch-grad-cam 1.5.7's class of the same name; ``tests/test_cam_pgc_more.py`` compares
 them side by side.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -355,6 +356,15 @@ class FinerCAM(CAMExplainer):
             raise ValueError("FinerCAM's comparison_classes is empty; give class indices or None.")
         # only its map rule is used (cam(ctx)); it resolves the same layer(s)
         self.base: CAMExplainer = spec.cls(model, target_layer=target_layer)  # type: ignore[assignment]
+        if (
+            isinstance(alpha, bool)
+            or not isinstance(alpha, (int, float))
+            or not math.isfinite(alpha)
+        ):
+            raise ValueError(
+                f"FinerCAM's alpha must be a finite number (how much of the compared classes' "
+                f"logits to subtract), got {alpha!r}; e.g. 1.0."
+            )
         self.alpha = float(alpha)
         self.comparison_ranks = ranks
         self.comparison_classes = None if comparison_classes is None else tuple(comparison_classes)
@@ -364,6 +374,19 @@ class FinerCAM(CAMExplainer):
 
     def cam(self, ctx: CamContext) -> torch.Tensor:
         return self.base.cam(ctx)
+
+    def weighted_activations(self, ctx: CamContext) -> torch.Tensor:
+        """The base's terms ``(B, C, h, w)``: ``eigen_smooth`` projects them, as
+        pytorch-grad-cam's FinerCAM hands ``eigen_smooth`` to its base."""
+        return self.base.weighted_activations(ctx)
+
+    def _checked_eigen_smooth(self, value: object) -> bool:
+        base = getattr(self, "base", None)  # None while the engine's __init__ runs
+        return (
+            super()._checked_eigen_smooth(value)
+            if base is None
+            else base._checked_eigen_smooth(value)
+        )
 
     def maps_from_views(
         self,

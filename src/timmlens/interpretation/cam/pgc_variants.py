@@ -4,7 +4,7 @@ The first three are hooks on [`CAMExplainer`][timmlens.interpretation.cam.engine
 (a map rule ``(A, g) -> (B, h, w)`` or channel weights ``(B, C)``); SobelCAM reads no
 layer and no gradient: it is the edge map of the input image, pytorch-grad-cam's
 ``sobel_cam`` baseline. Each is compared with pytorch-grad-cam 1.5.7 in
-``tests/test_cam_pgc_variants.py``; where the two differ the function's docstring says
+``tests/test_cam_pgc_more.py``; where the two differ the function's docstring says
 how and which side follows the paper.
 """
 
@@ -22,6 +22,7 @@ from .._targets import ResolvedTargets, TargetScore, target_rows
 from ..base import Explainer, Explanation, normalize_maps
 from ..registry import register_method
 from .engine import CamContext, CAMExplainer, InterpolationMode
+from .layerless import LayerlessEngineOptions
 
 __all__ = [
     "FEM",
@@ -57,13 +58,19 @@ class GradCAMElementWise(CAMExplainer):
     HiResCAM with the ReLU moved inside the channel sum: each channel keeps only the
     positions where it adds evidence, so negative channels cannot cancel positive ones.
     The map is non-negative before the engine's ReLU (``relu=False`` changes nothing).
+    With ``eigen_smooth`` the map is the first principal component of the terms
+    ``ReLU(g_k * A_k)``, as pytorch-grad-cam's.
 
     Args: as [`GradCAM`][timmlens.interpretation.cam.gradcam.GradCAM].
     """
 
-    def cam(self, ctx: CamContext) -> torch.Tensor:
+    def weighted_activations(self, ctx: CamContext) -> torch.Tensor:
+        """The terms ``ReLU(g * A)`` ``(B, C, h, w)`` whose channel sum is the map."""
         assert ctx.gradients is not None
-        return (ctx.gradients * ctx.activations).clamp_min(0).sum(dim=1)
+        return (ctx.gradients * ctx.activations).clamp_min(0)
+
+    def cam(self, ctx: CamContext) -> torch.Tensor:
+        return self.weighted_activations(ctx).sum(dim=1)
 
 
 # -------------------------------------------------------------------------------- FEM
@@ -266,8 +273,14 @@ class KPCACAM(CAMExplainer):
                 f"KPCA-CAM's kernel={kernel!r} is not supported; use one of "
                 f"{', '.join(_KERNELS)} (scikit-learn's names)."
             )
-        if gamma is not None and not (isinstance(gamma, (int, float)) and gamma > 0):
+        number = isinstance(gamma, (int, float)) and not isinstance(gamma, bool)
+        if gamma is not None and not (number and 0 < gamma < float("inf")):
             raise ValueError(f"KPCA-CAM's gamma must be positive or None, got {gamma!r}.")
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
+            raise ValueError(
+                f"KPCA-CAM's degree must be a positive integer (the 'poly' kernel's power), "
+                f"got {degree!r}; e.g. 3."
+            )
         self.kernel: Kernel = kernel
         self.gamma = gamma
         self.degree = int(degree)
@@ -316,7 +329,7 @@ def sobel_edges(images: torch.Tensor, saturate: float | None = 255.0) -> torch.T
     formula="(min(|S_x * grey|, 255) + min(|S_y * grey|, 255)) / 2 on the image in [0, 255]",
     cost="two 3x3 convolutions (+ 1 forward for the predicted class; the map uses none)",
 )
-class SobelCAM(Explainer):
+class SobelCAM(LayerlessEngineOptions, Explainer):
     """A model-free baseline: the Sobel edge magnitude of the input image.
 
     The input is mapped back to ``[0, 255]`` pixels with the model's own ``mean`` and
@@ -330,6 +343,8 @@ class SobelCAM(Explainer):
         model: an ``ImageClassifier`` or a bare timm model.
         normalize: min-max normalise each heatmap to ``[0, 1]``; ``False`` gives the
             edge map in grey levels.
+        aug_smooth, eigen_smooth, layer_fusion: the CAM engine's options
+            (`timmlens.interpretation.cam.layerless`).
     """
 
     needs_gradients = False
@@ -337,12 +352,21 @@ class SobelCAM(Explainer):
     forwards_per_image: int | None = 1
     constant_map_causes = "the image is flat (one colour): it has no edges"
 
-    def __init__(self, model: nn.Module, normalize: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        normalize: bool = True,
+        *,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+        layer_fusion: str = "mean",
+    ) -> None:
         super().__init__(model)
         self.normalize = normalize
+        self.set_engine_options(aug_smooth, eigen_smooth, layer_fusion)
 
     def __repr__(self) -> str:
-        return f"SobelCAM(normalize={self.normalize})"
+        return f"SobelCAM(normalize={self.normalize}{self.engine_options_repr()})"
 
     def pixels(self, inputs: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` preprocessed inputs back to pixels in ``[0, 255]`` (float)."""
@@ -356,7 +380,7 @@ class SobelCAM(Explainer):
         std = torch.as_tensor(config["std"], dtype=inputs.dtype, device=inputs.device)
         return (inputs * std[:, None, None] + mean[:, None, None]) * 255.0
 
-    def attribute(
+    def attribute_once(
         self, inputs: torch.Tensor, targets: ResolvedTargets, **kwargs: Any
     ) -> Explanation:
         """The edge maps of ``inputs`` ``(B, 3, H, W)``: heatmap ``(B, H, W)``."""

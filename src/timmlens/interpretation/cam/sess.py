@@ -39,7 +39,7 @@ from ..scoring import (
     target_scores,
 )
 
-__all__ = ["SESS", "gaussian_blur", "sess_scales", "window_starts"]
+__all__ = ["SESS", "gaussian_blur", "resize_antialiased", "sess_scales", "window_starts"]
 
 Pool = Literal["mean", "max"]
 #: pytorch-grad-cam's smoothing of the fused map: cv2.GaussianBlur((11, 11), sigma 5)
@@ -70,6 +70,24 @@ def resized_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     if height <= width:
         return short_side, int(short_side * width / height)
     return int(short_side * height / width), short_side
+
+
+def resize_antialiased(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """torchvision's resize (bilinear, antialiased), as pytorch-grad-cam calls it:
+    ``(B, C, H, W)`` -> ``(B, C, *size)`` in the images' dtype.
+
+    The antialiased kernel has no half-precision version on every device (none on CPU),
+    so half-precision images are resized in float32 and cast back.
+    """
+    half = images.dtype in (torch.float16, torch.bfloat16)
+    resized = F.interpolate(
+        images.float() if half else images,
+        size=size,
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
+    )
+    return resized.to(images.dtype)
 
 
 def gaussian_blur(
@@ -122,6 +140,9 @@ class SESS(Explainer):
             uses the target logits clipped at 0.
         normalize: min-max normalise each heatmap to ``[0, 1]``.
         max_batch: windows per forward/backward; ``None`` sizes chunks from memory.
+        aug_smooth, eigen_smooth, layer_fusion: the base method's CAM engine options,
+            applied to every window (pytorch-grad-cam's SESS hands ``eigen_smooth`` to its
+            base); ``aug_smooth`` / ``eigen_smooth`` can also be given per call.
     """
 
     constant_map_causes = (
@@ -148,10 +169,24 @@ class SESS(Explainer):
         use_softmax_scores: bool = True,
         normalize: bool = True,
         max_batch: int | None = None,
+        *,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+        layer_fusion: str = "mean",
     ) -> None:
         super().__init__(model)
-        _check_options(pool, pre_filter_ratio, num_scales, scales, window_size, step_size)
+        engine = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth}
+        engine = {**engine, "layer_fusion": layer_fusion}
+        chosen = {k: v for k, v in engine.items() if v is not False and v != "mean"}
+        base_options = {**chosen, **(base_options or {})}  # defaults stay the base's
+        _check_options(
+            pool, pre_filter_ratio, num_scales, scales, window_size, step_size, max_batch
+        )
         self.base = _base_explainer(self.model, base_method, target_layer, base_options)
+        #: the base's engine options (what every window's call uses)
+        self.aug_smooth: bool = getattr(self.base, "aug_smooth", False)
+        self.eigen_smooth: bool = getattr(self.base, "eigen_smooth", False)
+        self.layer_fusion: str = getattr(self.base, "layer_fusion", "mean")
         self.needs_gradients = self.base.needs_gradients
         self.scales = None if scales is None else [int(s) for s in scales]
         self.num_scales = int(num_scales)
@@ -162,6 +197,12 @@ class SESS(Explainer):
         self.smooth, self.use_softmax_scores = smooth, use_softmax_scores
         self.normalize, self.max_batch = normalize, max_batch
 
+    @classmethod
+    def supports_eigen_smooth(cls) -> bool:
+        """Whether the default base (GradCAM) takes ``eigen_smooth``; another base checks
+        its own when SESS builds it."""
+        return True
+
     @property
     def layer_names(self) -> list[str]:
         """The base method's layers."""
@@ -169,7 +210,8 @@ class SESS(Explainer):
 
     def __repr__(self) -> str:
         return (
-            f"SESS(base={self.base!r}, scales={self.scales or self.num_scales}, pool={self.pool!r})"
+            f"SESS(base={self.base!r}, scales={self.scales or self.num_scales}, pool={self.pool!r}"
+            f"{', aug_smooth=True' if self.aug_smooth else ''})"
         )
 
     def windows(self, height: int, width: int) -> tuple[int, list[tuple[int, int, int]]]:
@@ -192,9 +234,16 @@ class SESS(Explainer):
     def attribute(
         self, inputs: torch.Tensor, targets: ResolvedTargets, **kwargs: Any
     ) -> Explanation:
-        """SESS maps of ``inputs`` ``(B, C, H, W)``: heatmap ``(B, H, W)``."""
+        """SESS maps of ``inputs`` ``(B, C, H, W)``: heatmap ``(B, H, W)``.
+
+        ``aug_smooth`` / ``eigen_smooth`` (keyword) go to the base method's every call.
+        """
+        engine = {k: kwargs.pop(k) for k in ("aug_smooth", "eigen_smooth") if k in kwargs}
         if kwargs:
-            raise TypeError(f"unexpected arguments for SESS: {sorted(kwargs)}")
+            raise TypeError(
+                f"unexpected arguments for SESS: {sorted(kwargs)}; a call takes "
+                f"target_class, aug_smooth and eigen_smooth."
+            )
         inputs = inputs.detach()
         batch, _, height, width = inputs.shape
         window, windows = self.windows(height, width)
@@ -202,16 +251,7 @@ class SESS(Explainer):
         logits = predict(self.model, inputs)
         rows = target_rows(targets, inputs.device)
         chosen = logits.argmax(dim=1) if rows is None else rows
-        resized = [
-            F.interpolate(
-                inputs,
-                size=resized_size(height, width, s),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,  # torchvision's resize, as pytorch-grad-cam calls it
-            )
-            for s in scales
-        ]
+        resized = [resize_antialiased(inputs, resized_size(height, width, s)) for s in scales]
         per_image = len(windows)
 
         def make(jobs: torch.Tensor) -> torch.Tensor:
@@ -226,7 +266,7 @@ class SESS(Explainer):
         job_targets = chosen.repeat_interleave(per_image)
         if self.pre_filter_ratio > 0:
             jobs = self._kept_after_pre_filter(make, jobs, job_targets, batch)
-        maps, scores = self._window_maps(make, jobs, job_targets)
+        maps, scores = self._window_maps(make, jobs, job_targets, engine)
         fused = self._fuse(maps, scores, jobs, windows, resized, (height, width), batch)
         return Explanation(
             heatmap=normalize_maps(fused) if self.normalize else fused,
@@ -254,7 +294,7 @@ class SESS(Explainer):
         return (order + offsets).flatten()
 
     def _window_maps(
-        self, make: Any, jobs: torch.Tensor, job_targets: Any
+        self, make: Any, jobs: torch.Tensor, job_targets: Any, engine: Mapping[str, bool]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The base method's normalised maps ``(N, w, w)`` and scores ``(N,)`` of ``jobs``,
         one base call (forward + backward) per chunk."""
@@ -270,7 +310,7 @@ class SESS(Explainer):
             part = jobs[lo : lo + chunk]
             wanted = job_targets[part]
             base_targets = wanted if isinstance(wanted, CallableTargets) else wanted.tolist()
-            result = self.base.attribute(make(part), base_targets)
+            result = self.base.attribute(make(part), base_targets, **engine)
             maps.append(result.heatmap.float())
             assert result.logits is not None
             scores.append(target_scores(result.logits, wanted, self._score_kind()).float())
@@ -328,6 +368,7 @@ def _check_options(
     scales: list[int] | None,
     window_size: int | None,
     step_size: int | None,
+    max_batch: int | None,
 ) -> None:
     if pool not in ("mean", "max"):
         raise ValueError(f"pool must be 'mean' or 'max', got {pool!r}.")
@@ -336,13 +377,29 @@ def _check_options(
             f"pre_filter_ratio is the fraction of windows left out, in [0, 1); got "
             f"{pre_filter_ratio}."
         )
-    if num_scales < 1 or (scales is not None and not scales):
+    if not _is_positive_int(num_scales):
+        raise ValueError(f"num_scales must be a positive integer, got {num_scales!r}; e.g. 12.")
+    if scales is not None and not scales:
         raise ValueError("SESS needs at least one scale (num_scales >= 1, or scales=[...]).")
     for name, value in (("window_size", window_size), ("step_size", step_size)):
-        if value is not None and (not isinstance(value, int) or value < 1):
+        if value is not None and not _is_positive_int(value):
             raise ValueError(f"{name} must be a positive number of pixels or None, got {value!r}.")
-    if scales is not None and any(not math.isfinite(s) or s < 1 for s in scales):
-        raise ValueError(f"scales must be positive sizes in pixels, got {scales}.")
+    if max_batch is not None and not _is_positive_int(max_batch):
+        raise ValueError(
+            f"max_batch must be a positive number of windows or None (sized from memory), "
+            f"got {max_batch!r}."
+        )
+    if scales is not None and not all(
+        isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s >= 1
+        for s in scales
+    ):
+        raise ValueError(
+            f"scales must be positive sizes in pixels, got {scales!r}; e.g. [224, 288]."
+        )
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _base_explainer(
