@@ -57,7 +57,7 @@ def _grid(panels: list[tuple[str, torch.Tensor]], columns: int, path: Path, scal
     print(f"wrote {path}")
 
 
-def lite0(out: Path, steps: int) -> None:
+def lite0(out: Path, steps: int, methods: tuple[str, ...]) -> None:
     model = ImageClassifier("bundled:efficientnet_lite0")
     cases = [
         ("tiger cat logit", obj.class_logit(282)),
@@ -65,7 +65,7 @@ def lite0(out: Path, steps: int) -> None:
         ("bn2 channel 112", obj.channel("bn2", 112)),
     ]
     panels = []
-    for method in ("maco", "fourier"):
+    for method in methods:
         for title, objective in cases:
             result = visualize_feature(model, objective=objective, steps=steps, method=method)
             name, p = _predicted(model, result.image)
@@ -97,12 +97,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/images"))
     parser.add_argument("--steps", type=int, default=256, help="optimisation steps per image")
     parser.add_argument("--only", choices=("lite0", "gt-resnet"), default=None)
+    parser.add_argument("--lite0-methods", nargs="+", default=["maco", "fourier"])
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.only in (None, "gt-resnet"):
         gt_resnet(args.out, args.steps)
     if args.only in (None, "lite0"):
-        lite0(args.out, args.steps)
+        lite0(args.out, args.steps, tuple(args.lite0_methods))
 
 
 if __name__ == "__main__":
