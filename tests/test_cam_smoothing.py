@@ -271,7 +271,8 @@ def test_every_registered_cam_method_takes_both_options(small, name: str) -> Non
     spec = resolve_method(name)
     assert {"aug_smooth", "eigen_smooth", "layer_fusion"} <= set(spec.options())
     inputs = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(4))  # one image
-    options = {**spec.quick_options, "target_layer": "layer3"}
+    layer = {"target_layer": "layer3"} if spec.uses_layer else {}  # FullGrad, SobelCAM: none
+    options = {**spec.quick_options, **layer}
     explainer = create_explainer(name, small, aug_smooth=True, **options)
     assert explainer.aug_smooth and "aug_smooth=True" in repr(explainer)
     smoothed = explainer(inputs, 3)
