@@ -4,7 +4,8 @@ Tolerances: with ``channel_eps=1e-7`` (pytorch-grad-cam's ``scale_cam_image`` ep
 maps equal theirs to 1e-5 (float32 rounding of sums over thousands of channels). Our
 default, ``channel_eps=0``, rescales every channel to exactly ``[0, 1]`` as the paper's
 ``psi``; it differs from theirs only through that eps, by under 1e-2 here (channels whose
-bias-gradient spread is near 1e-7 count fully instead of being shrunk).
+bias-gradient spread is near 1e-7 count fully instead of being shrunk). The same holds
+with ``eigen_smooth=True`` (pgc's projection taken with our sign per image).
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from timmlens.testing import explainable_model, make_explainable
 PGC_EPS = 1e-7
 
 
-def _peer(model: nn.Module, x: torch.Tensor, targets: list[int]) -> np.ndarray:
+def _peer(model: nn.Module, x: torch.Tensor, targets: list[int], **options: bool) -> np.ndarray:
     from pytorch_grad_cam import FullGrad as PeerFullGrad
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     try:
         with PeerFullGrad(model, []) as cam:
-            return cam(x, [ClassifierOutputTarget(t) for t in targets])
+            return cam(x, [ClassifierOutputTarget(t) for t in targets], **options)
     finally:
         for parameter in model.parameters():
             parameter.grad = None  # pytorch-grad-cam leaves .grad behind
@@ -50,6 +51,45 @@ def test_equals_pytorch_grad_cam_with_its_own_layer_set(name: str) -> None:
     as_theirs = FullGrad(model, channel_eps=PGC_EPS).explain(x, target_class=[3, 7])
     assert _max_diff(as_theirs, theirs) < 1e-5
     assert _max_diff(FullGrad(model).explain(x, target_class=[3, 7]), theirs) < 1e-2
+
+
+@pytest.mark.parametrize("aug_smooth", [False, True])
+def test_eigen_smooth_equals_pytorch_grad_cam(monkeypatch, aug_smooth: bool) -> None:
+    """pgc's FullGrad(eigen_smooth=True): the terms (colour channels, bias layers) at 1/8
+    size, projected on their first principal component. The component has no sign; pgc
+    keeps numpy's, we fix it (`first_principal_component`), so pgc's projection is taken
+    with our sign per image before comparing."""
+    import pytorch_grad_cam.fullgrad_cam as peer_module
+
+    from timmlens.interpretation.cam.smoothing import first_principal_component
+
+    original = peer_module.get_2d_projection
+
+    def signed(batch: np.ndarray) -> np.ndarray:
+        theirs = original(batch)
+        ours = first_principal_component(torch.from_numpy(np.nan_to_num(batch))).numpy()
+        signs = np.sign((theirs * ours).reshape(len(theirs), -1).sum(axis=1))
+        assert np.all(signs != 0)
+        return theirs * signs[:, None, None]
+
+    monkeypatch.setattr(peer_module, "get_2d_projection", signed)
+    torch.manual_seed(0)
+    model = make_explainable(timm.create_model("test_resnet", num_classes=10)).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    options = {"aug_smooth": aug_smooth, "eigen_smooth": True}
+    theirs = _peer(model, x, [3, 7], **options)
+    low = theirs.reshape(2, -1).min(axis=1)[:, None, None]
+    theirs = (theirs - low) / (theirs.reshape(2, -1).max(axis=1)[:, None, None] - low)
+    ours = FullGrad(model, channel_eps=PGC_EPS, **options).explain(x, target_class=[3, 7])
+    assert ours.std() > 0.05, "a flat map would prove nothing"
+    assert _max_diff(ours, theirs) < 1e-5  # measured 7.7e-7, 9.8e-7 with aug_smooth
+    default = FullGrad(model, **options).explain(x, target_class=[3, 7])
+    assert _max_diff(default, theirs) < 1e-2  # channel_eps=0: 2.4e-3, 3.1e-3
+    plain = FullGrad(model, channel_eps=PGC_EPS).explain(x, target_class=[3, 7])
+    assert (ours - plain).abs().max() > 0.05  # the projection, not the sum
+    at_call = FullGrad(model, channel_eps=PGC_EPS).explain(x, target_class=[3, 7], **options)
+    torch.testing.assert_close(at_call, ours)
+    assert "eigen_smooth=True" in repr(FullGrad(model, eigen_smooth=True))
 
 
 @pytest.mark.slow  # pytorch-grad-cam resizes every channel with OpenCV: ~30 s
@@ -174,6 +214,10 @@ def test_layerless_cams_take_the_engines_options(name: str) -> None:
     high = by_hand.flatten(1).amax(1)[:, None, None]
     torch.testing.assert_close(maps.heatmap, (by_hand - low) / (high - low), atol=1e-5, rtol=0)
     assert len(AUGMENTATIONS) == 6
+    if name == "fullgrad":  # its terms have a principal component (compared with pgc above)
+        eigen = create_explainer(name, model, eigen_smooth=True).explain(x, target_class=1)
+        assert eigen.shape == (2, 64, 64) and torch.isfinite(eigen).all()
+        return
     with pytest.raises(ValueError, match="does not take eigen_smooth=True"):
         create_explainer(name, model, eigen_smooth=True)
     with pytest.raises(ValueError, match="does not take eigen_smooth=True"):

@@ -17,6 +17,12 @@ where the bias was added, before any in-place activation; no parameter gets a ``
 Channels are rescaled at their layer's resolution and summed before the (linear)
 upsampling, one upsampling per resolution, so the cost does not grow with the channel
 count at input resolution.
+
+``eigen_smooth=True`` is pytorch-grad-cam's: the terms of the sum (each colour channel of
+``psi(|g_x * x|)``, and each bias layer's ``sum_c psi(|b_c * g_c|)`` upsampled to the
+input) are taken as channels, each min-max rescaled and resized to 1/8 of the input, and
+the map is their first principal component (`first_principal_component`, with its sign
+convention), min-max rescaled and resized back to the input.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from ..base import Explainer, Explanation, normalize_maps
 from ..registry import register_method
 from .engine import _INTERPOLATION_MODES, InterpolationMode, upsample_maps
 from .layerless import LayerlessEngineOptions
+from .smoothing import first_principal_component
 
 __all__ = ["FullGrad", "channel_minmax"]
 
@@ -87,7 +94,9 @@ class FullGrad(LayerlessEngineOptions, Explainer):
             ``1e-7`` reproduces pytorch-grad-cam's ``scale_cam_image``.
         aug_smooth, eigen_smooth, layer_fusion: the CAM engine's options
             (`timmlens.interpretation.cam.layerless`): ``aug_smooth`` averages the six
-            augmentations; ``eigen_smooth=True`` is refused; one map, so any fusion.
+            augmentations; ``eigen_smooth=True`` takes the first principal component of
+            the terms (colour channels, bias layers) at 1/8 of the input size, as
+            pytorch-grad-cam; one map, so any fusion.
 
     Raises:
         UnsupportedModelError: a model with no convolution / batch-norm bias outside its
@@ -136,6 +145,11 @@ class FullGrad(LayerlessEngineOptions, Explainer):
         self.channel_eps = float(channel_eps)
 
     @classmethod
+    def supports_eigen_smooth(cls) -> bool:
+        """Yes: the map is a sum of terms (colour channels, bias layers) to project."""
+        return True
+
+    @classmethod
     def unavailable_reason(cls, model: nn.Module) -> str | None:
         """Why FullGrad cannot explain ``model`` (``None``: it can)."""
         return fullgrad_unavailable_reason(model)
@@ -147,25 +161,38 @@ class FullGrad(LayerlessEngineOptions, Explainer):
         )
 
     def attribute_once(
-        self, inputs: torch.Tensor, targets: ResolvedTargets, **kwargs: Any
+        self,
+        inputs: torch.Tensor,
+        targets: ResolvedTargets,
+        *,
+        eigen_smooth: bool = False,
+        **kwargs: Any,
     ) -> Explanation:
-        """The FullGrad maps of ``inputs`` ``(B, C, H, W)``: heatmap ``(B, H, W)``."""
+        """The FullGrad maps of ``inputs`` ``(B, C, H, W)``: heatmap ``(B, H, W)``.
+
+        With ``eigen_smooth`` the map is the first principal component of the terms
+        (pytorch-grad-cam's ``eigen_smooth``), not their sum.
+        """
         if kwargs:
             raise TypeError(f"unexpected arguments for FullGrad: {sorted(kwargs)}")
         x, input_grad, probes, score = self._gradients(inputs, targets)
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
         input_term = (x * input_grad).detach()
-        total = channel_minmax(input_term.abs(), self.channel_eps).sum(dim=1)
-        by_size: dict[tuple[int, int], torch.Tensor] = {}
+        input_maps = channel_minmax(input_term.abs(), self.channel_eps)  # (B, C_in, H, W)
+        by_size: dict[tuple[int, int], list[torch.Tensor]] = {}
         bias_term = torch.zeros(inputs.shape[0], device=inputs.device, dtype=torch.float32)
         for bias, grad in probes:
             contribution = bias.to(grad.dtype)[None, :, None, None] * grad
             bias_term += contribution.flatten(1).sum(dim=1).float()
             summed = channel_minmax(contribution.abs(), self.channel_eps).sum(dim=1)
             key = (int(summed.shape[-2]), int(summed.shape[-1]))
-            by_size[key] = by_size[key] + summed if key in by_size else summed
-        for layer_sum in by_size.values():  # upsampling is linear: once per resolution
-            total = total + upsample_maps(layer_sum.to(total.dtype), size, self.interpolate)
+            by_size.setdefault(key, []).append(summed.to(input_maps.dtype))
+        if eigen_smooth:
+            total = self._principal_map(input_maps, by_size, size)
+        else:
+            total = input_maps.sum(dim=1)
+            for layer_maps in by_size.values():  # upsampling is linear: once per resolution
+                total = total + upsample_maps(sum(layer_maps), size, self.interpolate)
         total = total.float()
         assert score.seen is not None
         chosen, logits = score.seen
@@ -176,6 +203,33 @@ class FullGrad(LayerlessEngineOptions, Explainer):
             attributions=total,
             extras={"input_term": input_term, "bias_term": bias_term},
         )
+
+    def _principal_map(
+        self,
+        input_maps: torch.Tensor,
+        by_size: dict[tuple[int, int], list[torch.Tensor]],
+        size: tuple[int, int],
+    ) -> torch.Tensor:
+        """pytorch-grad-cam's ``eigen_smooth`` for FullGrad: ``(B, H, W)``.
+
+        The terms (each colour channel of ``input_maps``, each bias layer's channel sum
+        upsampled to ``size``) are min-max rescaled, resized to ``size // 8`` and
+        projected on their first principal component, which is min-max rescaled and
+        resized back to ``size``.
+        """
+        small = (max(1, size[0] // 8), max(1, size[1] // 8))
+
+        def resized(maps: torch.Tensor, to: tuple[int, int]) -> torch.Tensor:
+            batch, channels = maps.shape[:2]
+            flat = upsample_maps(maps.flatten(0, 1), to, self.interpolate)
+            return flat.unflatten(0, (batch, channels))
+
+        terms = [resized(channel_minmax(input_maps, self.channel_eps), small)]
+        for layer_maps in by_size.values():  # one resize per resolution
+            full = resized(torch.stack(layer_maps, dim=1), size)
+            terms.append(resized(channel_minmax(full, self.channel_eps), small))
+        projection = first_principal_component(torch.cat(terms, dim=1))[:, None]
+        return resized(channel_minmax(projection, self.channel_eps), size)[:, 0]
 
     def _gradients(
         self, inputs: torch.Tensor, targets: ResolvedTargets
