@@ -14,7 +14,15 @@ Writes ``docs/methods/matrix.md`` (generated; never edit it by hand) and the fig
 ``docs/images/methods_chelsea.png``: every method that works on the real
 EfficientNet-Lite0, for its predicted class.
 
+Each cell is cached in ``outputs/method_matrix/<model>.json`` (git-ignored; the maps of the
+real model beside it) as soon as it has run, so a sweep resumes where it stopped and two
+processes can share the models (``--models``); ``--redo`` runs the named cells again, and a
+cache made with other quick settings is dropped. A run over every model and method, or
+``--write``, writes the page and the figure from the cache: a cell that has not run yet
+says **not run**.
+
     .venv/bin/python benchmarks/method_matrix.py [--methods gradcam ig ...] [--models resnet18 ...]
+        [--redo] [--write]
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
+import json
 import re
 import signal
 import sys
@@ -47,6 +56,8 @@ from timmlens.testing import explainable_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "docs" / "methods" / "matrix.md"
+CACHE = ROOT / "outputs" / "method_matrix"
+NOT_RUN = "not run"
 FIGURE = ROOT / "docs" / "images" / "methods_chelsea.png"
 MAX_SIDE = 224
 REAL = "efficientnet_lite0"
@@ -122,8 +133,10 @@ def short_reason(exc: BaseException, method: str, limit: int = 100) -> str:
     first = (str(exc).strip().splitlines() or [""])[0]
     modules = re.findall(r"\w+ \(x\d+\)", first)
     if modules:
-        return "not covered by Captum's rules: " + ", ".join(modules)
-    first = first.removeprefix(f"{method}: ")
+        rules = "Zennit's" if method == "lrp" else "Captum's"
+        return f"not covered by {rules} rules: " + ", ".join(modules)
+    while first.startswith(f"{method}: "):  # AttnLRP's refusals carry the prefix twice
+        first = first.removeprefix(f"{method}: ")
     first = re.sub(r"^\S+ \([^)]*\) ", "", first).split(". ")[0].rstrip(".")
     return first if len(first) <= limit else first[: limit - 3].rstrip() + "..."
 
@@ -167,22 +180,64 @@ def run_cell(
     return cell
 
 
-def sweep_model(key: str, names: list[str], timeout: int, photo: np.ndarray) -> list[Cell]:
-    model = build_model(key)
-    inputs = timmlens.prepare_images(photo, model).tensor
-    with torch.no_grad():
-        ranked = model(inputs)[0].argsort(descending=True)
-    classes = [int(ranked[0]), int(ranked[1])]  # predicted class and the runner-up
-    cells = []
-    for method in names:
-        cell = run_cell(method, key, model, inputs, classes, timeout)
-        cells.append(cell)
-        print(f"{key:20s} {method:16s} {cell.seconds:6.1f}s  {cell.status}", flush=True)
+def load_cells(key: str) -> dict[str, Cell]:
+    """The cached cells of the model ``key`` (with the real model's maps), if they were
+    made with the present quick settings."""
+    path = CACHE / f"{key}.json"
+    if not path.exists():
+        return {}
+    raw = json.loads(path.read_text())
+    if raw.get("settings") != settings_note():
+        return {}
+    cells = {}
+    for method, fields in raw["cells"].items():
+        cell = Cell(method, key, **fields)
+        heatmap = CACHE / key / f"{method}.npy"
+        if cell.works and heatmap.exists():
+            cell.heatmap = np.load(heatmap)
+        cells[method] = cell
     return cells
+
+
+def save_cells(key: str, cells: dict[str, Cell]) -> None:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    raw = {
+        "settings": settings_note(),
+        "cells": {
+            m: {"status": c.status, "seconds": c.seconds, "works": c.works}
+            for m, c in cells.items()
+        },
+    }
+    (CACHE / f"{key}.json").write_text(json.dumps(raw, indent=1))
+
+
+def sweep_model(
+    key: str, names: list[str], timeout: int, photo: np.ndarray, redo: bool = False
+) -> list[Cell]:
+    """Run the cells of ``names`` on the model ``key`` that are not cached yet (all of
+    them with ``redo``), caching each as it finishes."""
+    cached = load_cells(key)
+    todo = [m for m in names if redo or m not in cached]
+    if todo:
+        model = build_model(key)
+        inputs = timmlens.prepare_images(photo, model).tensor
+        with torch.no_grad():
+            ranked = model(inputs)[0].argsort(descending=True)
+        classes = [int(ranked[0]), int(ranked[1])]  # predicted class and the runner-up
+    for method in todo:
+        cell = run_cell(method, key, model, inputs, classes, timeout)
+        cached[method] = cell
+        if key == REAL and cell.heatmap is not None:
+            (CACHE / key).mkdir(parents=True, exist_ok=True)
+            np.save(CACHE / key / f"{method}.npy", cell.heatmap)
+        save_cells(key, cached)
+        print(f"{key:20s} {method:16s} {cell.seconds:6.1f}s  {cell.status}", flush=True)
+    return [cached[m] for m in names]
 
 
 def markdown_table(cells: list[Cell], names: list[str], keys: list[str], what: str) -> list[str]:
     by = {(c.method, c.model): c for c in cells}
+    missing = Cell("", "", status=NOT_RUN)
     lines = [
         "| method | " + " | ".join(keys) + " |",
         "| --- |" + " --- |" * len(keys),
@@ -190,8 +245,11 @@ def markdown_table(cells: list[Cell], names: list[str], keys: list[str], what: s
     for method in names:
         row = []
         for key in keys:
-            cell = by[(method, key)]
-            text = cell.status if what == "status" else f"{cell.seconds:.1f}"
+            cell = by.get((method, key), missing)
+            if what == "status":
+                text = cell.status
+            else:
+                text = "-" if cell.status == NOT_RUN else f"{cell.seconds:.1f}"
             row.append(text.replace("|", "\\|"))
         lines.append(f"| `{method}` | " + " | ".join(row) + " |")
     return lines
@@ -211,6 +269,25 @@ def settings_note() -> str:
 
 
 def write_page(cells: list[Cell], names: list[str], keys: list[str], figure: bool) -> str:
+    ran = {(c.method, c.model) for c in cells}
+    left = [(m, k) for m in names for k in keys if (m, k) not in ran]
+    unrun = (
+        [
+            f"**{len(left)} of {len(names) * len(keys)} cells have not run yet** (the sweep "
+            "was stopped before them; it resumes from its cache): they say **not run**, and "
+            "the figure below lacks any of them on EfficientNet-Lite0.",
+            "",
+        ]
+        if left
+        else []
+    )
+    if any("Timeout" in c.status for c in cells):
+        unrun += [
+            "**FAILS: Timeout** marks a cell that ran past its time limit (`--timeout`, "
+            "300 s by default) on the shared CPU: a limit of this run, not an error of the "
+            "method.",
+            "",
+        ]
     lines = [
         "# Every method on every family",
         "",
@@ -227,6 +304,7 @@ def write_page(cells: list[Cell], names: list[str], keys: list[str], figure: boo
         "map twice); otherwise it gives the reason the method refuses the model, or "
         "**FAILS** with the error.",
         "",
+        *unrun,
         settings_note() + " The settings are small on purpose: the table says whether a "
         "method works, not how good its map is at paper settings.",
         "",
@@ -292,19 +370,25 @@ def draw_figure(cells: list[Cell], photo: np.ndarray) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", nargs="*", help="only these methods (no files written)")
+    parser.add_argument("--methods", nargs="*", help="only these methods (the page is not written)")
     parser.add_argument("--models", nargs="*", choices=list(MODELS), help="only these models")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per cell")
+    parser.add_argument("--redo", action="store_true", help="run cached cells again")
+    parser.add_argument("--write", action="store_true", help="only write the page from the cache")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("-v", action="store_true", help="print tracebacks")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     names = args.methods or methods()
     keys = args.models or list(MODELS)
     photo = skdata.chelsea()
     start = time.perf_counter()
-    cells = [c for key in keys for c in sweep_model(key, names, args.timeout, photo)]
-    print("\n".join(markdown_table(cells, names, keys, "status")))
-    if not args.methods and not args.models:
+    if not args.write:
+        cells = [c for key in keys for c in sweep_model(key, names, args.timeout, photo, args.redo)]
+        print("\n".join(markdown_table(cells, names, keys, "status")))
+    if args.write or (not args.methods and not args.models):
+        names, keys = methods(), list(MODELS)
+        cells = [c for key in keys for c in load_cells(key).values() if c.method in names]
         size = draw_figure(cells, photo)
         print(f"figure {FIGURE.relative_to(ROOT)}: {size / 1024:.0f} KB")
         write_page(cells, names, keys, figure=True)

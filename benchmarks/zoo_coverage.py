@@ -92,6 +92,7 @@ class Cell:
     note: str = ""  # the refusal's reason or the failure
     seconds: float = 0.0
     input_size: int = 0  # set when the cell fell back from the family's input size
+    carried: str = ""  # where a cell not run by this code comes from (an earlier sweep's page)
 
 
 @dataclass
@@ -391,6 +392,17 @@ def method_totals(results: list[FamilyResult], names: list[str]) -> dict[str, Co
 def page(results: list[FamilyResult], names: list[str], missing: list[str]) -> str:
     totals = method_totals(results, names)
     swept = [r for r in results if r.cells]
+    carried: dict[str, Counter] = {}
+    for r in results:
+        for m, cell in r.cells.items():
+            if cell.carried and m in names:
+                carried.setdefault(cell.carried, Counter())[m] += 1
+    provenance = [
+        f"**Carried over:** {sum(count.values())} cells of "
+        f"{', '.join(f'`{m}`' for m in count)} come from {source}; every other cell ran "
+        "with the settings above."
+        for source, count in carried.items()
+    ]
     lines = [
         "# Zoo coverage: every timm family x every method",
         "",
@@ -419,6 +431,7 @@ def page(results: list[FamilyResult], names: list[str], missing: list[str]) -> s
         "",
         f"Small settings: {settings_note()}",
         "",
+        *(line for text in provenance for line in (text, "")),
         f"**Families: {len(results)} ({len(swept)} swept)"
         + (f"; not swept yet: {', '.join(missing)}" if missing else "")
         + "**",

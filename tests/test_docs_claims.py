@@ -1,6 +1,7 @@
 """Issue 26: docstrings and docs pages state what the code does now.
 
-Each claim is checked against its source: the randomisation docstring against the
+Each claim is checked against its source: the method counts of the README, the docs index
+and the package description against the registry, the randomisation docstring against the
 figures of docs/sanity_checks.md, ``ExplanationMetrics``' equality with RISE against the
 tie-order caveat of ``pixel_ranks``, and the sanity page against the ReLU6 behaviour of
 guided backprop.
@@ -46,3 +47,21 @@ def test_the_sanity_page_says_guided_backprop_needs_relu_and_shows_it():
     # The measured figures: one row per step (13 on Lite0), four numbers each.
     assert "guided backprop Spearman | saliency Spearman" in section
     assert len(re.findall(r"\| \d+ \| [\w.() ]+ \|(?: -?\d\.\d{3} \|){4}", section)) == 13
+
+
+def test_the_method_counts_are_the_registrys():
+    from collections import Counter
+
+    from timmlens.interpretation.registry import METHODS, methods
+
+    root = SANITY_PAGE.parents[1]
+    total = len(methods())
+    for path in ("README.md", "docs/index.md", "pyproject.toml"):
+        text = _flat((root / path).read_text(encoding="utf-8"))
+        counts = {int(n) for n in re.findall(r"(\d+) methods", text)}
+        assert counts == {total}, (path, counts, total)
+    kinds = Counter(spec.kind for spec in METHODS.values())
+    readme = _flat((root / "README.md").read_text(encoding="utf-8"))
+    for kind, words in (("cam", "CAM"), ("input", "input attribution")):
+        assert f"{kinds[kind]} {words}:" in readme, kind
+    assert f"{kinds['attention']} attention/relevance" in readme
