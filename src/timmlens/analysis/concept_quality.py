@@ -94,7 +94,8 @@ def matched_cosine(first: ArrayLike, second: ArrayLike) -> tuple[float, np.ndarr
     """Match the atoms of two dictionaries one to one and measure how alike they are.
 
     Args:
-        first, second: ``(K, C)`` dictionaries (rows are atoms); zero rows have cosine 0.
+        first: a ``(K, C)`` dictionary (rows are atoms); zero rows have cosine 0.
+        second: the other ``(K, C)`` dictionary, matched to ``first``.
 
     Returns:
         ``(mean matched cosine, match (K,) the row of second matched to each row of first,

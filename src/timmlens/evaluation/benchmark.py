@@ -199,7 +199,9 @@ def benchmark(
             the centre bias of photos.
         device: where models loaded from specs run (``"cpu"``, ``"cuda"``, ...); checked
             first ([`DeviceError`][timmlens.errors.DeviceError]). Modules stay where they are.
-        batch_size, overwrite, progress: as for ``evaluate``.
+        batch_size: as for ``evaluate``.
+        overwrite: as for ``evaluate``.
+        progress: as for ``evaluate``.
         method_options: constructor options per method (``{"ig": {"n_steps": 16}}``).
         metric_options: ``ExplanationMetrics`` options; ``steps`` overrides its ``steps``.
         plot: also write the PNG (matplotlib).

@@ -84,6 +84,11 @@ class FullGrad(LayerlessEngineOptions, Explainer):
     ``BatchNorm2d`` (timm's subclasses included) with a bias, found by
     `timmlens.adapters.bias_layers`; there is no ``target_layer``.
 
+    ``aug_smooth``, ``eigen_smooth``, ``layer_fusion``: the CAM engine's options
+    (`timmlens.interpretation.cam.layerless`): ``aug_smooth`` averages the six augmentations;
+    ``eigen_smooth=True`` takes the first principal component of the terms (colour channels,
+    bias layers) at 1/8 of the input size, as pytorch-grad-cam; one map, so any fusion.
+
     Args:
         model: an ``ImageClassifier`` or a bare timm CNN.
         normalize: min-max normalise each heatmap to ``[0, 1]``.
@@ -92,11 +97,6 @@ class FullGrad(LayerlessEngineOptions, Explainer):
         channel_eps: added to each channel's spread before rescaling: ``0`` (default)
             rescales every channel to exactly ``[0, 1]``, as the paper's ``psi``;
             ``1e-7`` reproduces pytorch-grad-cam's ``scale_cam_image``.
-        aug_smooth, eigen_smooth, layer_fusion: the CAM engine's options
-            (`timmlens.interpretation.cam.layerless`): ``aug_smooth`` averages the six
-            augmentations; ``eigen_smooth=True`` takes the first principal component of
-            the terms (colour channels, bias layers) at 1/8 of the input size, as
-            pytorch-grad-cam; one map, so any fusion.
 
     Raises:
         UnsupportedModelError: a model with no convolution / batch-norm bias outside its

@@ -316,6 +316,8 @@ class FinerCAM(CAMExplainer):
     pytorch-grad-cam's default), weighted by their probabilities. ``alpha=0`` gives the
     base CAM of the target logit (up to the score's scale).
 
+    Other arguments: as [`GradCAM`][timmlens.interpretation.cam.gradcam.GradCAM].
+
     Args:
         base: the CAM whose map rule runs on that score: ``"gradcam"`` (pytorch-grad-cam's
             default ``base_method``) or another of `FINER_BASES`.
@@ -324,7 +326,6 @@ class FinerCAM(CAMExplainer):
             distance to the target (``(1, 2, 3)``: the three nearest; ranks past the class
             count are dropped, as pytorch-grad-cam does).
         comparison_classes: fixed class indices to compare with instead, for every image.
-        other arguments: as [`GradCAM`][timmlens.interpretation.cam.gradcam.GradCAM].
     """
 
     def __init__(

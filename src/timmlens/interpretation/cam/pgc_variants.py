@@ -241,12 +241,13 @@ class KPCACAM(CAMExplainer):
     See `kernel_principal_component` for the maths and the sign convention. No gradients
     and no class: the map is the same for every target.
 
+    Other arguments: as [`GradCAM`][timmlens.interpretation.cam.gradcam.GradCAM].
+
     Args:
         kernel: scikit-learn's kernel name (pytorch-grad-cam's default ``"sigmoid"``).
         gamma: the kernel's ``gamma`` (``None``: ``1 / channels``).
         degree: the ``"poly"`` kernel's degree.
         coef0: the ``"poly"`` and ``"sigmoid"`` kernels' offset.
-        other arguments: as [`GradCAM`][timmlens.interpretation.cam.gradcam.GradCAM].
 
     pytorch-grad-cam keeps one component (``n_components=1``), and so does this class: a
     map is one value per position, and a second component has no place in it.
@@ -339,12 +340,13 @@ class SobelCAM(LayerlessEngineOptions, Explainer):
     every model, which is the point of a baseline (a method that does no better than
     edges explains little).
 
+    ``aug_smooth``, ``eigen_smooth``, ``layer_fusion``: the CAM engine's options
+    (`timmlens.interpretation.cam.layerless`).
+
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
         normalize: min-max normalise each heatmap to ``[0, 1]``; ``False`` gives the
             edge map in grey levels.
-        aug_smooth, eigen_smooth, layer_fusion: the CAM engine's options
-            (`timmlens.interpretation.cam.layerless`).
     """
 
     needs_gradients = False

@@ -119,6 +119,10 @@ def gaussian_blur(
 class SESS(Explainer):
     """SESS (Tyagi et al. 2022) over a base CAM method, as pytorch-grad-cam's ``SESS``.
 
+    ``aug_smooth``, ``eigen_smooth``, ``layer_fusion``: the base method's CAM engine options,
+    applied to every window (pytorch-grad-cam's SESS hands ``eigen_smooth`` to its base);
+    ``aug_smooth`` / ``eigen_smooth`` can also be given per call.
+
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
         target_layer: the base method's layer (``None``: the family's default).
@@ -140,9 +144,6 @@ class SESS(Explainer):
             uses the target logits clipped at 0.
         normalize: min-max normalise each heatmap to ``[0, 1]``.
         max_batch: windows per forward/backward; ``None`` sizes chunks from memory.
-        aug_smooth, eigen_smooth, layer_fusion: the base method's CAM engine options,
-            applied to every window (pytorch-grad-cam's SESS hands ``eigen_smooth`` to its
-            base); ``aug_smooth`` / ``eigen_smooth`` can also be given per call.
     """
 
     constant_map_causes = (
