@@ -370,3 +370,14 @@ def test_bad_options_and_half_precision_are_refused() -> None:
     half = _model("vit").half()
     with pytest.raises(UnsupportedModelError, match="float16"):
         AttnLRP(half).explain_batch_full(_inputs("vit").half(), [1, 1])
+
+
+def test_the_refusal_names_the_method_once_and_the_network_not_our_wrapper():
+    from timmlens import ImageClassifier
+
+    lite0 = ImageClassifier(explainable_model("test_efficientnet", num_classes=4))
+    with pytest.raises(UnsupportedModelError) as refused:
+        as_explainer("attnlrp", lite0)
+    message = str(refused.value)
+    assert message.startswith("attnlrp: EfficientNet has no softmax attention.")
+    assert "attnlrp: attnlrp" not in message and "ImageClassifier" not in message

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from timmlens.errors import UnsupportedModelError
+from timmlens.interpretation import LRP
 from timmlens.interpretation.input.zennit_rules import (
     GateCanonizer,
     ResidualSumCanonizer,
@@ -313,3 +314,20 @@ def test_refuses_float16_and_bad_options():
         create_explainer("lrp", model, composite="epsilon")
     with pytest.raises(ValueError, match=r"epsilon must be a number > 0"):
         create_explainer("lrp", model, epsilon=0)
+
+
+def test_a_refused_family_is_pointed_to_captums_rule_where_that_covers_it():
+    """VGG (a ConvMlp head) is beyond Zennit's canonizers here but within Captum's epsilon
+    rule, so the refusal names that composite; ConvNeXt is within neither, so it does not."""
+    import timm
+
+    vgg = timm.create_model("vgg11", num_classes=4)
+    with pytest.raises(UnsupportedModelError, match=r"ConvMlp.*LRP\(model, composite='captum_"):
+        create_explainer("lrp", vgg)
+    inputs = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    named = LRP(vgg.eval(), composite="captum_epsilon")(inputs, 1)  # the named way out works
+    assert named.shape == (1, 32, 32) and torch.isfinite(named).all()
+    convnext = explainable_model("test_convnext", num_classes=4)
+    with pytest.raises(UnsupportedModelError) as refused:
+        create_explainer("lrp", convnext)
+    assert "captum_epsilon" not in str(refused.value)

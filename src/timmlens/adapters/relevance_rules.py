@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import UnsupportedModelError
+from ..models.introspect import timm_model_of
 
 #: softmax attention modules whose explicit path is ``attn = softmax(q k^T * scale [+ bias])``,
 #: then ``attn_drop(attn) @ v``, with ``q, k, v`` linear in the module's first input
@@ -111,8 +112,9 @@ class RelevanceLayout:
 
 
 def _refuse(model: nn.Module, method: str, problem: str) -> UnsupportedModelError:
+    architecture = type(timm_model_of(model)).__name__  # the network, not our wrapper
     return UnsupportedModelError(
-        f"{method}: {type(model).__name__} {problem}. {method} covers softmax-attention "
+        f"{method}: {architecture} {problem}. {method} covers softmax-attention "
         f"transformers (ViT, DeiT incl. distilled, EVA, BEiT, CaiT, Swin, register ViTs); "
         f"use 'lrp' for CNNs, or 'chefer' / 'gradcam' for other models."
     )

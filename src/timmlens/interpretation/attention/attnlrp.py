@@ -95,10 +95,12 @@ class _RelevancePropagation(Explainer):
     @classmethod
     def unavailable_reason(cls, model: nn.Module) -> str | None:
         """Why the rules do not cover ``model`` (see `relevance_layout`), or ``None``."""
+        name = getattr(cls, "name", "attnlrp")
         try:
-            relevance_layout(model, getattr(cls, "name", "attnlrp"))
+            relevance_layout(model, name)
         except UnsupportedModelError as error:
-            return str(error)
+            # the registry puts the method's name in front of a reason: not twice
+            return str(error).removeprefix(f"{name}: ")
         return None
 
     def describe(self, targets: ResolvedTargets) -> str:

@@ -276,5 +276,17 @@ class LRP(CaptumInputExplainer):
             f"and for ResNet and EfficientNet/MobileNet blocks, not for "
             f"{describe_modules(bad)} (their forward does arithmetic no rule reads, e.g. a "
             f"residual add, attention, or a layer scale).",
-            "'ig' (Integrated Gradients) or 'inputxgradient'",
+            _alternatives(model),
         )
+
+
+def _alternatives(model: nn.Module) -> str:
+    """What to try where Zennit's composites refuse ``model``: Captum's epsilon rule first
+    where its rules cover every module (VGG, DLA, Res2Net, ConvMixer...)."""
+    others = "'ig' (Integrated Gradients) or 'inputxgradient'"
+    if CaptumEpsilonLRP.unavailable_reason(model) is None:
+        return (
+            "Captum's epsilon rule, which covers it: "
+            f"timmlens.interpretation.LRP(model, composite='captum_epsilon'); or {others}"
+        )
+    return others
