@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from timmlens import DegenerateMapWarning
-from timmlens.errors import TargetError
+from timmlens.errors import TargetError, UnsupportedModelError
 from timmlens.interpretation.cam import (
     FEM,
     KPCACAM,
@@ -454,3 +454,12 @@ def test_numeric_options_are_checked_not_truncated() -> None:
         KPCACAM(model, target_layer=VIT_LAYER, gamma=True)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="alpha must be a finite number"):
         FinerCAM(model, target_layer=VIT_LAYER, alpha=float("nan"))
+
+
+def test_shapleycam_refuses_an_operation_torch_cannot_differentiate_twice():
+    """GhostNet gates with a hard sigmoid, whose backward has no derivative in torch: the
+    Hessian-vector product is impossible, so the method refuses with the cause (it used to
+    crash with torch's bare RuntimeError)."""
+    ghostnet = timm.create_model("ghostnet_100", num_classes=4).eval()
+    with pytest.raises(UnsupportedModelError, match=r"hardsigmoid_backward.*Use 'gradcam'"):
+        ShapleyCAM(ghostnet)(torch.randn(1, 3, 64, 64), 1)

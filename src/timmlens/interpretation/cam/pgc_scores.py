@@ -21,7 +21,7 @@ from torch import nn
 
 from ...adapters import LayerSpec, SpatialView
 from ...adapters.tap import _first_spatial_index
-from ...errors import TargetError
+from ...errors import TargetError, UnsupportedModelError
 from .._targets import CallableTargets, TargetScore
 from ..registry import register_method, resolve_method
 from .engine import CamContext, CAMExplainer, InterpolationMode
@@ -185,13 +185,7 @@ class ShapleyCAM(CAMExplainer):
         result: list[CamContext] = []
         for index, (leaf, grad, view) in enumerate(zip(leaves, grads, views, strict=True)):
             if grad.requires_grad:  # else nothing after the layer is curved: H A = 0
-                (hvp,) = torch.autograd.grad(
-                    grad,
-                    leaf,
-                    leaf.detach(),
-                    retain_graph=index < len(leaves) - 1,
-                    allow_unused=True,
-                )
+                hvp = _hessian_times(grad, leaf, retain_graph=index < len(leaves) - 1)
             else:
                 hvp = None
             hvp = torch.zeros_like(leaf) if hvp is None else hvp
@@ -223,6 +217,27 @@ FINER_BASES = (
     "eigengradcam",
     "gradcamelementwise",
 )
+
+
+def _hessian_times(
+    grad: torch.Tensor, leaf: torch.Tensor, retain_graph: bool
+) -> torch.Tensor | None:
+    """``H A``: the gradient ``grad`` of the score w.r.t. ``leaf`` differentiated again along
+    ``leaf`` (a double backward), or a refusal naming the operation torch cannot twice
+    differentiate (e.g. GhostNet's hard sigmoid gates)."""
+    try:
+        (hvp,) = torch.autograd.grad(
+            grad, leaf, leaf.detach(), retain_graph=retain_graph, allow_unused=True
+        )
+    except RuntimeError as error:
+        if "not implemented" not in str(error):
+            raise
+        raise UnsupportedModelError(
+            "ShapleyCAM needs the second derivative of every operation after the layer (a "
+            f"Hessian-vector product), and torch has none for one of them here ({error}). "
+            "Use 'gradcam' (ShapleyCAM's first-order part) or 'hirescam' instead."
+        ) from None
+    return hvp
 
 
 def finer_scores(
