@@ -222,3 +222,11 @@ def test_layerless_cams_take_the_engines_options(name: str) -> None:
         create_explainer(name, model, eigen_smooth=True)
     with pytest.raises(ValueError, match="does not take eigen_smooth=True"):
         create_explainer(name, model).explain(x, target_class=1, eigen_smooth=True)
+
+
+def test_a_model_that_folds_heads_into_the_batch_is_refused_with_the_cause():
+    """EfficientViT (MSRA) runs BatchNorms on ``(B * heads, ...)``: their bias-gradient maps
+    belong to no one image, so FullGrad refuses (it crashed on a broadcast before)."""
+    model = timm.create_model("efficientvit_m0", num_classes=4).eval()
+    with pytest.raises(UnsupportedModelError, match=r"folds attention heads or windows"):
+        FullGrad(model)(torch.randn(1, 3, 224, 224), 1)

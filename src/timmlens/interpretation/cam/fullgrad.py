@@ -182,6 +182,13 @@ class FullGrad(LayerlessEngineOptions, Explainer):
         by_size: dict[tuple[int, int], list[torch.Tensor]] = {}
         bias_term = torch.zeros(inputs.shape[0], device=inputs.device, dtype=torch.float32)
         for bias, grad in probes:
+            if grad.shape[0] != inputs.shape[0]:
+                raise UnsupportedModelError(
+                    f"FullGrad: a bias layer of this model runs on {grad.shape[0]} rows for a "
+                    f"batch of {inputs.shape[0]} image(s) (the model folds attention heads or "
+                    "windows into the batch), so its bias-gradient map belongs to no one image. "
+                    "Use 'gradcam' or 'hirescam' for this model."
+                )
             contribution = bias.to(grad.dtype)[None, :, None, None] * grad
             bias_term += contribution.flatten(1).sum(dim=1).float()
             summed = channel_minmax(contribution.abs(), self.channel_eps).sum(dim=1)
