@@ -75,6 +75,16 @@ from .smoothing import (
 InterpolationMode = Literal["bilinear", "bicubic", "nearest", "area"]
 _INTERPOLATION_MODES = ("bilinear", "bicubic", "nearest", "area")
 
+
+def check_interpolation(interpolate: str) -> None:
+    """Refuse an upsampling mode the CAM maps cannot use (one message for every method)."""
+    if interpolate not in _INTERPOLATION_MODES:
+        raise ValueError(
+            f"interpolate={interpolate!r} is not supported; use one of "
+            f"{', '.join(_INTERPOLATION_MODES)}."
+        )
+
+
 #: ``eigen_smooth`` of the call running in this thread (a call option, so not kept on the
 #: explainer, which serves threads side by side); read by `CamContext` and `eigen_smoothing`.
 _EIGEN_SMOOTH: ContextVar[bool] = ContextVar("timmlens_cam_eigen_smooth", default=False)
@@ -241,11 +251,7 @@ class CAMExplainer(Explainer):
     ) -> None:
         super().__init__(model)
         self.set_engine_options(aug_smooth, eigen_smooth, layer_fusion)
-        if interpolate not in _INTERPOLATION_MODES:
-            raise ValueError(
-                f"interpolate={interpolate!r} is not supported; use one of "
-                f"{', '.join(_INTERPOLATION_MODES)}."
-            )
+        check_interpolation(interpolate)
         self.adapter = get_adapter(model)
         with self.adapter.layer_errors_of(self.name):
             if target_layer is None and not self.needs_gradients:

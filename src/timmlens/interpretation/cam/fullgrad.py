@@ -37,7 +37,7 @@ from ...errors import UnsupportedModelError
 from .._targets import ResolvedTargets, TargetScore, target_rows
 from ..base import Explainer, Explanation, normalize_maps
 from ..registry import register_method
-from .engine import _INTERPOLATION_MODES, InterpolationMode, upsample_maps
+from .engine import InterpolationMode, check_interpolation, upsample_maps
 from .layerless import LayerlessEngineOptions
 from .smoothing import first_principal_component
 
@@ -128,11 +128,7 @@ class FullGrad(LayerlessEngineOptions, Explainer):
     ) -> None:
         super().__init__(model)
         self.set_engine_options(aug_smooth, eigen_smooth, layer_fusion)
-        if interpolate not in _INTERPOLATION_MODES:
-            raise ValueError(
-                f"interpolate={interpolate!r} is not supported; use one of "
-                f"{', '.join(_INTERPOLATION_MODES)}."
-            )
+        check_interpolation(interpolate)
         if not channel_eps >= 0:
             raise ValueError(f"channel_eps must be >= 0 (0: exact [0, 1]), got {channel_eps}.")
         reason = fullgrad_unavailable_reason(self.model)
