@@ -32,7 +32,6 @@ from .generator import KnownAnswerSet, generate
 #: Seeds of the image pools: the test set is never trained on.
 TRAIN_SEED, TEST_SEED = 1, 0
 PROG = "timmlens groundtruth train"
-DEFAULT_TRAIN_IMAGES = 12_000
 DEFAULT_TEST_IMAGES = 1_000
 
 
@@ -93,7 +92,7 @@ def train(
     pool: KnownAnswerSet,
     *,
     steps: int | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> nn.Module:
@@ -102,6 +101,7 @@ def train(
 
     recipe = known_answer_recipe(spec)
     steps = steps or recipe.steps
+    batch_size = batch_size or recipe.batch_size
     torch.manual_seed(seed)
     model = recipe.create().train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.05)
@@ -134,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         help="recipe to train (repeatable; default: all)",
     )
     parser.add_argument("--steps", type=int, default=None, help="default: the recipe's")
-    parser.add_argument("--train-images", type=int, default=DEFAULT_TRAIN_IMAGES)
+    parser.add_argument(
+        "--train-images", type=int, default=None, help="default: the recipe's pool size"
+    )
     parser.add_argument("--test-images", type=int, default=DEFAULT_TEST_IMAGES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-save", action="store_true", help="train and report only")
@@ -142,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     names = args.model or [r.name for r in RECIPES.values()]
     started = time.perf_counter()
-    pool = generate(args.train_images, size=KNOWN_ANSWER_SIZE, seed=TRAIN_SEED + args.seed)
+    pool_sizes = {
+        name: args.train_images or RECIPES[f"bundled:gt-{name}"].train_images for name in names
+    }
+    pool = generate(max(pool_sizes.values()), size=KNOWN_ANSWER_SIZE, seed=TRAIN_SEED + args.seed)
     test = generate(args.test_images, size=KNOWN_ANSWER_SIZE, seed=TEST_SEED)
     print(
         f"generated {len(pool)} training and {len(test)} test images "
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = f"bundled:gt-{name}"
         started = time.perf_counter()
         steps = args.steps or RECIPES[spec].steps
-        model = train(spec, pool, steps=steps, seed=args.seed)
+        model = train(spec, pool.head(pool_sizes[name]), steps=steps, seed=args.seed)
         seconds = time.perf_counter() - started
         report = interventions(model, test)
         facts: dict[str, Any] = {
@@ -160,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             "train_seconds": round(seconds),
             "steps": steps,
             "seed": args.seed,
-            "train_images": args.train_images,
+            "train_images": pool_sizes[name],
+            "batch_size": RECIPES[spec].batch_size,
         }
         print(f"{spec}: {facts}")
         if not args.no_save:
