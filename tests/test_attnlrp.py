@@ -299,6 +299,20 @@ def test_a_hybrid_vit_with_a_batchnorm_stem_is_ruled_and_conserves() -> None:
     torch.testing.assert_close(total, scores, atol=1e-4, rtol=2e-3)
 
 
+def test_the_heatmap_is_the_positive_relevance_and_signed_keeps_polarity() -> None:
+    """Unsigned: the evidence for the class (positive relevance over channels) divided by
+    its maximum, so a pixel without relevance stays 0; signed: the sum scaled to [-1, 1]."""
+    model, inputs = _model("vit"), _inputs("vit")
+    result = AttnLRP(model).explain_batch_full(inputs, [1, 2])
+    total = result.attributions.sum(dim=1)
+    assert (total < 0).any(), "a test without negative relevance would check nothing"
+    positive = total.clamp_min(0)
+    expected = positive / positive.flatten(1).amax(dim=1).view(-1, 1, 1)
+    torch.testing.assert_close(result.heatmap, expected)
+    signed = AttnLRP(model, signed=True).explain_batch_full(inputs, [1, 2]).heatmap
+    torch.testing.assert_close(signed, total / total.flatten(1).abs().amax(dim=1).view(-1, 1, 1))
+
+
 # ------------------------------------------------------------- (d) the model as found
 def test_model_left_as_found_and_the_forward_unchanged() -> None:
     model = _model("eva02")
