@@ -23,12 +23,11 @@ CHANCE = 1 / len(CLASS_NAMES)
 SHIPPED = [spec for spec in KNOWN_ANSWER_SPECS if RECIPES[spec].weights_path.is_file()]
 #: How many times the object's share of the image each attention method's mass accuracy
 #: must reach on a trained ViT (measured on 48 images of seed 7: AttnLRP and CP-LRP put
-#: about 28x the area share on the object, attention, rollout and Chefer about 11x, LeGrad
-#: 3.4x; a map that knows nothing scores 1x).
+#: about 28x the area share on the object, rollout and Chefer about 11x, LeGrad 3.4x; a
+#: map that knows nothing scores 1x).
 ATTENTION_FLOORS = {
     "attnlrp": 15.0,
     "cplrp": 15.0,
-    "attention": 5.0,
     "rollout": 5.0,
     "chefer": 5.0,
     "legrad": 2.0,
@@ -38,7 +37,9 @@ TRAINED_VITS = [spec for spec in SHIPPED if "vit" in spec or "deit" in spec]
 
 @pytest.fixture(scope="module")
 def test_set():
-    return generate(300, size=64, seed=0)
+    # a fresh seed: neither the training pool (seed 1) nor the test set the figures in the
+    # docs were measured on (seed 0), so the figures must hold for any draw of the task
+    return generate(300, size=64, seed=5)
 
 
 @pytest.fixture(scope="module", params=SHIPPED)
@@ -106,8 +107,7 @@ def test_gradcam_and_gradients_find_the_object_on_the_trained_resnet():
 
 @pytest.mark.parametrize("spec", TRAINED_VITS)
 def test_attention_methods_find_the_object_on_the_trained_vits(spec):
-    """On a ViT that learned the task the attention maps, rollout, Chefer's relevance,
-    LeGrad, AttnLRP and CP-LRP put their relevance on the deciding object; on random
+    """On a ViT that learned the task rollout, Chefer's relevance, LeGrad, AttnLRP and CP-LRP put their relevance on the deciding object; on random
     weights (every ViT test before these models) nothing says where it should be."""
     data = generate(48, size=64, seed=7)
     model = load_model(spec)

@@ -20,8 +20,8 @@ What it writes to ``--out`` (default ``outputs/demo/``, git-ignored):
 * ``interactive/<model>.html`` - self-contained page: methods as buttons, opacity slider,
   colormap menu, zoom, hover values, attention blocks on a slider (ViTs);
 * ``known_answers/gt-vit.png`` - the ViT trained on the synthetic task of
-  ``timmlens.groundtruth`` (``bundled:gt-vit``, ships with the package): attention,
-  rollout, Chefer, LeGrad, AttnLRP and CP-LRP on three images whose deciding object is
+  ``timmlens.groundtruth`` (``bundled:gt-vit``, ships with the package): rollout,
+  Chefer, LeGrad, AttnLRP, CP-LRP and GradCAM on three images whose deciding object is
   known (outlined in cyan), each titled with its share of relevance on that object; the
   one ViT picture here from a model that learned something when the hub is offline;
 * ``metrics.csv`` and ``metrics.md`` - insertion (higher is better), deletion (lower is
@@ -305,7 +305,7 @@ def attention_stage(m: Model, photo: Photo, target: int, out: Path) -> dict[str,
 
 
 #: The attention and relevance methods shown on the trained known-answer ViT.
-KNOWN_ANSWER_METHODS = ("attention", "rollout", "chefer", "legrad", "attnlrp", "cplrp")
+KNOWN_ANSWER_METHODS = ("rollout", "chefer", "legrad", "attnlrp", "cplrp", "gradcam")
 
 
 def known_answer_stage(out: Path, spec: str = "bundled:gt-vit") -> Path:
