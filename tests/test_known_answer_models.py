@@ -107,8 +107,9 @@ def test_gradcam_and_gradients_find_the_object_on_the_trained_resnet():
 
 @pytest.mark.parametrize("spec", TRAINED_VITS)
 def test_attention_methods_find_the_object_on_the_trained_vits(spec):
-    """On a ViT that learned the task rollout, Chefer's relevance, LeGrad, AttnLRP and CP-LRP put their relevance on the deciding object; on random
-    weights (every ViT test before these models) nothing says where it should be."""
+    """On a ViT that learned the task rollout, Chefer's relevance, LeGrad, AttnLRP and
+    CP-LRP put their relevance on the deciding object; on random weights (every ViT test
+    before these models) nothing says where it should be."""
     data = generate(48, size=64, seed=7)
     model = load_model(spec)
     for method, floor in ATTENTION_FLOORS.items():
