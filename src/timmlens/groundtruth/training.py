@@ -95,8 +95,14 @@ def train(
     batch_size: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    check: KnownAnswerSet | None = None,
+    check_every: int = 250,
 ) -> nn.Module:
-    """Train the recipe of ``spec`` on ``pool`` (random flips), deterministically by ``seed``."""
+    """Train the recipe of ``spec`` on ``pool`` (random flips), deterministically by ``seed``.
+
+    With ``check`` (held-out images), print its accuracy every ``check_every`` steps: the
+    training does not depend on it (no random draw, eval mode only for the check).
+    """
     from tqdm.auto import tqdm
 
     recipe = known_answer_recipe(spec)
@@ -122,6 +128,10 @@ def train(
         optimiser.step()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if check is not None and (step + 1) % check_every == 0:
+            held_out = accuracy(model, check.images, check.labels)
+            bar.write(f"{spec} step {step + 1}: held-out accuracy {held_out:.3f}")
+            model.train()
     return round_to_shipped_precision(model.eval())
 
 
@@ -140,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-images", type=int, default=DEFAULT_TEST_IMAGES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-save", action="store_true", help="train and report only")
+    parser.add_argument(
+        "--check-every",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="print the accuracy on 300 test images every STEPS steps (default: never)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     names = args.model or [r.name for r in RECIPES.values()]
@@ -157,7 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         spec = f"bundled:gt-{name}"
         started = time.perf_counter()
         steps = args.steps or RECIPES[spec].steps
-        model = train(spec, pool.head(pool_sizes[name]), steps=steps, seed=args.seed)
+        model = train(
+            spec,
+            pool.head(pool_sizes[name]),
+            steps=steps,
+            seed=args.seed,
+            check=test.head(300) if args.check_every else None,
+            check_every=args.check_every or 250,
+        )
         seconds = time.perf_counter() - started
         report = interventions(model, test)
         facts: dict[str, Any] = {
