@@ -247,8 +247,8 @@ def test_the_page_is_rebuilt_from_every_models_raw_file(tmp_path):
     write_raw(raw_path("bundled:gt-resnet", tmp_path), first, "note one")
     page = tmp_path / "page.md"
     assert page_from_raw(tmp_path, page) == ["bundled:gt-resnet"]
-    write_raw(raw_path("bundled:gt-efficientnet", tmp_path), second, "note two")
-    assert page_from_raw(tmp_path, page) == ["bundled:gt-resnet", "bundled:gt-efficientnet"]
+    write_raw(raw_path("bundled:gt-vit", tmp_path), second, "note two")
+    assert page_from_raw(tmp_path, page) == ["bundled:gt-resnet", "bundled:gt-vit"]
     text = page.read_text()
     assert "note one" in text and "note two" in text
     # the overview: each method's rank on each model, best mean rank first

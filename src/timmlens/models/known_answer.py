@@ -144,14 +144,6 @@ RECIPES: dict[str, KnownAnswerRecipe] = {
             what="ResNet-10-T (4 basic blocks, output stride 8: an 8x8 CAM grid), average pool",
         ),
         KnownAnswerRecipe(
-            "efficientnet",
-            "tinynet_e",
-            {"output_stride": 8},
-            steps=1000,
-            what="EfficientNet (TinyNet-E: MBConv blocks with squeeze-excitation, SiLU; "
-            "output stride 8: an 8x8 CAM grid), average pool",
-        ),
-        KnownAnswerRecipe(
             "vit",
             "vit_tiny_patch16_224",
             dict(_VIT),
