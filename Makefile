@@ -5,6 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 # torch is pinned only here, to the build this machine ships on disk; pyproject keeps a lower bound.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+# Without an NVIDIA GPU, torch's CPU build (no CUDA libraries: a dev venv of about 2 GB instead
+# of 6.5 GB) comes from this index when it answers; otherwise the default build from PyPI
+# (tools/install_torch.py; TIMMLENS_TORCH=cuda|cpu|auto overrides the choice).
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: groundtruth known-answers demo test test-all lint bench docs docs-check clean-venv chromium
 
@@ -13,7 +17,8 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.torch-stamp: | $(BIN)/python
-	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH_PINS)
+	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || \
+		$(BIN)/python tools/install_torch.py --index $(TORCH_CPU_INDEX) $(TORCH_PINS)
 	touch $@
 
 $(VENV)/.base-stamp: pyproject.toml $(VENV)/.torch-stamp

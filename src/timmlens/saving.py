@@ -20,7 +20,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -470,20 +470,43 @@ def save_batch_explanation(
     return save_explanation(path, {name: heatmap}, metadata, probabilities=probabilities)
 
 
-def batch_figure(heatmap: torch.Tensor, targets: torch.Tensor | None, method: str = "") -> Any:
-    """The ``(B, H, W)`` maps of a batch side by side, titled with their ``(B,)`` targets
-    (no photos: an Explanation keeps none)."""
-    from .viz.static import OverlayPanel, plot_grid
+def batch_figure(
+    heatmap: torch.Tensor,
+    titles: Sequence[str],
+    method: str = "",
+    *,
+    pictures: Sequence[Any] | None = None,
+    geometries: Sequence[ImageGeometry | None] | None = None,
+    note: str | None = None,
+    **options: Any,
+) -> Any:
+    """The ``(B, H, W)`` maps of a batch, each on its photo and under its title.
+
+    Args:
+        heatmap: ``(B, H, W)`` maps in model-input coordinates.
+        titles: one per image (the classes, named).
+        method: the method, above the grid.
+        pictures: one photo per image (PIL, ``HWC`` array or ``(3, H, W)`` tensor in
+            [0, 1]); ``None`` draws the maps on black.
+        geometries: one per image, mapping each map onto its photo.
+        note: a weights note (``"random weights"``) for the heading.
+        options: `timmlens.viz.static.plot_images`'s (``cmap``, ``alpha``, ``crop``,
+            ``ncols``).
+    """
+    from .viz.static import plot_images
 
     maps = heatmap.detach().float().cpu()
-    target_list = [] if targets is None else targets.tolist()
-    panels = [
-        OverlayPanel(
-            np.zeros((*maps.shape[-2:], 3), dtype=np.uint8),
-            maps[i],
-            None,
-            f"image {i}" + (f", class {target_list[i]}" if i < len(target_list) else ""),
-        )
-        for i in range(maps.shape[0])
-    ]
-    return plot_grid(panels, ncols=4, suptitle=method, alpha=1.0, panel_size=2.2)
+    black = np.zeros((*maps.shape[-2:], 3), dtype=np.uint8)
+    images = list(pictures) if pictures is not None else [black] * maps.shape[0]
+    # a bare map has nothing to blend with: drawn opaque
+    options.setdefault("alpha", 0.5 if pictures is not None else 1.0)
+    options.setdefault("ncols", 4)
+    return plot_images(
+        images,
+        maps,
+        list(geometries) if pictures is not None and geometries is not None else None,
+        labels=list(titles),
+        method=method or None,
+        note=note,
+        **options,
+    )

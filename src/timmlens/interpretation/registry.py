@@ -160,7 +160,8 @@ def register_method(
 ) -> Callable[[ExplainerType], ExplainerType]:
     """Class decorator: register an [`Explainer`][] subclass as method ``name``.
 
-    Sets ``cls.name = name``, so results, rows and figures use the registry name.
+    Sets ``cls.name = name`` and ``cls.title = title``, so results, rows and figures use
+    the registry name and figures the display name.
 
     Args:
         name: the canonical name: lower case, no spaces (``"gradcampp"``).
@@ -219,6 +220,7 @@ def register_method(
         _check_options(spec, spec.quick_options, "quick option")
         _REGISTRY.add(spec, builtin=spec.builtin, same=_same_class)
         cls.name = name
+        cls.title = title
         return cls
 
     return decorate
