@@ -275,6 +275,44 @@ def test_cplrp_conserves_the_logit_without_biases(key: str) -> None:
     torch.testing.assert_close(total, scores, atol=1e-4, rtol=2e-3)
 
 
+def test_a_hybrid_vit_with_a_batchnorm_stem_is_ruled_and_conserves() -> None:
+    """The known-answer ViTs' conv stem (conv, BatchNorm, ReLU): BatchNorm in eval mode is
+    a per-channel affine map, so with biases and running means at zero CP-LRP with LRP-0
+    still conserves the logit, and AttnLRP runs zero-config through the registry."""
+    from timmlens.models.known_answer import known_answer_recipe
+
+    torch.manual_seed(0)
+    model = known_answer_recipe("bundled:gt-vit").create().eval()
+    assert supports(model, "attnlrp") and supports(model, "cplrp")
+    inputs = torch.randn(2, 3, 64, 64)
+    assert as_explainer("attnlrp", model)(inputs, target_class=[1, 2]).shape == (2, 64, 64)
+    model = _without_biases(model)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.zero_()
+                module.running_var.uniform_(0.5, 2.0)  # a scale that is not 1
+    result = CPLRP(model, linear_rule="zero").explain_batch_full(inputs, [1, 2])
+    total = result.attributions.sum(dim=(1, 2, 3))
+    scores = result.extras["target_scores"]
+    assert scores.abs().min() > 1e-4, "a test on a zero logit would check nothing"
+    torch.testing.assert_close(total, scores, atol=1e-4, rtol=2e-3)
+
+
+def test_the_heatmap_is_the_positive_relevance_and_signed_keeps_polarity() -> None:
+    """Unsigned: the evidence for the class (positive relevance over channels) divided by
+    its maximum, so a pixel without relevance stays 0; signed: the sum scaled to [-1, 1]."""
+    model, inputs = _model("vit"), _inputs("vit")
+    result = AttnLRP(model).explain_batch_full(inputs, [1, 2])
+    total = result.attributions.sum(dim=1)
+    assert (total < 0).any(), "a test without negative relevance would check nothing"
+    positive = total.clamp_min(0)
+    expected = positive / positive.flatten(1).amax(dim=1).view(-1, 1, 1)
+    torch.testing.assert_close(result.heatmap, expected)
+    signed = AttnLRP(model, signed=True).explain_batch_full(inputs, [1, 2]).heatmap
+    torch.testing.assert_close(signed, total / total.flatten(1).abs().amax(dim=1).view(-1, 1, 1))
+
+
 # ------------------------------------------------------------- (d) the model as found
 def test_model_left_as_found_and_the_forward_unchanged() -> None:
     model = _model("eva02")

@@ -60,6 +60,7 @@ def test_example_writes_every_kind_of_output(example, tmp_path, capsys, monkeypa
         f"attention/{slug}_blocks.png",
         f"attention/{slug}_rollout.png",
         f"interactive/{slug}.html",
+        "known_answers/gt-vit.png",
         "metrics.csv",
         "metrics.md",
     ]

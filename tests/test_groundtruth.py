@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -211,3 +213,57 @@ def test_ranking_agreement_is_kendalls_tau():
     assert same.tau == pytest.approx(1.0) and reverse.tau == pytest.approx(-1.0)
     assert flipped.tau == pytest.approx(1.0)
     assert same.low <= same.tau <= same.high
+
+
+def test_head_is_the_smaller_draw(sample):
+    head = sample.head(5)
+    small = generate(5, size=64, seed=3)
+    assert len(head) == 5 and np.array_equal(head.images, small.images)
+    assert np.array_equal(head.evidence, small.evidence)
+    assert len(head.distractor_masks) == 5
+
+
+def _fake_results(order: list[str], images: int = 40, seed: int = 0):
+    """MethodScores whose mass accuracy decreases along ``order``, with two metrics."""
+    from timmlens.groundtruth.benchmark import MethodScores
+
+    rng = np.random.default_rng(seed)
+    results = {}
+    for position, name in enumerate(order):
+        mass = np.clip(0.8 - 0.2 * position + 0.02 * rng.standard_normal(images), 0, 1)
+        scores = {k: mass for k in ("mass accuracy", "rank accuracy", "pointing game")}
+        scores["energy pointing game"] = mass
+        metrics = {"insertion": mass + 0.01 * rng.standard_normal(images)}
+        metrics["deletion"] = 1 - metrics["insertion"]
+        results[name] = MethodScores(name, scores, metrics, images=images)
+    return results
+
+
+def test_the_page_is_rebuilt_from_every_models_raw_file(tmp_path):
+    from timmlens.groundtruth.report import page_from_raw, raw_path, write_raw
+
+    first = _fake_results(["gradcam", "saliency", "randomcam"])
+    second = _fake_results(["saliency", "randomcam", "gradcam"], seed=1)
+    write_raw(raw_path("bundled:gt-resnet", tmp_path), first, "note one")
+    page = tmp_path / "page.md"
+    assert page_from_raw(tmp_path, page) == ["bundled:gt-resnet"]
+    write_raw(raw_path("bundled:gt-vit", tmp_path), second, "note two")
+    assert page_from_raw(tmp_path, page) == ["bundled:gt-resnet", "bundled:gt-vit"]
+    text = page.read_text()
+    assert "note one" in text and "note two" in text
+    # the overview: each method's rank on each model, best mean rank first
+    overview = text.split("at a glance")[1].split("\n\n")[1].splitlines()
+    assert re.fullmatch(r"\| `saliency` \| 0\.[56]\d\d \(2\) \| 0\.[78]\d\d \(1\) \|", overview[2])
+    assert re.fullmatch(r"\| `gradcam` \| 0\.[78]\d\d \(1\) \| 0\.[34]\d\d \(3\) \|", overview[3])
+    assert "`randomcam` (reference)" in overview[4]
+    # the metric agreement: insertion follows the ranking, deletion is turned round
+    agreement = text.split("## Which metric to believe")[1]
+    assert "| insertion | +1.00" in agreement and "| deletion | +1.00" in agreement
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_page_without_results_says_what_to_run(tmp_path):
+    from timmlens.groundtruth.report import page_from_raw
+
+    with pytest.raises(FileNotFoundError, match=r"no known-answer results.*--model"):
+        page_from_raw(tmp_path, tmp_path / "page.md")

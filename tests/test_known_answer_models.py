@@ -13,20 +13,34 @@ from timmlens.groundtruth import CLASS_NAMES, generate
 from timmlens.groundtruth.benchmark import benchmark_model, model_inputs
 from timmlens.groundtruth.scores import pointing_hits, relevance_mass_accuracy
 from timmlens.groundtruth.training import interventions
-from timmlens.interpretation.registry import as_explainer
+from timmlens.interpretation.registry import as_explainer, supports
 from timmlens.models import load_model, weights_status
 from timmlens.models.introspect import data_config, model_class_names
 from timmlens.models.known_answer import KNOWN_ANSWER_SPECS, RECIPES
 
 CHANCE = 1 / len(CLASS_NAMES)
-#: The recipes whose trained weights ship with the package (the ViT recipes do not yet
-#: reach the task's 95% on a CPU budget: see docs/known_answers.md).
+#: The recipes whose trained weights ship with the package.
 SHIPPED = [spec for spec in KNOWN_ANSWER_SPECS if RECIPES[spec].weights_path.is_file()]
+#: How many times the object's share of the image each attention method's mass accuracy
+#: must reach on a trained ViT (measured on 48 images of seed 7, gt-vit / gt-vit-gap:
+#: AttnLRP and CP-LRP put 28x / 24x the area share on the object, Chefer 11x / 8x, rollout
+#: 11x / 4x (no class token to read: every token's row), LeGrad 3.4x / 2.6x; a map that
+#: knows nothing scores 1x).
+ATTENTION_FLOORS = {
+    "attnlrp": 15.0,
+    "cplrp": 15.0,
+    "rollout": 3.0,
+    "chefer": 5.0,
+    "legrad": 2.0,
+}
+TRAINED_VITS = [spec for spec in SHIPPED if "vit" in spec or "deit" in spec]
 
 
 @pytest.fixture(scope="module")
 def test_set():
-    return generate(300, size=64, seed=0)
+    # a fresh seed: neither the training pool (seed 1) nor the test set the figures in the
+    # docs were measured on (seed 0), so the figures must hold for any draw of the task
+    return generate(300, size=64, seed=5)
 
 
 @pytest.fixture(scope="module", params=SHIPPED)
@@ -52,8 +66,8 @@ def test_every_model_decides_by_the_evidence(shipped, test_set):
     assert report.without_distractor >= 0.95  # a distractor removed: no change
 
 
-def test_the_cnns_ship():
-    assert {"bundled:gt-resnet"} <= set(SHIPPED)
+def test_the_cnns_and_the_vits_ship():
+    assert {"bundled:gt-resnet", "bundled:gt-vit"} <= set(SHIPPED)
 
 
 def test_a_recipe_without_shipped_weights_says_how_to_train_them(monkeypatch, tmp_path):
@@ -90,6 +104,22 @@ def test_gradcam_and_gradients_find_the_object_on_the_trained_resnet():
     assert mass > 3 * area
     mass, hits, area = _mass_and_hits("bundled:gt-resnet", "guidedbackprop", data)
     assert mass > 5 * area and hits > 0.8
+
+
+@pytest.mark.parametrize("spec", TRAINED_VITS)
+def test_attention_methods_find_the_object_on_the_trained_vits(spec):
+    """On a ViT that learned the task rollout, Chefer's relevance, LeGrad, AttnLRP and
+    CP-LRP put their relevance on the deciding object; on random weights (every ViT test
+    before these models) nothing says where it should be."""
+    data = generate(48, size=64, seed=7)
+    model = load_model(spec)
+    for method, floor in ATTENTION_FLOORS.items():
+        if not supports(model, method):
+            continue
+        mass, hits, area = _mass_and_hits(spec, method, data)
+        assert mass > floor * area, (method, mass, area)
+        if method in ("attnlrp", "cplrp"):
+            assert hits > 0.8, (method, hits)  # their maximum is on the object
 
 
 def test_benchmark_refuses_a_size_the_models_were_not_trained_at():

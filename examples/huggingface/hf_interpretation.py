@@ -19,6 +19,11 @@ What it writes to ``--out`` (default ``outputs/demo/``, git-ignored):
   class-token attention per block and head, plain and class-specific rollout;
 * ``interactive/<model>.html`` - self-contained page: methods as buttons, opacity slider,
   colormap menu, zoom, hover values, attention blocks on a slider (ViTs);
+* ``known_answers/gt-vit.png`` - the ViT trained on the synthetic task of
+  ``timmlens.groundtruth`` (``bundled:gt-vit``, ships with the package): rollout,
+  Chefer, LeGrad, AttnLRP, CP-LRP and GradCAM on three images whose deciding object is
+  known (outlined in cyan), each titled with its share of relevance on that object; the
+  one ViT picture here from a model that learned something when the hub is offline;
 * ``metrics.csv`` and ``metrics.md`` - insertion (higher is better), deletion (lower is
   better) and sensitivity-n (higher is better) per model and method.
 
@@ -299,6 +304,30 @@ def attention_stage(m: Model, photo: Photo, target: int, out: Path) -> dict[str,
     return {f"block {i}": per_block[i] for i in range(per_block.shape[0])}
 
 
+#: The attention and relevance methods shown on the trained known-answer ViT.
+KNOWN_ANSWER_METHODS = ("rollout", "chefer", "legrad", "attnlrp", "cplrp", "gradcam")
+
+
+def known_answer_stage(out: Path, spec: str = "bundled:gt-vit") -> Path:
+    """The trained known-answer ViT's attention methods on three images, evidence outlined."""
+    from timmlens.groundtruth import generate
+    from timmlens.groundtruth.figures import evidence_figure
+
+    model = load_model(spec)
+    data = generate(3, size=64, seed=0)
+    title = f"{spec}, trained on the synthetic task: true class, deciding object in cyan"
+    return evidence_figure(
+        model,
+        data,
+        KNOWN_ANSWER_METHODS,
+        title,
+        out / "known_answers" / "gt-vit.png",
+        columns=len(KNOWN_ANSWER_METHODS) + 1,
+        dpi=100,
+        mass_in_titles=True,
+    )
+
+
 def write_table(rows: list[dict[str, Any]], out: Path) -> str:
     """``metrics.csv`` and ``metrics.md``; returns the Markdown table."""
     columns = list(rows[0]) if rows else []
@@ -381,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     architectures_stage(models, photos, args.out)
     layers_stage(models, photos, args.out)
     rows = methods_stage(models, photos[0], args.out)
+    known_answer_stage(args.out)
     print("\n" + write_table(rows, args.out))
     list_outputs(args.out)
     print(f"\ndone in {time.perf_counter() - start:.0f} s")

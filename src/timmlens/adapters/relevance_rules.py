@@ -71,6 +71,9 @@ PASS_THROUGH = frozenset(
         "torch.nn.modules.activation.Softmax",  # inside attention: AttnLRP's softmax rule
         "torch.nn.modules.pooling.AdaptiveAvgPool2d",
         "torch.nn.modules.pooling.AdaptiveAvgPool1d",
+        # in eval mode a per-channel affine map (the conv stem of a hybrid ViT): LRP-0
+        # on it is gradient x input, as on LayerScale
+        "torch.nn.modules.batchnorm.BatchNorm2d",
         "timm.layers.drop.DropPath",
         "timm.layers.patch_dropout.PatchDropout",
         "timm.layers.layer_scale.LayerScale",
@@ -126,7 +129,7 @@ def relevance_layout(model: nn.Module, method: str = "attnlrp") -> RelevanceLayo
     Raises:
         UnsupportedModelError: no softmax attention (a CNN), an attention module whose
             arithmetic no rule covers (gated, cosine, cross-covariance attention), or a
-            leaf module of a kind no rule covers (BatchNorm in a hybrid ViT, ...); the
+            leaf module of a kind no rule covers (GroupNorm in a hybrid ViT, ...); the
             message names the modules.
     """
     attention, gated, unknown = [], [], []

@@ -13,6 +13,7 @@ from torch import nn
 from ..interpretation.registry import as_explainer
 from .benchmark import method_options, model_inputs
 from .generator import KnownAnswerSet
+from .scores import relevance_mass_accuracy
 
 
 def method_maps(
@@ -39,9 +40,11 @@ def evidence_figure(
     path: str | Path,
     columns: int = 10,
     dpi: int = 80,
+    mass_in_titles: bool = False,
 ) -> Path:
     """For each image, the image then every method's map, ``columns`` to a row; the
-    evidence outlined in cyan."""
+    evidence outlined in cyan (with ``mass_in_titles``, each map's relevance mass
+    accuracy in its title)."""
     from matplotlib.figure import Figure
 
     maps = method_maps(model, data, methods)
@@ -54,7 +57,15 @@ def evidence_figure(
         ax.set_axis_off()
     for index in range(len(data)):
         cells = [(data.class_names[data.labels[index]], data.images[index], None)]
-        cells += [(name, maps[name][index], "inferno") for name in methods]
+        for name in methods:
+            label = name
+            if mass_in_titles:
+                mass = relevance_mass_accuracy(
+                    torch.from_numpy(maps[name][index : index + 1]),
+                    torch.from_numpy(data.evidence[index : index + 1]),
+                )
+                label = f"{name}: {float(mass[0]):.2f}"
+            cells.append((label, maps[name][index], "inferno"))
         for position, (label, picture, cmap) in enumerate(cells):
             row, col = divmod(position, columns)
             ax = axes[index * rows_per_image + row, col]

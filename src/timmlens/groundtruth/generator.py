@@ -15,7 +15,7 @@ first ten images of ``generate(1000, seed=s)``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -80,6 +80,18 @@ class KnownAnswerSet:
     def without(self, masks: np.ndarray) -> np.ndarray:
         """The images with the pixels of ``masks`` ``(N, H, W)`` refilled with background."""
         return np.where(masks[..., None], self.backgrounds, self.images)
+
+    def head(self, n: int) -> KnownAnswerSet:
+        """The first ``n`` images: what ``generate(n, seed=self.seed)`` would return."""
+        return replace(
+            self,
+            images=self.images[:n],
+            labels=self.labels[:n],
+            evidence=self.evidence[:n],
+            distractors=self.distractors[:n],
+            distractor_masks=self.distractor_masks[:n],
+            backgrounds=self.backgrounds[:n],
+        )
 
 
 def _check(n: int, size: int, seed: int) -> None:

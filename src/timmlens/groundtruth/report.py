@@ -29,8 +29,16 @@ from .scores import SCORES
 
 PRIMARY = "mass accuracy"
 PROG = "timmlens groundtruth benchmark"
-#: Where a run keeps its per-image values (`load_raw`, `page_from_raw` read them back).
-RAW = Path("outputs/known_answers/raw.json")
+#: Where a run keeps each model's per-image values (`load_raw`, `page_from_raw` read
+#: them back), one file per model so models can be run one at a time.
+RAW_DIR = Path("outputs/known_answers")
+
+
+def raw_path(spec: str, folder: Path = RAW_DIR) -> Path:
+    """The file that keeps the per-image values of ``spec``'s run."""
+    return Path(folder) / f"raw-{spec.split(':', 1)[1]}.json"
+
+
 #: The page's text above the generated tables.
 INTRO = """# Which method finds the evidence?
 
@@ -40,16 +48,35 @@ other. Here the answer is known by construction. `timmlens.groundtruth.generate`
 64 px images with one **deciding object** (a shape of one colour: six classes such as
 "red circle" or "yellow square") among two to four **distractors** (the other shape and
 colour combinations, drawn independently of the label) on a cluttered background
-(CLEVR-XAI, Arras et al. 2022, and FunnyBirds, Hesse et al. 2023, in miniature). Small
-timm models are trained on it on CPU (`timmlens groundtruth train`, from a seed; recipes
-`gt-resnet`, `gt-convnext`, `gt-vit`, `gt-vit-gap`, `gt-deit`), and those that reach 95%
-ship with the package in float16 (`bundled:gt-resnet`, 1.4 MB).
+(CLEVR-XAI, Arras et al. 2022, and FunnyBirds, Hesse et al. 2023, in miniature). Four
+small timm models, a CNN and three ViTs, are trained on it on CPU (`timmlens groundtruth
+train`, from a seed) and ship with the package in float16 (`bundled:gt-resnet`,
+`bundled:gt-vit`, `bundled:gt-vit-gap`, `bundled:gt-deit`; {megabytes} MB in all).
 
-**The shipped model uses the evidence, and only it.** With the deciding object refilled
-with background its accuracy falls to chance (1/6 = 0.167); with a distractor removed it
-does not move:
+**The models use the evidence, and only it.** With the deciding object refilled with
+background their accuracy falls to chance (1/6 = 0.167); with a distractor removed it
+does not move (1000 test images of seed 0; none of them was trained on):
 
 {models}
+
+!!! note "The ViTs have a convolutional stem; one CNN so far"
+    A ViT whose patch embedding is a linear projection of 8 px or 4 px patches did not
+    learn the task on a CPU budget: it found which colours and shapes were in the image
+    but not which shape had which colour (test accuracy 0.45 after 800 steps with 8 px
+    patches, 0.36 after 400 steps with 4 px patches; a Swin with 4 px patches 0.33 after
+    400 steps), where the ResNet is at 0.99 after 600. The known-answer ViTs therefore
+    embed patches with three stride-2 3x3 convolutions (BatchNorm, ReLU; 8x8 tokens of
+    8x8 px), timm's `HybridEmbed` in place of the linear projection: the "hybrid" ViT of
+    Dosovitskiy et al. (2021) and the convolutional stem of Xiao et al. (2021).
+    Everything after the stem is timm's `VisionTransformer` with a class token
+    (`gt-vit`), average pooling (`gt-vit-gap`) or class and distillation tokens
+    (`gt-deit`), and every attention method reads its blocks as it reads any ViT's.
+
+    A second CNN does not ship yet: no ConvNeXt or EfficientNet reached 95% within the
+    CPU budget. A ConvNeXt reached 0.33 after 400 steps with its patchify stem, 0.38
+    after 600 with an overlapping stem and 0.36 after 500 with layer scale starting at 1;
+    TinyNet-E (timm's EfficientNet family) 0.84 after 1000 steps at output stride 8 (29
+    min on one core) and 0.68 after 1000 of 1500 steps at output stride 16.
 
 **Scores against the evidence mask** (per image; mean [95% CI], clipped to [0, 1]):
 *mass accuracy*, the share of the map's positive relevance inside the deciding object
@@ -63,17 +90,12 @@ the reference rows) scores about 0.03. Slow perturbation methods (occlusion, fea
 ablation, Shapley sampling, KernelSHAP, LIME, RISE, ScoreCAM, AblationCAM) run at their
 registered quick settings (where they have them) on fewer images; their pairs with the
 others use the images both have. Regenerate with `python -m timmlens.groundtruth.report
---out docs/known_answers.md --figures docs/images` (`make known-answers`).
+--out docs/known_answers.md --figures docs/images` (`make known-answers`; one model:
+`--model bundled:gt-vit`, the page is rebuilt from every model's saved values).
 
-!!! warning "What this page rests on today"
-    One shipped model: `bundled:gt-resnet`. The ViT, ViT-GAP and DeiT recipes do not yet
-    reach 95% test accuracy on a CPU training budget (the first ViT run: 0.56 after 1500
-    steps), and the ConvNeXt run was stopped early, so none of them ships and the
-    attention methods (rollout, Chefer, LeGrad) are not ranked here yet. A ranking on one
-    CNN says what finds the evidence *in that CNN*; read the ViT rows before choosing for
-    a transformer.
+{overview}
 
-![Every method on three test images of gt-resnet; the deciding object in cyan](FIGURE)
+{figures}
 """
 
 
@@ -142,9 +164,58 @@ def _section(spec: str, results: Mapping[str, MethodScores], note: str) -> str:
     return f"## `{spec}`: {RECIPES[spec].what}\n\n{ranking_table(results)}\n\n{note}\n"
 
 
-def _intro(specs: Sequence[str]) -> str:
-    figure = "images/known_answers_gt-resnet.png"
-    return INTRO.replace("{models}", models_table(specs)).replace("FIGURE", figure)
+def _intro(per_model: Mapping[str, Mapping[str, MethodScores]]) -> str:
+    specs = list(per_model)
+    megabytes = (
+        sum(
+            RECIPES[spec].weights_path.stat().st_size
+            for spec in KNOWN_ANSWER_SPECS
+            if RECIPES[spec].weights_path.is_file()
+        )
+        / 1e6
+    )
+    figures = "\n\n".join(
+        f"![Every method on three test images of {spec}; the deciding object in cyan]"
+        f"(images/known_answers_{spec.split(':', 1)[1]}.png)"
+        for spec in specs
+    )
+    return (
+        INTRO.replace("{megabytes}", f"{megabytes:.1f}")
+        .replace("{models}", models_table(specs))
+        .replace("{overview}", overview_table(per_model))
+        .replace("{figures}", figures)
+    )
+
+
+def overview_table(per_model: Mapping[str, Mapping[str, MethodScores]]) -> str:
+    """Markdown: each method's mass accuracy and rank on every model, best mean rank first."""
+    specs = list(per_model)
+    ranks: dict[str, dict[str, int]] = {}
+    for spec, results in per_model.items():
+        order = sorted(results, key=lambda n: -np.nanmean(results[n].scores[PRIMARY]))
+        for position, name in enumerate(order, 1):
+            ranks.setdefault(name, {})[spec] = position
+    names = sorted(ranks, key=lambda n: (np.mean(list(ranks[n].values())), n))
+    head = ["method", *(f"`{spec.split(':', 1)[1]}`" for spec in specs)]
+    lines = [
+        "**Every model at a glance**: mass accuracy (rank on that model; a blank: the method "
+        "does not apply), methods by their mean rank.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for name in names:
+        cells = []
+        for spec in specs:
+            result = per_model[spec].get(name)
+            cells.append(
+                ""
+                if result is None
+                else f"{np.nanmean(result.scores[PRIMARY]):.3f} ({ranks[name][spec]})"
+            )
+        label = f"`{name}`" + (" (reference)" if name in REFERENCES else "")
+        lines.append("| " + " | ".join([label, *cells]) + " |")
+    return "\n".join(lines)
 
 
 def models_table(specs: Sequence[str]) -> str:
@@ -155,7 +226,7 @@ def models_table(specs: Sequence[str]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for spec in specs:
-        facts = known_answer_facts(spec)
+        facts = known_answer_facts(spec) if RECIPES[spec].weights_path.is_file() else {}
         nan = float("nan")
         lines.append(
             f"| `{spec}` | {RECIPES[spec].what} | {facts.get('accuracy', nan):.3f} | "
@@ -173,13 +244,17 @@ def run(
     metrics: Sequence[str],
     out: Path,
     metric_images: int = 100,
+    raw_dir: Path = RAW_DIR,
 ) -> dict[str, dict[str, MethodScores]]:
-    """Benchmark ``specs`` on ``images`` test images; write the tables to ``out`` as it goes."""
+    """Benchmark ``specs`` on ``images`` test images, each model's values to its raw file.
+
+    After each model the page ``out`` is rebuilt from every raw file in ``raw_dir``, so
+    models benchmarked in separate runs (or a stopped run's finished models) share one page.
+    """
     from ..models import load_model
 
     data = generate(images, size=KNOWN_ANSWER_SIZE, seed=0)
     per_model: dict[str, dict[str, MethodScores]] = {}
-    sections = [_intro(specs)]
     for spec in specs:
         started = time.perf_counter()
         model = load_model(spec)
@@ -187,16 +262,13 @@ def run(
             model, data, slow_images=slow_images, metrics=metrics, metric_images=metric_images
         )
         minutes = (time.perf_counter() - started) / 60
-        sections.append(
-            _section(
-                spec,
-                per_model[spec],
-                f"({len(data)} test images, seed 0; slow methods on the first {slow_images}; "
-                f"metrics on the first {metric_images}; {minutes:.1f} min on this machine)",
-            )
+        note = (
+            f"({len(data)} test images, seed 0; slow methods on the first {slow_images}; "
+            f"metrics on the first {metric_images}; {minutes:.1f} min on this machine)"
         )
-        print(sections[-1], flush=True)
-        _write(out, sections, per_model, metrics)
+        write_raw(raw_path(spec, raw_dir), per_model[spec], note)
+        page_from_raw(raw_dir, out)
+        print(_section(spec, per_model[spec], note), flush=True)
     return per_model
 
 
@@ -206,27 +278,18 @@ AGREEMENT_INTRO = """
 Each faithfulness metric ranks the methods by its own mean over the same images; the
 table gives Kendall's tau between that ranking and the known-answer ranking (mass
 accuracy), with a 95% bootstrap interval over images (a metric where lower is better is
-turned round first). tau = +1: the metric orders the methods as the evidence does; 0: no
-relation. Metrics run at 16 curve steps and their other defaults.
+turned round first), for each model. tau = +1: the metric
+orders the methods as the evidence does; 0: no relation. Metrics run at 16 curve steps
+and their other defaults.
 
 """
 
 
-def _write(
-    out: Path,
-    sections: list[str],
-    per_model: Mapping[str, Mapping[str, MethodScores]],
-    metrics: Sequence[str],
-) -> None:
-    """The tables so far (a stopped run keeps its finished models) and the raw values."""
-    text = "\n".join(sections)
-    if per_model and metrics:
-        text += AGREEMENT_INTRO
-        text += agreement_table(per_model, metrics) + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+def write_raw(path: Path, results: Mapping[str, MethodScores], note: str) -> None:
+    """One model's per-image values and the note under its table, as JSON at ``path``."""
     raw = {
-        spec: {
+        "note": note,
+        "methods": {
             name: {
                 "scores": {k: v.tolist() for k, v in r.scores.items()},
                 "metrics": {k: v.tolist() for k, v in r.metrics.items()},
@@ -235,44 +298,58 @@ def _write(
                 "seconds": r.seconds,
             }
             for name, r in results.items()
-        }
-        for spec, results in per_model.items()
+        },
     }
-    RAW.parent.mkdir(parents=True, exist_ok=True)
-    RAW.write_text(json.dumps(raw))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(raw))
+    partial.replace(path)  # a stopped run never leaves half a file
 
 
-def load_raw(path: Path) -> dict[str, dict[str, MethodScores]]:
-    """The per-image values a run wrote (`RAW`)."""
+def load_raw(path: Path) -> tuple[dict[str, MethodScores], str]:
+    """One model's per-image values and note, as `write_raw` wrote them."""
     raw = json.loads(Path(path).read_text())
-    return {
-        spec: {
-            name: MethodScores(
-                name,
-                {k: np.asarray(v, dtype=np.float64) for k, v in row["scores"].items()},
-                {k: np.asarray(v, dtype=np.float64) for k, v in row["metrics"].items()},
-                images=row["images"],
-                options=row["options"],
-                seconds=row["seconds"],
-            )
-            for name, row in results.items()
-        }
-        for spec, results in raw.items()
+    results = {
+        name: MethodScores(
+            name,
+            {k: np.asarray(v, dtype=np.float64) for k, v in row["scores"].items()},
+            {k: np.asarray(v, dtype=np.float64) for k, v in row["metrics"].items()},
+            images=row["images"],
+            options=row["options"],
+            seconds=row["seconds"],
+        )
+        for name, row in raw["methods"].items()
     }
+    return results, raw.get("note", "")
 
 
-def page_from_raw(path: Path, out: Path, notes: Mapping[str, str] | None = None) -> None:
-    """Rewrite the page ``out`` from a run's raw values (no model runs)."""
-    per_model = load_raw(path)
-    specs = list(per_model)
-    sections = [_intro(specs)]
-    for spec, results in per_model.items():
-        sections.append(_section(spec, results, (notes or {}).get(spec, "")))
+def page_from_raw(raw_dir: Path, out: Path) -> list[str]:
+    """Rewrite the page ``out`` from the raw files in ``raw_dir`` (no model runs).
+
+    Returns:
+        The specs on the page, in the recipes' order.
+    """
+    specs = [spec for spec in KNOWN_ANSWER_SPECS if raw_path(spec, raw_dir).is_file()]
+    if not specs:
+        raise FileNotFoundError(
+            f"no known-answer results in {raw_dir} (raw-<model>.json); run "
+            f"{PROG} --model <spec> first."
+        )
+    per_model, notes = {}, {}
+    for spec in specs:
+        per_model[spec], notes[spec] = load_raw(raw_path(spec, raw_dir))
+    sections = [_intro(per_model)]
+    sections += [_section(spec, per_model[spec], notes[spec]) for spec in specs]
     metrics = sorted(
         {m for results in per_model.values() for r in results.values() for m in r.metrics},
         key=list(FAITHFULNESS).index,
     )
-    _write(out, sections, per_model, metrics)
+    text = "\n".join(sections)
+    if metrics:
+        text += AGREEMENT_INTRO + agreement_table(per_model, metrics) + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return specs
 
 
 def write_figures(specs: Sequence[str], folder: Path) -> list[Path]:
@@ -296,7 +373,12 @@ def write_figures(specs: Sequence[str], folder: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", choices=KNOWN_ANSWER_SPECS)
+    parser.add_argument(
+        "--model",
+        action="append",
+        choices=KNOWN_ANSWER_SPECS,
+        help="model to benchmark (repeatable; default: every shipped one)",
+    )
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--slow-images", type=int, default=100)
     parser.add_argument("--metric-images", type=int, default=100)
@@ -308,9 +390,20 @@ def main(argv: list[str] | None = None) -> int:
         "each model into this folder (known_answers_<model>.png)",
     )
     parser.add_argument("--metric", action="append", help="faithfulness metric (repeatable)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/known_answers/tables.md"))
+    parser.add_argument("--out", type=Path, default=RAW_DIR / "tables.md")
+    parser.add_argument(
+        "--raw", type=Path, default=RAW_DIR, help="folder of the per-model raw-<model>.json"
+    )
+    parser.add_argument(
+        "--page-only",
+        action="store_true",
+        help="rebuild the page from the raw files in --raw; run no model",
+    )
     args = parser.parse_args(argv)
-    specs = args.model or KNOWN_ANSWER_SPECS
+    if args.page_only:
+        print(f"wrote {args.out} ({', '.join(page_from_raw(args.raw, args.out))})")
+        return 0
+    specs = args.model or [s for s in KNOWN_ANSWER_SPECS if RECIPES[s].weights_path.is_file()]
     if args.figures is not None:
         write_figures(specs, args.figures)
     run(
@@ -319,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         args.slow_images,
         args.metric or FAITHFULNESS,
         args.out,
+        args.metric_images,
+        args.raw,
     )
     return 0
 

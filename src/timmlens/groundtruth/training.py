@@ -32,7 +32,6 @@ from .generator import KnownAnswerSet, generate
 #: Seeds of the image pools: the test set is never trained on.
 TRAIN_SEED, TEST_SEED = 1, 0
 PROG = "timmlens groundtruth train"
-DEFAULT_TRAIN_IMAGES = 12_000
 DEFAULT_TEST_IMAGES = 1_000
 
 
@@ -93,15 +92,22 @@ def train(
     pool: KnownAnswerSet,
     *,
     steps: int | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    check: KnownAnswerSet | None = None,
+    check_every: int = 250,
 ) -> nn.Module:
-    """Train the recipe of ``spec`` on ``pool`` (random flips), deterministically by ``seed``."""
+    """Train the recipe of ``spec`` on ``pool`` (random flips), deterministically by ``seed``.
+
+    With ``check`` (held-out images), print its accuracy every ``check_every`` steps: the
+    training does not depend on it (no random draw, eval mode only for the check).
+    """
     from tqdm.auto import tqdm
 
     recipe = known_answer_recipe(spec)
     steps = steps or recipe.steps
+    batch_size = batch_size or recipe.batch_size
     torch.manual_seed(seed)
     model = recipe.create().train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.05)
@@ -122,6 +128,10 @@ def train(
         optimiser.step()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if check is not None and (step + 1) % check_every == 0:
+            held_out = accuracy(model, check.images, check.labels)
+            bar.write(f"{spec} step {step + 1}: held-out accuracy {held_out:.3f}")
+            model.train()
     return round_to_shipped_precision(model.eval())
 
 
@@ -134,15 +144,27 @@ def main(argv: list[str] | None = None) -> int:
         help="recipe to train (repeatable; default: all)",
     )
     parser.add_argument("--steps", type=int, default=None, help="default: the recipe's")
-    parser.add_argument("--train-images", type=int, default=DEFAULT_TRAIN_IMAGES)
+    parser.add_argument(
+        "--train-images", type=int, default=None, help="default: the recipe's pool size"
+    )
     parser.add_argument("--test-images", type=int, default=DEFAULT_TEST_IMAGES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-save", action="store_true", help="train and report only")
+    parser.add_argument(
+        "--check-every",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="print the accuracy on 300 test images every STEPS steps (default: never)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     names = args.model or [r.name for r in RECIPES.values()]
     started = time.perf_counter()
-    pool = generate(args.train_images, size=KNOWN_ANSWER_SIZE, seed=TRAIN_SEED + args.seed)
+    pool_sizes = {
+        name: args.train_images or RECIPES[f"bundled:gt-{name}"].train_images for name in names
+    }
+    pool = generate(max(pool_sizes.values()), size=KNOWN_ANSWER_SIZE, seed=TRAIN_SEED + args.seed)
     test = generate(args.test_images, size=KNOWN_ANSWER_SIZE, seed=TEST_SEED)
     print(
         f"generated {len(pool)} training and {len(test)} test images "
@@ -152,7 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         spec = f"bundled:gt-{name}"
         started = time.perf_counter()
         steps = args.steps or RECIPES[spec].steps
-        model = train(spec, pool, steps=steps, seed=args.seed)
+        model = train(
+            spec,
+            pool.head(pool_sizes[name]),
+            steps=steps,
+            seed=args.seed,
+            check=test.head(300) if args.check_every else None,
+            check_every=args.check_every or 250,
+        )
         seconds = time.perf_counter() - started
         report = interventions(model, test)
         facts: dict[str, Any] = {
@@ -160,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             "train_seconds": round(seconds),
             "steps": steps,
             "seed": args.seed,
-            "train_images": args.train_images,
+            "train_images": pool_sizes[name],
+            "batch_size": RECIPES[spec].batch_size,
         }
         print(f"{spec}: {facts}")
         if not args.no_save:

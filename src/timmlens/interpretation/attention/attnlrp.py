@@ -11,8 +11,9 @@ attention probabilities as constants.
 
 The result: ``attributions`` is the raw input relevance ``(B, 3, H, W)`` (its sum is
 close to the target logit; biases and the epsilon stabiliser absorb the rest), the
-heatmap its sum over channels (min-max normalised, or scaled to [-1, 1] with
-``signed=True``), and ``extras["patch_relevance"]`` ``(B, h, w)`` the relevance summed
+heatmap the positive part of its sum over channels divided by its maximum (the
+evidence for the class, zero where there is none; or the signed sum scaled to [-1, 1]
+with ``signed=True``), and ``extras["patch_relevance"]`` ``(B, h, w)`` the relevance summed
 over each patch; ``extras["target_scores"]`` ``(B,)`` the logits it started from.
 """
 
@@ -27,8 +28,8 @@ from ...adapters import get_adapter
 from ...adapters.relevance_rules import relevance_layout
 from ...errors import UnsupportedModelError
 from .._targets import ResolvedTargets, target_rows
-from ..base import Explainer, Explanation, normalize_maps
-from ..input.engine import attribution_heatmap
+from ..base import Explainer, Explanation
+from ..input.engine import attribution_heatmap, positive_heatmap
 from ..registry import register_method
 from ..scoring import target_scores
 from .lrp_rules import LINEAR_RULES, LinearRule, Variant, relevance_rules
@@ -59,7 +60,8 @@ class _RelevancePropagation(Explainer):
             plain gradient, as LXT without a Zennit composite).
         epsilon: the stabiliser of the epsilon and gamma rules (> 0).
         gamma: the gamma rule's weight on positive parameters (>= 0).
-        signed: heatmaps keep polarity (scaled to [-1, 1]) instead of min-max [0, 1].
+        signed: heatmaps keep polarity (scaled to [-1, 1]) instead of the positive
+            relevance scaled to [0, 1].
 
     Raises:
         UnsupportedModelError: no softmax attention, or layers no rule covers.
@@ -131,7 +133,7 @@ class _RelevancePropagation(Explainer):
         if self.signed:
             heatmap = attribution_heatmap(relevance, signed=True)
         else:
-            heatmap = normalize_maps(relevance.sum(dim=1).float())
+            heatmap = positive_heatmap(relevance)
         return Explanation(
             heatmap=heatmap,
             targets=chosen,  # a callable target stays one: the base reports its label

@@ -67,6 +67,18 @@ def attribution_heatmap(attributions: torch.Tensor, signed: bool = False) -> tor
     return torch.where(scale > 0, maps / scale.clamp_min(1e-30), torch.zeros_like(maps))
 
 
+def positive_heatmap(relevance: torch.Tensor) -> torch.Tensor:
+    """LRP's unsigned map: ``(B, C, H, W)`` -> ``(B, H, W)``, the positive part of the
+    relevance summed over channels, divided by each map's maximum (0 stays "no evidence").
+
+    Min-max scaling of the signed sum would lift every zero-relevance pixel to the level of
+    the most negative one, so the background would show as evidence.
+    """
+    maps = relevance.sum(dim=1).float().clamp_min(0)
+    scale = maps.flatten(1).amax(dim=1).view(-1, 1, 1)
+    return torch.where(scale > 0, maps / scale.clamp_min(1e-30), torch.zeros_like(maps))
+
+
 def describe_modules(modules: list[nn.Module]) -> str:
     """``"GELU (x3), LayerNorm (x2)"``: module types and counts, sorted by name."""
     counts = Counter(type(m).__name__ for m in modules)
