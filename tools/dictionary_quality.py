@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     extracted = (args.out / "shards").is_dir()  # a previous run's shards: read them again
     for method in args.methods:
         start = time.perf_counter()
-        sparsity = None if method in ("nmf", "sae-jumprelu") else args.sparsity
+        sparsity = None if method == "nmf" else args.sparsity  # JumpReLU: its starting budget
         if not extracted:  # extracts the shards once; the other methods read them
             first = fit_concepts(
                 model, data, n_concepts=args.concepts, layer="conv_head", out=args.out,
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         where = " (in-sample)" if q["in_sample"] else ""
         rows.append(
             f"| {method} | {args.concepts} | {r2}{where} | {q['dead_codes']} "
-            f"({q['dead_fraction']:.0%}) | {q['stability']:.3f} | {q['stability_min']:.3f} "
+            f"({q['dead_fraction']:.0%}) | {q['active_codes']:.1f} | {q['stability']:.3f} "
+            f"| {q['stability_min']:.3f} "
             f"| {seconds:.0f} |"
         )
         print(rows[-1], flush=True)
@@ -135,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             f"({len(data) * 49} positions; R^2 on the 1 image in 5 held out), seed 0 vs 1, "
             f"{'about 1000 optimizer steps' if args.epochs is None else f'{args.epochs} passes'}:",
             "",
-            "| method | K | R^2 | dead codes | stability (mean matched cosine) | worst pair "
-            "| seconds (2 fits) |",
-            "|---|---|---|---|---|---|---|",
+            "| method | K | R^2 | dead codes | active codes | stability (mean matched cosine) "
+            "| worst pair | seconds (2 fits) |",
+            "|---|---|---|---|---|---|---|---|",
             *rows,
         ]
     )

@@ -12,6 +12,8 @@ evaluating sparse autoencoders"; Fel et al. 2025, "Archetypal SAE"):
   It is unchanged by a per-channel shift of the rows, so the shifted rows of the shards
   give the R^2 of the activations themselves.
 * **dead codes**: codes that are zero on every row (overcomplete's ``metrics.dead_codes``).
+* **active codes**: the mean number of non-zero codes per row (the L0 the sparse-dictionary
+  papers trade against R^2): ``sparsity`` for TopK, learned by JumpReLU.
 * **stability**: two fits that differ only in their seed, their dictionaries ``(K, C)``
   matched one to one by the Hungarian assignment on cosine similarity
   (``scipy.optimize.linear_sum_assignment``); the mean cosine of the matched pairs
@@ -149,17 +151,20 @@ def measure_fit(
 
     Returns:
         ``{"r2": float, "r2_rows": int, "r2_on": "held-out images" | "training images",
-        "dead_codes": int, "dead_fraction": float, "dead": [indices]}``.
+        "dead_codes": int, "dead_fraction": float, "dead": [indices], "active_codes":
+        float}`` (active codes: the mean count of non-zero codes per row, all images).
     """
     components = np.asarray(fitted.components, dtype=np.float64)
     held = R2Accumulator()
     seen = R2Accumulator()
     fired = np.zeros(components.shape[0])
+    active = 0
     for batch in batches:
         shard = store.read(batch)
         rows = shard.rows(offset)
         codes = np.asarray(fitted.loadings(shard), dtype=np.float64)
         fired += np.count_nonzero(codes > 0, axis=0)
+        active += int(np.count_nonzero(codes > 0))
         mask = row_mask(shard, held_out(shard.indices, n_images))
         reconstruction = codes @ components
         if getattr(fitted, "bias", None) is not None:
@@ -177,6 +182,7 @@ def measure_fit(
         "dead_codes": int(dead.sum()),
         "dead_fraction": float(dead.mean()),
         "dead": [int(k) for k in np.flatnonzero(dead)],
+        "active_codes": active / max(1, seen.rows),
     }
 
 
@@ -192,5 +198,6 @@ def quality_line(quality: dict[str, Any]) -> str:
     return (
         f"{quality.get('method', 'nmf')}: R^2 {r2_text} ({where}); dead codes "
         f"{quality.get('dead_codes', 0)} ({quality.get('dead_fraction', 0.0):.1%}); "
+        f"{quality.get('active_codes', float('nan')):.1f} active codes per position; "
         f"stability across seeds {stable} (mean matched cosine)"
     )

@@ -28,8 +28,10 @@ size, in memory bounded by the batch size:
    concept's top images (a heap of ``top_k_images`` per concept), its share of the
    activation energy, and the fit's relative error over the whole dataset.
 
-Rank 0 writes ``concepts.json``, ``concepts.html`` (a self-contained gallery),
-``concepts.npz`` (the concept vectors and offset) and one PNG strip per concept.
+Rank 0 writes ``concepts.json``, ``concepts.html`` (a self-contained gallery, with the
+fit's quality figures and, with ``visualize_steps``, each concept's feature visualisation:
+`timmlens.analysis.concept_visuals`), ``concepts.npz`` (the concept vectors and offset) and
+one PNG strip per concept.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ from .concept_dictionaries import (
     overcomplete_modules,
     resolve_sparsity,
 )
-from .concept_extract import extract_shards, probe_layer, top_pictures
+from .concept_extract import extract_shards, probe_layer
 from .concept_fit import rank_shards
 from .concept_store import SHARD_DTYPES, ShardStore
 from .dff import (
@@ -277,9 +279,20 @@ class _ConceptRun:
 
 
 def _check_arguments(
-    batch_size: int, top_k_images: int, epochs: int | None, dtype: str, on_error: str
+    batch_size: int,
+    top_k_images: int,
+    epochs: int | None,
+    dtype: str,
+    on_error: str,
+    visualize_steps: int = 0,
 ) -> None:
     """Bad arguments, and a missing scikit-learn, fail now rather than after the extraction."""
+    if isinstance(visualize_steps, bool) or not isinstance(visualize_steps, int):
+        raise ValueError(f"visualize_steps must be an int >= 0, got {visualize_steps!r}.")
+    if visualize_steps < 0:
+        raise ValueError(
+            f"visualize_steps must be >= 0 (0: no feature visualisation), got {visualize_steps}."
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if top_k_images < 1:
@@ -409,6 +422,7 @@ def fit_concepts(
     method: str = "nmf",
     sparsity: int | None = None,
     stability: bool | None = None,
+    visualize_steps: int = 0,
 ) -> DatasetConcepts:
     """Find ``n_concepts`` concepts a layer of ``model`` uses over a whole dataset.
 
@@ -475,7 +489,12 @@ def fit_concepts(
         sparsity: codes kept per position by the top-k methods (default ``max(1, K // 10)``).
         stability: fit a second time with ``seed + 1`` and report the mean cosine of the two
             dictionaries matched by the Hungarian assignment (default: on for dictionaries,
-            off for NMF). The figures are in ``result.quality`` and ``concepts.json``.
+            off for NMF). The figures are in ``result.quality``, ``concepts.json`` and
+            ``concepts.html``.
+        visualize_steps: with ``gallery``, show each concept's feature visualisation
+            (`visualize_concept`, MACO, this many steps, the model's input size) beside its
+            top images; 0 (default): none. Each costs ``visualize_steps`` forward and
+            backward passes; they are kept in ``out/feature_vis`` and reused by a rerun.
 
     Returns:
         [`DatasetConcepts`][] (on every rank).
@@ -490,7 +509,7 @@ def fit_concepts(
         OptionalDependencyError: scikit-learn (or, for dictionaries, overcomplete) is not
             installed.
     """
-    _check_arguments(batch_size, top_k_images, epochs, dtype, on_error)
+    _check_arguments(batch_size, top_k_images, epochs, dtype, on_error, visualize_steps)
     method, sparsity, epochs, stability = _method_options(
         method, n_concepts, sparsity, epochs, stability
     )
@@ -505,12 +524,12 @@ def fit_concepts(
     result: DatasetConcepts | None = None
     with fail_together("fitting the concepts"):
         if rank == 0:
-            result = _fit_and_write(model, run, top_k_images, show, gallery)
+            result = _fit_and_write(model, run, top_k_images, show, gallery, visualize_steps)
     return broadcast_from_rank0(result)
 
 
 def _fit_and_write(
-    model: nn.Module, run: _ConceptRun, top_k: int, show: bool, gallery: bool
+    model: nn.Module, run: _ConceptRun, top_k: int, show: bool, gallery: bool, visualize: int
 ) -> DatasetConcepts:
     """Rank 0: offset, fit, ranking, classes; the files."""
     samples, store, options, out_dir = run.samples, run.store, run.options, run.out_dir
@@ -570,10 +589,9 @@ def _fit_and_write(
     if result.dictionary is not None:  # the trained encoder and dictionary, for new images
         torch.save(result.dictionary.state_dict(), out_dir / DICTIONARY_FILE)
     if gallery:
-        from ..viz.concept_gallery import write_gallery
+        from .concept_visuals import write_concept_gallery
 
-        pictures = top_pictures(model, samples, result.top_images, maps, sizes)
-        write_gallery(result, pictures, out_dir)
+        write_concept_gallery(model, samples, result, maps, sizes, visualize, show)
     (out_dir / JSON_FILE).write_text(
         json.dumps(result.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n",
         encoding="utf-8",

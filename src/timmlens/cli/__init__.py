@@ -72,6 +72,7 @@ def _run_concepts(args: argparse.Namespace) -> None:
             method=args.method,
             sparsity=args.sparsity,
             stability=args.stability,
+            visualize_steps=args.visualize_steps,
         )
     except KeyboardInterrupt:
         from ..analysis.concept_store import SHARDS_DIR

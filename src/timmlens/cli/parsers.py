@@ -468,13 +468,23 @@ def _add_concepts(command: Callable[..., argparse.ArgumentParser]) -> None:
         type=_positive_int,
         default=None,
         metavar="k",
-        help="codes kept per position by the top-k dictionaries (default K // 10)",
+        help="codes kept per position by the top-k dictionaries, or where JumpReLU's thresholds "
+        "start (default K // 10)",
     )
     concepts.add_argument(
         "--stability",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="fit a second seed and report the matched cosine (default: on for dictionaries)",
+    )
+    concepts.add_argument(
+        "--visualize-steps",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="show each concept's feature visualisation (MACO, N steps) in concepts.html; "
+        "each costs N forward+backward passes, kept in --out/feature_vis for reruns "
+        "(default 0: none)",
     )
     concepts.add_argument(
         "--overwrite",

@@ -157,3 +157,10 @@ def crop_on_picture(geometry: ImageGeometry) -> tuple[float, float, float, float
     sy = geometry.original_size[0] / geometry.resized_size[0]
     sx = geometry.original_size[1] / geometry.resized_size[1]
     return top * sy, left * sx, crop_h * sy, crop_w * sx
+
+
+def png_data_uri(picture: np.ndarray) -> str:
+    """An ``(h, w, 3)`` uint8 picture as a lossless ``data:image/png;base64,...`` URI."""
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -2,15 +2,21 @@
 
 For every concept: its share of the activation energy, its top classes from the model's
 head (or why there are none), and its top images with the concept's map overlaid, each
-embedded as a small JPEG data URI. The page loads nothing from anywhere and escapes every
+embedded as a small JPEG data URI; when given, the concept's feature visualisation first
+(a lossless PNG data URI). Above them, the fit's quality figures (R^2, dead and active
+codes, stability across seeds). The page loads nothing from anywhere and escapes every
 id and class name. One PNG strip per concept (``concept_<k>.png``, the same overlays side
 by side) is written next to it. Concepts are numbered from 1 on the page and in the file
 names, as in the concept figures (concept 1 is row 0 of the concept vectors). Nothing here
 runs a model.
+
+The page is written to a temporary file and renamed over ``concepts.html``, so a run
+stopped while writing leaves the previous page whole, never half of one.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .arrays import png_data_uri
 from .html_page import PAGE_STYLE, escape, render_page
 from .report_html import _figure, display_picture, overlay_array, probability_text
 
@@ -71,21 +78,76 @@ def _summary_table(summary: dict[str, Any]) -> str:
     )
 
 
-def render_gallery(summary: dict[str, Any], overlays: Sequence[Sequence[np.ndarray]]) -> str:
+def _number(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _quality_table(quality: dict[str, Any] | None) -> str:
+    """The fit's quality figures (`timmlens.analysis.concept_quality.measure_fit` and the
+    stability), as a small table; empty without them."""
+    if not quality:
+        return ""
+    where = quality.get("r2_on", "held-out images")
+    if quality.get("in_sample"):
+        where += "; in-sample: NMF is fitted on every image"
+    stability = quality.get("stability")
+    stable = (
+        "not measured (stability=False)"
+        if stability is None
+        else f"{stability:.3f} mean matched cosine, worst pair "
+        f"{_number(quality.get('stability_min'))} (seeds "
+        f"{', '.join(str(s) for s in quality.get('stability_seeds', []))})"
+    )
+    rows = [
+        ("method", escape(quality.get("method", "nmf"))),
+        ("R^2", f"{_number(quality.get('r2'))} ({escape(where)}, {quality.get('r2_rows', 0)} "
+         "positions)"),
+        ("dead codes", f"{quality.get('dead_codes', 0)} ({quality.get('dead_fraction', 0):.1%})"),
+        ("active codes per position", _number(quality.get("active_codes"), 1)),
+        ("stability across seeds", escape(stable)),
+    ]  # fmt: skip
+    body = "".join(f"<tr><td>{name}</td><td>{value}</td></tr>" for name, value in rows)
+    return f'<h2>Quality of the fit</h2><table class="quality">{body}</table>'
+
+
+def _visualization_figure(picture: np.ndarray, k: int, caption: str) -> str:
+    height, width = picture.shape[:2]
+    return (
+        f'<figure class="feature-vis"><img src="{png_data_uri(picture)}" width="{width}" '
+        f'height="{height}" alt="feature visualisation of concept {k}">'
+        f"<figcaption>{escape(caption)}</figcaption></figure>"
+    )
+
+
+def render_gallery(
+    summary: dict[str, Any],
+    overlays: Sequence[Sequence[np.ndarray]],
+    visualizations: Sequence[np.ndarray] | None = None,
+    visualization_caption: str = "feature visualisation",
+) -> str:
     """The gallery page from ``concepts.json``'s data and each concept's overlays.
 
     Args:
         summary: [`DatasetConcepts.to_dict`][timmlens.analysis.concepts.DatasetConcepts.to_dict].
         overlays: per concept, one ``(h, w, 3)`` uint8 picture per top image, in order.
+        visualizations: per concept, its feature visualisation ``(s, s, 3)`` uint8, shown
+            before its top images; ``None``: none shown.
+        visualization_caption: the caption under each visualisation.
     """
+    loading = "NMF loading" if summary.get("method", "nmf") == "nmf" else "code"
     subtitle = (
         f"{summary['n_concepts']} concepts of layer {summary['layer']} over "
         f"{summary['n_images']} images of {summary['model']} ({summary['fit']}; relative "
         f"reconstruction error {summary['relative_error']:.3f}). Each image shows the "
-        f"concept's map (its NMF loading at every position, bilinear to the input); score: "
+        f"concept's map (its {loading} at every position, bilinear to the input); score: "
         f"the mean norm of the concept's term over the image."
     )
-    parts = [_summary_table(summary)]
+    if visualizations is not None and len(visualizations) != len(summary["concepts"]):
+        raise ValueError(
+            f"{len(visualizations)} visualisations for {len(summary['concepts'])} concepts; "
+            f"give one per concept, or None."
+        )
+    parts = [_quality_table(summary.get("quality")), _summary_table(summary)]
     for concept, pictures in zip(summary["concepts"], overlays, strict=True):
         k = concept["index"] + 1
         parts.append(
@@ -97,6 +159,10 @@ def render_gallery(summary: dict[str, Any], overlays: Sequence[Sequence[np.ndarr
             _figure(picture, _caption(item), "top", f"concept {k} on image {item['id']}")
             for item, picture in zip(concept["top_images"], pictures, strict=True)
         ]
+        if visualizations is not None:
+            figures.insert(
+                0, _visualization_figure(visualizations[k - 1], k, visualization_caption)
+            )
         parts.append(f'<div class="cards">{"".join(figures)}</div></section>')
     return render_page(
         "Concepts over a dataset",
@@ -119,19 +185,28 @@ def strip_png(overlays: Sequence[np.ndarray], path: Path, gap: int = 4) -> Path:
     return path
 
 
-def write_gallery(result: Any, pictures: Sequence[Sequence[dict[str, Any]]], out_dir: Path) -> Path:
+def write_gallery(
+    result: Any,
+    pictures: Sequence[Sequence[dict[str, Any]]],
+    out_dir: Path,
+    visualizations: Sequence[np.ndarray] | None = None,
+    visualization_caption: str = "feature visualisation",
+) -> Path:
     """``concepts.html`` and ``concept_<n>.png`` (n from 1) in ``out_dir``; the page's path.
 
     Args:
         result: a [`DatasetConcepts`][timmlens.analysis.concepts.DatasetConcepts].
         pictures: per concept, per top image ``{"picture", "geometry", "map"}``.
         out_dir: the output folder.
+        visualizations, visualization_caption: as for `render_gallery`.
     """
     overlays = [concept_overlays(row) for row in pictures]
     for k, row in enumerate(overlays):
         if row:
             strip_png(row, out_dir / f"concept_{k + 1}.png")
-    page = render_gallery(result.to_dict(), overlays)
+    page = render_gallery(result.to_dict(), overlays, visualizations, visualization_caption)
     path = out_dir / "concepts.html"
-    path.write_text(page, encoding="utf-8")
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(page, encoding="utf-8")
+    os.replace(partial, path)
     return path
