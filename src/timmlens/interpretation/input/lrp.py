@@ -183,9 +183,10 @@ class LRP(CaptumInputExplainer):
     Zennit's composites need the model in a form its rules read; the canonizers of
     `zennit_rules` merge each BatchNorm into the convolution that feeds it, rule residual
     adds with Zennit's ``Norm`` rule and gates / layer scales as weights, and give
-    LayerNorm AttnLRP's rule (``std`` held constant); activations pass relevance on. Relevance starts as the target's score
-    (the logit), so the summed input relevance is comparable with it (conservation);
-    ``explain_full(...).attributions`` holds it ``(B, 3, H, W)``.
+    LayerNorm AttnLRP's rule (``std`` held constant); activations pass relevance on.
+    Relevance starts as the target's score (the logit), so the summed input relevance
+    is comparable with it (conservation); ``explain_full(...).attributions`` holds it
+    ``(B, 3, H, W)``.
 
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
@@ -238,17 +239,21 @@ class LRP(CaptumInputExplainer):
         reason = self.unavailable_reason(self.model)
         if reason is not None:
             raise UnsupportedModelError(f"{self.name}: {reason}")
-        if self._pairs is None:
-            self._pairs = batchnorm_pairs(self.model, inputs[:1].detach())
-        composite = make_composite(
-            self.composite, self._pairs, epsilon=self.epsilon, bounds=self.input_bounds(inputs)
-        )
+        composite = self._composite_for(inputs)
         score = TargetScore(self.model)
         with composite_applied(composite, self.model):
             scores = score(inputs, targets)
             # relevance at the output is the score itself (conservation is against it)
             (relevance,) = torch.autograd.grad(scores, inputs, grad_outputs=scores.detach())
         return relevance.detach()
+
+    def _composite_for(self, inputs: torch.Tensor) -> Any:
+        """Zennit's composite for ``inputs`` ``(B, C, H, W)`` (BatchNorm pairs probed once)."""
+        if self._pairs is None:
+            self._pairs = batchnorm_pairs(self.model, inputs[:1].detach())
+        return make_composite(
+            self.composite, self._pairs, epsilon=self.epsilon, bounds=self.input_bounds(inputs)
+        )
 
     def input_bounds(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(low, high)`` ``(1, C, 1, 1)``: pixels 0 and 1 normalised (z-box rule only)."""
