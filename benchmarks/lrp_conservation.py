@@ -50,7 +50,7 @@ MODELS = [
 FAMILIES = [
     (f"{name} (random{note})", (lambda name=name: _random(name)), 64)
     for name, note in (
-        ("resnext26d_32x4d", ", grouped"),
+        ("seresnext26d_32x4d", ", grouped, SE"),
         ("res2net50_14w_8s", ", splits"),
         ("regnety_002", ", SE"),
         ("dla46_c", ", roots"),
