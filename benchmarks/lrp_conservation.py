@@ -6,7 +6,7 @@ shift), where the epsilon stabiliser eats it, and, with signed activations (SiLU
 Hardswish) passed through, where a neuron's z+ is ~0. Prints a markdown table (the one in
 docs/methods/lrp.md)::
 
-    PYTHONPATH=src python benchmarks/lrp_conservation.py
+    PYTHONPATH=src python benchmarks/lrp_conservation.py [--families]
 """
 
 from __future__ import annotations
@@ -45,6 +45,23 @@ MODELS = [
 ]
 
 
+#: the families the generic canonizers added (issue 29): small random-init members at 64 px
+#: (the CPU this was measured on was shared; the ratios do not depend much on the side)
+FAMILIES = [
+    (f"{name} (random{note})", (lambda name=name: _random(name)), 64)
+    for name, note in (
+        ("seresnext26d_32x4d", ", grouped, SE"),
+        ("res2net50_14w_8s", ", splits"),
+        ("regnety_002", ", SE"),
+        ("dla46_c", ", roots"),
+        ("convmixer_1024_20_ks9_p14", ", BN after GELU"),
+        ("densenet121", ", concat, pre-act BN"),
+        ("convnext_atto", ", LayerNorm, GELU"),
+        ("vgg11_bn", ""),
+    )
+]
+
+
 def _random(name: str) -> torch.nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -52,8 +69,8 @@ def _random(name: str) -> torch.nn.Module:
         return make_explainable(timm.create_model(name)).eval()
 
 
-def ratios(model: torch.nn.Module, side: int | None) -> dict[str, str]:
-    x = prepare_images(PHOTOS, model).tensor
+def ratios(model: torch.nn.Module, side: int | None, photos: int = 4) -> dict[str, str]:
+    x = prepare_images(PHOTOS[:photos], model).tensor
     if side is not None:
         x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear")
     with torch.no_grad():
@@ -69,10 +86,14 @@ def ratios(model: torch.nn.Module, side: int | None) -> dict[str, str]:
 
 
 def main() -> None:
+    import sys
+
+    models = FAMILIES if "--families" in sys.argv else MODELS
     print("| model | " + " | ".join(f"`{c}`" for c in COMPOSITES) + " |")
     print("| --- |" + " --- |" * len(COMPOSITES))
-    for label, factory, side in MODELS:
-        row = ratios(factory(), side)
+    photos = 2 if models is FAMILIES else 4  # chelsea, coffee: a busy shared CPU
+    for label, factory, side in models:
+        row = ratios(factory(), side, photos)
         print(f"| {label} | " + " | ".join(row[c] for c in COMPOSITES) + " |", flush=True)
 
 

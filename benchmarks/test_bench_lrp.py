@@ -7,18 +7,23 @@ and the real EfficientNet-Lite0 (``bundled:efficientnet_lite0``); a batch of 8 i
 * the **limit**: one forward plus a backward of the target logits to the input;
 * **ours**: ``lrp`` through the registry, each composite (``epsilon_plus_flat`` is the
   default);
+* **before**: Zennit's own ``EpsilonPlusFlat`` and ``Gradient`` attributor with the same
+  canonizers and layer map as ``lrp`` but Zennit's ``ZPlus`` (``lrp`` skips its second,
+  all-zero pass where a convolution's input is non-negative; the maps are equal);
 * the **peer**: Zennit's ``EpsilonPlusFlat`` and ``Gradient`` attributor called by hand on
   the same model with Zennit's ``SequentialMergeBatchNorm`` (what a Zennit user writes;
-  it finds no pair in timm's ``BatchNormAct2d`` models and no residual ``Sum``, so it
+  it finds no pair in timm's ``BatchNormAct2d`` models and rules no residual add, so it
   does less work than ours there).
 
-The issue's target: ``lrp`` at most 1.5x the limit. Run::
+The issue's target: ``lrp`` at most 1.5x the limit. ``LRP_BENCH_SIDE`` / ``LRP_BENCH_MODELS``
+(comma-separated) shrink the run on a busy CPU. Run::
 
     pytest benchmarks/test_bench_lrp.py --benchmark-group-by=group -s
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -33,8 +38,9 @@ from timmlens.interpretation.registry import create_explainer
 from timmlens.testing import make_explainable
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-BATCH, SIDE = 8, (224 if DEVICE.type == "cuda" else 128)
-MODELS = ("resnet50", "efficientnet_lite0")
+BATCH = 8
+SIDE = int(os.environ.get("LRP_BENCH_SIDE", 224 if DEVICE.type == "cuda" else 128))
+MODELS = tuple(os.environ.get("LRP_BENCH_MODELS", "resnet50,efficientnet_lite0").split(","))
 LIMIT = "forward+backward"
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1")
 
@@ -100,6 +106,37 @@ def test_lrp(benchmark, model_name: str, composite: str) -> None:
         role="ours",
         method="lrp",
     )
+
+
+def _seed_of(targets: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    rows = torch.arange(len(targets), device=targets.device)
+
+    def seed(output: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(output)
+        out[rows, targets] = output[rows, targets]
+        return out
+
+    return seed
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_before_zennit_zplus(benchmark, model_name: str) -> None:
+    """Zennit's attributor with lrp's canonizers and layer map, Zennit's own ZPlus."""
+    from zennit.attribution import Gradient
+    from zennit.composites import EpsilonPlusFlat
+
+    from timmlens.interpretation.input.zennit_rules import batchnorm_pairs, canonizers, layer_map
+
+    model, images, targets = setup(model_name)
+    pairs = batchnorm_pairs(model, images[:1])
+    seed = _seed_of(targets)
+
+    def run() -> torch.Tensor:
+        composite = EpsilonPlusFlat(layer_map=layer_map(), canonizers=canonizers(pairs))
+        with Gradient(model, composite) as attributor:
+            return attributor(images, seed)[1]
+
+    measure(benchmark, model_name, "before: zennit ZPlus, same canonizers", run, role="ours")
 
 
 @pytest.mark.parametrize("model_name", MODELS)

@@ -166,9 +166,9 @@ def _float16_reason(model: nn.Module, stabiliser: str) -> str | None:
     formula="R_i = sum_j a_i w_ij / (z_j + eps sign(z_j)) R_j on dense layers, z+ on "
     "convolutions, flat on the first; R = the target logit at the output",
     cost="1 forward + 1 backward (+ a 1-image probe forward per explainer)",
-    applies_to="CNNs of convolutions, linear layers, BatchNorm, pooling and elementwise "
-    "activations, timm ResNet / ResNeXt / SE-ResNet, EfficientNet and MobileNetV3; "
-    "refuses the others",
+    applies_to="CNNs of convolutions, linear layers, BatchNorm, LayerNorm, pooling and "
+    "elementwise activations: timm ResNet / ResNeXt / SE-ResNet / Res2Net, RegNet, DLA, "
+    "ConvMixer, DenseNet, ConvNeXt, VGG, EfficientNet and MobileNetV3; refuses the others",
 )
 class LRP(CaptumInputExplainer):
     """LRP with one of Zennit's composites, made to read timm's CNNs.
@@ -181,11 +181,12 @@ class LRP(CaptumInputExplainer):
     ``captum_epsilon``: Captum's ``LRP`` with epsilon rules (what ``lrp`` was before).
 
     Zennit's composites need the model in a form its rules read; the canonizers of
-    `zennit_rules` merge each BatchNorm into the convolution that feeds it, route
-    residual adds through Zennit's ``Sum`` (``Norm`` rule), and let squeeze-excite gates
-    and elementwise activations pass relevance on. Relevance starts as the target's score
-    (the logit), so the summed input relevance is comparable with it (conservation);
-    ``explain_full(...).attributions`` holds it ``(B, 3, H, W)``.
+    `zennit_rules` merge each BatchNorm into the convolution that feeds it, rule residual
+    adds with Zennit's ``Norm`` rule and gates / layer scales as weights, and give
+    LayerNorm AttnLRP's rule (``std`` held constant); activations pass relevance on.
+    Relevance starts as the target's score (the logit), so the summed input relevance
+    is comparable with it (conservation); ``explain_full(...).attributions`` holds it
+    ``(B, 3, H, W)``.
 
     Args:
         model: an ``ImageClassifier`` or a bare timm model.
@@ -238,17 +239,21 @@ class LRP(CaptumInputExplainer):
         reason = self.unavailable_reason(self.model)
         if reason is not None:
             raise UnsupportedModelError(f"{self.name}: {reason}")
-        if self._pairs is None:
-            self._pairs = batchnorm_pairs(self.model, inputs[:1].detach())
-        composite = make_composite(
-            self.composite, self._pairs, epsilon=self.epsilon, bounds=self.input_bounds(inputs)
-        )
+        composite = self._composite_for(inputs)
         score = TargetScore(self.model)
         with composite_applied(composite, self.model):
             scores = score(inputs, targets)
             # relevance at the output is the score itself (conservation is against it)
             (relevance,) = torch.autograd.grad(scores, inputs, grad_outputs=scores.detach())
         return relevance.detach()
+
+    def _composite_for(self, inputs: torch.Tensor) -> Any:
+        """Zennit's composite for ``inputs`` ``(B, C, H, W)`` (BatchNorm pairs probed once)."""
+        if self._pairs is None:
+            self._pairs = batchnorm_pairs(self.model, inputs[:1].detach())
+        return make_composite(
+            self.composite, self._pairs, epsilon=self.epsilon, bounds=self.input_bounds(inputs)
+        )
 
     def input_bounds(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(low, high)`` ``(1, C, 1, 1)``: pixels 0 and 1 normalised (z-box rule only)."""
@@ -272,10 +277,11 @@ class LRP(CaptumInputExplainer):
         return refusal(
             model,
             f"Zennit's LRP composites have rules and timm canonizers for convolutions, "
-            f"linear layers, BatchNorm, pooling, elementwise activations and LayerNorm, "
-            f"and for ResNet and EfficientNet/MobileNet blocks, not for "
-            f"{describe_modules(bad)} (their forward does arithmetic no rule reads, e.g. a "
-            f"residual add, attention, or a layer scale).",
+            f"linear layers, BatchNorm, LayerNorm, pooling, elementwise activations, and "
+            f"the blocks of ResNet/ResNeXt/Res2Net, RegNet, DLA, ConvMixer, DenseNet, "
+            f"ConvNeXt, VGG and EfficientNet/MobileNet, not for {describe_modules(bad)} "
+            f"(their forward does arithmetic no rule reads, e.g. attention, a position "
+            f"embedding, or a layer these rules do not know).",
             _alternatives(model),
         )
 
