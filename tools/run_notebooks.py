@@ -8,8 +8,9 @@ docs build needs no model run and shows what a reader gets; the slow test
 ``tests/test_notebooks.py`` executes them afresh so they cannot rot. Each notebook runs in
 a new kernel of this Python, in a temporary folder (what it writes under ``outputs/``
 goes away, and the paths it prints are relative), with the directory of this Python first
-on ``PATH`` so ``!timmlens`` is this install's command. Outputs are kept small: figures
-are PNGs at 100 dpi, a few per notebook (`MAX_BYTES` is checked by the tests).
+on ``PATH`` so ``!timmlens`` is this install's command. Outputs are kept small: a few
+figures per notebook at 100 dpi, stored as 256-colour PNGs (`compact`; `MAX_BYTES` is
+checked by the tests).
 """
 
 from __future__ import annotations
@@ -63,6 +64,48 @@ def execute(path: Path, cwd: Path, timeout: int = CELL_TIMEOUT) -> nbformat.Note
     return book
 
 
+#: stderr that says something about the kernel, not the notebook (tqdm.auto imported
+#: without ipywidgets); dropped from stored outputs
+_KERNEL_NOISE = ("TqdmWarning: IProgress not found", "from .autonotebook import tqdm")
+
+
+def compact(book: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Smaller stored outputs: each PNG re-encoded with a 256-colour palette where that is
+    smaller (photos with overlays shrink about 3.5 times, the figures stay readable), and
+    kernel noise on stderr left out. Run on a copy to store; the tests read the raw run."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    for cell in book.cells:
+        kept = []
+        for output in cell.get("outputs", []):
+            if output.output_type == "stream" and output.name == "stderr":
+                lines = [
+                    line
+                    for line in output.text.splitlines(keepends=True)
+                    if not any(noise in line for noise in _KERNEL_NOISE)
+                ]
+                if not lines:
+                    continue
+                output.text = "".join(lines)
+            png = output.get("data", {}).get("image/png")
+            if png:
+                raw = base64.b64decode(png)
+                picture = Image.open(io.BytesIO(raw)).convert("RGB")
+                buffer = io.BytesIO()
+                picture.quantize(256, method=Image.Quantize.MEDIANCUT).save(
+                    buffer, "PNG", optimize=True
+                )
+                if buffer.tell() < len(raw):
+                    output.data["image/png"] = base64.b64encode(buffer.getvalue()).decode()
+            kept.append(output)
+        if cell.cell_type == "code":
+            cell.outputs = kept
+    return book
+
+
 def output_text(book: nbformat.NotebookNode) -> str:
     """Every text the notebook's cells printed or displayed, joined."""
     parts = []
@@ -81,11 +124,12 @@ def output_text(book: nbformat.NotebookNode) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="*", type=Path, help="default: every stored notebook")
+    parser.add_argument("--timeout", type=int, default=CELL_TIMEOUT, help="seconds per cell")
     args = parser.parse_args(argv)
     for path in args.paths or notebooks():
         with tempfile.TemporaryDirectory(prefix="timmlens-notebook-") as folder:
-            book = execute(path, Path(folder))
-        nbformat.write(book, path)
+            book = execute(path, Path(folder), timeout=args.timeout)
+        nbformat.write(compact(book), path)
         print(f"{path}: {path.stat().st_size / 1e3:.0f} kB", file=sys.stderr)
     return 0
 
