@@ -127,7 +127,7 @@ def test_no_visualisation_by_default(model, pictures, tmp_path, monkeypatch):
     monkeypatch.setattr(visuals, "visualize_concept", counting)
     result = fit(model, pictures, tmp_path / "out", method="nmf", stability=True)
     page = result.html_path.read_text()
-    assert counting.calls == 0 and PNG not in page and "feature-vis" not in page
+    assert counting.calls == 0 and PNG not in page and 'class="feature-vis"' not in page
     assert not (tmp_path / "out" / visuals.VISUALIZATION_DIR).exists()
     table = page.split('<table class="quality">')[1].split("</table>")[0]
     assert "in-sample: NMF is fitted on every image" in table
@@ -182,7 +182,9 @@ def test_dictionary_on_vit_patch_tokens(pictures, tmp_path):
     live on that grid; the gallery (with visualisations) is written."""
     vit = small(explainable_model("test_vit", num_classes=10, seed=0, reg_tokens=2))
     assert vit.num_prefix_tokens == 3
-    result = fit(vit, pictures, tmp_path / "vit", n_concepts=6, visualize_steps=2, epochs=5)
+    result = fit(
+        vit, pictures, tmp_path / "vit", layer=None, n_concepts=6, visualize_steps=2, epochs=5
+    )
     module = vit.get_submodule(result.layer)
     captured = []
     handle = module.register_forward_hook(lambda _m, _a, out: captured.append(out.detach()))
