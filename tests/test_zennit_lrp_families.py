@@ -109,18 +109,44 @@ def _without_biases(model: nn.Module) -> nn.Module:
     return model
 
 
+#: families whose convolutions read non-negative inputs (ReLU): z+ itself conserves there
+RELU_FAMILIES = ("resnext", "res2net", "regnety", "dla", "densenet", "vgg")
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_conserves_relevance_without_biases(family):
-    """With no bias to absorb relevance, z+, flat, Norm (sums, average pools), Pass, the
-    gate rule and the LayerNorm rule hand the whole target logit to the pixels: the
-    canonizers lose and double nothing (a residual add left to autograd doubles it)."""
+    """With no bias to absorb relevance, the canonizers (BatchNorm merge, Norm on sums,
+    gates and layer scales as weights, concatenations), the LayerNorm rule, Pass, Flat and
+    the epsilon rule hand the whole target logit to the pixels: the canonizers lose and
+    double nothing (a residual add left to autograd doubles it). In the ReLU families
+    ``lrp`` itself (z+ on convolutions) conserves too; where convolutions read signed
+    inputs (ConvNeXt, ConvMixer) z+ loses a neuron's relevance when its positive part is
+    0, a property of z+ (docs/methods/lrp.md), so there the convolutions get epsilon."""
+    from zennit.attribution import Gradient
+    from zennit.composites import EpsilonPlusFlat
+    from zennit.rules import Epsilon
+    from zennit.types import Convolution
+
     model = _without_biases(tiny(family))
     x = _inputs(1)
     with torch.no_grad():
         logits = model(x)
     targets = logits.argmax(dim=1)
-    relevance = create_explainer("lrp", model, epsilon=1e-9).attributions(x, targets)
     expected = logits[torch.arange(len(x)), targets]
+    if family in RELU_FAMILIES:
+        relevance = create_explainer("lrp", model, epsilon=1e-9).attributions(x, targets)
+        torch.testing.assert_close(relevance.sum(dim=(1, 2, 3)), expected, rtol=2e-3, atol=1e-5)
+    rules = [*layer_map(1e-9), ((Convolution,), Epsilon(1e-9))]
+    composite = EpsilonPlusFlat(layer_map=rules, canonizers=canonizers(batchnorm_pairs(model, x)))
+    rows = torch.arange(len(x))
+
+    def logit_of_target(output: torch.Tensor) -> torch.Tensor:
+        seed = torch.zeros_like(output)
+        seed[rows, targets] = output[rows, targets]
+        return seed
+
+    with Gradient(model, composite) as attributor:
+        relevance = attributor(x, logit_of_target)[1]
     torch.testing.assert_close(relevance.sum(dim=(1, 2, 3)), expected, rtol=2e-3, atol=1e-5)
 
 
