@@ -121,7 +121,8 @@ def test_family_conserves_relevance_without_biases(family):
     double nothing (a residual add left to autograd doubles it). In the ReLU families
     ``lrp`` itself (z+ on convolutions) conserves too; where convolutions read signed
     inputs (ConvNeXt, ConvMixer) z+ loses a neuron's relevance when its positive part is
-    0, a property of z+ (docs/methods/lrp.md), so there the convolutions get epsilon."""
+    0, a property of z+ (docs/methods/lrp.md), so there the convolutions get epsilon (in
+    the ReLU families epsilon's cancelling signed relevances cost float32 ~1e-2 instead)."""
     from zennit.attribution import Gradient
     from zennit.composites import EpsilonPlusFlat
     from zennit.rules import Epsilon
@@ -136,6 +137,7 @@ def test_family_conserves_relevance_without_biases(family):
     if family in RELU_FAMILIES:
         relevance = create_explainer("lrp", model, epsilon=1e-9).attributions(x, targets)
         torch.testing.assert_close(relevance.sum(dim=(1, 2, 3)), expected, rtol=2e-3, atol=1e-5)
+        return
     rules = [*layer_map(1e-9), ((Convolution,), Epsilon(1e-9))]
     composite = EpsilonPlusFlat(layer_map=rules, canonizers=canonizers(batchnorm_pairs(model, x)))
     rows = torch.arange(len(x))
