@@ -2,11 +2,12 @@
 `timmlens.groundtruth`, loaded as ``bundled:gt-<recipe>``.
 
 Each recipe is one timm architecture with small depth and width, at 64 px, mean = std =
-0.5. The weights of the recipes that reach 95% test accuracy ship with the package (today
-``bundled:gt-resnet``, 1.4 MB in float16 safetensors): the one exception to "no weights in
-the repository", reproduced by ``timmlens groundtruth train`` (or ``python -m
-timmlens.groundtruth.training``) from a seed. A recipe without shipped weights refuses to
-load and says how to train it.
+0.5. Every recipe reaches 95% test accuracy, and its weights ship with the package
+(``bundled:gt-resnet``, ``-vit``, ``-vit-gap``, ``-deit``; 1.0-1.4 MB each in float16
+safetensors): the one exception to "no weights in the repository", reproduced by
+``timmlens groundtruth train`` (or ``python -m timmlens.groundtruth.training``) from a
+seed. An installation without a recipe's weights refuses to load it and says how to
+train it.
 """
 
 from __future__ import annotations
