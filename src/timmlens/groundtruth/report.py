@@ -199,7 +199,7 @@ def overview_table(per_model: Mapping[str, Mapping[str, MethodScores]]) -> str:
     head = ["method", *(f"`{spec.split(':', 1)[1]}`" for spec in specs)]
     lines = [
         "**Every model at a glance**: mass accuracy (rank on that model; a blank: the method "
-        "does not apply), methods by their mean rank.",
+        "does not apply), methods by their mean rank over the models they apply to.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
