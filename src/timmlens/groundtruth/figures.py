@@ -55,16 +55,15 @@ def evidence_figure(
     axes = figure.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
+    evidence = torch.from_numpy(data.evidence)
+    masses = {
+        name: relevance_mass_accuracy(torch.from_numpy(maps[name]), evidence)
+        for name in (methods if mass_in_titles else ())
+    }
     for index in range(len(data)):
         cells = [(data.class_names[data.labels[index]], data.images[index], None)]
         for name in methods:
-            label = name
-            if mass_in_titles:
-                mass = relevance_mass_accuracy(
-                    torch.from_numpy(maps[name][index : index + 1]),
-                    torch.from_numpy(data.evidence[index : index + 1]),
-                )
-                label = f"{name}: {float(mass[0]):.2f}"
+            label = f"{name}: {float(masses[name][index]):.2f}" if mass_in_titles else name
             cells.append((label, maps[name][index], "inferno"))
         for position, (label, picture, cmap) in enumerate(cells):
             row, col = divmod(position, columns)

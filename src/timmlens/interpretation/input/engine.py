@@ -62,7 +62,11 @@ def attribution_heatmap(attributions: torch.Tensor, signed: bool = False) -> tor
     """
     if not signed:
         return normalize_maps(attributions.abs().sum(dim=1))
-    maps = attributions.sum(dim=1)
+    return scaled_to_unit(attributions.sum(dim=1))
+
+
+def scaled_to_unit(maps: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W)`` maps divided by each one's largest absolute value (all-zero maps stay 0)."""
     scale = maps.flatten(1).abs().amax(dim=1).view(-1, 1, 1)
     return torch.where(scale > 0, maps / scale.clamp_min(1e-30), torch.zeros_like(maps))
 
@@ -74,9 +78,7 @@ def positive_heatmap(relevance: torch.Tensor) -> torch.Tensor:
     Min-max scaling of the signed sum would lift every zero-relevance pixel to the level of
     the most negative one, so the background would show as evidence.
     """
-    maps = relevance.sum(dim=1).float().clamp_min(0)
-    scale = maps.flatten(1).amax(dim=1).view(-1, 1, 1)
-    return torch.where(scale > 0, maps / scale.clamp_min(1e-30), torch.zeros_like(maps))
+    return scaled_to_unit(relevance.sum(dim=1).float().clamp_min(0))
 
 
 def describe_modules(modules: list[nn.Module]) -> str:
