@@ -88,7 +88,8 @@ def test_image_folder_csv_and_labels(tmp_path):
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / name)
     summary = evaluate(model, tmp_path / "data", out=tmp_path / "out", rows_format="csv", **OPTIONS)
     text = (tmp_path / "out" / "rows.csv").read_text().splitlines()
-    assert text[0] == "id,method,label,predicted,target,insertion,deletion"
+    names = "label_name,predicted_name,target_name"
+    assert text[0] == f"id,method,label,predicted,target,{names},insertion,deletion"
     assert text[1].startswith("3/a.png,gradcam,3,") and text[2].startswith("b.png,gradcam,,")
     assert summary.n_images == 2
 

@@ -290,7 +290,9 @@ def test_leaderboard_paired_differences_clipped_intervals_and_exports(tmp_path):
     assert "1.000]" in build_leaderboard(wide, ["x"], ["insertion"], reference=[]).markdown()
     board.write(tmp_path, plot=False)
     csv_lines = (tmp_path / "leaderboard_rows.csv").read_text().splitlines()
-    assert csv_lines[0] == "model,id,method,label,predicted,target,insertion"
+    assert csv_lines[0] == (
+        "model,id,method,label,predicted,target,label_name,predicted_name,target_name,insertion"
+    )
     assert len(csv_lines) == 1 + 4 * 40
     latex = (tmp_path / "leaderboard.tex").read_text()
     assert latex.startswith(r"\begin{tabular}") and r"\toprule" in latex

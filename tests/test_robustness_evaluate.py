@@ -111,8 +111,10 @@ def test_metric_added_on_resume_is_computed_for_the_old_rows(tmp_path, rows_form
     if rows_format == "csv":
         with path.open(newline="") as handle:
             table = list(csv.reader(handle))
-        assert table[0] == ["id", "method", "label", "predicted", "target", "insertion", "deletion"]
-        assert len(table) == 5 and all(len(line) == 7 for line in table)
+        names = ["label_name", "predicted_name", "target_name"]
+        head = ["id", "method", "label", "predicted", "target", *names, "insertion", "deletion"]
+        assert table[0] == head
+        assert len(table) == 5 and all(len(line) == 10 for line in table)
     else:
         rows = _jsonl(path)
         assert len(rows) == 4 and all({"insertion", "deletion"} <= set(row) for row in rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ from ..errors import ImageInputError, RunMismatchError
 from ..interpretation.base import Explainer, predict
 from ..interpretation.metrics.registry import resolve_metric
 from ..interpretation.registry import as_explainer, resolve_method
-from ..models.introspect import data_config
+from ..models.introspect import class_namer, data_config
 from .cost import ForwardCounter, ForwardPlan, plan_forwards
 from .distributed import (
     broadcast_from_rank0,
@@ -45,7 +45,7 @@ from .run_identity import (
     write_identity,
 )
 from .sources import DatasetSource, Sample, no_readable_images, source_for
-from .summary import EvaluationSummary, RowStore, build_summary
+from .summary import NAME_KEYS, EvaluationSummary, RowStore, build_summary, with_names
 
 #: The heatmap metrics registered at import; `_metric_name` asks the registry live.
 ROW_FORMATS = ("jsonl", "csv")
@@ -150,6 +150,7 @@ def _rows_for_batch(
         for s, p in zip(samples, predicted, strict=True)
     ]
     rows = []
+    class_name = class_namer(model)
     for name, explainer in explainers.items():
         needed = [i for i, sample in enumerate(samples) if (sample.id, name) not in complete]
         if not needed:
@@ -164,6 +165,7 @@ def _rows_for_batch(
                 "probabilities": logits.float().softmax(-1).cpu(),
                 "targets": targets,
                 "predicted": predicted,
+                "class_name": class_name,
             }
             save_batch_maps(maps["dir"], name, samples, needed, heatmaps, context)
         # any registered heatmap metric; insertion and deletion share one pass of chunks
@@ -179,6 +181,7 @@ def _rows_for_batch(
                 "predicted": predicted[i],
                 "target": targets[i],
             }
+            row = with_names(row, class_name)
             row.update({metric: scores[metric][position] for metric in metric_names})
             rows.append(row)
     return rows
@@ -251,10 +254,14 @@ def _open_output(
     identity: dict[str, Any],
     metric_names: list[str],
     fresh: bool,
+    class_name: Callable[[int | None], str | None],
 ) -> tuple[dict[str, Any], dict[tuple[str, str], dict[str, Any]]]:
     """Check ``out_dir`` can take this run's rows; the identity it records and its rows.
 
     Runs on rank 0 only. ``fresh`` discards earlier rows (of either format) and identity first.
+    The rows kept are named again by ``class_name`` (`class_namer`): a file of an older
+    timmlens, without name columns, is rewritten with them, and names follow the model's
+    (its identity, checked first, fixes the indices; names given anew may differ).
     """
     if fresh:
         for path in [*(out_dir / f"rows.{fmt}" for fmt in ROW_FORMATS), out_dir / RUN_FILE]:
@@ -267,8 +274,12 @@ def _open_output(
         check_resumable(out_dir, old, identity)
     recorded = merged(old, identity)
     store.widen(metric_names)
+    named = [with_names(row, class_name) for row in rows]
+    pairs = zip(rows, named, strict=True)
+    if any(row.get(k) != new[k] for row, new in pairs for k in NAME_KEYS.values()):
+        store.rewrite(named)  # atomic: the same rows, their class names added or renewed
     write_identity(out_dir, recorded)
-    return recorded, {(row["id"], row["method"]): row for row in rows}
+    return recorded, {(row["id"], row["method"]): row for row in named}
 
 
 def _open_output_on_all_ranks(
@@ -290,7 +301,7 @@ def _open_output_on_all_ranks(
                 *(run.targets, run.profile),
             )
             recorded, existing = _open_output(
-                run.out_dir, run.store, identity, run.metric_names, fresh
+                run.out_dir, run.store, identity, run.metric_names, fresh, class_namer(run.model)
             )
             names = run.metric_names
             complete = {key for key, row in existing.items() if all(m in row for m in names)}

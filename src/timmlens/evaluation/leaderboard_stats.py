@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .paired import PairedDifference, paired_difference
-from .summary import Statistic
+from .summary import FIXED_KEYS, Statistic
 
 #: metric -> (low, high) of its values; metrics not listed are unbounded
 METRIC_BOUNDS: dict[str, tuple[float, float]] = {"insertion": (0.0, 1.0), "deletion": (0.0, 1.0)}
@@ -93,8 +93,9 @@ def best_method(ranked: Sequence[str], reference: Sequence[str]) -> str | None:
 
 def write_rows_csv(path: Path, rows: Rows, metrics: Sequence[str]) -> Path:
     """Every per-image row of every model: ``model, id, method, label, predicted,
-    target, <metrics>``, for the reader's own statistics."""
-    columns = ["model", "id", "method", "label", "predicted", "target", *metrics]
+    target, label_name, predicted_name, target_name, <metrics>``, for the reader's own
+    statistics (each model's rows named as that model names its classes)."""
+    columns = ["model", *FIXED_KEYS, *metrics]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

@@ -33,7 +33,11 @@ def save_batch_maps(
     heatmaps: torch.Tensor,
     context: dict[str, Any],
 ) -> None:
-    """One ``.npz`` per image of ``needed`` (heatmap ``(H, W)`` + metadata), atomically."""
+    """One ``.npz`` per image of ``needed`` (heatmap ``(H, W)`` + metadata), atomically.
+
+    ``context`` holds the batch's ``probabilities`` ``(B, K)``, ``targets``, ``predicted``,
+    ``geometries``, ``layers``, ``model`` and ``class_name`` (index -> name, `class_namer`).
+    """
     from ..saving import geometry_json, save_explanation
 
     for position, i in enumerate(needed):
@@ -49,9 +53,12 @@ def save_batch_maps(
                 "layer": context["layers"].get(name),
                 "model": context["model"],
                 "label": sample.label,
+                "label_name": context["class_name"](sample.label),
                 "target_class": context["targets"][i],
+                "target_name": context["class_name"](context["targets"][i]),
                 "target_probability": float(probabilities[context["targets"][i]]),
                 "predicted_class": context["predicted"][i],
+                "predicted_name": context["class_name"](context["predicted"][i]),
                 "geometry": geometry_json(context["geometries"][i]),
             },
             probabilities=probabilities,

@@ -8,7 +8,7 @@ import json
 import math
 import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,19 @@ from ..errors import RowsFileError
 from .run_identity import jsonable
 
 ROW_KEYS = ("id", "method", "label", "predicted", "target")
+#: each class column's name column, as the model names the class (``"class N"`` where it
+#: has no names); rows of an older timmlens lack them, and a resume adds them
+NAME_KEYS = {"label": "label_name", "predicted": "predicted_name", "target": "target_name"}
+#: the columns before the metrics: ``ROW_KEYS``, then the class names
+FIXED_KEYS = (*ROW_KEYS, *NAME_KEYS.values())
+
+
+def with_names(row: dict[str, Any], name: Callable[[int | None], str | None]) -> dict[str, Any]:
+    """``row`` with each class column's name (``label_name``, ...) after the indices."""
+    named = {key: value for key, value in row.items() if key not in NAME_KEYS.values()}
+    head = {key: named.pop(key) for key in ("id", "method", *NAME_KEYS) if key in named}
+    names = {column: name(head.get(key)) for key, column in NAME_KEYS.items()}
+    return {**head, **names, **named}
 
 
 def t_critical_975(dof: int) -> float:
@@ -157,16 +170,19 @@ def describe_identity(identity: dict[str, Any]) -> str:
 class RowStore:
     """Per-image rows in ``.jsonl`` or ``.csv``: crash-safe appends, repair, resume keys.
 
-    Rows are dicts with ``ROW_KEYS`` and one key per metric computed for them (a NaN
+    Rows are dicts with ``FIXED_KEYS`` (``ROW_KEYS``: id, method and the class indices;
+    ``NAME_KEYS``: the classes' names) and one key per metric computed for them (a NaN
     score stays NaN; a metric not computed is absent). JSONL writes NaN as ``null``;
     CSV writes ``nan``, and an empty cell means "not computed".
 
     A later line for the same (id, method) replaces an earlier one (a row recomputed to
     add a metric is appended first, then the file is compacted by `rewrite`).
 
-    CSV columns are fixed by the header: ``ROW_KEYS`` then ``metrics``. A resume asking
+    CSV columns are fixed by the header: ``FIXED_KEYS`` then ``metrics``. A resume asking
     for a metric the header lacks rewrites the file with the wider header first
-    (`widen`), atomically, so every line always has the header's column count.
+    (`widen`), atomically, so every line always has the header's column count. A file
+    written before the name columns existed is read too; the evaluator names its rows
+    and rewrites it.
     """
 
     def __init__(self, path: Path, metrics: list[str]) -> None:
@@ -179,7 +195,7 @@ class RowStore:
 
     @property
     def columns(self) -> list[str]:
-        return [*ROW_KEYS, *self.metrics]
+        return [*FIXED_KEYS, *self.metrics]
 
     # -- reading -------------------------------------------------------------------------
 
@@ -236,7 +252,7 @@ class RowStore:
                     raise self._damaged(number, "not a row (a JSON object with id and method)")
                 rows.append(
                     {
-                        k: (math.nan if v is None and k not in ROW_KEYS else v)
+                        k: (math.nan if v is None and k not in FIXED_KEYS else v)
                         for k, v in row.items()
                     }
                 )
@@ -250,7 +266,9 @@ class RowStore:
                 return []
             if header[: len(ROW_KEYS)] != list(ROW_KEYS):
                 raise self._damaged(1, f"header {header} does not start with {list(ROW_KEYS)}")
-            self.metrics = header[len(ROW_KEYS) :]
+            # a file of an older timmlens has no name columns: its metrics follow ROW_KEYS
+            named = header[: len(FIXED_KEYS)] == list(FIXED_KEYS)
+            self.metrics = header[len(FIXED_KEYS if named else ROW_KEYS) :]
             rows = []
             for values in reader:
                 if not values:
@@ -273,7 +291,9 @@ class RowStore:
         for key, value in row.items():
             if key in {"id", "method"}:
                 parsed[key] = value
-            elif key in {"label", "predicted", "target"}:
+            elif key in NAME_KEYS.values():  # a class name is text, even "7"
+                parsed[key] = value or None
+            elif key in NAME_KEYS:
                 parsed[key] = int(value) if value not in ("", "None") else None
             elif value not in ("", "None"):
                 parsed[key] = float(value)

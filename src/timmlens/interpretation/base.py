@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -176,24 +177,50 @@ class Explanation:
         (an Explanation built by hand) the maps are drawn on black."""
         from ..saving import batch_figure
 
-        title = self.context.get("title") or self.context.get("method") or ""
-        layer = self.context.get("layer")
-        method = title + (f" @ {layer}" if layer else "")
-        weights = (self.context.get("model") or {}).get("weights") or {}
         return batch_figure(
             self.heatmap,
             self.titles(),
-            method=method,
+            method=self._method_heading(),
             pictures=self.pictures,
             geometries=self.context.get("geometries"),
-            note=weights.get("note"),
+            note=self._weights_note(),
             **options,
         )
 
-    def _repr_png_(self) -> bytes:
+    def _method_heading(self) -> str:
+        """``"GradCAM @ backbone.layer4"``: the method's title and its layer, if any."""
+        title = self.context.get("title") or self.context.get("method") or ""
+        layer = self.context.get("layer")
+        return title + (f" @ {layer}" if layer else "")
+
+    def _weights_note(self) -> str | None:
+        return ((self.context.get("model") or {}).get("weights") or {}).get("note")
+
+    @cached_property
+    def _figure_png(self) -> bytes:
+        """`figure` as PNG, drawn once: a notebook asks for both displays below."""
         from ..saving import figure_png
 
         return figure_png(self.figure())
+
+    def _repr_png_(self) -> bytes:
+        return self._figure_png
+
+    def _repr_html_(self) -> str:
+        """The notebook display: the figure (each map on its photo, titled with its classes)
+        inline, under the method's heading, and each image's classes as text."""
+        from ..viz.notebook import result_html
+
+        count, height, width = self.heatmap.shape
+        model = (self.context.get("model") or {}).get("name")
+        details = f"heatmap ({count}, {height}, {width})" + (f", model {model}" if model else "")
+        return result_html(
+            self._figure_png,
+            self._method_heading() or "explanation",
+            [f"image {i}: {title}" for i, title in enumerate(self.titles())],
+            note=self._weights_note(),
+            details=details,
+        )
 
 
 def class_names_of(model: nn.Module, result: Explanation) -> dict[str, list[str]]:

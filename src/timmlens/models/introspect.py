@@ -32,7 +32,7 @@ import re
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -318,6 +318,17 @@ def model_class_names(model: nn.Module) -> Sequence[str] | None:
 def class_name_of(model: nn.Module, index: int) -> str:
     """The name of class ``index`` for ``model`` (see [`class_label`][])."""
     return class_label(index, num_outputs(model), model_class_names(model))
+
+
+def class_namer(model: nn.Module) -> Callable[[int | None], str | None]:
+    """``index -> name`` as [`class_name_of`][] names it, the names looked up once (for
+    many rows); ``None`` (no label) stays ``None``."""
+    count, names = num_outputs(model), model_class_names(model)
+
+    def name(index: int | None) -> str | None:
+        return None if index is None else class_label(index, count, names)
+
+    return name
 
 
 def model_name_of(model: nn.Module) -> str:

@@ -31,13 +31,15 @@ probabilities, so no parameter ``.grad`` is touched.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal, overload
 
 import torch
 
-from ...data import ImagesInput
+from ...data import ImagesInput, picture_of
 from ...errors import UnsupportedModelError
+from ...models.introspect import class_name_of
 from .._targets import TargetInput
 from ..base import explanation_call
 from ..registry import register_method
@@ -140,6 +142,10 @@ class AttentionMaps(Sequence[torch.Tensor]):
         num_prefix_tokens: ``N - h * w``.
         token_indices: positions of the named tokens, e.g. ``{"class": 0}``.
         batched: ``False`` when one image was passed (results drop the batch dimension).
+        pictures: per image, its photo (or for a tensor input the model's view of it), for
+            the notebook display; ``None`` when built by hand.
+        predicted_names: per image, the predicted class as the model names it; ``None``
+            for a headless model or when built by hand.
     """
 
     batched_maps: tuple[torch.Tensor, ...]
@@ -148,6 +154,8 @@ class AttentionMaps(Sequence[torch.Tensor]):
     num_prefix_tokens: int
     token_indices: Mapping[str, int]
     batched: bool = True
+    pictures: tuple[Any, ...] | None = field(default=None, repr=False)
+    predicted_names: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.batched_maps)
@@ -182,16 +190,36 @@ class AttentionMaps(Sequence[torch.Tensor]):
 
         return plot_attention_maps(self, **options)
 
-    def _repr_png_(self) -> bytes:
-        import matplotlib.pyplot as plt
-
+    @cached_property
+    def _figure_png(self) -> bytes:
+        """`figure` as PNG, drawn once: a notebook asks for both displays below."""
         from ...saving import figure_png
 
-        figure = self.figure()
-        try:
-            return figure_png(figure)
-        finally:
-            plt.close(figure)
+        return figure_png(self.figure())
+
+    def _repr_png_(self) -> bytes:
+        return self._figure_png
+
+    def _repr_html_(self) -> str:
+        """The notebook display: the first image's photo beside its attention per block and
+        head, and every image's predicted class as text."""
+        from ...viz.notebook import picture_img, result_html
+
+        count = self.batched_maps[0].shape[0] if self.batched_maps else 0
+        names = self.predicted_names or ()
+        captions = [f"image {i}: predicted {name}" for i, name in enumerate(names)]
+        beside = ""
+        if self.pictures:
+            alt = f"image 0{f', predicted {names[0]}' if names else ''}"
+            beside = picture_img(self.pictures[0], alt)
+        shown = "the first image's" if count > 1 else "its"
+        return result_html(
+            self._figure_png,
+            "Attention maps",
+            captions,
+            details=f"{self!r}; {shown} class token attention per block and head shown",
+            beside=beside,
+        )
 
     def stack(self) -> torch.Tensor:
         """All blocks at once: ``(B, L, heads, N, N)`` (``(L, heads, N, N)`` unbatched)."""
@@ -272,6 +300,10 @@ class AttentionVisualizer(AttentionExplainer):
         batch = self.prepare(images)
         with explanation_call(self.model, batch.tensor, "attention maps", needs_gradients=False):
             trace = self.trace(batch.tensor, None)
+        predicted = None
+        if trace.logits is not None:  # the capture's forward pass gave the predictions
+            classes = trace.logits.argmax(-1).tolist()
+            predicted = tuple(class_name_of(self.model, int(k)) for k in classes)
         return AttentionMaps(
             batched_maps=trace.maps,
             layer_names=trace.layer_names,
@@ -279,6 +311,8 @@ class AttentionVisualizer(AttentionExplainer):
             num_prefix_tokens=trace.num_prefix_tokens,
             token_indices=trace.token_indices,
             batched=not batch.single,
+            pictures=tuple(picture_of(batch, i, self.model) for i in range(len(batch))),
+            predicted_names=predicted,
         )
 
     def attention_rollout(
