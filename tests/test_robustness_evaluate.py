@@ -140,7 +140,7 @@ def test_a_last_line_cut_by_a_kill_is_dropped_with_a_warning(tmp_path, rows_form
     else:
         with path.open(newline="") as handle:
             table = list(csv.reader(handle))
-        assert len(table) == 5 and all(len(line) == 7 for line in table)
+        assert len(table) == 5 and all(len(line) == 10 for line in table)
     # and the file stays good for the next resume
     assert _run(model, data, out, rows_format=rows_format).table["gradcam"]["deletion"].n == 4
 
