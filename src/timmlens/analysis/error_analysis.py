@@ -180,7 +180,7 @@ class ErrorReport:
         accuracies = ", ".join(f"top-{k} {value:.1%}" for k, value in self.top_k.items())
         text = (
             f"{self.n_labelled} labelled images: {self.n_correct} correct, {self.n_errors} "
-            f"errors; {accuracies}"
+            f"error{'' if self.n_errors == 1 else 's'}; {accuracies}"
         )
         if self.n_unlabelled:
             text += f"; {self.n_unlabelled} without a label skipped"

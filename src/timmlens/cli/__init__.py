@@ -106,7 +106,7 @@ def _run_benchmark(args: argparse.Namespace) -> None:
         # one checkpoint: loaded here (the options name one model), benchmarked as a module
         if len(args.model) != 1:
             raise ValueError(
-                f"--weights, --num-classes and --class-names describe one model; "
+                f"--weights, --num-classes, --class-names and --model-arg describe one model; "
                 f"--model names {len(args.model)}: run one benchmark per checkpoint"
             )
         name = Path(args.weights).stem if args.weights else Path(args.model[0]).name
@@ -132,13 +132,17 @@ def _run_benchmark(args: argparse.Namespace) -> None:
 
 
 def _model_options(args: argparse.Namespace) -> dict[str, object]:
-    """``load_model`` keywords of ``--weights``, ``--num-classes``, ``--class-names``."""
+    """``load_model`` keywords of ``--weights``, ``--num-classes``, ``--class-names`` and
+    each ``--model-arg NAME=VALUE`` (a ``timm.create_model`` keyword)."""
+    from .listings import parse_model_args
+
     options = {
         "weights": args.weights,
         "num_classes": args.num_classes,
         "class_names": args.class_names,
     }
-    return {key: value for key, value in options.items() if value is not None}
+    given = {key: value for key, value in options.items() if value is not None}
+    return {**parse_model_args(getattr(args, "model_arg", None) or []), **given}
 
 
 def _load(args: argparse.Namespace, *, quiet_random_weights: bool = False, spec=None):

@@ -102,3 +102,30 @@ def parse_method_options(items: Sequence[str], chosen: Sequence[str]) -> dict[st
         for name in takers:
             options.setdefault(name, {})[option] = _value(text)
     return options
+
+
+#: ``--model-arg`` names that other options set (their own option says it better)
+_OWN_OPTIONS = {"num_classes": "--num-classes N", "pretrained": "--model with a pretrained tag"}
+
+
+def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
+    """``["img_size=384", "drop_rate=0.1"]`` -> ``{"img_size": 384, "drop_rate": 0.1}``:
+    ``timm.create_model`` keywords, each value a Python literal (else a string).
+
+    Raises:
+        ValueError: an item without ``=`` or a name that is not an identifier, or one
+            that another option sets (``num_classes``: ``--num-classes``).
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(
+                f"--model-arg {item!r}: expected NAME=VALUE with NAME a timm.create_model "
+                f"keyword, e.g. --model-arg img_size=384"
+            )
+        if key in _OWN_OPTIONS:
+            raise ValueError(f"--model-arg {item!r}: use {_OWN_OPTIONS[key]} for {key}")
+        options[key] = _value(text)
+    return options

@@ -81,6 +81,15 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, model: bool = True) 
         help="one name per class in index order: a file (one name a line, or a JSON "
         "list) or a comma-separated list (default: the model's own names)",
     )
+    group.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an option the model was created with, as timm.create_model takes it (a "
+        "Python literal), e.g. --model-arg drop_path_rate=0.1 --model-arg img_size=384; "
+        "repeatable",
+    )
     parser.add_argument(
         "--device",
         default="cpu",

@@ -189,12 +189,20 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
             lines.append(hints[0])
             cli = f"Weights from {source} do not fit {type(model).__name__}. {hints[1]}"
         else:
-            lines.append("Are these weights for another architecture or number of classes?")
+            lines.append(
+                "Are these weights for another architecture or number of classes? If the "
+                "model was created with options (timm.create_model(name, img_size=..., "
+                "...)), pass the same ones: load_model(name, weights=..., img_size=...); or "
+                "save it with timm.models.save_for_hf(model, folder, model_args={...}) and "
+                "load the folder."
+            )
             cli = (
                 f"Weights from {source} do not fit {type(model).__name__} "
                 f"({len(shape_errors)} mis-shaped, {len(missing)} missing, {len(unexpected)} "
                 f"unexpected entries): are they for another architecture? Name the one they "
-                f"were trained with: --model ARCHITECTURE --weights {source}"
+                f"were trained with: --model ARCHITECTURE --weights {source}; if it was "
+                f"created with options (timm.create_model(name, img_size=384)), pass each: "
+                f"--model-arg img_size=384"
             )
         raise WeightsMismatchError("\n".join(lines), cli=cli)
     model.load_state_dict(state_dict, strict=True)
