@@ -140,6 +140,7 @@ def test_python_path_from_the_hf_folder(saved, tmp_path):
     from timmlens.quick import quick_explain
 
     model = load_model(saved["hf"])
+    assert model.class_names == list(CLASS_NAMES)  # the folder's label_names, one attribute
     first = sorted(saved["labels"])[0]
     result = quick_explain(model, saved["data"] / first, save_path=tmp_path / "x.png")
     assert result.class_name == saved["labels"][first]

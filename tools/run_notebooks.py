@@ -71,8 +71,9 @@ _KERNEL_NOISE = ("TqdmWarning: IProgress not found", "from .autonotebook import 
 
 def compact(book: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """Smaller stored outputs: each PNG re-encoded with a 256-colour palette where that is
-    smaller (photos with overlays shrink about 3.5 times, the figures stay readable), and
-    kernel noise on stderr left out. Run on a copy to store; the tests read the raw run."""
+    smaller (photos with overlays shrink about 3.5 times, the figures stay readable; also
+    inside the output's HTML display, which embeds the same PNG), and kernel noise on
+    stderr left out. Run on a copy to store; the tests read the raw run."""
     import base64
     import io
 
@@ -99,7 +100,12 @@ def compact(book: nbformat.NotebookNode) -> nbformat.NotebookNode:
                     buffer, "PNG", optimize=True
                 )
                 if buffer.tell() < len(raw):
-                    output.data["image/png"] = base64.b64encode(buffer.getvalue()).decode()
+                    smaller = base64.b64encode(buffer.getvalue()).decode()
+                    output.data["image/png"] = smaller
+                    # a result's HTML display embeds the same PNG: the smaller one there too
+                    html = output.data.get("text/html")
+                    if isinstance(html, str) and png in html:
+                        output.data["text/html"] = html.replace(png, smaller)
             kept.append(output)
         if cell.cell_type == "code":
             cell.outputs = kept

@@ -43,7 +43,7 @@ class ImageClassifier(nn.Module):
 
     The timm model is ``self.backbone`` and keeps its classifier where timm put it, so
     layer names start with ``backbone.`` (``"backbone.layer4"``, ``"backbone.fc"``,
-    ``"backbone.blocks.11"``), the convention of the tutorials our users follow.
+    ``"backbone.blocks.11"``).
 
     A model passed in is wrapped as it is: the wrapper neither replaces its
     classifier nor changes its ``training`` flags (the explainers switch to eval mode
@@ -64,7 +64,8 @@ class ImageClassifier(nn.Module):
         class_names: one name per class, in index order: a list, a file (one name a
             line, or a JSON list) or ``"cat,dog,fox"``. Every title, page, row and
             folder label then uses them (default: the model's own ``label_names``,
-            ImageNet names for 1000 classes, else ``class N``).
+            ImageNet names for 1000 classes, else ``class N``). ``self.class_names`` holds
+            these, else the model's ``label_names`` (e.g. an HF folder's), else ``None``.
         pretrained: for a timm name with a pretrained tag, whether to load its weights
             (``False``: random weights); for a module passed in, ``False`` states that its
             weights are random, so every figure says so (the module is not changed).
@@ -117,6 +118,12 @@ class ImageClassifier(nn.Module):
             names = read_class_names(class_names)
             check_class_names(names, self.num_classes)
             self.class_names = names  # model_class_names reads them before label_names
+        else:
+            # the model's own names (an HF folder's label_names) under the same attribute,
+            # so model.class_names[row["label"]] works for every model that has names
+            own = self.pretrained_cfg.get("label_names")
+            if isinstance(own, (list, tuple)) and len(own) == self.num_classes:
+                self.class_names = [str(name) for name in own]
         if user_module:
             self.training = model.training  # only the wrapper's own flag: the model's stay
         else:
