@@ -151,8 +151,7 @@ RECIPES: dict[str, KnownAnswerRecipe] = {
             learning_rate=3e-3,
             steps=1500,
             train_images=30_000,
-            what="EfficientNet (timm's smallest generator: depthwise-separable, fused-MBConv "
-            "and MBConv-SE blocks, SiLU; output stride 8: an 8x8 CAM grid), average pool",
+            what="EfficientNet (fused-MBConv and MBConv-SE blocks, output stride 8), average pool",
         ),
         KnownAnswerRecipe(
             "vit",
