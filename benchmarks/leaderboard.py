@@ -248,9 +248,10 @@ def page(
         f"    **{n_pairs} (model, image) pairs**: the scikit-image photos "
         f"({', '.join(PHOTOS)}) on {len(board.models)} real ImageNet "
         f"model(s): {models}. The photos carry no labels, so every map explains the "
-        "model's predicted class. The 95% intervals are wide; two methods whose intervals "
-        "overlap are not told apart by this page. Run the same benchmark on your own "
-        "images (below) before you choose."
+        "model's predicted class. The 95% intervals are wide: the paired differences "
+        "below the table say which methods the photos cannot tell apart from the best and "
+        "from the reference rows (≈). Run the same benchmark on your own images (below) "
+        "before you choose."
         + (
             " The run was stopped for time before every model had scored every photo: "
             "the counts are the images each model finished (in file-name order: "
@@ -296,10 +297,14 @@ def page(
         "",
         "## How to choose",
         "",
-        "- **CNNs**: start with `gradcam` or `gradcampp` (one forward and one backward); "
-        "keep them if they beat both reference rows on your images.",
-        "- **ViTs**: attention `rollout` (with a class, Chefer's gradient-weighted rollout), "
-        "and GradCAM through the token adapter.",
+        "- **CNNs**: `gradcam` or `gradcampp` (one forward and one backward) for the "
+        "region; keep them if they beat both reference rows on your images. Their map is "
+        "as coarse as the CAM layer: for the pixels, `lrp` (Zennit, EpsilonPlusFlat) and "
+        "`guidedgradcam` put the most relevance on the evidence of the trained CNNs of "
+        "[the known-answer page](known_answers.md).",
+        "- **ViTs**: `attnlrp` (then `cplrp`) ranks first on all three trained ViTs of the "
+        "known-answer page, ahead of Chefer's relevance, `rollout` and LeGrad; one forward "
+        "and one backward pass.",
         "- **Any model**: `ig` (Integrated Gradients) gives pixel-level attributions; more "
         "`n_steps` than here make it more faithful and slower.",
         "- **Never trust a picture alone**: insertion rewards maps that restore the "

@@ -22,7 +22,12 @@ cache made with other quick settings is dropped. A run over every model and meth
 says **not run**.
 
     .venv/bin/python benchmarks/method_matrix.py [--methods gradcam ig ...] [--models resnet18 ...]
-        [--redo] [--write]
+        [--redo] [--write] [--from-page] [--keep-figure]
+
+To redo one method after a change (the cache lost): ``--from-page`` caches every cell as
+the committed page shows it (status and seconds, no maps; ``benchmarks/sweep_reuse.py``),
+``--methods <name> --redo`` runs that method again, and ``--write --keep-figure`` writes
+the page from the cache, saying which rows were carried over, and leaves the figure.
 """
 
 from __future__ import annotations
@@ -58,6 +63,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "docs" / "methods" / "matrix.md"
 CACHE = ROOT / "outputs" / "method_matrix"
 NOT_RUN = "not run"
+# The page's line naming the rows carried over from an earlier page (``write_page``)
+CARRIED_PATTERN = (
+    r"^\*\*Carried over:\*\* the cells of (.*?) \(\d+ of \d+\) come from (.*?) "
+    r"\(its cache lost\)"
+)
 FIGURE = ROOT / "docs" / "images" / "methods_chelsea.png"
 MAX_SIDE = 224
 REAL = "efficientnet_lite0"
@@ -86,6 +96,7 @@ class Cell:
     seconds: float = 0.0
     works: bool = False
     heatmap: np.ndarray | None = field(default=None, repr=False)
+    carried: str = ""  # where a cell not run by this cache comes from (an earlier page)
 
 
 class Timeout(Exception):
@@ -205,6 +216,7 @@ def save_cells(key: str, cells: dict[str, Cell]) -> None:
         "settings": settings_note(),
         "cells": {
             m: {"status": c.status, "seconds": c.seconds, "works": c.works}
+            | ({"carried": c.carried} if c.carried else {})
             for m, c in cells.items()
         },
     }
@@ -268,7 +280,40 @@ def settings_note() -> str:
     )
 
 
+def carried_note(cells: list[Cell]) -> list[str]:
+    """The page's lines naming the rows carried over from an earlier page, by source."""
+    sources: dict[str, list[Cell]] = {}
+    for cell in cells:
+        if cell.carried:
+            sources.setdefault(cell.carried, []).append(cell)
+    lines = []
+    rerun = ", ".join(f"`{m}`" for m in dict.fromkeys(c.method for c in cells if not c.carried))
+    later = (
+        f"; the other rows ({rerun}) ran again on {datetime.date.today().isoformat()} with "
+        "the code of this commit. Their seconds come from that later run, on a machine under "
+        "other load: compare them with the carried rows' only roughly."
+        if rerun
+        else "."
+    )
+    for source, carried in sources.items():
+        rows = ", ".join(f"`{m}`" for m in dict.fromkeys(c.method for c in carried))
+        lines += [
+            f"**Carried over:** the cells of {rows} ({len(carried)} of {len(cells)}) come "
+            f"from {source} (its cache lost), run with the same settings{later}",
+            "",
+        ]
+    return lines
+
+
 def write_page(cells: list[Cell], names: list[str], keys: list[str], figure: bool) -> str:
+    """Write ``TABLE`` (`page_text`); returns its text."""
+    text = page_text(cells, names, keys, figure)
+    TABLE.write_text(text)
+    return text
+
+
+def page_text(cells: list[Cell], names: list[str], keys: list[str], figure: bool) -> str:
+    """The page of ``cells``: the status table, the figure's place, the seconds table."""
     ran = {(c.method, c.model) for c in cells}
     left = [(m, k) for m in names for k in keys if (m, k) not in ran]
     unrun = (
@@ -288,6 +333,7 @@ def write_page(cells: list[Cell], names: list[str], keys: list[str], figure: boo
             "method.",
             "",
         ]
+    unrun += carried_note(cells)
     lines = [
         "# Every method on every family",
         "",
@@ -329,9 +375,7 @@ def write_page(cells: list[Cell], names: list[str], keys: list[str], figure: boo
         *markdown_table(cells, names, keys, "seconds"),
         "",
     ]
-    text = "\n".join(lines)
-    TABLE.write_text(text)
-    return text
+    return "\n".join(lines)
 
 
 def draw_figure(cells: list[Cell], photo: np.ndarray) -> int:
@@ -375,6 +419,16 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=300, help="seconds per cell")
     parser.add_argument("--redo", action="store_true", help="run cached cells again")
     parser.add_argument("--write", action="store_true", help="only write the page from the cache")
+    parser.add_argument(
+        "--from-page",
+        action="store_true",
+        help=f"first cache the cells missing from the cache as {TABLE.name} shows them",
+    )
+    parser.add_argument(
+        "--keep-figure",
+        action="store_true",
+        help="write the page but leave the figure as it is (carried cells have no maps)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("-v", action="store_true", help="print tracebacks")
     args = parser.parse_args()
@@ -382,15 +436,26 @@ def main() -> None:
     names = args.methods or methods()
     keys = args.models or list(MODELS)
     photo = skdata.chelsea()
+    # The libraries the methods load on first use, loaded before any cell is timed: else
+    # whichever method first needs one (Captum, Zennit) pays its import (17 s on a busy CPU)
+    import captum.attr  # noqa: F401
+    import zennit.composites  # noqa: F401
+
     start = time.perf_counter()
+    if args.from_page:
+        from sweep_reuse import matrix_cells_from_page
+
+        for key, cells in matrix_cells_from_page(TABLE.read_text()).items():
+            save_cells(key, cells | load_cells(key))  # cached cells are newer than the page
     if not args.write:
         cells = [c for key in keys for c in sweep_model(key, names, args.timeout, photo, args.redo)]
         print("\n".join(markdown_table(cells, names, keys, "status")))
     if args.write or (not args.methods and not args.models):
         names, keys = methods(), list(MODELS)
         cells = [c for key in keys for c in load_cells(key).values() if c.method in names]
-        size = draw_figure(cells, photo)
-        print(f"figure {FIGURE.relative_to(ROOT)}: {size / 1024:.0f} KB")
+        if not args.keep_figure:
+            size = draw_figure(cells, photo)
+            print(f"figure {FIGURE.relative_to(ROOT)}: {size / 1024:.0f} KB")
         write_page(cells, names, keys, figure=True)
         print(f"wrote {TABLE.relative_to(ROOT)}")
     print(f"total {time.perf_counter() - start:.0f}s")

@@ -23,10 +23,12 @@ so the sweep resumes where it stopped; ``--redo`` recomputes the named families.
 
     .venv/bin/python benchmarks/zoo_coverage.py [--families resnet vit ...] [--redo]
         [--chunk 0/2] [--methods gradcam ...] [--fast | --slow] [--timeout 90]
-        [--first-try 10] [--write]
+        [--first-try 10] [--write] [--from-page] [--structural [--no-build]] [--cpu-clock]
 
 A cell that times out at the family's size (``--first-try`` seconds; 0 skips that try)
-runs again at ``FALLBACK_SIDE`` (``--timeout`` seconds); the page stars it.
+runs again at ``FALLBACK_SIDE`` (``--timeout`` seconds); the page stars it. One method
+again, the cache lost: ``--from-page --methods <name> --redo --structural`` (see
+``benchmarks/sweep_reuse.py``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import time
 import traceback
 import warnings
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import timm
@@ -122,6 +124,23 @@ class Timeout(Exception):
 
 def _alarm(_signum, _frame):
     raise Timeout("timed out")
+
+
+# Time limits in the process's CPU time (``--cpu-clock``), not wall-clock time, which on a
+# shared CPU measures the other jobs' load (with one thread, the same on an idle machine)
+CPU_CLOCK = [False]
+
+
+def _arm(seconds: int) -> None:
+    """Raise ``Timeout`` after ``seconds`` (CPU or wall-clock, `CPU_CLOCK`)."""
+    cpu = CPU_CLOCK[0]
+    signal.signal(signal.SIGPROF if cpu else signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_PROF if cpu else signal.ITIMER_REAL, seconds)
+
+
+def _disarm() -> None:  # either clock
+    signal.setitimer(signal.ITIMER_PROF, 0)
+    signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def count_params(name: str) -> int | None:
@@ -228,10 +247,14 @@ def relu_diagnosis(method: str, model: nn.Module, inputs: torch.Tensor, classes:
     return ""
 
 
+def refusal_cell(exc: TimmLensError, method: str) -> Cell:
+    """The cell of a refusal: the error's class and the gist of its reason."""
+    return Cell(REFUSED, f"{type(exc).__name__}: {short_reason(exc, method, 160)}")
+
+
 def run_cell(method: str, model: nn.Module, inputs: torch.Tensor, classes: list[int], timeout: int):
     start = time.perf_counter()
-    signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(timeout)
+    _arm(timeout)
     try:
         explainer = as_explainer(method, model, **options_for(method, model))
         maps = [explainer.explain_batch(inputs, [c])[0].detach().float() for c in classes]
@@ -242,7 +265,7 @@ def run_cell(method: str, model: nn.Module, inputs: torch.Tensor, classes: list[
         if cell.note == "constant map" and getattr(explainer, "relu", False):
             cell.note += relu_diagnosis(method, model, inputs, classes)
     except TimmLensError as exc:  # a refusal with its reason: part of the answer
-        cell = Cell(REFUSED, f"{type(exc).__name__}: {short_reason(exc, method, 160)}")
+        cell = refusal_cell(exc, method)
     except Timeout:
         cell = Cell(FAILING, f"timed out after {timeout} s")
     except Exception as exc:  # anything else is a bug to report
@@ -251,7 +274,7 @@ def run_cell(method: str, model: nn.Module, inputs: torch.Tensor, classes: list[
         if "-v" in sys.argv:
             traceback.print_exc()
     finally:
-        signal.alarm(0)
+        _disarm()
     cell.seconds = round(time.perf_counter() - start, 1)
     return cell
 
@@ -316,8 +339,7 @@ def sweep_family(
     """
     first_try = timeout if first_try is None else first_try
     start = time.perf_counter() - result.seconds
-    signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(timeout * 3)
+    _arm(timeout * 3)
     try:
         picked = picked_architecture(family, repick)
         if picked is None:
@@ -326,14 +348,14 @@ def sweep_family(
         result.architecture, result.params_m = picked
         model, size = build_family_model(result)
         result.input_size = size
+    except Timeout:  # before Exception, which it is
+        result.reason = f"building the model took over {timeout * 3} s"
+        return result
     except Exception as exc:
         result.reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
         return result
-    except Timeout:
-        result.reason = f"building the model took over {timeout * 3} s"
-        return result
     finally:
-        signal.alarm(0)
+        _disarm()
     result.fused_attention = sum(hasattr(m, "fused_attn") for m in model.modules())
     try:
         result.default_layer = get_adapter(model).default_layer
@@ -392,17 +414,23 @@ def method_totals(results: list[FamilyResult], names: list[str]) -> dict[str, Co
 def page(results: list[FamilyResult], names: list[str], missing: list[str]) -> str:
     totals = method_totals(results, names)
     swept = [r for r in results if r.cells]
-    carried: dict[str, Counter] = {}
+    carried: dict[str, dict[str, list[str]]] = {}  # source -> method -> families
     for r in results:
         for m, cell in r.cells.items():
             if cell.carried and m in names:
-                carried.setdefault(cell.carried, Counter())[m] += 1
-    provenance = [
-        f"**Carried over:** {sum(count.values())} cells of "
-        f"{', '.join(f'`{m}`' for m in count)} come from {source}; every other cell ran "
-        "with the settings above."
-        for source, count in carried.items()
-    ]
+                carried.setdefault(cell.carried, {}).setdefault(m, []).append(r.family)
+    provenance = []
+    for source, by_method in carried.items():
+        cells = f"{sum(map(len, by_method.values()))} cells"
+        if all(len(f) == len(swept) for f in by_method.values()):  # whole columns
+            cells += " of " + ", ".join(f"`{m}`" for m in by_method)
+        else:
+            on = ("`{}` on {}".format(m, ", ".join(f)) for m, f in by_method.items())
+            cells += f" ({'; '.join(on)})"
+        provenance.append(
+            f"**Carried over:** {cells} come from {source}; every other cell ran with the "
+            "settings above."
+        )
     lines = [
         "# Zoo coverage: every timm family x every method",
         "",
@@ -419,7 +447,9 @@ def page(results: list[FamilyResult], names: list[str], missing: list[str]) -> s
         "explains the model's top two classes on one seeded random image. The layer and "
         "attention methods run at the family's input size; the input methods get 10 s there "
         f"and the masked-forward and sampling methods none (CPU time), and then run at "
-        f"{FALLBACK_SIDE} px (the next size the model runs at): a star marks such a cell.",
+        f"{FALLBACK_SIDE} px (the next size the model runs at): a star marks such a cell. "
+        "Limits are wall-clock seconds, or the sweep's CPU seconds (one thread) for cells run "
+        "with `--cpu-clock` on a shared machine; on an idle machine the two agree.",
         "",
         "A cell is **yes** when both maps are finite and non-constant and differ between the "
         "two classes (a class-agnostic method such as EigenCAM must give the same map "
@@ -496,6 +526,9 @@ def main() -> None:
         "--reverse", action="store_true", help="last family first (a second worker on a chunk)"
     )
     parser.add_argument("--write", action="store_true", help="write the page from the cache")
+    parser.add_argument("--from-page", action="store_true", help="cache uncached rows as shown")
+    parser.add_argument("--structural", action="store_true", help="refusals decided on meta")
+    parser.add_argument("--no-build", action="store_true", help="with --structural: only those")
     parser.add_argument("--timeout", type=int, default=90, help="seconds per cell")
     parser.add_argument(
         "--first-try",
@@ -503,9 +536,11 @@ def main() -> None:
         help=f"seconds per cell at the family's side before {FALLBACK_SIDE} px (0: skip it)",
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cpu-clock", action="store_true", help="limits count CPU time")
     parser.add_argument("-v", action="store_true", help="print tracebacks")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    CPU_CLOCK[0] = args.cpu_clock
     every = list(timm.list_modules())
     families = args.families or every
     index, count = map(int, args.chunk.split("/"))
@@ -518,14 +553,30 @@ def main() -> None:
     for name in names:
         resolve_method(name)
     CACHE.mkdir(parents=True, exist_ok=True)
+    if args.from_page:
+        from sweep_reuse import zoo_results_from_page
+
+        for result in zoo_results_from_page(TABLE.read_text()):
+            path = CACHE / f"{result.family}.json"
+            if not path.exists():  # a cached row is newer than the page
+                path.write_text(json.dumps(asdict(result), indent=1))
     for family in families:
         path = CACHE / f"{family}.json"
         old = FamilyResult.load(path) if path.exists() else FamilyResult(family)
-        if args.redo:
-            old = FamilyResult(family, cells={m: c for m, c in old.cells.items() if m not in names})
+        if args.redo:  # the row's model as cached (built anew if a cell needs it)
+            kept = {m: c for m, c in old.cells.items() if m not in names}
+            old = replace(old, reason="", cells=kept, seconds=0.0)
         if old.reason or all(m in old.cells for m in names):
             continue
-        result = sweep_family(family, names, args.timeout, old, args.repick, args.first_try)
+        if args.structural and old.architecture:
+            from sweep_reuse import structural_refusals
+
+            pending = [m for m in names if m not in old.cells]
+            old.cells.update(structural_refusals(old, pending))
+        if all(m in old.cells for m in names) or args.no_build:  # no model built
+            result = old
+        else:
+            result = sweep_family(family, names, args.timeout, old, args.repick, args.first_try)
         path.write_text(json.dumps(asdict(result), indent=1))
         counts = Counter(c.status for c in result.cells.values())
         print(

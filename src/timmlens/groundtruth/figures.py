@@ -51,7 +51,8 @@ def evidence_figure(
     panels = len(methods) + 1
     rows_per_image = -(-panels // columns)
     rows = rows_per_image * len(data)
-    figure = Figure(figsize=(1.3 * columns, 1.4 * rows + 0.5))
+    height = 1.4 * rows + 0.5
+    figure = Figure(figsize=(1.3 * columns, height))
     axes = figure.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
@@ -75,7 +76,7 @@ def evidence_figure(
             ax.set_xticks([])
             ax.set_yticks([])
     figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / height))  # tight_layout ignores suptitle
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=dpi)

@@ -3,8 +3,8 @@
 
 Each recipe is one timm architecture with small depth and width, at 64 px, mean = std =
 0.5. Every recipe reaches 95% test accuracy, and its weights ship with the package
-(``bundled:gt-resnet``, ``-vit``, ``-vit-gap``, ``-deit``; 1.0-1.4 MB each in float16
-safetensors): the one exception to "no weights in the repository", reproduced by
+(``bundled:gt-resnet``, ``-efficientnet``, ``-vit``, ``-vit-gap``, ``-deit``; 0.2-1.4 MB
+each in float16 safetensors): the one exception to "no weights in the repository", reproduced by
 ``timmlens groundtruth train`` (or ``python -m timmlens.groundtruth.training``) from a
 seed. An installation without a recipe's weights refuses to load it and says how to
 train it.
@@ -143,6 +143,15 @@ RECIPES: dict[str, KnownAnswerRecipe] = {
             "resnet10t",
             {"channels": (24, 48, 96, 192), "stem_width": 16, "output_stride": 8},
             what="ResNet-10-T (4 basic blocks, output stride 8: an 8x8 CAM grid), average pool",
+        ),
+        KnownAnswerRecipe(
+            "efficientnet",
+            "test_efficientnet",
+            {"output_stride": 8},
+            learning_rate=3e-3,
+            steps=1500,
+            train_images=30_000,
+            what="EfficientNet (fused-MBConv and MBConv-SE blocks, output stride 8), average pool",
         ),
         KnownAnswerRecipe(
             "vit",
