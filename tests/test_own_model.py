@@ -288,6 +288,14 @@ def test_leaderboard_paired_differences_clipped_intervals_and_exports(tmp_path):
     wide = {"m": [{"id": str(i), "method": "x", "insertion": v} for i, v in enumerate([1, 1, 0.5])]}
     assert "[" in build_leaderboard(wide, ["x"], ["insertion"], reference=[]).markdown()
     assert "1.000]" in build_leaderboard(wide, ["x"], ["insertion"], reference=[]).markdown()
+    # and a percentage below 0: Increase in Confidence is a share of images, in [0, 100]
+    rare = [
+        {"id": str(i), "method": "x", "increase_in_confidence": 100.0 * (i == 0)} for i in range(4)
+    ]
+    text = build_leaderboard(
+        {"m": rare}, ["x"], ["increase_in_confidence"], reference=[]
+    ).markdown()
+    assert "25.000 [0.000, " in text
     board.write(tmp_path, plot=False)
     csv_lines = (tmp_path / "leaderboard_rows.csv").read_text().splitlines()
     assert csv_lines[0] == (

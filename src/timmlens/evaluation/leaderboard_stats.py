@@ -22,8 +22,20 @@ import numpy as np
 from .paired import PairedDifference, paired_difference
 from .summary import FIXED_KEYS, Statistic
 
-#: metric -> (low, high) of its values; metrics not listed are unbounded
-METRIC_BOUNDS: dict[str, tuple[float, float]] = {"insertion": (0.0, 1.0), "deletion": (0.0, 1.0)}
+#: metric -> (low, high) of its values on probability scores (the leaderboard's); metrics
+#: not listed are unbounded. ROAD rows are mean probabilities; Average Drop and Increase
+#: in Confidence are percentages; AOPC is a mean drop in probability; sensitivity-n a
+#: Pearson correlation.
+METRIC_BOUNDS: dict[str, tuple[float, float]] = {
+    "insertion": (0.0, 1.0),
+    "deletion": (0.0, 1.0),
+    "road_morf": (0.0, 1.0),
+    "road_lerf": (0.0, 1.0),
+    "average_drop": (0.0, 100.0),
+    "increase_in_confidence": (0.0, 100.0),
+    "aopc": (-1.0, 1.0),
+    "sensitivity": (-1.0, 1.0),
+}
 NOT_DISTINGUISHABLE = "≈"
 Rows = Mapping[str, Sequence[Mapping[str, Any]]]
 
