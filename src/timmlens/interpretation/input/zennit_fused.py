@@ -67,8 +67,9 @@ def non_negative_zplus(stabilizer: float = 1e-6) -> Any:
     ``ZPlus`` runs two passes, ``(x+, W+, b+)`` and ``(x-, W-, no bias)``. After a ReLU
     (ResNets, VGG, Lite0's ReLU6) ``x- = 0``: the second pass is zero, and the rule is
     ``R_x = x * W+^T (R / stab(z+))`` with ``z+ = W+ x + b+`` and Zennit's stabiliser
-    ``stab(z) = z + eps sign(z)``, ``sign(0) = 1``. Computed so (`fused_backward`: one
-    forward with ``W+``, one input gradient, three elementwise steps) for PyTorch's own
+    ``stab(z) = z + eps sign(z)``, ``sign(0) = 1``, which is ``z + eps`` as ``z+ >= 0``.
+    Computed so (`fused_backward`: one forward with ``W+``, one input gradient, three
+    elementwise steps in place) for PyTorch's own
     convolutions and linear layers; otherwise (a negative input, another module) Zennit's
     two passes run as they are. Equal to Zennit's ``ZPlus`` in the tests.
     """
@@ -92,9 +93,12 @@ def non_negative_zplus(stabilizer: float = 1e-6) -> Any:
             forward, input_gradient = direct
             params = _modified_params(self.param_modifiers[0], module)
             z = forward(module, x, params)
-            z.add_(torch.where(z >= 0, stabilizer, -stabilizer))  # Zennit's stabilize
+            # Zennit's stabiliser z + eps sign(z), sign(0) = 1, is z + eps here: x, W+
+            # and b+ are non-negative, so z is (including -0.0, from -0.0 inputs)
+            z.add_(stabilizer)
+            torch.div(relevance, z, out=z)
             weight = params.get("weight", module.weight)
-            return input_gradient(module, x, weight, relevance / z).mul_(x)
+            return input_gradient(module, x, weight, z).mul_(x)
 
     return NonNegativeZPlus()
 
@@ -126,8 +130,11 @@ class FusedRule:
         original = module.forward
         rule = self
         # an in-place module (``ReLU(inplace=True)``) would overwrite a tensor that an
-        # earlier rule saved: it runs on a copy, as under Zennit's hooks
-        copy_input = bool(getattr(module, "inplace", False))
+        # earlier rule saved: it runs out of place for the call (Zennit's hooks copy its
+        # input instead: one more pass over the tensor)
+        inplace = vars(module).get("inplace") is True
+        if inplace:
+            module.inplace = False
 
         def forward(*args: Any, **kwargs: Any) -> Any:
             if (
@@ -138,17 +145,18 @@ class FusedRule:
                 or not (torch.is_grad_enabled() and args[0].requires_grad)
             ):
                 return original(*args, **kwargs)
-            return _Ruled.apply(args[0], (rule, module, original, copy_input))
+            return _Ruled.apply(args[0], (rule, module, original))
 
         module.forward = forward  # type: ignore[method-assign]
-        return _Restore(module, own, self)
+        return _Restore(module, own, inplace, self)
 
 
 class _Restore:
-    """The handle of a `FusedRule` registration: ``remove`` restores the module's forward."""
+    """The handle of a `FusedRule` registration: ``remove`` restores the module."""
 
-    def __init__(self, module: nn.Module, own: Any, rule: FusedRule) -> None:
-        self.module, self.own, self.rule = module, own, rule
+    def __init__(self, module: nn.Module, own: Any, inplace: bool, rule: FusedRule) -> None:
+        self.module: nn.Module | None = module
+        self.own, self.inplace, self.rule = own, inplace, rule
 
     def remove(self) -> None:
         if self.module is None:
@@ -158,13 +166,15 @@ class _Restore:
             vars(module).pop("forward", None)
         else:
             module.forward = self.own  # type: ignore[method-assign]
+        if self.inplace:
+            module.inplace = True
         self.rule.remove()
 
 
 class _Ruled(torch.autograd.Function):
     """``module(x)``; backward: the relevance of ``x`` under the module's rule.
 
-    ``setup`` is ``(rule, module, original forward, copy_input)``. The input and output are
+    ``setup`` is ``(rule, module, original forward)``. The input and output are
     kept as detached aliases (no reference cycle through the graph) with their versions,
     so a later in-place change is noticed rather than read (a changed output is
     recomputed; a changed input, which Zennit's hooks would have copied, is refused).
@@ -172,8 +182,8 @@ class _Ruled(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, setup: tuple[Any, ...]) -> torch.Tensor:
-        rule, module, original, copy_input = setup
-        out = original(x.clone() if copy_input else x)
+        rule, module, original = setup
+        out = original(x)
         if not isinstance(out, torch.Tensor):
             raise TypeError(
                 f"lrp: {type(module).__name__} returned {type(out).__name__}, but a module "
@@ -187,7 +197,7 @@ class _Ruled(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, relevance: torch.Tensor) -> tuple[torch.Tensor, None]:
-        rule, module, original, _ = ctx.setup
+        rule, module, original = ctx.setup
         if rule.passes_on:
             return relevance, None
         x, out = ctx.x, ctx.out
