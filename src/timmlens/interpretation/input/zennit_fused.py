@@ -38,6 +38,9 @@ from torch import nn
 
 __all__ = ["FusedRule", "fused", "non_negative_zplus"]
 
+#: modules whose output at a zero input is their bias (or zero)
+_AFFINE = (nn.Linear, nn.modules.conv._ConvNd)
+
 #: PyTorch's own convolutions: forward ``_conv_forward(x, w, b)``, input gradient ``torch.nn.grad``
 _CONVOLUTIONS: dict[type[nn.Module], Callable[..., torch.Tensor]] = {
     nn.Conv1d: torch.nn.grad.conv1d_input,
@@ -303,38 +306,52 @@ def _basic_relevance(
 ) -> torch.Tensor:
     """Zennit's ``BasicHook.backward`` (same modifiers, mapper, reducer), without the
     passes it can skip or read off the forward (module docstring)."""
-    from zennit.core import ParamMod
 
     direct = _direct_linear(module)
-    passes = []
-    for in_mod, param_mod, out_mod in zip(
-        hook.input_modifiers, hook.param_modifiers, hook.output_modifiers, strict=True
-    ):
-        param_mod = ParamMod.ensure(param_mod)
-        xi = in_mod(x)
-        if direct is None or not _is_identity(out_mod, x):
-            passes.append(_autograd_pass(module, original, xi, param_mod, out_mod))
-            continue
-        forward, input_gradient = direct
-        if out is not None and xi is x:
-            params = _modified_params(param_mod, module)
-            if all(_same_tensor(value, getattr(module, key)) for key, value in params.items()):
-                passes.append(_Pass(xi, out, _direct_gradient(input_gradient, module, params)))
-                continue
-        if not xi.any():
-            bias = _modified_params(param_mod, module, ["bias"]).get("bias")
-            if bias is None or not bias.any():
-                zero = torch.zeros((), dtype=x.dtype, device=x.device)
-                passes.append(_Pass(xi, zero.expand(relevance.shape), _zero_gradient))
-                continue
-        params = _modified_params(param_mod, module)
-        output = forward(module, xi, params)
-        passes.append(_Pass(xi, output, _direct_gradient(input_gradient, module, params)))
+    passes = [
+        _one_pass(module, original, direct, (x, out, relevance.shape), in_mod(x), mod, out_mod)
+        for in_mod, mod, out_mod in zip(
+            hook.input_modifiers, hook.param_modifiers, hook.output_modifiers, strict=True
+        )
+    ]
     grad_outputs = hook.gradient_mapper(relevance, [p.out for p in passes])
     if isinstance(grad_outputs, torch.Tensor):  # one pass: autograd.grad reads it as (it,)
         grad_outputs = (grad_outputs,)
     gradients = _gradients(passes, grad_outputs)
     return hook.reducer([p.x for p in passes], gradients)
+
+
+def _one_pass(
+    module: nn.Module,
+    original: Callable[..., torch.Tensor],
+    direct: tuple[Callable[..., Any], Callable[..., Any]] | None,
+    saved: tuple[torch.Tensor, torch.Tensor | None, torch.Size],
+    xi: torch.Tensor,
+    param_mod: Any,
+    out_mod: Callable[[torch.Tensor], torch.Tensor],
+) -> _Pass:
+    """One pass of a rule: input ``xi`` (``in_mod(x)``), parameters by ``param_mod``;
+    ``saved``: the layer's input ``x``, output (``None``: changed since) and its shape."""
+    from zennit.core import ParamMod
+
+    x, out, out_shape = saved
+    param_mod = ParamMod.ensure(param_mod)
+    plain_output = _is_identity(out_mod, x)
+    if direct is not None and plain_output and out is not None and xi is x:
+        params = _modified_params(param_mod, module)
+        if all(_same_tensor(value, getattr(module, key)) for key, value in params.items()):
+            return _Pass(xi, out, _direct_gradient(direct[1], module, params))
+    # a convolution or linear layer of a zero input gives its bias
+    if plain_output and isinstance(module, _AFFINE) and not xi.any():
+        bias = _modified_params(param_mod, module, ["bias"]).get("bias")
+        if bias is None or not bias.any():
+            zero = torch.zeros((), dtype=x.dtype, device=x.device)
+            return _Pass(xi, zero.expand(out_shape), _zero_gradient)
+    if direct is None or not plain_output:
+        return _autograd_pass(module, original, xi, param_mod, out_mod)
+    params = _modified_params(param_mod, module)
+    output = direct[0](module, xi, params)
+    return _Pass(xi, output, _direct_gradient(direct[1], module, params))
 
 
 def _is_identity(out_mod: Callable[[torch.Tensor], torch.Tensor], probe: torch.Tensor) -> bool:
