@@ -21,6 +21,10 @@ The issue's target: ``lrp`` at most 1.5x the limit. ``LRP_BENCH_SIDE`` / ``LRP_B
 (comma-separated) shrink the run on a busy CPU. Run::
 
     pytest benchmarks/test_bench_lrp.py --benchmark-group-by=group -s
+
+On a CPU shared with other jobs, add ``OMP_NUM_THREADS=1`` and
+``--benchmark-timer=time.process_time`` (CPU seconds of one thread: the work done,
+whatever else runs; docs/methods/lrp.md has the figures).
 """
 
 from __future__ import annotations
