@@ -1,11 +1,13 @@
-"""Where ``lrp``'s time goes: setup, forward under Zennit's hooks, backward (rules), per op.
+"""Where ``lrp``'s time goes: setup, forward under the rules, backward (rules), per op.
 
-For one model and batch: the plain forward+backward of the target logits; then ``lrp``
-split into its parts (the per-call setup: composite built, canonizers applied, hooks
-registered and removed; the forward with hooks; the backward, where Zennit's rules
-recompute each layer), and ``torch.profiler``'s operator table of one ``lrp`` call
-(counts and self time of the convolutions show how many conv-sized passes each rule
-does). Prints markdown::
+For one model and batch: the plain forward+backward of the target logits, ``lrp``, and
+the same composite under Zennit's own hooks (what ``lrp`` ran before its rules became
+their layers' backward), timed in interleaved rounds (best of each: on a shared CPU the
+load changes between rounds, not within one); then ``lrp`` split into its parts (the
+per-call setup: composite built, canonizers applied, rules put on and taken off; the
+forward under the rules) and ``torch.profiler``'s operator tables of one call of each
+(counts and self time of the convolutions show how many conv-sized passes each does).
+Prints markdown::
 
     PYTHONPATH=src python benchmarks/lrp_profile.py resnet50 --side 64 --batch 8
 """
@@ -25,12 +27,45 @@ from timmlens.testing import make_explainable
 
 
 def _best(fn: Callable[[], object], repeats: int) -> float:
-    times = []
+    return _interleaved({"": fn}, repeats)[""]
+
+
+def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best seconds of each of ``fns``, run in turn ``repeats`` times.
+
+    CPU seconds of this process (``time.process_time``): with one thread, the work done,
+    whatever else the shared CPU runs meanwhile (wall time there measures the load).
+    """
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for label, fn in fns.items():
+            start = time.process_time()
+            fn()
+            best[label] = min(best[label], time.process_time() - start)
+    return best
+
+
+def _zennit_hooks(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor) -> Callable:
+    """``lrp``'s composite under Zennit's own hooks and ``Gradient`` attributor."""
+    from zennit.attribution import Gradient
+    from zennit.composites import EpsilonPlusFlat
+
+    from timmlens.interpretation.input.zennit_rules import batchnorm_pairs, canonizers, layer_map
+
+    pairs = batchnorm_pairs(model, x[:1])
+    rows = torch.arange(len(targets))
+
+    def seed(output: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(output)
+        out[rows, targets] = output[rows, targets]
+        return out
+
+    def run() -> None:
+        composite = EpsilonPlusFlat(layer_map=layer_map(), canonizers=canonizers(pairs))
+        with Gradient(model, composite) as attributor:
+            attributor(x, seed)
+
+    return run
 
 
 def main() -> None:
@@ -52,7 +87,10 @@ def main() -> None:
     x = torch.randn(args.batch, 3, args.side, args.side, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
-    explainer = create_explainer("lrp", model, composite=args.composite)
+    # the whole batch in one chunk, as the limit runs it
+    explainer = create_explainer(
+        "lrp", model, composite=args.composite, memory_budget_bytes=64 * 2**30
+    )
     explainer.attributions(x, targets.tolist())  # warm: the BatchNorm probe runs once
 
     def plain() -> None:
@@ -75,11 +113,20 @@ def main() -> None:
         finally:
             composite.remove()
 
+    zennit_hooks = _zennit_hooks(explainer.model, x, targets)
+    whole = {
+        "forward+backward (limit)": plain,
+        "lrp (whole call)": lambda: explainer.attributions(x, targets),
+    }
+    if args.composite == "epsilon_plus_flat":
+        whole["the same rules under Zennit's hooks (before)"] = zennit_hooks
     parts = {
-        "forward+backward (limit)": _best(plain, args.repeats),
-        "lrp (whole call)": _best(lambda: explainer.attributions(x, targets), args.repeats),
+        **_interleaved(whole, args.repeats),
         "  setup: composite, canonizers, hooks on and off": _best(setup_only, args.repeats),
-        "  setup + forward under the hooks": _best(forward_only, args.repeats),
+        "  setup + forward under the rules": _best(forward_only, args.repeats),
+        "  the limit's forward alone (with grad)": _best(
+            lambda: model(x.clone().requires_grad_(True)), args.repeats
+        ),
         "  refusal check (unavailable_reason)": _best(
             lambda: explainer.unavailable_reason(explainer.model), args.repeats
         ),
@@ -99,9 +146,35 @@ def main() -> None:
         explainer.attributions(x, targets)
     with profile(activities=[ProfilerActivity.CPU]) as plain_prof:
         plain()
-    for label, table in (("lrp", prof), ("forward+backward", plain_prof)):
+    tables = [("lrp", prof), ("forward+backward", plain_prof)]
+    if args.composite == "epsilon_plus_flat":
+        with profile(activities=[ProfilerActivity.CPU]) as zennit_prof:
+            zennit_hooks()
+        tables.append(("Zennit's hooks (before)", zennit_prof))
+    _print_passes(tables)
+    for label, table in tables:
         print(f"\n{label}: operators by self CPU time\n")
         print(table.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+#: the operators that count conv-sized passes: forward, and input gradient
+PASSES = ("aten::convolution", "aten::convolution_backward")
+
+
+def _print_passes(tables: list[tuple[str, object]]) -> None:
+    """Calls and total CPU time of the convolutions' forward and input gradient, per run."""
+    print("\n| run | total self CPU (s) | " + " | ".join(f"{op} calls (s)" for op in PASSES) + " |")
+    print("| --- | --- |" + " --- |" * len(PASSES))
+    for label, prof in tables:
+        averages = prof.key_averages()
+        total = sum(event.self_cpu_time_total for event in averages) / 1e6
+        cells = []
+        for op in PASSES:
+            events = [event for event in averages if event.key == op]
+            calls = sum(event.count for event in events)
+            seconds = sum(event.cpu_time_total for event in events) / 1e6
+            cells.append(f"{calls} ({seconds:.2f})")
+        print(f"| {label} | {total:.2f} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

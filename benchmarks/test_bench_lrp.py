@@ -6,10 +6,12 @@ and the real EfficientNet-Lite0 (``bundled:efficientnet_lite0``); a batch of 8 i
 
 * the **limit**: one forward plus a backward of the target logits to the input;
 * **ours**: ``lrp`` through the registry, each composite (``epsilon_plus_flat`` is the
-  default);
+  default), with a memory budget that holds the batch of 8 in one chunk (the work the
+  limit does); and the default composite with the default budget (2 GiB on the CPU:
+  resnet50 at 224 px runs as 7 + 1 images);
 * **before**: Zennit's own ``EpsilonPlusFlat`` and ``Gradient`` attributor with the same
-  canonizers and layer map as ``lrp`` but Zennit's ``ZPlus`` (``lrp`` skips its second,
-  all-zero pass where a convolution's input is non-negative; the maps are equal);
+  canonizers and layer map as ``lrp``, its rules as Zennit's hooks (what ``lrp`` ran
+  before its rules became their layers' backward, less its z+ shortcut; equal maps);
 * the **peer**: Zennit's ``EpsilonPlusFlat`` and ``Gradient`` attributor called by hand on
   the same model with Zennit's ``SequentialMergeBatchNorm`` (what a Zennit user writes;
   it finds no pair in timm's ``BatchNormAct2d`` models and rules no residual add, so it
@@ -19,6 +21,10 @@ The issue's target: ``lrp`` at most 1.5x the limit. ``LRP_BENCH_SIDE`` / ``LRP_B
 (comma-separated) shrink the run on a busy CPU. Run::
 
     pytest benchmarks/test_bench_lrp.py --benchmark-group-by=group -s
+
+On a CPU shared with other jobs, add ``OMP_NUM_THREADS=1`` and
+``--benchmark-timer=time.process_time`` (CPU seconds of one thread: the work done,
+whatever else runs; docs/methods/lrp.md has the figures).
 """
 
 from __future__ import annotations
@@ -91,13 +97,19 @@ def test_limit_forward_backward(benchmark, model_name: str) -> None:
     measure(benchmark, model_name, LIMIT, forward_backward, role="limit", method="limit")
 
 
-@pytest.mark.parametrize("composite", COMPOSITES)
+#: a budget that holds the benchmark's batch in one chunk
+ONE_CHUNK = 64 * 2**30
+
+
+@pytest.mark.parametrize(
+    ("composite", "budget"), [(c, ONE_CHUNK) for c in COMPOSITES] + [(COMPOSITES[0], None)]
+)
 @pytest.mark.parametrize("model_name", MODELS)
-def test_lrp(benchmark, model_name: str, composite: str) -> None:
+def test_lrp(benchmark, model_name: str, composite: str, budget: int | None) -> None:
     model, images, targets = setup(model_name)
-    explainer = create_explainer("lrp", model, composite=composite)
+    explainer = create_explainer("lrp", model, composite=composite, memory_budget_bytes=budget)
     chosen = targets.tolist()
-    label = f"lrp {composite}"
+    label = f"lrp {composite}" + (" (default budget)" if budget is None else "")
     measure(
         benchmark,
         model_name,

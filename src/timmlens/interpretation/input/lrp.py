@@ -194,6 +194,8 @@ class LRP(CaptumInputExplainer):
             composites (Zennit's default), ``0.25`` for ``captum_epsilon``.
         composite: one of `LRP_COMPOSITES`.
         signed: heatmaps keep polarity instead of ``|.|`` summed over channels.
+        memory_budget_bytes: budget for automatic chunking of a batch; ``None``: half the
+            free CUDA memory, 2 GiB elsewhere (`memory_budget`).
     """
 
     def __init__(
@@ -203,8 +205,9 @@ class LRP(CaptumInputExplainer):
         *,
         composite: str = "epsilon_plus_flat",
         signed: bool = False,
+        memory_budget_bytes: int | None = None,
     ) -> None:
-        super().__init__(model, signed=signed)
+        super().__init__(model, signed=signed, memory_budget_bytes=memory_budget_bytes)
         if composite not in LRP_COMPOSITES:
             raise ValueError(
                 f"composite must be one of {', '.join(map(repr, LRP_COMPOSITES))}, got "

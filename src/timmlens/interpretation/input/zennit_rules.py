@@ -47,6 +47,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ...adapters.lrp_blocks import is_lrp_container, normalised_dims
+from .zennit_fused import fused, non_negative_zplus
 
 __all__ = [
     "COMPOSITES",
@@ -56,7 +57,6 @@ __all__ = [
     "canonizers",
     "composite_applied",
     "make_composite",
-    "non_negative_zplus",
     "pass_types",
     "uncovered_modules",
 ]
@@ -357,40 +357,6 @@ class LayerNormRule:
         return _Rule()
 
 
-# ------------------------------------------------------------------ z+ shortcut
-def non_negative_zplus(stabilizer: float = 1e-6) -> Any:
-    """Zennit's ``ZPlus``, skipping its second pass where the input has no negative part.
-
-    ``ZPlus`` recomputes the layer twice in the backward: ``(x+, W+, b+)`` and ``(x-, W-,
-    no bias)``. After a ReLU (ResNets, VGG, Lite0's ReLU6) ``x- = 0``, so the second
-    output and its relevance are exactly zero: skipping it gives Zennit's result bit for
-    bit with half the work (checked against Zennit's own ``ZPlus`` in the tests).
-    """
-    from zennit.core import ParamMod
-    from zennit.rules import ZPlus
-
-    class NonNegativeZPlus(ZPlus):
-        def backward(self, module: nn.Module, grad_input: Any, grad_output: Any) -> Any:
-            x = self.stored_tensors["input"][0]
-            if bool((x < 0).any()):
-                return super().backward(module, grad_input, grad_output)
-            inputs = x.clamp(min=0).requires_grad_()
-            with (
-                ParamMod.ensure(self.param_modifiers[0])(module) as modified,
-                torch.autograd.enable_grad(),
-            ):
-                output = modified.forward(inputs)
-            # the mapper divides by the stabilised sum of the passes' outputs: here one
-            grad_outputs = self.gradient_mapper(grad_output[0], [output])[0]
-            (gradient,) = torch.autograd.grad(output, inputs, grad_outputs=grad_outputs)
-            relevance = inputs * gradient
-            return tuple(
-                relevance if original.shape == relevance.shape else None for original in grad_input
-            )
-
-    return NonNegativeZPlus(stabilizer=stabilizer)
-
-
 # ---------------------------------------------------------------------- composites
 def canonizers(pairs: list[tuple[tuple[str], str]]) -> list[Any]:
     """The canonizers of a model with BatchNorm pairs ``pairs`` (`batchnorm_pairs`)."""
@@ -434,16 +400,18 @@ def make_composite(
         "layer_map": layer_map(epsilon),
         "canonizers": canonizers(pairs),
     }
+    # each rule runs as its layer's backward (`zennit_fused`): Zennit's equations, one
+    # forward and one backward
     if name == "epsilon_plus_flat":
         options["layer_map"] += [(Convolution, non_negative_zplus())]
-        return composites.EpsilonPlusFlat(**options)
+        return fused(composites.EpsilonPlusFlat(**options))
     if name == "epsilon_alpha2_beta1":
-        return composites.EpsilonAlpha2Beta1(**options)
+        return fused(composites.EpsilonAlpha2Beta1(**options))
     if name == "epsilon_gamma_box":
         if bounds is None:
             raise ValueError("epsilon_gamma_box needs the input bounds (low, high).")
         low, high = bounds
-        return composites.EpsilonGammaBox(low=low, high=high, **options)
+        return fused(composites.EpsilonGammaBox(low=low, high=high, **options))
     raise ValueError(f"unknown composite {name!r}: expected one of {', '.join(COMPOSITES)}.")
 
 
