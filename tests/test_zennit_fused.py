@@ -16,21 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 from timmlens.interpretation.input.zennit_fused import fused, non_negative_zplus
 from timmlens.interpretation.input.zennit_rules import batchnorm_pairs, canonizers, layer_map
 from timmlens.testing import explainable_model
-
-
-def _relevance(model: nn.Module, composite, x: torch.Tensor, targets: torch.Tensor):
-    """Zennit's ``Gradient`` attributor, relevance = the target logit."""
-    from zennit.attribution import Gradient
-
-    rows = torch.arange(len(targets))
-
-    def logit_of_target(output: torch.Tensor) -> torch.Tensor:
-        seed = torch.zeros_like(output)
-        seed[rows, targets] = output[rows, targets]
-        return seed
-
-    with Gradient(model, composite) as attributor:
-        return attributor(x, logit_of_target)[1]
+from zennit_reference import zennit_relevance
 
 
 def _epsilon_plus_flat(pairs: list[tuple[tuple[str], str]], *rules):
@@ -63,10 +49,10 @@ def test_each_convolution_runs_two_forwards_and_one_input_gradient():
     # ``lrp``'s composite; and Zennit's own ZPlus run fused (its zero pass skipped)
     for rules in ([(Convolution, non_negative_zplus())], []):
         composite = fused(_epsilon_plus_flat(pairs, *rules))
-        calls = _calls(lambda c=composite: _relevance(model, c, x, targets), *ops)
+        calls = _calls(lambda c=composite: zennit_relevance(model, c, x, targets), *ops)
         assert calls == [2 * convs, convs]
     forward, backward = _calls(
-        lambda: _relevance(model, _epsilon_plus_flat(pairs), x, targets), *ops
+        lambda: zennit_relevance(model, _epsilon_plus_flat(pairs), x, targets), *ops
     )
     assert forward >= 3 * convs - 1 and backward >= 3 * convs - 1  # Zennit's hooks
 
@@ -102,8 +88,8 @@ def test_an_output_changed_in_place_is_recomputed_equal_to_zennit():
     model = _InPlace().eval()
     x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
     targets = torch.tensor([0, 1, 2, 3])
-    ours = _relevance(model, _epsilon(model, fast=True), x, targets)
-    theirs = _relevance(model, _epsilon(model, fast=False), x, targets)
+    ours = zennit_relevance(model, _epsilon(model, fast=True), x, targets)
+    theirs = zennit_relevance(model, _epsilon(model, fast=False), x, targets)
     assert theirs.abs().amax() > 0
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
 
@@ -112,7 +98,7 @@ def test_an_input_changed_in_place_is_refused_with_the_reason():
     model = _InPlace(change_input=True).eval()
     x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
     with pytest.raises(RuntimeError, match=r"input of Linear was changed in place.*'ig'"):
-        _relevance(model, _epsilon(model, fast=True), x, torch.tensor([0, 1, 2, 3]))
+        zennit_relevance(model, _epsilon(model, fast=True), x, torch.tensor([0, 1, 2, 3]))
     assert not any("forward" in vars(m) for m in model.modules())  # taken off again
 
 
@@ -124,7 +110,7 @@ def test_in_place_activations_run_out_of_place_for_the_call():
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     targets = torch.tensor([3, 4])
     pairs = batchnorm_pairs(model, x[:1])
-    ours = _relevance(model, fused(_epsilon_plus_flat(pairs)), x, targets)
-    theirs = _relevance(model, _epsilon_plus_flat(pairs), x, targets)
+    ours = zennit_relevance(model, fused(_epsilon_plus_flat(pairs)), x, targets)
+    theirs = zennit_relevance(model, _epsilon_plus_flat(pairs), x, targets)
     assert (ours - theirs).abs().amax() <= 1e-5
     assert all(m.inplace is True for m in in_place)  # restored

@@ -21,6 +21,7 @@ from timmlens.interpretation import LRP
 from timmlens.interpretation.input.zennit_rules import ArithmeticCanonizer
 from timmlens.interpretation.registry import create_explainer
 from timmlens.testing import explainable_model
+from zennit_reference import zennit_relevance
 
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -34,7 +35,6 @@ def _box(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor,
 def _zennit_reference(model, composite_name, canonizers, x, targets, box):
     """Zennit's own composite and ``Gradient`` attributor, relevance = target logit."""
     from zennit import composites
-    from zennit.attribution import Gradient
 
     kwargs = {"canonizers": canonizers}
     if composite_name == "epsilon_gamma_box":
@@ -44,16 +44,7 @@ def _zennit_reference(model, composite_name, canonizers, x, targets, box):
         "epsilon_gamma_box": composites.EpsilonGammaBox,
         "epsilon_alpha2_beta1": composites.EpsilonAlpha2Beta1,
     }[composite_name](**kwargs)
-    rows = torch.arange(len(targets))
-
-    def logit_of_target(output: torch.Tensor) -> torch.Tensor:
-        seed = torch.zeros_like(output)
-        seed[rows, targets] = output[rows, targets]
-        return seed
-
-    with Gradient(model, composite) as attributor:
-        _, relevance = attributor(x, logit_of_target)
-    return relevance
+    return zennit_relevance(model, composite, x, targets)
 
 
 def _assert_equal_relevance(ours: torch.Tensor, theirs: torch.Tensor) -> None:

@@ -26,6 +26,7 @@ from timmlens.interpretation.input.zennit_rules import (
 )
 from timmlens.interpretation.registry import create_explainer
 from timmlens.testing import make_explainable
+from zennit_reference import zennit_relevance
 
 FAMILIES = ("resnext", "res2net", "regnety", "dla", "convmixer", "densenet", "convnext", "vgg")
 
@@ -68,21 +69,11 @@ def _inputs(seed: int = 0, batch: int = 2) -> torch.Tensor:
 
 def _zennit_direct(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Zennit's ``EpsilonPlusFlat`` and ``Gradient`` attributor with our canonizers and map."""
-    from zennit.attribution import Gradient
     from zennit.composites import EpsilonPlusFlat
 
     pairs = batchnorm_pairs(model, x[:1])
     composite = EpsilonPlusFlat(layer_map=layer_map(), canonizers=canonizers(pairs))
-    rows = torch.arange(len(targets))
-
-    def logit_of_target(output: torch.Tensor) -> torch.Tensor:
-        seed = torch.zeros_like(output)
-        seed[rows, targets] = output[rows, targets]
-        return seed
-
-    with Gradient(model, composite) as attributor:
-        _, relevance = attributor(x, logit_of_target)
-    return relevance
+    return zennit_relevance(model, composite, x, targets)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

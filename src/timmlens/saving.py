@@ -22,6 +22,7 @@ import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +246,19 @@ def figure_png(figure: Any, dpi: int = 100) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     return buffer.getvalue()
+
+
+class FigureDisplay:
+    """Mixin for a result whose notebook display is its ``figure()``: drawn once, since a
+    notebook asks for both the PNG and the HTML display (``_repr_html_`` reads
+    ``_figure_png`` too)."""
+
+    @cached_property
+    def _figure_png(self) -> bytes:
+        return figure_png(self.figure())  # type: ignore[attr-defined]
+
+    def _repr_png_(self) -> bytes:
+        return self._figure_png
 
 
 MAX_BYTES = 256 * 2**20

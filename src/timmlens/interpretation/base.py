@@ -13,7 +13,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from typing import Any
 
 import torch
@@ -29,6 +28,7 @@ from ..models.introspect import (
     num_outputs,
     unwrap_model,
 )
+from ..saving import FigureDisplay
 from ._result_rules import checked_result, precision_errors, warn_if_constant
 from ._targets import CallableTargets, ResolvedTargets, TargetInput, validate_targets
 
@@ -104,7 +104,7 @@ def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 
 @dataclass(frozen=True, eq=False)
-class Explanation:
+class Explanation(FigureDisplay):
     """Everything one explanation call computed, always batched (``B`` images).
 
     Attributes:
@@ -195,16 +195,6 @@ class Explanation:
 
     def _weights_note(self) -> str | None:
         return ((self.context.get("model") or {}).get("weights") or {}).get("note")
-
-    @cached_property
-    def _figure_png(self) -> bytes:
-        """`figure` as PNG, drawn once: a notebook asks for both displays below."""
-        from ..saving import figure_png
-
-        return figure_png(self.figure())
-
-    def _repr_png_(self) -> bytes:
-        return self._figure_png
 
     def _repr_html_(self) -> str:
         """The notebook display: the figure (each map on its photo, titled with its classes)

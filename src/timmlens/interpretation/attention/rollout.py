@@ -32,7 +32,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, Literal, overload
 
 import torch
@@ -40,6 +39,7 @@ import torch
 from ...data import ImagesInput, picture_of
 from ...errors import UnsupportedModelError
 from ...models.introspect import class_name_of
+from ...saving import FigureDisplay
 from .._targets import TargetInput
 from ..base import explanation_call
 from ..registry import register_method
@@ -127,7 +127,7 @@ def rollout_rows(fused: Sequence[torch.Tensor], token_index: int | torch.Tensor)
 
 # ----------------------------------------------------------- maps result
 @dataclass(frozen=True, eq=False)
-class AttentionMaps(Sequence[torch.Tensor]):
+class AttentionMaps(FigureDisplay, Sequence[torch.Tensor]):
     """The attention probabilities of every block for a batch (or one image).
 
     Indexing gives one block's probabilities: ``(B, heads, N, N)`` for a batch,
@@ -189,16 +189,6 @@ class AttentionMaps(Sequence[torch.Tensor]):
         from ...viz.static import plot_attention_maps
 
         return plot_attention_maps(self, **options)
-
-    @cached_property
-    def _figure_png(self) -> bytes:
-        """`figure` as PNG, drawn once: a notebook asks for both displays below."""
-        from ...saving import figure_png
-
-        return figure_png(self.figure())
-
-    def _repr_png_(self) -> bytes:
-        return self._figure_png
 
     def _repr_html_(self) -> str:
         """The notebook display: the first image's photo beside its attention per block and
