@@ -47,7 +47,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ...adapters.lrp_blocks import is_lrp_container, normalised_dims
-from .zennit_fused import fused, non_negative_zplus
+from .zennit_fused import counted_flat, fused, non_negative_zplus
 
 __all__ = [
     "COMPOSITES",
@@ -148,31 +148,43 @@ def _lookup(model: nn.Module, name: str) -> nn.Module:
 
 # ---------------------------------------------------------------- arithmetic rules
 def _stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """Zennit's stabiliser: ``z + epsilon * sign(z)``, ``sign(0) = 1``."""
-    from zennit.core import stabilize
-
-    return stabilize(z, epsilon)
+    """Zennit's stabiliser ``z + epsilon * sign(z)``, ``sign(0) = 1`` (``zennit.core.stabilize``),
+    as ``copysign(epsilon, z) + z``: two passes over ``z`` instead of six (a tenth of the
+    time on a CPU). Equal but at ``z = -0.0``, which gets ``-epsilon`` here and ``+epsilon``
+    there; a relevance ``x R / stab(z)`` is then zero either way (``z = -0.0`` only where
+    ``x`` is zero). A new tensor."""
+    return torch.copysign(z.new_tensor(epsilon), z).add_(z)
 
 
 class _NormSum(torch.autograd.Function):
-    """``a + b``; backward: Zennit's ``Norm`` rule, ``R_a = a R / (a + b)`` (stabilised)."""
+    """``a + b`` (``a += b`` with ``in_place``); backward: Zennit's ``Norm`` rule,
+    ``R_a = a R / (a + b)`` (stabilised), ``a`` as it was before the sum."""
 
     @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, epsilon: float) -> torch.Tensor:
-        out = a + b
-        ctx.save_for_backward(a, b, out)
+    def forward(
+        ctx: Any, a: torch.Tensor, b: torch.Tensor, epsilon: float, in_place: bool
+    ) -> torch.Tensor:
+        if in_place:
+            # the rule reads ``a`` as it was; autograd is told ``a`` now holds the sum
+            before = a.clone()
+            out = a.add_(b)
+            ctx.mark_dirty(a)
+        else:
+            before = a
+            out = a + b
+        ctx.save_for_backward(before, b, out)
         ctx.epsilon = epsilon
         return out
 
     @staticmethod
     def backward(ctx: Any, relevance: torch.Tensor) -> tuple[Any, ...]:
         a, b, out = ctx.saved_tensors
-        share = relevance / _stabilize(out, ctx.epsilon)
-        grads = [
-            (x * share).sum_to_size(x.shape) if needed else None
-            for x, needed in zip((a, b), ctx.needs_input_grad[:2], strict=True)
-        ]
-        return grads[0], grads[1], None
+        stabilized = _stabilize(out, ctx.epsilon)
+        share = torch.div(relevance, stabilized, out=stabilized)
+        need_a, need_b = ctx.needs_input_grad[:2]
+        grad_a = (a * share).sum_to_size(a.shape) if need_a else None
+        grad_b = share.mul_(b).sum_to_size(b.shape) if need_b else None
+        return grad_a, grad_b, None, None
 
 
 class _Product(torch.autograd.Function):
@@ -227,14 +239,17 @@ class _ArithmeticRules(TorchFunctionMode):
         base = _IN_PLACE.get(func, func)
         if (base in _ADDS or base in _MULS) and self._ruled(args, kwargs):
             a, b = args[0], args[1]
-            if func in _IN_PLACE:  # the rule reads ``a`` as it was; ``a`` then takes the value
-                a = a.clone()
+            in_place = func in _IN_PLACE
+            # in place, the rule reads ``a`` as it was and ``a`` then takes the value
             if base in _ADDS:
                 alpha = kwargs.get("alpha", 1)
-                result = _NormSum.apply(a, b if alpha == 1 else b * alpha, self.epsilon)
-            else:
-                result = _ruled_product(a, b)
-            return args[0].copy_(result) if func in _IN_PLACE else result
+                b = b if alpha == 1 else b * alpha
+                if in_place and a._base is not None:  # autograd rewrites a view's base
+                    return a.copy_(_NormSum.apply(a.clone(), b, self.epsilon, False))
+                return _NormSum.apply(a, b, self.epsilon, in_place)
+            if in_place:
+                return a.copy_(_ruled_product(a.clone(), b))
+            return _ruled_product(a, b)
         return func(*args, **kwargs)
 
     @staticmethod
@@ -393,7 +408,7 @@ def make_composite(
             values, for ``epsilon_gamma_box``'s ZBox rule on the first layer.
     """
     from zennit import composites
-    from zennit.types import Convolution
+    from zennit.types import Convolution, Linear
 
     options = {
         "epsilon": epsilon,
@@ -404,7 +419,8 @@ def make_composite(
     # forward and one backward
     if name == "epsilon_plus_flat":
         options["layer_map"] += [(Convolution, non_negative_zplus())]
-        return fused(composites.EpsilonPlusFlat(**options))
+        first_map = [(Linear, counted_flat())]
+        return fused(composites.EpsilonPlusFlat(first_map=first_map, **options))
     if name == "epsilon_alpha2_beta1":
         return fused(composites.EpsilonAlpha2Beta1(**options))
     if name == "epsilon_gamma_box":
