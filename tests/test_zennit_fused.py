@@ -163,15 +163,14 @@ def test_counted_flat_leaves_grouped_convolutions_to_zennit():
     assert (ours - theirs).abs().amax() <= 1e-6 * theirs.abs().amax()
 
 
-def test_stabiliser_equals_zennits():
-    """``z + eps sign(z)``, ``sign(0) = 1``; ``-0.0`` (where a sum's inputs are zero) gets
-    ``-eps`` instead of Zennit's ``+eps``."""
-    from zennit.core import stabilize
+def test_stabiliser_equals_zennits_bit_for_bit():
+    """``z + eps sign(z)``, ``sign(0) = 1`` for both zeros, in float32 and float64."""
+    from zennit.core import stabilize as zennit_stabilize
 
-    from timmlens.interpretation.input.zennit_rules import _stabilize
+    from timmlens.interpretation._stabilizer import stabilize
 
-    z = torch.tensor([-2.0, -1e-7, 0.0, 1e-7, 3.0, float("inf"), -float("inf")])
-    assert torch.equal(_stabilize(z, 1e-6), stabilize(z, 1e-6))
-    assert torch.equal(_stabilize(torch.tensor([-0.0]), 1e-6), torch.tensor([-1e-6]))
-    z64 = torch.randn(1000, dtype=torch.float64)
-    assert torch.equal(_stabilize(z64, 1e-3), stabilize(z64, 1e-3))
+    z = torch.tensor([-2.0, -1e-7, -0.0, 0.0, 1e-7, 3.0, float("inf"), -float("inf")])
+    assert torch.equal(stabilize(z, 1e-6), zennit_stabilize(z, 1e-6))
+    assert stabilize(torch.tensor([float("nan")]), 1e-6).isnan().all()
+    z64 = torch.randn(1000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(stabilize(z64, 1e-3), zennit_stabilize(z64, 1e-3))

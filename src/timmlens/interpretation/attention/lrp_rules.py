@@ -42,6 +42,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ...adapters.relevance_rules import RelevanceLayout
+from .._stabilizer import stabilize
 
 Variant = Literal["attnlrp", "cplrp"]
 LinearRule = Literal["epsilon", "gamma", "zero"]
@@ -56,11 +57,6 @@ def with_gradient(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
     ``value`` bit for bit because ``surrogate - surrogate.detach()`` is exactly zero.
     """
     return value.detach() + (surrogate - surrogate.detach())
-
-
-def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``z + epsilon * sign(z)`` with ``sign(0) = 1``, so the result is never zero."""
-    return z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
 
 
 # ------------------------------------------------------------------ module rules

@@ -152,11 +152,14 @@ class FusedRule:
     """
 
     def __init__(self, hook: Any) -> None:
-        from zennit.rules import Pass
+        from zennit.rules import AlphaBeta, Flat, Pass, ZPlus
 
         self.hook = hook
         #: Zennit's ``Pass``: the relevance goes on unchanged, nothing is kept
         self.passes_on = type(hook) is Pass
+        #: the rule's passes all modify the weights (z+, alpha-beta, flat): none reuses the
+        #: forward's output, which is then not kept (less memory held for the backward)
+        self.reads_output = not isinstance(hook, (ZPlus, AlphaBeta, Flat))
         #: set while the rule runs, so a forward it calls is the module's own
         self.inside = False
 
@@ -232,7 +235,7 @@ class _Ruled(torch.autograd.Function):
             )
         ctx.setup = setup
         if not rule.passes_on:  # Zennit's Pass reads neither
-            ctx.x, ctx.out = x.detach(), out.detach()
+            ctx.x, ctx.out = x.detach(), out.detach() if rule.reads_output else None
             ctx.versions = (x._version, out._version)
         return out
 
@@ -249,7 +252,7 @@ class _Ruled(torch.autograd.Function):
                 f"rule cannot be computed. Build the model without in-place operations, or "
                 f"try another method, e.g. 'ig'."
             )
-        if out._version != ctx.versions[1]:
+        if out is not None and out._version != ctx.versions[1]:
             out = None  # changed in place later on: passes recompute it
         rule.inside = True
         try:
