@@ -13,19 +13,18 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from timmlens.interpretation.input.zennit_fused import counted_flat, fused, non_negative_zplus
+from timmlens.interpretation.input.zennit_fused import fused
 from timmlens.interpretation.input.zennit_rules import batchnorm_pairs, canonizers, layer_map
+from timmlens.interpretation.input.zennit_shortcuts import non_negative_zplus
 from timmlens.testing import explainable_model
 from zennit_reference import zennit_relevance
 
 
-def _epsilon_plus_flat(pairs: list[tuple[tuple[str], str]], *rules, first_map=None):
+def _epsilon_plus_flat(pairs: list[tuple[tuple[str], str]], *rules):
     """Zennit's ``EpsilonPlusFlat`` with ``lrp``'s canonizers, layer map and ``rules``."""
     from zennit.composites import EpsilonPlusFlat
 
-    return EpsilonPlusFlat(
-        layer_map=[*layer_map(), *rules], first_map=first_map, canonizers=canonizers(pairs)
-    )
+    return EpsilonPlusFlat(layer_map=[*layer_map(), *rules], canonizers=canonizers(pairs))
 
 
 def _calls(fn, *ops: str) -> list[int]:
@@ -116,61 +115,3 @@ def test_in_place_activations_run_out_of_place_for_the_call():
     theirs = zennit_relevance(model, _epsilon_plus_flat(pairs), x, targets)
     assert (ours - theirs).abs().amax() <= 1e-5
     assert all(m.inplace is True for m in in_place)  # restored
-
-
-def _zennit_flat(conv: nn.Conv2d, x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
-    """Zennit's ``Flat`` as its hook computes it: ones in, ones as weights, no bias."""
-    from zennit.core import stabilize
-
-    ones = torch.ones_like(x).requires_grad_()
-    z = nn.functional.conv2d(
-        ones,
-        torch.ones_like(conv.weight),
-        None,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-    )
-    (gradient,) = torch.autograd.grad(z, ones, relevance / stabilize(z.detach(), 1e-6))
-    return gradient
-
-
-@pytest.mark.parametrize(
-    ("kernel", "stride", "padding", "dilation"),
-    [(7, 2, 3, 1), (3, 1, 1, 1), (3, 2, 0, 2), (4, 3, 2, 1), (3, 1, 3, 1)],
-)
-def test_counted_flat_equals_zennits_flat(kernel, stride, padding, dilation):
-    """The stem's rule from the window count: (3, 1, 3, 1) has corner windows wholly in
-    the padding (count 0, Zennit's stabiliser alone)."""
-    conv = nn.Conv2d(3, 16, kernel, stride, padding, dilation)
-    x = torch.randn(2, 3, 19, 23, generator=torch.Generator().manual_seed(0))
-    relevance = torch.randn_like(conv(x))
-    ours = counted_flat().fused_backward(conv, x, relevance)
-    theirs = _zennit_flat(conv, x, relevance)
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6 * theirs.abs().amax())
-
-
-def test_counted_flat_leaves_grouped_convolutions_to_zennit():
-    conv = nn.Conv2d(4, 8, 3, padding=1, groups=2)
-    x = torch.randn(1, 4, 8, 8)
-    assert counted_flat().fused_backward(conv, x, torch.randn_like(conv(x))) is None
-    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 3))
-    composite = fused(_epsilon_plus_flat([], first_map=[(nn.Conv2d, counted_flat())]))
-    targets = torch.tensor([2])
-    ours = zennit_relevance(model, composite, x, targets)
-    theirs = zennit_relevance(model, _epsilon_plus_flat([]), x, targets)
-    assert (ours - theirs).abs().amax() <= 1e-6 * theirs.abs().amax()
-
-
-def test_stabiliser_equals_zennits_bit_for_bit():
-    """``z + eps sign(z)``, ``sign(0) = 1`` for both zeros, in float32 and float64."""
-    from zennit.core import stabilize as zennit_stabilize
-
-    from timmlens.interpretation._stabilizer import stabilize
-
-    z = torch.tensor([-2.0, -1e-7, -0.0, 0.0, 1e-7, 3.0, float("inf"), -float("inf")])
-    assert torch.equal(stabilize(z, 1e-6), zennit_stabilize(z, 1e-6))
-    assert stabilize(torch.tensor([float("nan")]), 1e-6).isnan().all()
-    z64 = torch.randn(1000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(stabilize(z64, 1e-3), zennit_stabilize(z64, 1e-3))

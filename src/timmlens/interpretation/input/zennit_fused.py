@@ -20,8 +20,8 @@ replaces its module's forward for the call (`_Ruled`):
   with the pass's modified weights and no autograd graph; other modules (timm's
   ``Conv2dSame``, pools, Zennit's ``Sum``) are differentiated with ``autograd.grad`` as
   Zennit does;
-* the first layer's ``Flat`` rule is computed from the count of inputs under each window
-  (`counted_flat`).
+* a rule with a ``fused_backward`` (`zennit_shortcuts`: z+, gamma and alpha-beta on a
+  non-negative input, the first layer's ``Flat``) computes it in closed form.
 
 The rule objects other than Zennit's ``BasicHook`` (``Pass``, `LayerNormRule`) run their
 own ``backward`` on the saved input and the incoming relevance.
@@ -39,7 +39,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["FusedRule", "counted_flat", "fused", "non_negative_zplus"]
+__all__ = [
+    "CONV_DIRECT",
+    "FusedRule",
+    "conv_input_gradient",
+    "direct_linear",
+    "fused",
+    "modified_params",
+]
 
 #: modules whose output at a zero input is their bias (or zero)
 _AFFINE = (nn.Linear, nn.modules.conv._ConvNd)
@@ -62,86 +69,6 @@ def fused(composite: Any) -> Any:
 
     composite.module_map = fused_map
     return composite
-
-
-def non_negative_zplus(stabilizer: float = 1e-6) -> Any:
-    """Zennit's ``ZPlus``, computed in four steps where its input has no negative part.
-
-    ``ZPlus`` runs two passes, ``(x+, W+, b+)`` and ``(x-, W-, no bias)``. After a ReLU
-    (ResNets, VGG, Lite0's ReLU6) ``x- = 0``: the second pass is zero, and the rule is
-    ``R_x = x * W+^T (R / stab(z+))`` with ``z+ = W+ x + b+`` and Zennit's stabiliser
-    ``stab(z) = z + eps sign(z)``, ``sign(0) = 1``, which is ``z + eps`` as ``z+ >= 0``.
-    Computed so (`fused_backward`: one forward with ``W+``, one input gradient, three
-    elementwise steps in place) for PyTorch's own
-    convolutions and linear layers; otherwise (a negative input, another module) Zennit's
-    two passes run as they are. Equal to Zennit's ``ZPlus`` in the tests.
-    """
-    from zennit.rules import ZPlus
-
-    class NonNegativeZPlus(ZPlus):
-        def __init__(self) -> None:
-            super().__init__(stabilizer=stabilizer)
-
-        def copy(self) -> NonNegativeZPlus:
-            return type(self)()
-
-        def fused_backward(
-            self, module: nn.Module, x: torch.Tensor, relevance: torch.Tensor
-        ) -> torch.Tensor | None:
-            """The rule's input relevance ``x.shape``, or ``None`` where the shortcut
-            does not apply."""
-            direct = _direct_linear(module)
-            if direct is None or x.numel() == 0 or not bool(x.min() >= 0):
-                return None
-            forward, input_gradient = direct
-            params = _modified_params(self.param_modifiers[0], module)
-            z = forward(module, x, params)
-            # Zennit's stabiliser z + eps sign(z), sign(0) = 1, is z + eps here: x, W+
-            # and b+ are non-negative, so z is (including -0.0, from -0.0 inputs)
-            z.add_(stabilizer)
-            torch.div(relevance, z, out=z)
-            weight = params.get("weight", module.weight)
-            return input_gradient(module, x, weight, z).mul_(x)
-
-    return NonNegativeZPlus()
-
-
-def counted_flat(stabilizer: float = 1e-6) -> Any:
-    """Zennit's ``Flat`` (input and weights ones, no bias), from the count it divides by.
-
-    With ones everywhere the pass's output at an output position is the number of inputs
-    its kernel window covers, the same for every image and channel: ``n = conv(1, 1)``
-    computed once for one image and one channel, an exact integer. The rule is then
-    ``R_x = 1^T (R / (n + eps))``, and the ones-kernel's transpose of a sum over channels:
-    ``R_x = conv_transpose(sum_c R_c / (n + eps), 1)`` with one output channel instead of
-    Zennit's ``C``. For PyTorch's own convolutions without groups (a network's stem);
-    otherwise Zennit's pass runs as it is. Equal to Zennit's ``Flat`` up to the order of
-    a float sum (the tests: max abs diff <= 1e-5 of the maps).
-    """
-    from zennit.rules import Flat
-
-    class CountedFlat(Flat):
-        def __init__(self) -> None:
-            super().__init__(stabilizer=stabilizer)
-
-        def copy(self) -> CountedFlat:
-            return type(self)()
-
-        def fused_backward(
-            self, module: nn.Module, x: torch.Tensor, relevance: torch.Tensor
-        ) -> torch.Tensor | None:
-            """The rule's input relevance ``x.shape``, or ``None`` where the shortcut
-            does not apply."""
-            if _direct_linear(module) is not _CONV_DIRECT or module.groups != 1:
-                return None
-            ones = x.new_ones((1, *x.shape[1:]))
-            kernel = x.new_ones((1, *module.weight.shape[1:]))
-            count = module._conv_forward(ones, kernel, None)  # (1, 1, *out)
-            # Zennit's stabiliser z + eps sign(z), sign(0) = 1, is z + eps: a count is >= 0
-            share = relevance.sum(dim=1, keepdim=True).div_(count.add_(stabilizer))
-            return _conv_input_gradient(module, x, kernel, share)
-
-    return CountedFlat()
 
 
 class FusedRule:
@@ -282,7 +209,7 @@ def _relevance(
 
     if isinstance(hook, BasicHook):
         shortcut = getattr(hook, "fused_backward", None)
-        result = None if shortcut is None else shortcut(module, x, relevance)
+        result = None if shortcut is None else shortcut(module, x, out, relevance)
         if result is not None:
             return result
         return _basic_relevance(hook, module, original, x, out, relevance)
@@ -294,7 +221,7 @@ def _relevance(
     return result
 
 
-def _modified_params(
+def modified_params(
     param_mod: Any, module: nn.Module, keys: list[str] | None = None
 ) -> dict[str, torch.Tensor]:
     """What Zennit's ``ParamMod`` would set ``module``'s parameters to (``keys``: a subset)."""
@@ -348,7 +275,7 @@ def _basic_relevance(
     """Zennit's ``BasicHook.backward`` (same modifiers, mapper, reducer), without the
     passes it can skip or read off the forward (module docstring)."""
 
-    direct = _direct_linear(module)
+    direct = direct_linear(module)
     passes = [
         _one_pass(module, original, direct, (x, out, relevance.shape), in_mod(x), mod, out_mod)
         for in_mod, mod, out_mod in zip(
@@ -379,18 +306,18 @@ def _one_pass(
     param_mod = ParamMod.ensure(param_mod)
     plain_output = _is_identity(out_mod, x)
     if direct is not None and plain_output and out is not None and xi is x:
-        params = _modified_params(param_mod, module)
+        params = modified_params(param_mod, module)
         if all(_same_tensor(value, getattr(module, key)) for key, value in params.items()):
             return _Pass(xi, out, _direct_gradient(direct[1], module, params))
     # a convolution or linear layer of a zero input gives its bias
     if plain_output and isinstance(module, _AFFINE) and not xi.any():
-        bias = _modified_params(param_mod, module, ["bias"]).get("bias")
+        bias = modified_params(param_mod, module, ["bias"]).get("bias")
         if bias is None or not bias.any():
             zero = torch.zeros((), dtype=x.dtype, device=x.device)
             return _Pass(xi, zero.expand(out_shape), _zero_gradient)
     if direct is None or not plain_output:
         return _autograd_pass(module, original, xi, param_mod, out_mod)
-    params = _modified_params(param_mod, module)
+    params = modified_params(param_mod, module)
     output = direct[0](module, xi, params)
     return _Pass(xi, output, _direct_gradient(direct[1], module, params))
 
@@ -452,7 +379,7 @@ def _gradients(passes: list[_Pass], grad_outputs: Any) -> list[torch.Tensor]:
 
 
 # ----------------------------------------------------- convolutions and linear layers
-def _direct_linear(module: nn.Module) -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+def direct_linear(module: nn.Module) -> tuple[Callable[..., Any], Callable[..., Any]] | None:
     """``(forward(module, x, params), input_gradient(module, x, weight, grad))`` for
     PyTorch's own convolutions (zero padding given as numbers) and linear layers."""
     kind = type(module)
@@ -463,7 +390,7 @@ def _direct_linear(module: nn.Module) -> tuple[Callable[..., Any], Callable[...,
         and module.padding_mode == "zeros"
         and not isinstance(module.padding, str)
     ):
-        return _CONV_DIRECT
+        return CONV_DIRECT
     return None
 
 
@@ -484,7 +411,7 @@ def _conv_forward(module: nn.Module, x: torch.Tensor, params: dict[str, torch.Te
     return module._conv_forward(x, params.get("weight", module.weight), bias)
 
 
-def _conv_input_gradient(
+def conv_input_gradient(
     module: nn.Module, x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor
 ) -> torch.Tensor:
     # the kernel ``torch.nn.grad.conv2d_input`` calls, given the real input: it hands it a
@@ -504,4 +431,4 @@ def _conv_input_gradient(
     )[0]
 
 
-_CONV_DIRECT = (_conv_forward, _conv_input_gradient)
+CONV_DIRECT = (_conv_forward, conv_input_gradient)
