@@ -15,7 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from timmlens.interpretation.input.zennit_fused import fused
 from timmlens.interpretation.input.zennit_rules import batchnorm_pairs, canonizers, layer_map
-from timmlens.interpretation.input.zennit_shortcuts import non_negative_zplus
+from timmlens.interpretation.input.zennit_shortcuts import closed_form_zplus
 from timmlens.testing import explainable_model
 from zennit_reference import zennit_relevance
 
@@ -48,7 +48,7 @@ def test_each_convolution_runs_two_forwards_and_one_input_gradient():
     from zennit.types import Convolution
 
     # ``lrp``'s composite; and Zennit's own ZPlus run fused (its zero pass skipped)
-    for rules in ([(Convolution, non_negative_zplus())], []):
+    for rules in ([(Convolution, closed_form_zplus())], []):
         composite = fused(_epsilon_plus_flat(pairs, *rules))
         calls = _calls(lambda c=composite: zennit_relevance(model, c, x, targets), *ops)
         assert calls == [2 * convs, convs]

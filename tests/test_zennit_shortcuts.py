@@ -1,9 +1,9 @@
 """Zennit's rules in closed form (`zennit_shortcuts`) against Zennit's own hooks.
 
-z+, gamma and alpha-beta on a non-negative input: bit for bit where the sums run in
-Zennit's order (every layer here), and the shortcut really runs (its pass count);
-Zennit's path where the input has a negative entry. The first layer's counted Flat:
-up to the order of a float sum. The stabiliser: Zennit's, bit for bit.
+z+, gamma and alpha-beta: bit for bit, on signed inputs and on ReLU outputs (where the
+``x-`` passes are left out), and the closed form really runs; Zennit's passes on a
+convolution that is not PyTorch's own. The first layer's counted Flat: up to the order
+of a float sum. The stabiliser: Zennit's, bit for bit.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from torch import nn
 from timmlens.interpretation.input.zennit_fused import fused
 from timmlens.interpretation.input.zennit_rules import canonizers, layer_map
 from timmlens.interpretation.input.zennit_shortcuts import (
+    closed_form_alpha_beta,
+    closed_form_gamma,
+    closed_form_zplus,
     counted_flat,
-    non_negative_alpha_beta,
-    non_negative_gamma,
-    non_negative_zplus,
 )
 from zennit_reference import zennit_relevance
 
@@ -59,9 +59,9 @@ def _alpha_beta():
 
 
 RULES = {
-    "zplus": (non_negative_zplus, _zplus),
-    "gamma": (lambda: non_negative_gamma(gamma=0.25), _gamma),
-    "alpha_beta": (lambda: non_negative_alpha_beta(alpha=2.0, beta=1.0), _alpha_beta),
+    "zplus": (closed_form_zplus, _zplus),
+    "gamma": (lambda: closed_form_gamma(gamma=0.25), _gamma),
+    "alpha_beta": (lambda: closed_form_alpha_beta(alpha=2.0, beta=1.0), _alpha_beta),
 }
 
 
@@ -93,31 +93,39 @@ def test_shortcut_equals_zennits_rule(name: str, negative_input: bool):
     x, targets = _inputs()
     ours = zennit_relevance(model, fused(_composite(ours_rule())), x, targets)
     theirs = zennit_relevance(model, _composite(zennit_rule()), x, targets)
-    if negative_input:  # Zennit's passes on the layer with negative inputs, fused
-        assert (ours - theirs).abs().amax() <= 1e-6 * theirs.abs().amax()
-    else:
-        assert torch.equal(ours, theirs)
+    assert torch.equal(ours, theirs)
 
 
 @pytest.mark.parametrize("name", sorted(RULES))
-@pytest.mark.parametrize("negative_input", [False, True])
-def test_shortcut_runs_where_the_input_is_non_negative(name, negative_input, monkeypatch):
-    """The first convolution reads the image (negative entries): Zennit's passes; so
-    does the third with ``negative_input``; the others take the shortcut."""
+def test_closed_form_runs_on_pytorch_convolutions_only(name, monkeypatch):
+    """Every ``nn.Conv2d`` of the net takes the closed form (the first on the signed
+    image); timm's ``Conv2dSame`` (padding computed in its forward) runs Zennit's passes,
+    and the map is still Zennit's."""
+    from timm.layers import Conv2dSame
+
     from timmlens.interpretation.input import zennit_shortcuts
 
     found = []
-    closed_form = zennit_shortcuts._non_negative_relevance
+    closed_form = zennit_shortcuts._relevance_of_terms
 
     def spy(*args, **kwargs):
         result = closed_form(*args, **kwargs)
         found.append(result is not None)
         return result
 
-    monkeypatch.setattr(zennit_shortcuts, "_non_negative_relevance", spy)
+    monkeypatch.setattr(zennit_shortcuts, "_relevance_of_terms", spy)
+    model = _net()
     x, targets = _inputs()
-    zennit_relevance(_net(negative_input), fused(_composite(RULES[name][0]())), x, targets)
-    assert found == [False, True, not negative_input][::-1]  # the backward runs last first
+    zennit_relevance(model, fused(_composite(RULES[name][0]())), x, targets)
+    assert found == [True, True, True]
+
+    found.clear()
+    torch.manual_seed(0)
+    model[2] = Conv2dSame(8, 8, 3, stride=2)
+    ours = zennit_relevance(model, fused(_composite(RULES[name][0]())), x, targets)
+    theirs = zennit_relevance(model, _composite(RULES[name][1]()), x, targets)
+    assert found == [True, False, True]  # the backward runs the last layer first
+    assert (ours - theirs).abs().amax() <= 1e-6 * theirs.abs().amax()
 
 
 def _zennit_flat(conv: nn.Conv2d, x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:

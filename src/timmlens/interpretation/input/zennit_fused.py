@@ -20,8 +20,8 @@ replaces its module's forward for the call (`_Ruled`):
   with the pass's modified weights and no autograd graph; other modules (timm's
   ``Conv2dSame``, pools, Zennit's ``Sum``) are differentiated with ``autograd.grad`` as
   Zennit does;
-* a rule with a ``fused_backward`` (`zennit_shortcuts`: z+, gamma and alpha-beta on a
-  non-negative input, the first layer's ``Flat``) computes it in closed form.
+* a rule with a ``fused_backward`` (`zennit_shortcuts`: z+, gamma and alpha-beta, the
+  first layer's ``Flat``) computes it in closed form.
 
 The rule objects other than Zennit's ``BasicHook`` (``Pass``, `LayerNormRule`) run their
 own ``backward`` on the saved input and the incoming relevance.

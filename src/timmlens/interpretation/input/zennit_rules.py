@@ -50,10 +50,10 @@ from ...adapters.lrp_blocks import is_lrp_container, normalised_dims
 from .._stabilizer import stabilize
 from .zennit_fused import fused
 from .zennit_shortcuts import (
+    closed_form_alpha_beta,
+    closed_form_gamma,
+    closed_form_zplus,
     counted_flat,
-    non_negative_alpha_beta,
-    non_negative_gamma,
-    non_negative_zplus,
 )
 
 __all__ = [
@@ -417,17 +417,17 @@ def make_composite(
     # forward and one backward; the convolution rules and the first layer's Flat with
     # their closed forms (`zennit_shortcuts`), at the composites' own parameters
     if name == "epsilon_plus_flat":
-        options["layer_map"] += [(Convolution, non_negative_zplus())]
+        options["layer_map"] += [(Convolution, closed_form_zplus())]
         first_map = [(Linear, counted_flat())]
         return fused(composites.EpsilonPlusFlat(first_map=first_map, **options))
     if name == "epsilon_alpha2_beta1":
-        options["layer_map"] += [(Convolution, non_negative_alpha_beta(alpha=2.0, beta=1.0))]
+        options["layer_map"] += [(Convolution, closed_form_alpha_beta(alpha=2.0, beta=1.0))]
         return fused(composites.EpsilonAlpha2Beta1(**options))
     if name == "epsilon_gamma_box":
         if bounds is None:
             raise ValueError("epsilon_gamma_box needs the input bounds (low, high).")
         low, high = bounds
-        options["layer_map"] += [(Convolution, non_negative_gamma(gamma=0.25))]
+        options["layer_map"] += [(Convolution, closed_form_gamma(gamma=0.25))]
         return fused(composites.EpsilonGammaBox(low=low, high=high, **options))
     raise ValueError(f"unknown composite {name!r}: expected one of {', '.join(COMPOSITES)}.")
 

@@ -1,23 +1,23 @@
-"""Zennit's rules in closed form where their input allows it: fewer passes, same maps.
+"""Zennit's rules in closed form: fewer elementwise passes and no skipped work, same maps.
 
 Each factory returns a subclass of Zennit's rule (same parameters, modifiers, mapper and
-reducer, so Zennit's path still runs wherever the shortcut does not apply) with a
+reducer, so Zennit's own path still runs wherever the closed form does not apply) with a
 ``fused_backward(module, x, out, relevance)`` that `zennit_fused` calls first; it
 returns the input relevance ``x.shape``, or ``None`` to fall back to Zennit's passes.
 
-* **On a non-negative input** (after a ReLU: ResNets, VGG, Lite0's ReLU6) every pass of
-  z+, gamma and alpha-beta that reads ``x-`` has a zero input and no bias, so it gives
-  zero and hands zero on. What is left is a sum of terms
-  ``c_k * x * W_k^T (m_k * R / stab(W_k x + b_k))`` (`Term`): one forward with the
-  modified weights and one input gradient each, for PyTorch's own convolutions and linear
-  layers (`non_negative_zplus`: one term; `non_negative_gamma`,
-  `non_negative_alpha_beta`: two, where Zennit runs four passes plus, for gamma, the
-  layer again).
+* **z+, gamma, alpha-beta** (`closed_form_zplus`, `closed_form_gamma`,
+  `closed_form_alpha_beta`) on PyTorch's own convolutions and linear layers: each rule
+  is a sum of terms ``c * sum_p x_p * W_p^T (m * R / stab(sum_p W_p x_p + b_p))`` over
+  its passes (`Term`), the passes of a term summed into one denominator in place and
+  Zennit's six-pass stabiliser replaced by its three-pass equal (`stabilize`). After a
+  ReLU (ResNets, VGG, Lite0's ReLU6) ``x- = 0``: the passes that read it give zero and
+  are left out (one forward and one input gradient for z+).
 * **The first layer's Flat** (`counted_flat`): with ones as input and weights the pass
   only counts the inputs under each window.
 
-Equal to Zennit's rules in the tests (``test_zennit_shortcuts.py``: bit for bit where
-the sums run in Zennit's order; max abs diff <= 1e-5 of the maps for `counted_flat`).
+Equal to Zennit's rules in the tests (``test_zennit_shortcuts.py``): bit for bit for the
+three rules, the sums being taken in Zennit's order; up to the order of a float sum for
+`counted_flat`.
 """
 
 from __future__ import annotations
@@ -31,58 +31,75 @@ from .._stabilizer import stabilize
 from .zennit_fused import CONV_DIRECT, conv_input_gradient, direct_linear, modified_params
 
 __all__ = [
+    "NEGATIVE",
+    "POSITIVE",
     "Term",
+    "closed_form_alpha_beta",
+    "closed_form_gamma",
+    "closed_form_zplus",
     "counted_flat",
-    "non_negative_alpha_beta",
-    "non_negative_gamma",
-    "non_negative_zplus",
 ]
 
 
-class Term(NamedTuple):
-    """``coefficient * x * W^T (mask * R / stab(W x + b))``, ``W, b`` from the rule's
-    parameter modifier ``modifier``; ``mask``: ``+1`` where the layer's output is
-    positive, ``-1`` where negative, ``0`` everywhere; ``non_negative``: ``W x + b >= 0``
-    (z+), so the stabiliser is ``+ eps``."""
+#: which part of the input a pass reads
+POSITIVE, NEGATIVE = 1, -1
 
-    modifier: int
+
+class Term(NamedTuple):
+    """``coefficient * sum_p x_p * W_p^T (mask * R / stab(sum_p (W_p x_p + b_p)))``.
+
+    ``passes``: ``(part, modifier)`` per pass, ``part`` `POSITIVE` (``x+``) or `NEGATIVE`
+    (``x-``), ``W_p, b_p`` from the rule's parameter modifier ``modifier`` (Zennit's
+    order of passes); ``mask``: ``+1`` where the layer's output is positive, ``-1``
+    where negative, ``0`` everywhere; ``non_negative``: the denominator is ``>= 0`` by
+    construction (``W+ x+ + W- x- + b+``), so its stabiliser is ``+ eps``.
+    """
+
+    passes: tuple[tuple[int, int], ...]
     coefficient: float = 1.0
     mask: int = 0
     non_negative: bool = False
 
 
-def non_negative_zplus(stabilizer: float = 1e-6) -> Any:
-    """Zennit's ``ZPlus``: ``R_x = x * W+^T (R / (W+ x + b+ + eps))`` on ``x >= 0``."""
+def closed_form_zplus(stabilizer: float = 1e-6) -> Any:
+    """Zennit's ``ZPlus``: ``R_x = (x+ W+^T + x- W-^T)(R / (W+ x+ + W- x- + b+ + eps))``."""
     from zennit.rules import ZPlus
 
-    return _shortcut(ZPlus, (Term(0, non_negative=True),), stabilizer=stabilizer)
+    terms = (Term(((POSITIVE, 0), (NEGATIVE, 1)), non_negative=True),)
+    return _closed_form(ZPlus, terms, stabilizer=stabilizer)
 
 
-def non_negative_gamma(gamma: float = 0.25, stabilizer: float = 1e-6) -> Any:
-    """Zennit's generalised ``Gamma`` on ``x >= 0``: ``W + gamma W+`` where the layer's
-    output is positive, ``W + gamma W-`` where it is negative (Montavon et al. 2019;
-    Zennit's passes 0 and 2; the reference pass gives the masks)."""
+def closed_form_gamma(gamma: float = 0.25, stabilizer: float = 1e-6) -> Any:
+    """Zennit's generalised ``Gamma`` (Montavon et al. 2019; Andeol et al. 2021): where
+    the layer's output is positive ``x+`` through ``W + gamma W+`` and ``x-`` through
+    ``W + gamma W-``, where it is negative the other way round."""
     from zennit.rules import Gamma
 
-    terms = (Term(0, mask=1), Term(2, mask=-1))
-    return _shortcut(Gamma, terms, gamma=gamma, stabilizer=stabilizer)
+    terms = (
+        Term(((POSITIVE, 0), (NEGATIVE, 1)), mask=1),
+        Term(((POSITIVE, 2), (NEGATIVE, 3)), mask=-1),
+    )
+    return _closed_form(Gamma, terms, gamma=gamma, stabilizer=stabilizer)
 
 
-def non_negative_alpha_beta(alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6) -> Any:
-    """Zennit's ``AlphaBeta`` on ``x >= 0``: ``alpha`` times the ``W+`` share minus
-    ``beta`` times the ``W-`` share (Bach et al. 2015)."""
+def closed_form_alpha_beta(alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6) -> Any:
+    """Zennit's ``AlphaBeta`` (Bach et al. 2015): ``alpha`` times the positive
+    contributions' share minus ``beta`` times the negative ones'."""
     from zennit.rules import AlphaBeta
 
-    terms = (Term(0, alpha, non_negative=True), Term(2, -beta))
-    return _shortcut(AlphaBeta, terms, alpha=alpha, beta=beta, stabilizer=stabilizer)
+    terms = (
+        Term(((POSITIVE, 0), (NEGATIVE, 1)), alpha, non_negative=True),
+        Term(((POSITIVE, 2), (NEGATIVE, 3)), -beta),
+    )
+    return _closed_form(AlphaBeta, terms, alpha=alpha, beta=beta, stabilizer=stabilizer)
 
 
-def _shortcut(base: type, terms: tuple[Term, ...], **options: Any) -> Any:
+def _closed_form(base: type, terms: tuple[Term, ...], **options: Any) -> Any:
     """An instance of a subclass of Zennit's rule ``base(**options)`` whose
-    ``fused_backward`` is `_non_negative_relevance` of ``terms``."""
+    ``fused_backward`` is `_relevance_of_terms`."""
     stabilizer = options["stabilizer"]
 
-    class NonNegative(base):  # type: ignore[misc, valid-type]
+    class ClosedForm(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
             super().__init__(**options)
 
@@ -92,13 +109,13 @@ def _shortcut(base: type, terms: tuple[Term, ...], **options: Any) -> Any:
         def fused_backward(
             self, module: nn.Module, x: torch.Tensor, out: Any, relevance: torch.Tensor
         ) -> torch.Tensor | None:
-            return _non_negative_relevance(self, module, x, out, relevance, terms, stabilizer)
+            return _relevance_of_terms(self, module, x, out, relevance, terms, stabilizer)
 
-    NonNegative.__name__ = NonNegative.__qualname__ = f"NonNegative{base.__name__}"
-    return NonNegative()
+    ClosedForm.__name__ = ClosedForm.__qualname__ = f"ClosedForm{base.__name__}"
+    return ClosedForm()
 
 
-def _non_negative_relevance(
+def _relevance_of_terms(
     rule: Any,
     module: nn.Module,
     x: torch.Tensor,
@@ -107,28 +124,47 @@ def _non_negative_relevance(
     terms: tuple[Term, ...],
     stabilizer: float,
 ) -> torch.Tensor | None:
-    """The sum of ``terms`` ``x.shape``; ``None`` where ``x`` has a negative entry or the
-    module is not PyTorch's own convolution or linear layer (Zennit's passes run)."""
+    """The sum of ``terms`` ``x.shape``, summed in Zennit's order; ``None`` (Zennit's
+    passes run) where the module is not PyTorch's own convolution or linear layer.
+
+    On ``x >= 0`` (after a ReLU) the ``x-`` passes have a zero input and no bias: they
+    give zero and hand zero on, so they are left out.
+    """
     direct = direct_linear(module)
-    if direct is None or x.numel() == 0 or not bool(x.min() >= 0):
+    if direct is None or x.numel() == 0:
         return None
     forward, input_gradient = direct
+    if bool(x.min() >= 0):
+        parts = {POSITIVE: x}
+    else:
+        parts = {POSITIVE: x.clamp(min=0), NEGATIVE: x.clamp(max=0)}
     if out is None and any(term.mask for term in terms):
         out = forward(module, x, {})  # changed in place since, or not kept
     result = None
     for term in terms:
-        params = modified_params(rule.param_modifiers[term.modifier], module)
-        z = forward(module, x, params)
+        passes = [
+            (parts[part], modified_params(rule.param_modifiers[modifier], module))
+            for part, modifier in term.passes
+            if part in parts
+        ]
+        z = forward(module, *passes[0])
+        for part, params in passes[1:]:
+            z.add_(forward(module, part, params))
         # Zennit's z + eps sign(z), sign(0) = 1, is z + eps where z >= 0 (-0.0 included)
         share = z.add_(stabilizer) if term.non_negative else stabilize(z, stabilizer)
         share = torch.div(relevance, share, out=share)
         if term.mask:
             share.mul_(out > 0 if term.mask > 0 else out < 0)
-        weight = params.get("weight", module.weight)
-        part = input_gradient(module, x, weight, share).mul_(x)
+        sum_of_term = None if term.coefficient != 1 else result
+        for part, params in passes:
+            weight = params.get("weight", module.weight)
+            gradient = input_gradient(module, part, weight, share).mul_(part)
+            sum_of_term = gradient if sum_of_term is None else sum_of_term.add_(gradient)
         if term.coefficient != 1:
-            part.mul_(term.coefficient)
-        result = part if result is None else result.add_(part)
+            sum_of_term.mul_(term.coefficient)
+            result = sum_of_term if result is None else result.add_(sum_of_term)
+        else:
+            result = sum_of_term
     return result
 
 
