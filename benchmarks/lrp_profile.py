@@ -2,11 +2,12 @@
 
 For one model and batch: the plain forward+backward of the target logits, ``lrp``, and
 the same composite under Zennit's own hooks (what ``lrp`` ran before its rules became
-their layers' backward), timed in interleaved rounds (best of each: on a shared CPU the
-load changes between rounds, not within one); then ``lrp`` split into its parts (the
-per-call setup: composite built, canonizers applied, rules put on and taken off; the
-forward under the rules) and ``torch.profiler``'s operator tables of one call of each
-(counts and self time of the convolutions show how many conv-sized passes each does).
+their layers' backward), timed in interleaved rounds (best of each, and each round's
+ratio to the limit: on a shared CPU the load changes between rounds, not within one);
+then ``lrp`` split into its parts (the per-call setup: composite built, canonizers
+applied, rules put on and taken off; the forward under the rules) and
+``torch.profiler``'s operator tables of one call of each (counts and self time of the
+convolutions show how many conv-sized passes each does).
 Prints markdown::
 
     PYTHONPATH=src python benchmarks/lrp_profile.py resnet50 --side 64 --batch 8
@@ -15,6 +16,7 @@ Prints markdown::
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 
@@ -27,22 +29,31 @@ from timmlens.testing import make_explainable
 
 
 def _best(fn: Callable[[], object], repeats: int) -> float:
-    return _interleaved({"": fn}, repeats)[""]
+    return min(_rounds({"": fn}, repeats)[""])
 
 
-def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Best seconds of each of ``fns``, run in turn ``repeats`` times.
+def _rounds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each of ``fns`` per round, run in turn ``repeats`` times.
 
     CPU seconds of this process (``time.process_time``): with one thread, the work done,
     whatever else the shared CPU runs meanwhile (wall time there measures the load).
     """
-    best = dict.fromkeys(fns, float("inf"))
+    seconds: dict[str, list[float]] = {label: [] for label in fns}
     for _ in range(repeats):
         for label, fn in fns.items():
             start = time.process_time()
             fn()
-            best[label] = min(best[label], time.process_time() - start)
-    return best
+            seconds[label].append(time.process_time() - start)
+    return seconds
+
+
+def _paired_ratios(rounds: dict[str, list[float]], reference: str) -> None:
+    """Each entry over the reference of the same round: median [min, max] (a round's
+    entries share the machine's state, so their ratio varies less than either time)."""
+    print("\n| entry | / limit, same round: median [min, max] |\n| --- | --- |")
+    for label, seconds in rounds.items():
+        ratios = sorted(a / b for a, b in zip(seconds, rounds[reference], strict=True))
+        print(f"| {label} | {statistics.median(ratios):.2f}x [{ratios[0]:.2f}, {ratios[-1]:.2f}] |")
 
 
 def _zennit_hooks(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor) -> Callable:
@@ -73,7 +84,7 @@ def main() -> None:
     parser.add_argument("model", nargs="?", default="resnet50")
     parser.add_argument("--side", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--composite", default="epsilon_plus_flat")
     args = parser.parse_args()
 
@@ -120,8 +131,9 @@ def main() -> None:
     }
     if args.composite == "epsilon_plus_flat":
         whole["the same rules under Zennit's hooks (before)"] = zennit_hooks
+    rounds = _rounds(whole, args.repeats)
     parts = {
-        **_interleaved(whole, args.repeats),
+        **{label: min(seconds) for label, seconds in rounds.items()},
         "  setup: composite, canonizers, hooks on and off": _best(setup_only, args.repeats),
         "  setup + forward under the rules": _best(forward_only, args.repeats),
         "  the limit's forward alone (with grad)": _best(
@@ -139,6 +151,7 @@ def main() -> None:
     print("| part | seconds | / limit |\n| --- | --- | --- |")
     for label, seconds in parts.items():
         print(f"| {label} | {seconds:.3f} | {seconds / limit:.2f}x |")
+    _paired_ratios(rounds, "forward+backward (limit)")
 
     from torch.profiler import ProfilerActivity, profile
 
