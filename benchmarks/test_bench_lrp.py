@@ -18,7 +18,8 @@ and the real EfficientNet-Lite0 (``bundled:efficientnet_lite0``); a batch of 8 i
   does less work than ours there).
 
 The issue's target: ``lrp`` at most 1.5x the limit. ``LRP_BENCH_SIDE`` / ``LRP_BENCH_MODELS``
-(comma-separated) shrink the run on a busy CPU. Run::
+(comma-separated) shrink the run on a busy CPU; ``LRP_BENCH_ROUNDS`` (2) sets the rounds
+of each entry. Run::
 
     pytest benchmarks/test_bench_lrp.py --benchmark-group-by=group -s
 
@@ -47,6 +48,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BATCH = 8
 SIDE = int(os.environ.get("LRP_BENCH_SIDE", 224 if DEVICE.type == "cuda" else 128))
 MODELS = tuple(os.environ.get("LRP_BENCH_MODELS", "resnet50,efficientnet_lite0").split(","))
+ROUNDS = int(os.environ.get("LRP_BENCH_ROUNDS", 2))
 LIMIT = "forward+backward"
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1")
 
@@ -82,7 +84,7 @@ def measure(benchmark, model_name: str, label: str, fn: Callable[[], object], **
         _sync()
         return result
 
-    timed(benchmark, group(model_name), label, run, rounds=2, images=BATCH, **info)
+    timed(benchmark, group(model_name), label, run, rounds=ROUNDS, images=BATCH, **info)
 
 
 @pytest.mark.parametrize("model_name", MODELS)
