@@ -244,7 +244,8 @@ class LRP(CaptumInputExplainer):
             raise UnsupportedModelError(f"{self.name}: {reason}")
         composite = self._composite_for(inputs)
         score = TargetScore(self.model)
-        with composite_applied(composite, self.model):
+        # the rules run in the backward: under a caller's torch.no_grad() too
+        with torch.enable_grad(), composite_applied(composite, self.model):
             scores = score(inputs, targets)
             # relevance at the output is the score itself (conservation is against it)
             (relevance,) = torch.autograd.grad(scores, inputs, grad_outputs=scores.detach())

@@ -170,13 +170,20 @@ class _NormSum(torch.autograd.Function):
         else:
             before = a
             out = a + b
-        ctx.save_for_backward(before, b, out)
+        ctx.save_for_backward(before, b)
+        # the sum is kept as a detached alias with its version, not saved: the model may
+        # change it in place later (``x += y; x += z``, ``x.relu_()``), as plain autograd
+        # allows; it is then recomputed from the summands
+        ctx.out, ctx.version = out.detach(), out._version
         ctx.epsilon = epsilon
         return out
 
     @staticmethod
     def backward(ctx: Any, relevance: torch.Tensor) -> tuple[Any, ...]:
-        a, b, out = ctx.saved_tensors
+        a, b = ctx.saved_tensors
+        out = ctx.out
+        if out._version != ctx.version:
+            out = torch.add(a, b).to(out.dtype)
         stabilized = stabilize(out, ctx.epsilon)
         share = torch.div(relevance, stabilized, out=stabilized)
         need_a, need_b = ctx.needs_input_grad[:2]
@@ -244,7 +251,10 @@ class _ArithmeticRules(TorchFunctionMode):
                 b = b if alpha == 1 else b * alpha
                 if in_place and a._base is not None:  # autograd rewrites a view's base
                     return a.copy_(_NormSum.apply(a.clone(), b, self.epsilon, False))
-                return _NormSum.apply(a, b, self.epsilon, in_place)
+                result = _NormSum.apply(a, b, self.epsilon, in_place)
+                if in_place:  # autograd bumps a dirty tensor's version after the forward
+                    result.grad_fn.version = result._version
+                return result
             if in_place:
                 return a.copy_(_ruled_product(a.clone(), b))
             return _ruled_product(a, b)

@@ -1,0 +1,283 @@
+"""``lrp`` under hostile use: models and calls the family tests do not cover.
+
+Against Zennit called directly (its composites and ``Gradient`` attributor, with our
+canonizers and layer map): a bias-free convolution before BatchNorm, dilation, a
+depthwise convolution, a stride-2 1x1 shortcut, one ReLU output read by two convolutions,
+a linear first layer, Conv1d / Conv3d, padding modes and string padding Zennit's passes
+run for, a transposed convolution. A module run twice is checked against two copies of
+it (Zennit's hooks keep one input per module, so Zennit itself cannot be the reference
+there). Then the residual sum's rule on in-place sums the model changes again later,
+``torch.no_grad()`` around the call, and the model left as found after an error raised
+inside the backward.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from timmlens.interpretation import LRP
+from timmlens.interpretation.input.zennit_rules import batchnorm_pairs, canonizers, layer_map
+from timmlens.testing import explainable_model
+from zennit_reference import zennit_relevance
+
+COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1")
+
+
+def _zennit_direct(model: nn.Module, composite: str, x: torch.Tensor, targets, bounds):
+    from zennit import composites
+
+    options = {"layer_map": layer_map(), "canonizers": canonizers(batchnorm_pairs(model, x[:1]))}
+    if composite == "epsilon_gamma_box":
+        options.update(low=bounds[0], high=bounds[1])
+    kind = {
+        "epsilon_plus_flat": composites.EpsilonPlusFlat,
+        "epsilon_gamma_box": composites.EpsilonGammaBox,
+        "epsilon_alpha2_beta1": composites.EpsilonAlpha2Beta1,
+    }[composite]
+    return zennit_relevance(model, kind(**options), x, targets)
+
+
+def _assert_zennits(model: nn.Module, composite: str, x: torch.Tensor) -> None:
+    """Bit for bit, but for the first layer's counted Flat (up to a float sum's order)."""
+    targets = torch.tensor([1, 3])
+    explainer = LRP(model, composite=composite)
+    ours = explainer.attributions(x, targets)
+    theirs = _zennit_direct(model, composite, x, targets, explainer.input_bounds(x))
+    assert theirs.abs().amax() > 0
+    if composite == "epsilon_plus_flat":
+        assert (ours - theirs).abs().amax() <= 1e-6 * theirs.abs().amax()
+    else:
+        assert torch.equal(ours, theirs)
+
+
+def _random_batchnorms(model: nn.Module) -> nn.Module:
+    """Statistics and affine parameters away from the identity, so the merge matters."""
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                for tensor, (low, high) in (
+                    (module.running_mean, (-0.5, 0.5)),
+                    (module.running_var, (0.5, 2.0)),
+                    (module.weight, (0.5, 1.5)),
+                    (module.bias, (-0.2, 0.2)),
+                ):
+                    tensor.copy_(torch.rand(tensor.shape, generator=gen) * (high - low) + low)
+    return model.eval()
+
+
+class _Unusual(nn.Module):
+    """Convolutions of every kind the closed forms take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)  # then BatchNorm
+        self.bn = nn.BatchNorm2d(8)
+        self.dilated = nn.Conv2d(8, 8, 3, padding=2, dilation=2, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.shortcut = nn.Conv2d(8, 8, 1, stride=2)
+        self.left, self.right = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 3, padding=1)
+        self.act = nn.ReLU()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn(self.stem(x)))
+        x = self.act(self.bn2(self.dilated(x)))
+        x = self.act(self.depthwise(x))
+        y = self.act(self.down(x) + self.shortcut(x))
+        return self.head(self.left(y) + self.right(y))  # y read by two convolutions
+
+
+class _LinearFirst(nn.Module):
+    """An MLP on the pooled, flattened image: the first layer's Flat is on a Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool, self.flatten = nn.AdaptiveAvgPool2d(8), nn.Flatten()
+        self.fc1, self.act, self.fc2 = nn.Linear(3 * 64, 16), nn.ReLU(), nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(self.flatten(self.pool(x)))))
+
+
+class _OtherDims(nn.Module):
+    """Conv1d on the flattened image or Conv3d on it as one frame."""
+
+    def __init__(self, dims: int) -> None:
+        super().__init__()
+        self.dims = dims
+        if dims == 1:
+            self.conv1, self.conv2 = nn.Conv1d(3, 6, 3, padding=1), nn.Conv1d(6, 6, 3, stride=2)
+        else:
+            self.conv1 = nn.Conv3d(3, 6, (1, 3, 3), padding=(0, 1, 1))
+            self.conv2 = nn.Conv3d(6, 6, (1, 3, 3), stride=(1, 2, 2))
+        self.act, self.fc = nn.ReLU(), nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(2) if self.dims == 1 else x.unsqueeze(2)
+        x = self.act(self.conv2(self.act(self.conv1(x))))
+        return self.fc(x.flatten(2).mean(2))
+
+
+class _Padded(nn.Module):
+    """Convolutions the closed forms and the counted Flat leave to Zennit's passes."""
+
+    def __init__(self, first: nn.Conv2d) -> None:
+        super().__init__()
+        self.first = first
+        self.up = nn.ConvTranspose2d(6, 6, 2, stride=2)
+        self.circular = nn.Conv2d(6, 6, 3, padding=1, padding_mode="circular")
+        self.same = nn.Conv2d(6, 6, 3, padding="same")
+        self.act = nn.ReLU()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in (self.first, self.up, self.circular, self.same):
+            x = self.act(conv(x))
+        return self.head(x)
+
+
+def _image(batch: int = 2, size: int = 32, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+MODELS = {
+    "unusual": _Unusual,
+    "linear_first": _LinearFirst,
+    "conv1d": lambda: _OtherDims(1),
+    "conv3d": lambda: _OtherDims(3),
+    "reflect_first": lambda: _Padded(nn.Conv2d(3, 6, 3, padding=1, padding_mode="reflect")),
+    "same_first": lambda: _Padded(nn.Conv2d(3, 6, 4, padding="same", dilation=2)),
+}
+
+
+@pytest.mark.parametrize("composite", COMPOSITES)
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_equals_zennit_on_unusual_layers(name, composite):
+    if name == "conv1d" and composite == "epsilon_gamma_box":
+        pytest.skip("Zennit's ZBox expands its (1, C, 1, 1) bounds to 4-d inputs only")
+    torch.manual_seed(0)
+    model = _random_batchnorms(MODELS[name]())
+    _assert_zennits(model, composite, _image(size=16 if "first" in name else 32))
+
+
+class _RunTwice(nn.Module):
+    """A convolution run twice, or (``copies``) it and a copy of it run once each."""
+
+    def __init__(self, copies: bool) -> None:
+        super().__init__()
+        self.stem, self.shared = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
+        self.second = copy.deepcopy(self.shared) if copies else self.shared
+        self.act = nn.ReLU()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.shared(self.act(self.stem(x))))
+        return self.head(self.act(self.second(x)))
+
+
+@pytest.mark.parametrize("composite", COMPOSITES)
+def test_module_run_twice_equals_two_copies(composite):
+    """Each run of a module is ruled with its own input: the map is the one of the net
+    with a copy for the second run, which is Zennit's (Zennit's hooks keep one input per
+    module, so Zennit on the shared module is not the reference)."""
+    x, targets = _image(size=16), torch.tensor([1, 3])
+    models = []
+    for copies in (False, True):
+        torch.manual_seed(0)
+        models.append(_RunTwice(copies).eval())
+    twice, copies = (LRP(m, composite=composite).attributions(x, targets) for m in models)
+    assert torch.equal(twice, copies)
+    _assert_zennits(models[1], composite, x)
+
+
+class _InPlaceSums(nn.Module):
+    """A residual ``y += x`` then, in ``changed``, ``y`` changed in place again."""
+
+    def __init__(self, changed: str, in_place: bool) -> None:
+        super().__init__()
+        self.changed, self.in_place = changed, in_place
+        self.stem, self.conv = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.other = nn.Conv2d(4, 4, 1)
+        self.act = nn.ReLU()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.stem(x))
+        y = self.conv(x)
+        if self.in_place:
+            y += x
+            if self.changed == "second_sum":
+                y += self.other(x)
+            elif self.changed == "relu_":
+                y.relu_()
+            else:
+                y *= 2.0
+        else:
+            y = y + x
+            if self.changed == "second_sum":
+                y = y + self.other(x)
+            elif self.changed == "relu_":
+                y = y.relu()
+            else:
+                y = y * 2.0
+        return self.head(self.act(y))
+
+
+@pytest.mark.parametrize("changed", ["second_sum", "relu_", "scalar_product"])
+def test_in_place_sum_changed_again_equals_out_of_place(changed):
+    """``y += x; y += z`` (MobileOne's and FastViT's branch sums), ``y += x; y.relu_()``:
+    the sum is changed in place after the Norm rule read it. Plain autograd allows it, and
+    the map is the one of the same net written out of place."""
+    x, targets = _image(size=16), torch.tensor([1, 3])
+    maps = []
+    for in_place in (True, False):
+        torch.manual_seed(0)
+        model = _InPlaceSums(changed, in_place).eval()
+        maps.append(LRP(model).attributions(x, targets))
+    assert maps[0].abs().amax() > 0
+    assert torch.equal(maps[0], maps[1])
+
+
+def test_no_grad_around_the_call_is_fine():
+    """docs/index.md: ``torch.no_grad()`` around a gradient method is fine."""
+    model = explainable_model("test_resnet", seed=0, num_classes=10).eval()
+    x = _image(batch=1)
+    plain = LRP(model).attributions(x, 2)
+    with torch.no_grad():
+        quiet = LRP(model).attributions(x, 2)
+    assert plain.abs().amax() > 0
+    assert torch.equal(quiet, plain)
+
+
+def test_model_left_as_found_after_an_error_in_the_backward(monkeypatch):
+    """A rule that raises inside the backward: the error reaches the caller, and the model
+    has its own forwards, its in-place flags, its parameters and no ``.grad``; the next
+    call gives the map of an undisturbed one."""
+    from timmlens.interpretation.input import zennit_shortcuts
+
+    model = explainable_model("test_resnet", seed=0, num_classes=10).eval()
+    x = _image(batch=2)
+    expected = LRP(model).attributions(x, [1, 2])
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    attributes = {m: dict(vars(m)) for m in model.modules()}
+    assert any(getattr(m, "inplace", False) for m in model.modules())  # timm's ReLUs
+
+    def broken(*args, **kwargs):
+        raise ArithmeticError("broken rule")
+
+    monkeypatch.setattr(zennit_shortcuts, "_relevance_of_terms", broken)
+    with pytest.raises(ArithmeticError, match="broken rule"):
+        LRP(model).attributions(x, [1, 2])
+    monkeypatch.undo()
+    assert {m: dict(vars(m)) for m in model.modules()} == attributes
+    for name, p in model.named_parameters():
+        assert torch.equal(p, params[name]) and p.grad is None
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert torch.equal(LRP(model).attributions(x, [1, 2]), expected)
