@@ -197,50 +197,96 @@ def test_module_run_twice_equals_two_copies(composite):
     _assert_zennits(models[1], composite, x)
 
 
-class _InPlaceSums(nn.Module):
-    """A residual ``y += x`` then, in ``changed``, ``y`` changed in place again."""
+def _sum_again(y, x, other):
+    y += x
+    y += other(x)
+    return y
 
-    def __init__(self, changed: str, in_place: bool) -> None:
+
+def _relu_after(y, x, other):
+    y += x
+    return y.relu_()
+
+
+def _scaled_after(y, x, other):
+    y += x
+    y *= 2.0
+    return y
+
+
+def _on_a_new_leaf(y, x, other):
+    z = torch.zeros_like(y)  # a leaf that does not require grad
+    z += y
+    return z
+
+
+def _with_alpha(y, x, other):
+    return y.add_(x, alpha=0.5)
+
+
+def _broadcast(y, x, other):
+    y += other(x).mean(dim=(2, 3), keepdim=True)
+    return y
+
+
+def _on_a_view(y, x, other):
+    y[:, :2] += x[:, :2]
+    return y
+
+
+def _base_of_a_view(y, x, other):
+    first = y[:, :2]  # read after the sum: autograd rewrites its history
+    y += x
+    return torch.cat([y, first], dim=1)
+
+
+def _and_first(total):
+    return torch.cat([total, total[:, :2]], dim=1)
+
+
+#: in-place sums and the same arithmetic out of place
+IN_PLACE = {
+    "sum_again": (_sum_again, lambda y, x, other: y + x + other(x)),
+    "relu_after": (_relu_after, lambda y, x, other: (y + x).relu()),
+    "scaled_after": (_scaled_after, lambda y, x, other: (y + x) * 2.0),
+    "new_leaf": (_on_a_new_leaf, lambda y, x, other: torch.zeros_like(y) + y),
+    "alpha": (_with_alpha, lambda y, x, other: torch.add(y, x, alpha=0.5)),
+    "broadcast": (_broadcast, lambda y, x, other: y + other(x).mean(dim=(2, 3), keepdim=True)),
+    "view": (
+        _on_a_view,
+        lambda y, x, other: torch.cat([y[:, :2] + x[:, :2], y[:, 2:]], dim=1),
+    ),
+    "base_of_a_view": (_base_of_a_view, lambda y, x, other: _and_first((y + x))),
+}
+
+
+class _Summing(nn.Module):
+    def __init__(self, arithmetic) -> None:
         super().__init__()
-        self.changed, self.in_place = changed, in_place
+        self.arithmetic = arithmetic
         self.stem, self.conv = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
         self.other = nn.Conv2d(4, 4, 1)
         self.act = nn.ReLU()
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LazyLinear(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.stem(x))
-        y = self.conv(x)
-        if self.in_place:
-            y += x
-            if self.changed == "second_sum":
-                y += self.other(x)
-            elif self.changed == "relu_":
-                y.relu_()
-            else:
-                y *= 2.0
-        else:
-            y = y + x
-            if self.changed == "second_sum":
-                y = y + self.other(x)
-            elif self.changed == "relu_":
-                y = y.relu()
-            else:
-                y = y * 2.0
-        return self.head(self.act(y))
+        return self.head(self.act(self.arithmetic(self.conv(x), x, self.other)))
 
 
-@pytest.mark.parametrize("changed", ["second_sum", "relu_", "scalar_product"])
-def test_in_place_sum_changed_again_equals_out_of_place(changed):
-    """``y += x; y += z`` (MobileOne's and FastViT's branch sums), ``y += x; y.relu_()``:
-    the sum is changed in place after the Norm rule read it. Plain autograd allows it, and
-    the map is the one of the same net written out of place."""
+@pytest.mark.parametrize("name", sorted(IN_PLACE))
+def test_in_place_sums_equal_out_of_place(name):
+    """The Norm rule on ``a += b`` is the one on ``a + b``: on a sum the model changes in
+    place again after the rule read it (``y += x; y += z``, MobileOne's and FastViT's
+    branch sums; ``y += x; y.relu_()``), which plain autograd allows; on a new leaf, with
+    ``alpha``, a broadcast ``b``, on a view and on the base of a view read later."""
     x, targets = _image(size=16), torch.tensor([1, 3])
     maps = []
-    for in_place in (True, False):
+    for arithmetic in IN_PLACE[name]:
         torch.manual_seed(0)
-        model = _InPlaceSums(changed, in_place).eval()
-        maps.append(LRP(model).attributions(x, targets))
+        model = _Summing(arithmetic)
+        model(x)  # the lazy head's size
+        maps.append(LRP(model.eval()).attributions(x, targets))
     assert maps[0].abs().amax() > 0
     assert torch.equal(maps[0], maps[1])
 
