@@ -256,7 +256,7 @@ IN_PLACE = {
         _on_a_view,
         lambda y, x, other: torch.cat([y[:, :2] + x[:, :2], y[:, 2:]], dim=1),
     ),
-    "base_of_a_view": (_base_of_a_view, lambda y, x, other: _and_first((y + x))),
+    "base_of_a_view": (_base_of_a_view, lambda y, x, other: _and_first(y + x)),
 }
 
 
