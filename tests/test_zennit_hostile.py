@@ -234,6 +234,11 @@ def _on_a_view(y, x, other):
     return y
 
 
+def _doubled(y, x, other):
+    y += y  # ``b`` is ``a``: the backward must read it as it was
+    return y
+
+
 def _base_of_a_view(y, x, other):
     first = y[:, :2]  # read after the sum: autograd rewrites its history
     y += x
@@ -256,6 +261,7 @@ IN_PLACE = {
         _on_a_view,
         lambda y, x, other: torch.cat([y[:, :2] + x[:, :2], y[:, 2:]], dim=1),
     ),
+    "doubled": (_doubled, lambda y, x, other: y + y),
     "base_of_a_view": (_base_of_a_view, lambda y, x, other: _and_first(y + x)),
 }
 
@@ -279,7 +285,8 @@ def test_in_place_sums_equal_out_of_place(name):
     """The Norm rule on ``a += b`` is the one on ``a + b``: on a sum the model changes in
     place again after the rule read it (``y += x; y += z``, MobileOne's and FastViT's
     branch sums; ``y += x; y.relu_()``), which plain autograd allows; on a new leaf, with
-    ``alpha``, a broadcast ``b``, on a view and on the base of a view read later."""
+    ``alpha``, a broadcast ``b``, ``b`` in ``a``'s memory, on a view and on the base of a
+    view read later."""
     x, targets = _image(size=16), torch.tensor([1, 3])
     maps = []
     for arithmetic in IN_PLACE[name]:

@@ -230,6 +230,10 @@ def _ruled_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _Product.apply(a, b, sum(full))
 
 
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 class _ArithmeticRules(TorchFunctionMode):
     """Sums and products of two tensors get LRP rules (thread-local, for one forward)."""
 
@@ -249,8 +253,10 @@ class _ArithmeticRules(TorchFunctionMode):
             if base in _ADDS:
                 alpha = kwargs.get("alpha", 1)
                 b = b if alpha == 1 else b * alpha
-                if in_place and a._base is not None:  # autograd rewrites a view's base
-                    return a.copy_(_NormSum.apply(a.clone(), b, self.epsilon, False))
+                # autograd rewrites a view's base; ``b`` in ``a``'s memory (``x += x``)
+                # would be read as the sum in the backward
+                if in_place and (a._base is not None or _shares_memory(a, b)):
+                    return a.copy_(_NormSum.apply(a.clone(), b.clone(), self.epsilon, False))
                 result = _NormSum.apply(a, b, self.epsilon, in_place)
                 if in_place:  # autograd bumps a dirty tensor's version after the forward
                     result.grad_fn.version = result._version
