@@ -50,8 +50,8 @@ class Term(NamedTuple):
 
     ``passes``: ``(part, modifier)`` per pass, ``part`` `POSITIVE` (``x+``) or `NEGATIVE`
     (``x-``), ``W_p, b_p`` from the rule's parameter modifier ``modifier`` (Zennit's
-    order of passes); ``mask``: ``+1`` where the layer's output is positive, ``-1``
-    where negative, ``0`` everywhere; ``non_negative``: the denominator is ``>= 0`` by
+    order of passes); ``mask``: ``+1`` keeps where the layer's output is positive, ``-1``
+    where negative, ``0`` no mask; ``non_negative``: the denominator is ``>= 0`` by
     construction (``W+ x+ + W- x- + b+``), so its stabiliser is ``+ eps``.
     """
 
@@ -124,8 +124,10 @@ def _relevance_of_terms(
     terms: tuple[Term, ...],
     stabilizer: float,
 ) -> torch.Tensor | None:
-    """The sum of ``terms`` ``x.shape``, summed in Zennit's order; ``None`` (Zennit's
-    passes run) where the module is not PyTorch's own convolution or linear layer.
+    """The sum of ``terms``, summed in Zennit's order: the input relevance ``x.shape``
+    (``x`` ``(B, C_in, ...)``, ``out`` and ``relevance`` ``(B, C_out, ...)``, ``out``
+    ``None`` where not kept); ``None`` (Zennit's passes run) where the module is not
+    PyTorch's own convolution or linear layer.
 
     On ``x >= 0`` (after a ReLU) the ``x-`` passes have a zero input and no bias: they
     give zero and hand zero on, so they are left out.
@@ -155,6 +157,9 @@ def _relevance_of_terms(
         share = torch.div(relevance, share, out=share)
         if term.mask:
             share.mul_(out > 0 if term.mask > 0 else out < 0)
+        # Zennit's reducers: gamma and z+ sum every pass's x_p * gradient_p left to right
+        # (a term of coefficient 1 goes on the running sum); alpha-beta sums each term
+        # alone, then ``alpha * first - beta * second``
         sum_of_term = None if term.coefficient != 1 else result
         for part, params in passes:
             weight = params.get("weight", module.weight)
