@@ -25,7 +25,7 @@ from zennit_reference import zennit_relevance
 
 def _net(negative_input: bool = False) -> nn.Sequential:
     """A small ReLU CNN; with ``negative_input`` its third convolution reads the second's
-    output before the ReLU (negative entries: Zennit's passes run there)."""
+    output before the ReLU (negative entries: the ``x-`` passes run there too)."""
     torch.manual_seed(0)
     layers = [
         nn.Conv2d(3, 8, 3, padding=1),

@@ -144,14 +144,14 @@ def _relevance_of_terms(
         out = forward(module, x, {})  # changed in place since, or not kept
     result = None
     for term in terms:
-        passes = [
+        passes = [  # (x+ or x-, its modified parameters)
             (parts[part], modified_params(rule.param_modifiers[modifier], module))
             for part, modifier in term.passes
             if part in parts
         ]
         z = forward(module, *passes[0])
-        for part, params in passes[1:]:
-            z.add_(forward(module, part, params))
+        for x_part, params in passes[1:]:
+            z.add_(forward(module, x_part, params))
         # Zennit's z + eps sign(z), sign(0) = 1, is z + eps where z >= 0 (-0.0 included)
         share = z.add_(stabilizer) if term.non_negative else stabilize(z, stabilizer)
         share = torch.div(relevance, share, out=share)
@@ -161,9 +161,9 @@ def _relevance_of_terms(
         # (a term of coefficient 1 goes on the running sum); alpha-beta sums each term
         # alone, then ``alpha * first - beta * second``
         sum_of_term = None if term.coefficient != 1 else result
-        for part, params in passes:
+        for x_part, params in passes:
             weight = params.get("weight", module.weight)
-            gradient = input_gradient(module, part, weight, share).mul_(part)
+            gradient = input_gradient(module, x_part, weight, share).mul_(x_part)
             sum_of_term = gradient if sum_of_term is None else sum_of_term.add_(gradient)
         if term.coefficient != 1:
             sum_of_term.mul_(term.coefficient)
