@@ -1,4 +1,4 @@
-"""Zennit's rules in closed form: fewer elementwise passes and no skipped work, same maps.
+"""Zennit's rules in closed form: fewer passes over the tensors, the same maps.
 
 Each factory returns a subclass of Zennit's rule (same parameters, modifiers, mapper and
 reducer, so Zennit's own path still runs wherever the closed form does not apply) with a
