@@ -334,3 +334,30 @@ def test_model_left_as_found_after_an_error_in_the_backward(monkeypatch):
         assert torch.equal(p, params[name]) and p.grad is None
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     assert torch.equal(LRP(model).attributions(x, [1, 2]), expected)
+
+
+@pytest.mark.parametrize("composite", COMPOSITES)
+def test_float64_model_keeps_float64_relevance_equal_to_zennit(composite):
+    """The target's score stays float64 for a float64 model (it was cast to float32, so
+    relevance started from a rounded logit); half-precision logits still score in float32."""
+    from timmlens.interpretation.scoring import target_scores
+
+    logits = torch.randn(2, 5, dtype=torch.float64)
+    assert target_scores(logits, torch.tensor([1, 2]), "logit").dtype == torch.float64
+    assert target_scores(logits.half(), torch.tensor([1, 2]), "logit").dtype == torch.float32
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    )
+    model = _random_batchnorms(model).double()
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    assert LRP(model, composite=composite).attributions(x, [1, 3]).dtype == torch.float64
+    _assert_zennits(model, composite, x)

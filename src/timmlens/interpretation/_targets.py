@@ -119,7 +119,8 @@ class CallableTargets:
 
     # ------------------------------------------------------------- scoring
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
-        """The callable's scores of ``values`` ``(N, K)``, checked: -> ``(N,)`` float32.
+        """The callable's scores of ``values`` ``(N, K)``, checked: -> ``(N,)`` float32
+        (float64 where ``values`` are).
 
         Raises:
             TargetError: not a tensor, a shape other than ``(N,)`` or ``(N, 1)``, NaN, or
@@ -153,7 +154,7 @@ class CallableTargets:
                 f"{where} returned NaN for {int(torch.isnan(scores).sum())} of {rows} rows; "
                 f"{expected}, finite. Check for 0/0 or log(0) (use log_softmax)."
             )
-        return scores.float()
+        return scores.to(torch.promote_types(values.dtype, torch.float32))
 
     def selected_classes(self, logits: torch.Tensor) -> torch.Tensor:
         """The class each row's score reads, where it reads one: ``(N, K)`` -> ``(N,)`` long.

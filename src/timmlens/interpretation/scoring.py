@@ -58,7 +58,8 @@ MaskFn = Callable[[int, int, int], torch.Tensor]
 
 
 def target_scores(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
-    """Score of each row's target class: logits ``(N, K)``, targets ``(N,)`` -> ``(N,)`` float32.
+    """Score of each row's target class: logits ``(N, K)``, targets ``(N,)`` -> ``(N,)``,
+    float32 (float64 for float64 logits: a float64 model keeps its precision).
 
     ``kind="probability"``: softmax probability; ``kind="logit"``: the raw logit. A
     callable target (`CallableTargets`) is
@@ -70,7 +71,7 @@ def target_scores(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> tor
             f"the model returned {shape}; metrics need (batch, num_classes) logits. Wrap the "
             f"model so forward returns logits (timmlens.ImageClassifier does)."
         )
-    logits = logits.float()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if kind == "probability":
         logits = logits.softmax(dim=1)
     if callable(targets):  # CallableTargets (a tensor is not callable)
