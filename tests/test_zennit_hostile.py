@@ -22,23 +22,15 @@ from torch import nn
 from timmlens.interpretation import LRP
 from timmlens.interpretation.input.zennit_rules import batchnorm_pairs, canonizers, layer_map
 from timmlens.testing import explainable_model
-from zennit_reference import zennit_relevance
+from zennit_reference import zennit_composite, zennit_relevance
 
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1")
 
 
 def _zennit_direct(model: nn.Module, composite: str, x: torch.Tensor, targets, bounds):
-    from zennit import composites
-
-    options = {"layer_map": layer_map(), "canonizers": canonizers(batchnorm_pairs(model, x[:1]))}
-    if composite == "epsilon_gamma_box":
-        options.update(low=bounds[0], high=bounds[1])
-    kind = {
-        "epsilon_plus_flat": composites.EpsilonPlusFlat,
-        "epsilon_gamma_box": composites.EpsilonGammaBox,
-        "epsilon_alpha2_beta1": composites.EpsilonAlpha2Beta1,
-    }[composite]
-    return zennit_relevance(model, kind(**options), x, targets)
+    pairs = batchnorm_pairs(model, x[:1])
+    options = {"layer_map": layer_map(), "canonizers": canonizers(pairs)}
+    return zennit_relevance(model, zennit_composite(composite, bounds, **options), x, targets)
 
 
 def _assert_zennits(model: nn.Module, composite: str, x: torch.Tensor) -> None:

@@ -21,7 +21,7 @@ from timmlens.interpretation import LRP
 from timmlens.interpretation.input.zennit_rules import ArithmeticCanonizer
 from timmlens.interpretation.registry import create_explainer
 from timmlens.testing import explainable_model
-from zennit_reference import zennit_relevance
+from zennit_reference import zennit_composite, zennit_relevance
 
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -34,16 +34,7 @@ def _box(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor,
 
 def _zennit_reference(model, composite_name, canonizers, x, targets, box):
     """Zennit's own composite and ``Gradient`` attributor, relevance = target logit."""
-    from zennit import composites
-
-    kwargs = {"canonizers": canonizers}
-    if composite_name == "epsilon_gamma_box":
-        kwargs.update(low=box[0], high=box[1])
-    composite = {
-        "epsilon_plus_flat": composites.EpsilonPlusFlat,
-        "epsilon_gamma_box": composites.EpsilonGammaBox,
-        "epsilon_alpha2_beta1": composites.EpsilonAlpha2Beta1,
-    }[composite_name](**kwargs)
+    composite = zennit_composite(composite_name, box, canonizers=canonizers)
     return zennit_relevance(model, composite, x, targets)
 
 

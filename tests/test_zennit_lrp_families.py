@@ -114,7 +114,6 @@ def test_family_conserves_relevance_without_biases(family):
     inputs (ConvNeXt, ConvMixer) z+ loses a neuron's relevance when its positive part is
     0, a property of z+ (docs/methods/lrp.md), so there the convolutions get epsilon (in
     the ReLU families epsilon's cancelling signed relevances cost float32 ~1e-2 instead)."""
-    from zennit.attribution import Gradient
     from zennit.composites import EpsilonPlusFlat
     from zennit.rules import Epsilon
     from zennit.types import Convolution
@@ -131,15 +130,7 @@ def test_family_conserves_relevance_without_biases(family):
         return
     rules = [*layer_map(1e-9), ((Convolution,), Epsilon(1e-9))]
     composite = EpsilonPlusFlat(layer_map=rules, canonizers=canonizers(batchnorm_pairs(model, x)))
-    rows = torch.arange(len(x))
-
-    def logit_of_target(output: torch.Tensor) -> torch.Tensor:
-        seed = torch.zeros_like(output)
-        seed[rows, targets] = output[rows, targets]
-        return seed
-
-    with Gradient(model, composite) as attributor:
-        relevance = attributor(x, logit_of_target)[1]
+    relevance = zennit_relevance(model, composite, x, targets)
     torch.testing.assert_close(relevance.sum(dim=(1, 2, 3)), expected, rtol=2e-3, atol=1e-5)
 
 

@@ -22,3 +22,18 @@ def zennit_relevance(
 
     with Gradient(model, composite) as attributor:
         return attributor(x, logit_of_target)[1]
+
+
+def zennit_composite(name: str, bounds=None, **options):
+    """Zennit's own composite ``name`` (one of ``lrp``'s composites) with ``options``
+    (``canonizers``, ``layer_map``); ``bounds``: ``(low, high)`` for ``epsilon_gamma_box``."""
+    from zennit import composites
+
+    if name == "epsilon_gamma_box":
+        options.update(low=bounds[0], high=bounds[1])
+    kind = {
+        "epsilon_plus_flat": composites.EpsilonPlusFlat,
+        "epsilon_gamma_box": composites.EpsilonGammaBox,
+        "epsilon_alpha2_beta1": composites.EpsilonAlpha2Beta1,
+    }[name]
+    return kind(**options)
